@@ -1,0 +1,105 @@
+"""The exact cost of one call: usage times price."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigurationError, UnknownModelError
+from ._price import Cost, ModelPrice
+
+if TYPE_CHECKING:
+    from ..usage import Usage
+    from ._table import PriceTable
+
+__all__ = ["SERVICE_TIERS", "cost_of", "price_usage"]
+
+SERVICE_TIERS = frozenset({"standard", "batch", "flex", "priority", "fast"})
+
+_ZERO = Decimal(0)
+
+
+def price_usage(usage: Usage, price: ModelPrice, *, tier: str = "standard") -> Cost:
+    """Return the cost of ``usage`` at ``price`` (no lookup)."""
+    if tier not in SERVICE_TIERS and tier not in price.service_tiers:
+        raise ConfigurationError(
+            f"unknown service tier {tier!r}; use one of {sorted(SERVICE_TIERS)}"
+        )
+    # A model with no price for this tier is billed at its standard price: that
+    # over-charges a batch call rather than letting spend escape the budget.
+    tiered = price.for_tier(tier) or price
+    # Above a long-context threshold the provider re-prices the whole request.
+    p = tiered.for_input(usage.total_input_tokens)
+
+    # Each component: tokens x price per million. A missing price falls back to
+    # the nearest known one (cached input to input, reasoning to output, ...):
+    # never to zero.
+    cache_5m = p.cache_write_5m if p.cache_write_5m is not None else p.input
+    parts = (
+        ("input", usage.input_tokens, p.input),
+        ("cached_input", usage.cached_input_tokens, p.cached_input),
+        ("cache_write_5m", usage.cache_write_5m_tokens, cache_5m),
+        (
+            "cache_write_1h",
+            usage.cache_write_1h_tokens,
+            p.cache_write_1h if p.cache_write_1h is not None else cache_5m,
+        ),
+        ("output", usage.output_tokens, p.output),
+        ("reasoning", usage.reasoning_tokens, p.reasoning),
+        ("input_audio", usage.input_audio_tokens, p.input_audio),
+        ("output_audio", usage.output_audio_tokens, p.output_audio),
+        ("input_image", usage.input_image_tokens, p.input_image),
+    )
+    breakdown: dict[str, Decimal] = {}
+    total = _ZERO
+    for name, tokens, unit in parts:
+        if not tokens:
+            continue
+        if unit is None:
+            unit = p.output if name in ("reasoning", "output_audio") else p.input
+        # scaleb(-6) divides by one million exactly, whatever the Decimal context.
+        amount = (unit * tokens).scaleb(-6)
+        breakdown[name] = amount
+        total += amount
+    if usage.web_search_requests:
+        fee = p.per_request.get("web_search")
+        if fee is None:
+            fee = price.per_request.get("web_search", _ZERO)
+        amount = fee * usage.web_search_requests
+        breakdown["web_search"] = amount
+        total += amount
+    return Cost(
+        total=total,
+        breakdown=breakdown,
+        model=price.model,
+        price=p,
+        estimated=usage.estimated,
+        tier=tier,
+    )
+
+
+def cost_of(
+    usage: Usage,
+    model: str | None = None,
+    *,
+    tier: str = "standard",
+    table: PriceTable | None = None,
+) -> Cost:
+    """Return the exact cost of ``usage``, priced as ``model`` (default: the model it names).
+
+    Raises ``UnknownModelError`` when no price is known; the guard decides what
+    to do then.
+    """
+    name = model if model is not None else usage.model
+    if not name:
+        raise UnknownModelError(
+            "", "cannot price usage that names no model; pass model=... to cost_of"
+        )
+    if table is None:
+        from . import default_table
+
+        table = default_table()
+    price = table.lookup(name)
+    if price is None:
+        raise UnknownModelError(name)
+    return price_usage(usage, price, tier=tier)

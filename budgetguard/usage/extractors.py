@@ -1,0 +1,379 @@
+"""Read a provider's usage report into one normalised ``Usage``.
+
+Extractors are duck-typed: they read attributes of the vendors' pydantic
+objects and keys of plain dicts alike, so no vendor SDK is imported. Each one
+turns its provider's convention into the disjoint buckets of ``Usage``:
+
+- OpenAI (Chat Completions, legacy Completions, Embeddings), Mistral, DeepSeek
+  and LiteLLM count cache reads *inside* ``prompt_tokens``; OpenAI counts
+  reasoning *inside* ``completion_tokens``. Both are subtracted out.
+- Anthropic and Bedrock count cache reads and writes *on top of* the input.
+- Gemini counts cache reads inside ``prompt_token_count`` but thinking tokens
+  and tool-use prompt tokens *outside* their counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._record import Usage
+
+__all__ = [
+    "extract_usage",
+    "from_anthropic_usage",
+    "from_bedrock_usage",
+    "from_cohere_usage",
+    "from_gemini_usage",
+    "from_openai_usage",
+    "from_responses_usage",
+]
+
+
+def _get(obj: Any, key: str) -> Any:
+    """Return ``obj[key]`` for mappings, ``obj.key`` otherwise, ``None`` when absent."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(key)
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _int(value: Any) -> int:
+    """Turn a reported count into a non-negative int (``None`` and junk count as 0)."""
+    if type(value) is int:
+        return value if value > 0 else 0
+    if isinstance(value, float) and value == value and value > 0:
+        # Some proxies serialise counts as floats; a count is a whole number.
+        return int(value)
+    return 0
+
+
+def _has(obj: Any, key: str) -> bool:
+    return _get(obj, key) is not None
+
+
+def _model(response: Any) -> str | None:
+    model = _get(response, "model")
+    if isinstance(model, str) and model:
+        return model
+    return None
+
+
+def _vendor_of(obj: Any) -> str:
+    """Return the top-level module of ``obj``'s class ("openai", "litellm", "builtins", ...)."""
+    return type(obj).__module__.partition(".")[0]
+
+
+# Model-name prefixes that identify the vendor of an OpenAI-shaped response that is
+# a plain dict (Mistral, DeepSeek and xAI speak the OpenAI wire format).
+_PROVIDER_BY_MODEL_PREFIX = (
+    ("mistral", "mistral_ai"),
+    ("ministral", "mistral_ai"),
+    ("magistral", "mistral_ai"),
+    ("codestral", "mistral_ai"),
+    ("devstral", "mistral_ai"),
+    ("pixtral", "mistral_ai"),
+    ("voxtral", "mistral_ai"),
+    ("open-mistral", "mistral_ai"),
+    ("open-mixtral", "mistral_ai"),
+    ("deepseek", "deepseek"),
+    ("grok", "x_ai"),
+)
+
+
+def _openai_shaped_provider(response: Any, model: str | None) -> str:
+    vendor = _vendor_of(response)
+    if vendor in ("openai", "litellm", "mistralai"):
+        return "mistral_ai" if vendor == "mistralai" else vendor
+    if model:
+        lowered = model.lower()
+        for prefix, provider in _PROVIDER_BY_MODEL_PREFIX:
+            if lowered.startswith(prefix):
+                return provider
+    return "openai"
+
+
+def from_openai_usage(
+    usage: Any,
+    *,
+    model: str | None = None,
+    provider: str | None = "openai",
+    operation: str | None = None,
+) -> Usage:
+    """Normalise an OpenAI-style usage block (``prompt_tokens`` / ``completion_tokens``).
+
+    Serves Chat Completions, legacy Completions, Embeddings, Mistral, DeepSeek
+    and LiteLLM. Cache reads, cache writes, audio and image tokens are inside
+    ``prompt_tokens``; reasoning and audio are inside ``completion_tokens``.
+    """
+    prompt = _int(_get(usage, "prompt_tokens"))
+    completion = _int(_get(usage, "completion_tokens"))
+
+    details = _get(usage, "prompt_tokens_details")
+    cached = _int(_get(details, "cached_tokens"))
+    cache_write = _int(_get(details, "cache_write_tokens"))
+    audio_in = _int(_get(details, "audio_tokens"))
+    image_in = _int(_get(details, "image_tokens"))
+    if not cached:
+        # DeepSeek reports its cache hits beside, not inside, the details.
+        cached = _int(_get(usage, "prompt_cache_hit_tokens"))
+    if not cached:
+        # LiteLLM normalises Anthropic-style cache reads under this name; it
+        # still counts them inside prompt_tokens.
+        cached = _int(_get(usage, "cache_read_input_tokens"))
+    if not cache_write:
+        cache_write = _int(_get(usage, "cache_creation_input_tokens"))
+
+    out_details = _get(usage, "completion_tokens_details")
+    reasoning = _int(_get(out_details, "reasoning_tokens"))
+    audio_out = _int(_get(out_details, "audio_tokens"))
+
+    return Usage(
+        input_tokens=max(prompt - cached - cache_write - audio_in - image_in, 0),
+        cached_input_tokens=cached,
+        cache_write_5m_tokens=cache_write,
+        output_tokens=max(completion - reasoning - audio_out, 0),
+        reasoning_tokens=reasoning,
+        input_audio_tokens=audio_in,
+        output_audio_tokens=audio_out,
+        input_image_tokens=image_in,
+        model=model,
+        provider=provider,
+        operation=operation,
+    )
+
+
+def from_responses_usage(usage: Any, *, model: str | None = None) -> Usage:
+    """Normalise an OpenAI Responses API usage block (``input_tokens`` with details)."""
+    total_in = _int(_get(usage, "input_tokens"))
+    total_out = _int(_get(usage, "output_tokens"))
+    details = _get(usage, "input_tokens_details")
+    cached = _int(_get(details, "cached_tokens"))
+    write = _int(_get(details, "cache_write_tokens"))
+    ttl = _get(details, "cache_write_tokens_details")
+    write_long = _int(_get(ttl, "ttl_12h_tokens"))
+    # Short-retention writes fill the "5m" bucket, extended retention the "1h" one.
+    write_short = max(write - write_long, 0) if ttl is not None else write
+    reasoning = _int(_get(_get(usage, "output_tokens_details"), "reasoning_tokens"))
+    return Usage(
+        input_tokens=max(total_in - cached - write, 0),
+        cached_input_tokens=cached,
+        cache_write_5m_tokens=write_short,
+        cache_write_1h_tokens=write_long,
+        output_tokens=max(total_out - reasoning, 0),
+        reasoning_tokens=reasoning,
+        model=model,
+        provider="openai",
+        operation="chat",
+    )
+
+
+def from_anthropic_usage(
+    usage: Any,
+    *,
+    model: str | None = None,
+    provider: str | None = "anthropic",
+) -> Usage:
+    """Normalise an Anthropic Messages usage block.
+
+    Cache reads and writes come on top of ``input_tokens``. Writes are split by
+    lifetime in ``cache_creation``; without it they are 5-minute writes, the
+    default. ``output_tokens`` includes thinking, which
+    ``output_tokens_details.thinking_tokens`` breaks out where present.
+    """
+    write_total = _int(_get(usage, "cache_creation_input_tokens"))
+    creation = _get(usage, "cache_creation")
+    if creation is not None:
+        write_5m = _int(_get(creation, "ephemeral_5m_input_tokens"))
+        write_1h = _int(_get(creation, "ephemeral_1h_input_tokens"))
+        # Should the split not add up, bill the remainder at the 5-minute rate.
+        write_5m += max(write_total - write_5m - write_1h, 0)
+    else:
+        write_5m, write_1h = write_total, 0
+    output = _int(_get(usage, "output_tokens"))
+    thinking = _int(_get(_get(usage, "output_tokens_details"), "thinking_tokens"))
+    thinking = min(thinking, output)
+    return Usage(
+        input_tokens=_int(_get(usage, "input_tokens")),
+        cached_input_tokens=_int(_get(usage, "cache_read_input_tokens")),
+        cache_write_5m_tokens=write_5m,
+        cache_write_1h_tokens=write_1h,
+        output_tokens=output - thinking,
+        reasoning_tokens=thinking,
+        web_search_requests=_int(_get(_get(usage, "server_tool_use"), "web_search_requests")),
+        model=model,
+        provider=provider,
+        operation="chat",
+    )
+
+
+def _modality_count(details: Any, modality: str) -> int:
+    """Sum the ``token_count`` of one modality in a Gemini ``ModalityTokenCount`` list."""
+    if not isinstance(details, (list, tuple)):
+        return 0
+    total = 0
+    for item in details:
+        found = _get(item, "modality")
+        # The SDK uses an enum whose value is the name; dicts carry the string.
+        name = getattr(found, "value", found)
+        if isinstance(name, str) and name.upper() == modality:
+            total += _int(_get(item, "token_count"))
+    return total
+
+
+def from_gemini_usage(metadata: Any, *, model: str | None = None) -> Usage:
+    """Normalise a google-genai ``usage_metadata`` block.
+
+    ``prompt_token_count`` includes cached content; ``thoughts_token_count`` and
+    ``tool_use_prompt_token_count`` are outside ``candidates_token_count`` and
+    ``prompt_token_count``, and both are billed (thinking as output, tool-use
+    prompts as input).
+    """
+    prompt = _int(_get(metadata, "prompt_token_count"))
+    cached = min(_int(_get(metadata, "cached_content_token_count")), prompt)
+    tool_prompt = _int(_get(metadata, "tool_use_prompt_token_count"))
+    audio_in = _modality_count(_get(metadata, "prompt_tokens_details"), "AUDIO")
+    audio_cached = _modality_count(_get(metadata, "cache_tokens_details"), "AUDIO")
+    # Only uncached audio is carved out; cached audio stays with the cache reads.
+    audio_in = max(audio_in - audio_cached, 0)
+    audio_in = min(audio_in, max(prompt - cached, 0))
+    return Usage(
+        input_tokens=max(prompt - cached - audio_in, 0) + tool_prompt,
+        cached_input_tokens=cached,
+        output_tokens=_int(_get(metadata, "candidates_token_count")),
+        reasoning_tokens=_int(_get(metadata, "thoughts_token_count")),
+        input_audio_tokens=audio_in,
+        model=model,
+        provider="gcp.gen_ai",
+        operation="generate_content",
+    )
+
+
+def from_bedrock_usage(usage: Any, *, model: str | None = None) -> Usage:
+    """Normalise a Bedrock Converse ``usage`` block (camelCase, cache on top of input).
+
+    ``cacheDetails`` splits writes by TTL (``5m`` / ``1h``); without it every
+    write is a 5-minute write.
+    """
+    write_total = _int(_get(usage, "cacheWriteInputTokens"))
+    write_5m = write_1h = 0
+    details = _get(usage, "cacheDetails")
+    if isinstance(details, (list, tuple)) and details:
+        for item in details:
+            count = _int(_get(item, "inputTokens"))
+            if _get(item, "ttl") == "1h":
+                write_1h += count
+            else:
+                write_5m += count
+        write_5m += max(write_total - write_5m - write_1h, 0)
+    else:
+        write_5m = write_total
+    return Usage(
+        input_tokens=_int(_get(usage, "inputTokens")),
+        cached_input_tokens=_int(_get(usage, "cacheReadInputTokens")),
+        cache_write_5m_tokens=write_5m,
+        cache_write_1h_tokens=write_1h,
+        output_tokens=_int(_get(usage, "outputTokens")),
+        model=model,
+        provider="aws.bedrock",
+        operation="chat",
+    )
+
+
+def from_cohere_usage(usage: Any, *, model: str | None = None) -> Usage:
+    """Normalise a Cohere usage block, preferring ``billed_units`` over raw ``tokens``."""
+    billed = _get(usage, "billed_units")
+    counts = billed if billed is not None else _get(usage, "tokens")
+    return Usage(
+        input_tokens=_int(_get(counts, "input_tokens")),
+        output_tokens=_int(_get(counts, "output_tokens")),
+        model=model,
+        provider="cohere",
+        operation="chat",
+    )
+
+
+def _openai_operation(response: Any) -> str | None:
+    kind = _get(response, "object")
+    if kind == "chat.completion" or kind == "chat.completion.chunk":
+        return "chat"
+    if kind == "text_completion":
+        return "text_completion"
+    if kind == "list" or kind == "embedding":
+        return "embeddings"
+    if _has(response, "choices"):
+        return "chat"
+    if isinstance(_get(response, "data"), (list, tuple)):
+        return "embeddings"
+    return None
+
+
+def _from_usage_block(usage: Any, response: Any) -> Usage | None:
+    """Pick the right normaliser for a ``usage`` block by the fields it carries."""
+    model = _model(response)
+    if _has(usage, "prompt_tokens") or _has(usage, "completion_tokens"):
+        operation = _openai_operation(response)
+        return from_openai_usage(
+            usage,
+            model=model,
+            provider=_openai_shaped_provider(response, model),
+            operation=operation,
+        )
+    if _has(usage, "inputTokens") or _has(usage, "outputTokens"):
+        return from_bedrock_usage(usage, model=model)
+    if _has(usage, "billed_units") or _has(usage, "tokens"):
+        return from_cohere_usage(usage, model=model)
+    if _has(usage, "input_tokens") or _has(usage, "output_tokens"):
+        kind = _get(response, "object")
+        if kind == "response" or _has(usage, "input_tokens_details"):
+            return from_responses_usage(usage, model=model)
+        provider = "anthropic"
+        if _vendor_of(response) == "litellm":
+            provider = "litellm"
+        return from_anthropic_usage(usage, model=model, provider=provider)
+    return None
+
+
+def extract_usage(response: object) -> Usage | None:
+    """Return the usage a provider reported in ``response``, or ``None`` if it carries none.
+
+    Understands OpenAI (Chat Completions, Responses, Embeddings, legacy
+    Completions), Anthropic Messages, google-genai ``GenerateContentResponse``,
+    Bedrock Converse, Cohere v1/v2, Mistral, DeepSeek and LiteLLM responses, as
+    vendor objects or plain dicts. A bare usage block is understood too.
+    """
+    if response is None:
+        return None
+    metadata = _get(response, "usage_metadata")
+    if metadata is not None:
+        return from_gemini_usage(metadata, model=_model(response) or _gemini_version(response))
+    usage = _get(response, "usage")
+    if usage is not None:
+        return _from_usage_block(usage, response)
+    # A Responses stream event or a wrapper that nests the response.
+    inner = _get(response, "response")
+    if inner is not None and inner is not response and _has(inner, "usage"):
+        return extract_usage(inner)
+    # Cohere v1 keeps its billed units under ``meta``.
+    meta = _get(response, "meta")
+    if meta is not None and _has(meta, "billed_units"):
+        return from_cohere_usage(meta, model=_model(response))
+    # Last, a bare usage block handed over on its own.
+    return _from_bare_block(response)
+
+
+def _gemini_version(response: Any) -> str | None:
+    version = _get(response, "model_version")
+    return version if isinstance(version, str) and version else None
+
+
+def _from_bare_block(block: Any) -> Usage | None:
+    if _has(block, "prompt_token_count") or _has(block, "candidates_token_count"):
+        return from_gemini_usage(block)
+    for key in ("prompt_tokens", "inputTokens", "billed_units", "input_tokens"):
+        if _has(block, key):
+            return _from_usage_block(block, None)
+    return None
