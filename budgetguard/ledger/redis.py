@@ -1,0 +1,680 @@
+"""The Redis ledger: one ledger shared by every process on every host.
+
+URLs are redis-py's::
+
+    redis://[[user]:[password]@]host[:port][/db]
+    rediss://...                       TLS
+    unix:///path/to/redis.sock?db=0
+
+plus two options of the ledger's own, as query parameters or keyword
+arguments: ``prefix`` (a namespace, so that several ledgers share one Redis
+database) and ``ended_ttl`` (seconds for which settled and released
+reservation ids are remembered; default 7 days). Every other query parameter
+(``socket_timeout``, ``ssl_cert_reqs``, ...) goes to redis-py.
+
+Layout: every key of one ledger carries the same hash tag, ``{bg}`` or
+``{bg:<prefix>}``, so all of them live in one Redis Cluster slot and every
+operation can be one Lua script over several budgets (a call usually holds a
+user's budget and the global one at once). The price is that one ledger
+namespace is served by one shard; use several prefixes to spread tenants.
+
+================================  ==========================================
+``{bg}:spent``                    hash: key -> units spent
+``{bg}:reserved``                 hash: key -> units held by open reservations
+``{bg}:open``                     sorted set: reservation id, score = expiry
+``{bg}:holds``                    hash: reservation id -> JSON holds
+``{bg}:settled``, ``{bg}:released``  sorted sets: ended ids, score = end time
+``{bg}:budgets``                  hash: budget name -> JSON definition
+================================  ==========================================
+
+Units are integers: Redis adds them with ``HINCRBY`` (exact 64-bit) and the
+scripts compare them as Lua doubles, exact up to 2**53 units (nine million
+dollars at a nano-dollar per unit). ``INCRBYFLOAT`` is never used.
+
+Time comes from the ledger's clock and is passed to the scripts; they never
+call ``TIME``, so tests can move time and hosts agree on expiry as far as
+their clocks do (the reservation's expiry is computed by the client anyway).
+Expired reservations are released lazily, at most ``expire_batch`` per
+script call; reads that must see every expiry call again until none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from ..errors import ConfigurationError, StorageError
+from .base import Balance, Hold, Ledger, Refusal, Reservation, check_reservation, check_units
+
+__all__ = ["RedisLedger"]
+
+_DEFAULT_ENDED_TTL = 7 * 24 * 3600.0
+_DEFAULT_SOCKET_TIMEOUT = 5.0
+# Lua numbers are doubles: whole numbers are exact up to 2**53.
+_MAX_UNITS = 2**53
+
+# Shared by every script; KEYS are always the same six, in this order, so that
+# every key a script touches is declared (Redis Cluster requires it).
+_PRELUDE = """
+local spent_key, reserved_key, open_key = KEYS[1], KEYS[2], KEYS[3]
+local holds_key, settled_key, released_key = KEYS[4], KEYS[5], KEYS[6]
+
+-- Drop the holds of an open reservation; false if it is not open.
+local function unhold(id)
+  local holds = redis.call('HGET', holds_key, id)
+  redis.call('ZREM', open_key, id)
+  if not holds then return false end
+  redis.call('HDEL', holds_key, id)
+  for _, hold in ipairs(cjson.decode(holds)) do
+    -- amounts travel as strings: HINCRBY parses them as exact integers
+    if hold[3] ~= '0' then
+      local left = redis.call('HINCRBY', reserved_key, hold[1], '-' .. hold[3])
+      if left <= 0 then redis.call('HDEL', reserved_key, hold[1]) end
+    end
+  end
+  return true
+end
+
+-- Release up to `batch` expired reservations; 1 if more may be waiting.
+local function expire(now, batch)
+  local due = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', 0, batch)
+  for _, id in ipairs(due) do
+    unhold(id)
+    redis.call('ZADD', released_key, now, id)
+  end
+  if #due >= batch then return 1 end
+  return 0
+end
+"""
+
+# ARGV: id, now, expires_at, batch, ended_ttl, holds_json, n, then n triples
+# (key, limit or '', amount).
+_RESERVE = (
+    _PRELUDE
+    + """
+local id, now = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', holds_key, id) == 1 or redis.call('ZSCORE', settled_key, id)
+    or redis.call('ZSCORE', released_key, id) then
+  return {-1}
+end
+local more = expire(now, tonumber(ARGV[4]))
+local forget = '(' .. tostring(tonumber(now) - tonumber(ARGV[5]))
+redis.call('ZREMRANGEBYSCORE', settled_key, '-inf', forget)
+redis.call('ZREMRANGEBYSCORE', released_key, '-inf', forget)
+local n = tonumber(ARGV[7])
+-- Check every hold before changing anything: a refusal changes nothing.
+for i = 0, n - 1 do
+  local key, limit = ARGV[8 + 3 * i], ARGV[9 + 3 * i]
+  if limit ~= '' then
+    local spent = redis.call('HGET', spent_key, key) or '0'
+    local reserved = redis.call('HGET', reserved_key, key) or '0'
+    local used = tonumber(spent) + tonumber(reserved)
+    local amount, cap = tonumber(ARGV[10 + 3 * i]), tonumber(limit)
+    if used + amount > cap or (amount == 0 and used >= cap) then
+      return {1, i, spent, reserved, more}
+    end
+  end
+end
+for i = 0, n - 1 do
+  local amount = ARGV[10 + 3 * i]
+  if amount ~= '0' then redis.call('HINCRBY', reserved_key, ARGV[8 + 3 * i], amount) end
+end
+redis.call('HSET', holds_key, id, ARGV[6])
+redis.call('ZADD', open_key, ARGV[3], id)
+return {0}
+"""
+)
+
+# ARGV: id, now, amount, then every key to charge.
+_SETTLE = (
+    _PRELUDE
+    + """
+local id, now, amount = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('ZSCORE', settled_key, id) then return 0 end
+unhold(id)
+redis.call('ZREM', released_key, id)
+redis.call('ZADD', settled_key, now, id)
+for i = 4, #ARGV do redis.call('HINCRBY', spent_key, ARGV[i], amount) end
+return 1
+"""
+)
+
+# ARGV: id, now.
+_RELEASE = (
+    _PRELUDE
+    + """
+if not unhold(ARGV[1]) then return 0 end
+redis.call('ZADD', released_key, ARGV[2], ARGV[1])
+return 1
+"""
+)
+
+# ARGV: amount, then every key to charge.
+_ADD = """
+for i = 2, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[1]) end
+return 1
+"""
+
+# ARGV: now, batch, then keys. Returns {more, spent1, reserved1, ...}.
+_BALANCES = (
+    _PRELUDE
+    + """
+local result = {expire(ARGV[1], tonumber(ARGV[2]))}
+for i = 3, #ARGV do
+  result[#result + 1] = redis.call('HGET', spent_key, ARGV[i]) or '0'
+  result[#result + 1] = redis.call('HGET', reserved_key, ARGV[i]) or '0'
+end
+return result
+"""
+)
+
+# ARGV: now, batch, prefix, glob pattern. Returns {more, key1, spent1, reserved1, ...}.
+_SCAN = (
+    _PRELUDE
+    + """
+local more = expire(ARGV[1], tonumber(ARGV[2]))
+local prefix, pattern = ARGV[3], ARGV[4]
+local found, order = {}, {}
+for _, hash in ipairs({spent_key, reserved_key}) do
+  local cursor = '0'
+  repeat
+    local page = redis.call('HSCAN', hash, cursor, 'MATCH', pattern, 'COUNT', 1000)
+    cursor = page[1]
+    local items = page[2]
+    for j = 1, #items, 2 do
+      local key = items[j]
+      if string.sub(key, 1, #prefix) == prefix and items[j + 1] ~= '0'
+          and not found[key] then
+        found[key] = true
+        order[#order + 1] = key
+      end
+    end
+  until cursor == '0'
+end
+local result = {more}
+for _, key in ipairs(order) do
+  result[#result + 1] = key
+  result[#result + 1] = redis.call('HGET', spent_key, key) or '0'
+  result[#result + 1] = redis.call('HGET', reserved_key, key) or '0'
+end
+return result
+"""
+)
+
+# ARGV: now, batch. Returns {more, id1, expires1, holds1, ...}.
+_OPEN = (
+    _PRELUDE
+    + """
+local more = expire(ARGV[1], tonumber(ARGV[2]))
+local result = {more}
+local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
+for j = 1, #open, 2 do
+  result[#result + 1] = open[j]
+  result[#result + 1] = open[j + 1]
+  result[#result + 1] = redis.call('HGET', holds_key, open[j]) or '[]'
+end
+return result
+"""
+)
+
+_SCRIPTS = {
+    "reserve": _RESERVE,
+    "settle": _SETTLE,
+    "release": _RELEASE,
+    "add": _ADD,
+    "balances": _BALANCES,
+    "scan": _SCAN,
+    "open": _OPEN,
+}
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+        import redis.asyncio
+        import redis.asyncio.retry
+        import redis.backoff
+        import redis.retry
+    except ModuleNotFoundError as error:
+        raise ConfigurationError(
+            "the redis:// ledger needs the redis package, which is not installed; "
+            "install it with: pip install 'budgetguard[redis]'"
+        ) from error
+    return redis
+
+
+class _AsyncClient:
+    """One event loop's asyncio client and its scripts (asyncio clients are bound to a loop)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+
+
+class RedisLedger(Ledger):
+    """Keep spend in Redis, one Lua script per operation, shared by every host.
+
+    Options (keyword arguments, or query parameters for ``prefix`` and
+    ``ended_ttl``): ``prefix`` namespaces the keys; ``socket_timeout``
+    seconds before a slow Redis is reported as a ``StorageError`` (default
+    5); ``ended_ttl`` seconds for which ended ids are remembered (default 7
+    days); ``expire_batch`` expired reservations released per call (default
+    100). Other keyword arguments go to ``redis.Redis.from_url``.
+    """
+
+    schemes = ("redis", "rediss", "unix")
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        prefix: str | None = None,
+        socket_timeout: float | None = None,
+        ended_ttl: float | None = None,
+        expire_batch: int = 100,
+        **client_options: Any,
+    ) -> None:
+        super().__init__(url, clock=clock)
+        self.safe_url = redact(url)
+        redis = _import_redis()
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in self.schemes:
+            raise ConfigurationError(f"not a Redis URL: {self.safe_url!r}")
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        prefix = prefix if prefix is not None else query.pop("prefix", "")
+        query.pop("prefix", None)
+        ttl_option = ended_ttl if ended_ttl is not None else query.pop("ended_ttl", None)
+        query.pop("ended_ttl", None)
+        self.ended_ttl = _positive("ended_ttl", ttl_option, _DEFAULT_ENDED_TTL, self.safe_url)
+        if not isinstance(expire_batch, int) or expire_batch < 1:
+            raise ConfigurationError(
+                f"expire_batch must be a positive integer, got {expire_batch!r}"
+            )
+        self.expire_batch = expire_batch
+        if not isinstance(prefix, str) or any(c in prefix for c in "{}"):
+            raise ConfigurationError(f"prefix must be a string without braces, got {prefix!r}")
+        self.prefix = prefix
+        tag = "{bg:" + prefix + "}" if prefix else "{bg}"
+        self.keys = tuple(
+            f"{tag}:{name}"
+            for name in ("spent", "reserved", "open", "holds", "settled", "released")
+        )
+        self.budgets_key = f"{tag}:budgets"
+        client_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
+        timeout = socket_timeout if socket_timeout is not None else _DEFAULT_SOCKET_TIMEOUT
+        # One retry, on connection errors only: it replaces a pooled
+        # connection that died (Redis restarted) without failing the call.
+        # Timeouts are not retried: the script may have run, and running a
+        # reserve or add twice would hold or charge twice.
+        self._options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "decode_responses": True,
+            **client_options,
+        }
+        self._client_url = client_url
+        self._redis = redis
+        try:
+            self._client = redis.Redis.from_url(
+                client_url,
+                retry=redis.retry.Retry(
+                    redis.backoff.NoBackoff(),
+                    1,
+                    supported_errors=(redis.exceptions.ConnectionError,),
+                ),
+                **self._options,
+            )
+        except (ValueError, TypeError) as error:
+            raise ConfigurationError(f"malformed Redis URL {self.safe_url!r}: {error}") from None
+        self._scripts = {name: self._client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._async_lock = threading.Lock()
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisLedger({self.safe_url!r})"
+
+    # -- the hot path ---------------------------------------------------------
+
+    def reserve(self, reservation: Reservation) -> Refusal | None:
+        """Hold every amount of ``reservation`` or none of them, in one script."""
+        args = self._reserve_args(reservation)
+        while True:
+            reply = self._run("reserve", args)
+            if not self._retry_refusal(reply):
+                return self._reserve_result(reservation, reply)
+
+    def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
+        """Charge ``amount`` to every held key and tally; drop the holds once."""
+        return bool(self._run("settle", self._settle_args(reservation, amount, tallies)))
+
+    def release(self, reservation: Reservation) -> bool:
+        """Drop the holds of ``reservation`` without charging."""
+        return bool(self._run("release", [reservation.id, repr(float(self.clock()))]))
+
+    def add(self, keys: Sequence[str], amount: int) -> None:
+        """Charge ``amount`` to every key unconditionally."""
+        if keys:
+            self._run("add", [_units(amount), *keys])
+
+    # -- reading and administration -------------------------------------------
+
+    def balances(self, keys: Sequence[str]) -> dict[str, Balance]:
+        """Return the balance of every key asked for."""
+        while True:
+            reply = self._run("balances", [repr(float(self.clock())), self.expire_batch, *keys])
+            if not int(reply[0]):
+                return _balances(keys, reply)
+
+    def scan(self, prefix: str) -> dict[str, Balance]:
+        """Return every key starting with ``prefix`` that holds anything."""
+        while True:
+            reply = self._run(
+                "scan", [repr(float(self.clock())), self.expire_batch, prefix, _glob(prefix)]
+            )
+            if not int(reply[0]):
+                return _scanned(reply)
+
+    def clear(self, keys: Sequence[str]) -> None:
+        """Forget the spend of the given keys (open reservations stay held)."""
+        if keys:
+            self._command(self._client.hdel, self.keys[0], *keys)
+
+    def open_reservations(self) -> list[Reservation]:
+        """Return the reservations still holding units."""
+        while True:
+            reply = self._run("open", [repr(float(self.clock())), self.expire_batch])
+            if not int(reply[0]):
+                return _reservations(reply)
+
+    def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
+        """Store a budget definition under ``name``."""
+        self._command(self._client.hset, self.budgets_key, name, _to_json(name, definition))
+
+    def get_budget(self, name: str) -> dict[str, Any] | None:
+        """Return the budget definition stored under ``name``."""
+        text = self._command(self._client.hget, self.budgets_key, name)
+        return _from_json(text) if text is not None else None
+
+    def delete_budget(self, name: str) -> bool:
+        """Delete a budget definition."""
+        return bool(self._command(self._client.hdel, self.budgets_key, name))
+
+    def list_budgets(self) -> dict[str, dict[str, Any]]:
+        """Return every stored budget definition."""
+        found = self._command(self._client.hgetall, self.budgets_key)
+        return {name: _from_json(text) for name, text in sorted(found.items())}
+
+    def ping(self) -> None:
+        """Check that Redis answers."""
+        self._command(self._client.ping)
+
+    def close(self) -> None:
+        """Close the connection pool (asyncio clients close in ``aclose``)."""
+        self._client.close()
+
+    # -- asynchronous variants: redis.asyncio, the same scripts ----------------
+
+    async def areserve(self, reservation: Reservation) -> Refusal | None:
+        """Do ``reserve`` on the asyncio client."""
+        args = self._reserve_args(reservation)
+        while True:
+            reply = await self._arun("reserve", args)
+            if not self._retry_refusal(reply):
+                return self._reserve_result(reservation, reply)
+
+    async def asettle(
+        self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()
+    ) -> bool:
+        """Do ``settle`` on the asyncio client."""
+        return bool(await self._arun("settle", self._settle_args(reservation, amount, tallies)))
+
+    async def arelease(self, reservation: Reservation) -> bool:
+        """Do ``release`` on the asyncio client."""
+        return bool(await self._arun("release", [reservation.id, repr(float(self.clock()))]))
+
+    async def aadd(self, keys: Sequence[str], amount: int) -> None:
+        """Do ``add`` on the asyncio client."""
+        if keys:
+            await self._arun("add", [_units(amount), *keys])
+
+    async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
+        """Do ``balances`` on the asyncio client."""
+        while True:
+            reply = await self._arun(
+                "balances", [repr(float(self.clock())), self.expire_batch, *keys]
+            )
+            if not int(reply[0]):
+                return _balances(keys, reply)
+
+    async def aping(self) -> None:
+        """Do ``ping`` on the asyncio client."""
+        client = self._async_client()
+        await self._acommand(client.client.ping())
+
+    async def aclose(self) -> None:
+        """Close this event loop's asyncio client and the synchronous pool."""
+        loop = asyncio.get_running_loop()
+        with self._async_lock:
+            entry = self._async.pop(loop, None)
+        if entry is not None:
+            await entry.client.aclose()
+        self.close()
+
+    # -- internals ----------------------------------------------------------------
+
+    def _reserve_args(self, reservation: Reservation) -> list[Any]:
+        check_reservation(reservation)
+        holds = [
+            [h.key, None if h.limit is None else _units(h.limit), _units(h.amount)]
+            for h in reservation.holds
+        ]
+        args: list[Any] = [
+            reservation.id,
+            repr(float(self.clock())),
+            repr(float(reservation.expires_at)),
+            self.expire_batch,
+            repr(self.ended_ttl),
+            json.dumps(holds),
+            len(holds),
+        ]
+        for key, limit, amount in holds:
+            args += [key, "" if limit is None else limit, amount]
+        return args
+
+    def _retry_refusal(self, reply: Any) -> bool:
+        # A refusal seen while more expired reservations were still waiting
+        # may be wrong; the refusal changed nothing, so simply ask again.
+        return int(reply[0]) == 1 and int(reply[4]) == 1
+
+    def _reserve_result(self, reservation: Reservation, reply: Any) -> Refusal | None:
+        status = int(reply[0])
+        if status == -1:
+            raise ValueError(f"reservation id {reservation.id!r} was used before")
+        if status == 0:
+            return None
+        index = int(reply[1])
+        hold = reservation.holds[index]
+        assert hold.limit is not None  # only holds with a limit refuse
+        return Refusal(index, hold.key, hold.limit, int(reply[2]), int(reply[3]), hold.amount)
+
+    def _settle_args(
+        self, reservation: Reservation, amount: int, tallies: Sequence[str]
+    ) -> list[Any]:
+        return [
+            reservation.id,
+            repr(float(self.clock())),
+            _units(amount),
+            *reservation.keys,
+            *tallies,
+        ]
+
+    def _run(self, name: str, args: Sequence[Any]) -> Any:
+        # The add script touches only the spent hash, so it declares only that key.
+        keys = self.keys[:1] if name == "add" else self.keys
+        return self._command(self._scripts[name], keys=keys, args=args)
+
+    async def _arun(self, name: str, args: Sequence[Any]) -> Any:
+        entry = self._async_client()
+        keys = self.keys[:1] if name == "add" else self.keys
+        return await self._acommand(entry.scripts[name](keys=keys, args=args))
+
+    def _command(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except self._redis.exceptions.RedisError as error:
+            raise self._storage_error(error) from error
+        except OSError as error:
+            raise self._storage_error(error) from error
+
+    async def _acommand(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except self._redis.exceptions.RedisError as error:
+            raise self._storage_error(error) from error
+        except OSError as error:
+            raise self._storage_error(error) from error
+
+    def _storage_error(self, error: BaseException) -> StorageError:
+        kind = type(error).__name__
+        exceptions = self._redis.exceptions
+        if isinstance(error, exceptions.TimeoutError):
+            problem = "Redis did not answer in time"
+        elif isinstance(error, exceptions.AuthenticationError):
+            problem = "Redis refused the credentials"
+        elif isinstance(error, exceptions.ConnectionError | OSError):
+            problem = "cannot reach Redis"
+        else:
+            problem = "Redis reported an error"
+        return StorageError(f"{problem} at {self.safe_url}: {kind}: {redact_text(str(error))}")
+
+    def _async_client(self) -> _AsyncClient:
+        loop = asyncio.get_running_loop()
+        with self._async_lock:
+            entry = self._async.get(loop)
+            if entry is None:
+                redis = self._redis
+                try:
+                    client = redis.asyncio.Redis.from_url(
+                        self._client_url,
+                        retry=redis.asyncio.retry.Retry(
+                            redis.backoff.NoBackoff(),
+                            1,
+                            supported_errors=(redis.exceptions.ConnectionError,),
+                        ),
+                        **self._options,
+                    )
+                except (ValueError, TypeError) as error:
+                    raise ConfigurationError(
+                        f"malformed Redis URL {self.safe_url!r}: {error}"
+                    ) from None
+                entry = self._async[loop] = _AsyncClient(client)
+            return entry
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with its password (in the authority or the query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, host = netloc.rpartition("@")
+            user, colon, _password = userinfo.partition(":")
+            netloc = f"{user}{':***' if colon else ''}@{host}"
+        query = [
+            (name, "***" if name.lower() == "password" else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, quote_via=quote), ""))
+    except ValueError:
+        return "<unparseable Redis URL>"
+
+
+def redact_text(text: str) -> str:
+    """Hide anything that looks like a URL password inside an error message."""
+    words = []
+    for word in text.split(" "):
+        words.append(redact(word) if "://" in word and "@" in word else word)
+    return " ".join(words)
+
+
+def _units(amount: int) -> str:
+    check_units(amount)
+    if amount >= _MAX_UNITS:
+        raise ValueError(
+            f"amount {amount} is too large for the Redis ledger (Lua counts exactly "
+            f"up to {_MAX_UNITS} units)"
+        )
+    return str(amount)
+
+
+def _glob(prefix: str) -> str:
+    # Redis MATCH patterns are globs: escape their special characters.
+    escaped = "".join("\\" + c if c in "*?[]\\^-" else c for c in prefix)
+    return escaped + "*"
+
+
+def _positive(name: str, value: object, default: float, url: str) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds, got {value!r} ({url})"
+        )
+    return number
+
+
+def _balances(keys: Sequence[str], reply: Sequence[Any]) -> dict[str, Balance]:
+    return {
+        key: Balance(int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, key in enumerate(keys)
+    }
+
+
+def _scanned(reply: Sequence[Any]) -> dict[str, Balance]:
+    found: dict[str, Balance] = {}
+    for i in range(1, len(reply), 3):
+        spent, reserved = int(reply[i + 1]), int(reply[i + 2])
+        if spent or reserved:
+            found[reply[i]] = Balance(spent, reserved)
+    return found
+
+
+def _reservations(reply: Sequence[Any]) -> list[Reservation]:
+    found = []
+    for i in range(1, len(reply), 3):
+        holds = tuple(
+            Hold(key, None if limit is None else int(limit), int(amount))
+            for key, limit, amount in json.loads(reply[i + 2])
+        )
+        found.append(Reservation(reply[i], holds, float(reply[i + 1])))
+    return found
+
+
+def _to_json(name: str, definition: Mapping[str, Any]) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"budget name must be a non-empty string, got {name!r}")
+    try:
+        return json.dumps(dict(definition), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"budget {name!r} definition is not JSON-able: {error}") from None
+
+
+def _from_json(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise StorageError(f"stored budget definition is not a JSON object: {text[:80]!r}")
+    return value

@@ -1,0 +1,562 @@
+"""The SQLite ledger: durable, shared by every process on one host.
+
+URLs name a file, as SQLAlchemy does::
+
+    sqlite:///spend.db              relative to the working directory
+    sqlite:////var/lib/app/spend.db absolute (four slashes)
+    sqlite:///spend.db?synchronous=normal&busy_timeout=10
+
+``sqlite:///:memory:`` is refused: an in-memory SQLite database is private to
+one connection, so it would be neither shared nor durable; ``memory://`` is the
+ledger for that.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL`` by
+default, so a charge that returned is on disk, surviving ``kill -9`` *and* a
+power loss, at the price of one fsync per operation (well under a millisecond
+on an SSD, nothing next to an LLM call). ``synchronous=normal`` skips that
+fsync; with WAL a committed transaction still survives the process being
+killed (it is in the OS page cache), but the last ones may be lost if the
+machine itself goes down.
+
+Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction, so processes
+queue on SQLite's write lock (waiting up to ``busy_timeout`` seconds) and a
+check can never be separated from its charge. Each thread has its own
+connection; writers of one process also queue on a lock, so they wait in
+order rather than in SQLite's sleeping busy handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import ConfigurationError, StorageError
+from .base import (
+    Balance,
+    Hold,
+    Refusal,
+    Reservation,
+    _ThreadedAsync,
+    check_reservation,
+    check_units,
+)
+
+__all__ = ["SQLiteLedger"]
+
+logger = logging.getLogger("budgetguard")
+
+#: Each entry upgrades the schema from version ``index`` to ``index + 1``;
+#: ``PRAGMA user_version`` records how many have run. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE counters (
+            key TEXT PRIMARY KEY,
+            spent INTEGER NOT NULL DEFAULT 0,
+            reserved INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID""",
+        """CREATE TABLE reservations (
+            id TEXT PRIMARY KEY,
+            holds TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+        "CREATE INDEX reservations_by_expiry ON reservations (expires_at)",
+        """CREATE TABLE ended (
+            id TEXT PRIMARY KEY,
+            settled INTEGER NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX ended_by_time ON ended (at)",
+        "CREATE TABLE budgets (name TEXT PRIMARY KEY, definition TEXT NOT NULL)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# SQLite integers are signed 64-bit; a sum past this would silently turn into
+# a float, so amounts are kept well below it.
+_MAX_UNITS = 2**62
+_SYNCHRONOUS = ("full", "normal", "extra")
+_DEFAULT_ENDED_TTL = 7 * 24 * 3600.0
+
+
+class _Connection:
+    """Hold one thread's connection (sqlite3 connections cannot be weakly referenced)."""
+
+    __slots__ = ("__weakref__", "db")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+
+class SQLiteLedger(_ThreadedAsync):
+    """Keep spend in one SQLite file that every process on the host shares.
+
+    Options (keyword arguments or URL query parameters): ``busy_timeout``
+    seconds to wait for another process's write lock (default 30);
+    ``synchronous`` ``"full"`` (default) or ``"normal"``; ``ended_ttl``
+    seconds for which settled and released reservation ids are remembered so
+    that a late repeated settle is ignored (default 7 days).
+    """
+
+    schemes = ("sqlite",)
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float | str | None = None,
+        synchronous: str | None = None,
+        ended_ttl: float | str | None = None,
+    ) -> None:
+        super().__init__(url, clock=clock)
+        path, query = _parse_url(url)
+        self.path = path
+        self.busy_timeout = _positive(
+            "busy_timeout",
+            busy_timeout if busy_timeout is not None else query.pop("busy_timeout", 30.0),
+            url,
+        )
+        self.ended_ttl = _positive(
+            "ended_ttl",
+            ended_ttl if ended_ttl is not None else query.pop("ended_ttl", _DEFAULT_ENDED_TTL),
+            url,
+        )
+        mode = str(synchronous if synchronous is not None else query.pop("synchronous", "full"))
+        if mode.lower() not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {mode!r} in {url!r}"
+            )
+        self.synchronous = mode.lower()
+        if query:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(sorted(query))} in {url!r}; "
+                "known: busy_timeout, synchronous, ended_ttl"
+            )
+        self._closed = False
+        self._reset_connections()
+        self._open_database()
+
+    # -- the hot path ---------------------------------------------------------
+
+    def reserve(self, reservation: Reservation) -> Refusal | None:
+        """Hold every amount of ``reservation`` or none of them, in one transaction."""
+        check_reservation(reservation)
+        _check_fits(*(hold.amount for hold in reservation.holds))
+        holds_json = json.dumps([[h.key, h.limit, h.amount] for h in reservation.holds])
+        with self._write() as db:
+            used = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM reservations WHERE id = ?)"
+                " OR EXISTS (SELECT 1 FROM ended WHERE id = ?)",
+                (reservation.id, reservation.id),
+            ).fetchone()[0]
+            if used:
+                raise ValueError(f"reservation id {reservation.id!r} was used before")
+            now = self.clock()
+            self._expire(db, now)
+            # Every hold is checked against the balances before this
+            # reservation, then all are applied: the memory ledger's rule.
+            for index, hold in enumerate(reservation.holds):
+                if hold.limit is None:
+                    continue
+                row = db.execute(
+                    "SELECT spent, reserved FROM counters WHERE key = ?", (hold.key,)
+                ).fetchone()
+                spent, reserved = row if row is not None else (0, 0)
+                used_units = spent + reserved
+                if used_units + hold.amount > hold.limit or (
+                    hold.amount == 0 and used_units >= hold.limit
+                ):
+                    return Refusal(index, hold.key, hold.limit, spent, reserved, hold.amount)
+            db.executemany(
+                "INSERT INTO counters (key, reserved) VALUES (?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET reserved = reserved + excluded.reserved",
+                [(hold.key, hold.amount) for hold in reservation.holds],
+            )
+            db.execute(
+                "INSERT INTO reservations (id, holds, expires_at) VALUES (?, ?, ?)",
+                (reservation.id, holds_json, float(reservation.expires_at)),
+            )
+            db.execute("DELETE FROM ended WHERE at < ?", (now - self.ended_ttl,))
+            return None
+
+    def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
+        """Charge ``amount`` to every held key and tally; drop the holds once."""
+        check_units(amount)
+        _check_fits(amount)
+        with self._write() as db:
+            row = db.execute("SELECT settled FROM ended WHERE id = ?", (reservation.id,)).fetchone()
+            if row is not None and row[0]:
+                return False
+            self._end(db, reservation.id, settled=True)
+            db.executemany(
+                "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET spent = spent + excluded.spent",
+                [(key, amount) for key in (*reservation.keys, *tallies)],
+            )
+            return True
+
+    def release(self, reservation: Reservation) -> bool:
+        """Drop the holds of ``reservation`` without charging."""
+        with self._write() as db:
+            if (
+                db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation.id,)).fetchone()
+                is None
+            ):
+                return False
+            self._end(db, reservation.id, settled=False)
+            return True
+
+    def add(self, keys: Sequence[str], amount: int) -> None:
+        """Charge ``amount`` to every key unconditionally."""
+        check_units(amount)
+        _check_fits(amount)
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET spent = spent + excluded.spent",
+                [(key, amount) for key in keys],
+            )
+
+    # -- reading and administration -------------------------------------------
+
+    def balances(self, keys: Sequence[str]) -> dict[str, Balance]:
+        """Return the balance of every key asked for."""
+        self._expire_if_due()
+        with self._read() as db:
+            found: dict[str, Balance] = {}
+            for key in dict.fromkeys(keys):
+                row = db.execute(
+                    "SELECT spent, reserved FROM counters WHERE key = ?", (key,)
+                ).fetchone()
+                found[key] = Balance(*row) if row is not None else Balance()
+            return {key: found[key] for key in keys}
+
+    def scan(self, prefix: str) -> dict[str, Balance]:
+        """Return every key starting with ``prefix`` that holds anything."""
+        self._expire_if_due()
+        with self._read() as db:
+            # ``key >= prefix`` lets the primary key index skip ahead; substr
+            # does the exact (case-sensitive, unlike LIKE) prefix test.
+            rows = db.execute(
+                "SELECT key, spent, reserved FROM counters WHERE key >= ?"
+                " AND substr(key, 1, ?) = ? AND (spent != 0 OR reserved != 0)",
+                (prefix, len(prefix), prefix),
+            ).fetchall()
+        return {key: Balance(spent, reserved) for key, spent, reserved in rows}
+
+    def clear(self, keys: Sequence[str]) -> None:
+        """Forget the spend of the given keys (open reservations stay held)."""
+        with self._write() as db:
+            db.executemany("UPDATE counters SET spent = 0 WHERE key = ?", [(k,) for k in keys])
+            db.executemany(
+                "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
+                [(k,) for k in keys],
+            )
+
+    def open_reservations(self) -> list[Reservation]:
+        """Return the reservations still holding units."""
+        self._expire_if_due()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT id, holds, expires_at FROM reservations ORDER BY expires_at, id"
+            ).fetchall()
+        return [
+            Reservation(
+                rid, tuple(Hold(key, limit, amount) for key, limit, amount in json.loads(holds)), at
+            )
+            for rid, holds, at in rows
+        ]
+
+    def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
+        """Store a budget definition under ``name``."""
+        text = _to_json(name, definition)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO budgets (name, definition) VALUES (?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET definition = excluded.definition",
+                (name, text),
+            )
+
+    def get_budget(self, name: str) -> dict[str, Any] | None:
+        """Return the budget definition stored under ``name``."""
+        with self._read() as db:
+            row = db.execute("SELECT definition FROM budgets WHERE name = ?", (name,)).fetchone()
+        return _from_json(row[0]) if row is not None else None
+
+    def delete_budget(self, name: str) -> bool:
+        """Delete a budget definition."""
+        with self._write() as db:
+            return db.execute("DELETE FROM budgets WHERE name = ?", (name,)).rowcount > 0
+
+    def list_budgets(self) -> dict[str, dict[str, Any]]:
+        """Return every stored budget definition."""
+        with self._read() as db:
+            rows = db.execute("SELECT name, definition FROM budgets ORDER BY name").fetchall()
+        return {name: _from_json(text) for name, text in rows}
+
+    def ping(self) -> None:
+        """Check that the database file can be read."""
+        with self._read() as db:
+            db.execute("SELECT count(*) FROM budgets").fetchone()
+
+    def close(self) -> None:
+        """Close every connection this ledger opened."""
+        self._closed = True
+        with self._registry_lock:
+            for holder in list(self._holders):
+                holder.db.close()
+            self._holders.clear()
+
+    @property
+    def schema_version(self) -> int:
+        """Return the schema version recorded in the database file."""
+        with self._read() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- internals ----------------------------------------------------------------
+
+    def _reset_connections(self) -> None:
+        # Called at start and in a forked child: a connection or lock inherited
+        # through fork must not be used (SQLite forbids it), only forgotten.
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._registry_lock = threading.Lock()
+        self._holders: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._reset_connections()
+        if self._closed:
+            raise StorageError(f"the SQLite ledger {self.path} is closed")
+        holder: _Connection | None = getattr(self._local, "holder", None)
+        if holder is None:
+            holder = _Connection(self._connect())
+            self._local.holder = holder
+            with self._registry_lock:
+                self._holders.add(holder)
+        return holder.db
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: the module must not open transactions behind
+        # our back; every write says BEGIN IMMEDIATE itself.
+        # check_same_thread=False only so that close() may run in any thread;
+        # each connection is otherwise used by the thread that opened it.
+        db = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_database(self) -> None:
+        with self._errors("open"):
+            db = self._connection()
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # WAL needs shared memory; some network file systems refuse it.
+                logger.warning(
+                    "SQLite ledger %s runs in journal mode %r, not WAL: "
+                    "readers will wait for writers",
+                    self.path,
+                    mode,
+                )
+            with self._write_lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._migrate(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"the SQLite ledger {self.path} has schema version {version}, newer than "
+                f"this budgetguard understands ({SCHEMA_VERSION}); upgrade budgetguard"
+            )
+        if (
+            version == 0
+            and db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        ):
+            raise StorageError(
+                f"{self.path} is a SQLite database but not a budgetguard ledger "
+                "(it has tables and no schema version); give the ledger its own file"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number]:
+                db.execute(statement)
+            # PRAGMA takes no parameters; the number is ours, not user input.
+            db.execute(f"PRAGMA user_version = {number + 1}")
+            logger.info("SQLite ledger %s migrated to schema version %d", self.path, number + 1)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._errors("write"):
+            db = self._connection()
+            with self._write_lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._errors("read"):
+            yield self._connection()
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise StorageError(self._describe(action, error)) from error
+
+    def _describe(self, action: str, error: sqlite3.Error) -> str:
+        text = str(error)
+        lowered = text.lower()
+        if "readonly" in lowered or "read-only" in lowered:
+            hint = "the file or its directory is read-only; the ledger needs to write both"
+        elif "not a database" in lowered or "malformed" in lowered:
+            hint = "the file is corrupt or is not a SQLite database"
+        elif "unable to open" in lowered:
+            hint = "the file cannot be opened (missing directory or no permission)"
+        elif "locked" in lowered or "busy" in lowered:
+            hint = (
+                f"another process held the write lock for longer than "
+                f"busy_timeout={self.busy_timeout:g}s"
+            )
+        else:
+            hint = "SQLite reported an error"
+        return f"cannot {action} the SQLite ledger {self.path}: {hint} ({text})"
+
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        rows = db.execute(
+            "SELECT id FROM reservations WHERE expires_at <= ? ORDER BY expires_at", (now,)
+        ).fetchall()
+        for (reservation_id,) in rows:
+            self._end(db, reservation_id, settled=False)
+
+    def _expire_if_due(self) -> None:
+        # Reads stay read-only unless something has expired, so a balance
+        # check does not queue behind writers for nothing.
+        now = self.clock()
+        with self._read() as db:
+            due = db.execute(
+                "SELECT 1 FROM reservations WHERE expires_at <= ? LIMIT 1", (now,)
+            ).fetchone()
+        if due is not None:
+            with self._write() as db:
+                self._expire(db, now)
+
+    def _end(self, db: sqlite3.Connection, reservation_id: str, *, settled: bool) -> None:
+        """Drop the holds of an open reservation (if it is open) and record how it ended."""
+        # SELECT then DELETE rather than DELETE ... RETURNING, which needs
+        # SQLite 3.35 (2021); the transaction makes the pair atomic.
+        row = db.execute(
+            "SELECT holds FROM reservations WHERE id = ?", (reservation_id,)
+        ).fetchone()
+        if row is not None:
+            db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+            holds = json.loads(row[0])
+            db.executemany(
+                "UPDATE counters SET reserved = max(reserved - ?, 0) WHERE key = ?",
+                [(amount, key) for key, _limit, amount in holds],
+            )
+            db.executemany(
+                "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
+                [(key,) for key, _limit, _amount in holds],
+            )
+        db.execute(
+            "INSERT INTO ended (id, settled, at) VALUES (?, ?, ?) ON CONFLICT (id)"
+            " DO UPDATE SET settled = excluded.settled, at = excluded.at",
+            (reservation_id, int(settled), self.clock()),
+        )
+
+
+def _parse_url(url: str) -> tuple[str, dict[str, str]]:
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+    if parts.netloc:
+        raise ConfigurationError(
+            f"{url!r} names a host ({parts.netloc!r}); a SQLite ledger is a file: "
+            f"use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
+    if not path:
+        raise ConfigurationError(
+            f"{url!r} names no file; use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigurationError(
+            f"{url!r}: an in-memory SQLite database is private to one connection; "
+            "use 'memory://' for a ledger in this process, or name a file"
+        )
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise ConfigurationError(
+            f"cannot open the SQLite ledger {path}: directory {directory} does not exist"
+        )
+    if os.path.isdir(path):
+        raise ConfigurationError(f"cannot open the SQLite ledger {path}: it is a directory")
+    query: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        query[name] = value
+    return path, query
+
+
+def _positive(name: str, value: object, url: str) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds, got {value!r} ({url!r})"
+        )
+    return number
+
+
+def _check_fits(*amounts: int) -> None:
+    for amount in amounts:
+        if amount >= _MAX_UNITS:
+            raise ValueError(
+                f"amount {amount} is too large for the SQLite ledger (max {_MAX_UNITS - 1})"
+            )
+
+
+def _to_json(name: str, definition: Mapping[str, Any]) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"budget name must be a non-empty string, got {name!r}")
+    try:
+        return json.dumps(dict(definition), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"budget {name!r} definition is not JSON-able: {error}") from None
+
+
+def _from_json(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise StorageError(f"stored budget definition is not a JSON object: {text[:80]!r}")
+    return value
