@@ -92,20 +92,36 @@ def _aliases(clause: Any) -> list[str]:
 
 
 def _standard_price(model: Any, as_of: dt.date) -> Any:
-    """Return the source's standard prices in force on ``as_of`` (time-of-day discounts ignored)."""
+    """Return the source's prices in force on ``as_of``, at the dearest hour of the day.
+
+    Some vendors (DeepSeek) charge more at peak hours. A budget must hold at any
+    hour, so where a daily window is dearer than the all-day price, the peak
+    price is the one kept.
+    """
     from genai_prices import types as t
 
     if isinstance(model.prices, t.ModelPrice):
         return model.prices
     chosen = model.prices[0].prices
+    peak = None
     for conditional in model.prices:
         constraint = conditional.constraint
         started = isinstance(constraint, t.StartDateConstraint) and constraint.start_date <= as_of
         if constraint is None or started:
             chosen = conditional.prices
-        # Off-peak (time-of-day) prices are discounts; the standard price is the
-        # safe one to budget with.
+        elif isinstance(constraint, t.TimeOfDateConstraint):
+            peak = conditional.prices
+    if peak is not None and _base(peak.input_mtok) > _base(chosen.input_mtok):
+        return peak
     return chosen
+
+
+def _base(value: Any) -> Decimal:
+    from genai_prices import types as t
+
+    if isinstance(value, t.TieredPrices):
+        return Decimal(value.base)
+    return Decimal(value) if value is not None else Decimal(0)
 
 
 def _convert(price: Any) -> dict[str, Any]:
