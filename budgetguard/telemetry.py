@@ -1,0 +1,640 @@
+"""Export spend, tokens, budgets and refusals as OpenTelemetry metrics.
+
+budgetguard depends on ``opentelemetry-api`` only. With no SDK configured every
+instrument is a no-op; with one, the user's own readers and exporters receive
+the instruments below, on a meter named ``budgetguard``:
+
+=================================== ================ ===============================
+instrument                          kind             attributes
+=================================== ================ ===============================
+``budgetguard.spend`` (USD)         counter          gen_ai.provider.name,
+                                                     gen_ai.request.model,
+                                                     gen_ai.response.model,
+                                                     gen_ai.operation.name, user
+``budgetguard.tokens``              counter          the same, budgetguard.token.kind
+``gen_ai.client.token.usage``       histogram        gen_ai.*, gen_ai.token.type
+``gen_ai.client.operation.duration`` histogram (s)   gen_ai.*, error.type
+``budgetguard.budget.limit``,       gauge (USD)      budgetguard.budget,
+``.spent``, ``.reserved``,                           budgetguard.period, user
+``.remaining``
+``budgetguard.refusals``            counter          budgetguard.budget,
+                                                     budgetguard.period, user,
+                                                     gen_ai.request.model
+``budgetguard.unpriced``            counter          gen_ai.provider.name,
+                                                     gen_ai.request.model
+``budgetguard.alerts``              counter          budgetguard.budget,
+                                                     budgetguard.period,
+                                                     budgetguard.threshold, user
+``budgetguard.storage_errors``      counter          budgetguard.policy, error.type
+=================================== ================ ===============================
+
+The user attribute is ``user.id`` (``user_attribute="raw"``) or ``user.hash``
+(``"hashed"``: HMAC-SHA256 with a salt, truncated), and absent by default. At
+most ``max_users`` distinct users get their own value; the rest share
+``"_other"``, so a million users cannot blow up a metrics backend.
+
+The hot path: an SDK ``Counter.add`` or ``Histogram.record`` costs several
+microseconds, so by default (``aggregate=True``) a call only updates in-process
+totals under a lock and queues its histogram measurements; the counters are
+observable instruments read from those totals, and the queued histogram
+measurements are recorded when a reader collects. ``benchmarks/telemetry.py``
+has the figures. ``aggregate=False`` records every measurement on the caller's
+thread instead, which keeps trace exemplars at the cost of that latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.metadata
+import logging
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from operator import methodcaller
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
+
+from .errors import ConfigurationError
+from .events import BudgetStatus, CallOutcome, ThresholdCrossing
+
+if TYPE_CHECKING:
+    from .errors import BudgetExceededError
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "OVERFLOW_USER",
+    "TOKEN_BUCKETS",
+    "StatusSource",
+    "Telemetry",
+    "UserAttribute",
+]
+
+_log = logging.getLogger(__name__)
+
+UserAttribute = Literal["off", "raw", "hashed"]
+
+#: The user value shared by every user past ``max_users``.
+OVERFLOW_USER = "_other"
+
+#: Bucket boundaries the GenAI semantic conventions give ``gen_ai.client.token.usage``.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)  # fmt: skip
+
+#: Bucket boundaries the GenAI semantic conventions give ``gen_ai.client.operation.duration``.
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92)  # fmt: skip
+
+# Queued histogram measurements per Telemetry before calls record directly
+# again: bounds memory when nothing ever collects (no SDK, or no reader).
+_MAX_PENDING = 8192
+
+# A snapshot of budget statuses older than this is never reused by a gauge.
+_SNAPSHOT_MAX_AGE = 5.0
+
+# Usage fields, in the order of ``_TOKEN_KINDS``; several fields can share a kind.
+_TOKEN_FIELDS = (
+    ("input_tokens", "input"),
+    ("cached_input_tokens", "cached_input"),
+    ("cache_write_5m_tokens", "cache_write"),
+    ("cache_write_1h_tokens", "cache_write"),
+    ("output_tokens", "output"),
+    ("reasoning_tokens", "reasoning"),
+    ("input_audio_tokens", "input_audio"),
+    ("output_audio_tokens", "output_audio"),
+    ("input_image_tokens", "input_image"),
+)
+# Which kinds are input and which output for gen_ai.client.token.usage, which
+# counts every billable token (cached and reasoning ones included).
+_INPUT_KINDS = frozenset({"input", "cached_input", "cache_write", "input_audio", "input_image"})
+
+_ZERO = Decimal(0)
+
+AttributeValue = str | bool | int | float
+Attributes = dict[str, AttributeValue]
+# (provider, request model, response model, operation)
+_ModelKey = tuple[str | None, str | None, str | None, str | None]
+# (attribute name, value) of the user attribute, or None where it is off
+_UserLabel = tuple[str, str] | None
+_CallKey = tuple[_ModelKey, _UserLabel]
+# Attributes as a hashable key: ((name, value), ...)
+_Items = tuple[tuple[str, AttributeValue], ...]
+# Histogram measurements of one call: model, error type, input, output, seconds
+_Pending = tuple[_ModelKey, str | None, int, int, float]
+
+_MODEL_ATTRIBUTES = (
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.operation.name",
+)
+
+
+class StatusSource(Protocol):
+    """What Telemetry needs from a guard: its budgets' current state."""
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        """Return every defined budget's current window, read from the ledger."""
+        ...
+
+
+def _version() -> str:
+    # Read at construction time, not import time: budgetguard/__init__.py
+    # imports the guard, which imports this module.
+    version = getattr(sys.modules.get("budgetguard"), "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return importlib.metadata.version("budgetguard")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout
+        return ""
+
+
+def _budget_kind(name: str) -> str:
+    """Return a budget's name without the user id it may embed ("user:alice" -> "user").
+
+    The guard names budgets "global", "user:<id>", "default (user:<id>)",
+    "scope"; the user is exported separately, under the user_attribute policy.
+    """
+    return name.split(" (", 1)[0].split(":", 1)[0]
+
+
+def _model_items(model: _ModelKey) -> _Items:
+    """Return the gen_ai.* attributes of a call, leaving out unknown ones (None is not allowed)."""
+    return tuple(
+        (name, value)
+        for name, value in zip(_MODEL_ATTRIBUTES, model, strict=True)
+        if value is not None
+    )
+
+
+class _UserLabels:
+    """Turn user ids into bounded, optionally hashed attribute values."""
+
+    def __init__(self, mode: UserAttribute, salt: str | None, max_users: int) -> None:
+        self.mode = mode
+        self._key = salt.encode() if salt is not None else b""
+        self._max_users = max_users
+        self._name = "user.hash" if mode == "hashed" else "user.id"
+        self._overflow: tuple[str, str] = (self._name, OVERFLOW_USER)
+        # Only the first max_users users are remembered, so memory stays
+        # bounded too; every later user maps to the overflow value unhashed.
+        self._labels: dict[str, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def label(self, user: str | None) -> _UserLabel:
+        """Return the (attribute, value) pair for a user, or None when not exported."""
+        if user is None or self.mode == "off":
+            return None
+        label = self._labels.get(user)
+        if label is not None:
+            return label
+        with self._lock:
+            label = self._labels.get(user)
+            if label is not None:
+                return label
+            if len(self._labels) >= self._max_users:
+                return self._overflow
+            label = (self._name, self._value(user))
+            self._labels[user] = label
+            return label
+
+    def _value(self, user: str) -> str:
+        if self.mode == "raw":
+            return user
+        # HMAC rather than sha256(salt + user): the standard keyed hash, and
+        # still stable across processes that share the salt.
+        return hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+class _Instruments:
+    """The instruments of one MeterProvider, shared by every Telemetry on it.
+
+    The SDK keeps the first callbacks registered for an instrument name and
+    silently drops those of a second registration, so two guards on one
+    provider must share one set of observable instruments whose callbacks
+    read every live Telemetry.
+    """
+
+    def __init__(self, meter: Meter, *, aggregate: bool) -> None:
+        self.aggregate = aggregate
+        self._members: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+        self._members_lock = threading.Lock()
+        self.spend: Counter | None = None
+        self.tokens: Counter | None = None
+        if aggregate:
+            # Registered first so that its callback, which also records the
+            # queued histogram measurements, runs before the SDK reads storage.
+            meter.create_observable_counter(
+                "budgetguard.spend", [self._observe(methodcaller("_spend_points"))],
+                unit="USD", description=_SPEND_DESCRIPTION,
+            )  # fmt: skip
+            meter.create_observable_counter(
+                "budgetguard.tokens", [self._observe(methodcaller("_token_points"))],
+                unit="{token}", description=_TOKENS_DESCRIPTION,
+            )  # fmt: skip
+        else:
+            self.spend = meter.create_counter(
+                "budgetguard.spend", unit="USD", description=_SPEND_DESCRIPTION
+            )
+            self.tokens = meter.create_counter(
+                "budgetguard.tokens", unit="{token}", description=_TOKENS_DESCRIPTION
+            )
+        self.token_usage: Histogram = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS),
+        )
+        self.duration: Histogram = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+        for event, unit, description in _EVENTS:
+            meter.create_observable_counter(
+                f"budgetguard.{event}",
+                [self._observe(methodcaller("_event_points", event))],
+                unit=unit,
+                description=description,
+            )
+        for field in ("limit", "spent", "reserved", "remaining"):
+            meter.create_observable_gauge(
+                f"budgetguard.budget.{field}",
+                [self._observe(methodcaller("_budget_points", field))],
+                unit="USD",
+                description=f"The {field} amount of each budget in its current window.",
+            )
+
+    def join(self, telemetry: Telemetry) -> None:
+        """Add a Telemetry whose figures the callbacks report."""
+        with self._members_lock:
+            self._members.add(telemetry)
+
+    def leave(self, telemetry: Telemetry) -> None:
+        """Stop reporting a Telemetry's figures."""
+        with self._members_lock:
+            self._members.discard(telemetry)
+
+    def _observe(
+        self, points: Callable[[Telemetry], Iterable[tuple[Attributes, float]]]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            with self._members_lock:
+                members = list(self._members)
+            if len(members) == 1:
+                return [Observation(value, attributes) for attributes, value in points(members[0])]
+            # Several guards share the instruments: one observation per
+            # attribute set, or the SDK would keep only the last.
+            merged: dict[tuple[tuple[str, AttributeValue], ...], tuple[Attributes, float]] = {}
+            for member in members:
+                for attributes, value in points(member):
+                    key = tuple(sorted(attributes.items()))
+                    previous = merged.get(key)
+                    merged[key] = (attributes, value + (previous[1] if previous else 0.0))
+            return [Observation(value, attributes) for attributes, value in merged.values()]
+
+        return callback
+
+
+_SPEND_DESCRIPTION = "Money spent on LLM calls by this process."
+_TOKENS_DESCRIPTION = "Tokens used by LLM calls, by kind."
+_EVENTS = (
+    ("refusals", "{call}", "Calls refused by a budget."),
+    ("unpriced", "{call}", "Calls whose model had no known price."),
+    ("alerts", "{alert}", "Budget alert thresholds crossed."),
+    ("storage_errors", "{error}", "Ledger failures."),
+)
+
+# One set of instruments per MeterProvider (see _Instruments), the only
+# module-level state here; weak keys, so a dropped provider takes its
+# instruments with it.
+_instruments: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+_instruments_lock = threading.Lock()
+
+
+def _instruments_for(meter_provider: Any, aggregate: bool) -> _Instruments:
+    # The global provider is the API's proxy until the application sets one:
+    # keyed by the proxy, the instruments follow it to the real provider.
+    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+    with _instruments_lock:
+        instruments = _instruments.get(provider)
+        if instruments is None:
+            meter = metrics.get_meter("budgetguard", _version(), meter_provider=provider)
+            instruments = _Instruments(meter, aggregate=aggregate)
+            _instruments[provider] = instruments
+        elif instruments.aggregate != aggregate:
+            raise ConfigurationError(
+                "guards sharing a MeterProvider must agree on aggregate=: "
+                f"this one asks for {aggregate}, an earlier one chose {instruments.aggregate}"
+            )
+        return instruments
+
+
+class Telemetry:
+    """Publish one guard's calls, refusals, alerts and budgets as OpenTelemetry metrics.
+
+    Implements :class:`budgetguard.events.Listener`. Every listener method is
+    cheap, thread-safe and never raises: telemetry must not break a call.
+    """
+
+    def __init__(
+        self,
+        guard: StatusSource,
+        *,
+        meter_provider: Any = None,
+        user_attribute: UserAttribute = "off",
+        user_salt: str | None = None,
+        max_users: int = 100,
+        aggregate: bool = True,
+    ) -> None:
+        """Create the instruments (or join those of ``meter_provider``) and start reporting.
+
+        ``meter_provider`` defaults to the global one; instruments made before
+        the application sets its global provider report once it does.
+        """
+        if user_attribute not in ("off", "raw", "hashed"):
+            raise ConfigurationError(
+                f"user_attribute must be 'off', 'raw' or 'hashed', not {user_attribute!r}"
+            )
+        if user_attribute == "hashed" and not user_salt:
+            # Unsalted hashes of user ids (often emails) fall to a dictionary
+            # attack; a random salt would change at every restart.
+            raise ConfigurationError(
+                "user_attribute='hashed' needs user_salt=..., a secret shared by the "
+                "processes whose metrics should agree"
+            )
+        if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 0:
+            raise ConfigurationError(f"max_users must be an int >= 0, not {max_users!r}")
+
+        # A weak reference where possible: the guard owns this object, and a
+        # strong one back would keep a dropped guard reporting until the
+        # cycle collector runs.
+        self._guard: Callable[[], StatusSource | None]
+        try:
+            self._guard = weakref.ref(guard)
+        except TypeError:
+            self._guard = lambda: guard
+        self._users = _UserLabels(user_attribute, user_salt, max_users)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._spend: dict[_CallKey, Decimal] = {}
+        self._tokens: dict[tuple[_CallKey, str], int] = {}
+        self._events: dict[str, dict[_Items, int]] = {event: {} for event, _, _ in _EVENTS}
+        self._pending: list[_Pending] = []
+        # Attribute dicts are built once per key and reused; they are never
+        # mutated after being handed to OpenTelemetry.
+        self._call_attributes: dict[_CallKey, Attributes] = {}
+        self._token_attributes: dict[tuple[_CallKey, str], Attributes] = {}
+        self._histogram_attributes: dict[tuple[str, _ModelKey, str | None], Attributes] = {}
+        self._snapshot: list[BudgetStatus] = []
+        self._snapshot_at = 0.0
+        self._snapshot_readers: set[str] = set()
+        self._snapshot_lock = threading.Lock()
+        self._instruments = _instruments_for(meter_provider, aggregate)
+        self._instruments.join(self)
+
+    @property
+    def user_attribute(self) -> UserAttribute:
+        """Return how users appear in the metrics: off, raw or hashed."""
+        return self._users.mode
+
+    def shutdown(self) -> None:
+        """Record what is queued and stop reporting this guard's figures."""
+        self._closed = True
+        self._flush()
+        self._instruments.leave(self)
+
+    # -- Listener ---------------------------------------------------------
+
+    def call_ended(self, outcome: CallOutcome) -> None:
+        """Count a call's spend and tokens, and queue its token and duration histograms."""
+        if self._closed:
+            return
+        try:
+            self._call_ended(outcome)
+        except Exception:  # a listener must not raise into the guarded call
+            _log.exception("budgetguard telemetry failed to record a call")
+
+    def call_refused(
+        self, error: BudgetExceededError, *, user: str | None, request_model: str | None
+    ) -> None:
+        """Count a call a budget refused, by budget."""
+        try:
+            items: list[tuple[str, AttributeValue]] = [
+                ("budgetguard.budget", _budget_kind(error.budget))
+            ]
+            if error.period is not None:
+                items.append(("budgetguard.period", error.period))
+            label = self._users.label(user)
+            if label is not None:
+                items.append(label)
+            if request_model is not None:
+                items.append(("gen_ai.request.model", request_model))
+            self._count("refusals", tuple(items))
+        except Exception:
+            _log.exception("budgetguard telemetry failed to record a refusal")
+
+    def threshold_crossed(self, crossing: ThresholdCrossing) -> None:
+        """Count a budget passing one of its alert thresholds."""
+        try:
+            items: list[tuple[str, AttributeValue]] = [
+                ("budgetguard.budget", _budget_kind(crossing.budget)),
+                ("budgetguard.period", crossing.period),
+                ("budgetguard.threshold", str(crossing.fraction)),
+            ]
+            label = self._users.label(crossing.user)
+            if label is not None:
+                items.append(label)
+            self._count("alerts", tuple(items))
+        except Exception:
+            _log.exception("budgetguard telemetry failed to record an alert")
+
+    def storage_failed(self, error: Exception, *, policy: str) -> None:
+        """Count a ledger failure, by policy and error type."""
+        try:
+            items = (("budgetguard.policy", policy), ("error.type", type(error).__name__))
+            self._count("storage_errors", items)
+        except Exception:
+            _log.exception("budgetguard telemetry failed to record a storage error")
+
+    def _count(self, event: str, items: _Items) -> None:
+        counts = self._events[event]
+        with self._lock:
+            counts[items] = counts.get(items, 0) + 1
+
+    # -- hot path ---------------------------------------------------------
+
+    def _call_ended(self, outcome: CallOutcome) -> None:
+        usage = outcome.usage
+        model: _ModelKey
+        if usage is None:
+            model = (outcome.provider, outcome.request_model, outcome.response_model,
+                     outcome.operation)  # fmt: skip
+        else:
+            # Usage is duck-typed: any object with these fields will do.
+            model = (
+                outcome.provider or getattr(usage, "provider", None),
+                outcome.request_model,
+                outcome.response_model or getattr(usage, "model", None),
+                outcome.operation or getattr(usage, "operation", None),
+            )
+        key = (model, self._users.label(outcome.user))
+        tokens: list[tuple[str, int]] = []
+        input_total = output_total = -1  # -1: no usage, no token histograms
+        if usage is not None:
+            input_total = output_total = 0
+            for field, kind in _TOKEN_FIELDS:
+                count = getattr(usage, field, 0)
+                if count:
+                    tokens.append((kind, count))
+                    if kind in _INPUT_KINDS:
+                        input_total += count
+                    else:
+                        output_total += count
+        pending = (model, outcome.error_type, input_total, output_total, outcome.duration)
+
+        instruments = self._instruments
+        if not instruments.aggregate:
+            self._record_direct(key, outcome.cost, tokens)
+            self._record_histograms(pending)
+        else:
+            with self._lock:
+                self._spend[key] = self._spend.get(key, _ZERO) + outcome.cost
+                for kind, count in tokens:
+                    token_key = (key, kind)
+                    self._tokens[token_key] = self._tokens.get(token_key, 0) + count
+                queued = len(self._pending) < _MAX_PENDING
+                if queued:
+                    self._pending.append(pending)
+            if not queued:
+                # Nothing collects often enough (or at all): record on this
+                # thread rather than let the queue grow without bound.
+                self._record_histograms(pending)
+        if not outcome.priced:
+            self._count("unpriced", _model_items((model[0], model[1], None, None)))
+
+    def _record_direct(self, key: _CallKey, cost: Decimal, tokens: list[tuple[str, int]]) -> None:
+        assert self._instruments.spend is not None and self._instruments.tokens is not None
+        self._instruments.spend.add(float(cost), self._call_attributes_for(key))
+        for kind, count in tokens:
+            self._instruments.tokens.add(count, self._token_attributes_for((key, kind)))
+
+    def _record_histograms(self, pending: _Pending) -> None:
+        model, error_type, input_total, output_total, duration = pending
+        instruments = self._instruments
+        if input_total >= 0:
+            instruments.token_usage.record(
+                input_total, self._histogram_attributes_for("input", model)
+            )
+            instruments.token_usage.record(
+                output_total, self._histogram_attributes_for("output", model)
+            )
+        instruments.duration.record(duration, self._histogram_attributes_for("", model, error_type))
+
+    def _flush(self) -> None:
+        """Record the queued histogram measurements."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for item in pending:
+            self._record_histograms(item)
+
+    # -- attributes -------------------------------------------------------
+
+    def _call_attributes_for(self, key: _CallKey) -> Attributes:
+        attributes = self._call_attributes.get(key)
+        if attributes is None:
+            attributes = dict(_model_items(key[0]))
+            if key[1] is not None:
+                attributes[key[1][0]] = key[1][1]
+            self._call_attributes[key] = attributes
+        return attributes
+
+    def _token_attributes_for(self, key: tuple[_CallKey, str]) -> Attributes:
+        attributes = self._token_attributes.get(key)
+        if attributes is None:
+            attributes = {**self._call_attributes_for(key[0]), "budgetguard.token.kind": key[1]}
+            self._token_attributes[key] = attributes
+        return attributes
+
+    def _histogram_attributes_for(
+        self, token_type: str, model: _ModelKey, error_type: str | None = None
+    ) -> Attributes:
+        key = (token_type, model, error_type)
+        attributes = self._histogram_attributes.get(key)
+        if attributes is None:
+            attributes = dict(_model_items(model))
+            if token_type:
+                attributes["gen_ai.token.type"] = token_type
+            if error_type is not None:
+                attributes["error.type"] = error_type
+            self._histogram_attributes[key] = attributes
+        return attributes
+
+    # -- collection -------------------------------------------------------
+
+    def _spend_points(self) -> list[tuple[Attributes, float]]:
+        # The first callback of each collection: record the queued histogram
+        # measurements now so that this collection includes them.
+        self._flush()
+        with self._lock:
+            spend = list(self._spend.items())
+        return [(self._call_attributes_for(key), float(total)) for key, total in spend]
+
+    def _token_points(self) -> list[tuple[Attributes, float]]:
+        with self._lock:
+            tokens = list(self._tokens.items())
+        return [(self._token_attributes_for(key), float(count)) for key, count in tokens]
+
+    def _event_points(self, event: str) -> list[tuple[Attributes, float]]:
+        with self._lock:
+            counts = list(self._events[event].items())
+        return [(dict(items), float(count)) for items, count in counts]
+
+    def _budget_points(self, field: str) -> list[tuple[Attributes, float]]:
+        totals: dict[tuple[str, str, _UserLabel], Decimal] = {}
+        for status in self._statuses(field):
+            key = (_budget_kind(status.name), status.period,
+                   self._users.label(status.user))  # fmt: skip
+            # Users without their own value (attribute off, or past the cap)
+            # are summed into one series per budget and period.
+            totals[key] = totals.get(key, _ZERO) + getattr(status, field)
+        points = []
+        for (budget, period, user), total in totals.items():
+            attributes: Attributes = {"budgetguard.budget": budget, "budgetguard.period": period}
+            if user is not None:
+                attributes[user[0]] = user[1]
+            points.append((attributes, float(total)))
+        return points
+
+    def _statuses(self, field: str) -> list[BudgetStatus]:
+        """Return the guard's budget statuses, read once per collection for all four gauges."""
+        guard = self._guard()
+        if guard is None or self._closed:
+            return []
+        with self._snapshot_lock:
+            now = time.monotonic()
+            # A gauge that already read this snapshot asks again only in the
+            # next collection: that is when to read the ledger again.
+            if field in self._snapshot_readers or now - self._snapshot_at > _SNAPSHOT_MAX_AGE:
+                try:
+                    self._snapshot = list(guard.budget_statuses())
+                except Exception:
+                    _log.warning("budgetguard could not read budgets for metrics", exc_info=True)
+                    self._snapshot = []
+                self._snapshot_at = now
+                self._snapshot_readers = set()
+            self._snapshot_readers.add(field)
+            return self._snapshot
+
+    def __repr__(self) -> str:
+        return (
+            f"Telemetry(user_attribute={self._users.mode!r}, "
+            f"aggregate={self._instruments.aggregate}, closed={self._closed})"
+        )
