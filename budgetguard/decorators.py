@@ -1,0 +1,397 @@
+"""``@budgeted``: guard any function, coroutine or generator with a budget."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator
+from decimal import Decimal
+from typing import Any, ParamSpec, TypeVar, overload
+
+import wrapt
+
+from .guard import BudgetGuard, Call, _current_call
+from .money import to_decimal, to_units
+
+__all__ = ["arg", "budgeted"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class arg(str):  # noqa: N801 - reads as a marker in the decorator's arguments
+    """Name an argument of the call explicitly: ``@budgeted(user=arg("customer"))``."""
+
+    __slots__ = ()
+
+
+class _Spec:
+    """What one ``@budgeted(...)`` says, resolved once per decorated function."""
+
+    __slots__ = ("cost", "estimate", "guard", "model", "user", "user_from")
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        user: object,
+        estimate: object,
+        cost: Callable[[Any], object] | None,
+        model: str | None,
+        guard: BudgetGuard | None,
+    ) -> None:
+        self.guard = guard
+        self.model = model
+        self.cost = cost
+        self.user = user
+        self.user_from = _user_resolver(func, user)
+        if estimate is None or callable(estimate):
+            self.estimate: object = estimate
+        else:
+            self.estimate = to_units(to_decimal(estimate, "estimate"))
+
+    def resolve(
+        self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[BudgetGuard, str | None, int | Decimal, str | None]:
+        guard = self.guard
+        if guard is None:
+            from ._default import default_guard
+
+            guard = default_guard()
+        user = self.user_from(instance, args, kwargs) if self.user_from is not None else None
+        estimate = self.estimate
+        model = self.model
+        if estimate is None:
+            found = guard.estimate_call(kwargs)
+            estimate, model = found if found is not None else (0, model)
+            model = self.model or model
+        elif not isinstance(estimate, int):
+            estimate = to_decimal(estimate(*args, **kwargs), "estimate")  # type: ignore[operator]
+        elif model is None:
+            found_model = kwargs.get("model")
+            model = found_model if isinstance(found_model, str) else None
+        return guard, user, estimate, model
+
+
+def _user_resolver(
+    func: Callable[..., Any], user: object
+) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], str | None] | None:
+    """Return how to find the paying user of a call, decided once per function."""
+    if user is None:
+        return None
+    if callable(user):
+
+        def from_callable(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            return _as_user(user(*args, **kwargs))
+
+        return from_callable
+    if not isinstance(user, str):
+        raise TypeError(f"user= must be a str or a callable, not {type(user).__name__}")
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    names = [p.name for p in parameters]
+    if user not in names:
+        if isinstance(user, arg):
+            raise TypeError(f"{func.__qualname__} has no argument named {str(user)!r}")
+        literal = str(user)
+        return lambda instance, args, kwargs: literal
+    name = str(user)
+    position = names.index(name)
+    parameter = parameters[position]
+    bound_first = bool(names) and names[0] in ("self", "cls")
+
+    def from_argument(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        if name in kwargs:
+            return _as_user(kwargs[name])
+        # wrapt passes a bound call's arguments without self/cls.
+        index = position - 1 if instance is not None and bound_first else position
+        if 0 <= index < len(args):
+            return _as_user(args[index])
+        if parameter.default is not inspect.Parameter.empty:
+            return _as_user(parameter.default)
+        raise TypeError(f"{func.__qualname__}() missing the argument {name!r} that names the user")
+
+    return from_argument
+
+
+def _as_user(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"the user must be a str (or an int id), not {type(value).__name__}")
+
+
+@overload
+def budgeted(func: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def budgeted(
+    func: None = None,
+    /,
+    *,
+    user: object = None,
+    estimate: object = None,
+    cost: Callable[[Any], object] | None = None,
+    model: str | None = None,
+    guard: BudgetGuard | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def budgeted(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    user: object = None,
+    estimate: object = None,
+    cost: Callable[[Any], object] | None = None,
+    model: str | None = None,
+    guard: BudgetGuard | None = None,
+) -> Any:
+    """Check the budgets before each call of the function and charge its cost after.
+
+    ``user`` is who pays: a literal id, the name of one of the function's
+    arguments (or ``arg("name")`` to be explicit), or a callable given the
+    call's arguments; without it the current ``budget_scope``'s user pays.
+    ``estimate`` (dollars, or a callable of the arguments) is reserved before
+    the call; by default it is the projected cost when the arguments carry a
+    ``model`` and ``messages``/``input``/``contents``, else 0. The cost comes
+    from ``cost(result)``, from the response's own usage priced by model, and
+    from ``charge()`` calls made while the function runs. Works on plain and
+    async functions, generators and async generators, methods and classmethods.
+    """
+
+    def decorate(wrapped: Callable[..., Any]) -> Any:
+        spec = _Spec(wrapped, user, estimate, cost, model, guard)
+        if inspect.isasyncgenfunction(wrapped):
+            return wrapt.FunctionWrapper(wrapped, _async_generator_wrapper(spec))
+        if inspect.iscoroutinefunction(wrapped):
+            return wrapt.FunctionWrapper(wrapped, _async_wrapper(spec))
+        if inspect.isgeneratorfunction(wrapped):
+            return wrapt.FunctionWrapper(wrapped, _generator_wrapper(spec))
+        return wrapt.FunctionWrapper(wrapped, _sync_wrapper(spec))
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _sync_wrapper(spec: _Spec) -> Wrapper:
+    def call_sync(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        guard, user, estimate, model = spec.resolve(instance, args, kwargs)
+        call = guard.begin(user, estimate, model=model)
+        token = _current_call.set(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            _current_call.reset(token)
+            guard.finish(call, None, error=error)
+            raise
+        _current_call.reset(token)
+        return guard.complete(call, result, spec.cost)
+
+    return call_sync
+
+
+def _async_wrapper(spec: _Spec) -> Wrapper:
+    def call_async(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        async def run() -> Any:
+            guard, user, estimate, model = spec.resolve(instance, args, kwargs)
+            call = await guard.abegin(user, estimate, model=model)
+            # A task runs in a copy of the context: setting the call here
+            # never leaks into the caller's context.
+            _current_call.set(call)
+            try:
+                result = await wrapped(*args, **kwargs)
+            except BaseException as error:  # CancelledError included: release
+                _current_call.set(None)
+                await guard.afinish(call, None, error=error)
+                raise
+            _current_call.set(None)
+            return await guard.acomplete(call, result, spec.cost)
+
+        return run()
+
+    return call_async
+
+
+def _generator_wrapper(spec: _Spec) -> Wrapper:
+    def call_generator(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Generator[Any, Any, Any]:
+        return _guarded_generator(spec, wrapped, instance, args, kwargs)
+
+    return call_generator
+
+
+def _guarded_generator(
+    spec: _Spec,
+    wrapped: Callable[..., Any],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Generator[Any, Any, Any]:
+    """Run a generator under a reservation that ends however the generator ends.
+
+    The budget is checked when iteration starts. ``break``, ``close()``,
+    garbage collection and errors all end the reservation: what was consumed
+    is charged (``charge()`` calls, ``cost(items)``), else it is released.
+    """
+    guard, user, estimate, model = spec.resolve(instance, args, kwargs)
+    call = guard.begin(user, estimate, model=model)
+    items: list[Any] | None = [] if spec.cost is not None else None
+    stream = guard.stream_meter(call)
+    inner: Generator[Any, Any, Any] | None = None
+    outcome: BaseException | None = None
+    finished = False
+    try:
+        token = _current_call.set(call)
+        try:
+            inner = wrapped(*args, **kwargs)
+        finally:
+            _current_call.reset(token)
+        send: Callable[[Any], Any] = inner.send
+        value: Any = None
+        while True:
+            token = _current_call.set(call)
+            try:
+                item = send(value)
+            except StopIteration as stop:
+                finished = True
+                return stop.value
+            finally:
+                _current_call.reset(token)
+            if items is not None:
+                items.append(item)
+            if stream is not None:
+                stream.add(item)
+            try:
+                value = yield item
+                send = inner.send
+            except GeneratorExit:
+                raise
+            except BaseException as thrown:
+                value, send = thrown, _thrower(inner)
+    except BaseException as error:
+        outcome = error
+        raise
+    finally:
+        if inner is not None and not finished:
+            _close_quietly(inner, call)
+        _end_stream(guard, call, spec, items, stream, outcome, finished)
+
+
+def _thrower(inner: Generator[Any, Any, Any]) -> Callable[[Any], Any]:
+    def throw(error: BaseException) -> Any:
+        return inner.throw(error)
+
+    return throw
+
+
+def _close_quietly(inner: Generator[Any, Any, Any], call: Call) -> None:
+    token = _current_call.set(call)
+    try:
+        inner.close()
+    finally:
+        _current_call.reset(token)
+
+
+def _end_stream(
+    guard: BudgetGuard,
+    call: Call,
+    spec: _Spec,
+    items: list[Any] | None,
+    stream: Any,
+    outcome: BaseException | None,
+    finished: bool,
+) -> None:
+    """Settle a generator's call from what it yielded, or release it."""
+    abandoned = isinstance(outcome, GeneratorExit) or (outcome is None and not finished)
+    error = None if abandoned else outcome
+    if items is not None and (items or not error):
+        guard.complete(call, items, spec.cost, error=error)
+        return
+    guard.complete_stream(call, stream, error=error, abandoned=abandoned)
+
+
+def _async_generator_wrapper(spec: _Spec) -> Wrapper:
+    def call_async_generator(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncGenerator[Any, Any]:
+        return _guarded_async_generator(spec, wrapped, instance, args, kwargs)
+
+    return call_async_generator
+
+
+async def _guarded_async_generator(
+    spec: _Spec,
+    wrapped: Callable[..., Any],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> AsyncGenerator[Any, Any]:
+    """Run an async generator under a reservation that ends however it ends."""
+    guard, user, estimate, model = spec.resolve(instance, args, kwargs)
+    call = await guard.abegin(user, estimate, model=model)
+    items: list[Any] | None = [] if spec.cost is not None else None
+    stream = guard.stream_meter(call)
+    inner: AsyncGenerator[Any, Any] | None = None
+    outcome: BaseException | None = None
+    finished = False
+    try:
+        token = _current_call.set(call)
+        try:
+            inner = wrapped(*args, **kwargs)
+        finally:
+            _current_call.reset(token)
+        assert inner is not None
+        value: Any = None
+        thrown: BaseException | None = None
+        while True:
+            token = _current_call.set(call)
+            try:
+                if thrown is not None:
+                    item = await inner.athrow(thrown)
+                else:
+                    item = await inner.asend(value)
+            except StopAsyncIteration:
+                finished = True
+                return
+            finally:
+                _current_call.reset(token)
+            if items is not None:
+                items.append(item)
+            if stream is not None:
+                stream.add(item)
+            thrown = None
+            try:
+                value = yield item
+            except GeneratorExit:
+                raise
+            except BaseException as error:
+                thrown = error
+    except BaseException as error:
+        outcome = error
+        raise
+    finally:
+        if inner is not None and not finished:
+            token = _current_call.set(call)
+            try:
+                await inner.aclose()
+            finally:
+                _current_call.reset(token)
+        abandoned = isinstance(outcome, GeneratorExit) or (outcome is None and not finished)
+        error = None if abandoned else outcome
+        if items is not None and (items or not error):
+            await guard.acomplete(call, items, spec.cost, error=error)
+        else:
+            await guard.acomplete_stream(call, stream, error=error, abandoned=abandoned)
+

@@ -1,0 +1,67 @@
+"""Ledgers: where spend is stored, chosen by URL.
+
+``memory://`` (this process only), ``sqlite:///path/spend.db`` (one host,
+many processes), ``redis://host:port/db`` (many hosts).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+from .base import Balance, Hold, Ledger, Refusal, Reservation
+
+__all__ = [
+    "Balance",
+    "Hold",
+    "Ledger",
+    "Refusal",
+    "Reservation",
+    "ledger_from_url",
+    "register_backend",
+]
+
+# scheme -> "module:Class"; imported only when a URL asks for it, so that an
+# optional client (redis) is never imported by users who do not need it.
+_BACKENDS: dict[str, str] = {
+    "memory": "budgetguard.ledger.memory:MemoryLedger",
+    "sqlite": "budgetguard.ledger.sqlite:SQLiteLedger",
+    "redis": "budgetguard.ledger.redis:RedisLedger",
+    "rediss": "budgetguard.ledger.redis:RedisLedger",
+    "unix": "budgetguard.ledger.redis:RedisLedger",
+}
+
+
+def register_backend(scheme: str, target: str | type[Ledger]) -> None:
+    """Serve URLs of ``scheme`` with a ledger class (or its ``"module:Class"`` path)."""
+    if not isinstance(target, str):
+        target = f"{target.__module__}:{target.__qualname__}"
+    _BACKENDS[scheme.lower()] = target
+
+
+def ledger_from_url(url: str | Ledger, **options: Any) -> Ledger:
+    """Open the ledger a URL names; a ``Ledger`` instance is returned as is."""
+    if isinstance(url, Ledger):
+        return url
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"ledger must be a URL such as 'memory://', 'sqlite:///spend.db' or "
+            f"'redis://localhost:6379/0', got {url!r}"
+        )
+    scheme = urlsplit(url).scheme.lower()
+    target = _BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
+        raise ConfigurationError(f"unknown ledger scheme {scheme!r} in {url!r}; known: {known}")
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ConfigurationError(
+            f"the {scheme}:// ledger needs a package that is not installed "
+            f"({error.name}); install it with: pip install 'budgetguard[{scheme}]'"
+        ) from error
+    cls: type[Ledger] = getattr(module, class_name)
+    return cls(url, **options)

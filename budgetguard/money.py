@@ -1,0 +1,61 @@
+"""Exact amounts of money.
+
+Amounts are ``Decimal`` in the public API and whole *units* in the ledger. A
+unit is one nano-dollar (10**-9 USD): small enough that every price per
+million tokens with up to three decimals is exact per token, and large enough
+that a Redis Lua script (whose numbers are doubles, exact to 2**53) counts
+budgets of up to nine million dollars without rounding.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+
+__all__ = ["UNITS_PER_DOLLAR", "Amount", "from_units", "to_decimal", "to_units"]
+
+Amount = Decimal | int | str | float
+
+UNITS_PER_DOLLAR = 10**9
+
+
+def to_decimal(value: object, name: str = "amount", *, allow_negative: bool = False) -> Decimal:
+    """Turn a user-given amount into an exact ``Decimal``.
+
+    Floats are taken by their shortest repr, so ``0.1`` means ``Decimal("0.1")``.
+    Booleans, NaN, infinities and (unless allowed) negative amounts raise
+    ``ValueError`` naming the argument.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, not a bool ({value!r})")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, float):
+        result = Decimal(repr(value))
+    elif isinstance(value, str):
+        try:
+            result = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"{name} is not a number: {value!r}") from None
+    else:
+        raise ValueError(
+            f"{name} must be a Decimal, int, str or float, not {type(value).__name__}"
+        )
+    if not result.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if result < 0 and not allow_negative:
+        raise ValueError(f"{name} must not be negative, got {value!r}")
+    return result
+
+
+def to_units(amount: Decimal) -> int:
+    """Convert dollars to whole ledger units, rounding up so spend never escapes."""
+    return int((amount * UNITS_PER_DOLLAR).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_units(units: int) -> Decimal:
+    """Convert whole ledger units back to dollars, exactly."""
+    value = Decimal(units).scaleb(-9).normalize()
+    # normalize() writes 10 as 1E+1; keep whole dollars in plain notation.
+    return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value
