@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 from .budgets import DEFAULT, GLOBAL, Budget, budget_name, escape, unescape
@@ -31,6 +32,7 @@ from .ledger import Hold, Ledger, Refusal, Reservation, ledger_from_url
 from .money import from_units, to_decimal, to_units
 from .periods import Period, parse_tz
 from .scope import Scope, current_scope
+from .scope import _current as _scope_var
 
 __all__ = ["BudgetGuard", "Call", "charge", "current_call"]
 
@@ -52,7 +54,8 @@ _OUTSIDE_SCOPE_POLICIES = ("global", "refuse")
 
 # Reservation ids are unique across every process sharing a ledger.
 _PROCESS_TAG = os.urandom(6).hex()
-_TALLY_CACHE_SIZE = 4096
+_PLAN_CACHE_SIZE = 4096
+_NO_TAGS: Mapping[str, str] = MappingProxyType({})
 
 
 class _Holder(NamedTuple):
@@ -61,6 +64,40 @@ class _Holder(NamedTuple):
     kind: str  # "scope", "user", "global"
     budget: Budget | None
     scope: Scope | None
+
+
+class _Plan:
+    """The budget holds of one user's calls, cached until a window ends."""
+
+    __slots__ = ("budgets", "day", "holders", "holds", "tallies", "until", "user")
+
+    def __init__(
+        self,
+        user: str | None,
+        holds: tuple[Hold, ...],
+        holders: tuple[_Holder, ...],
+        until: float,
+        budgets: dict[str, Budget],
+        day: str,
+    ) -> None:
+        self.user = user
+        self.holds = holds
+        self.holders = holders
+        self.until = until  # seconds since the epoch: the first window end
+        self.budgets = budgets  # the definitions this plan was made from
+        self.day = day
+        self.tallies: dict[str | None, tuple[str, ...]] = {}
+
+    def tally_keys(self, model: str | None) -> tuple[str, ...]:
+        """Return the counters a settled call adds to besides its budgets."""
+        keys = self.tallies.get(model)
+        if keys is None:
+            u = escape(self.user) if self.user is not None else ""
+            m = escape(model) if model is not None else ""
+            found = ["t|", f"t|u={u}", f"t|m={m}", f"t|u={u}|m={m}", f"d|{self.day}|u={u}|m={m}"]
+            found.extend(f"{hold.key}|m={m}" for hold in self.holds)
+            keys = self.tallies[model] = tuple(found)
+        return keys
 
 
 class Call:
@@ -72,6 +109,7 @@ class Call:
         "guard",
         "holders",
         "models",
+        "plan",
         "request_model",
         "reservation",
         "started",
@@ -84,6 +122,7 @@ class Call:
         guard: BudgetGuard,
         user: str | None,
         reservation: Reservation | None,
+        plan: _Plan,
         holders: tuple[_Holder, ...],
         estimate: int,
         request_model: str | None,
@@ -92,6 +131,7 @@ class Call:
         self.guard = guard
         self.user = user
         self.reservation = reservation  # None when storage failed open
+        self.plan = plan
         self.holders = holders
         self.estimate = estimate
         self.request_model = request_model
@@ -255,10 +295,8 @@ class BudgetGuard:
         self._cache_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._id_prefix = f"{_PROCESS_TAG}.{id(self):x}."
-        self._tallies: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self._plans: dict[tuple[str | None, int], _Plan] = {}
         self._day = Period("daily")
-        self._day_id = ""
-        self._day_end = float("-inf")
         self._listeners: list[Listener] = []
         self._warned: set[str] = set()
         self.telemetry: Any = None
@@ -393,15 +431,15 @@ class BudgetGuard:
 
         ``estimate`` is dollars (``Decimal``) or, as an ``int``, ledger units.
         """
-        reservation, holders, units, tags = self._plan(user, estimate, scope)
+        reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope)
         if reservation.holds:
             try:
                 refusal = self.ledger.reserve(reservation)
             except StorageError as error:
-                return self._storage_down(error, user, holders, units, model, tags)
+                return self._storage_down(error, user, plan, holders, units, model, tags)
             if refusal is not None:
                 raise self._refused(refusal, holders, user, model)
-        return Call(self, user, reservation, holders, units, model, tags)
+        return Call(self, user, reservation, plan, holders, units, model, tags)
 
     async def abegin(
         self,
@@ -412,46 +450,28 @@ class BudgetGuard:
         scope: Scope | None = None,
     ) -> Call:
         """Do ``begin`` without blocking the event loop on the ledger."""
-        reservation, holders, units, tags = self._plan(user, estimate, scope)
+        reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope)
         if reservation.holds:
             try:
                 refusal = await self.ledger.areserve(reservation)
             except StorageError as error:
-                return self._storage_down(error, user, holders, units, model, tags)
+                return self._storage_down(error, user, plan, holders, units, model, tags)
             if refusal is not None:
                 raise self._refused(refusal, holders, user, model)
-        return Call(self, user, reservation, holders, units, model, tags)
+        return Call(self, user, reservation, plan, holders, units, model, tags)
 
     def _plan(
         self, user: str | None, estimate: Decimal | int, scope: Scope | None
-    ) -> tuple[Reservation, tuple[_Holder, ...], int, Mapping[str, str]]:
+    ) -> tuple[Reservation, _Plan, tuple[_Holder, ...], int, Mapping[str, str], str | None]:
         units = estimate if isinstance(estimate, int) else to_units(estimate)
         if scope is None:
-            scope = current_scope()
-        if user is None and scope is not None:
-            user = scope.user
-        now = self.clock()
-        holds: list[Hold] = []
-        holders: list[_Holder] = []
-        tags: Mapping[str, str] = {}
+            scope = _scope_var.get()
+        tags: Mapping[str, str] = _NO_TAGS
         if scope is not None:
             tags = scope.tags
-            for capped in scope.capped():
-                holds.append(Hold(capped.key, capped.limit_units, units))
-                holders.append(_Holder("scope", None, capped))
-                capped.on_exit(self._forget_scope)
-        budgets = self._budgets()
-        if budgets:
-            if user is not None:
-                own = budgets.get(budget_name(user)) or budgets.get(DEFAULT)
-                if own is not None:
-                    holds.append(Hold(own.key(now, user=user), own.limit_units, units))
-                    holders.append(_Holder("user", own, None))
-            shared = budgets.get(GLOBAL)
-            if shared is not None:
-                holds.append(Hold(shared.key(now), shared.limit_units, units))
-                holders.append(_Holder("global", shared, None))
-        if user is None and self.outside_scope == "refuse" and scope is None:
+            if user is None:
+                user = scope.user
+        elif user is None and self.outside_scope == "refuse":
             raise BudgetExceededError(
                 budget="outside-scope",
                 limit=Decimal(0),
@@ -461,10 +481,49 @@ class BudgetGuard:
                 message="call made outside any budget_scope and without a user, and this "
                 "guard refuses those (outside_scope='refuse')",
             )
+        now = self.clock()
+        budgets = self._budgets()
+        plan = self._plans.get((user, units))
+        if plan is None or now >= plan.until or plan.budgets is not budgets:
+            plan = self._new_plan(user, units, now, budgets)
+        holds, holders = plan.holds, plan.holders
+        if scope is not None and scope.caps:
+            holds = tuple(Hold(c.key, c.limit_units, units) for c in scope.caps) + holds
+            holders = tuple(_Holder("scope", None, c) for c in scope.caps) + holders
+            for capped in scope.caps:
+                capped.on_exit(self._forget_scope)
         reservation = Reservation(
-            f"{self._id_prefix}{next(self._ids)}", tuple(holds), now + self.reservation_ttl
+            f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl
         )
-        return reservation, tuple(holders), units, tags
+        return reservation, plan, holders, units, tags, user
+
+    def _new_plan(
+        self, user: str | None, units: int, now: float, budgets: dict[str, Budget]
+    ) -> _Plan:
+        """Work out which budget keys a call of ``user`` holds, valid until a window ends."""
+        holds: list[Hold] = []
+        holders: list[_Holder] = []
+        day = self._day.window(datetime.fromtimestamp(now, timezone.utc), self.tz)
+        assert day.end is not None
+        until = day.end.timestamp()
+        found: list[tuple[str, Budget | None]] = []
+        if user is not None:
+            own = budgets.get(budget_name(user)) or budgets.get(DEFAULT)
+            found.append(("user", own))
+        found.append(("global", budgets.get(GLOBAL)))
+        for kind, budget in found:
+            if budget is None:
+                continue
+            window = budget.window(now)
+            holds.append(Hold(budget.key_for_window(window, user=user), budget.limit_units, units))
+            holders.append(_Holder(kind, budget, None))
+            if window.end is not None:
+                until = min(until, window.end.timestamp())
+        plan = _Plan(user, tuple(holds), tuple(holders), until, budgets, day.id)
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[(user, units)] = plan
+        return plan
 
     def _refused(
         self,
@@ -500,6 +559,7 @@ class BudgetGuard:
         self,
         error: StorageError,
         user: str | None,
+        plan: _Plan,
         holders: tuple[_Holder, ...],
         units: int,
         model: str | None,
@@ -511,7 +571,7 @@ class BudgetGuard:
             logger.error("ledger unavailable, refusing the call (fail_closed): %s", error)
             raise error
         logger.warning("ledger unavailable, letting the call run unchecked (fail_open): %s", error)
-        return Call(self, user, None, holders, units, model, tags)
+        return Call(self, user, None, plan, holders, units, model, tags)
 
     def _forget_scope(self, key: str) -> None:
         try:
@@ -648,26 +708,7 @@ class BudgetGuard:
         """Return the counters a settled call adds to besides its budgets."""
         if model is None:
             model = call.request_model or (call.models[0] if call.models else None)
-        now = self.clock()
-        if now >= self._day_end:
-            window = self._day.window(datetime.fromtimestamp(now, timezone.utc), self.tz)
-            self._day_id = window.id
-            assert window.end is not None
-            self._day_end = window.end.timestamp()
-        reservation = call.reservation
-        holds = reservation.holds if reservation is not None else ()
-        cache_key = (call.user, model, self._day_id, holds and tuple(h.key for h in holds))
-        keys = self._tallies.get(cache_key)
-        if keys is None:
-            u = escape(call.user) if call.user is not None else ""
-            m = escape(model) if model is not None else ""
-            found = ["t|", f"t|u={u}", f"t|m={m}", f"t|u={u}|m={m}", f"d|{self._day_id}|u={u}|m={m}"]
-            found.extend(f"{hold.key}|m={m}" for hold in holds if hold.key.startswith("b|"))
-            keys = tuple(found)
-            if len(self._tallies) >= _TALLY_CACHE_SIZE:
-                self._tallies.clear()
-            self._tallies[cache_key] = keys
-        return keys
+        return call.plan.tally_keys(model)
 
     def _tell(
         self,
@@ -995,8 +1036,8 @@ class BudgetGuard:
         scope = current_scope()
         if user is None and scope is not None:
             user = scope.user
-        reservation, holders, _, tags = self._plan(user, Decimal(0), scope)
-        call = Call(self, user, reservation, holders, 0, model, tags)
+        reservation, plan, holders, _, tags, user = self._plan(user, Decimal(0), scope)
+        call = Call(self, user, reservation, plan, holders, 0, model, tags)
         units = to_units(value)
         tallies = self._tally_keys(call, model)
         self._guard_storage(self.ledger.add, (*reservation.keys, *tallies), units)

@@ -9,7 +9,7 @@ budgets of up to nine million dollars without rounding.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 __all__ = ["UNITS_PER_DOLLAR", "Amount", "from_units", "to_decimal", "to_units"]
 
@@ -51,11 +51,13 @@ def to_decimal(value: object, name: str = "amount", *, allow_negative: bool = Fa
 
 def to_units(amount: Decimal) -> int:
     """Convert dollars to whole ledger units, rounding up so spend never escapes."""
-    return int((amount * UNITS_PER_DOLLAR).to_integral_value(rounding=ROUND_CEILING))
+    scaled = amount.scaleb(9)
+    units = int(scaled)  # truncates towards zero
+    return units + 1 if units < scaled else units
 
 
 def from_units(units: int) -> Decimal:
     """Convert whole ledger units back to dollars, exactly."""
-    value = Decimal(units).scaleb(-9).normalize()
-    # normalize() writes 10 as 1E+1; keep whole dollars in plain notation.
-    return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value
+    if units % UNITS_PER_DOLLAR == 0:
+        return Decimal(units // UNITS_PER_DOLLAR)  # plain "10", not "1E+1"
+    return Decimal(units).scaleb(-9).normalize()

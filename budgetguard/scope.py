@@ -7,7 +7,7 @@ import functools
 import inspect
 import itertools
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from decimal import Decimal
 from types import TracebackType
@@ -39,7 +39,7 @@ _scope_ids = itertools.count(1)
 class Scope:
     """One ``budget_scope`` block: who pays, its tags, its own cap, its parent."""
 
-    __slots__ = ("_cleanups", "id", "limit", "limit_units", "parent", "tags", "user")
+    __slots__ = ("_cleanups", "caps", "id", "limit", "limit_units", "parent", "tags", "user")
 
     def __init__(
         self,
@@ -54,6 +54,10 @@ class Scope:
         self.limit_units = to_units(limit) if limit is not None else None
         self.tags = tags
         self.parent = parent
+        #: This scope and its ancestors that carry a limit, innermost first.
+        self.caps: tuple[Scope, ...] = (self,) if limit is not None else ()
+        if parent is not None and parent.caps:
+            self.caps += parent.caps
         self._cleanups: list[Callable[[str], None]] = []
 
     def on_exit(self, cleanup: Callable[[str], None]) -> None:
@@ -70,14 +74,6 @@ class Scope:
     def key(self) -> str:
         """Return the ledger key that counts this block's spend against its cap."""
         return f"s|{self.id}"
-
-    def capped(self) -> Iterator[Scope]:
-        """Yield this scope and its ancestors that carry a ``limit``, innermost first."""
-        scope: Scope | None = self
-        while scope is not None:
-            if scope.limit is not None:
-                yield scope
-            scope = scope.parent
 
     def __repr__(self) -> str:
         return f"Scope(user={self.user!r}, limit={self.limit}, tags={dict(self.tags)!r})"

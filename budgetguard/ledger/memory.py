@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +34,7 @@ class MemoryLedger(Ledger):
         self._spent: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
         self._open: dict[str, Reservation] = {}
-        self._expiries: list[tuple[float, str]] = []
+        self._next_sweep = float("-inf")
         self._ended: OrderedDict[str, bool] = OrderedDict()  # id -> settled?
         self._budgets: dict[str, dict[str, Any]] = {}
 
@@ -43,42 +42,60 @@ class MemoryLedger(Ledger):
 
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them."""
-        check_reservation(reservation)
+        holds = reservation.holds
+        for hold in holds:
+            # Inline checks: this runs on every guarded call (check_reservation
+            # says the same, slower).
+            amount, limit = hold.amount, hold.limit
+            if (
+                type(amount) is not int
+                or amount < 0
+                or (limit is not None and (type(limit) is not int or limit < 0))
+                or type(hold.key) is not str
+            ):
+                check_reservation(reservation)
+        if type(reservation.id) is not str or not reservation.id:
+            check_reservation(reservation)
         with self._lock:
-            if reservation.id in self._open or reservation.id in self._ended:
-                raise ValueError(f"reservation id {reservation.id!r} was used before")
+            rid = reservation.id
+            if rid in self._open or rid in self._ended:
+                raise ValueError(f"reservation id {rid!r} was used before")
             self._expire(self.clock())
             spent, reserved = self._spent, self._reserved
-            for index, hold in enumerate(reservation.holds):
-                if hold.limit is None:
+            for index, (key, limit, amount) in enumerate(holds):
+                if limit is None:
                     continue
-                used = spent.get(hold.key, 0) + reserved.get(hold.key, 0)
-                if used + hold.amount > hold.limit or (hold.amount == 0 and used >= hold.limit):
+                used = spent.get(key, 0) + reserved.get(key, 0)
+                if used + amount > limit or (amount == 0 and used >= limit):
                     return Refusal(
-                        index,
-                        hold.key,
-                        hold.limit,
-                        spent.get(hold.key, 0),
-                        reserved.get(hold.key, 0),
-                        hold.amount,
+                        index, key, limit, spent.get(key, 0), reserved.get(key, 0), amount
                     )
-            for hold in reservation.holds:
-                reserved[hold.key] = reserved.get(hold.key, 0) + hold.amount
-            self._open[reservation.id] = reservation
-            heapq.heappush(self._expiries, (reservation.expires_at, reservation.id))
+            for key, _, amount in holds:
+                reserved[key] = reserved.get(key, 0) + amount
+            self._open[rid] = reservation
+            if reservation.expires_at < self._next_sweep:
+                self._next_sweep = reservation.expires_at
             return None
 
     def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
         """Charge ``amount`` to every held key and tally; drop the holds once."""
-        _check_amount(amount)
+        if type(amount) is not int or amount < 0:
+            _check_amount(amount)
         with self._lock:
-            if self._ended.get(reservation.id):
+            rid = reservation.id
+            ended = self._ended
+            if ended.get(rid):
                 return False
-            if self._open.pop(reservation.id, None) is not None:
+            if self._open.pop(rid, None) is not None:
                 self._drop_holds(reservation)
-            self._end(reservation.id, settled=True)
-            for key in (*reservation.keys, *tallies):
-                self._spent[key] = self._spent.get(key, 0) + amount
+            ended[rid] = True
+            if len(ended) > _ENDED_MEMORY:
+                ended.popitem(last=False)
+            spent = self._spent
+            for key, _, _ in reservation.holds:
+                spent[key] = spent.get(key, 0) + amount
+            for key in tallies:
+                spent[key] = spent.get(key, 0) + amount
             return True
 
     def release(self, reservation: Reservation) -> bool:
@@ -151,12 +168,13 @@ class MemoryLedger(Ledger):
     # -- internals ----------------------------------------------------------------
 
     def _drop_holds(self, reservation: Reservation) -> None:
-        for hold in reservation.holds:
-            left = self._reserved.get(hold.key, 0) - hold.amount
+        reserved = self._reserved
+        for key, _, amount in reservation.holds:
+            left = reserved.get(key, 0) - amount
             if left > 0:
-                self._reserved[hold.key] = left
+                reserved[key] = left
             else:
-                self._reserved.pop(hold.key, None)
+                reserved.pop(key, None)
 
     def _end(self, reservation_id: str, *, settled: bool) -> None:
         self._ended[reservation_id] = settled
@@ -164,13 +182,23 @@ class MemoryLedger(Ledger):
             self._ended.popitem(last=False)
 
     def _expire(self, now: float) -> None:
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, reservation_id = heapq.heappop(expiries)
-            reservation = self._open.pop(reservation_id, None)
-            if reservation is not None:
+        if now < self._next_sweep:
+            return
+        self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        # Open reservations are the calls in flight, few at any time: sweeping
+        # them all once the earliest expiry has passed is cheaper than keeping
+        # a heap that every settled call would leave an entry in.
+        earliest = float("inf")
+        for reservation in list(self._open.values()):
+            if reservation.expires_at <= now:
+                del self._open[reservation.id]
                 self._drop_holds(reservation)
-                self._end(reservation_id, settled=False)
+                self._end(reservation.id, settled=False)
+            elif reservation.expires_at < earliest:
+                earliest = reservation.expires_at
+        self._next_sweep = earliest
 
 
 def _check_amount(amount: int) -> None:
