@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, StorageError
 from .base import Balance, Hold, Ledger, Refusal, Reservation, check_reservation, check_units
@@ -289,6 +290,13 @@ class RedisLedger(Ledger):
         scheme = parts.scheme.lower()
         if scheme not in self.schemes:
             raise ConfigurationError(f"not a Redis URL: {self.safe_url!r}")
+        database = parts.path.strip("/")
+        if scheme != "unix" and database and not database.isdigit():
+            # redis-py would silently fall back to database 0.
+            raise ConfigurationError(
+                f"malformed Redis URL {self.safe_url!r}: the path must be a database "
+                f"number such as /0, got {parts.path!r}"
+            )
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         prefix = prefix if prefix is not None else query.pop("prefix", "")
         query.pop("prefix", None)
@@ -584,20 +592,8 @@ class RedisLedger(Ledger):
 
 def redact(url: str) -> str:
     """Return ``url`` with its password (in the authority or the query) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, host = netloc.rpartition("@")
-            user, colon, _password = userinfo.partition(":")
-            netloc = f"{user}{':***' if colon else ''}@{host}"
-        query = [
-            (name, "***" if name.lower() == "password" else value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, quote_via=quote), ""))
-    except ValueError:
-        return "<unparseable Redis URL>"
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def redact_text(text: str) -> str:

@@ -1,0 +1,106 @@
+"""What only the Redis ledger does: key layout, scripts, options."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from budgetguard.ledger import Balance, Hold, Reservation, ledger_from_url
+from budgetguard.ledger import redis as redis_ledger
+from budgetguard.ledger.redis import RedisLedger, redact
+
+pytestmark = pytest.mark.redis
+
+
+def client(url: str) -> object:
+    """Return a plain redis-py client for inspecting the server."""
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def test_every_key_shares_one_hash_tag(redis_url: str) -> None:
+    """All keys of a ledger carry {bg} (or {bg:prefix}), so Cluster keeps them in one slot."""
+    for prefix, tag in (("", "{bg}"), ("tenant1", "{bg:tenant1}")):
+        ledger = RedisLedger(redis_url, prefix=prefix)
+        r = Reservation(f"r-{prefix}", (Hold("user", 100, 5),), time.time() + 60)
+        ledger.reserve(r)
+        ledger.reserve(Reservation(f"o-{prefix}", (Hold("user", 100, 5),), time.time() + 60))
+        ledger.settle(r, 3)
+        ledger.put_budget("b", {"limit": "1"})
+        ledger.close()
+        keys = [k for k in client(redis_url).keys("*") if tag in k]  # type: ignore[attr-defined]
+        assert keys and all(k.startswith(tag + ":") for k in keys)
+
+
+def test_prefixes_are_separate_ledgers(redis_url: str) -> None:
+    """Two prefixes on one database do not see each other's spend or budgets."""
+    a = ledger_from_url(redis_url + "?prefix=a")
+    b = ledger_from_url(redis_url, prefix="b")
+    a.add(["k"], 5)
+    a.put_budget("x", {"limit": "1"})
+    assert b.balances(["k"])["k"] == Balance()
+    assert b.list_budgets() == {}
+    assert a.balances(["k"])["k"] == Balance(5, 0)
+
+
+def test_scripts_reload_after_script_flush(redis_url: str) -> None:
+    """NOSCRIPT (a restarted or flushed server) makes the ledger load its scripts again."""
+    ledger = ledger_from_url(redis_url)
+    ledger.add(["k"], 1)
+    client(redis_url).script_flush()  # type: ignore[attr-defined]
+    ledger.add(["k"], 1)
+    assert ledger.balances(["k"])["k"] == Balance(2, 0)
+
+
+async def test_async_scripts_reload_after_script_flush(redis_url: str) -> None:
+    """The asyncio client reloads its scripts on NOSCRIPT too."""
+    ledger = ledger_from_url(redis_url)
+    await ledger.aadd(["k"], 1)
+    client(redis_url).script_flush()  # type: ignore[attr-defined]
+    await ledger.aadd(["k"], 1)
+    assert await ledger.abalances(["k"]) == {"k": Balance(2, 0)}
+    await ledger.aclose()
+
+
+def test_scripts_use_the_ledger_clock_not_time() -> None:
+    """No script calls TIME: time comes from the ledger's clock, so tests can move it."""
+    for source in redis_ledger._SCRIPTS.values():
+        assert "'TIME'" not in source and '"TIME"' not in source
+
+
+def test_no_float_increments() -> None:
+    """Units are added as integers; INCRBYFLOAT never appears."""
+    source = Path(redis_ledger.__file__).read_text()
+    assert "INCRBYFLOAT" not in source.replace("``INCRBYFLOAT`` is never used", "")
+
+
+def test_amounts_past_two_to_the_53_are_refused(redis_url: str) -> None:
+    """Lua counts exactly only up to 2**53: larger amounts raise ValueError."""
+    ledger = ledger_from_url(redis_url)
+    with pytest.raises(ValueError, match="too large"):
+        ledger.add(["k"], 2**53)
+    with pytest.raises(ValueError, match="too large"):
+        ledger.reserve(Reservation("r", (Hold("k", 2**60, 1),), time.time() + 60))
+
+
+def test_redact_hides_passwords() -> None:
+    """Passwords in the authority or the query never reach messages."""
+    assert redact("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact("redis://:pw@host/0") == "redis://:***@host/0"
+    assert redact("unix:///tmp/r.sock?db=1&password=pw") == "unix:///tmp/r.sock?db=1&password=***"
+    assert "pw" not in redact("rediss://u:pw@h:1/0?password=pw")
+    assert redact("redis://host/0") == "redis://host/0"
+
+
+def test_ended_ids_are_pruned(redis_url: str) -> None:
+    """Ended reservation ids are forgotten after ended_ttl on the ledger's clock."""
+    now = [1000.0]
+    ledger = RedisLedger(redis_url + "?ended_ttl=60", clock=lambda: now[0])
+    for i in range(5):
+        ledger.settle(Reservation(f"r{i}", (Hold("k", None, 1),), 2000), 1)
+    now[0] += 61
+    ledger.reserve(Reservation("fresh", (Hold("k", None, 1),), 5000))
+    assert client(redis_url).zcard("{bg}:settled") == 0  # type: ignore[attr-defined]

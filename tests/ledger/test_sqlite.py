@@ -1,0 +1,212 @@
+"""What only the SQLite ledger does: files, schema versions, durability settings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from budgetguard.errors import ConfigurationError, StorageError
+from budgetguard.ledger import Balance, ledger_from_url
+from budgetguard.ledger.sqlite import SCHEMA_VERSION, SQLiteLedger
+
+from .conftest import worker_env
+
+
+def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sqlite:///name is relative to the working directory, sqlite:////path is absolute."""
+    monkeypatch.chdir(tmp_path)
+    relative = ledger_from_url("sqlite:///spend.db")
+    absolute = ledger_from_url(f"sqlite:///{tmp_path / 'spend.db'}")
+    assert isinstance(relative, SQLiteLedger) and isinstance(absolute, SQLiteLedger)
+    assert relative.path == absolute.path == str(tmp_path / "spend.db")
+    relative.add(["k"], 1)
+    assert absolute.balances(["k"])["k"] == Balance(1, 0)
+    relative.close()
+    absolute.close()
+
+
+def test_schema_is_versioned(tmp_path: Path) -> None:
+    """A new file gets the current schema version in PRAGMA user_version, and WAL."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    assert ledger.schema_version == SCHEMA_VERSION == 1
+    with sqlite3.connect(tmp_path / "a.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"counters", "reservations", "ended", "budgets"}
+    ledger.close()
+    # Opening again runs no migration and keeps the data.
+    SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}").close()
+
+
+def test_synchronous_setting(tmp_path: Path) -> None:
+    """synchronous is FULL by default and NORMAL on request."""
+    full = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    normal = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}?synchronous=normal")
+    # 2 is FULL, 1 is NORMAL; each connection has its own setting.
+    assert full._connection().execute("PRAGMA synchronous").fetchone() == (2,)
+    assert normal._connection().execute("PRAGMA synchronous").fetchone() == (1,)
+    full.close()
+    normal.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file written by a newer budgetguard is not touched."""
+    path = tmp_path / "a.db"
+    SQLiteLedger(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StorageError, match="schema version 99, newer"):
+        SQLiteLedger(f"sqlite:///{path}")
+
+
+def test_foreign_database_is_refused(tmp_path: Path) -> None:
+    """A SQLite file of some other application is not adopted."""
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StorageError, match="not a budgetguard ledger"):
+        SQLiteLedger(f"sqlite:///{path}")
+
+
+def test_corrupt_file_is_a_storage_error(tmp_path: Path) -> None:
+    """A file that is not a database gives a StorageError naming the path."""
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(b"this is not a database\x00" * 400)
+    with pytest.raises(StorageError) as caught:
+        SQLiteLedger(f"sqlite:///{path}")
+    assert str(path) in str(caught.value)
+    assert "corrupt or is not a SQLite database" in str(caught.value)
+
+
+def test_directory_as_file_is_a_configuration_error(tmp_path: Path) -> None:
+    """A path naming a directory is refused before anything is opened."""
+    with pytest.raises(ConfigurationError, match="is a directory"):
+        SQLiteLedger(f"sqlite:///{tmp_path}")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """Return a directory that an unprivileged user can read (for the read-only tests)."""
+    directory = Path(tempfile.mkdtemp(prefix="budgetguard-ro-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def drop_root_powers() -> None:
+    """Make a root child obey file permissions: drop the capabilities that override them."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop = 24
+    for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def open_as_unprivileged(url: str) -> str:
+    """Open ``url`` and add to it as a user without write permission; return the error."""
+    code = (
+        "import sys\n"
+        "from budgetguard.ledger import ledger_from_url\n"
+        "from budgetguard.errors import StorageError\n"
+        "try:\n"
+        "    ledger_from_url(sys.argv[1]).add(['k'], 1)\n"
+        "except StorageError as e:\n"
+        "    print('StorageError:', e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, url],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        preexec_fn=drop_root_powers if os.geteuid() == 0 else None,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_read_only_file_is_a_storage_error(shared_dir: Path) -> None:
+    """A ledger file the process may not write gives a clear StorageError."""
+    path = shared_dir / "spend.db"
+    SQLiteLedger(f"sqlite:///{path}").close()
+    for name in os.listdir(shared_dir):
+        (shared_dir / name).chmod(0o444)
+    message = open_as_unprivileged(f"sqlite:///{path}")
+    assert message.startswith("StorageError:"), message
+    assert str(path) in message
+    assert "read-only" in message or "cannot be opened" in message
+
+
+def test_unwritable_directory_is_a_storage_error(shared_dir: Path) -> None:
+    """A new ledger in a directory the process may not write gives a clear StorageError."""
+    shared_dir.chmod(0o555)
+    path = shared_dir / "new.db"
+    message = open_as_unprivileged(f"sqlite:///{path}")
+    assert message.startswith("StorageError:"), message
+    assert str(path) in message
+
+
+def test_closed_ledger_raises(tmp_path: Path) -> None:
+    """A closed ledger reports that it is closed."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    ledger.close()
+    with pytest.raises(StorageError, match="closed"):
+        ledger.balances(["k"])
+
+
+def test_ended_ids_are_pruned(tmp_path: Path) -> None:
+    """Ended reservation ids are forgotten after ended_ttl, bounding the table."""
+    from budgetguard.ledger import Hold, Reservation
+
+    now = [1000.0]
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}?ended_ttl=60", clock=lambda: now[0])
+    for i in range(5):
+        ledger.settle(Reservation(f"r{i}", (Hold("k", None, 1),), 2000), 1)
+    now[0] += 61
+    ledger.reserve(Reservation("fresh", (Hold("k", None, 1),), 5000))
+    rows = ledger._connection().execute("SELECT count(*) FROM ended").fetchone()
+    assert rows == (0,)
+    ledger.close()
+
+
+def test_writers_wait_for_each_other(tmp_path: Path) -> None:
+    """A write lock held by another connection makes a writer wait, then succeed."""
+    import threading
+
+    path = tmp_path / "a.db"
+    ledger = SQLiteLedger(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    timer.start()
+    ledger.add(["k"], 1)  # waits for the other connection's commit
+    timer.join()
+    assert ledger.balances(["k"])["k"] == Balance(1, 0)
+    other.close()
+    ledger.close()
+
+
+def test_busy_timeout_is_a_storage_error(tmp_path: Path) -> None:
+    """A write lock held past busy_timeout gives a StorageError that says so."""
+    path = tmp_path / "a.db"
+    ledger = SQLiteLedger(f"sqlite:///{path}?busy_timeout=0.2")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StorageError, match=r"busy_timeout=0\.2s"):
+        ledger.add(["k"], 1)
+    other.execute("ROLLBACK")
+    other.close()
+    ledger.close()
