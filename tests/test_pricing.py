@@ -158,7 +158,11 @@ def openai_chat(model: str, usage: dict[str, Any]) -> Usage:
             "created": 1,
             "model": model,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "x"},
+                    "finish_reason": "stop",
+                }
             ],
             "usage": usage,
         }
@@ -329,7 +333,9 @@ COST_CASES = [
     pytest.param(
         # 150000 + 60000 cached = 210000 > 200000: 150000 x 6 = 0.9; 60000 x 0.6 = 0.036;
         # 1000 x 22.5 = 0.0225; total 0.9585
-        plain("claude-sonnet-4-5", input_tokens=150000, cached_input_tokens=60000, output_tokens=1000),
+        plain(
+            "claude-sonnet-4-5", input_tokens=150000, cached_input_tokens=60000, output_tokens=1000
+        ),
         "standard",
         D("0.9585"),
         id="anthropic-long-context",
@@ -750,7 +756,9 @@ def test_load_prices_overrides_and_adds(tmp_path: Path) -> None:
 def test_load_prices_bad_file_changes_nothing(tmp_path: Path) -> None:
     """A price file with one bad entry is refused whole."""
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"models": {"a": {"input": "1", "output": "1"}, "b": {"input": "1"}}}))
+    path.write_text(
+        json.dumps({"models": {"a": {"input": "1", "output": "1"}, "b": {"input": "1"}}})
+    )
     with pytest.raises(ConfigurationError, match="output"):
         pricing.load_prices(str(path))
     assert lookup("a") is None

