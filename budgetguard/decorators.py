@@ -79,7 +79,9 @@ def _user_resolver(
         return None
     if callable(user):
 
-        def from_callable(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        def from_callable(
+            instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> str | None:
             return _as_user(user(*args, **kwargs))
 
         return from_callable
@@ -389,9 +391,9 @@ async def _guarded_async_generator(
             finally:
                 _current_call.reset(token)
         abandoned = isinstance(outcome, GeneratorExit) or (outcome is None and not finished)
-        error = None if abandoned else outcome
-        if items is not None and (items or not error):
-            await guard.acomplete(call, items, spec.cost, error=error)
+        failure = None if abandoned else outcome
+        if items is not None and (items or not failure):
+            await guard.acomplete(call, items, spec.cost, error=failure)
         else:
-            await guard.acomplete_stream(call, stream, error=error, abandoned=abandoned)
+            await guard.acomplete_stream(call, stream, error=failure, abandoned=abandoned)
 

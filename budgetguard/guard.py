@@ -515,7 +515,10 @@ class BudgetGuard:
             if budget is None:
                 continue
             window = budget.window(now)
-            holds.append(Hold(budget.key_for_window(window, user=user), budget.limit_units, units))
+            # The global budget counts everyone's spend on one key; only a
+            # user's own (or default) budget is keyed by the user.
+            owner = user if kind == "user" else None
+            holds.append(Hold(budget.key_for_window(window, user=owner), budget.limit_units, units))
             holders.append(_Holder(kind, budget, None))
             if window.end is not None:
                 until = min(until, window.end.timestamp())
@@ -914,8 +917,8 @@ class BudgetGuard:
                 raise failure
             self.finish(call, amount, error=error)
             return result
-        amount, usage, priced = self._priced_result(call, result)
-        self._finish_priced(call, amount, usage, priced, error)
+        found, usage, priced = self._priced_result(call, result)
+        self._finish_priced(call, found, usage, priced, error)
         return result
 
     async def acomplete(
@@ -935,8 +938,8 @@ class BudgetGuard:
                 raise failure
             await self.afinish(call, amount, error=error)
             return result
-        amount, usage, priced = self._priced_result(call, result)
-        await self._afinish_priced(call, amount, usage, priced, error)
+        found, usage, priced = self._priced_result(call, result)
+        await self._afinish_priced(call, found, usage, priced, error)
         return result
 
     def _finish_priced(
