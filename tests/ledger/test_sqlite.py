@@ -210,3 +210,22 @@ def test_busy_timeout_is_a_storage_error(tmp_path: Path) -> None:
     other.execute("ROLLBACK")
     other.close()
     ledger.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    """A ledger inherited through fork (gunicorn preload) opens fresh connections in the child."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    ledger.add(["k"], 1)
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            ledger.add(["k"], 10)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ledger.balances(["k"])["k"] == Balance(11, 0)
+    ledger.close()
