@@ -14,6 +14,15 @@ if TYPE_CHECKING:
 
 __all__ = ["SERVICE_TIERS", "cost_of", "price_usage"]
 
+
+def _default_table() -> PriceTable:
+    # Imported late: the package imports this module. After the first call the
+    # import is a dictionary hit in sys.modules.
+    from . import default_table
+
+    return default_table()
+
+
 SERVICE_TIERS = frozenset({"standard", "batch", "flex", "priority", "fast"})
 
 _ZERO = Decimal(0)
@@ -96,9 +105,7 @@ def cost_of(
             "", "cannot price usage that names no model; pass model=... to cost_of"
         )
     if table is None:
-        from . import default_table
-
-        table = default_table()
+        table = _default_table()
     price = table.lookup(name)
     if price is None:
         raise UnknownModelError(name)

@@ -60,6 +60,23 @@ class Usage:
     estimated: bool = False
 
     def __post_init__(self) -> None:
+        # Spelled out rather than looped over getattr: this runs once per call.
+        for value in (
+            self.input_tokens,
+            self.cached_input_tokens,
+            self.cache_write_5m_tokens,
+            self.cache_write_1h_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+            self.input_audio_tokens,
+            self.output_audio_tokens,
+            self.input_image_tokens,
+            self.web_search_requests,
+        ):
+            if value.__class__ is not int or value < 0:
+                self._reject()
+
+    def _reject(self) -> None:
         for name in _COUNTS:
             value = getattr(self, name)
             if type(value) is not int or value < 0:

@@ -32,13 +32,33 @@ __all__ = [
 
 def _get(obj: Any, key: str) -> Any:
     """Return ``obj[key]`` for mappings, ``obj.key`` otherwise, ``None`` when absent."""
+    if type(obj) is dict:
+        return obj.get(key)
     if obj is None:
         return None
-    if isinstance(obj, dict):
-        return obj.get(key)
+    if getattr(type(obj), "__pydantic_fields__", None) is not None:
+        # Pydantic models keep fields in __dict__ and unknown keys in
+        # __pydantic_extra__. Reading them directly avoids getattr's miss path,
+        # which raises and catches an AttributeError: microseconds per miss.
+        value = obj.__dict__.get(key)
+        if value is None:
+            extra = obj.__pydantic_extra__
+            if extra:
+                value = extra.get(key)
+        return value
     if isinstance(obj, Mapping):
         return obj.get(key)
     return getattr(obj, key, None)
+
+
+def _view(obj: Any) -> Any:
+    """Return a dict of a pydantic model's fields (cheap to read many keys from), else ``obj``."""
+    if type(obj) is dict or obj is None:
+        return obj
+    if getattr(type(obj), "__pydantic_fields__", None) is not None:
+        extra = obj.__pydantic_extra__
+        return {**obj.__dict__, **extra} if extra else obj.__dict__
+    return obj
 
 
 def _int(value: Any) -> int:
@@ -109,10 +129,11 @@ def from_openai_usage(
     and LiteLLM. Cache reads, cache writes, audio and image tokens are inside
     ``prompt_tokens``; reasoning and audio are inside ``completion_tokens``.
     """
+    usage = _view(usage)
     prompt = _int(_get(usage, "prompt_tokens"))
     completion = _int(_get(usage, "completion_tokens"))
 
-    details = _get(usage, "prompt_tokens_details")
+    details = _view(_get(usage, "prompt_tokens_details"))
     cached = _int(_get(details, "cached_tokens"))
     cache_write = _int(_get(details, "cache_write_tokens"))
     audio_in = _int(_get(details, "audio_tokens"))
@@ -127,7 +148,7 @@ def from_openai_usage(
     if not cache_write:
         cache_write = _int(_get(usage, "cache_creation_input_tokens"))
 
-    out_details = _get(usage, "completion_tokens_details")
+    out_details = _view(_get(usage, "completion_tokens_details"))
     reasoning = _int(_get(out_details, "reasoning_tokens"))
     audio_out = _int(_get(out_details, "audio_tokens"))
 
@@ -148,6 +169,7 @@ def from_openai_usage(
 
 def from_responses_usage(usage: Any, *, model: str | None = None) -> Usage:
     """Normalise an OpenAI Responses API usage block (``input_tokens`` with details)."""
+    usage = _view(usage)
     total_in = _int(_get(usage, "input_tokens"))
     total_out = _int(_get(usage, "output_tokens"))
     details = _get(usage, "input_tokens_details")
@@ -184,6 +206,7 @@ def from_anthropic_usage(
     default. ``output_tokens`` includes thinking, which
     ``output_tokens_details.thinking_tokens`` breaks out where present.
     """
+    usage = _view(usage)
     write_total = _int(_get(usage, "cache_creation_input_tokens"))
     creation = _get(usage, "cache_creation")
     if creation is not None:
@@ -232,6 +255,7 @@ def from_gemini_usage(metadata: Any, *, model: str | None = None) -> Usage:
     ``prompt_token_count``, and both are billed (thinking as output, tool-use
     prompts as input).
     """
+    metadata = _view(metadata)
     prompt = _int(_get(metadata, "prompt_token_count"))
     cached = min(_int(_get(metadata, "cached_content_token_count")), prompt)
     tool_prompt = _int(_get(metadata, "tool_use_prompt_token_count"))
@@ -314,6 +338,7 @@ def _openai_operation(response: Any) -> str | None:
 def _from_usage_block(usage: Any, response: Any) -> Usage | None:
     """Pick the right normaliser for a ``usage`` block by the fields it carries."""
     model = _model(response)
+    usage = _view(usage)
     if _has(usage, "prompt_tokens") or _has(usage, "completion_tokens"):
         operation = _openai_operation(response)
         return from_openai_usage(
