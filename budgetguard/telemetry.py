@@ -4,29 +4,22 @@ budgetguard depends on ``opentelemetry-api`` only. With no SDK configured every
 instrument is a no-op; with one, the user's own readers and exporters receive
 the instruments below, on a meter named ``budgetguard``:
 
-=================================== ================ ===============================
-instrument                          kind             attributes
-=================================== ================ ===============================
-``budgetguard.spend`` (USD)         counter          gen_ai.provider.name,
-                                                     gen_ai.request.model,
-                                                     gen_ai.response.model,
-                                                     gen_ai.operation.name, user
-``budgetguard.tokens``              counter          the same, budgetguard.token.kind
-``gen_ai.client.token.usage``       histogram        gen_ai.*, gen_ai.token.type
-``gen_ai.client.operation.duration`` histogram (s)   gen_ai.*, error.type
-``budgetguard.budget.limit``,       gauge (USD)      budgetguard.budget,
-``.spent``, ``.reserved``,                           budgetguard.period, user
-``.remaining``
-``budgetguard.refusals``            counter          budgetguard.budget,
-                                                     budgetguard.period, user,
-                                                     gen_ai.request.model
-``budgetguard.unpriced``            counter          gen_ai.provider.name,
-                                                     gen_ai.request.model
-``budgetguard.alerts``              counter          budgetguard.budget,
-                                                     budgetguard.period,
-                                                     budgetguard.threshold, user
-``budgetguard.storage_errors``      counter          budgetguard.policy, error.type
-=================================== ================ ===============================
+- ``budgetguard.spend`` (USD, counter): money spent by this process, by
+  ``gen_ai.provider.name``, ``gen_ai.request.model``, ``gen_ai.response.model``,
+  ``gen_ai.operation.name`` and the user where enabled;
+- ``budgetguard.tokens`` (counter): the same, and ``budgetguard.token.kind``
+  (input, cached_input, cache_write, output, reasoning, audio and image kinds);
+- ``gen_ai.client.token.usage`` (histogram, ``{token}``): per call, by the
+  gen_ai attributes and ``gen_ai.token.type`` (input / output), with the
+  semantic conventions' bucket boundaries; never by user (a histogram series
+  is some 16 series in a backend);
+- ``gen_ai.client.operation.duration`` (histogram, s): the gen_ai attributes
+  and ``error.type`` for calls that failed;
+- ``budgetguard.budget.limit`` / ``.spent`` / ``.reserved`` / ``.remaining``
+  (USD, gauges read from the ledger when a reader collects): by
+  ``budgetguard.budget`` (global, user, ...), ``budgetguard.period`` and user;
+- ``budgetguard.refusals``, ``budgetguard.unpriced``, ``budgetguard.alerts``,
+  ``budgetguard.storage_errors`` (counters).
 
 The user attribute is ``user.id`` (``user_attribute="raw"``) or ``user.hash``
 (``"hashed"``: HMAC-SHA256 with a salt, truncated), and absent by default. At
@@ -34,12 +27,19 @@ most ``max_users`` distinct users get their own value; the rest share
 ``"_other"``, so a million users cannot blow up a metrics backend.
 
 The hot path: an SDK ``Counter.add`` or ``Histogram.record`` costs several
-microseconds, so by default (``aggregate=True``) a call only updates in-process
-totals under a lock and queues its histogram measurements; the counters are
-observable instruments read from those totals, and the queued histogram
-measurements are recorded when a reader collects. ``benchmarks/telemetry.py``
-has the figures. ``aggregate=False`` records every measurement on the caller's
-thread instead, which keeps trace exemplars at the cost of that latency.
+microseconds, and a call feeds about eight instruments. So by default
+(``aggregate=True``) ``call_ended`` only appends the (frozen) outcome to a
+queue under a lock, about 0.3 µs with or without an SDK. When a reader
+collects, the first callback drains the queue: spend and tokens are summed per
+attribute set in process (spend exactly, in ``Decimal``) and published
+through observable counters, and the histogram measurements are recorded then,
+on the collecting thread. The queue is bounded: with no SDK behind the
+instruments a full queue is dropped (a direct call on the no-op API would be
+lost too); with an SDK that has not collected for that long, the call is
+handled on the caller's thread instead. Histograms recorded at collection time
+carry no trace exemplars; ``aggregate=False`` records everything on the
+caller's thread, exemplars included, at several times the cost.
+``benchmarks/telemetry.py`` has the figures.
 """
 
 from __future__ import annotations
@@ -54,11 +54,18 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from operator import methodcaller
+from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Counter,
+    Histogram,
+    Meter,
+    NoOpMeterProvider,
+    Observation,
+)
 
 from .errors import ConfigurationError
 from .events import BudgetStatus, CallOutcome, ThresholdCrossing
@@ -92,7 +99,7 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 
 # Queued histogram measurements per Telemetry before calls record directly
 # again: bounds memory when nothing ever collects (no SDK, or no reader).
-_MAX_PENDING = 8192
+_MAX_PENDING = 16384
 
 # A snapshot of budget statuses older than this is never reused by a gauge.
 _SNAPSHOT_MAX_AGE = 5.0
@@ -109,9 +116,13 @@ _TOKEN_FIELDS = (
     ("output_audio_tokens", "output_audio"),
     ("input_image_tokens", "input_image"),
 )
-# Which kinds are input and which output for gen_ai.client.token.usage, which
+_read_counts = attrgetter(*(name for name, _ in _TOKEN_FIELDS))
+# Which fields are input and which output for gen_ai.client.token.usage, which
 # counts every billable token (cached and reasoning ones included).
-_INPUT_KINDS = frozenset({"input", "cached_input", "cache_write", "input_audio", "input_image"})
+_IS_INPUT = tuple(
+    kind in ("input", "cached_input", "cache_write", "input_audio", "input_image")
+    for _, kind in _TOKEN_FIELDS
+)
 
 _ZERO = Decimal(0)
 
@@ -124,8 +135,6 @@ _UserLabel = tuple[str, str] | None
 _CallKey = tuple[_ModelKey, _UserLabel]
 # Attributes as a hashable key: ((name, value), ...)
 _Items = tuple[tuple[str, AttributeValue], ...]
-# Histogram measurements of one call: model, error type, input, output, seconds
-_Pending = tuple[_ModelKey, str | None, int, int, float]
 
 _MODEL_ATTRIBUTES = (
     "gen_ai.provider.name",
@@ -221,8 +230,14 @@ class _Instruments:
     read every live Telemetry.
     """
 
-    def __init__(self, meter: Meter, *, aggregate: bool) -> None:
+    def __init__(self, meter: Meter, provider: Any, *, aggregate: bool) -> None:
         self.aggregate = aggregate
+        # What tells whether an SDK is behind the instruments: an explicit
+        # no-op provider never has one; the API's proxy has one once the
+        # application sets its global provider. The proxy is a process-wide
+        # singleton, so holding it keeps nothing alive.
+        self._noop = isinstance(provider, NoOpMeterProvider)
+        self._proxy = provider if _is_proxy(provider) else None
         self._members: weakref.WeakSet[Telemetry] = weakref.WeakSet()
         self._members_lock = threading.Lock()
         self.spend: Counter | None = None
@@ -272,6 +287,12 @@ class _Instruments:
                 description=f"The {field} amount of each budget in its current window.",
             )
 
+    def discards(self) -> bool:
+        """Return whether recording is a no-op because no SDK is configured."""
+        return self._noop or (
+            self._proxy is not None and metrics.get_meter_provider() is self._proxy
+        )
+
     def join(self, telemetry: Telemetry) -> None:
         """Add a Telemetry whose figures the callbacks report."""
         with self._members_lock:
@@ -319,6 +340,14 @@ _instruments: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDict
 _instruments_lock = threading.Lock()
 
 
+def _is_proxy(provider: Any) -> bool:
+    try:  # the API keeps its proxy class private; without it, assume an SDK
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - a future API version
+        return False
+    return isinstance(provider, _ProxyMeterProvider)
+
+
 def _instruments_for(meter_provider: Any, aggregate: bool) -> _Instruments:
     # The global provider is the API's proxy until the application sets one:
     # keyed by the proxy, the instruments follow it to the real provider.
@@ -327,7 +356,7 @@ def _instruments_for(meter_provider: Any, aggregate: bool) -> _Instruments:
         instruments = _instruments.get(provider)
         if instruments is None:
             meter = metrics.get_meter("budgetguard", _version(), meter_provider=provider)
-            instruments = _Instruments(meter, aggregate=aggregate)
+            instruments = _Instruments(meter, provider, aggregate=aggregate)
             _instruments[provider] = instruments
         elif instruments.aggregate != aggregate:
             raise ConfigurationError(
@@ -387,7 +416,7 @@ class Telemetry:
         self._spend: dict[_CallKey, Decimal] = {}
         self._tokens: dict[tuple[_CallKey, str], int] = {}
         self._events: dict[str, dict[_Items, int]] = {event: {} for event, _, _ in _EVENTS}
-        self._pending: list[_Pending] = []
+        self._pending: list[CallOutcome] = []
         # Attribute dicts are built once per key and reused; they are never
         # mutated after being handed to OpenTelemetry.
         self._call_attributes: dict[_CallKey, Attributes] = {}
@@ -398,6 +427,8 @@ class Telemetry:
         self._snapshot_readers: set[str] = set()
         self._snapshot_lock = threading.Lock()
         self._instruments = _instruments_for(meter_provider, aggregate)
+        # 0 when closed or with aggregate=False: every call takes _overflow.
+        self._max_pending = _MAX_PENDING if aggregate else 0
         self._instruments.join(self)
 
     @property
@@ -408,19 +439,21 @@ class Telemetry:
     def shutdown(self) -> None:
         """Record what is queued and stop reporting this guard's figures."""
         self._closed = True
+        self._max_pending = 0
         self._flush()
         self._instruments.leave(self)
 
     # -- Listener ---------------------------------------------------------
 
     def call_ended(self, outcome: CallOutcome) -> None:
-        """Count a call's spend and tokens, and queue its token and duration histograms."""
-        if self._closed:
-            return
-        try:
-            self._call_ended(outcome)
-        except Exception:  # a listener must not raise into the guarded call
-            _log.exception("budgetguard telemetry failed to record a call")
+        """Queue a call for the next collection, which counts its spend and tokens."""
+        # The whole per-call cost when an SDK collects regularly: an append
+        # under a lock. The outcome is frozen, so it can wait in the queue.
+        with self._lock:
+            if len(self._pending) < self._max_pending:
+                self._pending.append(outcome)
+                return
+        self._overflow(outcome)
 
     def call_refused(
         self, error: BudgetExceededError, *, user: str | None, request_model: str | None
@@ -471,79 +504,96 @@ class Telemetry:
 
     # -- hot path ---------------------------------------------------------
 
-    def _call_ended(self, outcome: CallOutcome) -> None:
+    def _overflow(self, outcome: CallOutcome) -> None:
+        """Handle a call that found the queue full (or this Telemetry shut down)."""
+        if self._closed:
+            return
+        if self._max_pending and self._instruments.discards():
+            # No SDK: whatever is queued can never be read, as a direct
+            # Counter.add on the API's no-op would be lost too. Start afresh.
+            with self._lock:
+                self._pending = [outcome]
+            return
+        # An SDK that has not collected for a long while, or aggregate=False:
+        # handle this call on the caller's thread rather than let the queue
+        # grow without bound.
+        self._absorb([outcome])
+
+    def _flush(self) -> None:
+        """Count and record every queued call."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self._absorb(pending)
+
+    def _absorb(self, outcomes: list[CallOutcome]) -> None:
+        """Add calls to the spend and token totals and record their histograms."""
+        instruments = self._instruments
+        spend: dict[_CallKey, Decimal] = {}
+        rows: dict[_CallKey, list[tuple[int, ...]]] = {}
+        for outcome in outcomes:
+            try:
+                key, counts = self._describe(outcome)
+                spend[key] = spend.get(key, _ZERO) + outcome.cost
+                model = key[0]
+                if counts is not None:
+                    rows.setdefault(key, []).append(counts)
+                    inputs = sum(
+                        n for n, is_input in zip(counts, _IS_INPUT, strict=True) if is_input
+                    )
+                    outputs = sum(counts) - inputs
+                    instruments.token_usage.record(
+                        inputs, self._histogram_attributes_for("input", model)
+                    )
+                    instruments.token_usage.record(
+                        outputs, self._histogram_attributes_for("output", model)
+                    )
+                instruments.duration.record(
+                    outcome.duration, self._histogram_attributes_for("", model, outcome.error_type)
+                )
+                if not outcome.priced:
+                    self._count("unpriced", _model_items((model[0], model[1], None, None)))
+            except Exception:  # one malformed event must not cost the others
+                _log.exception("budgetguard telemetry failed to record a call: %r", outcome)
+        tokens: dict[tuple[_CallKey, str], int] = {}
+        for key, key_rows in rows.items():
+            # Column sums in C: one pass per key, not per call and kind.
+            for (_, kind), total in zip(
+                _TOKEN_FIELDS, map(sum, zip(*key_rows, strict=True)), strict=True
+            ):
+                if total:
+                    tokens[key, kind] = tokens.get((key, kind), 0) + total
+        if instruments.spend is not None and instruments.tokens is not None:  # aggregate=False
+            for key, cost in spend.items():
+                instruments.spend.add(float(cost), self._call_attributes_for(key))
+            for token_key, count in tokens.items():
+                instruments.tokens.add(count, self._token_attributes_for(token_key))
+            return
+        with self._lock:
+            for key, cost in spend.items():
+                self._spend[key] = self._spend.get(key, _ZERO) + cost
+            for token_key, count in tokens.items():
+                self._tokens[token_key] = self._tokens.get(token_key, 0) + count
+
+    def _describe(self, outcome: CallOutcome) -> tuple[_CallKey, tuple[int, ...] | None]:
+        """Return a call's series key and its token counts (None without usage)."""
         usage = outcome.usage
-        model: _ModelKey
         if usage is None:
             model = (outcome.provider, outcome.request_model, outcome.response_model,
                      outcome.operation)  # fmt: skip
-        else:
-            # Usage is duck-typed: any object with these fields will do.
-            model = (
-                outcome.provider or getattr(usage, "provider", None),
-                outcome.request_model,
-                outcome.response_model or getattr(usage, "model", None),
-                outcome.operation or getattr(usage, "operation", None),
-            )
-        key = (model, self._users.label(outcome.user))
-        tokens: list[tuple[str, int]] = []
-        input_total = output_total = -1  # -1: no usage, no token histograms
-        if usage is not None:
-            input_total = output_total = 0
-            for field, kind in _TOKEN_FIELDS:
-                count = getattr(usage, field, 0)
-                if count:
-                    tokens.append((kind, count))
-                    if kind in _INPUT_KINDS:
-                        input_total += count
-                    else:
-                        output_total += count
-        pending = (model, outcome.error_type, input_total, output_total, outcome.duration)
-
-        instruments = self._instruments
-        if not instruments.aggregate:
-            self._record_direct(key, outcome.cost, tokens)
-            self._record_histograms(pending)
-        else:
-            with self._lock:
-                self._spend[key] = self._spend.get(key, _ZERO) + outcome.cost
-                for kind, count in tokens:
-                    token_key = (key, kind)
-                    self._tokens[token_key] = self._tokens.get(token_key, 0) + count
-                queued = len(self._pending) < _MAX_PENDING
-                if queued:
-                    self._pending.append(pending)
-            if not queued:
-                # Nothing collects often enough (or at all): record on this
-                # thread rather than let the queue grow without bound.
-                self._record_histograms(pending)
-        if not outcome.priced:
-            self._count("unpriced", _model_items((model[0], model[1], None, None)))
-
-    def _record_direct(self, key: _CallKey, cost: Decimal, tokens: list[tuple[str, int]]) -> None:
-        assert self._instruments.spend is not None and self._instruments.tokens is not None
-        self._instruments.spend.add(float(cost), self._call_attributes_for(key))
-        for kind, count in tokens:
-            self._instruments.tokens.add(count, self._token_attributes_for((key, kind)))
-
-    def _record_histograms(self, pending: _Pending) -> None:
-        model, error_type, input_total, output_total, duration = pending
-        instruments = self._instruments
-        if input_total >= 0:
-            instruments.token_usage.record(
-                input_total, self._histogram_attributes_for("input", model)
-            )
-            instruments.token_usage.record(
-                output_total, self._histogram_attributes_for("output", model)
-            )
-        instruments.duration.record(duration, self._histogram_attributes_for("", model, error_type))
-
-    def _flush(self) -> None:
-        """Record the queued histogram measurements."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for item in pending:
-            self._record_histograms(item)
+            return (model, self._users.label(outcome.user)), None
+        # Usage is duck-typed: any object with these fields will do.
+        model = (
+            outcome.provider or getattr(usage, "provider", None),
+            outcome.request_model,
+            outcome.response_model or getattr(usage, "model", None),
+            outcome.operation or getattr(usage, "operation", None),
+        )
+        try:
+            counts = _read_counts(usage)  # one C call for budgetguard's Usage
+        except AttributeError:
+            counts = tuple(getattr(usage, name, 0) for name, _ in _TOKEN_FIELDS)
+        return (model, self._users.label(outcome.user)), counts
 
     # -- attributes -------------------------------------------------------
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -436,11 +437,24 @@ def test_duck_typed_usage_and_missing_attributes(exported: ExportedMetrics) -> N
 
 
 def test_listener_never_raises(exported: ExportedMetrics, caplog: pytest.LogCaptureFixture) -> None:
-    """A malformed event is logged, not raised into the guarded call."""
+    """A malformed event is logged, not raised, and costs no other call its figures."""
     tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider)
     tel.call_ended(CallOutcome(user=None, cost=None, duration=0.1))  # type: ignore[arg-type]
+    tel.call_ended(outcome(cost="0.5"))
     tel.call_refused(None, user=None, request_model=None)  # type: ignore[arg-type]
-    assert "failed to record" in caplog.text
+    assert exported.value("budgetguard.spend") == 0.5
+    assert "failed to record a call" in caplog.text
+    assert "failed to record a refusal" in caplog.text
+
+
+def test_queue_without_sdk_is_dropped_not_grown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a no-op provider a full queue starts afresh: bounded memory, no recording work."""
+    monkeypatch.setattr(telemetry_module, "_MAX_PENDING", 10)
+    tel = Telemetry(StubGuard(), meter_provider=NoOpMeterProvider())
+    for _ in range(25):
+        tel.call_ended(outcome())
+    assert len(tel._pending) == 5
+    assert tel._spend == {}
 
 
 def test_concurrent_calls_sum_exactly(exported: ExportedMetrics) -> None:
