@@ -38,9 +38,15 @@ class Guard:
 
 def outcomes() -> list[CallOutcome]:
     """Return the outcomes of typical chat calls by USERS users."""
-    usage = Usage(input_tokens=1200, cached_input_tokens=800, output_tokens=300,
-                  reasoning_tokens=120, model="gpt-4o-2024-08-06", provider="openai",
-                  operation="chat")  # fmt: skip
+    usage = Usage(
+        input_tokens=1200,
+        cached_input_tokens=800,
+        output_tokens=300,
+        reasoning_tokens=120,
+        model="gpt-4o-2024-08-06",
+        provider="openai",
+        operation="chat",
+    )
     return [
         CallOutcome(
             user=f"user{i}",
@@ -51,7 +57,7 @@ def outcomes() -> list[CallOutcome]:
             provider="openai",
             operation="chat",
             usage=usage,
-        )  # fmt: skip
+        )
         for i in range(USERS)
     ]
 
@@ -85,13 +91,15 @@ def main() -> None:
     # No SDK: the global provider is the API's proxy and nothing ever sets it.
     no_sdk = Telemetry(guard, user_attribute="raw")
     rows.append(("no SDK, aggregated (default)", per_call(no_sdk.call_ended, calls)))
-    no_sdk_direct = Telemetry(guard, meter_provider=NoOpMeterProvider(), user_attribute="raw",
-                              aggregate=False)  # fmt: skip
+    no_sdk_direct = Telemetry(
+        guard, meter_provider=NoOpMeterProvider(), user_attribute="raw", aggregate=False
+    )
     rows.append(("no SDK, direct instrument calls", per_call(no_sdk_direct.call_ended, calls)))
 
     reader = InMemoryMetricReader()
-    aggregated = Telemetry(guard, meter_provider=MeterProvider(metric_readers=[reader]),
-                           user_attribute="raw")  # fmt: skip
+    aggregated = Telemetry(
+        guard, meter_provider=MeterProvider(metric_readers=[reader]), user_attribute="raw"
+    )
     reader.get_metrics_data()
     # One collection per run, as a periodic reader would do, so the queue
     # never hits its bound; collection time is reported separately.
@@ -111,8 +119,12 @@ def main() -> None:
     rows.append(("SDK, aggregated: collection work, per call", min(collect_ns)))
 
     direct_reader = InMemoryMetricReader()
-    direct = Telemetry(guard, meter_provider=MeterProvider(metric_readers=[direct_reader]),
-                       user_attribute="raw", aggregate=False)  # fmt: skip
+    direct = Telemetry(
+        guard,
+        meter_provider=MeterProvider(metric_readers=[direct_reader]),
+        user_attribute="raw",
+        aggregate=False,
+    )
     rows.append(("SDK, direct instrument calls", per_call(direct.call_ended, calls // 4)))
 
     width = max(len(label) for label, _ in rows)
