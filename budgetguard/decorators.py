@@ -165,12 +165,17 @@ def budgeted(
     """
 
     def decorate(wrapped: Callable[..., Any]) -> Any:
-        spec = _Spec(wrapped, user, estimate, cost, model, guard)
-        if inspect.isasyncgenfunction(wrapped):
+        # Above @classmethod or @staticmethod, look at the function inside: the
+        # descriptor itself has no signature and hides async and generators.
+        function: Any = wrapped
+        if isinstance(wrapped, (classmethod, staticmethod)):
+            function = wrapped.__func__
+        spec = _Spec(function, user, estimate, cost, model, guard)
+        if inspect.isasyncgenfunction(function):
             return wrapt.FunctionWrapper(wrapped, _async_generator_wrapper(spec))
-        if inspect.iscoroutinefunction(wrapped):
+        if inspect.iscoroutinefunction(function):
             return wrapt.FunctionWrapper(wrapped, _async_wrapper(spec))
-        if inspect.isgeneratorfunction(wrapped):
+        if inspect.isgeneratorfunction(function):
             return wrapt.FunctionWrapper(wrapped, _generator_wrapper(spec))
         return wrapt.FunctionWrapper(wrapped, _sync_wrapper(spec))
 
