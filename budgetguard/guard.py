@@ -801,7 +801,7 @@ class BudgetGuard:
         logger.warning(
             "budget %s reached %s%% of its limit: $%s of $%s (%s)",
             crossing.budget,
-            (fraction * 100).normalize(),
+            format((fraction * 100).normalize(), "f"),
             crossing.spent,
             crossing.limit,
             crossing.period,
