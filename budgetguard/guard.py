@@ -399,7 +399,12 @@ class BudgetGuard:
         now = time.monotonic()
         if not refresh and now - cache.loaded_at < self.budget_cache_ttl:
             return cache.budgets
-        stored = self._guard_storage(self.ledger.list_budgets)
+        try:
+            stored = self._guard_storage(self.ledger.list_budgets)
+        except StorageError:
+            if refresh or self.on_storage_error == "fail_closed":
+                raise
+            stored = None
         if stored is None:  # storage failed open: keep what we knew
             return cache.budgets
         fresh: dict[str, Budget] = {}
@@ -603,7 +608,13 @@ class BudgetGuard:
         made with ``charge()`` during the call are added. A failed call with
         no known cost is released; a successful one follows ``on_missing_cost``.
         """
-        units, estimated = self._final_units(call, cost, error, estimated)
+        try:
+            units, estimated = self._final_units(call, cost, error, estimated)
+        except UsageMissingError:
+            # The call ran and its cost is unknown: its estimate stays spent
+            # and the reservation ends before the error is reported.
+            self._end(call, call.estimate, model)
+            raise
         if units is None:
             self._end(call, None)
             self._tell(call, Decimal(0), model, usage, error, priced, estimated, provider, operation)
@@ -627,7 +638,11 @@ class BudgetGuard:
         operation: str | None = None,
     ) -> Decimal:
         """Do ``finish`` without blocking the event loop on the ledger."""
-        units, estimated = self._final_units(call, cost, error, estimated)
+        try:
+            units, estimated = self._final_units(call, cost, error, estimated)
+        except UsageMissingError:
+            await self._aend(call, call.estimate, model)
+            raise
         if units is None:
             await self._aend(call, None)
             self._tell(call, Decimal(0), model, usage, error, priced, estimated, provider, operation)
