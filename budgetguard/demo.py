@@ -1,0 +1,716 @@
+"""The workload behind ``budgetguard demo``: a small multi-user LLM app, offline.
+
+Several users ask questions of OpenAI, Anthropic and Gemini models, some
+answers streamed, one research agent runs under a per-run cap, and one user is
+on a tiny trial budget. Every call goes through the real ``@budgeted``
+decorator, ``budget_scope``, the price table, the ledger and the metrics; only
+the model replies are made up, locally, in each provider's own response shape
+(the JSON the official SDKs return from ``model_dump()``): no network, no key.
+
+Nothing here prints: progress goes to the stream the caller hands over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, TextIO
+
+from .decorators import budgeted
+from .errors import BudgetExceededError
+from .events import CallOutcome, ThresholdCrossing
+from .guard import BudgetGuard
+from .scope import budget_scope
+
+__all__ = [
+    "AGENT_LIMIT",
+    "DemoResult",
+    "FakeLLM",
+    "Refused",
+    "run_demo",
+]
+
+USER_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
+
+# (provider, model the app asks for, snapshot the provider answers with, weight)
+MODELS: tuple[tuple[str, str, str, int], ...] = (
+    ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", 5),
+    ("openai", "gpt-4o", "gpt-4o-2024-08-06", 2),
+    ("anthropic", "claude-haiku-4-5", "claude-haiku-4-5-20251001", 3),
+    ("anthropic", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", 2),
+    ("gemini", "gemini-2.5-flash", "gemini-2.5-flash", 3),
+    ("gemini", "gemini-2.5-pro", "gemini-2.5-pro", 1),
+)
+AGENT_MODEL = ("anthropic", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929")
+
+#: What the demo's budgets are: global per day, default per user per month,
+#: the trial user's per day, and the cap of one agent run.
+GLOBAL_LIMIT = Decimal("25")
+DEFAULT_LIMIT = Decimal("2")
+TRIAL_LIMIT = Decimal("0.03")
+AGENT_LIMIT = Decimal("0.05")
+
+QUESTIONS = (
+    "Summarise this support ticket and suggest a reply.",
+    "Translate the release notes below into German.",
+    "Which of these invoices look like duplicates?",
+    "Write a SQL query that finds churned customers from the schema below.",
+    "Explain the stack trace below to a junior engineer.",
+    "Draft a polite follow-up email about the overdue order.",
+    "Classify the sentiment of each review below.",
+    "Extract the dates and amounts from this contract excerpt.",
+)
+WORDS = (
+    "the", "customer", "order", "invoice", "shipping", "delay", "refund", "account",
+    "payment", "service", "request", "error", "database", "query", "latency", "budget",
+    "report", "quarterly", "revenue", "team", "release", "feature", "update", "deploy",
+    "incident", "review", "contract", "clause", "party", "date",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One call the demo app makes on behalf of a user."""
+
+    user: str
+    provider: str
+    model: str
+    snapshot: str
+    stream: bool
+    question: str
+    context_words: int
+    max_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A call a budget refused, and why."""
+
+    user: str
+    model: str
+    what: str  # "request" or "agent step N"
+    error: BudgetExceededError
+
+
+@dataclass
+class Totals:
+    """In-process totals of the calls that ran (a listener on the guard)."""
+
+    calls: int = 0
+    streamed: int = 0
+    refused: int = 0
+    spent: Decimal = Decimal(0)
+    by_model: dict[str, Decimal] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    alerts: list[ThresholdCrossing] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def call_ended(self, outcome: CallOutcome) -> None:
+        """Count one call and what it cost."""
+        with self.lock:
+            self.calls += 1
+            self.spent += outcome.cost
+            model = outcome.request_model or outcome.response_model or "?"
+            self.by_model[model] = self.by_model.get(model, Decimal(0)) + outcome.cost
+            usage = outcome.usage
+            if usage is not None:
+                self.input_tokens += usage.total_input_tokens
+                self.output_tokens += usage.total_output_tokens
+
+    def call_refused(
+        self, error: BudgetExceededError, *, user: str | None, request_model: str | None
+    ) -> None:
+        """Count one refusal."""
+        with self.lock:
+            self.refused += 1
+
+    def threshold_crossed(self, crossing: ThresholdCrossing) -> None:
+        """Keep an alert."""
+        with self.lock:
+            self.alerts.append(crossing)
+
+    def storage_failed(self, error: Exception, *, policy: str) -> None:
+        """Ignore: a failing ledger surfaces as the call's own error."""
+
+
+@dataclass
+class DemoResult:
+    """What a demo run did: its guard (still open), refusals, totals, exported metrics."""
+
+    guard: BudgetGuard
+    users: tuple[str, ...]
+    trial_user: str
+    agent_user: str
+    refused: list[Refused]
+    totals: Totals
+    agent_steps: int
+    agent_spent: Decimal
+    seconds: float
+    #: The console exporter's text, or ``None`` without the OpenTelemetry SDK.
+    metrics: str | None
+    _provider: Any = None
+
+    def close(self) -> None:
+        """Shut the metrics pipeline and the guard down."""
+        self.guard.close()
+        if self._provider is not None:
+            self._provider.shutdown()
+
+
+class FakeLLM:
+    """Answer like OpenAI, Anthropic and Gemini do, in their JSON shapes, without a network."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+
+    # -- what every provider needs --------------------------------------------------
+
+    def _sizes(
+        self, messages: Sequence[dict[str, str]], max_tokens: int, seed: int
+    ) -> tuple[int, int, int, str]:
+        from .tokens import count_tokens
+
+        rng = random.Random(seed)
+        # The provider counts the prompt; o200k is exact for OpenAI and close for the others.
+        prompt_tokens = count_tokens(list(messages), "gpt-4o")
+        output_tokens = rng.randint(max(16, max_tokens // 5), max_tokens)
+        # A prompt seen a moment ago is partly served from the provider's cache.
+        cached = (prompt_tokens // 2) // 64 * 64 if rng.random() < 0.3 else 0
+        text = " ".join(rng.choice(WORDS) for _ in range(max(1, output_tokens * 3 // 4)))
+        if self.latency:
+            time.sleep(self.latency)
+        return prompt_tokens, output_tokens, cached, text
+
+    @staticmethod
+    def _id(prefix: str, seed: int) -> str:
+        return prefix + hashlib.sha1(str(seed).encode()).hexdigest()[:24]
+
+    @staticmethod
+    def _pieces(text: str, count: int = 6) -> list[str]:
+        words = text.split(" ")
+        size = max(1, math.ceil(len(words) / count))
+        return [" ".join(words[i : i + size]) + " " for i in range(0, len(words), size)]
+
+    # -- OpenAI Chat Completions ------------------------------------------------------
+
+    def openai_chat(
+        self, snapshot: str, messages: Sequence[dict[str, str]], max_tokens: int, seed: int
+    ) -> dict[str, Any]:
+        """Return a ``chat.completion`` as the OpenAI API sends it."""
+        prompt, output, cached, text = self._sizes(messages, max_tokens, seed)
+        return {
+            "id": self._id("chatcmpl-", seed),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": snapshot,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": output,
+                "total_tokens": prompt + output,
+                "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_demo",
+        }
+
+    def openai_chat_stream(
+        self, snapshot: str, messages: Sequence[dict[str, str]], max_tokens: int, seed: int
+    ) -> Iterator[dict[str, Any]]:
+        """Yield ``chat.completion.chunk`` objects, usage last (``include_usage``)."""
+        whole = self.openai_chat(snapshot, messages, max_tokens, seed)
+        base = {
+            "id": whole["id"],
+            "object": "chat.completion.chunk",
+            "created": whole["created"],
+            "model": snapshot,
+            "system_fingerprint": "fp_demo",
+        }
+        yield {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+            "usage": None,
+        }
+        for piece in self._pieces(whole["choices"][0]["message"]["content"]):
+            yield {
+                **base,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                "usage": None,
+            }
+        yield {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": None,
+        }
+        yield {**base, "choices": [], "usage": whole["usage"]}
+
+    # -- Anthropic Messages ------------------------------------------------------------
+
+    def anthropic_message(
+        self, snapshot: str, messages: Sequence[dict[str, str]], max_tokens: int, seed: int
+    ) -> dict[str, Any]:
+        """Return a Messages API ``message``: cache reads come on top of ``input_tokens``."""
+        prompt, output, cached, text = self._sizes(messages, max_tokens, seed)
+        return {
+            "id": self._id("msg_", seed),
+            "type": "message",
+            "role": "assistant",
+            "model": snapshot,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": prompt - cached,
+                "output_tokens": output,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": cached,
+                "service_tier": "standard",
+            },
+        }
+
+    def anthropic_stream(
+        self, snapshot: str, messages: Sequence[dict[str, str]], max_tokens: int, seed: int
+    ) -> Iterator[dict[str, Any]]:
+        """Yield Messages stream events; ``message_delta`` carries the cumulative output."""
+        whole = self.anthropic_message(snapshot, messages, max_tokens, seed)
+        usage = whole["usage"]
+        yield {
+            "type": "message_start",
+            "message": {
+                **whole,
+                "content": [],
+                "stop_reason": None,
+                "usage": {**usage, "output_tokens": 1},
+            },
+        }
+        yield {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
+        for piece in self._pieces(whole["content"][0]["text"]):
+            yield {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": piece},
+            }
+        yield {"type": "content_block_stop", "index": 0}
+        yield {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        }
+        yield {"type": "message_stop"}
+
+    # -- Gemini (google-genai GenerateContentResponse) -----------------------------------
+
+    def gemini_generate(
+        self, snapshot: str, messages: Sequence[dict[str, str]], max_tokens: int, seed: int
+    ) -> dict[str, Any]:
+        """Return a ``GenerateContentResponse`` as google-genai's ``model_dump()`` gives it."""
+        prompt, output, cached, text = self._sizes(messages, max_tokens, seed)
+        # 2.5 models think before they answer; thinking is billed as output.
+        thoughts = output // 3 if "2.5" in snapshot else 0
+        return {
+            "candidates": [
+                {
+                    "content": {"parts": [{"text": text}], "role": "model"},
+                    "finish_reason": "STOP",
+                    "index": 0,
+                }
+            ],
+            "usage_metadata": {
+                "prompt_token_count": prompt,
+                "candidates_token_count": output,
+                "thoughts_token_count": thoughts,
+                "cached_content_token_count": cached,
+                "total_token_count": prompt + output + thoughts,
+            },
+            "model_version": snapshot,
+            "response_id": self._id("", seed),
+        }
+
+    def gemini_stream(
+        self, snapshot: str, messages: Sequence[dict[str, str]], max_tokens: int, seed: int
+    ) -> Iterator[dict[str, Any]]:
+        """Yield response chunks; every one carries the usage so far, the last one all of it."""
+        whole = self.gemini_generate(snapshot, messages, max_tokens, seed)
+        metadata = whole["usage_metadata"]
+        pieces = self._pieces(whole["candidates"][0]["content"]["parts"][0]["text"])
+        for number, piece in enumerate(pieces, 1):
+            last = number == len(pieces)
+            yield {
+                "candidates": [
+                    {
+                        "content": {"parts": [{"text": piece}], "role": "model"},
+                        "finish_reason": "STOP" if last else None,
+                        "index": 0,
+                    }
+                ],
+                "usage_metadata": metadata
+                if last
+                else {
+                    "prompt_token_count": metadata["prompt_token_count"],
+                    "total_token_count": metadata["prompt_token_count"],
+                },
+                "model_version": whole["model_version"],
+            }
+
+    # -- one entry point ----------------------------------------------------------------
+
+    def reply(
+        self,
+        provider: str,
+        snapshot: str,
+        messages: Sequence[dict[str, str]],
+        max_tokens: int,
+        seed: int,
+        *,
+        stream: bool,
+    ) -> Any:
+        """Answer as ``provider`` would: a response, or an iterator of chunks."""
+        if provider == "openai":
+            make = self.openai_chat_stream if stream else self.openai_chat
+        elif provider == "anthropic":
+            make = self.anthropic_stream if stream else self.anthropic_message
+        else:
+            make = self.gemini_stream if stream else self.gemini_generate
+        return make(snapshot, messages, max_tokens, seed)
+
+
+def _messages(question: str, context_words: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    context = " ".join(rng.choice(WORDS) for _ in range(context_words))
+    return [
+        {"role": "system", "content": "You are a helpful assistant for an online shop."},
+        {"role": "user", "content": f"{question}\n\n{context}"},
+    ]
+
+
+def plan_requests(users: Sequence[str], calls: int, seed: int) -> list[list[Request]]:
+    """Return each user's requests, in order: the same for the same seed."""
+    rng = random.Random(seed)
+    weights = [weight for *_, weight in MODELS]
+    plans: list[list[Request]] = [[] for _ in users]
+    for number in range(calls):
+        index = number % len(users)
+        provider, model, snapshot, _ = rng.choices(MODELS, weights)[0]
+        plans[index].append(
+            Request(
+                user=users[index],
+                provider=provider,
+                model=model,
+                snapshot=snapshot,
+                stream=rng.random() < 0.35,
+                question=rng.choice(QUESTIONS),
+                context_words=rng.randint(80, 1500),
+                max_tokens=rng.choice((256, 512, 1024)),
+                seed=rng.getrandbits(32),
+            )
+        )
+    return plans
+
+
+class _Progress:
+    """Show how far the workload is, on one line of a terminal or in a few lines of a log."""
+
+    def __init__(self, out: TextIO | None, total: int, spent: Callable[[], Decimal]) -> None:
+        self.out = out
+        self.total = max(total, 1)
+        self.done = 0
+        self.refused = 0
+        self.spent = spent
+        self.lock = threading.Lock()
+        self.tty = bool(out is not None and out.isatty())
+        self._shown = -1 if self.tty else 0
+
+    def say(self, text: str) -> None:
+        if self.out is None:
+            return
+        with self.lock:
+            if self.tty and self._shown >= 0:
+                self.out.write("\r\033[K")
+            self.out.write(text + "\n")
+            self.out.flush()
+            if self.tty and self._shown >= 0:
+                self._draw()
+
+    def tick(self, refused: bool) -> None:
+        with self.lock:
+            self.done += 1
+            self.refused += refused
+            step = self.done * 10 // self.total
+            if self.out is None:
+                return
+            if self.tty:
+                self._draw()
+            elif step != self._shown:
+                self._shown = step
+                self.out.write(self._line() + "\n")
+                self.out.flush()
+
+    def finish(self) -> None:
+        if self.out is not None and self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+    def _draw(self) -> None:
+        assert self.out is not None
+        self._shown = max(self._shown, 0)
+        self.out.write("\r\033[K" + self._line())
+        self.out.flush()
+
+    def _line(self) -> str:
+        filled = self.done * 24 // self.total
+        bar = "#" * filled + "." * (24 - filled)
+        return (
+            f"  [{bar}] {self.done}/{self.total} calls  "
+            f"${self.spent().quantize(Decimal('0.0001'))} spent  {self.refused} refused"
+        )
+
+
+def _metrics_pipeline(as_json: bool = False) -> tuple[Any, io.StringIO] | None:
+    """Return a MeterProvider exporting to a console exporter; ``None`` without the SDK."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import (
+            ConsoleMetricExporter,
+            PeriodicExportingMetricReader,
+        )
+    except ImportError:
+        return None
+    buffer = io.StringIO()
+    if as_json:
+        exporter = ConsoleMetricExporter(out=buffer)  # the exporter's own JSON
+    else:
+        exporter = ConsoleMetricExporter(out=buffer, formatter=format_metrics)
+    # No timer: the demo collects once, at the end, with force_flush().
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
+    return MeterProvider(metric_readers=[reader]), buffer
+
+
+def format_metrics(data: Any) -> str:
+    """Render SDK ``MetricsData`` one data point a line: ``name{attr="value",...} value``."""
+    lines: list[str] = []
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                unit = f" ({metric.unit})" if metric.unit else ""
+                lines.append(f"{metric.name}{unit}")
+                for point in metric.data.data_points:
+                    attributes = ",".join(
+                        f'{key}="{value}"' for key, value in sorted(point.attributes.items())
+                    )
+                    if hasattr(point, "bucket_counts"):
+                        shown = f"count={point.count} sum={_number(point.sum)}"
+                    else:
+                        shown = _number(point.value)
+                    lines.append(f"  {{{attributes}}} {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, float):
+        return f"{value:.9g}"
+    return str(value)
+
+
+def run_demo(
+    ledger: str = "memory://",
+    *,
+    users: int = 6,
+    calls: int = 240,
+    seed: int = 7,
+    latency: float = 0.002,
+    workers: int = 4,
+    progress: TextIO | None = None,
+    metrics: bool = True,
+    metrics_json: bool = False,
+    guard_factory: Callable[..., BudgetGuard] = BudgetGuard,
+) -> DemoResult:
+    """Run the demo workload against ``ledger``; return the guard (open) and what happened."""
+    if users < 2:
+        raise ValueError(f"the demo needs at least 2 users, got {users}")
+    if calls < users:
+        raise ValueError(f"the demo needs at least one call per user ({users}), got {calls}")
+    names = tuple(
+        USER_NAMES[i] if i < len(USER_NAMES) else f"user-{i + 1:03d}" for i in range(users)
+    )
+    trial_user, agent_user = names[-1], names[0] if users < 3 else names[2]
+    pipeline = _metrics_pipeline(metrics_json) if metrics else None
+    provider = pipeline[0] if pipeline is not None else None
+    guard = guard_factory(ledger, meter_provider=provider, alert_thresholds=("0.8",))
+    totals = Totals()
+    guard.add_listener(totals)
+    show = _Progress(progress, calls, lambda: totals.spent)
+    started = time.perf_counter()
+
+    guard.set_budget(GLOBAL_LIMIT, period="daily")
+    guard.set_default_budget(DEFAULT_LIMIT, period="monthly")
+    guard.set_budget(TRIAL_LIMIT, user=trial_user, period="daily")
+    show.say(
+        f"budgets: global ${GLOBAL_LIMIT}/day, every user ${DEFAULT_LIMIT}/month, "
+        f"{trial_user} on a ${TRIAL_LIMIT}/day trial; one agent run capped at ${AGENT_LIMIT}"
+    )
+    show.say(f"{users} users, {calls} calls to 6 models of OpenAI, Anthropic and Gemini")
+
+    llm = FakeLLM(latency)
+
+    # The app's two LLM entry points, guarded like any app would guard its own:
+    # the paying user is the function's ``user`` argument, the estimate comes
+    # from ``model`` and ``messages``, the cost from the reply's usage.
+    @budgeted(user="user", guard=guard)
+    def ask(
+        user: str,
+        *,
+        provider: str,
+        model: str,
+        snapshot: str,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        seed: int,
+    ) -> Any:
+        return llm.reply(provider, snapshot, messages, max_tokens, seed, stream=False)
+
+    @budgeted(user="user", guard=guard)
+    def ask_streaming(
+        user: str,
+        *,
+        provider: str,
+        model: str,
+        snapshot: str,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        seed: int,
+    ) -> Iterator[Any]:
+        yield from llm.reply(provider, snapshot, messages, max_tokens, seed, stream=True)
+
+    refused: list[Refused] = []
+    refused_lock = threading.Lock()
+
+    def serve(requests: list[Request]) -> None:
+        for request in requests:
+            kwargs: dict[str, Any] = {
+                "provider": request.provider,
+                "model": request.model,
+                "snapshot": request.snapshot,
+                "messages": _messages(request.question, request.context_words, request.seed),
+                "max_tokens": request.max_tokens,
+                "seed": request.seed,
+            }
+            try:
+                if request.stream:
+                    for _chunk in ask_streaming(request.user, **kwargs):
+                        pass  # a real app would forward each chunk to the browser
+                else:
+                    ask(request.user, **kwargs)
+            except BudgetExceededError as error:
+                with refused_lock:
+                    refused.append(Refused(request.user, request.model, "request", error))
+                show.tick(True)
+                continue
+            show.tick(False)
+
+    plans = plan_requests(names, calls, seed)
+    # One worker per user at a time: a user's own calls stay in order, so the
+    # same seed refuses the same calls, while users run concurrently.
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, users))) as pool:
+        for finished in [pool.submit(serve, plan) for plan in plans]:
+            finished.result()
+    show.finish()
+
+    agent_steps, agent_spent = _agent_run(guard, llm, agent_user, seed, show, refused)
+    seconds = time.perf_counter() - started
+
+    exported: str | None = None
+    if pipeline is not None:
+        provider, buffer = pipeline
+        provider.force_flush()
+        exported = buffer.getvalue()
+    return DemoResult(
+        guard=guard,
+        users=names,
+        trial_user=trial_user,
+        agent_user=agent_user,
+        refused=refused,
+        totals=totals,
+        agent_steps=agent_steps,
+        agent_spent=agent_spent,
+        seconds=seconds,
+        metrics=exported,
+        _provider=provider,
+    )
+
+
+def _six(amount: Decimal) -> Decimal:
+    return amount.quantize(Decimal("0.000001"))
+
+
+def _agent_run(
+    guard: BudgetGuard,
+    llm: FakeLLM,
+    user: str,
+    seed: int,
+    show: _Progress,
+    refused: list[Refused],
+) -> tuple[int, Decimal]:
+    """Run a research agent whose context grows each step, until its run cap stops it."""
+    provider, model, snapshot = AGENT_MODEL
+
+    @budgeted(guard=guard)  # who pays comes from the enclosing budget_scope
+    def step(*, model: str, messages: list[dict[str, str]], max_tokens: int, seed: int) -> Any:
+        return llm.reply(provider, snapshot, messages, max_tokens, seed, stream=False)
+
+    show.say(f"agent run for {user} on {model}, capped at ${AGENT_LIMIT} for the run:")
+    rng = random.Random(seed + 1)
+    messages = _messages("Research our three biggest competitors' pricing.", 300, seed)
+    spent = Decimal(0)
+    steps = 0
+    with budget_scope(user, limit=AGENT_LIMIT, tags={"agent": "research"}):
+        for number in range(1, 60):
+            before = guard.spend(user)
+            try:
+                reply = step(
+                    model=model, messages=messages, max_tokens=600, seed=rng.getrandbits(32)
+                )
+            except BudgetExceededError as error:
+                refused.append(Refused(user, model, f"agent step {number}", error))
+                show.say(f"  step {number}: refused by the run's cap, the agent stops")
+                break
+            cost = guard.spend(user) - before
+            spent += cost
+            steps = number
+            show.say(f"  step {number}: ${_six(cost)} (run so far ${_six(spent)})")
+            # The agent keeps the tool output and its answer in its context.
+            found = " ".join(rng.choice(WORDS) for _ in range(400))
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reply["content"][0]["text"]},
+                {"role": "user", "content": f"Tool result:\n{found}"},
+            ]
+    return steps, spent

@@ -1,0 +1,312 @@
+"""Read a ledger into a spend report: budgets, spend breakdowns, open reservations.
+
+The report reads what every guard sharing the ledger wrote; it changes nothing.
+Budgets are reported in their own windows (the current or the previous one).
+Breakdowns by user and model come from the tallies every settled call adds:
+lifetime tallies (``t|...``) for ``all``, and per-day tallies
+(``d|<YYYY-MM-DD>|u=<user>|m=<model>``) summed over the days of one calendar
+window for ``current`` and ``previous``. Those days are the days of the time
+zone of the guards that wrote them (UTC unless they were configured
+otherwise), so a breakdown window is a whole number of those days.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from decimal import Decimal
+from typing import Literal
+
+from .budgets import DEFAULT, GLOBAL, Budget, unescape, user_of
+from .guard import BudgetGuard
+from .ledger import Balance
+from .money import from_units
+from .periods import CALENDAR_PERIODS, Period, Window
+
+__all__ = [
+    "BREAKDOWNS",
+    "PERIODS",
+    "BudgetRow",
+    "Report",
+    "ReservationRow",
+    "SpendRow",
+    "build_report",
+]
+
+ReportPeriod = Literal["current", "previous", "all"]
+PERIODS: tuple[ReportPeriod, ...] = ("current", "previous", "all")
+#: The breakdowns a report can give, as ``--by`` spells them.
+BREAKDOWNS: dict[str, tuple[str, ...]] = {
+    "user": ("user",),
+    "model": ("model",),
+    "user,model": ("user", "model"),
+    "model,user": ("user", "model"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRow:
+    """One budget in one window: its limit, what is spent and held, when it resets."""
+
+    budget: str  # "global", "user:alice", or "default" for a user under the default budget
+    user: str | None
+    period: str
+    window: str
+    limit: Decimal
+    spent: Decimal
+    reserved: Decimal
+    resets_at: datetime | None  # the window's end (for "previous": when it ended)
+
+    @property
+    def remaining(self) -> Decimal:
+        """Return what is left of the limit, never below zero."""
+        return max(Decimal(0), self.limit - self.spent - self.reserved)
+
+    @property
+    def used(self) -> Decimal:
+        """Return the fraction of the limit spent or held (0 for a zero limit with no spend)."""
+        taken = self.spent + self.reserved
+        if not self.limit:
+            return Decimal(1) if taken else Decimal(0)
+        return taken / self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    """Spend of one user, one model, or one user on one model."""
+
+    user: str | None
+    model: str | None
+    spent: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRow:
+    """One reservation still open: a call in flight (or one whose process died)."""
+
+    id: str
+    budgets: tuple[str, ...]
+    held: Decimal
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Everything ``budgetguard report`` shows, as exact amounts."""
+
+    period: ReportPeriod
+    by: tuple[str, ...]
+    generated_at: datetime
+    #: The breakdown's window: its calendar period and bounds (``None`` for ``all``).
+    calendar: str | None
+    since: datetime | None
+    until: datetime | None
+    budgets: tuple[BudgetRow, ...]
+    spend: tuple[SpendRow, ...]
+    total: Decimal
+    reservations: tuple[ReservationRow, ...]
+
+
+def build_report(
+    guard: BudgetGuard,
+    *,
+    period: ReportPeriod = "current",
+    by: Sequence[str] = ("user",),
+    calendar: str | None = None,
+    now: float | None = None,
+) -> Report:
+    """Read the budgets, the spend breakdown and the open reservations of ``guard``'s ledger.
+
+    ``calendar`` is the calendar period of the breakdown for ``current`` and
+    ``previous`` (default: the global budget's period when it is a calendar
+    one, else ``monthly``); it is read in ``guard.tz``.
+    """
+    if period not in PERIODS:
+        raise ValueError(f"unknown report period {period!r}; use one of {', '.join(PERIODS)}")
+    for field in by:
+        if field not in ("user", "model"):
+            raise ValueError(f"cannot break spend down by {field!r}; use user and/or model")
+    moment = guard.clock() if now is None else now
+    budgets = {budget.name: budget for budget in guard.budgets()}
+    rows = _budget_rows(guard, budgets, period, moment)
+    if period == "all":
+        spend, total = _lifetime_spend(guard, tuple(by))
+        chosen, since, until = None, None, None
+    else:
+        chosen = calendar or _calendar_of(budgets.get(GLOBAL))
+        window = _calendar_window(chosen, guard.tz, moment, previous=period == "previous")
+        spend, total = _daily_spend(guard, tuple(by), window, guard.tz)
+        since, until = window.start, window.end
+    return Report(
+        period=period,
+        by=tuple(by),
+        generated_at=datetime.fromtimestamp(moment, timezone.utc),
+        calendar=chosen,
+        since=since,
+        until=until,
+        budgets=rows,
+        spend=spend,
+        total=total,
+        reservations=_reservations(guard),
+    )
+
+
+def _calendar_of(budget: Budget | None) -> str:
+    if budget is not None and budget.period.name in CALENDAR_PERIODS:
+        return budget.period.name
+    return "monthly"
+
+
+def _calendar_window(name: str, tz: tzinfo, now: float, *, previous: bool) -> Window:
+    if name not in CALENDAR_PERIODS:
+        choices = ", ".join(CALENDAR_PERIODS)
+        raise ValueError(f"unknown calendar period {name!r}; use one of {choices}")
+    calendar = Period(name)
+    window = calendar.window(datetime.fromtimestamp(now, timezone.utc), tz)
+    return calendar.previous(window, tz) if previous else window
+
+
+def _window_of(budget: Budget, period: ReportPeriod, now: float) -> Window:
+    window = budget.window(now)
+    if period == "previous":
+        return budget.period.previous(window, budget.tz, budget.created_at)
+    return window
+
+
+def _budget_rows(
+    guard: BudgetGuard, budgets: dict[str, Budget], period: ReportPeriod, now: float
+) -> tuple[BudgetRow, ...]:
+    """Return one row per budget window: explicit budgets, and users under the default."""
+    wanted: list[tuple[str, Budget, str | None, Window]] = []
+    for name, budget in budgets.items():
+        if name == DEFAULT:
+            continue
+        window = _window_of(budget, period, now)
+        wanted.append((budget.key_for_window(window), budget, budget.user, window))
+    default = budgets.get(DEFAULT)
+    if default is not None:
+        window = _window_of(default, period, now)
+        # Users without a budget of their own are charged under the default
+        # budget, on keys named after them: find the ones with spend in this window.
+        for key in sorted(guard.ledger.scan("b|user:")):
+            parts = key.split("|")
+            if len(parts) != 3 or parts[2] != window.id:
+                continue
+            name = unescape(parts[1])
+            if name in budgets:
+                continue
+            wanted.append((key, default, user_of(name), window))
+    if not wanted:
+        return ()
+    balances = guard.ledger.balances([key for key, _, _, _ in wanted])
+    rows = [
+        BudgetRow(
+            budget=budget.name,
+            user=user,
+            period=budget.period.label,
+            window=window.id,
+            limit=budget.limit,
+            spent=from_units(balances.get(key, Balance()).spent),
+            reserved=from_units(balances.get(key, Balance()).reserved),
+            resets_at=window.end,
+        )
+        for key, budget, user, window in wanted
+    ]
+    rows.sort(key=lambda row: (row.budget != GLOBAL, row.user or "", row.budget))
+    return tuple(rows)
+
+
+def _parse_tally(text: str) -> dict[str, str | None]:
+    """Turn ``u=alice|m=gpt-4o`` into ``{"user": "alice", "model": "gpt-4o"}``."""
+    found: dict[str, str | None] = {}
+    for part in text.split("|"):
+        name, _, value = part.partition("=")
+        field = {"u": "user", "m": "model"}.get(name)
+        if field is not None:
+            found[field] = unescape(value) if value else None
+    return found
+
+
+def _rows(totals: dict[tuple[str | None, ...], int], by: tuple[str, ...]) -> tuple[SpendRow, ...]:
+    rows = []
+    for values, units in totals.items():
+        if not units:
+            continue
+        named = dict(zip(by, values, strict=True))
+        rows.append(SpendRow(named.get("user"), named.get("model"), from_units(units)))
+    rows.sort(key=lambda row: (-row.spent, row.user or "", row.model or ""))
+    return tuple(rows)
+
+
+def _lifetime_spend(
+    guard: BudgetGuard, by: tuple[str, ...]
+) -> tuple[tuple[SpendRow, ...], Decimal]:
+    """Break lifetime spend down from the ``t|`` tallies."""
+    ledger = guard.ledger
+    total = ledger.balances(["t|"]).get("t|", Balance()).spent
+    if not by:
+        return (), from_units(total)
+    prefix = "t|u=" if by[0] == "user" else "t|m="
+    fields = 2 if len(by) == 2 else 1
+    totals: dict[tuple[str | None, ...], int] = defaultdict(int)
+    for key, balance in ledger.scan(prefix).items():
+        rest = key[2:]
+        if rest.count("|") + 1 != fields:
+            continue
+        parsed = _parse_tally(rest)
+        totals[tuple(parsed.get(field) for field in by)] += balance.spent
+    return _rows(totals, by), from_units(total)
+
+
+def _daily_spend(
+    guard: BudgetGuard, by: tuple[str, ...], window: Window, tz: tzinfo
+) -> tuple[tuple[SpendRow, ...], Decimal]:
+    """Sum the per-day tallies of the days in ``window`` (days of ``tz``)."""
+    assert window.start is not None and window.end is not None
+    first = window.start.astimezone(tz).date().isoformat()
+    # The window ends at midnight: the last day in it is the one before.
+    last = (window.end.astimezone(tz) - timedelta(microseconds=1)).date().isoformat()
+    prefix = "d|" + _common_prefix(first, last)
+    totals: dict[tuple[str | None, ...], int] = defaultdict(int)
+    total = 0
+    for key, balance in guard.ledger.scan(prefix).items():
+        day, _, rest = key[2:].partition("|")
+        if not first <= day <= last:
+            continue
+        total += balance.spent
+        if by:
+            parsed = _parse_tally(rest)
+            totals[tuple(parsed.get(field) for field in by)] += balance.spent
+    return _rows(totals, by), from_units(total)
+
+
+def _common_prefix(first: str, last: str) -> str:
+    size = 0
+    while size < min(len(first), len(last)) and first[size] == last[size]:
+        size += 1
+    return first[:size]
+
+
+def _holder_name(key: str) -> str:
+    """Name what a held key belongs to: ``user:alice``, ``global`` or ``scope``."""
+    if key.startswith("s|"):
+        return "scope"
+    if key.startswith("b|"):
+        return unescape(key.split("|")[1])
+    return key
+
+
+def _reservations(guard: BudgetGuard) -> tuple[ReservationRow, ...]:
+    rows = [
+        ReservationRow(
+            id=reservation.id,
+            budgets=tuple(_holder_name(hold.key) for hold in reservation.holds),
+            held=from_units(max((hold.amount for hold in reservation.holds), default=0)),
+            expires_at=datetime.fromtimestamp(reservation.expires_at, timezone.utc),
+        )
+        for reservation in guard.ledger.open_reservations()
+    ]
+    rows.sort(key=lambda row: row.expires_at)
+    return tuple(rows)
