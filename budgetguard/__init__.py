@@ -8,6 +8,7 @@ money is spent, and exports spend as OpenTelemetry metrics.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,14 @@ from .events import BudgetStatus, CallOutcome, ThresholdCrossing
 from .guard import BudgetGuard, charge
 from .scope import budget_scope, current_scope, current_user, run_in_context, submit_in_context
 
+# LiteLLM's global budget: ``budgetguard.max_budget = 0.001`` caps this
+# process's spend through guarded calls, ``budgetguard._current_cost`` is its
+# running total. Both are properties of the module's class (see
+# compat/_process.py), so an assignment is validated and takes effect at once;
+# these annotations only tell type checkers that they exist.
+max_budget: Decimal | float | int | None
+_current_cost: Decimal
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -34,6 +43,7 @@ __all__ = [
     "BudgetExceededError",
     "BudgetGuard",
     "BudgetGuardError",
+    "BudgetManager",
     "BudgetStatus",
     "CallOutcome",
     "ConfigurationError",
@@ -56,7 +66,9 @@ __all__ = [
     "delete_budget",
     "extract_usage",
     "get_budget",
+    "instrument",
     "load_prices",
+    "max_budget",
     "projected_cost",
     "record",
     "register_model",
@@ -68,6 +80,7 @@ __all__ = [
     "spend",
     "spend_by_model",
     "submit_in_context",
+    "uninstrument",
 ]
 
 
@@ -138,8 +151,25 @@ def __getattr__(name: str) -> Any:
         from . import tokens
 
         return getattr(tokens, name)
+    if name in ("instrument", "uninstrument"):
+        # The subpackage has the function's name: import it by path (a
+        # from-import would recurse into this hook) and bind the function here.
+        import importlib
+
+        found = getattr(importlib.import_module(".instrument", __name__), name)
+        globals()[name] = found
+        return found
+    if name == "BudgetManager":
+        from .compat import BudgetManager
+
+        return BudgetManager
     if name == "extract_usage":
         from .usage import extract_usage
 
         return extract_usage
     raise AttributeError(f"module 'budgetguard' has no attribute {name!r}")
+
+
+from .compat._process import install as _install_max_budget  # noqa: E402 - needs the API above
+
+_install_max_budget(sys.modules[__name__])

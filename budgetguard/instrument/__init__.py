@@ -1,0 +1,205 @@
+"""Budget every call of the official ``openai`` and ``anthropic`` clients, process-wide.
+
+``budgetguard.instrument()`` patches the SDKs' resource classes (so every
+client, ``OpenAI``, ``AzureOpenAI``, ``AsyncOpenAI``, ``Anthropic``, ...,
+old and new, is covered) and ``uninstrument()`` restores them. Both are
+idempotent. Only libraries that are installed are patched; an absent one is
+never imported.
+
+Patched: ``openai`` ≥ 1 — ``chat.completions.create`` and ``parse``,
+``responses.create``, ``embeddings.create``, ``completions.create``;
+``anthropic`` — ``messages.create`` and ``messages.stream``; sync and async.
+The SDKs' own helpers built on these (``chat.completions.stream``,
+``responses.stream``) are covered through ``create``.
+
+Each call:
+
+1. who pays: the user of the current ``budget_scope`` (inside a
+   ``@budgeted`` function, that function's user);
+2. the estimate: the call's own arguments (``model``, ``messages`` /
+   ``input``, ``max_tokens`` / ``max_completion_tokens`` /
+   ``max_output_tokens``) priced from the price table;
+3. reserve it on every budget that applies — a refused call raises
+   ``BudgetExceededError`` before any HTTP request leaves the process;
+4. run the call; price the response from its usage; settle. HTTP errors,
+   timeouts and cancellation release the reservation. Retries made by the
+   client library happen inside the patched method: one call, one charge,
+   for the one response that came back (a retried 500 is never billed).
+
+Streams (``stream=True``, ``messages.stream(...)``, Responses events) come
+back as a proxy that behaves exactly like the SDK's object (iteration,
+``with``, ``close()``, ``get_final_message()``, ``text_stream``, ...) and
+settles exactly once: when the stream is read to its end, closed, left
+through ``with``, or garbage-collected after a ``break``. What a stream
+cut short costs is its reported usage so far, else the prompt plus the text
+seen, estimated. For OpenAI chat and completion streams that did not ask
+for usage, budgetguard adds ``stream_options={"include_usage": True}`` and
+hides the extra final chunk (the one with empty ``choices``) from the caller.
+
+Calls outside any scope follow the guard's ``outside_scope``: ``"global"``
+(the default) charges them to the global budget only; ``"refuse"`` raises
+``BudgetExceededError`` for them, before the request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import threading
+import types
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import wrapt
+
+from ..guard import BudgetGuard
+from ._wrappers import (
+    GuardSource,
+    Wrapper,
+    async_method,
+    async_stream_manager,
+    stream_manager,
+    sync_method,
+)
+
+__all__ = ["instrument", "instrumented", "uninstrument"]
+
+
+class _Target(NamedTuple):
+    """One method to patch: where it lives and how to wrap it."""
+
+    module: str
+    cls: str
+    method: str
+    make: Callable[[GuardSource], Wrapper]
+
+
+def _method(injects_usage: bool = False) -> Callable[[GuardSource], Wrapper]:
+    return lambda guard_of: sync_method(guard_of, injects_usage)
+
+
+def _async(injects_usage: bool = False) -> Callable[[GuardSource], Wrapper]:
+    return lambda guard_of: async_method(guard_of, injects_usage)
+
+
+_OPENAI_CHAT = "openai.resources.chat.completions"
+_TARGETS: dict[str, tuple[_Target, ...]] = {
+    "openai": (
+        _Target(_OPENAI_CHAT, "Completions", "create", _method(injects_usage=True)),
+        _Target(_OPENAI_CHAT, "AsyncCompletions", "create", _async(injects_usage=True)),
+        _Target(_OPENAI_CHAT, "Completions", "parse", _method()),
+        _Target(_OPENAI_CHAT, "AsyncCompletions", "parse", _async()),
+        # openai < 1.92 kept parse under beta; newer ones have no such module.
+        _Target("openai.resources.beta.chat.completions", "Completions", "parse", _method()),
+        _Target("openai.resources.beta.chat.completions", "AsyncCompletions", "parse", _async()),
+        _Target("openai.resources.responses", "Responses", "create", _method()),
+        _Target("openai.resources.responses", "AsyncResponses", "create", _async()),
+        _Target("openai.resources.embeddings", "Embeddings", "create", _method()),
+        _Target("openai.resources.embeddings", "AsyncEmbeddings", "create", _async()),
+        _Target("openai.resources.completions", "Completions", "create", _method(True)),
+        _Target("openai.resources.completions", "AsyncCompletions", "create", _async(True)),
+    ),
+    "anthropic": (
+        _Target("anthropic.resources.messages", "Messages", "create", _method()),
+        _Target("anthropic.resources.messages", "AsyncMessages", "create", _async()),
+        _Target("anthropic.resources.messages", "Messages", "stream", stream_manager),
+        _Target("anthropic.resources.messages", "AsyncMessages", "stream", async_stream_manager),
+    ),
+}
+
+
+class _Patches:
+    """What is patched now, to undo it; the one piece of state instrumentation needs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.guard: BudgetGuard | None = None
+        # (class, method name, the attribute found in the class before patching)
+        self.originals: list[tuple[type, str, Any]] = []
+
+    def guard_of(self) -> BudgetGuard:
+        """Return the guard calls are charged to: the one given, else today's default."""
+        guard = self.guard
+        if guard is not None:
+            return guard
+        from .._default import default_guard
+
+        return default_guard()
+
+
+_patches = _Patches()
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _resolve(target: _Target) -> type | None:
+    """Return the class a target patches, or ``None`` where this SDK version has none."""
+    try:
+        module = importlib.import_module(target.module)
+    except ImportError:
+        return None
+    cls = getattr(module, target.cls, None)
+    if not isinstance(cls, type) or target.method not in cls.__dict__:
+        return None
+    return cls
+
+
+def instrument(guard: BudgetGuard | None = None) -> list[str]:
+    """Budget every call of the installed ``openai`` and ``anthropic`` clients.
+
+    ``guard`` is charged; ``None`` means the default guard, looked up at each
+    call (so ``budgetguard.configure(...)`` afterwards still applies). Calling
+    it again only changes the guard. Returns the patched methods' names.
+    """
+    with _patches.lock:
+        _patches.guard = guard
+        if not _patches.originals:
+            for package, targets in _TARGETS.items():
+                if not _installed(package):
+                    continue
+                for target in targets:
+                    cls = _resolve(target)
+                    if cls is None or any(
+                        c is cls and m == target.method for c, m, _ in _patches.originals
+                    ):
+                        continue
+                    original = cls.__dict__[target.method]
+                    wrapper = target.make(_patches.guard_of)
+                    wrapt.wrap_function_wrapper(cls, target.method, wrapper)
+                    _patches.originals.append((cls, target.method, original))
+        return [f"{c.__module__}.{c.__qualname__}.{m}" for c, m, _ in _patches.originals]
+
+
+def uninstrument() -> None:
+    """Restore the clients' original methods; calls are no longer budgeted."""
+    with _patches.lock:
+        for cls, method, original in reversed(_patches.originals):
+            setattr(cls, method, original)
+        _patches.originals.clear()
+        _patches.guard = None
+
+
+def instrumented() -> bool:
+    """Tell whether the clients are instrumented now."""
+    return bool(_patches.originals)
+
+
+class _CallableModule(types.ModuleType):
+    """Let ``budgetguard.instrument(...)`` work even when this subpackage shadows the function.
+
+    Importing ``budgetguard.instrument`` (the subpackage) before touching
+    ``budgetguard.instrument`` (the function) binds the subpackage to that
+    name in the parent; calling it then does what the function does.
+    """
+
+    def __call__(self, guard: BudgetGuard | None = None) -> list[str]:
+        return instrument(guard)
+
+
+sys.modules[__name__].__class__ = _CallableModule

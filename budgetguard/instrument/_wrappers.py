@@ -1,0 +1,235 @@
+"""The wrappers put around the SDK resource methods: reserve, call, price, settle.
+
+Why the resource method and not the HTTP layer: ``Completions.create`` and
+its siblings sit *outside* the SDK's retry loop (``create`` → ``_post`` →
+``request`` retries inside). One wrapped call is therefore one reservation,
+and only the response that finally comes back is priced: a 500 or a timeout
+that the client retried produced no billed response and is charged nothing,
+while the retry that succeeded is charged once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from ..guard import BudgetGuard, Call, _current_call
+from ._streams import (
+    AsyncMessageStreamManagerProxy,
+    AsyncStreamProxy,
+    MessageStreamManagerProxy,
+    Settlement,
+    StreamProxy,
+    UsageMeter,
+)
+
+__all__ = ["Wrapper", "async_method", "async_stream_manager", "stream_manager", "sync_method"]
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+GuardSource = Callable[[], BudgetGuard]
+
+# Set while an instrumented method runs, so that an SDK method which calls
+# another instrumented one (helpers, older aliases) is charged once, not twice.
+_inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "budgetguard_instrumented", default=False
+)
+
+# The SDKs pass every argument a helper did not receive as a sentinel
+# (``openai.NOT_GIVEN`` / ``omit``, ``anthropic.NOT_GIVEN``): not a value.
+_SENTINELS = frozenset({"NotGiven", "Omit"})
+
+
+def _given(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Return ``kwargs`` without the SDKs' "not given" sentinels."""
+    for value in kwargs.values():
+        if type(value).__name__ in _SENTINELS:
+            return {k: v for k, v in kwargs.items() if type(v).__name__ not in _SENTINELS}
+    return kwargs
+
+
+class _Request:
+    """What one intercepted call asks for: its estimate, model, and lazy prompt count."""
+
+    __slots__ = ("estimate", "kwargs", "model", "user")
+
+    def __init__(self, guard: BudgetGuard, kwargs: Mapping[str, Any]) -> None:
+        given = _given(kwargs)
+        self.kwargs = given
+        found = guard.estimate_call(given)
+        if found is not None:
+            self.estimate: Decimal | int = found[0]
+            self.model: str | None = found[1]
+        else:
+            model = given.get("model")
+            self.estimate, self.model = 0, model if isinstance(model, str) else None
+        # Inside a @budgeted call, the decorator's user pays for what it calls.
+        outer = _current_call.get()
+        self.user = outer.user if outer is not None else None
+
+    def prompt_tokens(self) -> int:
+        """Count the prompt's tokens (only needed when a stream reports no usage)."""
+        from ..tokens import call_shape, count_tokens
+
+        shape = call_shape(self.kwargs)
+        if shape is None:
+            return 0
+        return count_tokens(shape.text_or_messages, shape.model)
+
+
+def _raw_mode(kwargs: Mapping[str, Any]) -> str | None:
+    """Return how ``with_raw_response`` / ``with_streaming_response`` asked for the response."""
+    headers = kwargs.get("extra_headers")
+    if isinstance(headers, Mapping):
+        mode = headers.get("X-Stainless-Raw-Response")
+        return mode if isinstance(mode, str) else None
+    return None
+
+
+def _ask_for_usage(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Ask an OpenAI stream to report its usage; say whether the caller had not asked."""
+    options = kwargs.get("stream_options")
+    if isinstance(options, Mapping):
+        if options.get("include_usage"):
+            return kwargs, False
+        return {**kwargs, "stream_options": {**options, "include_usage": True}}, True
+    if options is not None and type(options).__name__ not in _SENTINELS:
+        return kwargs, False  # something we do not understand: leave it alone
+    return {**kwargs, "stream_options": {"include_usage": True}}, True
+
+
+def _response_to_price(result: Any, raw: str | None, kwargs: Mapping[str, Any]) -> Any:
+    """Return the object whose usage a response is priced from."""
+    if raw in ("true", "raw") and kwargs.get("stream") is not True:
+        # with_raw_response: an (API|LegacyAPI)Response whose parse() is
+        # cached, so reading it here costs the caller nothing.
+        parse = getattr(result, "parse", None)
+        if callable(parse):
+            return parse()
+    # with_streaming_response ("stream") hands back an unread body, and a raw
+    # stream is the caller's to read: reading either here would consume it,
+    # so on_missing_cost decides (by default: charge the estimate).
+    return result
+
+
+def sync_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
+    """Return the wrapper of a synchronous resource method (``create``, ``parse``)."""
+
+    def call_sync(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if _inside.get():
+            return wrapped(*args, **kwargs)
+        guard = guard_of()
+        request = _Request(guard, kwargs)
+        raw = _raw_mode(kwargs)
+        streaming = kwargs.get("stream") is True and raw is None
+        hide = False
+        if streaming and injects_usage:
+            kwargs, hide = _ask_for_usage(kwargs)
+        # Refused here: BudgetExceededError before any request leaves.
+        call = guard.begin(request.user, request.estimate, model=request.model)
+        token = _inside.set(True)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:  # HTTP error, timeout, interrupt: release
+            guard.finish(call, None, error=error)
+            raise
+        finally:
+            _inside.reset(token)
+        if streaming:
+            return StreamProxy(result, _settlement(guard, call, request), hide)
+        guard.complete(call, _response_to_price(result, raw, kwargs))
+        return result
+
+    return call_sync
+
+
+def async_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
+    """Return the wrapper of an async resource method; it stays a coroutine."""
+
+    def call_async(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        async def run() -> Any:
+            if _inside.get():
+                return await wrapped(*args, **kwargs)
+            guard = guard_of()
+            request = _Request(guard, kwargs)
+            raw = _raw_mode(kwargs)
+            streaming = kwargs.get("stream") is True and raw is None
+            hide = False
+            call_kwargs = kwargs
+            if streaming and injects_usage:
+                call_kwargs, hide = _ask_for_usage(kwargs)
+            call = await guard.abegin(request.user, request.estimate, model=request.model)
+            token = _inside.set(True)
+            try:
+                result = await wrapped(*args, **call_kwargs)
+            except BaseException as error:  # CancelledError included: release
+                await guard.afinish(call, None, error=error)
+                raise
+            finally:
+                _inside.reset(token)
+            if streaming:
+                return AsyncStreamProxy(result, _settlement(guard, call, request), hide)
+            await guard.acomplete(call, _response_to_price(result, raw, kwargs))
+            return result
+
+        return run()
+
+    return call_async
+
+
+def _settlement(guard: BudgetGuard, call: Call, request: _Request) -> Settlement:
+    return Settlement(guard, call, UsageMeter(call.request_model, request.prompt_tokens))
+
+
+def stream_manager(guard_of: GuardSource) -> Wrapper:
+    """Return the wrapper of Anthropic's ``Messages.stream``: a manager that reserves on entry."""
+
+    def call_stream(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if _inside.get():
+            return wrapped(*args, **kwargs)
+        guard = guard_of()
+        request = _Request(guard, kwargs)
+        from ..scope import current_scope
+
+        # The request leaves on entry; who pays is whoever was in scope here.
+        scope = current_scope()
+
+        def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
+            call = guard.begin(request.user, request.estimate, model=request.model, scope=scope)
+            return guard, call, request.prompt_tokens
+
+        return MessageStreamManagerProxy(wrapped(*args, **kwargs), open_call)
+
+    return call_stream
+
+
+def async_stream_manager(guard_of: GuardSource) -> Wrapper:
+    """Return the wrapper of ``AsyncMessages.stream``: a manager that reserves on entry."""
+
+    def call_stream(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if _inside.get():
+            return wrapped(*args, **kwargs)
+        guard = guard_of()
+        request = _Request(guard, kwargs)
+        from ..scope import current_scope
+
+        scope = current_scope()
+
+        async def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
+            call = await guard.abegin(
+                request.user, request.estimate, model=request.model, scope=scope
+            )
+            return guard, call, request.prompt_tokens
+
+        return AsyncMessageStreamManagerProxy(wrapped(*args, **kwargs), open_call)
+
+    return call_stream

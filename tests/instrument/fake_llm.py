@@ -1,0 +1,379 @@
+"""A loopback HTTP server that answers like the OpenAI and Anthropic APIs, JSON and SSE.
+
+Every answer reports 1000 input and 500 output tokens, so costs are easy to
+work out by hand. The server records each request (path and JSON body) and
+can be told to answer the next requests with HTTP 500, or to wait first.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+INPUT_TOKENS = 1000
+OUTPUT_TOKENS = 500
+TEXT = ["Hello", " wide", " world"]
+CHAT_MODEL = "gpt-4o-mini-2024-07-18"
+CLAUDE_MODEL = "claude-haiku-4-5-20251001"
+
+
+def sse(events: list[tuple[str | None, Any]]) -> bytes:
+    """Return server-sent events: an optional ``event:`` line, then ``data:``, then a blank line."""
+    out = []
+    for name, data in events:
+        head = f"event: {name}\n" if name else ""
+        body = data if isinstance(data, str) else json.dumps(data)
+        out.append(f"{head}data: {body}\n\n")
+    return "".join(out).encode()
+
+
+def chat_completion(model: str) -> dict[str, Any]:
+    """Return a ``chat.completion`` object."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(TEXT), "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": INPUT_TOKENS,
+            "completion_tokens": OUTPUT_TOKENS,
+            "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
+        },
+    }
+
+
+def chat_stream(model: str, include_usage: bool) -> bytes:
+    """Return a chat stream: role chunk, text chunks, finish chunk, [usage chunk], [DONE]."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+        if include_usage:
+            body["usage"] = None  # the API sends null on every chunk but the last
+        return body
+
+    events: list[tuple[str | None, Any]] = [(None, chunk({"role": "assistant", "content": ""}))]
+    events += [(None, chunk({"content": text})) for text in TEXT]
+    events.append((None, chunk({}, "stop")))
+    if include_usage:
+        events.append(
+            (
+                None,
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": model,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": INPUT_TOKENS,
+                        "completion_tokens": OUTPUT_TOKENS,
+                        "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
+                    },
+                },
+            )
+        )
+    events.append((None, "[DONE]"))
+    return sse(events)
+
+
+def text_completion(model: str, stream: bool, include_usage: bool) -> bytes:
+    """Return a legacy ``text_completion``, as JSON or as a stream."""
+    usage = {
+        "prompt_tokens": INPUT_TOKENS,
+        "completion_tokens": OUTPUT_TOKENS,
+        "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
+    }
+
+    def body(text: str, finish: str | None, with_usage: Any) -> dict[str, Any]:
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": model,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+            "usage": with_usage,
+        }
+
+    if not stream:
+        return json.dumps(body("".join(TEXT), "stop", usage)).encode()
+    events: list[tuple[str | None, Any]] = [(None, body(t, None, None)) for t in TEXT]
+    if include_usage:
+        last = body("", None, usage)
+        last["choices"] = []
+        events.append((None, last))
+    events.append((None, "[DONE]"))
+    return sse(events)
+
+
+def response_object(model: str, status: str, usage: bool) -> dict[str, Any]:
+    """Return a Responses API ``response`` object."""
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": status,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "".join(TEXT), "annotations": []}],
+            }
+        ]
+        if status == "completed"
+        else [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": INPUT_TOKENS,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": OUTPUT_TOKENS,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
+        }
+        if usage
+        else None,
+    }
+
+
+def responses_stream(model: str) -> bytes:
+    """Return Responses events: created, text deltas, completed (which carries the usage)."""
+    events: list[tuple[str | None, Any]] = [
+        (
+            "response.created",
+            {
+                "type": "response.created",
+                "sequence_number": 0,
+                "response": response_object(model, "in_progress", usage=False),
+            },
+        )
+    ]
+    for n, text in enumerate(TEXT, start=1):
+        events.append(
+            (
+                "response.output_text.delta",
+                {
+                    "type": "response.output_text.delta",
+                    "sequence_number": n,
+                    "item_id": "msg_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": text,
+                    "logprobs": [],
+                },
+            )
+        )
+    events.append(
+        (
+            "response.completed",
+            {
+                "type": "response.completed",
+                "sequence_number": len(TEXT) + 1,
+                "response": response_object(model, "completed", usage=True),
+            },
+        )
+    )
+    return sse(events)
+
+
+def embedding(model: str, encoding: str) -> dict[str, Any]:
+    """Return an embeddings list; base64 when the client asked for it (the SDK's default)."""
+    vector = [0.25, -0.5, 1.0]
+    value: Any = vector
+    if encoding == "base64":
+        value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": value}],
+        "model": model,
+        "usage": {"prompt_tokens": INPUT_TOKENS, "total_tokens": INPUT_TOKENS},
+    }
+
+
+def message(model: str) -> dict[str, Any]:
+    """Return an Anthropic ``message``."""
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "".join(TEXT)}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
+    }
+
+
+def message_stream(model: str) -> bytes:
+    """Return Anthropic events: message_start … message_delta (cumulative output) … message_stop."""
+    start = message(model)
+    start.update(
+        content=[], stop_reason=None, usage={"input_tokens": INPUT_TOKENS, "output_tokens": 1}
+    )
+    events: list[tuple[str | None, Any]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        ("ping", {"type": "ping"}),
+    ]
+    for text in TEXT:
+        events.append(
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": text},
+                },
+            )
+        )
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": OUTPUT_TOKENS},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return sse(events)
+
+
+class FakeLLM:
+    """The server's state: requests seen, failures and delay to apply."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.failures = 0  # answer this many next requests with HTTP 500
+        self.delay = 0.0  # seconds to wait before answering
+        self.server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        """Return the base URL (no path)."""
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def reset(self) -> None:
+        """Forget requests, failures and delay."""
+        with self.lock:
+            self.requests.clear()
+            self.failures = 0
+            self.delay = 0.0
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
+        """Return status, content type and body for one request."""
+        with self.lock:
+            self.requests.append((path, body))
+            if self.failures:
+                self.failures -= 1
+                error = {"error": {"message": "boom", "type": "server_error"}}
+                return 500, "application/json", json.dumps(error).encode()
+            delay = self.delay
+        if delay:
+            time.sleep(delay)
+        model = body.get("model", "")
+        stream = bool(body.get("stream"))
+        if path == "/v1/chat/completions":
+            if stream:
+                wants = bool((body.get("stream_options") or {}).get("include_usage"))
+                return 200, "text/event-stream", chat_stream(model, wants)
+            return 200, "application/json", json.dumps(chat_completion(CHAT_MODEL)).encode()
+        if path == "/v1/completions":
+            wants = bool((body.get("stream_options") or {}).get("include_usage"))
+            kind = "text/event-stream" if stream else "application/json"
+            return 200, kind, text_completion(model, stream, wants)
+        if path == "/v1/responses":
+            if stream:
+                return 200, "text/event-stream", responses_stream(model)
+            return (
+                200,
+                "application/json",
+                json.dumps(response_object(model, "completed", True)).encode(),
+            )
+        if path == "/v1/embeddings":
+            encoding = body.get("encoding_format", "float")
+            return 200, "application/json", json.dumps(embedding(model, encoding)).encode()
+        if path == "/v1/messages":
+            if stream:
+                return 200, "text/event-stream", message_stream(model)
+            return 200, "application/json", json.dumps(message(model)).encode()
+        return 404, "application/json", b'{"error": {"message": "no such path"}}'
+
+
+def _handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        # HTTP/1.1 with Content-Length: the clients keep their connections.
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b"{}"
+            status, kind, payload = state.answer(self.path, json.loads(raw or b"{}"))
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            if status >= 500:
+                self.send_header("retry-after-ms", "1")  # retry at once, not after 0.5 s
+            self.end_headers()
+            # A cancelled call's client is gone: there is no one to answer.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output quiet
+
+    return Handler
+
+
+@contextmanager
+def serve() -> Iterator[FakeLLM]:
+    """Run the fake API on a free loopback port in a thread."""
+    state = FakeLLM()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    state.server = server
+    thread = threading.Thread(target=server.serve_forever, name="fake-llm", daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
