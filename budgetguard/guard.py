@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 from .budgets import DEFAULT, GLOBAL, Budget, budget_name, escape, unescape
 from .errors import (
@@ -56,6 +56,21 @@ _OUTSIDE_SCOPE_POLICIES = ("global", "refuse")
 _PROCESS_TAG = os.urandom(6).hex()
 _PLAN_CACHE_SIZE = 4096
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
+
+
+class ProcessCap(Protocol):
+    """The process-wide cap behind ``budgetguard.max_budget`` (see ``budgetguard.compat``)."""
+
+    def check(self, guard: BudgetGuard) -> None:
+        """Raise ``BudgetExceededError`` when the process has spent its cap."""
+
+    def add(self, guard: BudgetGuard, cost: Decimal) -> None:
+        """Count what a call of ``guard`` spent."""
+
+
+# Installed by budgetguard.compat once a max_budget is set; a process without
+# one pays a single global read per call.
+process_cap: ProcessCap | None = None
 
 
 class _Holder(NamedTuple):
@@ -436,6 +451,8 @@ class BudgetGuard:
 
         ``estimate`` is dollars (``Decimal``) or, as an ``int``, ledger units.
         """
+        if process_cap is not None:
+            process_cap.check(self)
         reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope)
         if reservation.holds:
             try:
@@ -455,6 +472,8 @@ class BudgetGuard:
         scope: Scope | None = None,
     ) -> Call:
         """Do ``begin`` without blocking the event loop on the ledger."""
+        if process_cap is not None:
+            process_cap.check(self)
         reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope)
         if reservation.holds:
             try:
@@ -740,6 +759,8 @@ class BudgetGuard:
         provider: str | None,
         operation: str | None,
     ) -> None:
+        if process_cap is not None and cost:
+            process_cap.add(self, cost)
         if not self._listeners:
             return
         outcome = CallOutcome(
