@@ -18,7 +18,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class arg(str):  # noqa: N801 - reads as a marker in the decorator's arguments
+class arg(str):  # lower case: reads as a marker in the decorator's arguments
     """Name an argument of the call explicitly: ``@budgeted(user=arg("customer"))``."""
 
     __slots__ = ()
@@ -401,4 +401,3 @@ async def _guarded_async_generator(
             await guard.acomplete(call, items, spec.cost, error=failure)
         else:
             await guard.acomplete_stream(call, stream, error=failure, abandoned=abandoned)
-

@@ -284,7 +284,9 @@ class BudgetGuard:
         if reservation_ttl <= 0:
             raise ConfigurationError(f"reservation_ttl must be positive, got {reservation_ttl!r}")
         self.clock: Callable[[], float] = clock or time.time
-        self.ledger = ledger_from_url(ledger, clock=self.clock) if isinstance(ledger, str) else ledger
+        self.ledger = (
+            ledger_from_url(ledger, clock=self.clock) if isinstance(ledger, str) else ledger
+        )
         self.tz = parse_tz(tz)
         self.reservation_ttl = float(reservation_ttl)
         # A private ledger sees every change at once; a shared one is re-read
@@ -367,7 +369,11 @@ class BudgetGuard:
             tz=self.tz if tz is None else tz,
             # Keep the anchor of fixed-length windows when only the limit changes.
             created_at=created_at
-            or (old.created_at if old is not None else datetime.fromtimestamp(self.clock(), timezone.utc)),
+            or (
+                old.created_at
+                if old is not None
+                else datetime.fromtimestamp(self.clock(), timezone.utc)
+            ),
         )
         self._guard_storage(self.ledger.put_budget, name, budget.to_dict())
         with self._cache_lock:
@@ -636,7 +642,9 @@ class BudgetGuard:
             raise
         if units is None:
             self._end(call, None)
-            self._tell(call, Decimal(0), model, usage, error, priced, estimated, provider, operation)
+            self._tell(
+                call, Decimal(0), model, usage, error, priced, estimated, provider, operation
+            )
             return Decimal(0)
         self._end(call, units, model)
         spent = from_units(units)
@@ -664,7 +672,9 @@ class BudgetGuard:
             raise
         if units is None:
             await self._aend(call, None)
-            self._tell(call, Decimal(0), model, usage, error, priced, estimated, provider, operation)
+            self._tell(
+                call, Decimal(0), model, usage, error, priced, estimated, provider, operation
+            )
             return Decimal(0)
         await self._aend(call, units, model)
         spent = from_units(units)
@@ -786,7 +796,7 @@ class BudgetGuard:
             return
         budget_holds = [
             (hold, holder)
-            for hold, holder in zip(reservation.holds, call.holders)
+            for hold, holder in zip(reservation.holds, call.holders, strict=True)
             if holder.budget is not None and hold.limit
         ]
         if not budget_holds:
@@ -922,9 +932,7 @@ class BudgetGuard:
             cost = self._fallback_cost(usage.total_input_tokens, usage.total_output_tokens)
             return cost, False
 
-    def _priced_result(
-        self, call: Call, result: Any
-    ) -> tuple[Decimal | None, Any, bool]:
+    def _priced_result(self, call: Call, result: Any) -> tuple[Decimal | None, Any, bool]:
         """Return (cost, usage, priced) of a response; cost ``None`` if it reports no usage."""
         if result is None or isinstance(result, (str, bytes, int, float, Decimal)):
             return None, None, True
@@ -979,7 +987,11 @@ class BudgetGuard:
         return result
 
     def _finish_priced(
-        self, call: Call, amount: Decimal | None, usage: Any, priced: bool,
+        self,
+        call: Call,
+        amount: Decimal | None,
+        usage: Any,
+        priced: bool,
         error: BaseException | None,
     ) -> None:
         self.finish(
@@ -996,7 +1008,11 @@ class BudgetGuard:
         self._raise_unpriced(usage, priced)
 
     async def _afinish_priced(
-        self, call: Call, amount: Decimal | None, usage: Any, priced: bool,
+        self,
+        call: Call,
+        amount: Decimal | None,
+        usage: Any,
+        priced: bool,
         error: BaseException | None,
     ) -> None:
         await self.afinish(
