@@ -523,14 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         "serve the LiteLLM-compatible budget API over HTTP",
         "Serve budgetguard's LiteLLM-compatible budget API for a ledger over HTTP.",
-        "example:\n  budgetguard serve --ledger redis://localhost:6379/0 --port 4100",
+        "example:\n  budgetguard serve --ledger redis://localhost:6379/0 --port 8000",
         _run_serve,
     )
     _add_ledger(serve)
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
-    serve.add_argument("--port", type=_positive_int, default=4100, help="port (default: 4100)")
+    serve.add_argument("--port", type=_positive_int, default=8000, help="port (default: 8000)")
     return parser
 
 
@@ -811,9 +811,11 @@ def _show_demo(result: Any, args: argparse.Namespace) -> None:
         print(f"- {refusal.user}, {refusal.what} to {refusal.model}{also}:", file=out)
         print(f"    BudgetExceededError: {refusal.error}", file=out)
     print(file=out)
+    stopped = next((r for r in result.refused if r.what.startswith("agent")), None)
+    why = f"; {stopped.what} was refused by budget {stopped.error.budget}" if stopped else ""
     print(
-        f"The agent run for {result.agent_user} made {result.agent_steps} steps for "
-        f"${_money(result.agent_spent)} before its ${_plain(_agent_limit())} cap stopped it.",
+        f"The agent run for {result.agent_user} (capped at ${_plain(_agent_limit())}) made "
+        f"{result.agent_steps} steps for ${_money(result.agent_spent)}{why}.",
         file=out,
     )
     if urlsplit(args.ledger).scheme == "memory":
@@ -1384,7 +1386,12 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "(budgetguard.compat.server is missing)"
             ) from None
         raise CommandError(f"the server needs a package that is not installed: {error}") from None
-    serve(args.ledger, args.host, args.port)
+    # The server logs where it listens (and failed requests) at INFO and above.
+    logging.getLogger("budgetguard").setLevel(logging.INFO)
+    try:
+        serve(args.ledger, args.host, args.port)
+    except ConfigurationError as error:
+        raise UsageError(f"argument --ledger: {error}") from None
     return 0
 
 

@@ -561,7 +561,7 @@ def run_demo(
     names = tuple(
         USER_NAMES[i] if i < len(USER_NAMES) else f"user-{i + 1:03d}" for i in range(users)
     )
-    trial_user, agent_user = names[-1], names[0] if users < 3 else names[2]
+    trial_user, agent_user = names[-1], names[0] if users < 4 else names[2]
     pipeline = _metrics_pipeline(metrics_json) if metrics else None
     provider = pipeline[0] if pipeline is not None else None
     guard = guard_factory(ledger, meter_provider=provider, alert_thresholds=("0.8",))
