@@ -39,8 +39,16 @@ DURATIONS = CALENDAR_PERIODS
 _DAY = 86400
 # LiteLLM stores a duration as a number of days ("monthly" is 28); these
 # lengths are read back as the calendar period they stand for.
-_DAYS_TO_PERIOD = {1: "daily", 7: "weekly", 28: "monthly", 29: "monthly", 30: "monthly",
-                   31: "monthly", 365: "yearly", 366: "yearly"}
+_DAYS_TO_PERIOD = {
+    1: "daily",
+    7: "weekly",
+    28: "monthly",
+    29: "monthly",
+    30: "monthly",
+    31: "monthly",
+    365: "yearly",
+    366: "yearly",
+}
 
 UserEntry = dict[str, Any]
 
@@ -316,7 +324,10 @@ class ProjectStore:
             logger.warning(
                 "project %r user %r: ignoring current_cost %s below the stored %s "
                 "(a writer that missed other processes' spend)",
-                self.project, entry.user, entry.current_cost, current,
+                self.project,
+                entry.user,
+                entry.current_cost,
+                current,
             )
             return
         stored_models: dict[str, Decimal] = stored["model_cost"]

@@ -330,7 +330,10 @@ class _LocalBackend:
         if source != self.path:
             logger.info(
                 "imported %d LiteLLM budgets from %s; project %r is saved to %s from now on",
-                len(imported), source, self.store.project, self.path,
+                len(imported),
+                source,
+                self.store.project,
+                self.path,
             )
             self.save()
 
@@ -503,9 +506,7 @@ class _HostedBackend:
         models = dict(entry["model_cost"])
         key = model or ""
         models[key] = models.get(key, Decimal(0)) + cost
-        return self._set(
-            user, {"current_cost": entry["current_cost"] + cost, "model_cost": models}
-        )
+        return self._set(user, {"current_cost": entry["current_cost"] + cost, "model_cost": models})
 
     def reset(self, user: str) -> UserEntry:
         if self.find(user) is None:

@@ -97,8 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
         route = routes.get(path)
         try:
             if route is None:
-                raise _BadRequest(f"no endpoint {path!r}; use {', '.join(routes)}",
-                                  HTTPStatus.NOT_FOUND)
+                raise _BadRequest(
+                    f"no endpoint {path!r}; use {', '.join(routes)}", HTTPStatus.NOT_FOUND
+                )
             request = self._read()
             project = request.get("project_name")
             if not isinstance(project, str) or not project:
@@ -115,15 +116,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(HTTPStatus.BAD_REQUEST, {"status": "error", "error": str(error)})
         except Exception:
             logger.exception("budget server: request to %s failed", path)
-            self._answer(HTTPStatus.INTERNAL_SERVER_ERROR,
-                         {"status": "error", "error": "internal error; see the server's log"})
+            self._answer(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {"status": "error", "error": "internal error; see the server's log"},
+            )
         else:
             self._answer(HTTPStatus.OK, reply)
 
     def do_GET(self) -> None:
         """Refuse: every endpoint takes a POST."""
-        self._answer(HTTPStatus.METHOD_NOT_ALLOWED,
-                     {"status": "error", "error": "use POST with a JSON body"})
+        self._answer(
+            HTTPStatus.METHOD_NOT_ALLOWED, {"status": "error", "error": "use POST with a JSON body"}
+        )
 
     # -- endpoints -----------------------------------------------------------------
 
@@ -169,8 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _BadRequest("Content-Length is not a number") from None
         if length < 0 or length > MAX_BODY:
-            raise _BadRequest(f"the body must be at most {MAX_BODY} bytes",
-                              HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            raise _BadRequest(
+                f"the body must be at most {MAX_BODY} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            )
         body = self.rfile.read(length)
         try:
             request = _json.loads(body)
@@ -233,8 +238,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m budgetguard.compat.server",
         description="Serve LiteLLM's hosted BudgetManager protocol on a budgetguard ledger.",
     )
-    parser.add_argument("--ledger", default="memory://",
-                        help="ledger URL: memory://, sqlite:///path.db, redis://host:port/db")
+    parser.add_argument(
+        "--ledger",
+        default="memory://",
+        help="ledger URL: memory://, sqlite:///path.db, redis://host:port/db",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     arguments = parser.parse_args(argv)

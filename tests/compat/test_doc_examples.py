@@ -86,7 +86,7 @@ def test_user_over_budget_gets_no_call() -> None:
 
 
 def test_text_input_output() -> None:
-    """"use with Text Input / Output": the cost is priced from the texts' tokens."""
+    """Example "use with Text Input / Output": the cost is priced from the texts' tokens."""
     budget_manager = BudgetManager(project_name="test_project")
     user = "12345"
     budget_manager.create_budget(total_budget=10, user=user, duration="daily")
@@ -104,7 +104,7 @@ def test_text_input_output() -> None:
 
 
 def test_model_breakdown_per_user() -> None:
-    """"get model-breakdown per user": ``{model: cost}`` for the models the user used."""
+    """Example "get model-breakdown per user": ``{model: cost}`` for the models the user used."""
     budget_manager = BudgetManager(project_name="test_project")
     user = "1234"
     budget_manager.create_budget(total_budget=10, user=user)
@@ -119,7 +119,7 @@ def test_model_breakdown_per_user() -> None:
 
 
 def test_save_budget_to_disk() -> None:
-    """"save budget to disk": ``save_data()`` writes the project's file and reports success."""
+    """Example "save budget to disk": ``save_data()`` writes the file and reports success."""
     budget_manager = BudgetManager(project_name="test_project")
     budget_manager.create_budget(total_budget=10, user="1234", duration="monthly")
     assert budget_manager.save_data() == {"status": "success"}
@@ -129,13 +129,13 @@ def test_save_budget_to_disk() -> None:
 
 
 def test_litellm_hosted_api_needs_an_address() -> None:
-    """"LiteLLM API": without api_base there is no server to use, and the error says so."""
+    """Example "LiteLLM API": without api_base there is no server to use, and the error says so."""
     with pytest.raises(ConfigurationError, match="api_base"):
         BudgetManager(project_name="<my-unique-project>", client_type="hosted")
 
 
 def test_self_hosted_complete_code(server: BudgetServer) -> None:
-    """"Self-hosted": the complete code runs against ``budgetguard serve``."""
+    """Example "Self-hosted": the complete code runs against ``budgetguard serve``."""
     completion = conftest.completion
     budget_manager = BudgetManager(
         project_name="<my-unique-project>", client_type="hosted", api_base=server.url

@@ -28,7 +28,9 @@ PER_CALL = Decimal("0.000002")
 
 def _post(url: str, body: bytes, method: str = "POST") -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
-        url, data=body if method == "POST" else None, method=method,
+        url,
+        data=body if method == "POST" else None,
+        method=method,
         headers={"Content-Type": "application/json"},
     )
     try:
@@ -82,8 +84,12 @@ def test_litellm_client_protocol(server: BudgetServer) -> None:
         "project_name": "lite",
         "user_dict": {
             "u": {"total_budget": 10, "current_cost": 0.25, "model_cost": {"gpt-4o": 0.25}},
-            "m": {"total_budget": 5, "duration": 28, "created_at": 1_700_000_000.0,
-                  "last_updated_at": 1_700_000_000.0},
+            "m": {
+                "total_budget": 5,
+                "duration": 28,
+                "created_at": 1_700_000_000.0,
+                "last_updated_at": 1_700_000_000.0,
+            },
         },
     }
     status, reply = _post(server.url + "/set_budget", json.dumps(body).encode())
@@ -114,8 +120,12 @@ def test_litellm_client_protocol(server: BudgetServer) -> None:
         ("/get_budget", b"[1, 2]", 400, "JSON object"),
         ("/get_budget", b"{}", 400, "project_name"),
         ("/set_budget", b'{"project_name": "p", "user_dict": 3}', 400, "user_dict"),
-        ("/set_budget", b'{"project_name": "p", "user_dict": {"u": {"total_budget": -1}}}',
-         400, "negative"),
+        (
+            "/set_budget",
+            b'{"project_name": "p", "user_dict": {"u": {"total_budget": -1}}}',
+            400,
+            "negative",
+        ),
         ("/update_cost", b'{"project_name": "p", "user": "nobody", "cost": "1"}', 404, "nobody"),
         ("/update_cost", b'{"project_name": "p", "user": "u", "cost": true}', 400, "cost"),
         ("/elsewhere", b"{}", 404, "no endpoint"),
@@ -269,8 +279,15 @@ def test_server_runs_as_a_module(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "budgetguard.compat.server",
-               "--ledger", f"sqlite:///{tmp_path / 'b.db'}", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "budgetguard.compat.server",
+        "--ledger",
+        f"sqlite:///{tmp_path / 'b.db'}",
+        "--port",
+        str(port),
+    ]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
