@@ -492,6 +492,9 @@ class _HostedBackend:
             except BudgetServerError as error:
                 if error.status not in (404, 405, 501):
                     raise
+                # 404 is also how budgetguard's server reports an unknown user.
+                if self.find(user) is None:
+                    raise UnknownUserError(user, self.project) from None
                 self._atomic = False
                 logger.warning(
                     "%s has no /update_cost; falling back to LiteLLM's /set_budget, where "

@@ -76,6 +76,9 @@ def test_projects_are_separate_on_one_server(server: BudgetServer) -> None:
     assert second.get_users() == [] and not second.is_valid_user("u")
     with pytest.raises(UnknownUserError):
         second.update_cost(user="u", model="gpt-4o", input_text="a", output_text="b")
+    second.create_budget(1, "u")
+    second.update_cost(user="u", model="gpt-4o", input_text="a", output_text="b")
+    assert second._backend._atomic  # type: ignore[attr-defined]  # still on /update_cost
 
 
 def test_litellm_client_protocol(server: BudgetServer) -> None:

@@ -207,3 +207,24 @@ def test_process_killed_mid_write_leaves_previous_file() -> None:
         child.wait()
     assert Path("crash_user_cost.json").read_bytes() == before
     assert BudgetManager("crash").get_current_cost("u") == 0
+
+
+def test_budgets_on_a_shared_guard_are_enforced(tmp_path: Path) -> None:
+    """With guard=, the users' budgets are that guard's: its guarded calls are refused by them."""
+    from budgetguard import BudgetExceededError, BudgetGuard
+
+    from . import conftest
+
+    guard = BudgetGuard(f"sqlite:///{tmp_path / 'spend.db'}", metrics=False)
+    budget_manager = BudgetManager("shared", guard=guard)
+    budget_manager.create_budget(total_budget="0.002", user="alice", duration="daily")
+    completion = guard.budgeted(user="user")(
+        lambda user, **kw: conftest.completion(**kw)  # type: ignore[misc]
+    )
+    messages = [{"role": "user", "content": "Hey"}]
+    completion("alice", model="gpt-4", messages=messages, max_tokens=20)
+    assert budget_manager.get_current_cost("alice") == guard.spend("alice") > 0
+    with pytest.raises(BudgetExceededError):
+        completion("alice", model="gpt-4", messages=messages, max_tokens=20)
+    other = BudgetManager("shared", guard=BudgetGuard(guard.ledger.url, metrics=False))
+    assert other.get_current_cost("alice") == budget_manager.get_current_cost("alice")
