@@ -760,14 +760,15 @@ def _show_demo(result: Any, args: argparse.Namespace) -> None:
     totals = result.totals
     out = sys.stdout
     print(file=out)
-    print("== OpenTelemetry metrics exported (ConsoleMetricExporter, one collection) ==", file=out)
     if result.metrics is None:
+        print("== Metrics ==", file=out)
         print(
             "The OpenTelemetry SDK is not installed (pip install opentelemetry-sdk), so no\n"
             "metrics were exported; these are the in-process totals the guard's listeners saw:",
             file=out,
         )
     else:
+        print("== OpenTelemetry metrics exported (ConsoleMetricExporter) ==", file=out)
         out.write(result.metrics)
         print(file=out)
         print("In-process totals the guard's listeners saw:", file=out)

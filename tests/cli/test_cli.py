@@ -449,3 +449,21 @@ def test_serve_answers_litellm_budget_requests(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.communicate(timeout=10)
+
+
+def test_demo_without_the_opentelemetry_sdk_prints_in_process_totals() -> None:
+    """Say the SDK is absent and still show the totals and the report."""
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry.sdk'] = None\n"
+        "sys.modules['opentelemetry.sdk.metrics'] = None\n"
+        "from budgetguard.cli import main\n"
+        "sys.exit(main(['demo', '--users', '2', '--calls', '20', '--latency', '0']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert "OpenTelemetry SDK is not installed" in done.stdout
+    assert "calls ran:" in done.stdout
+    assert "Spend by user" in done.stdout
