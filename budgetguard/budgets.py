@@ -51,6 +51,7 @@ class Budget:
     # The current window, cached until it ends: building it costs microseconds
     # and every guarded call needs it.
     _window: Window | None = field(default=None, init=False, repr=False)
+    _window_start: float = field(default=float("inf"), init=False, repr=False)
     _window_end: float = field(default=-1.0, init=False, repr=False)
     _limit_units: int = field(default=0, init=False, repr=False)
 
@@ -85,13 +86,14 @@ class Budget:
         """Return the window that contains ``now`` (seconds since the epoch)."""
         if now is None:
             now = time.time()
-        if now < self._window_end and self._window is not None:
+        if self._window_start <= now < self._window_end and self._window is not None:
             return self._window
         at = datetime.fromtimestamp(now, timezone.utc)
         window = self.period.window(at, self.tz, self.created_at)
         if window.start is not None and window.start.timestamp() > now:
             return window  # a clock that went back: do not cache
         self._window = window
+        self._window_start = window.start.timestamp() if window.start else float("-inf")
         self._window_end = window.end.timestamp() if window.end else float("inf")
         return window
 

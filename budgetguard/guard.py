@@ -84,13 +84,14 @@ class _Holder(NamedTuple):
 class _Plan:
     """The budget holds of one user's calls, cached until a window ends."""
 
-    __slots__ = ("budgets", "day", "holders", "holds", "tallies", "until", "user")
+    __slots__ = ("budgets", "day", "holders", "holds", "since", "tallies", "until", "user")
 
     def __init__(
         self,
         user: str | None,
         holds: tuple[Hold, ...],
         holders: tuple[_Holder, ...],
+        since: float,
         until: float,
         budgets: dict[str, Budget],
         day: str,
@@ -98,6 +99,8 @@ class _Plan:
         self.user = user
         self.holds = holds
         self.holders = holders
+        # Valid while since <= now < until: a clock that steps back is honoured.
+        self.since = since
         self.until = until  # seconds since the epoch: the first window end
         self.budgets = budgets  # the definitions this plan was made from
         self.day = day
@@ -514,7 +517,7 @@ class BudgetGuard:
         now = self.clock()
         budgets = self._budgets()
         plan = self._plans.get((user, units))
-        if plan is None or now >= plan.until or plan.budgets is not budgets:
+        if plan is None or not plan.since <= now < plan.until or plan.budgets is not budgets:
             plan = self._new_plan(user, units, now, budgets)
         holds, holders = plan.holds, plan.holders
         if scope is not None and scope.caps:
@@ -536,6 +539,7 @@ class BudgetGuard:
         day = self._day.window(datetime.fromtimestamp(now, timezone.utc), self.tz)
         assert day.end is not None
         until = day.end.timestamp()
+        since = day.start.timestamp() if day.start is not None else float("-inf")
         found: list[tuple[str, Budget | None]] = []
         if user is not None:
             own = budgets.get(budget_name(user)) or budgets.get(DEFAULT)
@@ -552,7 +556,9 @@ class BudgetGuard:
             holders.append(_Holder(kind, budget, None))
             if window.end is not None:
                 until = min(until, window.end.timestamp())
-        plan = _Plan(user, tuple(holds), tuple(holders), until, budgets, day.id)
+            if window.start is not None:
+                since = max(since, window.start.timestamp())
+        plan = _Plan(user, tuple(holds), tuple(holders), since, until, budgets, day.id)
         if len(self._plans) >= _PLAN_CACHE_SIZE:
             self._plans.clear()
         self._plans[(user, units)] = plan
