@@ -125,8 +125,10 @@ class Call:
         "charged",
         "estimate",
         "guard",
+        "has_inner",
         "holders",
         "models",
+        "parent",
         "plan",
         "request_model",
         "reservation",
@@ -156,6 +158,14 @@ class Call:
         self.tags = tags
         self.charged = 0  # units charged with charge() inside the call
         self.models: list[str] = []
+        # A guarded call made while this one runs (an instrumented client call
+        # inside a @budgeted function, a nested @budgeted) charges itself;
+        # this call must then neither price the same response again nor fall
+        # back to its own estimate.
+        self.has_inner = False
+        self.parent = _current_call.get()
+        if self.parent is not None:
+            self.parent.has_inner = True
         self.started = time.perf_counter()
 
     def add(self, units: int, model: str | None) -> None:
@@ -692,7 +702,7 @@ class BudgetGuard:
     ) -> tuple[int | None, bool]:
         if cost is not None:
             return to_units(cost) + call.charged, estimated
-        if call.charged or call.models:
+        if call.charged or call.models or call.has_inner:
             return call.charged, estimated
         if error is not None:
             return None, estimated  # nothing known to be spent: release
@@ -940,7 +950,7 @@ class BudgetGuard:
 
     def _priced_result(self, call: Call, result: Any) -> tuple[Decimal | None, Any, bool]:
         """Return (cost, usage, priced) of a response; cost ``None`` if it reports no usage."""
-        if result is None or isinstance(result, (str, bytes, int, float, Decimal)):
+        if call.has_inner or result is None or isinstance(result, (str, bytes, int, float, Decimal)):
             return None, None, True
         from .usage import extract_usage
 
@@ -1075,6 +1085,8 @@ class BudgetGuard:
     def _priced_stream(
         self, call: Call, meter: StreamMeter | None
     ) -> tuple[Decimal | None, Any, bool]:
+        if call.has_inner:
+            return None, None, True  # the calls made inside charged themselves
         usage = meter.usage() if meter is not None else None
         if usage is None:
             return None, None, True
