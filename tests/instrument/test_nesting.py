@@ -8,7 +8,6 @@ import openai
 
 from budgetguard import BudgetGuard, budget_scope
 
-
 MESSAGES = [{"role": "user", "content": "Say hello to the wide world."}]
 # gpt-4o-mini, 1000 input and 500 output tokens (every answer of the fake API):
 # 1000 × 0.15 / 1e6 + 500 × 0.60 / 1e6 = $0.00045
