@@ -8,13 +8,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .base import Balance, Ledger, Refusal, Reservation, check_reservation
+from .base import Balance, Ledger, Refusal, Reservation, check_reservation, check_units
 
 __all__ = ["MemoryLedger"]
 
 # How many ended reservation ids are remembered, so that a late second settle
 # of the same reservation is recognised and ignored.
 _ENDED_MEMORY = 100_000
+
+# A counter cell: [spent, reserved]. One list per key, looked up once per
+# reservation and kept with it, so settle and release touch no dict again.
+_Cell = list[int]
 
 
 class MemoryLedger(Ledger):
@@ -31,10 +35,9 @@ class MemoryLedger(Ledger):
     def __init__(self, url: str = "memory://", *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(url, clock=clock)
         self._lock = threading.Lock()
-        self._spent: dict[str, int] = {}
-        self._reserved: dict[str, int] = {}
-        self._open: dict[str, Reservation] = {}
-        self._next_sweep = float("-inf")
+        self._cells: dict[str, _Cell] = {}
+        self._open: dict[str, tuple[Reservation, list[_Cell]]] = {}
+        self._next_sweep = float("inf")
         self._ended: OrderedDict[str, bool] = OrderedDict()  # id -> settled?
         self._budgets: dict[str, dict[str, Any]] = {}
 
@@ -42,77 +45,81 @@ class MemoryLedger(Ledger):
 
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them."""
-        holds = reservation.holds
-        for hold in holds:
-            # Inline checks: this runs on every guarded call (check_reservation
-            # says the same, slower).
-            amount, limit = hold.amount, hold.limit
+        rid, holds, expires_at = reservation
+        if type(rid) is not str or not rid:
+            check_reservation(reservation)
+        for key, limit, amount in holds:
+            # Spelled out: this runs on every guarded call (check_reservation
+            # says the same, slower, and words the error).
             if (
                 type(amount) is not int
                 or amount < 0
+                or type(key) is not str
                 or (limit is not None and (type(limit) is not int or limit < 0))
-                or type(hold.key) is not str
             ):
                 check_reservation(reservation)
-        if type(reservation.id) is not str or not reservation.id:
-            check_reservation(reservation)
         with self._lock:
-            rid = reservation.id
             if rid in self._open or rid in self._ended:
                 raise ValueError(f"reservation id {rid!r} was used before")
-            self._expire(self.clock())
-            spent, reserved = self._spent, self._reserved
+            if self.clock() >= self._next_sweep:
+                self._sweep(self.clock())
+            cells = self._cells
+            found: list[_Cell] = []
             for index, (key, limit, amount) in enumerate(holds):
-                if limit is None:
-                    continue
-                used = spent.get(key, 0) + reserved.get(key, 0)
-                if used + amount > limit or (amount == 0 and used >= limit):
-                    return Refusal(
-                        index, key, limit, spent.get(key, 0), reserved.get(key, 0), amount
-                    )
-            for key, _, amount in holds:
-                reserved[key] = reserved.get(key, 0) + amount
-            self._open[rid] = reservation
-            if reservation.expires_at < self._next_sweep:
-                self._next_sweep = reservation.expires_at
+                cell = cells.get(key)
+                if cell is None:
+                    cell = cells[key] = [0, 0]
+                if limit is not None:
+                    used = cell[0] + cell[1]
+                    if used + amount > limit or (amount == 0 and used >= limit):
+                        return Refusal(index, key, limit, cell[0], cell[1], amount)
+                found.append(cell)
+            for cell, (_, _, amount) in zip(found, holds, strict=True):
+                cell[1] += amount
+            self._open[rid] = (reservation, found)
+            if expires_at < self._next_sweep:
+                self._next_sweep = expires_at
             return None
 
     def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
         """Charge ``amount`` to every held key and tally; drop the holds once."""
         if type(amount) is not int or amount < 0:
-            _check_amount(amount)
+            check_units(amount)
         with self._lock:
             rid = reservation.id
             ended = self._ended
             if ended.get(rid):
                 return False
-            if self._open.pop(rid, None) is not None:
-                self._drop_holds(reservation)
+            entry = self._open.pop(rid, None)
+            if entry is not None:
+                for cell, (_, _, held) in zip(entry[1], reservation.holds, strict=True):
+                    cell[0] += amount
+                    cell[1] -= held
+            else:  # expired or released: charge, but the holds are already gone
+                cells = self._cells
+                for key, _, _ in reservation.holds:
+                    cells.setdefault(key, [0, 0])[0] += amount
             ended[rid] = True
             if len(ended) > _ENDED_MEMORY:
                 ended.popitem(last=False)
-            spent = self._spent
-            for key, _, _ in reservation.holds:
-                spent[key] = spent.get(key, 0) + amount
-            for key in tallies:
-                spent[key] = spent.get(key, 0) + amount
+            self._add(tallies, amount)
             return True
 
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
         with self._lock:
-            if self._open.pop(reservation.id, None) is None:
+            entry = self._open.pop(reservation.id, None)
+            if entry is None:
                 return False
-            self._drop_holds(reservation)
+            self._drop(entry)
             self._end(reservation.id, settled=False)
             return True
 
     def add(self, keys: Sequence[str], amount: int) -> None:
         """Charge ``amount`` to every key unconditionally."""
-        _check_amount(amount)
+        check_units(amount)
         with self._lock:
-            for key in keys:
-                self._spent[key] = self._spent.get(key, 0) + amount
+            self._add(keys, amount)
 
     # -- reading and administration -------------------------------------------
 
@@ -120,29 +127,36 @@ class MemoryLedger(Ledger):
         """Return the balance of every key asked for."""
         with self._lock:
             self._expire(self.clock())
-            return {
-                key: Balance(self._spent.get(key, 0), self._reserved.get(key, 0)) for key in keys
-            }
+            cells = self._cells
+            return {key: _balance(cells.get(key)) for key in keys}
 
     def scan(self, prefix: str) -> dict[str, Balance]:
         """Return every key starting with ``prefix`` that holds anything."""
         with self._lock:
             self._expire(self.clock())
-            keys = {k for k, v in self._spent.items() if v and k.startswith(prefix)}
-            keys.update(k for k, v in self._reserved.items() if v and k.startswith(prefix))
-            return {k: Balance(self._spent.get(k, 0), self._reserved.get(k, 0)) for k in keys}
+            return {
+                key: Balance(cell[0], cell[1])
+                for key, cell in self._cells.items()
+                if (cell[0] or cell[1]) and key.startswith(prefix)
+            }
 
     def clear(self, keys: Sequence[str]) -> None:
-        """Forget the spend of the given keys."""
+        """Forget the spend of the given keys (open reservations stay held)."""
         with self._lock:
             for key in keys:
-                self._spent.pop(key, None)
+                cell = self._cells.get(key)
+                if cell is None:
+                    continue
+                if cell[1]:
+                    cell[0] = 0  # an open reservation still points at this cell
+                else:
+                    del self._cells[key]
 
     def open_reservations(self) -> list[Reservation]:
         """Return the reservations still holding units."""
         with self._lock:
             self._expire(self.clock())
-            return list(self._open.values())
+            return [reservation for reservation, _ in self._open.values()]
 
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
@@ -167,14 +181,19 @@ class MemoryLedger(Ledger):
 
     # -- internals ----------------------------------------------------------------
 
-    def _drop_holds(self, reservation: Reservation) -> None:
-        reserved = self._reserved
-        for key, _, amount in reservation.holds:
-            left = reserved.get(key, 0) - amount
-            if left > 0:
-                reserved[key] = left
+    def _add(self, keys: Sequence[str], amount: int) -> None:
+        cells = self._cells
+        for key in keys:
+            cell = cells.get(key)
+            if cell is None:
+                cells[key] = [amount, 0]
             else:
-                reserved.pop(key, None)
+                cell[0] += amount
+
+    def _drop(self, entry: tuple[Reservation, list[_Cell]]) -> None:
+        reservation, cells = entry
+        for cell, (_, _, held) in zip(cells, reservation.holds, strict=True):
+            cell[1] -= held
 
     def _end(self, reservation_id: str, *, settled: bool) -> None:
         self._ended[reservation_id] = settled
@@ -182,25 +201,24 @@ class MemoryLedger(Ledger):
             self._ended.popitem(last=False)
 
     def _expire(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
-        self._sweep(now)
+        if now >= self._next_sweep:
+            self._sweep(now)
 
     def _sweep(self, now: float) -> None:
         # Open reservations are the calls in flight, few at any time: sweeping
         # them all once the earliest expiry has passed is cheaper than keeping
         # a heap that every settled call would leave an entry in.
         earliest = float("inf")
-        for reservation in list(self._open.values()):
-            if reservation.expires_at <= now:
-                del self._open[reservation.id]
-                self._drop_holds(reservation)
-                self._end(reservation.id, settled=False)
-            elif reservation.expires_at < earliest:
-                earliest = reservation.expires_at
+        for rid, entry in list(self._open.items()):
+            expires_at = entry[0].expires_at
+            if expires_at <= now:
+                del self._open[rid]
+                self._drop(entry)
+                self._end(rid, settled=False)
+            elif expires_at < earliest:
+                earliest = expires_at
         self._next_sweep = earliest
 
 
-def _check_amount(amount: int) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
-        raise ValueError(f"amount must be a non-negative whole number of units, got {amount!r}")
+def _balance(cell: _Cell | None) -> Balance:
+    return Balance(cell[0], cell[1]) if cell is not None else Balance()
