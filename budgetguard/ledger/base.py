@@ -11,11 +11,14 @@ SQLite runs one ``BEGIN IMMEDIATE`` transaction, Redis runs one Lua script.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
+
+from ..errors import StorageError
 
 __all__ = [
     "Balance",
@@ -253,3 +256,21 @@ def check_reservation(reservation: Reservation) -> None:
         check_units(hold.amount, f"amount held on {hold.key!r}")
         if hold.limit is not None:
             check_units(hold.limit, f"limit of {hold.key!r}")
+
+
+def budget_to_json(name: str, definition: Mapping[str, Any]) -> str:
+    """Serialise a budget definition for storage; ``ValueError`` if it cannot be."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"budget name must be a non-empty string, got {name!r}")
+    try:
+        return json.dumps(dict(definition), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"budget {name!r} definition is not JSON-able: {error}") from None
+
+
+def budget_from_json(text: str) -> dict[str, Any]:
+    """Read a stored budget definition back; ``StorageError`` if it is not an object."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise StorageError(f"stored budget definition is not a JSON object: {text[:80]!r}")
+    return value

@@ -51,7 +51,17 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, StorageError
-from .base import Balance, Hold, Ledger, Refusal, Reservation, check_reservation, check_units
+from .base import (
+    Balance,
+    Hold,
+    Ledger,
+    Refusal,
+    Reservation,
+    budget_from_json,
+    budget_to_json,
+    check_reservation,
+    check_units,
+)
 
 __all__ = ["RedisLedger"]
 
@@ -407,12 +417,12 @@ class RedisLedger(Ledger):
 
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
-        self._command(self._client.hset, self.budgets_key, name, _to_json(name, definition))
+        self._command(self._client.hset, self.budgets_key, name, budget_to_json(name, definition))
 
     def get_budget(self, name: str) -> dict[str, Any] | None:
         """Return the budget definition stored under ``name``."""
         text = self._command(self._client.hget, self.budgets_key, name)
-        return _from_json(text) if text is not None else None
+        return budget_from_json(text) if text is not None else None
 
     def delete_budget(self, name: str) -> bool:
         """Delete a budget definition."""
@@ -421,7 +431,7 @@ class RedisLedger(Ledger):
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         """Return every stored budget definition."""
         found = self._command(self._client.hgetall, self.budgets_key)
-        return {name: _from_json(text) for name, text in sorted(found.items())}
+        return {name: budget_from_json(text) for name, text in sorted(found.items())}
 
     def ping(self) -> None:
         """Check that Redis answers."""
@@ -658,19 +668,3 @@ def _reservations(reply: Sequence[Any]) -> list[Reservation]:
         )
         found.append(Reservation(reply[i], holds, float(reply[i + 1])))
     return found
-
-
-def _to_json(name: str, definition: Mapping[str, Any]) -> str:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"budget name must be a non-empty string, got {name!r}")
-    try:
-        return json.dumps(dict(definition), sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"budget {name!r} definition is not JSON-able: {error}") from None
-
-
-def _from_json(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise StorageError(f"stored budget definition is not a JSON object: {text[:80]!r}")
-    return value

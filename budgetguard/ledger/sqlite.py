@@ -46,6 +46,8 @@ from .base import (
     Refusal,
     Reservation,
     _ThreadedAsync,
+    budget_from_json,
+    budget_to_json,
     check_reservation,
     check_units,
 )
@@ -279,7 +281,7 @@ class SQLiteLedger(_ThreadedAsync):
 
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
-        text = _to_json(name, definition)
+        text = budget_to_json(name, definition)
         with self._write() as db:
             db.execute(
                 "INSERT INTO budgets (name, definition) VALUES (?, ?) ON CONFLICT (name)"
@@ -291,7 +293,7 @@ class SQLiteLedger(_ThreadedAsync):
         """Return the budget definition stored under ``name``."""
         with self._read() as db:
             row = db.execute("SELECT definition FROM budgets WHERE name = ?", (name,)).fetchone()
-        return _from_json(row[0]) if row is not None else None
+        return budget_from_json(row[0]) if row is not None else None
 
     def delete_budget(self, name: str) -> bool:
         """Delete a budget definition."""
@@ -302,7 +304,7 @@ class SQLiteLedger(_ThreadedAsync):
         """Return every stored budget definition."""
         with self._read() as db:
             rows = db.execute("SELECT name, definition FROM budgets ORDER BY name").fetchall()
-        return {name: _from_json(text) for name, text in rows}
+        return {name: budget_from_json(text) for name, text in rows}
 
     def ping(self) -> None:
         """Check that the database file can be read."""
@@ -544,19 +546,3 @@ def _check_fits(*amounts: int) -> None:
             raise ValueError(
                 f"amount {amount} is too large for the SQLite ledger (max {_MAX_UNITS - 1})"
             )
-
-
-def _to_json(name: str, definition: Mapping[str, Any]) -> str:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"budget name must be a non-empty string, got {name!r}")
-    try:
-        return json.dumps(dict(definition), sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"budget {name!r} definition is not JSON-able: {error}") from None
-
-
-def _from_json(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise StorageError(f"stored budget definition is not a JSON object: {text[:80]!r}")
-    return value
