@@ -31,7 +31,7 @@ from .events import BudgetStatus, CallOutcome, Listener, ThresholdCrossing
 from .ledger import Hold, Ledger, Refusal, Reservation, ledger_from_url
 from .money import from_units, to_decimal, to_units
 from .periods import Period, parse_tz
-from .scope import Scope, current_scope
+from .scope import Scope, current_scope, current_user
 from .scope import _current as _scope_var
 
 __all__ = ["BudgetGuard", "Call", "charge", "current_call"]
@@ -471,7 +471,7 @@ class BudgetGuard:
         ``estimate`` is dollars (``Decimal``) or, as an ``int``, ledger units.
         """
         if process_cap is not None:
-            process_cap.check(self)
+            self._check_process_cap(user, model)
         reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope)
         if reservation.holds:
             try:
@@ -492,7 +492,7 @@ class BudgetGuard:
     ) -> Call:
         """Do ``begin`` without blocking the event loop on the ledger."""
         if process_cap is not None:
-            process_cap.check(self)
+            self._check_process_cap(user, model)
         reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope)
         if reservation.holds:
             try:
@@ -573,6 +573,17 @@ class BudgetGuard:
             self._plans.clear()
         self._plans[(user, units)] = plan
         return plan
+
+    def _check_process_cap(self, user: str | None, model: str | None) -> None:
+        """Apply ``budgetguard.max_budget``, telling listeners of a refusal."""
+        assert process_cap is not None
+        try:
+            process_cap.check(self)
+        except BudgetExceededError as error:
+            error.user = user if user is not None else current_user()
+            for listener in self._listeners:
+                _safely(listener.call_refused, error, user=error.user, request_model=model)
+            raise
 
     def _refused(
         self,
@@ -950,7 +961,11 @@ class BudgetGuard:
 
     def _priced_result(self, call: Call, result: Any) -> tuple[Decimal | None, Any, bool]:
         """Return (cost, usage, priced) of a response; cost ``None`` if it reports no usage."""
-        if call.has_inner or result is None or isinstance(result, (str, bytes, int, float, Decimal)):
+        if (
+            call.has_inner
+            or result is None
+            or isinstance(result, (str, bytes, int, float, Decimal))
+        ):
             return None, None, True
         from .usage import extract_usage
 
