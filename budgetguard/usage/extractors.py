@@ -27,6 +27,7 @@ __all__ = [
     "from_gemini_usage",
     "from_openai_usage",
     "from_responses_usage",
+    "gemini_rest_to_sdk",
 ]
 
 
@@ -372,6 +373,8 @@ def extract_usage(response: object) -> Usage | None:
     """
     if response is None:
         return None
+    if type(response) is dict and "usageMetadata" in response:
+        response = gemini_rest_to_sdk(response)
     metadata = _get(response, "usage_metadata")
     if metadata is not None:
         return from_gemini_usage(metadata, model=_model(response) or _gemini_version(response))
@@ -402,3 +405,24 @@ def _from_bare_block(block: Any) -> Usage | None:
         if _has(block, key):
             return _from_usage_block(block, None)
     return None
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+def _snake_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_snake(key): _snake_keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_snake_keys(item) for item in value]
+    return value
+
+
+def gemini_rest_to_sdk(payload: dict[str, Any]) -> dict[str, Any]:
+    """Rename a Gemini REST reply's camelCase keys (``usageMetadata``) to the SDK's snake_case.
+
+    The REST API and the google-genai SDK carry the same figures under
+    different spellings; the extractors read the SDK's.
+    """
+    return {_snake(key): _snake_keys(item) for key, item in payload.items()}

@@ -30,6 +30,7 @@ from .extractors import (
     from_bedrock_usage,
     from_gemini_usage,
     from_responses_usage,
+    gemini_rest_to_sdk,
 )
 
 __all__ = [
@@ -226,6 +227,8 @@ class GeminiStream(StreamAccumulator):
     operation = "generate_content"
 
     def _add(self, chunk: object) -> None:
+        if type(chunk) is dict and ("usageMetadata" in chunk or "modelVersion" in chunk):
+            chunk = gemini_rest_to_sdk(chunk)
         self._note_model(_get(chunk, "model_version"))
         for candidate in _get(chunk, "candidates") or ():
             for part in _get(_get(candidate, "content"), "parts") or ():
@@ -289,7 +292,11 @@ def accumulator_for(chunk: object) -> StreamAccumulator | None:
             return AnthropicStream()
         if kind.startswith("response."):
             return OpenAIResponsesStream()
-    if _get(chunk, "usage_metadata") is not None or _get(chunk, "candidates") is not None:
+    if (
+        _get(chunk, "usage_metadata") is not None
+        or _get(chunk, "usageMetadata") is not None
+        or _get(chunk, "candidates") is not None
+    ):
         return GeminiStream()
     obj = _get(chunk, "object")
     if obj in ("chat.completion.chunk", "text_completion") or _get(chunk, "choices") is not None:
