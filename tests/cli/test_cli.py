@@ -263,17 +263,6 @@ def test_redis_password_is_not_printed() -> None:
     assert "hunter2" not in done.stderr
 
 
-def test_serve_without_the_compat_server_says_so() -> None:
-    """Explain that the server is missing, or start it (never a traceback)."""
-    import importlib.util
-
-    if importlib.util.find_spec("budgetguard.compat.server") is not None:
-        pytest.skip("the compat server exists; serve is tested with it")
-    done = run("serve", "--ledger", "memory://")
-    assert done.returncode == 1
-    assert "not available" in done.stderr
-
-
 # -- budgets ------------------------------------------------------------------------------------
 
 
