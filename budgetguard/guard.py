@@ -7,6 +7,7 @@ root logger. Tests and multi-tenant applications make their own guards.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import logging
@@ -491,9 +492,14 @@ class BudgetGuard:
         scope: Scope | None = None,
     ) -> Call:
         """Do ``begin`` without blocking the event loop on the ledger."""
+        budgets = None
+        if time.monotonic() - self._cache.loaded_at >= self.budget_cache_ttl:
+            # A shared ledger's budget definitions are due for a re-read:
+            # do it in a thread, so the loop never waits on the network.
+            budgets = await asyncio.to_thread(self._budgets)
         if process_cap is not None:
             self._check_process_cap(user, model)
-        reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope)
+        reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope, budgets)
         if reservation.holds:
             try:
                 refusal = await self.ledger.areserve(reservation)
@@ -504,7 +510,11 @@ class BudgetGuard:
         return Call(self, user, reservation, plan, holders, units, model, tags)
 
     def _plan(
-        self, user: str | None, estimate: Decimal | int, scope: Scope | None
+        self,
+        user: str | None,
+        estimate: Decimal | int,
+        scope: Scope | None,
+        budgets: dict[str, Budget] | None = None,
     ) -> tuple[Reservation, _Plan, tuple[_Holder, ...], int, Mapping[str, str], str | None]:
         units = estimate if isinstance(estimate, int) else to_units(estimate)
         if scope is None:
@@ -525,7 +535,8 @@ class BudgetGuard:
                 "guard refuses those (outside_scope='refuse')",
             )
         now = self.clock()
-        budgets = self._budgets()
+        if budgets is None:
+            budgets = self._budgets()
         plan = self._plans.get((user, units))
         if plan is None or not plan.since <= now < plan.until or plan.budgets is not budgets:
             plan = self._new_plan(user, units, now, budgets)
@@ -764,7 +775,8 @@ class BudgetGuard:
             self._lost(error, call, units)
             return
         if self.alert_thresholds and units:
-            self._check_thresholds(call)
+            # Reads the ledger (and may claim an alert marker): off the loop.
+            await asyncio.to_thread(self._check_thresholds, call)
 
     def _lost(self, error: StorageError, call: Call, units: int | None) -> None:
         # The call already ran: raising now would not unspend the money. Log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
@@ -122,10 +123,10 @@ class budget_scope:  # lower case: used like a function, as contextlib's helpers
         self._tokens.append((_current.set(scope), scope))
         return scope
 
-    def _exit(self) -> None:
+    def _exit(self) -> Scope:
         token, scope = self._tokens.pop()
         _current.reset(token)
-        scope._close()
+        return scope
 
     def __enter__(self) -> Scope:
         return self._enter()
@@ -136,7 +137,7 @@ class budget_scope:  # lower case: used like a function, as contextlib's helpers
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._exit()
+        self._exit()._close()
 
     async def __aenter__(self) -> Scope:
         return self._enter()
@@ -147,7 +148,10 @@ class budget_scope:  # lower case: used like a function, as contextlib's helpers
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._exit()
+        scope = self._exit()
+        if scope._cleanups:
+            # Dropping a capped scope's counter is a ledger write: off the loop.
+            await asyncio.to_thread(scope._close)
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
         """Run every call of ``func`` inside a fresh scope like this one."""
