@@ -200,8 +200,8 @@ def main() -> None:
     for name, single, eight in rows:
         out.write(f"| {name:<26} | {single:>10,.0f} | {eight:>10,.0f} |\n")
     out.write(
-        f"\nRedis: {trips:g} round trips (EVALSHA) per reserve + settle; "
-        f"{commands:g} commands executed by Redis including those inside the scripts\n"
+        f"\nRedis: {trips:g} round trips (EVALSHA) per reserve + settle; about "
+        f"{commands:.1f} commands executed by Redis including those inside the scripts\n"
     )
     if reference:
         listed = ", ".join(f"{k} {v:,.0f}/s" for k, v in reference.items())
