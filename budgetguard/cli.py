@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
@@ -517,6 +517,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("table", "json"),
         default="table",
         help="output format (default: table)",
+    )
+
+    prune = command(
+        "prune",
+        "delete the counters of windows that ended long ago",
+        "Budgets reset lazily: every day, week or month leaves its counters in the\n"
+        "ledger. Delete those of windows that ended before a date (lifetime totals,\n"
+        "current windows and calls in flight are kept).",
+        "examples:\n"
+        "  budgetguard prune --ledger sqlite:///spend.db --keep-days 90\n"
+        "  budgetguard prune --ledger redis://localhost:6379/0 --before 2026-01-01",
+        _run_prune,
+    )
+    _add_ledger(prune)
+    horizon = prune.add_mutually_exclusive_group(required=True)
+    horizon.add_argument(
+        "--before", type=_utc_date, metavar="YYYY-MM-DD", help="delete windows ended before this"
+    )
+    horizon.add_argument(
+        "--keep-days", type=_positive_int, metavar="N", help="keep the last N days of windows"
     )
 
     serve = command(
@@ -1373,6 +1393,23 @@ def _run_cost(args: argparse.Namespace) -> int:
 
 
 # -- serve ------------------------------------------------------------------------------------
+
+
+def _utc_date(text: str) -> datetime:
+    """Parse ``YYYY-MM-DD`` as midnight UTC."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    before: datetime = args.before or (datetime.now(timezone.utc) - timedelta(days=args.keep_days))
+    with _open_guard(args.ledger, must_exist=True) as guard:
+        removed = guard.prune(before)
+    print(f"pruned {removed} counters of windows that ended before {before.date().isoformat()}")
+    return 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol
@@ -31,7 +31,7 @@ from .errors import (
 from .events import BudgetStatus, CallOutcome, Listener, ThresholdCrossing
 from .ledger import Hold, Ledger, Refusal, Reservation, ledger_from_url
 from .money import from_units, to_decimal, to_units
-from .periods import Period, parse_tz
+from .periods import Period, parse_tz, window_end_of
 from .scope import Scope, current_scope, current_user
 from .scope import _current as _scope_var
 
@@ -1222,6 +1222,37 @@ class BudgetGuard:
             for key, balance in sorted(found.items())
             if "|" not in key[len(prefix) :] and balance.spent
         }
+
+    def prune(self, before: datetime) -> int:
+        """Delete the counters of budget windows and days that ended before ``before``.
+
+        Resets are lazy, so every window leaves its counters behind; a
+        long-running ledger sheds them with this. Lifetime totals, current
+        windows and open reservations are kept. Window ids name local dates
+        of the budget's time zone, so only windows that ended a full day
+        before ``before`` go. Return how many counters were deleted.
+        """
+        if before.tzinfo is None:
+            raise ValueError("before must be an aware datetime (e.g. with tzinfo=timezone.utc)")
+        cutoff = before - timedelta(days=1)
+        doomed: list[str] = []
+        # b|<owner>|<window>[|m=..], d|<day>|u=..|m=.., a|b|<owner>|<window>|<fraction>
+        for prefix, position in (("b|", 2), ("d|", 1), ("a|b|", 3)):
+            found = self._guard_storage(self.ledger.scan, prefix) or {}
+            for key, balance in found.items():
+                parts = key.split("|")
+                if balance.reserved or len(parts) <= position:
+                    continue
+                end = window_end_of(parts[position])
+                if end is not None and end <= cutoff:
+                    doomed.append(key)
+        for start in range(0, len(doomed), 500):
+            self._guard_storage(self.ledger.clear, doomed[start : start + 500])
+        if doomed:
+            gone = set(doomed)
+            self._fired = {item for item in self._fired if item[0] not in gone}
+            logger.info("pruned %d counters of windows that ended before %s", len(doomed), cutoff)
+        return len(doomed)
 
     def reset(self, user: str | None = None) -> None:
         """Start the current period of ``user``'s budget (or the global one) again at zero."""

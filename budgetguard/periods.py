@@ -7,6 +7,7 @@ are lazy and need no background job.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Literal
@@ -22,6 +23,7 @@ __all__ = [
     "parse_period",
     "parse_tz",
     "tz_name",
+    "window_end_of",
 ]
 
 CALENDAR_PERIODS = ("daily", "weekly", "monthly", "yearly")
@@ -157,3 +159,39 @@ def tz_name(tz: tzinfo) -> str:
     if isinstance(key, str):
         return key
     raise ConfigurationError(f"time zone {tz!r} has no IANA name; use zoneinfo.ZoneInfo")
+
+
+_DAILY_ID = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_WEEKLY_ID = re.compile(r"^(\d{4})-W(\d{2})$")
+_MONTHLY_ID = re.compile(r"^(\d{4})-(\d{2})$")
+_YEARLY_ID = re.compile(r"^(\d{4})$")
+_EVERY_ID = re.compile(r"^every(\d+)s@(-?\d+)$")
+
+
+def window_end_of(window_id: str) -> datetime | None:
+    """Return when the window with this id ends, read from the id alone; ``None`` if never.
+
+    Calendar ids name local dates of an unknown time zone, so the end is
+    given as UTC midnight: within a day of the true end. Unknown ids and
+    lifetime (``all``) give ``None``.
+    """
+    try:
+        if found := _DAILY_ID.match(window_id):
+            year, month, day = map(int, found.groups())
+            end = date(year, month, day) + timedelta(days=1)
+        elif found := _WEEKLY_ID.match(window_id):
+            year, week = map(int, found.groups())
+            end = date.fromisocalendar(year, week, 1) + timedelta(days=7)
+        elif found := _MONTHLY_ID.match(window_id):
+            year, month = map(int, found.groups())
+            end = date(year + month // 12, month % 12 + 1, 1)
+        elif found := _YEARLY_ID.match(window_id):
+            end = date(int(found.group(1)) + 1, 1, 1)
+        elif found := _EVERY_ID.match(window_id):
+            length, start = map(int, found.groups())
+            return datetime.fromtimestamp(start + length, timezone.utc)
+        else:
+            return None
+    except ValueError:  # a date that does not exist: not one of our ids
+        return None
+    return datetime(end.year, end.month, end.day, tzinfo=timezone.utc)

@@ -456,3 +456,37 @@ def test_demo_without_the_opentelemetry_sdk_prints_in_process_totals() -> None:
     assert "OpenTelemetry SDK is not installed" in done.stdout
     assert "calls ran:" in done.stdout
     assert "Spend by user" in done.stdout
+
+
+# -- prune ----------------------------------------------------------------------------------------
+
+
+def test_prune_keeps_recent_windows_and_lifetime_totals(tmp_path: Path) -> None:
+    """Prune nothing of today's windows, then everything before a far date, keeping totals."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    done = run("demo", "--ledger", url, "--users", "3", "--calls", "30", "--latency", "0")
+    assert done.returncode == 0, done.stderr
+    total_before = json.loads(
+        run("report", "--ledger", url, "--period", "all", "--format", "json").stdout
+    )
+
+    kept = run("prune", "--ledger", url, "--keep-days", "30")
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.startswith("pruned 0 counters")
+
+    pruned = run("prune", "--ledger", url, "--before", "2999-01-01")
+    assert pruned.returncode == 0, pruned.stderr
+    assert int(pruned.stdout.split()[1]) > 0
+    total_after = json.loads(
+        run("report", "--ledger", url, "--period", "all", "--format", "json").stdout
+    )
+    assert total_after["breakdown"]["total"] == total_before["breakdown"]["total"]
+    assert total_after["breakdown"]["rows"] == total_before["breakdown"]["rows"]
+
+
+def test_prune_needs_a_horizon_and_a_real_date(tmp_path: Path) -> None:
+    """Prune without --before/--keep-days, or with a bad date, is a usage error (exit 2)."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    assert run("prune", "--ledger", url).returncode == 2
+    bad = run("prune", "--ledger", url, "--before", "2026-02-30")
+    assert bad.returncode == 2 and "not a date" in bad.stderr
