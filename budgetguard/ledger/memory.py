@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ class MemoryLedger(Ledger):
         self._cells: dict[str, _Cell] = {}
         self._open: dict[str, tuple[Reservation, list[_Cell]]] = {}
         self._next_sweep = float("inf")
-        self._ended: OrderedDict[str, bool] = OrderedDict()  # id -> settled?
+        self._ended: dict[str, bool] = {}  # id -> settled?, oldest first
         self._budgets: dict[str, dict[str, Any]] = {}
 
     # -- the hot path ---------------------------------------------------------
@@ -48,16 +47,6 @@ class MemoryLedger(Ledger):
         rid, holds, expires_at = reservation
         if type(rid) is not str or not rid:
             check_reservation(reservation)
-        for key, limit, amount in holds:
-            # Spelled out: this runs on every guarded call (check_reservation
-            # says the same, slower, and words the error).
-            if (
-                type(amount) is not int
-                or amount < 0
-                or type(key) is not str
-                or (limit is not None and (type(limit) is not int or limit < 0))
-            ):
-                check_reservation(reservation)
         with self._lock:
             if rid in self._open or rid in self._ended:
                 raise ValueError(f"reservation id {rid!r} was used before")
@@ -66,10 +55,18 @@ class MemoryLedger(Ledger):
             cells = self._cells
             found: list[_Cell] = []
             for index, (key, limit, amount) in enumerate(holds):
+                # Checked inline, as cheaply as Python allows: this runs on
+                # every guarded call (check_reservation words the error).
+                if type(amount) is not int or amount < 0:
+                    check_reservation(reservation)
                 cell = cells.get(key)
                 if cell is None:
+                    if type(key) is not str:
+                        check_reservation(reservation)
                     cell = cells[key] = [0, 0]
                 if limit is not None:
+                    if type(limit) is not int or limit < 0:
+                        check_reservation(reservation)
                     used = cell[0] + cell[1]
                     if used + amount > limit or (amount == 0 and used >= limit):
                         return Refusal(index, key, limit, cell[0], cell[1], amount)
@@ -100,8 +97,8 @@ class MemoryLedger(Ledger):
                 for key, _, _ in reservation.holds:
                     cells.setdefault(key, [0, 0])[0] += amount
             ended[rid] = True
-            if len(ended) > _ENDED_MEMORY:
-                ended.popitem(last=False)
+            if len(ended) > 2 * _ENDED_MEMORY:
+                self._forget_oldest()
             self._add(tallies, amount)
             return True
 
@@ -197,8 +194,14 @@ class MemoryLedger(Ledger):
 
     def _end(self, reservation_id: str, *, settled: bool) -> None:
         self._ended[reservation_id] = settled
-        if len(self._ended) > _ENDED_MEMORY:
-            self._ended.popitem(last=False)
+        if len(self._ended) > 2 * _ENDED_MEMORY:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        # Keep the newest ids (a dict keeps insertion order); trimming in one
+        # batch is cheaper per settle than an OrderedDict's bookkeeping.
+        recent = list(self._ended.items())[-_ENDED_MEMORY:]
+        self._ended = dict(recent)
 
     def _expire(self, now: float) -> None:
         if now >= self._next_sweep:
