@@ -664,7 +664,7 @@ class BudgetGuard:
         estimated: bool = False,
         provider: str | None = None,
         operation: str | None = None,
-    ) -> Decimal:
+    ) -> None:
         """End ``call``: settle what it cost, or release it when nothing was spent.
 
         ``cost`` is what pricing found (``None``: nothing reported). Charges
@@ -678,16 +678,8 @@ class BudgetGuard:
             # and the reservation ends before the error is reported.
             self._end(call, call.estimate, model)
             raise
-        if units is None:
-            self._end(call, None)
-            self._tell(
-                call, Decimal(0), model, usage, error, priced, estimated, provider, operation
-            )
-            return Decimal(0)
         self._end(call, units, model)
-        spent = from_units(units)
-        self._tell(call, spent, model, usage, error, priced, estimated, provider, operation)
-        return spent
+        self._tell(call, units or 0, model, usage, error, priced, estimated, provider, operation)
 
     async def afinish(
         self,
@@ -701,23 +693,15 @@ class BudgetGuard:
         estimated: bool = False,
         provider: str | None = None,
         operation: str | None = None,
-    ) -> Decimal:
+    ) -> None:
         """Do ``finish`` without blocking the event loop on the ledger."""
         try:
             units, estimated = self._final_units(call, cost, error, estimated)
         except UsageMissingError:
             await self._aend(call, call.estimate, model)
             raise
-        if units is None:
-            await self._aend(call, None)
-            self._tell(
-                call, Decimal(0), model, usage, error, priced, estimated, provider, operation
-            )
-            return Decimal(0)
         await self._aend(call, units, model)
-        spent = from_units(units)
-        self._tell(call, spent, model, usage, error, priced, estimated, provider, operation)
-        return spent
+        self._tell(call, units or 0, model, usage, error, priced, estimated, provider, operation)
 
     def _final_units(
         self, call: Call, cost: Decimal | None, error: BaseException | None, estimated: bool
@@ -799,7 +783,7 @@ class BudgetGuard:
     def _tell(
         self,
         call: Call,
-        cost: Decimal,
+        units: int,
         model: str | None,
         usage: Any,
         error: BaseException | None,
@@ -808,7 +792,10 @@ class BudgetGuard:
         provider: str | None,
         operation: str | None,
     ) -> None:
-        if process_cap is not None and cost:
+        if not self._listeners and (process_cap is None or not units):
+            return  # nobody to tell: skip building the Decimal
+        cost = from_units(units)
+        if process_cap is not None and units:
             process_cap.add(self, cost)
         if not self._listeners:
             return
@@ -1143,7 +1130,7 @@ class BudgetGuard:
         self._guard_storage(self.ledger.add, (*reservation.keys, *tallies), units)
         if self.alert_thresholds and units:
             self._check_thresholds(call)
-        self._tell(call, value, model, None, None, True, False, None, None)
+        self._tell(call, units, model, None, None, True, False, None, None)
         return value
 
     def record(
