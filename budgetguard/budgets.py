@@ -103,8 +103,7 @@ class Budget:
 
     def key(self, now: float | None = None, *, user: str | None = None) -> str:
         """Return the ledger key of the current window for ``user`` (default budgets)."""
-        owner = self.name if user is None else budget_name(user)
-        return f"b|{escape(owner)}|{self.window(now).id}"
+        return self.key_for_window(self.window(now), user=user)
 
     def key_for_window(self, window: Window, *, user: str | None = None) -> str:
         """Return the ledger key of a given window."""

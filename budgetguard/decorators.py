@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
+from ._default import default_guard
 from .guard import BudgetGuard, Call, _current_call
 from .money import to_decimal, to_units
 
@@ -53,8 +54,6 @@ class _Spec:
     ) -> tuple[BudgetGuard, str | None, int | Decimal, str | None]:
         guard = self.guard
         if guard is None:
-            from ._default import default_guard
-
             guard = default_guard()
         user = self.user_from(instance, args, kwargs) if self.user_from is not None else None
         estimate = self.estimate
@@ -326,7 +325,7 @@ def _end_stream(
     if items is not None and (items or not error):
         guard.complete(call, items, spec.cost, error=error)
         return
-    guard.complete_stream(call, stream, error=error, abandoned=abandoned)
+    guard.complete_stream(call, stream, error=error)
 
 
 def _async_generator_wrapper(spec: _Spec) -> Wrapper:
@@ -400,4 +399,4 @@ async def _guarded_async_generator(
         if items is not None and (items or not failure):
             await guard.acomplete(call, items, spec.cost, error=failure)
         else:
-            await guard.acomplete_stream(call, stream, error=failure, abandoned=abandoned)
+            await guard.acomplete_stream(call, stream, error=failure)

@@ -26,14 +26,18 @@ from .errors import (
     BudgetExceededError,
     ConfigurationError,
     StorageError,
+    UnknownModelError,
     UsageMissingError,
 )
 from .events import BudgetStatus, CallOutcome, Listener, ThresholdCrossing
 from .ledger import Hold, Ledger, Refusal, Reservation, ledger_from_url
 from .money import from_units, to_decimal, to_units
 from .periods import Period, parse_tz, window_end_of
+from .pricing import cost_of, lookup
 from .scope import Scope, current_scope, current_user
 from .scope import _current as _scope_var
+from .tokens import call_shape, count_tokens, projected_cost
+from .usage import accumulator_for, extract_usage
 
 __all__ = ["BudgetGuard", "Call", "charge", "current_call"]
 
@@ -224,8 +228,6 @@ class StreamMeter:
             self._decided = True
             if chunk is None or isinstance(chunk, (str, bytes, int, float)):
                 return
-            from .usage import accumulator_for
-
             self._accumulator = accumulator_for(chunk)
         if self._accumulator is not None:
             self._accumulator.add(chunk)
@@ -671,15 +673,10 @@ class BudgetGuard:
         made with ``charge()`` during the call are added. A failed call with
         no known cost is released; a successful one follows ``on_missing_cost``.
         """
-        try:
-            units, estimated = self._final_units(call, cost, error, estimated)
-        except UsageMissingError:
-            # The call ran and its cost is unknown: its estimate stays spent
-            # and the reservation ends before the error is reported.
-            self._end(call, call.estimate, model)
-            raise
+        units, estimated, missing = self._final_units(call, cost, error, estimated)
         self._end(call, units, model)
         self._tell(call, units or 0, model, usage, error, priced, estimated, provider, operation)
+        self._raise_missing(missing)
 
     async def afinish(
         self,
@@ -695,31 +692,33 @@ class BudgetGuard:
         operation: str | None = None,
     ) -> None:
         """Do ``finish`` without blocking the event loop on the ledger."""
-        try:
-            units, estimated = self._final_units(call, cost, error, estimated)
-        except UsageMissingError:
-            await self._aend(call, call.estimate, model)
-            raise
+        units, estimated, missing = self._final_units(call, cost, error, estimated)
         await self._aend(call, units, model)
         self._tell(call, units or 0, model, usage, error, priced, estimated, provider, operation)
+        self._raise_missing(missing)
 
     def _final_units(
         self, call: Call, cost: Decimal | None, error: BaseException | None, estimated: bool
-    ) -> tuple[int | None, bool]:
+    ) -> tuple[int | None, bool, bool]:
+        """Return (units to charge or None to release, estimated, nothing reported the cost)."""
         if cost is not None:
-            return to_units(cost) + call.charged, estimated
+            return to_units(cost) + call.charged, estimated, False
         if call.charged or call.models or call.has_inner:
-            return call.charged, estimated
+            return call.charged, estimated, False
         if error is not None:
-            return None, estimated  # nothing known to be spent: release
+            return None, estimated, False  # nothing known to be spent: release
         if self.on_missing_cost == "ignore":
-            return 0, estimated
-        if self.on_missing_cost == "raise":
+            return 0, estimated, True
+        # "estimate", and "raise" too: the call ran and its cost is unknown,
+        # so its estimate stays spent before the error is reported.
+        return call.estimate, True, True
+
+    def _raise_missing(self, missing: bool) -> None:
+        if missing and self.on_missing_cost == "raise":
             raise UsageMissingError(
                 "the call reported no usage and no cost; pass cost=, call charge(), "
                 "or choose on_missing_cost='estimate'"
             )
-        return call.estimate, True
 
     def _end(self, call: Call, units: int | None, model: str | None = None) -> None:
         reservation = call.reservation
@@ -895,28 +894,20 @@ class BudgetGuard:
         model = kwargs.get("model")
         if not isinstance(model, str):
             return None
-        from .tokens import call_shape, count_tokens
-
         shape = call_shape(kwargs)
         if shape is None:
             return None
         output = shape.max_output_tokens
         if output is None:
             output = self.default_output_tokens
-        from .pricing import lookup
-
         price = lookup(shape.model)
         if price is None:
             if self.on_unknown_model == "raise":
-                from .errors import UnknownModelError
-
                 raise UnknownModelError(shape.model)
             if self.on_unknown_model == "ignore":
                 return Decimal(0), shape.model
             tokens = count_tokens(shape.text_or_messages, shape.model)
             return self._fallback_cost(tokens, output), shape.model
-        from .tokens import projected_cost
-
         return (
             projected_cost(
                 shape.model,
@@ -938,9 +929,6 @@ class BudgetGuard:
         price with a warning once per model, $0, or ``UnknownModelError``
         (raised by the caller after the call is charged).
         """
-        from .errors import UnknownModelError
-        from .pricing import cost_of
-
         name = usage.model or model
         try:
             if name is None:
@@ -966,8 +954,6 @@ class BudgetGuard:
             or isinstance(result, (str, bytes, int, float, Decimal))
         ):
             return None, None, True
-        from .usage import extract_usage
-
         usage = extract_usage(result)
         if usage is None:
             return None, None, True
@@ -1060,8 +1046,6 @@ class BudgetGuard:
 
     def _raise_unpriced(self, usage: Any, priced: bool) -> None:
         if not priced and self.on_unknown_model == "raise":
-            from .errors import UnknownModelError
-
             raise UnknownModelError(
                 usage.model or "",
                 f"no price known for model {usage.model!r}; the call was charged the "
@@ -1078,7 +1062,6 @@ class BudgetGuard:
         meter: StreamMeter | None,
         *,
         error: BaseException | None = None,
-        abandoned: bool = False,
     ) -> None:
         """End a streamed call from the usage its chunks carried, or its text, or release it."""
         amount, usage, priced = self._priced_stream(call, meter)
@@ -1090,7 +1073,6 @@ class BudgetGuard:
         meter: StreamMeter | None,
         *,
         error: BaseException | None = None,
-        abandoned: bool = False,
     ) -> None:
         """Do ``complete_stream`` without blocking the event loop on the ledger."""
         amount, usage, priced = self._priced_stream(call, meter)
@@ -1141,8 +1123,6 @@ class BudgetGuard:
         Charged to ``user`` or the current scope's user, on every budget that
         applies. A response without usage raises ``UsageMissingError``.
         """
-        from .usage import extract_usage
-
         usage = extract_usage(response)
         if usage is None:
             raise UsageMissingError(

@@ -13,7 +13,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import wrapt
 
@@ -136,17 +136,15 @@ class Settlement:
         """Tell whether the reservation has ended."""
         return self._done
 
-    def settle(self, error: BaseException | None = None, *, abandoned: bool = False) -> None:
+    def settle(self, error: BaseException | None = None) -> None:
         """Charge what the stream cost (or release it), unless already done."""
         if self._claim():
-            self.guard.complete_stream(self.call, self.meter, error=error, abandoned=abandoned)
+            self.guard.complete_stream(self.call, self.meter, error=error)
 
-    async def asettle(self, error: BaseException | None = None, *, abandoned: bool = False) -> None:
+    async def asettle(self, error: BaseException | None = None) -> None:
         """Do ``settle`` without blocking the event loop on the ledger."""
         if self._claim():
-            await self.guard.acomplete_stream(
-                self.call, self.meter, error=error, abandoned=abandoned
-            )
+            await self.guard.acomplete_stream(self.call, self.meter, error=error)
 
     def _collected(self) -> None:
         # A finalizer cannot await: even async streams settle synchronously
@@ -154,7 +152,7 @@ class Settlement:
         if not self._claim():
             return
         try:
-            self.guard.complete_stream(self.call, self.meter, abandoned=True)
+            self.guard.complete_stream(self.call, self.meter)
         except Exception:
             logger.exception("budgetguard could not settle a stream that was garbage-collected")
 
@@ -168,14 +166,78 @@ def _is_usage_only(chunk: Any) -> bool:
     return not getattr(chunk, "choices", True) and getattr(chunk, "usage", None) is not None
 
 
-class StreamProxy(_Proxy):
+_S = TypeVar("_S", bound="_SettlingProxy")
+_A = TypeVar("_A", bound="_AsyncSettlingProxy")
+
+
+class _SettlingProxy(_Proxy):
+    """A stream stand-in whose ``close()`` and ``with`` exit end the reservation."""
+
+    def __init__(self, stream: Any, settlement: Settlement) -> None:
+        super().__init__(stream)
+        self._self_settlement = settlement
+        settlement.watch(self)
+
+    def close(self) -> None:
+        """Close the stream and settle what it cost so far."""
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_settlement.settle()
+
+    def __enter__(self: _S) -> _S:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            self._self_settlement.settle(_error_of(exc))
+
+
+class _AsyncSettlingProxy(_Proxy):
+    """An async stream stand-in whose ``close()`` and ``async with`` exit end the reservation."""
+
+    def __init__(self, stream: Any, settlement: Settlement) -> None:
+        super().__init__(stream)
+        self._self_settlement = settlement
+        settlement.watch(self)
+
+    async def close(self) -> None:
+        """Close the stream and settle what it cost so far."""
+        try:
+            await self.__wrapped__.close()
+        finally:
+            await self._self_settlement.asettle()
+
+    async def __aenter__(self: _A) -> _A:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._self_settlement.asettle(_error_of(exc))
+
+
+class StreamProxy(_SettlingProxy):
     """Wrap an OpenAI or Anthropic ``Stream``: meter each chunk, settle when it ends."""
 
     def __init__(self, stream: Any, settlement: Settlement, hide_usage_chunk: bool) -> None:
-        super().__init__(stream)
-        self._self_settlement = settlement
+        super().__init__(stream, settlement)
         self._self_hide = hide_usage_chunk
-        settlement.watch(self)
 
     def __iter__(self) -> StreamProxy:
         return self
@@ -189,7 +251,7 @@ class StreamProxy(_Proxy):
                 settlement.settle()
                 raise
             except BaseException as error:
-                settlement.settle(_error_of(error), abandoned=isinstance(error, GeneratorExit))
+                settlement.settle(_error_of(error))
                 raise
             settlement.meter.add(chunk)
             # The caller did not ask for usage: budgetguard did, so its extra
@@ -198,37 +260,13 @@ class StreamProxy(_Proxy):
                 continue
             return chunk
 
-    def close(self) -> None:
-        """Close the stream and settle what it cost so far."""
-        try:
-            self.__wrapped__.close()
-        finally:
-            self._self_settlement.settle(abandoned=True)
 
-    def __enter__(self) -> StreamProxy:
-        self.__wrapped__.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any:
-        try:
-            return self.__wrapped__.__exit__(exc_type, exc, tb)
-        finally:
-            self._self_settlement.settle(_error_of(exc), abandoned=True)
-
-
-class AsyncStreamProxy(_Proxy):
+class AsyncStreamProxy(_AsyncSettlingProxy):
     """Wrap an ``AsyncStream``: meter each chunk, settle when it ends."""
 
     def __init__(self, stream: Any, settlement: Settlement, hide_usage_chunk: bool) -> None:
-        super().__init__(stream)
-        self._self_settlement = settlement
+        super().__init__(stream, settlement)
         self._self_hide = hide_usage_chunk
-        settlement.watch(self)
 
     def __aiter__(self) -> AsyncStreamProxy:
         return self
@@ -249,36 +287,9 @@ class AsyncStreamProxy(_Proxy):
                 continue
             return chunk
 
-    async def close(self) -> None:
-        """Close the stream and settle what it cost so far."""
-        try:
-            await self.__wrapped__.close()
-        finally:
-            await self._self_settlement.asettle(abandoned=True)
 
-    async def __aenter__(self) -> AsyncStreamProxy:
-        await self.__wrapped__.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any:
-        try:
-            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
-        finally:
-            await self._self_settlement.asettle(_error_of(exc), abandoned=True)
-
-
-class MessageStreamProxy(_Proxy):
+class MessageStreamProxy(_SettlingProxy):
     """Wrap an Anthropic ``MessageStream``; its helpers settle once they have consumed it."""
-
-    def __init__(self, stream: Any, settlement: Settlement) -> None:
-        super().__init__(stream)
-        self._self_settlement = settlement
-        settlement.watch(self)
 
     def __iter__(self) -> MessageStreamProxy:
         return self
@@ -314,36 +325,9 @@ class MessageStreamProxy(_Proxy):
         finally:
             self._self_settlement.settle()
 
-    def close(self) -> None:
-        """Close the stream and settle what it cost so far."""
-        try:
-            self.__wrapped__.close()
-        finally:
-            self._self_settlement.settle(abandoned=True)
 
-    def __enter__(self) -> MessageStreamProxy:
-        self.__wrapped__.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any:
-        try:
-            return self.__wrapped__.__exit__(exc_type, exc, tb)
-        finally:
-            self._self_settlement.settle(_error_of(exc), abandoned=True)
-
-
-class AsyncMessageStreamProxy(_Proxy):
+class AsyncMessageStreamProxy(_AsyncSettlingProxy):
     """Wrap an Anthropic ``AsyncMessageStream``; its helpers settle once they have consumed it."""
-
-    def __init__(self, stream: Any, settlement: Settlement) -> None:
-        super().__init__(stream)
-        self._self_settlement = settlement
-        settlement.watch(self)
 
     def __aiter__(self) -> AsyncMessageStreamProxy:
         return self
@@ -378,28 +362,6 @@ class AsyncMessageStreamProxy(_Proxy):
             await self.__wrapped__.until_done()
         finally:
             await self._self_settlement.asettle()
-
-    async def close(self) -> None:
-        """Close the stream and settle what it cost so far."""
-        try:
-            await self.__wrapped__.close()
-        finally:
-            await self._self_settlement.asettle(abandoned=True)
-
-    async def __aenter__(self) -> AsyncMessageStreamProxy:
-        await self.__wrapped__.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any:
-        try:
-            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
-        finally:
-            await self._self_settlement.asettle(_error_of(exc), abandoned=True)
 
 
 # What a stream manager needs to open its reservation when it is entered:
@@ -442,7 +404,7 @@ class MessageStreamManagerProxy(_Proxy):
         finally:
             stream = self._self_stream
             if stream is not None:
-                stream._self_settlement.settle(_error_of(exc), abandoned=True)
+                stream._self_settlement.settle(_error_of(exc))
 
 
 AsyncOpener = Callable[[], Any]  # a coroutine function returning what Opener returns
@@ -479,4 +441,4 @@ class AsyncMessageStreamManagerProxy(_Proxy):
         finally:
             stream = self._self_stream
             if stream is not None:
-                await stream._self_settlement.asettle(_error_of(exc), abandoned=True)
+                await stream._self_settlement.asettle(_error_of(exc))

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..guard import BudgetGuard, Call, _current_call
+from ..scope import Scope, current_scope
 from ._streams import (
     AsyncMessageStreamManagerProxy,
     AsyncStreamProxy,
@@ -186,6 +187,15 @@ def _settlement(guard: BudgetGuard, call: Call, request: _Request) -> Settlement
     return Settlement(guard, call, UsageMeter(call.request_model, request.prompt_tokens))
 
 
+def _manager_request(
+    guard_of: GuardSource, kwargs: Mapping[str, Any]
+) -> tuple[BudgetGuard, _Request, Scope | None]:
+    """Return what a stream manager reserves with when it is entered later."""
+    guard = guard_of()
+    # The request leaves on entry; who pays is whoever was in scope here.
+    return guard, _Request(guard, kwargs), current_scope()
+
+
 def stream_manager(guard_of: GuardSource) -> Wrapper:
     """Return the wrapper of Anthropic's ``Messages.stream``: a manager that reserves on entry."""
 
@@ -194,12 +204,7 @@ def stream_manager(guard_of: GuardSource) -> Wrapper:
     ) -> Any:
         if _inside.get():
             return wrapped(*args, **kwargs)
-        guard = guard_of()
-        request = _Request(guard, kwargs)
-        from ..scope import current_scope
-
-        # The request leaves on entry; who pays is whoever was in scope here.
-        scope = current_scope()
+        guard, request, scope = _manager_request(guard_of, kwargs)
 
         def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
             call = guard.begin(request.user, request.estimate, model=request.model, scope=scope)
@@ -218,11 +223,7 @@ def async_stream_manager(guard_of: GuardSource) -> Wrapper:
     ) -> Any:
         if _inside.get():
             return wrapped(*args, **kwargs)
-        guard = guard_of()
-        request = _Request(guard, kwargs)
-        from ..scope import current_scope
-
-        scope = current_scope()
+        guard, request, scope = _manager_request(guard_of, kwargs)
 
         async def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
             call = await guard.abegin(
