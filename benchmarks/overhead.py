@@ -11,6 +11,7 @@ enter/exit. Every figure in one run, so ratios hold on a noisy machine.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -61,6 +62,21 @@ def main() -> None:
     no_budget = bg.BudgetGuard(metrics=False)
     decorated_no_budget = no_budget.budgeted(user="alice", cost=lambda r: "0.0001")(bare)
 
+    many = bg.BudgetGuard(metrics=False)
+    many.set_budget("1000000", period="monthly")
+    many.set_default_budget("1000000", period="daily")
+    per_user = many.budgeted(user="user", estimate="0.0001", cost=lambda r: "0.0001")(
+        lambda user: 1
+    )
+    one_user = itertools.repeat("alice")
+    ten_thousand = itertools.cycle([f"user-{i}" for i in range(10_000)])
+
+    def same_user() -> None:
+        per_user(next(one_user))
+
+    def distinct_users() -> None:
+        per_user(next(ten_thousand))
+
     def scoped() -> None:
         with bg.budget_scope("alice"):
             pass
@@ -75,6 +91,8 @@ def main() -> None:
         "@budgeted, 2 budgets, metrics off": per_call_ns(decorated, calls),
         "@budgeted, 2 budgets, metrics on (no SDK)": per_call_ns(decorated_metrics, calls),
         "@budgeted, no budget set": per_call_ns(decorated_no_budget, calls),
+        "@budgeted, default budget, 1 user": per_call_ns(same_user, calls),
+        "@budgeted, default budget, 10,000 users": per_call_ns(distinct_users, calls),
         "budget_scope enter/exit": per_call_ns(scoped, calls),
         "budget_scope + @budgeted call": per_call_ns(scope_call, calls),
     }

@@ -8,6 +8,7 @@ from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from ._keys import budget_key, escape, unescape
 from .money import to_decimal, to_units
 from .periods import Period, Window, parse_period, parse_tz, tz_name
 
@@ -15,18 +16,6 @@ __all__ = ["DEFAULT", "GLOBAL", "Budget", "budget_name", "escape", "unescape", "
 
 GLOBAL = "global"
 DEFAULT = "default"
-
-
-def escape(text: str) -> str:
-    """Make a user id or model name safe inside a ``|``-separated ledger key."""
-    if "%" in text or "|" in text:
-        return text.replace("%", "%25").replace("|", "%7C")
-    return text
-
-
-def unescape(text: str) -> str:
-    """Undo ``escape``."""
-    return text.replace("%7C", "|").replace("%25", "%") if "%" in text else text
 
 
 def budget_name(user: str | None) -> str:
@@ -60,7 +49,12 @@ class Budget:
 
     @classmethod
     def create(
-        cls, limit: object, *, name: str, period: object = None, tz: object = None,
+        cls,
+        limit: object,
+        *,
+        name: str,
+        period: object = None,
+        tz: object = None,
         created_at: datetime | None = None,
     ) -> Budget:
         """Validate user input and build a budget (nothing is stored)."""
@@ -108,7 +102,7 @@ class Budget:
     def key_for_window(self, window: Window, *, user: str | None = None) -> str:
         """Return the ledger key of a given window."""
         owner = self.name if user is None else budget_name(user)
-        return f"b|{escape(owner)}|{window.id}"
+        return budget_key(owner, window.id)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-able definition the ledger stores."""
@@ -136,4 +130,3 @@ class Budget:
 
     def __repr__(self) -> str:
         return f"Budget({self.name!r}, limit={self.limit}, period={self.period.label!r})"
-

@@ -9,8 +9,9 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
-from ._default import default_guard
-from .guard import BudgetGuard, Call, _current_call
+from ._call import Call, entered
+from ._estimate import ArgumentReader
+from .guard import BudgetGuard, guard_for
 from .money import to_decimal, to_units
 
 __all__ = ["arg", "budgeted"]
@@ -28,7 +29,7 @@ class arg(str):  # lower case: reads as a marker in the decorator's arguments
 class _Spec:
     """What one ``@budgeted(...)`` says, resolved once per decorated function."""
 
-    __slots__ = ("cost", "estimate", "guard", "model", "user", "user_from")
+    __slots__ = ("arguments", "cost", "estimate", "guard", "kind", "model", "user", "user_from")
 
     def __init__(
         self,
@@ -44,6 +45,9 @@ class _Spec:
         self.cost = cost
         self.user = user
         self.user_from = _user_resolver(func, user)
+        #: What the guard learns this function's cost under when it must guess.
+        self.kind = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+        self.arguments = ArgumentReader(func)
         if estimate is None or callable(estimate):
             self.estimate: object = estimate
         else:
@@ -51,23 +55,38 @@ class _Spec:
 
     def resolve(
         self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[BudgetGuard, str | None, int | Decimal, str | None]:
-        guard = self.guard
-        if guard is None:
-            guard = default_guard()
+    ) -> tuple[BudgetGuard, str | None, int | Decimal | None, str | None]:
+        """Return the guard, the user, the estimate (``None``: learn it) and the model."""
+        guard = guard_for(self.guard)
         user = self.user_from(instance, args, kwargs) if self.user_from is not None else None
         estimate = self.estimate
         model = self.model
         if estimate is None:
-            found = guard.estimate_call(kwargs)
-            estimate, model = found if found is not None else (0, model)
-            model = self.model or model
-        elif not isinstance(estimate, int):
+            if self.arguments.relevant:
+                arguments = self.arguments.read(args, kwargs, instance is not None)
+                found = guard.estimate_call(arguments)
+                if found is not None:
+                    return guard, user, found[0], model or found[1]
+                if model is None:
+                    named = arguments.get("model")
+                    model = named if isinstance(named, str) else None
+            return guard, user, None, model
+        if not isinstance(estimate, int):
             estimate = to_decimal(estimate(*args, **kwargs), "estimate")  # type: ignore[operator]
-        elif model is None:
-            found_model = kwargs.get("model")
-            model = found_model if isinstance(found_model, str) else None
+        if model is None and self.arguments.relevant:
+            named = self.arguments.read(args, kwargs, instance is not None).get("model")
+            model = named if isinstance(named, str) else None
         return guard, user, estimate, model
+
+    def begin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        """Start a call of the function: resolve who pays and reserve (sync shell)."""
+        guard, user, estimate, model = self.resolve(instance, args, kwargs)
+        return guard.begin(user, estimate, model=model, kind=self.kind)
+
+    async def abegin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        """Start a call of the function without blocking the event loop (async shell)."""
+        guard, user, estimate, model = self.resolve(instance, args, kwargs)
+        return await guard.abegin(user, estimate, model=model, kind=self.kind)
 
 
 def _user_resolver(
@@ -190,17 +209,14 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
     def call_sync(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        guard, user, estimate, model = spec.resolve(instance, args, kwargs)
-        call = guard.begin(user, estimate, model=model)
-        token = _current_call.set(call)
+        call = spec.begin(instance, args, kwargs)
         try:
-            result = wrapped(*args, **kwargs)
+            with entered(call):
+                result = wrapped(*args, **kwargs)
         except BaseException as error:
-            _current_call.reset(token)
-            guard.finish(call, None, error=error)
+            call.guard.finish(call, None, error=error)
             raise
-        _current_call.reset(token)
-        return guard.complete(call, result, spec.cost)
+        return call.guard.complete(call, result, spec.cost)
 
     return call_sync
 
@@ -210,19 +226,14 @@ def _async_wrapper(spec: _Spec) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         async def run() -> Any:
-            guard, user, estimate, model = spec.resolve(instance, args, kwargs)
-            call = await guard.abegin(user, estimate, model=model)
-            # A task runs in a copy of the context: setting the call here
-            # never leaks into the caller's context.
-            _current_call.set(call)
+            call = await spec.abegin(instance, args, kwargs)
             try:
-                result = await wrapped(*args, **kwargs)
+                with entered(call):
+                    result = await wrapped(*args, **kwargs)
             except BaseException as error:  # CancelledError included: release
-                _current_call.set(None)
-                await guard.afinish(call, None, error=error)
+                await call.guard.afinish(call, None, error=error)
                 raise
-            _current_call.set(None)
-            return await guard.acomplete(call, result, spec.cost)
+            return await call.guard.acomplete(call, result, spec.cost)
 
         return run()
 
@@ -238,6 +249,31 @@ def _generator_wrapper(spec: _Spec) -> Wrapper:
     return call_generator
 
 
+class _Yielded:
+    """What a guarded generator yielded so far: the items for ``cost=``, and its meter."""
+
+    __slots__ = ("finished", "items", "meter", "outcome")
+
+    def __init__(self, spec: _Spec, call: Call) -> None:
+        self.items: list[Any] | None = [] if spec.cost is not None else None
+        self.meter = call.guard.stream_meter(call)
+        self.outcome: BaseException | None = None
+        self.finished = False
+
+    def add(self, item: Any) -> None:
+        if self.items is not None:
+            self.items.append(item)
+        self.meter.add(item)
+
+    def error(self) -> BaseException | None:
+        """Return the error the generator ended with; ``None`` when consumed or abandoned."""
+        outcome = self.outcome
+        return None if isinstance(outcome, GeneratorExit) else outcome
+
+    def use_cost(self) -> bool:
+        return self.items is not None and bool(self.items or not self.error())
+
+
 def _guarded_generator(
     spec: _Spec,
     wrapped: Callable[..., Any],
@@ -248,37 +284,26 @@ def _guarded_generator(
     """Run a generator under a reservation that ends however the generator ends.
 
     The budget is checked when iteration starts. ``break``, ``close()``,
-    garbage collection and errors all end the reservation: what was consumed
-    is charged (``charge()`` calls, ``cost(items)``), else it is released.
+    garbage collection, errors, and a generator whose own cleanup raises all
+    end the reservation: what was consumed is charged (``charge()`` calls,
+    ``cost(items)``, the chunks' usage), else it is released.
     """
-    guard, user, estimate, model = spec.resolve(instance, args, kwargs)
-    call = guard.begin(user, estimate, model=model)
-    items: list[Any] | None = [] if spec.cost is not None else None
-    stream = guard.stream_meter(call)
+    call = spec.begin(instance, args, kwargs)
+    seen = _Yielded(spec, call)
     inner: Generator[Any, Any, Any] | None = None
-    outcome: BaseException | None = None
-    finished = False
     try:
-        token = _current_call.set(call)
-        try:
+        with entered(call):
             inner = wrapped(*args, **kwargs)
-        finally:
-            _current_call.reset(token)
         send: Callable[[Any], Any] = inner.send
         value: Any = None
         while True:
-            token = _current_call.set(call)
             try:
-                item = send(value)
+                with entered(call):
+                    item = send(value)
             except StopIteration as stop:
-                finished = True
+                seen.finished = True
                 return stop.value
-            finally:
-                _current_call.reset(token)
-            if items is not None:
-                items.append(item)
-            if stream is not None:
-                stream.add(item)
+            seen.add(item)
             try:
                 value = yield item
                 send = inner.send
@@ -287,12 +312,18 @@ def _guarded_generator(
             except BaseException as thrown:
                 value, send = thrown, _thrower(inner)
     except BaseException as error:
-        outcome = error
+        seen.outcome = error
         raise
     finally:
-        if inner is not None and not finished:
-            _close_quietly(inner, call)
-        _end_stream(guard, call, spec, items, stream, outcome, finished)
+        try:
+            if inner is not None and not seen.finished:
+                with entered(call):
+                    inner.close()  # may raise: its own finally, or GeneratorExit ignored
+        except BaseException as cleanup:
+            seen.outcome = seen.outcome if seen.error() is not None else cleanup
+            raise
+        finally:
+            _end_generator(call, spec, seen)
 
 
 def _thrower(inner: Generator[Any, Any, Any]) -> Callable[[Any], Any]:
@@ -302,30 +333,20 @@ def _thrower(inner: Generator[Any, Any, Any]) -> Callable[[Any], Any]:
     return throw
 
 
-def _close_quietly(inner: Generator[Any, Any, Any], call: Call) -> None:
-    token = _current_call.set(call)
-    try:
-        inner.close()
-    finally:
-        _current_call.reset(token)
-
-
-def _end_stream(
-    guard: BudgetGuard,
-    call: Call,
-    spec: _Spec,
-    items: list[Any] | None,
-    stream: Any,
-    outcome: BaseException | None,
-    finished: bool,
-) -> None:
+def _end_generator(call: Call, spec: _Spec, seen: _Yielded) -> None:
     """Settle a generator's call from what it yielded, or release it."""
-    abandoned = isinstance(outcome, GeneratorExit) or (outcome is None and not finished)
-    error = None if abandoned else outcome
-    if items is not None and (items or not error):
-        guard.complete(call, items, spec.cost, error=error)
-        return
-    guard.complete_stream(call, stream, error=error)
+    if seen.use_cost():
+        call.guard.complete(call, seen.items, spec.cost, error=seen.error())
+    else:
+        call.guard.complete_stream(call, seen.meter, error=seen.error())
+
+
+async def _aend_generator(call: Call, spec: _Spec, seen: _Yielded) -> None:
+    """Do ``_end_generator`` without blocking the event loop."""
+    if seen.use_cost():
+        await call.guard.acomplete(call, seen.items, spec.cost, error=seen.error())
+    else:
+        await call.guard.acomplete_stream(call, seen.meter, error=seen.error())
 
 
 def _async_generator_wrapper(spec: _Spec) -> Wrapper:
@@ -345,38 +366,26 @@ async def _guarded_async_generator(
     kwargs: dict[str, Any],
 ) -> AsyncGenerator[Any, Any]:
     """Run an async generator under a reservation that ends however it ends."""
-    guard, user, estimate, model = spec.resolve(instance, args, kwargs)
-    call = await guard.abegin(user, estimate, model=model)
-    items: list[Any] | None = [] if spec.cost is not None else None
-    stream = guard.stream_meter(call)
+    call = await spec.abegin(instance, args, kwargs)
+    seen = _Yielded(spec, call)
     inner: AsyncGenerator[Any, Any] | None = None
-    outcome: BaseException | None = None
-    finished = False
     try:
-        token = _current_call.set(call)
-        try:
+        with entered(call):
             inner = wrapped(*args, **kwargs)
-        finally:
-            _current_call.reset(token)
         assert inner is not None
         value: Any = None
         thrown: BaseException | None = None
         while True:
-            token = _current_call.set(call)
             try:
-                if thrown is not None:
-                    item = await inner.athrow(thrown)
-                else:
-                    item = await inner.asend(value)
+                with entered(call):
+                    if thrown is not None:
+                        item = await inner.athrow(thrown)
+                    else:
+                        item = await inner.asend(value)
             except StopAsyncIteration:
-                finished = True
+                seen.finished = True
                 return
-            finally:
-                _current_call.reset(token)
-            if items is not None:
-                items.append(item)
-            if stream is not None:
-                stream.add(item)
+            seen.add(item)
             thrown = None
             try:
                 value = yield item
@@ -385,18 +394,15 @@ async def _guarded_async_generator(
             except BaseException as error:
                 thrown = error
     except BaseException as error:
-        outcome = error
+        seen.outcome = error
         raise
     finally:
-        if inner is not None and not finished:
-            token = _current_call.set(call)
-            try:
-                await inner.aclose()
-            finally:
-                _current_call.reset(token)
-        abandoned = isinstance(outcome, GeneratorExit) or (outcome is None and not finished)
-        failure = None if abandoned else outcome
-        if items is not None and (items or not failure):
-            await guard.acomplete(call, items, spec.cost, error=failure)
-        else:
-            await guard.acomplete_stream(call, stream, error=failure)
+        try:
+            if inner is not None and not seen.finished:
+                with entered(call):
+                    await inner.aclose()
+        except BaseException as cleanup:
+            seen.outcome = seen.outcome if seen.error() is not None else cleanup
+            raise
+        finally:
+            await _aend_generator(call, spec, seen)

@@ -9,6 +9,7 @@ __all__ = [
     "BudgetExceededError",
     "BudgetGuardError",
     "ConfigurationError",
+    "EstimateMissingError",
     "StorageError",
     "UnknownModelError",
     "UsageMissingError",
@@ -37,6 +38,10 @@ class UnknownModelError(BudgetGuardError, LookupError):
             or f"no price known for model {model!r}; register one with "
             "budgetguard.register_model(...) or choose another on_unknown_model policy"
         )
+
+
+class EstimateMissingError(BudgetGuardError):
+    """Refuse a call with no estimate, under ``on_missing_estimate="raise"``."""
 
 
 class UsageMissingError(BudgetGuardError):

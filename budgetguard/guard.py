@@ -1,45 +1,63 @@
-"""The engine: budgets, the before and after steps of every guarded call, queries.
+"""The engine: configuration, budgets, the one lifecycle of a guarded call, queries.
 
 ``BudgetGuard`` is the whole engine as an object; the module-level functions
 in ``budgetguard`` delegate to one default guard, as ``logging`` does with its
 root logger. Tests and multi-tenant applications make their own guards.
+
+Every guarded call, whatever its entry point, goes through one lifecycle:
+
+1. ``_open`` decides (pure): who pays, which holds apply, what to reserve.
+2. A shell does the I/O: ``begin`` reserves, ``abegin`` awaits the reservation.
+3. The call runs inside ``entered(call)``.
+4. ``_ending`` decides (pure) how it ends: units to settle or a release,
+   tallies, the missing-cost and unknown-model policies.
+5. A shell writes the end (``_close`` / ``_aclose``), then ``_ended`` learns,
+   tells listeners and raises what the policies owe.
+
+The sync and async shells differ only in how they wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import logging
 import os
 import threading
 import time
-import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from .budgets import DEFAULT, GLOBAL, Budget, budget_name, escape, unescape
+from . import _hooks, _keys
+from ._alerts import Alerts
+from ._call import Call, _current_call, current_call
+from ._costing import FALLBACK_PRICE, Pricer
+from ._estimate import MISSING_ESTIMATE_POLICIES, Learner, MissingEstimatePolicy
+from ._plan import Holder, Plan, Planner
+from .budgets import DEFAULT, GLOBAL, Budget, budget_name
 from .errors import (
     BudgetExceededError,
     ConfigurationError,
+    EstimateMissingError,
     StorageError,
-    UnknownModelError,
     UsageMissingError,
 )
 from .events import BudgetStatus, CallOutcome, Listener, ThresholdCrossing
 from .ledger import Hold, Ledger, Refusal, Reservation, ledger_from_url
 from .money import from_units, to_decimal, to_units
-from .periods import Period, parse_tz, window_end_of
-from .pricing import cost_of, lookup
+from .periods import parse_tz, window_end_of
 from .scope import Scope, current_scope, current_user
 from .scope import _current as _scope_var
-from .tokens import call_shape, count_tokens, projected_cost
-from .usage import accumulator_for, extract_usage
+from .usage import StreamMeter, Usage, extract_usage
 
-__all__ = ["BudgetGuard", "Call", "charge", "current_call"]
+if TYPE_CHECKING:
+    from .scope import budget_scope as _budget_scope
+
+__all__ = ["FALLBACK_PRICE", "BudgetGuard", "Call", "charge", "current_call"]
 
 logger = logging.getLogger("budgetguard")
 
@@ -51,202 +69,52 @@ OutsideScopePolicy = Literal["global", "refuse"]
 _STORAGE_POLICIES = ("fail_closed", "fail_open")
 _MISSING_COST_POLICIES = ("estimate", "raise", "ignore")
 _UNKNOWN_MODEL_POLICIES = ("fallback", "raise", "ignore")
-# What a model with no known price costs under on_unknown_model="fallback",
-# dollars per million input and output tokens: deliberately on the high side
-# of today's frontier models, so that unknown spend is over- not under-counted.
-FALLBACK_PRICE = (Decimal("10"), Decimal("40"))
 _OUTSIDE_SCOPE_POLICIES = ("global", "refuse")
-
-# Reservation ids are unique across every process sharing a ledger.
-_PROCESS_TAG = os.urandom(6).hex()
-_PLAN_CACHE_SIZE = 4096
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
 
 
-class ProcessCap(Protocol):
-    """The process-wide cap behind ``budgetguard.max_budget`` (see ``budgetguard.compat``)."""
-
-    def check(self, guard: BudgetGuard) -> None:
-        """Raise ``BudgetExceededError`` when the process has spent its cap."""
-
-    def add(self, guard: BudgetGuard, cost: Decimal) -> None:
-        """Count what a call of ``guard`` spent."""
+# -- process identity ------------------------------------------------------------------
+# Reservation ids are unique across every process sharing a ledger: a random
+# tag per process, renewed in a forked child (gunicorn --preload, multiprocessing).
+_process_tag = os.urandom(6).hex()
+_guards: weakref.WeakSet[BudgetGuard] = weakref.WeakSet()
 
 
-# Installed by budgetguard.compat once a max_budget is set; a process without
-# one pays a single global read per call.
-process_cap: ProcessCap | None = None
+def _after_fork_in_child() -> None:
+    global _process_tag
+    _process_tag = os.urandom(6).hex()
+    for guard in list(_guards):
+        guard._after_fork()
 
 
-class _Holder(NamedTuple):
-    """What a hold of a reservation stands for, to explain a refusal."""
-
-    kind: str  # "scope", "user", "global"
-    budget: Budget | None
-    scope: Scope | None
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Plan:
-    """The budget holds of one user's calls, cached until a window ends."""
+class _Opening(NamedTuple):
+    """What ``_open`` decided a call reserves, before any I/O."""
 
-    __slots__ = ("budgets", "day", "holders", "holds", "since", "tallies", "until", "user")
-
-    def __init__(
-        self,
-        user: str | None,
-        holds: tuple[Hold, ...],
-        holders: tuple[_Holder, ...],
-        since: float,
-        until: float,
-        budgets: dict[str, Budget],
-        day: str,
-    ) -> None:
-        self.user = user
-        self.holds = holds
-        self.holders = holders
-        # Valid while since <= now < until: a clock that steps back is honoured.
-        self.since = since
-        self.until = until  # seconds since the epoch: the first window end
-        self.budgets = budgets  # the definitions this plan was made from
-        self.day = day
-        self.tallies: dict[str | None, tuple[str, ...]] = {}
-
-    def tally_keys(self, model: str | None) -> tuple[str, ...]:
-        """Return the counters a settled call adds to besides its budgets."""
-        keys = self.tallies.get(model)
-        if keys is None:
-            u = escape(self.user) if self.user is not None else ""
-            m = escape(model) if model is not None else ""
-            found = ["t|", f"t|u={u}", f"t|m={m}", f"t|u={u}|m={m}", f"d|{self.day}|u={u}|m={m}"]
-            found.extend(f"{hold.key}|m={m}" for hold in self.holds)
-            keys = self.tallies[model] = tuple(found)
-        return keys
+    user: str | None
+    units: int
+    model: str | None
+    plan: Plan
+    holders: tuple[Holder, ...]
+    holds: tuple[Hold, ...]
+    tags: Mapping[str, str]
+    kind: str | None  # set when the estimate is learned, not given
+    cold: bool  # nothing learned yet for ``kind``: admit one at a time
 
 
-class Call:
-    """One guarded call in progress: its reservation and what it has cost so far."""
+class _Ending(NamedTuple):
+    """What ``_ending`` decided a call's end writes and reports, before any I/O."""
 
-    __slots__ = (
-        "charged",
-        "estimate",
-        "guard",
-        "has_inner",
-        "holders",
-        "models",
-        "parent",
-        "plan",
-        "request_model",
-        "reservation",
-        "started",
-        "tags",
-        "user",
-    )
-
-    def __init__(
-        self,
-        guard: BudgetGuard,
-        user: str | None,
-        reservation: Reservation | None,
-        plan: _Plan,
-        holders: tuple[_Holder, ...],
-        estimate: int,
-        request_model: str | None,
-        tags: Mapping[str, str],
-    ) -> None:
-        self.guard = guard
-        self.user = user
-        self.reservation = reservation  # None when storage failed open
-        self.plan = plan
-        self.holders = holders
-        self.estimate = estimate
-        self.request_model = request_model
-        self.tags = tags
-        self.charged = 0  # units charged with charge() inside the call
-        self.models: list[str] = []
-        # A guarded call made while this one runs (an instrumented client call
-        # inside a @budgeted function, a nested @budgeted) charges itself;
-        # this call must then neither price the same response again nor fall
-        # back to its own estimate.
-        self.has_inner = False
-        self.parent = _current_call.get()
-        if self.parent is not None:
-            self.parent.has_inner = True
-        self.started = time.perf_counter()
-
-    def add(self, units: int, model: str | None) -> None:
-        """Add ``units`` charged by ``charge()`` while the call runs."""
-        self.charged += units
-        if model is not None and model not in self.models:
-            self.models.append(model)
-
-
-_current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
-    "budgetguard_call", default=None
-)
-
-
-def current_call() -> Call | None:
-    """Return the guarded call in progress in this context, if any."""
-    return _current_call.get()
-
-
-def charge(amount: object, *, model: str | None = None, user: str | None = None) -> Decimal:
-    """Charge ``amount`` dollars for the call in progress, or record it in the current scope.
-
-    Inside a ``@budgeted`` call the amount is added to that call's cost and
-    settled with it. Elsewhere it is recorded at once, against the current
-    scope's user (or ``user=``), on the default guard.
-    """
-    value = to_decimal(amount, "amount")
-    call = _current_call.get()
-    if call is not None and user is None:
-        call.add(to_units(value), model)
-        return value
-    from . import _default
-
-    _default.default_guard().record_spend(value, user=user, model=model)
-    return value
-
-
-class StreamMeter:
-    """Watch a stream's chunks and read its usage when it ends.
-
-    The right accumulator is picked from the first chunk; streams of things
-    that are not provider chunks are ignored.
-    """
-
-    __slots__ = ("_accumulator", "_decided", "request_model")
-
-    def __init__(self, request_model: str | None) -> None:
-        self.request_model = request_model
-        self._accumulator: Any = None
-        self._decided = False
-
-    def add(self, chunk: Any) -> None:
-        """Look at one chunk."""
-        if not self._decided:
-            self._decided = True
-            if chunk is None or isinstance(chunk, (str, bytes, int, float)):
-                return
-            self._accumulator = accumulator_for(chunk)
-        if self._accumulator is not None:
-            self._accumulator.add(chunk)
-
-    def usage(self) -> Any:
-        """Return the stream's usage: reported, else estimated from its text, else ``None``."""
-        if self._accumulator is None:
-            return None
-        return self._accumulator.usage()
-
-
-class _CachedBudgets:
-    """The guard's view of the budget definitions stored in the ledger."""
-
-    __slots__ = ("budgets", "loaded_at")
-
-    def __init__(self) -> None:
-        self.budgets: dict[str, Budget] = {}
-        self.loaded_at = float("-inf")
+    units: int | None  # None: release, nothing known to be spent
+    model: str | None
+    usage: Usage | None
+    error: BaseException | None
+    priced: bool
+    estimated: bool
+    owed: BaseException | None  # what the policies raise once the end is written
 
 
 class BudgetGuard:
@@ -255,17 +123,19 @@ class BudgetGuard:
     ``ledger`` is a URL (``memory://``, ``sqlite:///spend.db``, ``redis://...``)
     or a ``Ledger``. ``tz`` is the default time zone of calendar periods.
     ``on_storage_error`` says what happens when the ledger cannot be reached:
-    ``"fail_closed"`` (default: refuse the call with ``StorageError`` — a
-    budget that cannot be checked is not enforced, and an LLM bill is exactly
-    what budgetguard exists to stop) or ``"fail_open"`` (run it, log, count).
+    ``"fail_closed"`` (default: refuse the call with ``StorageError``) or
+    ``"fail_open"`` (run it, log, count).
     ``on_missing_cost`` says what a call whose cost nothing reported is
     charged: its estimate (default), nothing, or an error.
+    ``on_missing_estimate`` says what a call reserves when it gives no
+    ``estimate=`` and none can be computed from its arguments: ``"learn"``
+    (default: the high end of what recent calls of the same function and
+    model cost; before the first one has settled, calls of that kind run one
+    at a time), ``"raise"`` (``EstimateMissingError`` before the call) or
+    ``"zero"`` (hold nothing: concurrent calls can overshoot, by your choice).
     ``on_unknown_model``: what a call to a model with no known price costs:
     ``"fallback"`` (default: ``fallback_price`` dollars per million input and
-    output tokens, with a warning once per model and the ``budgetguard.unpriced``
-    metric), ``"raise"`` (refuse it before the call when the model is known
-    then; after the call, charge the fallback and raise ``UnknownModelError``),
-    or ``"ignore"`` (record $0: spend escapes the budget, by your choice).
+    output tokens, with a warning once per model), ``"raise"`` or ``"ignore"``.
     ``outside_scope``: ``"global"`` charges calls made outside any
     ``budget_scope`` (and without ``user=``) to the global budget only;
     ``"refuse"`` refuses them.
@@ -280,6 +150,7 @@ class BudgetGuard:
         budget_cache_ttl: float | None = None,
         on_storage_error: StoragePolicy = "fail_closed",
         on_missing_cost: MissingCostPolicy = "estimate",
+        on_missing_estimate: MissingEstimatePolicy = "learn",
         on_unknown_model: UnknownModelPolicy = "fallback",
         fallback_price: tuple[object, object] = FALLBACK_PRICE,
         outside_scope: OutsideScopePolicy = "global",
@@ -295,10 +166,22 @@ class BudgetGuard:
     ) -> None:
         _check_choice("on_storage_error", on_storage_error, _STORAGE_POLICIES)
         _check_choice("on_missing_cost", on_missing_cost, _MISSING_COST_POLICIES)
+        _check_choice("on_missing_estimate", on_missing_estimate, MISSING_ESTIMATE_POLICIES)
         _check_choice("on_unknown_model", on_unknown_model, _UNKNOWN_MODEL_POLICIES)
         _check_choice("outside_scope", outside_scope, _OUTSIDE_SCOPE_POLICIES)
-        if reservation_ttl <= 0:
-            raise ConfigurationError(f"reservation_ttl must be positive, got {reservation_ttl!r}")
+        if not reservation_ttl > 0 or reservation_ttl == float("inf"):
+            raise ConfigurationError(
+                f"reservation_ttl must be a positive finite number of seconds, "
+                f"got {reservation_ttl!r}"
+            )
+        if isinstance(default_output_tokens, bool) or not isinstance(default_output_tokens, int):
+            raise ConfigurationError(
+                f"default_output_tokens must be a whole number, got {default_output_tokens!r}"
+            )
+        if default_output_tokens < 0:
+            raise ConfigurationError(
+                f"default_output_tokens must be 0 or more, got {default_output_tokens!r}"
+            )
         self.clock: Callable[[], float] = clock or time.time
         self.ledger = (
             ledger_from_url(ledger, clock=self.clock) if isinstance(ledger, str) else ledger
@@ -312,27 +195,22 @@ class BudgetGuard:
         self.budget_cache_ttl = float(budget_cache_ttl)
         self.on_storage_error = on_storage_error
         self.on_missing_cost = on_missing_cost
-        self.on_unknown_model = on_unknown_model
+        self.on_missing_estimate = on_missing_estimate
         self.outside_scope = outside_scope
-        self.default_output_tokens = default_output_tokens
-        self.fallback_price = (
-            to_decimal(fallback_price[0], "fallback_price input"),
-            to_decimal(fallback_price[1], "fallback_price output"),
+        self._learner = Learner()
+        self._pricer = Pricer(
+            on_unknown_model, fallback_price, default_output_tokens, self._learner
         )
-        self.alert_thresholds = tuple(
-            sorted(to_decimal(f, "alert threshold") for f in alert_thresholds)
-        )
-        self.on_threshold = on_threshold
-        self._fired: set[tuple[str, Decimal]] = set()
-        self._cache = _CachedBudgets()
+        self._alerts = Alerts(self, alert_thresholds, on_threshold)
+        self._budget_defs: dict[str, Budget] = {}
+        self._budgets_loaded_at = float("-inf")
         self._cache_lock = threading.Lock()
+        self._planner = Planner(self.tz)
         self._ids = itertools.count(1)
-        self._id_prefix = f"{_PROCESS_TAG}.{id(self):x}."
-        self._plans: dict[tuple[str | None, int], _Plan] = {}
-        self._day = Period("daily")
+        self._id_prefix = f"{_process_tag}.{id(self):x}."
         self._listeners: list[Listener] = []
-        self._warned: set[str] = set()
         self.telemetry: Any = None
+        _guards.add(self)
         if metrics:
             from .telemetry import Telemetry
 
@@ -347,6 +225,28 @@ class BudgetGuard:
 
     def __repr__(self) -> str:
         return f"BudgetGuard(ledger={self.ledger.url!r})"
+
+    # -- settings read by other layers -----------------------------------------------
+
+    @property
+    def on_unknown_model(self) -> str:
+        """Return what a call to a model with no known price costs (see the class)."""
+        return self._pricer.on_unknown_model
+
+    @property
+    def fallback_price(self) -> tuple[Decimal, Decimal]:
+        """Return the fallback price, dollars per million input and output tokens."""
+        return self._pricer.fallback_price
+
+    @property
+    def default_output_tokens(self) -> int:
+        """Return the output size assumed for a call that sets no limit, before learning."""
+        return self._pricer.default_output_tokens
+
+    @property
+    def alert_thresholds(self) -> tuple[Decimal, ...]:
+        """Return the fractions of a limit at which alerts fire."""
+        return self._alerts.thresholds
 
     # -- budgets -------------------------------------------------------------------
 
@@ -393,7 +293,7 @@ class BudgetGuard:
         )
         self._guard_storage(self.ledger.put_budget, name, budget.to_dict())
         with self._cache_lock:
-            self._cache.budgets = {**self._cache.budgets, name: budget}
+            self._budget_defs = {**self._budget_defs, name: budget}
         return budget
 
     def get_budget(self, user: str | None = None) -> Budget | None:
@@ -422,9 +322,9 @@ class BudgetGuard:
     def _delete(self, name: str) -> bool:
         deleted = bool(self._guard_storage(self.ledger.delete_budget, name))
         with self._cache_lock:
-            budgets = dict(self._cache.budgets)
+            budgets = dict(self._budget_defs)
             budgets.pop(name, None)
-            self._cache.budgets = budgets
+            self._budget_defs = budgets
         return deleted
 
     def budgets(self) -> list[Budget]:
@@ -432,10 +332,9 @@ class BudgetGuard:
         return sorted(self._budgets(refresh=True).values(), key=lambda b: b.name)
 
     def _budgets(self, refresh: bool = False) -> dict[str, Budget]:
-        cache = self._cache
         now = time.monotonic()
-        if not refresh and now - cache.loaded_at < self.budget_cache_ttl:
-            return cache.budgets
+        if not refresh and now - self._budgets_loaded_at < self.budget_cache_ttl:
+            return self._budget_defs
         try:
             stored = self._guard_storage(self.ledger.list_budgets)
         except StorageError:
@@ -443,10 +342,11 @@ class BudgetGuard:
                 raise
             stored = None
         if stored is None:  # storage failed open: keep what we knew
-            return cache.budgets
+            return self._budget_defs
+        known_defs = self._budget_defs
         fresh: dict[str, Budget] = {}
         for name, data in stored.items():
-            known = cache.budgets.get(name)
+            known = known_defs.get(name)
             try:
                 budget = Budget.from_dict(name, data)
             except (KeyError, ValueError, ConfigurationError) as error:
@@ -455,70 +355,37 @@ class BudgetGuard:
             # Reuse the cached object so its window cache survives.
             fresh[name] = known if known is not None and known.same_definition(budget) else budget
         with self._cache_lock:
-            cache.budgets = fresh
-            cache.loaded_at = now
+            self._budget_defs = fresh
+            self._budgets_loaded_at = now
         return fresh
 
-    # -- before the call -------------------------------------------------------------
+    def _budgets_due(self) -> bool:
+        """Tell whether a shared ledger's budget definitions are due for a re-read."""
+        return time.monotonic() - self._budgets_loaded_at >= self.budget_cache_ttl
 
-    def begin(
+    # -- the lifecycle: deciding how a call starts ------------------------------------------
+
+    def _open(
         self,
         user: str | None,
-        estimate: Decimal | int = 0,
-        *,
-        model: str | None = None,
-        scope: Scope | None = None,
-    ) -> Call:
-        """Reserve ``estimate`` on every budget that applies, or raise ``BudgetExceededError``.
-
-        ``estimate`` is dollars (``Decimal``) or, as an ``int``, ledger units.
-        """
-        if process_cap is not None:
-            self._check_process_cap(user, model)
-        reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope)
-        if reservation.holds:
-            try:
-                refusal = self.ledger.reserve(reservation)
-            except StorageError as error:
-                return self._storage_down(error, user, plan, holders, units, model, tags)
-            if refusal is not None:
-                raise self._refused(refusal, holders, user, model)
-        return Call(self, user, reservation, plan, holders, units, model, tags)
-
-    async def abegin(
-        self,
-        user: str | None,
-        estimate: Decimal | int = 0,
-        *,
-        model: str | None = None,
-        scope: Scope | None = None,
-    ) -> Call:
-        """Do ``begin`` without blocking the event loop on the ledger."""
-        budgets = None
-        if time.monotonic() - self._cache.loaded_at >= self.budget_cache_ttl:
-            # A shared ledger's budget definitions are due for a re-read:
-            # do it in a thread, so the loop never waits on the network.
-            budgets = await asyncio.to_thread(self._budgets)
-        if process_cap is not None:
-            self._check_process_cap(user, model)
-        reservation, plan, holders, units, tags, user = self._plan(user, estimate, scope, budgets)
-        if reservation.holds:
-            try:
-                refusal = await self.ledger.areserve(reservation)
-            except StorageError as error:
-                return self._storage_down(error, user, plan, holders, units, model, tags)
-            if refusal is not None:
-                raise self._refused(refusal, holders, user, model)
-        return Call(self, user, reservation, plan, holders, units, model, tags)
-
-    def _plan(
-        self,
-        user: str | None,
-        estimate: Decimal | int,
+        estimate: Decimal | int | None,
+        model: str | None,
         scope: Scope | None,
+        kind: str | None,
         budgets: dict[str, Budget] | None = None,
-    ) -> tuple[Reservation, _Plan, tuple[_Holder, ...], int, Mapping[str, str], str | None]:
-        units = estimate if isinstance(estimate, int) else to_units(estimate)
+        *,
+        hooks: bool = True,
+    ) -> _Opening:
+        """Decide who pays and what a call reserves (no ledger I/O)."""
+        if hooks:
+            for hook in _hooks.active:
+                self._before_hook(hook, user, model)
+        cold = False
+        if estimate is None:
+            units, kind, cold = self._learned_units(kind or "call", model)
+        else:
+            units = estimate if isinstance(estimate, int) else to_units(estimate)
+            kind = None
         if scope is None:
             scope = _scope_var.get()
         tags: Mapping[str, str] = _NO_TAGS
@@ -536,72 +403,200 @@ class BudgetGuard:
                 message="call made outside any budget_scope and without a user, and this "
                 "guard refuses those (outside_scope='refuse')",
             )
-        now = self.clock()
         if budgets is None:
             budgets = self._budgets()
-        plan = self._plans.get((user, units))
-        if plan is None or not plan.since <= now < plan.until or plan.budgets is not budgets:
-            plan = self._new_plan(user, units, now, budgets)
-        holds, holders = plan.holds, plan.holders
+        plan = self._planner.plan(user, self.clock(), budgets)
+        holds, holders = plan.holds(units), plan.holders
         if scope is not None and scope.caps:
             holds = tuple(Hold(c.key, c.limit_units, units) for c in scope.caps) + holds
-            holders = tuple(_Holder("scope", None, c) for c in scope.caps) + holders
+            holders = tuple(Holder("scope", None, c) for c in scope.caps) + holders
             for capped in scope.caps:
                 capped.on_exit(self._forget_scope)
-        reservation = Reservation(
-            f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl
+        return _Opening(user, units, model, plan, holders, holds, tags, kind, cold)
+
+    def _learned_units(self, kind: str, model: str | None) -> tuple[int, str | None, bool]:
+        """Return (units, kind, cold) for a call that gave no estimate."""
+        policy = self.on_missing_estimate
+        if policy == "zero":
+            return 0, None, False
+        name = f"{kind} [{model}]" if model is not None else kind
+        if policy == "raise":
+            raise EstimateMissingError(
+                f"{name} gave no estimate= and none can be computed from its arguments "
+                "(no model and messages); pass estimate=, or choose "
+                "on_missing_estimate='learn'"
+            )
+        learned = self._learner.cost(name)
+        if learned is not None:
+            return learned, name, False
+        self._pricer.warn_once(
+            f"estimate:{name}",
+            f"{name} gave no estimate=: budgetguard runs its calls one at a time until "
+            "the first one has settled, then reserves what recent calls cost. Pass "
+            "estimate= (dollars, or a callable of the arguments) to reserve your own.",
         )
-        return reservation, plan, holders, units, tags, user
+        return 0, name, True
 
-    def _new_plan(
-        self, user: str | None, units: int, now: float, budgets: dict[str, Budget]
-    ) -> _Plan:
-        """Work out which budget keys a call of ``user`` holds, valid until a window ends."""
-        holds: list[Hold] = []
-        holders: list[_Holder] = []
-        day = self._day.window(datetime.fromtimestamp(now, timezone.utc), self.tz)
-        assert day.end is not None
-        until = day.end.timestamp()
-        since = day.start.timestamp() if day.start is not None else float("-inf")
-        found: list[tuple[str, Budget | None]] = []
-        if user is not None:
-            own = budgets.get(budget_name(user)) or budgets.get(DEFAULT)
-            found.append(("user", own))
-        found.append(("global", budgets.get(GLOBAL)))
-        for kind, budget in found:
-            if budget is None:
-                continue
-            window = budget.window(now)
-            # The global budget counts everyone's spend on one key; only a
-            # user's own (or default) budget is keyed by the user.
-            owner = user if kind == "user" else None
-            holds.append(Hold(budget.key_for_window(window, user=owner), budget.limit_units, units))
-            holders.append(_Holder(kind, budget, None))
-            if window.end is not None:
-                until = min(until, window.end.timestamp())
-            if window.start is not None:
-                since = max(since, window.start.timestamp())
-        plan = _Plan(user, tuple(holds), tuple(holders), since, until, budgets, day.id)
-        if len(self._plans) >= _PLAN_CACHE_SIZE:
-            self._plans.clear()
-        self._plans[(user, units)] = plan
-        return plan
+    def _reservation(self, opening: _Opening) -> Reservation:
+        return Reservation(self._new_id(), opening.holds, self.clock() + self.reservation_ttl)
 
-    def _check_process_cap(self, user: str | None, model: str | None) -> None:
-        """Apply ``budgetguard.max_budget``, telling listeners of a refusal."""
-        assert process_cap is not None
+    def _new_id(self, kind: str = "") -> str:
+        return f"{self._id_prefix}{kind}{next(self._ids)}"
+
+    def _relearn(self, opening: _Opening) -> _Opening:
+        """Redo a cold opening once the first call of its kind has taught its cost."""
+        assert opening.kind is not None
+        learned = self._learner.cost(opening.kind)
+        if learned is None:
+            return opening
+        holds = tuple(Hold(h.key, h.limit, learned) for h in opening.holds)
+        return opening._replace(units=learned, holds=holds, cold=False)
+
+    def _opened(
+        self,
+        opening: _Opening,
+        reservation: Reservation | None,
+        refusal: Refusal | None,
+        pilot: threading.Lock | None,
+    ) -> Call:
+        """Turn a reservation's answer into the call, or into the refusal it owes."""
+        if refusal is not None:
+            if pilot is not None:
+                pilot.release()
+            raise self._refused(refusal, opening.holders, opening.user, opening.model)
+        return Call(
+            self,
+            opening.user,
+            reservation,
+            opening.plan,
+            opening.holders,
+            opening.units,
+            opening.model,
+            opening.tags,
+            opening.kind,
+            pilot,
+        )
+
+    # -- the lifecycle: the shells that start a call ---------------------------------------
+
+    def begin(
+        self,
+        user: str | None,
+        estimate: Decimal | int | None = 0,
+        *,
+        model: str | None = None,
+        scope: Scope | None = None,
+        kind: str | None = None,
+    ) -> Call:
+        """Reserve ``estimate`` on every budget that applies, or raise ``BudgetExceededError``.
+
+        ``estimate`` is dollars (``Decimal``), ledger units (``int``) or
+        ``None``: learned per ``kind`` under ``on_missing_estimate``.
+        """
+        opening = self._open(user, estimate, model, scope, kind)
+        pilot = None
+        if opening.cold:
+            pilot, opening = self._wait_cold(opening)
+        return self._reserve(opening, pilot)
+
+    def _reserve(self, opening: _Opening, pilot: threading.Lock | None) -> Call:
+        reservation = self._reservation(opening)
         try:
-            process_cap.check(self)
+            refusal = self.ledger.reserve(reservation) if opening.holds else None
+        except StorageError as error:
+            return self._storage_down(error, opening, pilot)
+        except BaseException:
+            if pilot is not None:
+                pilot.release()
+            raise
+        return self._opened(opening, reservation, refusal, pilot)
+
+    async def abegin(
+        self,
+        user: str | None,
+        estimate: Decimal | int | None = 0,
+        *,
+        model: str | None = None,
+        scope: Scope | None = None,
+        kind: str | None = None,
+    ) -> Call:
+        """Do ``begin`` without blocking the event loop on the ledger."""
+        budgets = None
+        if self._budgets_due():
+            # A shared ledger's budget definitions are due for a re-read:
+            # do it in a thread, so the loop never waits on the network.
+            budgets = await asyncio.to_thread(self._budgets)
+        opening = self._open(user, estimate, model, scope, kind, budgets)
+        pilot = None
+        if opening.cold:
+            pilot, opening = await self._await_cold(opening)
+        reservation = self._reservation(opening)
+        try:
+            refusal = await self.ledger.areserve(reservation) if opening.holds else None
+        except StorageError as error:
+            return self._storage_down(error, opening, pilot)
+        except BaseException:
+            if pilot is not None:
+                pilot.release()
+            raise
+        return self._opened(opening, reservation, refusal, pilot)
+
+    def _wait_cold(self, opening: _Opening) -> tuple[threading.Lock | None, _Opening]:
+        """Wait until this call may run as the first of its kind, or has a learned cost."""
+        assert opening.kind is not None
+        gate = self._learner.gate(opening.kind)
+        if self._holds_gate(gate) or _on_event_loop():
+            # Re-entered by the pilot itself, or on an event loop's thread
+            # where blocking would stall the pilot: run with no hold.
+            return None, opening
+        if not gate.acquire(timeout=self.reservation_ttl):
+            return None, opening
+        return self._after_gate(gate, opening)
+
+    async def _await_cold(self, opening: _Opening) -> tuple[threading.Lock | None, _Opening]:
+        """Do ``_wait_cold`` without blocking the event loop."""
+        assert opening.kind is not None
+        gate = self._learner.gate(opening.kind)
+        if self._holds_gate(gate):
+            return None, opening
+        deadline = time.monotonic() + self.reservation_ttl
+        pause = 0.001
+        while not gate.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                return None, opening
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return self._after_gate(gate, opening)
+
+    def _after_gate(
+        self, gate: threading.Lock, opening: _Opening
+    ) -> tuple[threading.Lock | None, _Opening]:
+        relearned = self._relearn(opening)
+        if not relearned.cold:
+            gate.release()  # the pilot has settled: reserve what it cost
+            return None, relearned
+        return gate, opening
+
+    def _holds_gate(self, gate: threading.Lock) -> bool:
+        call = _current_call.get()
+        while call is not None:
+            if call.pilot is gate:
+                return True
+            call = call.parent
+        return False
+
+    def _before_hook(self, hook: _hooks.CallHook, user: str | None, model: str | None) -> None:
+        try:
+            hook.before_call(self)
         except BudgetExceededError as error:
             error.user = user if user is not None else current_user()
-            for listener in self._listeners:
-                _safely(listener.call_refused, error, user=error.user, request_model=model)
+            self._notify("call_refused", error, user=error.user, request_model=model)
             raise
 
     def _refused(
         self,
         refusal: Refusal,
-        holders: tuple[_Holder, ...],
+        holders: tuple[Holder, ...],
         user: str | None,
         model: str | None,
     ) -> BudgetExceededError:
@@ -624,27 +619,20 @@ class BudgetGuard:
             period=period,
             resets_at=resets,
         )
-        for listener in self._listeners:
-            _safely(listener.call_refused, error, user=user, request_model=model)
+        self._notify("call_refused", error, user=user, request_model=model)
         return error
 
     def _storage_down(
-        self,
-        error: StorageError,
-        user: str | None,
-        plan: _Plan,
-        holders: tuple[_Holder, ...],
-        units: int,
-        model: str | None,
-        tags: Mapping[str, str],
+        self, error: StorageError, opening: _Opening, pilot: threading.Lock | None
     ) -> Call:
-        for listener in self._listeners:
-            _safely(listener.storage_failed, error, policy=self.on_storage_error)
+        self._notify("storage_failed", error, policy=self.on_storage_error)
         if self.on_storage_error == "fail_closed":
+            if pilot is not None:
+                pilot.release()
             logger.error("ledger unavailable, refusing the call (fail_closed): %s", error)
             raise error
         logger.warning("ledger unavailable, letting the call run unchecked (fail_open): %s", error)
-        return Call(self, user, None, plan, holders, units, model, tags)
+        return self._opened(opening, None, None, pilot)
 
     def _forget_scope(self, key: str) -> None:
         try:
@@ -652,120 +640,163 @@ class BudgetGuard:
         except StorageError as error:  # the counter is only garbage now
             logger.warning("could not drop the counter of a finished scope: %s", error)
 
-    # -- after the call --------------------------------------------------------------------
+    # -- the lifecycle: deciding how a call ends --------------------------------------------
 
-    def finish(
+    def _ending(
         self,
         call: Call,
         cost: Decimal | None,
         *,
         model: str | None = None,
-        usage: Any = None,
+        usage: Usage | None = None,
         error: BaseException | None = None,
         priced: bool = True,
         estimated: bool = False,
-        provider: str | None = None,
-        operation: str | None = None,
-    ) -> None:
-        """End ``call``: settle what it cost, or release it when nothing was spent.
+        owed: BaseException | None = None,
+    ) -> _Ending:
+        """Decide what ending ``call`` writes (no ledger I/O).
 
         ``cost`` is what pricing found (``None``: nothing reported). Charges
         made with ``charge()`` during the call are added. A failed call with
         no known cost is released; a successful one follows ``on_missing_cost``.
         """
-        units, estimated, missing = self._final_units(call, cost, error, estimated)
-        self._end(call, units, model)
-        self._tell(call, units or 0, model, usage, error, priced, estimated, provider, operation)
-        self._raise_missing(missing)
+        if usage is not None:
+            model = model or usage.model
+            estimated = estimated or usage.estimated
+        if owed is None:
+            owed = self._pricer.unpriced_error(usage, priced)
+        if cost is not None:
+            units: int | None = to_units(cost) + call.charged
+        elif call.charged or call.models or call.has_inner:
+            units = call.charged
+        elif error is not None:
+            units = None  # nothing known to be spent: release
+        elif self.on_missing_cost == "ignore":
+            units = 0
+        else:
+            # "estimate", and "raise" too: the call ran and its cost is unknown,
+            # so its estimate stays spent before the error is reported.
+            units, estimated = call.estimate, True
+            if self.on_missing_cost == "raise" and owed is None:
+                owed = UsageMissingError(
+                    "the call reported no usage and no cost; pass cost=, call charge(), "
+                    "or choose on_missing_cost='estimate'"
+                )
+        return _Ending(units, model, usage, error, priced, estimated, owed)
 
-    async def afinish(
+    def _ending_of_result(
         self,
         call: Call,
-        cost: Decimal | None,
-        *,
-        model: str | None = None,
-        usage: Any = None,
+        result: Any,
+        cost: Callable[[Any], object] | None,
         error: BaseException | None = None,
-        priced: bool = True,
-        estimated: bool = False,
-        provider: str | None = None,
-        operation: str | None = None,
-    ) -> None:
-        """Do ``finish`` without blocking the event loop on the ledger."""
-        units, estimated, missing = self._final_units(call, cost, error, estimated)
-        await self._aend(call, units, model)
-        self._tell(call, units or 0, model, usage, error, priced, estimated, provider, operation)
-        self._raise_missing(missing)
-
-    def _final_units(
-        self, call: Call, cost: Decimal | None, error: BaseException | None, estimated: bool
-    ) -> tuple[int | None, bool, bool]:
-        """Return (units to charge or None to release, estimated, nothing reported the cost)."""
+    ) -> _Ending:
+        """Decide the ending of a call that returned ``result``."""
         if cost is not None:
-            return to_units(cost) + call.charged, estimated, False
-        if call.charged or call.models or call.has_inner:
-            return call.charged, estimated, False
-        if error is not None:
-            return None, estimated, False  # nothing known to be spent: release
-        if self.on_missing_cost == "ignore":
-            return 0, estimated, True
-        # "estimate", and "raise" too: the call ran and its cost is unknown,
-        # so its estimate stays spent before the error is reported.
-        return call.estimate, True, True
+            try:
+                amount = to_decimal(cost(result), "cost")
+            except BaseException as failure:  # charge the estimate, then report
+                return self._ending(call, None, error=error, owed=failure)
+            return self._ending(call, amount, error=error)
+        found, usage, priced = self._pricer.of_result(call, result)
+        return self._ending(call, found, usage=usage, error=error, priced=priced)
 
-    def _raise_missing(self, missing: bool) -> None:
-        if missing and self.on_missing_cost == "raise":
-            raise UsageMissingError(
-                "the call reported no usage and no cost; pass cost=, call charge(), "
-                "or choose on_missing_cost='estimate'"
-            )
+    def _ending_of_stream(
+        self, call: Call, meter: StreamMeter | None, error: BaseException | None = None
+    ) -> _Ending:
+        """Decide the ending of a streamed call from what its chunks carried."""
+        found, usage, priced = self._pricer.of_stream(call, meter)
+        return self._ending(call, found, usage=usage, error=error, priced=priced)
 
-    def _end(self, call: Call, units: int | None, model: str | None = None) -> None:
+    # -- the lifecycle: the shells that end a call ----------------------------------------
+
+    def _close(self, call: Call, ending: _Ending) -> None:
+        """Write ``ending`` to the ledger, then report it."""
+        try:
+            if self._write_end(call, ending) and self._alerts.thresholds:
+                self._alerts.check(call)
+        except BaseException:
+            self._ended(call, ending, quiet=True)
+            raise
+        self._ended(call, ending)
+
+    async def _aclose(self, call: Call, ending: _Ending) -> None:
+        """Do ``_close`` without blocking the event loop on the ledger."""
+        try:
+            if await self._awrite_end(call, ending) and self._alerts.thresholds:
+                # Reads the ledger (and may claim an alert marker): off the loop.
+                await asyncio.to_thread(self._alerts.check, call)
+        except BaseException:
+            self._ended(call, ending, quiet=True)
+            raise
+        self._ended(call, ending)
+
+    def _write_end(self, call: Call, ending: _Ending) -> bool:
+        """Settle or release ``call``; return whether money was charged."""
         reservation = call.reservation
         if reservation is None:  # storage failed open at the start
-            return
+            return False
+        units = ending.units
         try:
             if units is None:
                 if reservation.holds:
                     self.ledger.release(reservation)
-                return
-            tallies = self._tally_keys(call, model)
+                return False
+            tallies = self._tally_keys(call, ending.model)
             if reservation.holds:
                 self.ledger.settle(reservation, units, tallies)
             else:
                 self.ledger.add(tallies, units)
         except StorageError as error:
             self._lost(error, call, units)
-            return
-        if self.alert_thresholds and units:
-            self._check_thresholds(call)
+            return False
+        return bool(units)
 
-    async def _aend(self, call: Call, units: int | None, model: str | None = None) -> None:
+    async def _awrite_end(self, call: Call, ending: _Ending) -> bool:
+        """Do ``_write_end`` without blocking the event loop."""
         reservation = call.reservation
         if reservation is None:
-            return
+            return False
+        units = ending.units
         try:
             if units is None:
                 if reservation.holds:
                     await self.ledger.arelease(reservation)
-                return
-            tallies = self._tally_keys(call, model)
+                return False
+            tallies = self._tally_keys(call, ending.model)
             if reservation.holds:
                 await self.ledger.asettle(reservation, units, tallies)
             else:
                 await self.ledger.aadd(tallies, units)
         except StorageError as error:
             self._lost(error, call, units)
-            return
-        if self.alert_thresholds and units:
-            # Reads the ledger (and may claim an alert marker): off the loop.
-            await asyncio.to_thread(self._check_thresholds, call)
+            return False
+        return bool(units)
+
+    def _ended(self, call: Call, ending: _Ending, *, quiet: bool = False) -> None:
+        """Learn from an ended call, free its slow-start gate, report it, raise what is owed."""
+        units = ending.units
+        try:
+            if units is not None:
+                if call.kind is not None and not ending.estimated:
+                    self._learner.learn_cost(call.kind, units + call.inner_units)
+                if call.parent is not None:
+                    call.parent.inner_units += units
+            usage = ending.usage
+            if usage is not None and not usage.estimated and usage.model:
+                self._learner.learn_output(usage.model, usage.total_output_tokens)
+        finally:
+            if call.pilot is not None:
+                pilot, call.pilot = call.pilot, None
+                pilot.release()
+        self._tell(call, units or 0, ending)
+        if not quiet and ending.owed is not None:
+            raise ending.owed
 
     def _lost(self, error: StorageError, call: Call, units: int | None) -> None:
         # The call already ran: raising now would not unspend the money. Log
         # loudly; the reservation expires by itself.
-        for listener in self._listeners:
-            _safely(listener.storage_failed, error, policy=self.on_storage_error)
+        self._notify("storage_failed", error, policy=self.on_storage_error)
         logger.error(
             "could not record $%s for user %r in the ledger: %s",
             from_units(units or 0),
@@ -779,186 +810,85 @@ class BudgetGuard:
             model = call.request_model or (call.models[0] if call.models else None)
         return call.plan.tally_keys(model)
 
-    def _tell(
-        self,
-        call: Call,
-        units: int,
-        model: str | None,
-        usage: Any,
-        error: BaseException | None,
-        priced: bool,
-        estimated: bool,
-        provider: str | None,
-        operation: str | None,
-    ) -> None:
-        if not self._listeners and (process_cap is None or not units):
+    def _tell(self, call: Call, units: int, ending: _Ending) -> None:
+        hooks = _hooks.active
+        if not self._listeners and not (hooks and units):
             return  # nobody to tell: skip building the Decimal
         cost = from_units(units)
-        if process_cap is not None and units:
-            process_cap.add(self, cost)
+        if units:
+            for hook in hooks:
+                self._safely(hook.after_call, self, cost)
         if not self._listeners:
             return
+        usage = ending.usage
+        error = ending.error
         outcome = CallOutcome(
             call.user,
             cost,
             time.perf_counter() - call.started,
             call.request_model,
-            model,
-            provider,
-            operation,
+            ending.model,
+            usage.provider if usage is not None else None,
+            usage.operation if usage is not None else None,
             usage,
             type(error).__qualname__ if error is not None else None,
-            priced,
-            estimated,
+            ending.priced,
+            ending.estimated,
             call.tags,
         )
-        for listener in self._listeners:
-            _safely(listener.call_ended, outcome)
+        self._notify("call_ended", outcome)
 
-    def _check_thresholds(self, call: Call) -> None:
-        reservation = call.reservation
-        if reservation is None:
-            return
-        budget_holds = [
-            (hold, holder)
-            for hold, holder in zip(reservation.holds, call.holders, strict=True)
-            if holder.budget is not None and hold.limit
-        ]
-        if not budget_holds:
-            return
-        try:
-            balances = self.ledger.balances([hold.key for hold, _ in budget_holds])
-        except StorageError:
-            return
-        for hold, holder in budget_holds:
-            assert holder.budget is not None and hold.limit is not None
-            spent = balances[hold.key].spent
-            for fraction in self.alert_thresholds:
-                if spent < fraction * hold.limit or (hold.key, fraction) in self._fired:
-                    continue
-                self._fired.add((hold.key, fraction))
-                if self._claim_alert(hold.key, fraction):
-                    self._alert(hold, holder.budget, call.user, fraction, spent)
+    # -- the lifecycle: entry points for the shells ---------------------------------------
 
-    def _claim_alert(self, key: str, fraction: Decimal) -> bool:
-        # One marker counter per budget window and threshold: the first
-        # process to reserve it fires the alert, every other one is refused.
-        marker = Reservation(
-            f"{self._id_prefix}alert{next(self._ids)}",
-            (Hold(f"a|{key}|{fraction}", 1, 1),),
-            self.clock() + self.reservation_ttl,
-        )
-        try:
-            if self.ledger.reserve(marker) is not None:
-                return False
-            self.ledger.settle(marker, 1)
-        except StorageError:
-            return True
-        return True
-
-    def _alert(
-        self, hold: Hold, budget: Budget, user: str | None, fraction: Decimal, spent: int
+    def finish(
+        self,
+        call: Call,
+        cost: Decimal | None,
+        *,
+        model: str | None = None,
+        usage: Any = None,
+        error: BaseException | None = None,
+        priced: bool = True,
+        estimated: bool = False,
     ) -> None:
-        window = hold.key.rsplit("|", 1)[-1]
-        crossing = ThresholdCrossing(
-            budget=budget.name if budget.name != DEFAULT else f"default (user:{user})",
-            user=user if budget.name != GLOBAL else None,
-            period=budget.period.label,
-            fraction=fraction,
-            limit=budget.limit,
-            spent=from_units(spent),
-            window=window,
-        )
-        logger.warning(
-            "budget %s reached %s%% of its limit: $%s of $%s (%s)",
-            crossing.budget,
-            format((fraction * 100).normalize(), "f"),
-            crossing.spent,
-            crossing.limit,
-            crossing.period,
-        )
-        for listener in self._listeners:
-            _safely(listener.threshold_crossed, crossing)
-        if self.on_threshold is not None:
-            _safely(self.on_threshold, crossing)
-
-    # -- pricing -------------------------------------------------------------------------
-
-    def estimate_call(self, kwargs: Mapping[str, Any]) -> tuple[Decimal, str] | None:
-        """Return the projected cost and model of an LLM call from its keyword arguments.
-
-        ``None`` when the arguments name no model or carry no prompt. A model
-        with no price is refused here under ``on_unknown_model="raise"``,
-        before any money is spent.
-        """
-        model = kwargs.get("model")
-        if not isinstance(model, str):
-            return None
-        shape = call_shape(kwargs)
-        if shape is None:
-            return None
-        output = shape.max_output_tokens
-        if output is None:
-            output = self.default_output_tokens
-        price = lookup(shape.model)
-        if price is None:
-            if self.on_unknown_model == "raise":
-                raise UnknownModelError(shape.model)
-            if self.on_unknown_model == "ignore":
-                return Decimal(0), shape.model
-            tokens = count_tokens(shape.text_or_messages, shape.model)
-            return self._fallback_cost(tokens, output), shape.model
-        return (
-            projected_cost(
-                shape.model,
-                shape.text_or_messages,
-                output,
-                default_output_tokens=self.default_output_tokens,
+        """End ``call``: settle what it cost, or release it when nothing was spent."""
+        self._close(
+            call,
+            self._ending(
+                call,
+                cost,
+                model=model,
+                usage=usage,
+                error=error,
+                priced=priced,
+                estimated=estimated,
             ),
-            shape.model,
         )
 
-    def _fallback_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
-        per_input, per_output = self.fallback_price
-        return (input_tokens * per_input + output_tokens * per_output) / 1_000_000
-
-    def price(self, usage: Any, model: str | None = None) -> tuple[Decimal, bool]:
-        """Return the exact cost of ``usage`` and whether its model had a price.
-
-        Applies ``on_unknown_model`` to a model with no price: the fallback
-        price with a warning once per model, $0, or ``UnknownModelError``
-        (raised by the caller after the call is charged).
-        """
-        name = usage.model or model
-        try:
-            if name is None:
-                raise UnknownModelError("", "the response names no model and none was given")
-            return cost_of(usage, name).total, True
-        except UnknownModelError:
-            if self.on_unknown_model == "ignore":
-                return Decimal(0), False
-            self.warn_once(
-                f"unpriced:{name}",
-                f"no price known for model {name!r}; charging the fallback price "
-                f"(${self.fallback_price[0]}/M input, ${self.fallback_price[1]}/M output). "
-                "Register a price with budgetguard.register_model(...)",
-            )
-            cost = self._fallback_cost(usage.total_input_tokens, usage.total_output_tokens)
-            return cost, False
-
-    def _priced_result(self, call: Call, result: Any) -> tuple[Decimal | None, Any, bool]:
-        """Return (cost, usage, priced) of a response; cost ``None`` if it reports no usage."""
-        if (
-            call.has_inner
-            or result is None
-            or isinstance(result, (str, bytes, int, float, Decimal))
-        ):
-            return None, None, True
-        usage = extract_usage(result)
-        if usage is None:
-            return None, None, True
-        cost, priced = self.price(usage, call.request_model)
-        return cost, usage, priced
+    async def afinish(
+        self,
+        call: Call,
+        cost: Decimal | None,
+        *,
+        model: str | None = None,
+        usage: Any = None,
+        error: BaseException | None = None,
+        priced: bool = True,
+        estimated: bool = False,
+    ) -> None:
+        """Do ``finish`` without blocking the event loop on the ledger."""
+        await self._aclose(
+            call,
+            self._ending(
+                call,
+                cost,
+                model=model,
+                usage=usage,
+                error=error,
+                priced=priced,
+                estimated=estimated,
+            ),
+        )
 
     def complete(
         self,
@@ -968,17 +898,18 @@ class BudgetGuard:
         *,
         error: BaseException | None = None,
     ) -> Any:
-        """End ``call`` with its result: price it (``cost(result)`` or its usage) and settle."""
-        if cost is not None:
-            try:
-                amount = to_decimal(cost(result), "cost")
-            except BaseException as failure:
-                self.finish(call, None, error=error)  # charge the estimate, then report
-                raise failure
-            self.finish(call, amount, error=error)
-            return result
-        found, usage, priced = self._priced_result(call, result)
-        self._finish_priced(call, found, usage, priced, error)
+        """End ``call`` with its result: price it (``cost(result)`` or its usage) and settle.
+
+        A stream returned by the call is handed back as a proxy that settles
+        from its chunks' usage however the stream ends.
+        """
+        if cost is None and error is None and not call.has_inner:
+            from ._streams import guard_returned_stream
+
+            proxy = guard_returned_stream(call, result)
+            if proxy is not None:
+                return proxy
+        self._close(call, self._ending_of_result(call, result, cost, error))
         return result
 
     async def acomplete(
@@ -990,129 +921,87 @@ class BudgetGuard:
         error: BaseException | None = None,
     ) -> Any:
         """Do ``complete`` without blocking the event loop on the ledger."""
-        if cost is not None:
-            try:
-                amount = to_decimal(cost(result), "cost")
-            except BaseException as failure:
-                await self.afinish(call, None, error=error)
-                raise failure
-            await self.afinish(call, amount, error=error)
-            return result
-        found, usage, priced = self._priced_result(call, result)
-        await self._afinish_priced(call, found, usage, priced, error)
+        if cost is None and error is None and not call.has_inner:
+            from ._streams import guard_returned_stream
+
+            proxy = guard_returned_stream(call, result)
+            if proxy is not None:
+                return proxy
+        await self._aclose(call, self._ending_of_result(call, result, cost, error))
         return result
 
-    def _finish_priced(
-        self,
-        call: Call,
-        amount: Decimal | None,
-        usage: Any,
-        priced: bool,
-        error: BaseException | None,
+    def complete_stream(
+        self, call: Call, meter: StreamMeter | None, *, error: BaseException | None = None
     ) -> None:
-        self.finish(
-            call,
-            amount,
-            model=usage.model if usage is not None else None,
-            usage=usage,
-            error=error,
-            priced=priced,
-            estimated=bool(usage is not None and usage.estimated),
-            provider=usage.provider if usage is not None else None,
-            operation=usage.operation if usage is not None else None,
-        )
-        self._raise_unpriced(usage, priced)
+        """End a streamed call from the usage its chunks carried, or its text, or release it."""
+        self._close(call, self._ending_of_stream(call, meter, error))
 
-    async def _afinish_priced(
-        self,
-        call: Call,
-        amount: Decimal | None,
-        usage: Any,
-        priced: bool,
-        error: BaseException | None,
+    async def acomplete_stream(
+        self, call: Call, meter: StreamMeter | None, *, error: BaseException | None = None
     ) -> None:
-        await self.afinish(
-            call,
-            amount,
-            model=usage.model if usage is not None else None,
-            usage=usage,
-            error=error,
-            priced=priced,
-            estimated=bool(usage is not None and usage.estimated),
-            provider=usage.provider if usage is not None else None,
-            operation=usage.operation if usage is not None else None,
-        )
-        self._raise_unpriced(usage, priced)
-
-    def _raise_unpriced(self, usage: Any, priced: bool) -> None:
-        if not priced and self.on_unknown_model == "raise":
-            raise UnknownModelError(
-                usage.model or "",
-                f"no price known for model {usage.model!r}; the call was charged the "
-                "fallback price. Register a price with budgetguard.register_model(...)",
-            )
+        """Do ``complete_stream`` without blocking the event loop on the ledger."""
+        await self._aclose(call, self._ending_of_stream(call, meter, error))
 
     def stream_meter(self, call: Call) -> StreamMeter:
         """Return what watches a stream's chunks for its usage (for generators and streams)."""
         return StreamMeter(call.request_model)
 
-    def complete_stream(
-        self,
-        call: Call,
-        meter: StreamMeter | None,
-        *,
-        error: BaseException | None = None,
-    ) -> None:
-        """End a streamed call from the usage its chunks carried, or its text, or release it."""
-        amount, usage, priced = self._priced_stream(call, meter)
-        self._finish_priced(call, amount, usage, priced, error)
+    # -- pricing ---------------------------------------------------------------------------
 
-    async def acomplete_stream(
-        self,
-        call: Call,
-        meter: StreamMeter | None,
-        *,
-        error: BaseException | None = None,
-    ) -> None:
-        """Do ``complete_stream`` without blocking the event loop on the ledger."""
-        amount, usage, priced = self._priced_stream(call, meter)
-        await self._afinish_priced(call, amount, usage, priced, error)
+    def estimate_call(self, arguments: Mapping[str, Any]) -> tuple[Decimal, str] | None:
+        """Return the projected cost and model of an LLM call from its arguments, or ``None``."""
+        return self._pricer.estimate(arguments)
 
-    def _priced_stream(
-        self, call: Call, meter: StreamMeter | None
-    ) -> tuple[Decimal | None, Any, bool]:
-        if call.has_inner:
-            return None, None, True  # the calls made inside charged themselves
-        usage = meter.usage() if meter is not None else None
-        if usage is None:
-            return None, None, True
-        if usage.model is None and call.request_model is not None:
-            usage = usage.with_model(call.request_model)
-        cost, priced = self.price(usage, call.request_model)
-        return cost, usage, priced
+    def price(self, usage: Any, model: str | None = None) -> tuple[Decimal, bool]:
+        """Return the exact cost of ``usage`` and whether its model had a price."""
+        return self._pricer.price(usage, model)
 
-    # -- recording spend directly -------------------------------------------------------------
+    def warn_once(self, topic: str, message: str) -> None:
+        """Warn (``warnings`` and the log) about ``topic`` the first time only."""
+        self._pricer.warn_once(topic, message)
+
+    # -- recording spend directly ------------------------------------------------------------
+
+    def charge(
+        self, amount: object, *, model: str | None = None, user: str | None = None
+    ) -> Decimal:
+        """Charge ``amount`` dollars: to this guard's call in progress, else record it now.
+
+        Inside a call of this guard (and without ``user=``) the amount is
+        added to the call's cost and settled with it. Elsewhere it is recorded
+        at once against ``user`` or the current scope's user: never refused
+        (the money is spent), but the next call is.
+        """
+        value = to_decimal(amount, "amount")
+        call = _current_call.get()
+        if call is not None and call.guard is self and user is None:
+            call.add(to_units(value), model)
+            return value
+        return self.record_spend(value, user=user, model=model)
 
     def record_spend(
         self, amount: object, *, user: str | None = None, model: str | None = None
     ) -> Decimal:
-        """Record spend that already happened against the current scope's budgets.
-
-        Never refuses (the money is spent), but pushes the budgets towards
-        their limits so that the next call is refused.
-        """
+        """Record spend that already happened against the current scope's budgets."""
         value = to_decimal(amount, "amount")
         scope = current_scope()
-        if user is None and scope is not None:
-            user = scope.user
-        reservation, plan, holders, _, tags, user = self._plan(user, Decimal(0), scope)
-        call = Call(self, user, reservation, plan, holders, 0, model, tags)
+        opening = self._open(user, 0, model, scope, None, hooks=False)
+        call = Call(
+            self,
+            opening.user,
+            Reservation(self._new_id(), opening.holds, 0.0),
+            opening.plan,
+            opening.holders,
+            0,
+            model,
+            opening.tags,
+        )
         units = to_units(value)
         tallies = self._tally_keys(call, model)
-        self._guard_storage(self.ledger.add, (*reservation.keys, *tallies), units)
-        if self.alert_thresholds and units:
-            self._check_thresholds(call)
-        self._tell(call, units, model, None, None, True, False, None, None)
+        self._guard_storage(self.ledger.add, (*call.reservation.keys, *tallies), units)  # type: ignore[union-attr]
+        if self._alerts.thresholds and units:
+            self._alerts.check(call)
+        self._tell(call, units, _Ending(units, model, None, None, True, False, None))
         return value
 
     def record(
@@ -1128,10 +1017,32 @@ class BudgetGuard:
             raise UsageMissingError(
                 f"cannot record a {type(response).__name__}: it carries no usage budgetguard reads"
             )
-        cost, priced = self.price(usage, model)
+        cost, priced = self._pricer.price(usage, model)
         self.record_spend(cost, user=user, model=usage.model or model)
-        self._raise_unpriced(usage, priced)
+        owed = self._pricer.unpriced_error(usage, priced)
+        if owed is not None:
+            raise owed
         return cost
+
+    # -- scopes and decorators bound to this guard ----------------------------------------------
+
+    def budget_scope(
+        self,
+        user: str | None = None,
+        *,
+        limit: object = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> _budget_scope:
+        """Return a ``budget_scope`` bound to this guard: calls and charges inside use it."""
+        from .scope import budget_scope
+
+        return budget_scope(user, limit=limit, tags=tags, guard=self)
+
+    def budgeted(self, func: Any = None, /, **options: Any) -> Any:
+        """Guard a function with this guard; see ``budgetguard.budgeted``."""
+        from .decorators import budgeted
+
+        return budgeted(func, guard=self, **options)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -1145,18 +1056,36 @@ class BudgetGuard:
         balance = self._guard_storage(self.ledger.balances, [key])
         return from_units(balance[key].spent) if balance else Decimal(0)
 
+    async def aspend(self, user: str | None = None, *, model: str | None = None) -> Decimal:
+        """Do ``spend`` without blocking the event loop on the ledger."""
+        key = await asyncio.to_thread(self._spend_key, user, model)
+        balance = await self._aguard_storage(self.ledger.abalances([key]))
+        return from_units(balance[key].spent) if balance else Decimal(0)
+
     def _spend_key(self, user: str | None, model: str | None) -> str:
         budget = self.budget_for(user)
-        suffix = f"|m={escape(model)}" if model is not None else ""
         if budget is not None:
-            return budget.key(self.clock(), user=user) + suffix
-        if user is None:
-            return f"t|{suffix[1:]}" if suffix else "t|"
-        return f"t|u={escape(user)}{suffix}"
+            key = budget.key(self.clock(), user=user)
+            return _keys.model_key(key, model) if model is not None else key
+        return _keys.total_key(user, model)
 
     def remaining(self, user: str | None = None) -> Decimal | None:
         """Return what is left of the tightest budget that applies, or ``None`` if none does."""
-        found: list[Decimal] = []
+        keys = self._remaining_keys(user)
+        if not keys:
+            return None
+        balances = self._guard_storage(self.ledger.balances, [k for k, _ in keys]) or {}
+        return self._tightest(keys, balances)
+
+    async def aremaining(self, user: str | None = None) -> Decimal | None:
+        """Do ``remaining`` without blocking the event loop on the ledger."""
+        keys = await asyncio.to_thread(self._remaining_keys, user)
+        if not keys:
+            return None
+        balances = await self._aguard_storage(self.ledger.abalances([k for k, _ in keys]))
+        return self._tightest(keys, balances or {})
+
+    def _remaining_keys(self, user: str | None) -> list[tuple[str, Budget]]:
         now = self.clock()
         keys: list[tuple[str, Budget]] = []
         own = self.budget_for(user) if user is not None else None
@@ -1165,9 +1094,11 @@ class BudgetGuard:
         shared = self.get_budget(None)
         if shared is not None:
             keys.append((shared.key(now), shared))
-        if not keys:
-            return None
-        balances = self._guard_storage(self.ledger.balances, [k for k, _ in keys]) or {}
+        return keys
+
+    @staticmethod
+    def _tightest(keys: list[tuple[str, Budget]], balances: Mapping[str, Any]) -> Decimal:
+        found: list[Decimal] = []
         for key, budget in keys:
             balance = balances.get(key)
             used = (balance.spent + balance.reserved) if balance else 0
@@ -1178,17 +1109,23 @@ class BudgetGuard:
         """Return spend per model in the current period of the budget that applies."""
         budget = self.budget_for(user)
         if budget is not None:
-            prefix = budget.key(self.clock(), user=user) + "|m="
-        elif user is None:
-            prefix = "t|m="
+            prefix = _keys.model_prefix(budget.key(self.clock(), user=user))
         else:
-            prefix = f"t|u={escape(user)}|m="
+            prefix = _keys.model_prefix(_keys.total_key(user)) if user else "t|m="
         found = self._guard_storage(self.ledger.scan, prefix) or {}
         return {
-            unescape(key[len(prefix) :]): from_units(balance.spent)
+            _keys.unescape(key[len(prefix) :]): from_units(balance.spent)
             for key, balance in sorted(found.items())
             if "|" not in key[len(prefix) :] and balance.spent
         }
+
+    async def aspend_by_model(self, user: str | None = None) -> dict[str, Decimal]:
+        """Do ``spend_by_model`` without blocking the event loop on the ledger."""
+        return await asyncio.to_thread(self.spend_by_model, user)
+
+    async def abudgets(self) -> list[Budget]:
+        """Do ``budgets`` without blocking the event loop on the ledger."""
+        return await asyncio.to_thread(self.budgets)
 
     def prune(self, before: datetime) -> int:
         """Delete the counters of budget windows and days that ended before ``before``.
@@ -1203,21 +1140,19 @@ class BudgetGuard:
             raise ValueError("before must be an aware datetime (e.g. with tzinfo=timezone.utc)")
         cutoff = before - timedelta(days=1)
         doomed: list[str] = []
-        # b|<owner>|<window>[|m=..], d|<day>|u=..|m=.., a|b|<owner>|<window>|<fraction>
-        for prefix, position in (("b|", 2), ("d|", 1), ("a|b|", 3)):
+        for prefix in _keys.prunable_prefixes():
             found = self._guard_storage(self.ledger.scan, prefix) or {}
             for key, balance in found.items():
-                parts = key.split("|")
-                if balance.reserved or len(parts) <= position:
+                window = _keys.prunable_window(key)
+                if balance.reserved or window is None:
                     continue
-                end = window_end_of(parts[position])
+                end = window_end_of(window)
                 if end is not None and end <= cutoff:
                     doomed.append(key)
         for start in range(0, len(doomed), 500):
             self._guard_storage(self.ledger.clear, doomed[start : start + 500])
         if doomed:
-            gone = set(doomed)
-            self._fired = {item for item in self._fired if item[0] not in gone}
+            self._alerts.forget(doomed)
             logger.info("pruned %d counters of windows that ended before %s", len(doomed), cutoff)
         return len(doomed)
 
@@ -1227,9 +1162,9 @@ class BudgetGuard:
         if budget is None:
             return
         key = budget.key(self.clock(), user=user)
-        found = self._guard_storage(self.ledger.scan, key + "|m=") or {}
+        found = self._guard_storage(self.ledger.scan, _keys.model_prefix(key)) or {}
         self._guard_storage(self.ledger.clear, [key, *found])
-        self._fired = {item for item in self._fired if item[0] != key}
+        self._alerts.forget([key])
 
     def budget_statuses(self) -> list[BudgetStatus]:
         """Return every budget's state in its current window (for metrics and reports)."""
@@ -1268,35 +1203,86 @@ class BudgetGuard:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def budgeted(self, func: Any = None, /, **options: Any) -> Any:
-        """Guard a function with this guard; see ``budgetguard.budgeted``."""
-        from .decorators import budgeted
-
-        return budgeted(func, guard=self, **options)
-
     def close(self) -> None:
         """Stop exporting metrics and close the ledger."""
         if self.telemetry is not None:
             self.remove_listener(self.telemetry)
-            _safely(self.telemetry.shutdown)
+            self._safely(self.telemetry.shutdown)
+        _guards.discard(self)
         self.ledger.close()
 
+    def _notify(self, event: str, *args: Any, **kwargs: Any) -> None:
+        for listener in self._listeners:
+            self._safely(getattr(listener, event), *args, **kwargs)
+
+    @staticmethod
+    def _safely(function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        # Listeners observe; a broken exporter must never break the user's call.
+        try:
+            function(*args, **kwargs)
+        except Exception:
+            logger.exception("budgetguard listener %r failed", function)
+
     def _guard_storage(self, operation: Callable[..., Any], *args: Any) -> Any:
-        """Run an administrative ledger operation, applying the storage policy."""
+        """Run an administrative ledger operation, telling listeners when storage fails."""
         try:
             return operation(*args)
         except StorageError as error:
-            for listener in self._listeners:
-                _safely(listener.storage_failed, error, policy=self.on_storage_error)
+            self._notify("storage_failed", error, policy=self.on_storage_error)
             raise
 
-    def warn_once(self, topic: str, message: str) -> None:
-        """Warn (``warnings`` and the log) about ``topic`` the first time only."""
-        if topic in self._warned:
-            return
-        self._warned.add(topic)
-        logger.warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    async def _aguard_storage(self, operation: Any) -> Any:
+        try:
+            return await operation
+        except StorageError as error:
+            self._notify("storage_failed", error, policy=self.on_storage_error)
+            raise
+
+    def _after_fork(self) -> None:
+        """Take fresh ids and locks in a forked child; the ledgers reconnect by themselves."""
+        self._id_prefix = f"{_process_tag}.{id(self):x}."
+        self._ids = itertools.count(1)
+        self._cache_lock = threading.Lock()
+        # A gate held by a parent's thread would stay shut in the child for ever.
+        self._learner.after_fork()
+
+
+def charge(amount: object, *, model: str | None = None, user: str | None = None) -> Decimal:
+    """Charge ``amount`` dollars for the call in progress, or record it in the current scope.
+
+    Inside a guarded call the amount is added to that call's cost and settled
+    with it (``user=`` records it at once for that user instead). Elsewhere it
+    is recorded at once, against the current scope's user (or ``user=``), on
+    the guard the scope was entered through, else the default guard.
+    """
+    call = _current_call.get()
+    if call is not None:
+        return call.guard.charge(amount, model=model, user=user)
+    return _guard_in_scope().charge(amount, model=model, user=user)
+
+
+def _guard_in_scope() -> BudgetGuard:
+    """Return the guard of the current scope, else the default guard."""
+    scope = _scope_var.get()
+    bound = scope.guard if scope is not None else None
+    if isinstance(bound, BudgetGuard):
+        return bound
+    from ._default import default_guard
+
+    return default_guard()
+
+
+def guard_for(explicit: BudgetGuard | None) -> BudgetGuard:
+    """Return ``explicit``, else the guard of the current scope, else the default guard."""
+    return explicit if explicit is not None else _guard_in_scope()
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
@@ -1307,11 +1293,3 @@ def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
 def _check_user(user: object) -> None:
     if user is not None and not isinstance(user, str):
         raise ValueError(f"user must be a str or None, not {type(user).__name__}")
-
-
-def _safely(function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    # Listeners observe; a broken exporter must never break the user's call.
-    try:
-        function(*args, **kwargs)
-    except Exception:
-        logger.exception("budgetguard listener %r failed", function)

@@ -19,7 +19,8 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Literal
 
-from .budgets import DEFAULT, GLOBAL, Budget, unescape, user_of
+from ._keys import owner_of, parse_tally, unescape
+from .budgets import DEFAULT, GLOBAL, Budget, user_of
 from .guard import BudgetGuard
 from .ledger import Balance
 from .money import from_units
@@ -218,17 +219,6 @@ def _budget_rows(
     return tuple(rows)
 
 
-def _parse_tally(text: str) -> dict[str, str | None]:
-    """Turn ``u=alice|m=gpt-4o`` into ``{"user": "alice", "model": "gpt-4o"}``."""
-    found: dict[str, str | None] = {}
-    for part in text.split("|"):
-        name, _, value = part.partition("=")
-        field = {"u": "user", "m": "model"}.get(name)
-        if field is not None:
-            found[field] = unescape(value) if value else None
-    return found
-
-
 def _rows(totals: dict[tuple[str | None, ...], int], by: tuple[str, ...]) -> tuple[SpendRow, ...]:
     rows = []
     for values, units in totals.items():
@@ -255,7 +245,7 @@ def _lifetime_spend(
         rest = key[2:]
         if rest.count("|") + 1 != fields:
             continue
-        parsed = _parse_tally(rest)
+        parsed = parse_tally(rest)
         totals[tuple(parsed.get(field) for field in by)] += balance.spent
     return _rows(totals, by), from_units(total)
 
@@ -277,7 +267,7 @@ def _daily_spend(
             continue
         total += balance.spent
         if by:
-            parsed = _parse_tally(rest)
+            parsed = parse_tally(rest)
             totals[tuple(parsed.get(field) for field in by)] += balance.spent
     return _rows(totals, by), from_units(total)
 
@@ -289,20 +279,11 @@ def _common_prefix(first: str, last: str) -> str:
     return first[:size]
 
 
-def _holder_name(key: str) -> str:
-    """Name what a held key belongs to: ``user:alice``, ``global`` or ``scope``."""
-    if key.startswith("s|"):
-        return "scope"
-    if key.startswith("b|"):
-        return unescape(key.split("|")[1])
-    return key
-
-
 def _reservations(guard: BudgetGuard) -> tuple[ReservationRow, ...]:
     rows = [
         ReservationRow(
             id=reservation.id,
-            budgets=tuple(_holder_name(hold.key) for hold in reservation.holds),
+            budgets=tuple(owner_of(hold.key) for hold in reservation.holds),
             held=from_units(max((hold.amount for hold in reservation.holds), default=0)),
             expires_at=datetime.fromtimestamp(reservation.expires_at, timezone.utc),
         )

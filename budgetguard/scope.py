@@ -14,6 +14,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+from ._keys import scope_key
 from .money import to_decimal, to_units
 
 __all__ = [
@@ -33,14 +34,35 @@ _current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
 )
 # Scope ids must be unique across the processes sharing a ledger: the prefix
 # is random per process, the counter is cheap and thread-safe under the GIL.
-_PROCESS_TAG = os.urandom(4).hex()
+_process_tag = os.urandom(4).hex()
 _scope_ids = itertools.count(1)
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not reuse its parent's scope keys on a shared ledger.
+    global _process_tag, _scope_ids
+    _process_tag = os.urandom(4).hex()
+    _scope_ids = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Scope:
     """One ``budget_scope`` block: who pays, its tags, its own cap, its parent."""
 
-    __slots__ = ("_cleanups", "caps", "id", "limit", "limit_units", "parent", "tags", "user")
+    __slots__ = (
+        "_cleanups",
+        "caps",
+        "guard",
+        "id",
+        "limit",
+        "limit_units",
+        "parent",
+        "tags",
+        "user",
+    )
 
     def __init__(
         self,
@@ -48,8 +70,12 @@ class Scope:
         limit: Decimal | None,
         tags: Mapping[str, str],
         parent: Scope | None,
+        guard: Any = None,
     ) -> None:
-        self.id = f"{_PROCESS_TAG}.{next(_scope_ids)}"
+        self.id = f"{_process_tag}.{next(_scope_ids)}"
+        #: The guard the block was entered through (``guard.budget_scope``), else
+        #: the one of the enclosing scope; ``None`` means the default guard.
+        self.guard: Any = guard if guard is not None else (parent.guard if parent else None)
         self.user = user
         self.limit = limit
         self.limit_units = to_units(limit) if limit is not None else None
@@ -74,7 +100,7 @@ class Scope:
     @property
     def key(self) -> str:
         """Return the ledger key that counts this block's spend against its cap."""
-        return f"s|{self.id}"
+        return scope_key(self.id)
 
     def __repr__(self) -> str:
         return f"Scope(user={self.user!r}, limit={self.limit}, tags={dict(self.tags)!r})"
@@ -98,7 +124,9 @@ class budget_scope:  # lower case: used like a function, as contextlib's helpers
     functions. ``limit`` caps this block alone (one request, one agent run),
     on top of the user's and the global budget. Nested scopes inherit the
     outer user unless they name their own, merge tags, and every cap on the
-    way out applies. Leaving a scope restores the outer one.
+    way out applies. Leaving a scope restores the outer one. ``guard`` (or
+    ``BudgetGuard.budget_scope``) binds the block to a guard: guarded calls
+    and ``charge()`` inside it use that guard unless they name their own.
     """
 
     def __init__(
@@ -107,19 +135,21 @@ class budget_scope:  # lower case: used like a function, as contextlib's helpers
         *,
         limit: object = None,
         tags: Mapping[str, str] | None = None,
+        guard: Any = None,
     ) -> None:
         if user is not None and not isinstance(user, str):
             raise TypeError(f"user must be a str or None, not {type(user).__name__}")
         self.user = user
         self.limit = to_decimal(limit, "limit") if limit is not None else None
         self.tags = dict(tags or {})
+        self.guard = guard
         self._tokens: list[tuple[contextvars.Token[Scope | None], Scope]] = []
 
     def _enter(self) -> Scope:
         parent = _current.get()
         user = self.user if self.user is not None else (parent.user if parent else None)
         tags = {**parent.tags, **self.tags} if parent is not None and parent.tags else self.tags
-        scope = Scope(user, self.limit, tags, parent)
+        scope = Scope(user, self.limit, tags, parent, self.guard)
         self._tokens.append((_current.set(scope), scope))
         return scope
 
@@ -174,7 +204,7 @@ class budget_scope:  # lower case: used like a function, as contextlib's helpers
     def _copy(self) -> budget_scope:
         # Each call gets its own scope (and its own cap): a decorated function
         # may run many times at once in threads or tasks.
-        return budget_scope(self.user, limit=self.limit, tags=self.tags)
+        return budget_scope(self.user, limit=self.limit, tags=self.tags, guard=self.guard)
 
 
 def run_in_context(func: Callable[P, R]) -> Callable[P, R]:

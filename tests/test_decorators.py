@@ -37,12 +37,12 @@ def test_bare_decorator_uses_the_default_guard() -> None:
         charge("0.25")
         return "ok"
 
-    bg.set_budget("0.30", user="alice")
+    bg.set_budget("0.60", user="alice")
     with budget_scope("alice"):
         assert call() == "ok"
-        assert call() == "ok"  # no estimate: it fits while anything is left
+        assert call() == "ok"  # no estimate: it reserves the $0.25 the first call cost
         with pytest.raises(BudgetExceededError):
-            call()
+            call()  # $0.50 spent + $0.25 learned > $0.60: refused before it runs
     assert bg.spend("alice") == Decimal("0.50")
 
 

@@ -8,7 +8,7 @@ against what finished calls cost, and the call that is refused raises
 
 Assignments to the module attribute are caught by giving the ``budgetguard``
 module a class with properties: the value is validated once, when it is set,
-and the guard's hot path only reads one global, which is ``None`` in a process
+and the guard's hot path only reads the core's hook registry, empty in a process
 that sets no cap.
 """
 
@@ -20,7 +20,7 @@ import weakref
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from .. import guard as _guard_module
+from .. import _hooks
 from ..errors import BudgetExceededError
 from ..money import from_units, to_decimal, to_units
 
@@ -53,7 +53,7 @@ class ProcessBudget:
         # Counting starts with the first cap and keeps its total when the cap
         # is lifted, so that setting it again continues where it was.
         if self.limit is not None:
-            _guard_module.process_cap = self
+            _hooks.add(self)
 
     def set_current_cost(self, value: object) -> None:
         """Set the running total (``budgetguard._current_cost = 0`` restarts it)."""
@@ -61,7 +61,7 @@ class ProcessBudget:
         with self._lock:
             self._units = units
 
-    def check(self, guard: BudgetGuard) -> None:
+    def before_call(self, guard: BudgetGuard) -> None:
         """Refuse a call once the process has spent its cap."""
         limit = self.limit
         if limit is None or guard in self._exempt:
@@ -79,7 +79,7 @@ class ProcessBudget:
                 "(budgetguard.max_budget, this process's spend through guarded calls)",
             )
 
-    def add(self, guard: BudgetGuard, cost: Decimal) -> None:
+    def after_call(self, guard: BudgetGuard, cost: Decimal) -> None:
         """Count ``cost`` dollars a call of ``guard`` spent."""
         if guard in self._exempt:
             return

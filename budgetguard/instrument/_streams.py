@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import wrapt
 
-from ..guard import BudgetGuard, Call, StreamMeter
-from ..usage import Usage, extract_usage
+from .._call import Call
+from ..guard import BudgetGuard
+from ..usage import StreamMeter, extract_usage
 
 __all__ = [
     "AsyncMessageStreamManagerProxy",
@@ -40,31 +41,12 @@ else:  # wrapt < 2 proxies are not subscriptable at run time
 
 
 class UsageMeter(StreamMeter):
-    """Read a stream's usage from its chunks, counting the prompt when none was reported.
+    """Read a stream's usage from its chunks, counting the prompt when none was reported."""
 
-    A stream that ends without a usage report was still billed for its whole
-    prompt: the estimate counts the prompt (lazily, only then) plus the text seen.
-    """
-
-    __slots__ = ("_prompt_tokens",)
+    __slots__ = ()
 
     def __init__(self, request_model: str | None, prompt_tokens: Callable[[], int]) -> None:
-        super().__init__(request_model)
-        self._prompt_tokens = prompt_tokens
-
-    def usage(self) -> Any:
-        """Return the reported usage, else an estimate from the prompt and the text seen."""
-        accumulator = self._accumulator
-        if accumulator is not None:
-            if accumulator.has_usage:
-                return accumulator.usage()
-            return accumulator.usage(self._prompt_tokens())
-        return Usage(
-            input_tokens=self._prompt_tokens(),
-            output_tokens=0,
-            model=self.request_model,
-            estimated=True,
-        )
+        super().__init__(request_model, prompt_tokens)
 
 
 class SnapshotMeter(UsageMeter):
@@ -155,6 +137,11 @@ class Settlement:
             self.guard.complete_stream(self.call, self.meter)
         except Exception:
             logger.exception("budgetguard could not settle a stream that was garbage-collected")
+
+
+def is_guarded(stream: Any) -> bool:
+    """Tell whether ``stream`` is already one of budgetguard's settling proxies."""
+    return isinstance(stream, (_SettlingProxy, _AsyncSettlingProxy))
 
 
 def _error_of(exc: BaseException | None) -> BaseException | None:

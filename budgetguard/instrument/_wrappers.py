@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from ..guard import BudgetGuard, Call, _current_call
+from .._call import Call, _current_call
+from ..guard import BudgetGuard
 from ..scope import Scope, current_scope
 from ._streams import (
     AsyncMessageStreamManagerProxy,

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from ._record import Usage
 from .extractors import extract_usage
-from .streams import StreamAccumulator, accumulate, accumulator_for
+from .streams import StreamAccumulator, StreamMeter, accumulate, accumulator_for
 
-__all__ = ["StreamAccumulator", "Usage", "accumulate", "accumulator_for", "extract_usage"]
+__all__ = [
+    "StreamAccumulator",
+    "StreamMeter",
+    "Usage",
+    "accumulate",
+    "accumulator_for",
+    "extract_usage",
+]

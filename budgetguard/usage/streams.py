@@ -17,7 +17,7 @@ from the text seen, with ``estimated=True``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "OpenAIChatStream",
     "OpenAIResponsesStream",
     "StreamAccumulator",
+    "StreamMeter",
     "accumulate",
     "accumulator_for",
 ]
@@ -319,3 +320,54 @@ def accumulate(chunks: Iterable[object], *, prompt_tokens: int | None = None) ->
     if accumulator is None:
         return None
     return accumulator.usage(prompt_tokens=prompt_tokens)
+
+
+class StreamMeter:
+    """Watch a stream's chunks and read its usage when it ends.
+
+    The right accumulator is picked from the first chunk; streams of things
+    that are not provider chunks are ignored. ``prompt_tokens``, when given,
+    counts the prompt (lazily, only when needed) for a stream that ends with
+    no usage report: it was still billed for its whole prompt.
+    """
+
+    __slots__ = ("_accumulator", "_decided", "_prompt_tokens", "request_model")
+
+    def __init__(
+        self, request_model: str | None, prompt_tokens: Callable[[], int] | None = None
+    ) -> None:
+        self.request_model = request_model
+        self._prompt_tokens = prompt_tokens
+        self._accumulator: StreamAccumulator | None = None
+        self._decided = False
+
+    @property
+    def recognised(self) -> bool:
+        """Tell whether the chunks seen so far are a provider's stream chunks."""
+        return self._accumulator is not None
+
+    def add(self, chunk: Any) -> None:
+        """Look at one chunk."""
+        if not self._decided:
+            self._decided = True
+            if chunk is None or isinstance(chunk, (str, bytes, int, float)):
+                return
+            self._accumulator = accumulator_for(chunk)
+        if self._accumulator is not None:
+            self._accumulator.add(chunk)
+
+    def usage(self) -> Usage | None:
+        """Return the reported usage, else an estimate from the prompt and the text seen."""
+        accumulator = self._accumulator
+        if self._prompt_tokens is None:
+            return accumulator.usage() if accumulator is not None else None
+        if accumulator is not None:
+            if accumulator.has_usage:
+                return accumulator.usage()
+            return accumulator.usage(self._prompt_tokens())
+        return Usage(
+            input_tokens=self._prompt_tokens(),
+            output_tokens=0,
+            model=self.request_model,
+            estimated=True,
+        )

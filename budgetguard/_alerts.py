@@ -1,0 +1,119 @@
+"""Budget alerts: tell people once when spend crosses a fraction of a limit.
+
+Each threshold fires once per budget window across every process sharing
+the ledger: the first process to reserve the window's marker key fires it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from . import _keys
+from .budgets import DEFAULT, GLOBAL, Budget
+from .errors import StorageError
+from .events import ThresholdCrossing
+from .ledger import Hold, Reservation
+from .money import from_units, to_decimal
+
+if TYPE_CHECKING:
+    from ._call import Call
+    from .guard import BudgetGuard
+
+__all__ = ["Alerts"]
+
+logger = logging.getLogger("budgetguard")
+
+
+class Alerts:
+    """Check a guard's alert thresholds after the calls that spent money."""
+
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        thresholds: Iterable[object],
+        on_threshold: Callable[[ThresholdCrossing], object] | None,
+    ) -> None:
+        self.guard = guard
+        self.thresholds = tuple(sorted(to_decimal(f, "alert threshold") for f in thresholds))
+        self.on_threshold = on_threshold
+        self.fired: set[tuple[str, Decimal]] = set()
+
+    def forget(self, keys: Iterable[str] | None = None) -> None:
+        """Forget which alerts fired on ``keys`` (all when ``None``), after a reset or prune."""
+        if keys is None:
+            self.fired = set()
+            return
+        gone = set(keys)
+        self.fired = {item for item in self.fired if item[0] not in gone}
+
+    def check(self, call: Call) -> None:
+        """Fire every threshold that ``call``'s budgets crossed and that has not fired yet."""
+        reservation = call.reservation
+        if reservation is None:
+            return
+        budget_holds = [
+            (hold, holder)
+            for hold, holder in zip(reservation.holds, call.holders, strict=True)
+            if holder.budget is not None and hold.limit
+        ]
+        if not budget_holds:
+            return
+        guard = self.guard
+        try:
+            balances = guard.ledger.balances([hold.key for hold, _ in budget_holds])
+        except StorageError:
+            return
+        for hold, holder in budget_holds:
+            assert holder.budget is not None and hold.limit is not None
+            spent = balances[hold.key].spent
+            for fraction in self.thresholds:
+                if spent < fraction * hold.limit or (hold.key, fraction) in self.fired:
+                    continue
+                self.fired.add((hold.key, fraction))
+                if self._claim(hold.key, fraction):
+                    self._fire(hold, holder.budget, call.user, fraction, spent)
+
+    def _claim(self, key: str, fraction: Decimal) -> bool:
+        # One marker counter per budget window and threshold: the first
+        # process to reserve it fires the alert, every other one is refused.
+        guard = self.guard
+        marker = Reservation(
+            guard._new_id("alert"),
+            (Hold(_keys.alert_key(key, fraction), 1, 1),),
+            guard.clock() + guard.reservation_ttl,
+        )
+        try:
+            if guard.ledger.reserve(marker) is not None:
+                return False
+            guard.ledger.settle(marker, 1)
+        except StorageError:
+            return True
+        return True
+
+    def _fire(
+        self, hold: Hold, budget: Budget, user: str | None, fraction: Decimal, spent: int
+    ) -> None:
+        window = hold.key.rsplit("|", 1)[-1]
+        crossing = ThresholdCrossing(
+            budget=budget.name if budget.name != DEFAULT else f"default (user:{user})",
+            user=user if budget.name != GLOBAL else None,
+            period=budget.period.label,
+            fraction=fraction,
+            limit=budget.limit,
+            spent=from_units(spent),
+            window=window,
+        )
+        logger.warning(
+            "budget %s reached %s%% of its limit: $%s of $%s (%s)",
+            crossing.budget,
+            format((fraction * 100).normalize(), "f"),
+            crossing.spent,
+            crossing.limit,
+            crossing.period,
+        )
+        self.guard._notify("threshold_crossed", crossing)
+        if self.on_threshold is not None:
+            self.guard._safely(self.on_threshold, crossing)

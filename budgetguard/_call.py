@@ -1,0 +1,131 @@
+"""One guarded call in progress, and the one way to enter and leave it.
+
+Every entry point (``@budgeted`` of every kind, instrumented clients, the
+streams they return, ``BudgetManager``) makes a ``Call`` through the guard
+and runs user code inside ``entered(call)``, which sets the ContextVar and
+restores the previous value by token, so nesting works in threads and tasks.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import threading
+
+    from ._plan import Holder, Plan
+    from .guard import BudgetGuard
+    from .ledger import Reservation
+
+__all__ = ["Call", "current_call", "entered"]
+
+
+class Call:
+    """One guarded call: its reservation and what it has cost so far."""
+
+    __slots__ = (
+        "charged",
+        "estimate",
+        "guard",
+        "has_inner",
+        "holders",
+        "inner_units",
+        "kind",
+        "models",
+        "parent",
+        "pilot",
+        "plan",
+        "request_model",
+        "reservation",
+        "started",
+        "tags",
+        "user",
+    )
+
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        user: str | None,
+        reservation: Reservation | None,
+        plan: Plan,
+        holders: tuple[Holder, ...],
+        estimate: int,
+        request_model: str | None,
+        tags: Mapping[str, str],
+        kind: str | None = None,
+        pilot: threading.Lock | None = None,
+    ) -> None:
+        self.guard = guard
+        self.user = user
+        self.reservation = reservation  # None when storage failed open
+        self.plan = plan
+        self.holders = holders
+        self.estimate = estimate
+        self.request_model = request_model
+        self.tags = tags
+        #: What the guard learns this call's cost under, when it had to guess.
+        self.kind = kind
+        #: The slow-start gate this call holds as the first of its kind.
+        self.pilot = pilot
+        self.charged = 0  # units charged with charge() inside the call
+        self.inner_units = 0  # units the guarded calls made inside it settled
+        self.models: list[str] = []
+        # A guarded call made while this one runs (an instrumented client call
+        # inside a @budgeted function, a nested @budgeted) charges itself;
+        # this call must then neither price the same response again nor fall
+        # back to its own estimate.
+        self.has_inner = False
+        self.parent = _current_call.get()
+        if self.parent is not None:
+            self.parent.has_inner = True
+        self.started = time.perf_counter()
+
+    def add(self, units: int, model: str | None) -> None:
+        """Add ``units`` charged by ``charge()`` while the call runs."""
+        self.charged += units
+        if model is not None and model not in self.models:
+            self.models.append(model)
+
+    def __repr__(self) -> str:
+        return f"Call(user={self.user!r}, model={self.request_model!r}, kind={self.kind!r})"
+
+
+_current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
+    "budgetguard_call", default=None
+)
+
+
+def current_call() -> Call | None:
+    """Return the guarded call in progress in this context, if any."""
+    return _current_call.get()
+
+
+class entered:  # lower case: used like contextlib's helpers
+    """Make ``call`` the current call inside a ``with`` block, then restore the previous one."""
+
+    __slots__ = ("_call", "_token")
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def __enter__(self) -> Call:
+        self._token = _current_call.set(self._call)
+        return self._call
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _current_call.reset(self._token)
+
+
+def call_user() -> Any:
+    """Return the user of the call in progress, or ``None`` (instrumented calls inherit it)."""
+    call = _current_call.get()
+    return call.user if call is not None else None

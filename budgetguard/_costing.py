@@ -1,0 +1,173 @@
+"""What a call costs: estimates before it runs, exact prices after, and the fallback rules.
+
+The rules for a model with no price (``on_unknown_model``) and for output
+sizes a call does not bound (learned per model, else ``default_output_tokens``)
+live here, once, for every entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .errors import UnknownModelError
+from .money import to_decimal
+from .pricing import cost_of, lookup
+from .tokens import call_shape, count_tokens, projected_cost
+from .usage import StreamMeter, Usage, extract_usage
+
+if TYPE_CHECKING:
+    from ._call import Call
+    from ._estimate import Learner
+
+__all__ = ["FALLBACK_PRICE", "Pricer"]
+
+logger = logging.getLogger("budgetguard")
+
+# What a model with no known price costs under on_unknown_model="fallback",
+# dollars per million input and output tokens: deliberately on the high side
+# of today's frontier models, so that unknown spend is over- not under-counted.
+FALLBACK_PRICE = (Decimal("10"), Decimal("40"))
+
+_PLAIN = (str, bytes, int, float, Decimal)
+
+
+def _outside_budgetguard() -> int:
+    """Return the stack level of the first frame outside budgetguard and wrapt (the caller's)."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(here) and "wrapt" not in filename:
+            return level
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return 1
+
+
+class Pricer:
+    """Price calls for one guard, under its unknown-model and output-size rules."""
+
+    def __init__(
+        self,
+        on_unknown_model: str,
+        fallback_price: tuple[object, object],
+        default_output_tokens: int,
+        learner: Learner,
+    ) -> None:
+        self.on_unknown_model = on_unknown_model
+        self.fallback_price = (
+            to_decimal(fallback_price[0], "fallback_price input"),
+            to_decimal(fallback_price[1], "fallback_price output"),
+        )
+        self.default_output_tokens = default_output_tokens
+        self.learner = learner
+        self._warned: set[str] = set()
+
+    def estimate(self, arguments: Mapping[str, Any]) -> tuple[Decimal, str] | None:
+        """Return the projected cost and model of an LLM call from its arguments.
+
+        ``None`` when the arguments name no model or carry no prompt. Output
+        is ``max_tokens`` (or its siblings) when set, else what calls of the
+        model wrote lately, else ``default_output_tokens``, times ``n``
+        choices. A model with no price is refused here under
+        ``on_unknown_model="raise"``, before any money is spent.
+        """
+        model = arguments.get("model")
+        if not isinstance(model, str):
+            return None
+        shape = call_shape(arguments)
+        if shape is None:
+            return None
+        output = shape.max_output_tokens
+        if output is None:
+            learned = self.learner.output_tokens(shape.model)
+            output = learned if learned is not None else self.default_output_tokens
+        choices = arguments.get("n")
+        if type(choices) is int and choices > 1:
+            output *= choices
+        if lookup(shape.model) is None:
+            if self.on_unknown_model == "raise":
+                raise UnknownModelError(shape.model)
+            if self.on_unknown_model == "ignore":
+                return Decimal(0), shape.model
+            tokens = count_tokens(shape.text_or_messages, shape.model)
+            return self.fallback_cost(tokens, output), shape.model
+        return projected_cost(shape.model, shape.text_or_messages, output), shape.model
+
+    def fallback_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """Return what tokens of a model with no price cost at the fallback price."""
+        per_input, per_output = self.fallback_price
+        return (input_tokens * per_input + output_tokens * per_output) / 1_000_000
+
+    def price(self, usage: Usage, model: str | None = None) -> tuple[Decimal, bool]:
+        """Return the exact cost of ``usage`` and whether its model had a price.
+
+        Applies ``on_unknown_model`` to a model with no price: the fallback
+        price with a warning once per model, $0, or ``UnknownModelError``
+        (raised by the caller after the call is charged).
+        """
+        name = usage.model or model
+        try:
+            if name is None:
+                raise UnknownModelError("", "the response names no model and none was given")
+            return cost_of(usage, name).total, True
+        except UnknownModelError:
+            if self.on_unknown_model == "ignore":
+                return Decimal(0), False
+            self.warn_once(
+                f"unpriced:{name}",
+                f"no price known for model {name!r}; charging the fallback price "
+                f"(${self.fallback_price[0]}/M input, ${self.fallback_price[1]}/M output). "
+                "Register a price with budgetguard.register_model(...)",
+            )
+            return self.fallback_cost(usage.total_input_tokens, usage.total_output_tokens), False
+
+    def of_result(self, call: Call, result: Any) -> tuple[Decimal | None, Usage | None, bool]:
+        """Return (cost, usage, priced) of a response; cost ``None`` if it reports no usage."""
+        if call.has_inner or result is None or isinstance(result, _PLAIN):
+            return None, None, True
+        usage = extract_usage(result)
+        if usage is None:
+            return None, None, True
+        cost, priced = self.price(usage, call.request_model)
+        return cost, usage, priced
+
+    def of_stream(
+        self, call: Call, meter: StreamMeter | None
+    ) -> tuple[Decimal | None, Usage | None, bool]:
+        """Return (cost, usage, priced) of a stream from what its chunks carried."""
+        if call.has_inner:
+            return None, None, True  # the calls made inside charged themselves
+        usage = meter.usage() if meter is not None else None
+        if usage is None:
+            return None, None, True
+        if usage.model is None and call.request_model is not None:
+            usage = usage.with_model(call.request_model)
+        cost, priced = self.price(usage, call.request_model)
+        return cost, usage, priced
+
+    def unpriced_error(self, usage: Usage | None, priced: bool) -> UnknownModelError | None:
+        """Return the error ``on_unknown_model="raise"`` owes for an unpriced call, if any."""
+        if priced or usage is None or self.on_unknown_model != "raise":
+            return None
+        return UnknownModelError(
+            usage.model or "",
+            f"no price known for model {usage.model!r}; the call was charged the "
+            "fallback price. Register a price with budgetguard.register_model(...)",
+        )
+
+    def warn_once(self, topic: str, message: str) -> None:
+        """Warn (``warnings`` and the log) about ``topic`` the first time only."""
+        if topic in self._warned:
+            return
+        self._warned.add(topic)
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=_outside_budgetguard())

@@ -1,0 +1,157 @@
+"""Build and parse every ledger key: this module is the ledger's on-disk format.
+
+The ledger stores whole units per key and knows nothing of what a key means;
+the meaning lives here, and only here. Keys are ``|``-separated; user ids and
+model names are escaped (``%`` → ``%25``, ``|`` → ``%7C``) so that any id fits.
+
+====================================  ===========================================
+key                                   what it counts
+====================================  ===========================================
+``b|<owner>|<window>``                a budget's spend and holds in one window;
+                                      ``<owner>`` is ``global`` or ``user:<id>``
+``b|<owner>|<window>|m=<model>``      that window's spend on one model
+``t|``                                lifetime spend of everyone
+``t|u=<user>`` / ``t|m=<model>``      lifetime spend of one user / one model
+``t|u=<user>|m=<model>``              lifetime spend of one user on one model
+``d|<day>|u=<user>|m=<model>``        spend of one day (of the guard's time zone)
+``s|<scope id>``                      a ``budget_scope(limit=...)`` block's cap
+``a|<window key>|<fraction>``         an alert marker: the threshold fired once
+====================================  ===========================================
+
+Window ids (``2026-12``, ``2026-W49``, ``2026-12-01``, ``f86400@...``, ``life``)
+come from ``periods.py``; resets are lazy because the window is in the key.
+An empty user or model field (``u=``, ``m=``) means "none".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+__all__ = [
+    "alert_key",
+    "budget_key",
+    "day_key",
+    "escape",
+    "model_key",
+    "model_prefix",
+    "owner_of",
+    "parse_tally",
+    "prunable_window",
+    "scope_key",
+    "tally_keys",
+    "total_key",
+    "unescape",
+]
+
+BUDGET = "b|"
+TOTAL = "t|"
+DAY = "d|"
+SCOPE = "s|"
+ALERT = "a|"
+MODEL = "|m="
+
+
+def escape(text: str) -> str:
+    """Make a user id or model name safe inside a ``|``-separated ledger key."""
+    if "%" in text or "|" in text:
+        return text.replace("%", "%25").replace("|", "%7C")
+    return text
+
+
+def unescape(text: str) -> str:
+    """Undo ``escape``."""
+    return text.replace("%7C", "|").replace("%25", "%") if "%" in text else text
+
+
+def budget_key(owner: str, window_id: str) -> str:
+    """Return the key of budget ``owner`` (``global``, ``user:<id>``) in one window."""
+    return f"{BUDGET}{escape(owner)}|{window_id}"
+
+
+def model_key(key: str, model: str | None) -> str:
+    """Return the key counting the part of ``key`` spent on ``model``."""
+    return f"{key}{MODEL}{escape(model) if model is not None else ''}"
+
+
+def model_prefix(key: str) -> str:
+    """Return the prefix of every per-model key under ``key``."""
+    return key + MODEL
+
+
+def total_key(user: str | None = None, model: str | None = None) -> str:
+    """Return the lifetime tally of everyone, one user, one model, or both."""
+    if user is None and model is None:
+        return TOTAL
+    if model is None:
+        return f"{TOTAL}u={escape(user or '')}"
+    if user is None:
+        return f"{TOTAL}m={escape(model)}"
+    return f"{TOTAL}u={escape(user)}{MODEL}{escape(model)}"
+
+
+def day_key(day: str, user: str | None, model: str | None) -> str:
+    """Return the tally of one day's spend by one user on one model."""
+    u = escape(user) if user is not None else ""
+    m = escape(model) if model is not None else ""
+    return f"{DAY}{day}|u={u}{MODEL}{m}"
+
+
+def tally_keys(
+    user: str | None, model: str | None, day: str, budget_keys: Iterable[str]
+) -> tuple[str, ...]:
+    """Return every counter a settled call adds to besides the budgets it held."""
+    u = escape(user) if user is not None else ""
+    m = escape(model) if model is not None else ""
+    found = [TOTAL, f"{TOTAL}u={u}", f"{TOTAL}m={m}", f"{TOTAL}u={u}{MODEL}{m}"]
+    found.append(f"{DAY}{day}|u={u}{MODEL}{m}")
+    found.extend(f"{key}{MODEL}{m}" for key in budget_keys)
+    return tuple(found)
+
+
+def scope_key(scope_id: str) -> str:
+    """Return the key counting one scope block's spend against its cap."""
+    return SCOPE + scope_id
+
+
+def alert_key(key: str, fraction: Decimal) -> str:
+    """Return the marker that an alert at ``fraction`` of ``key`` has fired."""
+    return f"{ALERT}{key}|{fraction}"
+
+
+def owner_of(key: str) -> str:
+    """Name what a held key belongs to: ``user:alice``, ``global``, ``scope`` or the key."""
+    if key.startswith(SCOPE):
+        return "scope"
+    if key.startswith(BUDGET):
+        return unescape(key.split("|")[1])
+    return key
+
+
+def parse_tally(text: str) -> dict[str, str | None]:
+    """Turn ``u=alice|m=gpt-4o`` into ``{"user": "alice", "model": "gpt-4o"}``."""
+    found: dict[str, str | None] = {}
+    for part in text.split("|"):
+        name, _, value = part.partition("=")
+        field = {"u": "user", "m": "model"}.get(name)
+        if field is not None:
+            found[field] = unescape(value) if value else None
+    return found
+
+
+# (prefix, index of the window id among the key's |-separated parts)
+_WINDOWED = ((BUDGET, 2), (DAY, 1), (ALERT + BUDGET, 3))
+
+
+def prunable_prefixes() -> tuple[str, ...]:
+    """Return the prefixes of the keys that belong to one window (``prune`` scans these)."""
+    return tuple(prefix for prefix, _ in _WINDOWED)
+
+
+def prunable_window(key: str) -> str | None:
+    """Return the window id of a windowed key, or ``None`` for keys kept for ever."""
+    for prefix, position in _WINDOWED:
+        if key.startswith(prefix):
+            parts = key.split("|")
+            return parts[position] if len(parts) > position else None
+    return None
