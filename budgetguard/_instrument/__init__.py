@@ -45,9 +45,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 import threading
-import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -188,18 +186,3 @@ def uninstrument() -> None:
 def instrumented() -> bool:
     """Tell whether the clients are instrumented now."""
     return bool(_patches.originals)
-
-
-class _CallableModule(types.ModuleType):
-    """Let ``budgetguard.instrument(...)`` work even when this subpackage shadows the function.
-
-    Importing ``budgetguard.instrument`` (the subpackage) before touching
-    ``budgetguard.instrument`` (the function) binds the subpackage to that
-    name in the parent; calling it then does what the function does.
-    """
-
-    def __call__(self, guard: BudgetGuard | None = None) -> list[str]:
-        return instrument(guard)
-
-
-sys.modules[__name__].__class__ = _CallableModule
