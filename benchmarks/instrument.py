@@ -23,7 +23,7 @@ import anthropic
 import openai
 
 import budgetguard as bg
-from budgetguard.instrument import instrument, uninstrument
+from budgetguard import instrument, uninstrument
 
 _FAKE = Path(__file__).resolve().parent.parent / "tests" / "instrument" / "fake_llm.py"
 

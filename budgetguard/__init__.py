@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._default import configure, default_guard
 from .budgets import Budget
@@ -27,6 +27,9 @@ from .errors import (
 from .events import BudgetStatus, CallOutcome, ThresholdCrossing
 from .guard import BudgetGuard, charge
 from .scope import budget_scope, current_scope, current_user, run_in_context, submit_in_context
+
+if TYPE_CHECKING:
+    from ._instrument import instrument, uninstrument
 
 # LiteLLM's global budget: ``budgetguard.max_budget = 0.001`` caps this
 # process's spend through guarded calls, ``budgetguard._current_cost`` is its
@@ -152,13 +155,10 @@ def __getattr__(name: str) -> Any:
 
         return getattr(tokens, name)
     if name in ("instrument", "uninstrument"):
-        # The subpackage has the function's name: import it by path (a
-        # from-import would recurse into this hook) and bind the function here.
-        import importlib
+        # Patching needs wrapt and the stream proxies: load them on first use.
+        from . import _instrument
 
-        found = getattr(importlib.import_module(".instrument", __name__), name)
-        globals()[name] = found
-        return found
+        return getattr(_instrument, name)
     if name == "BudgetManager":
         from .compat import BudgetManager
 

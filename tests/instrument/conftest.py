@@ -9,8 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from budgetguard import BudgetGuard
-from budgetguard.instrument import instrument, uninstrument
+from budgetguard import BudgetGuard, instrument, uninstrument
 
 from .fake_llm import FakeLLM, serve
 

@@ -226,7 +226,7 @@ def test_refused_call_sends_no_request(
 
 def test_outside_scope_refuse_sends_no_request(llm: FakeLLM, oai: openai.OpenAI) -> None:
     """Refuse a call outside any scope under outside_scope='refuse', before the request."""
-    from budgetguard.instrument import instrument, uninstrument
+    from budgetguard import instrument, uninstrument
 
     strict = BudgetGuard(metrics=False, outside_scope="refuse")
     instrument(strict)
@@ -364,7 +364,7 @@ def test_uninstrument_restores_and_instrument_is_idempotent(
     """Patch once however often instrument() runs, and charge nothing after uninstrument()."""
     from openai.resources.chat.completions import Completions
 
-    from budgetguard.instrument import instrument, uninstrument
+    from budgetguard import instrument, uninstrument
 
     original = Completions.__dict__["create"]
     own = BudgetGuard(metrics=False)

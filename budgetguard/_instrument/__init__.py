@@ -2,9 +2,9 @@
 
 ``budgetguard.instrument()`` patches the SDKs' resource classes (so every
 client, ``OpenAI``, ``AzureOpenAI``, ``AsyncOpenAI``, ``Anthropic``, ...,
-old and new, is covered) and ``uninstrument()`` restores them. Both are
-idempotent. Only libraries that are installed are patched; an absent one is
-never imported.
+old and new, is covered) and ``uninstrument()`` takes its wrappers off
+again. Both are idempotent. Only libraries that are installed are patched; an
+absent one is never imported.
 
 Patched: ``openai`` ≥ 1 — ``chat.completions.create`` and ``parse``,
 ``responses.create``, ``embeddings.create``, ``completions.create``;
@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
+import logging
 import threading
-import types
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -64,6 +64,8 @@ from ._wrappers import (
 )
 
 __all__ = ["instrument", "instrumented", "uninstrument"]
+
+logger = logging.getLogger("budgetguard")
 
 
 class _Target(NamedTuple):
@@ -109,14 +111,56 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
 }
 
 
+# How many ``__wrapped__`` links to follow looking for our wrapper.
+_MAX_CHAIN = 64
+
+
+class _Patch:
+    """One method we wrapped: where, what was there before, and our wrapper object."""
+
+    __slots__ = ("active", "cls", "method", "original", "wrapper")
+
+    def __init__(self, cls: type, method: str) -> None:
+        self.cls = cls
+        self.method = method
+        self.original: Any = cls.__dict__[method]  # the class attribute before patching
+        self.wrapper: Any = None  # the wrapt FunctionWrapper, once installed
+        # Read by wrapt at every call: a dormant wrapper calls straight through.
+        self.active = True
+
+    def enabled(self) -> bool:
+        """Tell wrapt whether to run our wrapper (``False``: pass the call through)."""
+        return self.active
+
+    @property
+    def name(self) -> str:
+        """Return the patched attribute's dotted name, as users see it."""
+        return f"{self.cls.__module__}.{self.cls.__qualname__}.{self.method}"
+
+    def is_outermost(self) -> bool:
+        """Tell whether the class attribute is still our wrapper itself."""
+        return self.cls.__dict__.get(self.method) is self.wrapper
+
+    def is_reachable(self) -> bool:
+        """Tell whether calls still reach our wrapper (the attribute, or what it wraps)."""
+        found = self.cls.__dict__.get(self.method)
+        for _ in range(_MAX_CHAIN):
+            if found is self.wrapper:
+                return True
+            found = getattr(found, "__wrapped__", None)
+            if found is None:
+                return False
+        return False
+
+
 class _Patches:
     """What is patched now, to undo it; the one piece of state instrumentation needs."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.guard: BudgetGuard | None = None
-        # (class, method name, the attribute found in the class before patching)
-        self.originals: list[tuple[type, str, Any]] = []
+        # Active patches, and dormant ones that another wrapper still holds.
+        self.patches: list[_Patch] = []
 
     def guard_of(self) -> BudgetGuard:
         """Return the guard calls are charged to: the one given, else today's default."""
@@ -126,6 +170,10 @@ class _Patches:
         from .._default import default_guard
 
         return default_guard()
+
+    def active(self) -> list[_Patch]:
+        """Return the patches that budget calls now."""
+        return [patch for patch in self.patches if patch.active]
 
 
 _patches = _Patches()
@@ -159,47 +207,68 @@ def instrument(guard: BudgetGuard | None = None) -> list[str]:
     """
     with _patches.lock:
         _patches.guard = guard
-        if not _patches.originals:
+        if not _patches.active():
             for package, targets in _TARGETS.items():
                 if not _installed(package):
                     continue
                 for target in targets:
                     cls = _resolve(target)
-                    if cls is None or any(
-                        c is cls and m == target.method for c, m, _ in _patches.originals
-                    ):
-                        continue
-                    original = cls.__dict__[target.method]
-                    wrapper = target.make(_patches.guard_of)
-                    wrapt.wrap_function_wrapper(cls, target.method, wrapper)
-                    _patches.originals.append((cls, target.method, original))
-        return [f"{c.__module__}.{c.__qualname__}.{m}" for c, m, _ in _patches.originals]
+                    if cls is not None:
+                        _patch(cls, target)
+        return [patch.name for patch in _patches.active()]
+
+
+def _patch(cls: type, target: _Target) -> None:
+    """Wrap one method, or wake our dormant wrapper of it if calls still reach it."""
+    for patch in list(_patches.patches):
+        if patch.cls is not cls or patch.method != target.method:
+            continue
+        if patch.active:
+            return  # two targets naming one class (an SDK alias)
+        if patch.is_reachable():
+            # Another library wrapped ours and uninstrument() left it there:
+            # enable it again rather than stack a second wrapper.
+            patch.active = True
+            return
+        _patches.patches.remove(patch)  # replaced wholesale: ours is gone
+    patch = _Patch(cls, target.method)
+    patch.wrapper = wrapt.wrap_object(
+        cls, target.method, wrapt.FunctionWrapper, (target.make(_patches.guard_of), patch.enabled)
+    )
+    _patches.patches.append(patch)
 
 
 def uninstrument() -> None:
-    """Restore the clients' original methods; calls are no longer budgeted."""
+    """Restore the clients' original methods; calls are no longer budgeted.
+
+    A method that another library wrapped after ``instrument()`` (OpenTelemetry
+    instrumentation, for one) keeps that wrapper: restoring the original would
+    remove it too. There budgetguard's wrapper stays in the chain but passes
+    calls straight through, and a ``RuntimeWarning`` names the method.
+    """
     with _patches.lock:
-        for cls, method, original in reversed(_patches.originals):
-            setattr(cls, method, original)
-        _patches.originals.clear()
+        left: list[str] = []
+        for patch in reversed(list(_patches.patches)):
+            if patch.is_outermost():  # also a dormant one that the other wrapper let go
+                setattr(patch.cls, patch.method, patch.original)
+                _patches.patches.remove(patch)
+                continue
+            if patch.active:
+                left.append(patch.name)
+            patch.active = False
+            if not patch.is_reachable():  # replaced wholesale: nothing left to wake
+                _patches.patches.remove(patch)
         _patches.guard = None
+    if left:
+        message = (
+            f"budgetguard.uninstrument(): something wrapped or replaced "
+            f"{', '.join(reversed(left))} after instrument(); left in place, "
+            "with budgetguard's wrapper passing calls through unbudgeted"
+        )
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def instrumented() -> bool:
     """Tell whether the clients are instrumented now."""
-    return bool(_patches.originals)
-
-
-class _CallableModule(types.ModuleType):
-    """Let ``budgetguard.instrument(...)`` work even when this subpackage shadows the function.
-
-    Importing ``budgetguard.instrument`` (the subpackage) before touching
-    ``budgetguard.instrument`` (the function) binds the subpackage to that
-    name in the parent; calling it then does what the function does.
-    """
-
-    def __call__(self, guard: BudgetGuard | None = None) -> list[str]:
-        return instrument(guard)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+    return bool(_patches.active())
