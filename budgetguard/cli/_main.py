@@ -1,10 +1,4 @@
-"""The ``budgetguard`` command: a demo, spend reports, budgets, prices and costs.
-
-Exit status: 0 on success, 1 when something went wrong at run time (a ledger
-that cannot be reached, an unknown model, ...), 2 for bad arguments, 130 when
-interrupted. Errors are one line on stderr, without a traceback (set
-``BUDGETGUARD_DEBUG=1`` to see one).
-"""
+"""Build the ``budgetguard`` command line and run the command it names."""
 
 from __future__ import annotations
 
@@ -23,11 +17,11 @@ from decimal import Decimal
 from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
-from . import __version__
-from .budgets import DEFAULT, GLOBAL, Budget
-from .errors import BudgetGuardError, ConfigurationError
-from .guard import BudgetGuard
-from .periods import CALENDAR_PERIODS, parse_period, parse_tz, tz_name
+from .. import __version__
+from ..budgets import DEFAULT, GLOBAL, Budget
+from ..errors import BudgetGuardError, ConfigurationError
+from ..guard import BudgetGuard
+from ..periods import CALENDAR_PERIODS, parse_period, parse_tz, tz_name
 
 __all__ = ["main"]
 
@@ -131,7 +125,7 @@ def _quiet_library_logs() -> None:
 
 
 def _amount(text: str) -> Decimal:
-    from .money import to_decimal
+    from ..money import to_decimal
 
     try:
         return to_decimal(text, "limit")
@@ -202,7 +196,7 @@ def _ledger_url(text: str) -> str:
 
 
 def _by(text: str) -> tuple[str, ...]:
-    from .report import BREAKDOWNS
+    from ..report import BREAKDOWNS
 
     found = BREAKDOWNS.get(text.replace(" ", "").lower())
     if found is None:
@@ -725,7 +719,7 @@ def _json_default(value: object) -> object:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     if args.users < 2:
         raise UsageError("argument --users: the demo needs at least 2 users")
@@ -775,7 +769,7 @@ def _safe(url: str) -> str:
 
 
 def _show_demo(result: Any, args: argparse.Namespace) -> None:
-    from .report import build_report
+    from ..report import build_report
 
     totals = result.totals
     out = sys.stdout
@@ -853,7 +847,7 @@ def _show_demo(result: Any, args: argparse.Namespace) -> None:
 
 
 def _agent_limit() -> Decimal:
-    from .demo import AGENT_LIMIT
+    from ..demo import AGENT_LIMIT
 
     return AGENT_LIMIT
 
@@ -862,7 +856,7 @@ def _agent_limit() -> Decimal:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from ..report import build_report
 
     by = args.by if args.by is not None else ("user",)
     with _open_guard(args.ledger, must_exist=True, tz=args.tz) as guard:
@@ -1211,7 +1205,7 @@ _PRICE_FIELDS = (
 
 
 def _run_prices(args: argparse.Namespace) -> int:
-    from .pricing import default_table
+    from ..pricing import default_table
 
     table = default_table()
     entries = sorted(table, key=lambda p: ((p.provider or ""), p.model))
@@ -1330,9 +1324,9 @@ def _show_price(asked: str, price: Any, form: str) -> None:
 
 
 def _run_cost(args: argparse.Namespace) -> int:
-    from .errors import UnknownModelError
-    from .pricing import cost_of, default_table
-    from .usage import Usage
+    from ..errors import UnknownModelError
+    from ..pricing import cost_of, default_table
+    from ..usage import Usage
 
     usage = Usage(
         input_tokens=args.input,
@@ -1431,7 +1425,3 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigurationError as error:
         raise UsageError(f"argument --ledger: {error}") from None
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - python -m budgetguard.cli
-    sys.exit(main())
