@@ -47,7 +47,7 @@ def add_parser(commands: Subparsers) -> None:
         "--period monthly --tz Europe/Paris\n"
         "  budgetguard budgets list --ledger sqlite:///spend.db\n"
         "  budgetguard budgets delete --ledger sqlite:///spend.db --user alice",
-        _run_help,
+        run,
     )
     actions = budgets.add_subparsers(title="actions", metavar="ACTION")
     actions.required = True
@@ -180,7 +180,8 @@ def _period(text: str) -> object:
 # -- the actions ------------------------------------------------------------------------------
 
 
-def _run_help(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Print the help of ``budgets``: it needs an action (argparse insists on one first)."""
     args.parser.print_help()
     return EXIT_USAGE
 
