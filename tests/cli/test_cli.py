@@ -63,6 +63,7 @@ def test_every_subcommand_has_help() -> None:
         ["budgets", "delete"],
         ["prices"],
         ["cost"],
+        ["prune"],
         ["serve"],
     ):
         done = run(*command, "--help")
