@@ -252,7 +252,7 @@ class BudgetManager:
         return isinstance(user, str) and self._backend.find(user) is not None
 
     def get_users(self) -> list[str]:
-        """Return every user with a budget."""
+        """Return every user with a budget, in the order they were created (as LiteLLM)."""
         return self._backend.users()
 
     def reset_cost(self, user: str) -> dict[str, UserEntry]:
@@ -466,7 +466,7 @@ class _HostedBackend:
         self.entries()
 
     def users(self) -> list[str]:
-        return sorted(self.entries())
+        return list(self.entries())  # in the server's order: creation order
 
     def find(self, user: str) -> UserEntry | None:
         return self._fetch(user).get(user)
