@@ -277,6 +277,24 @@ class BudgetManager:
         """Return a snapshot of every user's record (changing it changes nothing)."""
         return self._backend.entries()
 
+    def as_dict(self, *, json_safe: bool = False) -> dict[str, Any]:
+        """Return every user's record, as ``user_dict``; ``json_safe=True``: amounts as strings.
+
+        The strings are exact (``"0.000018"``; ``Decimal(text)`` reads them
+        back), so ``json.dumps(budget_manager.as_dict(json_safe=True))`` works
+        and loses nothing.
+        """
+        entries = self._backend.entries()
+        return _json.json_safe(entries) if json_safe else entries
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """Return every user's record as JSON text, amounts as exact JSON numbers.
+
+        This is the local file's format. ``json.loads(text, parse_float=Decimal)``
+        reads it back exactly; a plain ``json.loads`` gives floats.
+        """
+        return _json.dumps(self._backend.entries(), indent=indent)
+
     def _entry(self, user: str) -> UserEntry:
         _check_user(user)
         entry = self._backend.find(user)
