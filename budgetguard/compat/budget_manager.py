@@ -196,7 +196,10 @@ class BudgetManager:
         """Charge ``user`` for a response (from its usage) or for text in and out of ``model``.
 
         Returns ``{"user": record}`` as LiteLLM does. Text is priced from its
-        token count; a missing or empty text counts no tokens.
+        token count, as the provider bills a call: ``input_text`` as one user
+        message (chat framing included), ``output_text`` as plain text (a
+        completion's tokens have no message framing; LiteLLM counts it as a
+        message, 7 tokens more). A missing or empty text counts no tokens.
         """
         _check_user(user)
         from ..tokens import count_tokens
