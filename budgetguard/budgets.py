@@ -60,7 +60,12 @@ class Budget:
 
     @classmethod
     def create(
-        cls, limit: object, *, name: str, period: object = None, tz: object = None,
+        cls,
+        limit: object,
+        *,
+        name: str,
+        period: object = None,
+        tz: object = None,
         created_at: datetime | None = None,
     ) -> Budget:
         """Validate user input and build a budget (nothing is stored)."""
@@ -136,4 +141,3 @@ class Budget:
 
     def __repr__(self) -> str:
         return f"Budget({self.name!r}, limit={self.limit}, period={self.period.label!r})"
-

@@ -39,9 +39,7 @@ def to_decimal(value: object, name: str = "amount", *, allow_negative: bool = Fa
         except InvalidOperation:
             raise ValueError(f"{name} is not a number: {value!r}") from None
     else:
-        raise ValueError(
-            f"{name} must be a Decimal, int, str or float, not {type(value).__name__}"
-        )
+        raise ValueError(f"{name} must be a Decimal, int, str or float, not {type(value).__name__}")
     if not result.is_finite():
         raise ValueError(f"{name} must be finite, got {value!r}")
     if result < 0 and not allow_negative:
