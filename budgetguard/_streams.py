@@ -40,7 +40,7 @@ def is_stream(result: Any) -> bool:
 
 def guard_returned_stream(call: Call, result: Any) -> Any:
     """Return a proxy of ``result`` that settles ``call`` from its chunks, or ``None``."""
-    from .instrument._streams import AsyncStreamProxy, Settlement, StreamProxy, is_guarded
+    from ._instrument._streams import AsyncStreamProxy, Settlement, StreamProxy, is_guarded
 
     if not is_stream(result) or is_guarded(result):
         return None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from typing import overload
+
+from .money import Amount
 
 __all__ = [
     "BudgetExceededError",
@@ -55,8 +58,21 @@ class BudgetExceededError(BudgetGuardError):
     what is spent and reserved, what the call asked for, and when it resets.
     ``current_cost`` and ``max_budget`` are LiteLLM's names for ``spent`` and
     ``limit``.
+
+    Two constructors: budgetguard's keywords (``budget=``, ``limit=``,
+    ``spent=``, ``reserved=``, ``requested=``, ...), and LiteLLM's
+    ``BudgetExceededError(current_cost, max_budget, message=None)``, so code
+    that raises or subclasses LiteLLM's error keeps working. In LiteLLM's
+    form the amounts become exact ``Decimal`` (a float by its shortest repr)
+    and the budget is ``"max_budget"``.
     """
 
+    @overload
+    def __init__(
+        self, current_cost: Amount, max_budget: Amount, message: str | None = None
+    ) -> None: ...
+
+    @overload
     def __init__(
         self,
         *,
@@ -69,7 +85,57 @@ class BudgetExceededError(BudgetGuardError):
         period: str | None = None,
         resets_at: datetime | None = None,
         message: str | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        current_cost: Amount | None = None,
+        max_budget: Amount | None = None,
+        message: str | None = None,
+        *,
+        budget: str | None = None,
+        limit: Decimal | None = None,
+        spent: Decimal | None = None,
+        reserved: Decimal | None = None,
+        requested: Decimal | None = None,
+        user: str | None = None,
+        period: str | None = None,
+        resets_at: datetime | None = None,
     ) -> None:
+        ours = {
+            "budget": budget,
+            "limit": limit,
+            "spent": spent,
+            "reserved": reserved,
+            "requested": requested,
+        }
+        if current_cost is not None or max_budget is not None:
+            given = {**ours, "user": user, "period": period, "resets_at": resets_at}
+            mixed = [name for name, value in given.items() if value is not None]
+            if mixed:
+                raise TypeError(
+                    "BudgetExceededError takes either LiteLLM's (current_cost, max_budget, "
+                    f"message) or budgetguard's keywords, not both (got {', '.join(mixed)})"
+                )
+            if current_cost is None or max_budget is None:
+                raise TypeError("BudgetExceededError needs both current_cost and max_budget")
+            budget = "max_budget"
+            limit = _exact(max_budget, "max_budget")
+            spent = _exact(current_cost, "current_cost")
+            reserved = requested = Decimal(0)
+            # LiteLLM's wording, with the numbers as the caller gave them.
+            message = message or (
+                f"Budget has been exceeded! Current cost: {current_cost}, Max budget: {max_budget}"
+            )
+        else:
+            missing = [name for name, value in ours.items() if value is None]
+            if missing:
+                raise TypeError(
+                    f"BudgetExceededError() missing {', '.join(missing)} (or give LiteLLM's "
+                    "current_cost and max_budget)"
+                )
+        assert budget is not None and limit is not None and spent is not None
+        assert reserved is not None and requested is not None
         self.budget = budget
         self.user = user
         self.limit = limit
@@ -78,17 +144,28 @@ class BudgetExceededError(BudgetGuardError):
         self.requested = requested
         self.period = period
         self.resets_at = resets_at
-        super().__init__(message or self._describe())
+        #: The text of the error (LiteLLM's attribute; ``str(error)`` is the same).
+        self.message = message or self._describe()
+        super().__init__(self.message)
 
     @property
     def current_cost(self) -> Decimal:
         """Return the spend so far (LiteLLM's name)."""
         return self.spent
 
+    @current_cost.setter
+    def current_cost(self, value: Amount) -> None:
+        # LiteLLM's __init__ assigns it; subclasses written for LiteLLM may too.
+        self.spent = _exact(value, "current_cost")
+
     @property
     def max_budget(self) -> Decimal:
         """Return the budget's limit (LiteLLM's name)."""
         return self.limit
+
+    @max_budget.setter
+    def max_budget(self, value: Amount) -> None:
+        self.limit = _exact(value, "max_budget")
 
     @property
     def remaining(self) -> Decimal:
@@ -106,12 +183,37 @@ class BudgetExceededError(BudgetGuardError):
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        # Keyword-only __init__ needs help to survive pickling (multiprocessing).
-        return (_rebuild_exceeded, (self.__dict__.copy(), str(self)))
+        # Pickling (multiprocessing) would call __init__ with the message as
+        # current_cost; rebuild from the state instead, keeping the subclass.
+        return (_rebuild_exceeded, (self.__dict__.copy(), str(self), type(self)))
 
 
-def _rebuild_exceeded(state: dict[str, object], message: str) -> BudgetExceededError:
-    error = BudgetExceededError.__new__(BudgetExceededError)
+def _exact(value: object, name: str) -> Decimal:
+    """Turn an amount given to the error into a ``Decimal``; floats by their shortest repr.
+
+    Lenient on purpose (an infinite ``max_budget`` is kept): building an
+    error must not fail on the numbers it reports, only on a non-number.
+    """
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip())
+        except InvalidOperation:
+            pass
+    raise TypeError(f"{name} must be a number, got {value!r}")
+
+
+def _rebuild_exceeded(
+    state: dict[str, object],
+    message: str,
+    cls: type[BudgetExceededError] = BudgetExceededError,
+) -> BudgetExceededError:
+    error = cls.__new__(cls)
     Exception.__init__(error, message)
     error.__dict__.update(state)
     return error

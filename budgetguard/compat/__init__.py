@@ -2,14 +2,15 @@
 
 ``BudgetManager`` has LiteLLM's methods and return shapes; ``budgetguard.max_budget``
 and ``budgetguard._current_cost`` are LiteLLM's process-wide budget;
-``budgetguard.compat.server`` serves LiteLLM's hosted budget protocol on any ledger.
+``budgetguard.compat.server`` serves LiteLLM's hosted budget protocol on any ledger;
+``json_safe(record)`` makes any returned record safe for ``json.dumps``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BudgetManager", "BudgetServerError", "UnknownUserError"]
+__all__ = ["BudgetManager", "BudgetServerError", "UnknownUserError", "json_safe"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from . import budget_manager
 
         return getattr(budget_manager, name)
+    if name == "json_safe":
+        from ._json import json_safe
+
+        return json_safe
     if name == "UnknownUserError":
         from ._store import UnknownUserError
 

@@ -1,4 +1,9 @@
-"""JSON that keeps amounts exact: ``Decimal`` in, plain JSON numbers out, ``Decimal`` back."""
+"""JSON that keeps amounts exact: ``Decimal`` in, plain JSON numbers out, ``Decimal`` back.
+
+``dumps`` writes amounts as JSON numbers with every digit (``0.000018``);
+``json_safe`` turns them into the same digits as strings (``"0.000018"``), for
+code that hands records to ``json.dumps``, a web framework or a logger.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "json_safe", "loads"]
 
 
 def loads(text: str | bytes) -> Any:
@@ -20,6 +25,22 @@ def dumps(value: Any, *, indent: int | None = None) -> str:
     parts: list[str] = []
     _write(value, parts, indent, 0)
     return "".join(parts)
+
+
+def json_safe(value: Any) -> Any:
+    """Return a copy of ``value`` that ``json.dumps`` accepts: each ``Decimal`` as its exact string.
+
+    ``Decimal("0.000018")`` becomes ``"0.000018"`` (never ``"1.8E-5"``), and
+    ``Decimal(s)`` gives the amount back to the last digit. Mappings become
+    dicts, lists and tuples lists; other values are returned as they are.
+    """
+    if isinstance(value, Decimal):
+        return _number(value)
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _number(value: Decimal) -> str:

@@ -14,6 +14,7 @@ that sets no cap.
 
 from __future__ import annotations
 
+import math
 import threading
 import types
 import weakref
@@ -47,7 +48,9 @@ class ProcessBudget:
         return from_units(self._units)
 
     def set_limit(self, value: object) -> None:
-        """Set the cap in dollars; ``None`` or ``0`` turns it off, as in LiteLLM."""
+        """Set the cap in dollars; ``None``, ``0`` or infinity turns it off, as in LiteLLM."""
+        if _is_positive_infinity(value):
+            value = None  # LiteLLM's tests lift the cap this way
         limit = None if value is None else to_decimal(value, "max_budget")
         self.limit = limit if limit else None
         # Counting starts with the first cap and keeps its total when the cap
@@ -86,6 +89,12 @@ class ProcessBudget:
         units = to_units(cost)
         with self._lock:
             self._units += units
+
+
+def _is_positive_infinity(value: object) -> bool:
+    if isinstance(value, float):
+        return value == math.inf
+    return isinstance(value, Decimal) and value.is_infinite() and value > 0
 
 
 process_budget = ProcessBudget()

@@ -5,22 +5,31 @@ so that many projects share one ledger); ``current_cost`` is the spend of the
 budget's current window and ``model_cost`` its per-model split. Nothing here
 keeps a copy of the numbers: every read asks the ledger, every charge is one
 atomic ledger operation.
+
+Users are listed in the order they were created, as LiteLLM's user dict
+keeps them. The ledger stores budgets by name, so the order has keys of its
+own, outside every budget's ``b|`` keys (prune and reports never see them):
+
+- ``o|#`` counts the users ever created, over every project of the ledger;
+- ``o|<budget name>`` (escaped like budget keys, e.g. ``o|user:alice``) holds
+  the count at the user's first creation; creating the user again keeps it.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from ..budgets import Budget, escape, unescape
+from ..budgets import Budget, budget_name, escape, unescape
 from ..errors import BudgetGuardError
 from ..guard import BudgetGuard
-from ..ledger import Balance
+from ..ledger import Balance, Hold, Reservation
 from ..money import from_units, to_decimal, to_units
 from ..periods import CALENDAR_PERIODS
 
@@ -51,6 +60,9 @@ _DAYS_TO_PERIOD = {
 }
 
 UserEntry = dict[str, Any]
+
+#: The ledger key counting users ever created (see the module's docstring).
+_CREATED = "o|#"
 
 
 class UnknownUserError(BudgetGuardError, KeyError):
@@ -167,12 +179,21 @@ class ProjectStore:
     # -- reading --------------------------------------------------------------------
 
     def users(self) -> list[str]:
-        """Return the project's users, sorted."""
+        """Return the project's users in the order they were created.
+
+        Users with no recorded place (budgets set through the guard itself,
+        or stored before places were recorded) come first, by name.
+        """
         prefix = self._owner
-        return sorted(
+        names = [
             budget.name[len(prefix) :]
             for budget in self.guard.budgets()
             if budget.name.startswith(prefix) and len(budget.name) > len(prefix)
+        ]
+        places = self.guard.ledger.scan("o|" + escape(prefix))
+        empty = Balance()
+        return sorted(
+            names, key=lambda user: (places.get(self._place_key(user), empty).spent, user)
         )
 
     def has(self, user: str) -> bool:
@@ -225,6 +246,7 @@ class ProjectStore:
         self, user: str, total_budget: object, period: object, created_at: datetime | None
     ) -> UserEntry:
         """Set ``user``'s budget; spend already recorded in the window is kept."""
+        self._place(user)
         self.guard.set_budget(
             total_budget, user=self.namespace + user, period=period, created_at=created_at
         )
@@ -259,6 +281,7 @@ class ProjectStore:
         for entry in entries:
             if self.has(entry.user):
                 continue
+            self._place(entry.user)
             self.guard.set_budget(
                 entry.total_budget,
                 user=self.namespace + entry.user,
@@ -339,6 +362,24 @@ class ProjectStore:
                 left -= delta
         if left > 0:
             self.add_cost(entry.user, left, None)
+
+    def _place_key(self, user: str) -> str:
+        return "o|" + escape(budget_name(self.namespace + user))
+
+    def _place(self, user: str) -> None:
+        """Record ``user``'s place in the creation order, unless it has one."""
+        ledger = self.guard.ledger
+        key = self._place_key(user)
+        if ledger.balances([key])[key].spent:
+            return
+        ledger.add([_CREATED], 1)
+        place = ledger.balances([_CREATED])[_CREATED].spent
+        # Write the place only where none is: a hold whose limit is the place
+        # itself is refused, atomically, once the key holds anything, so two
+        # processes creating the same new user cannot add up two places.
+        hold = Reservation(f"o-{uuid.uuid4().hex}", (Hold(key, place, place),), ledger.clock() + 60)
+        if ledger.reserve(hold) is None:
+            ledger.settle(hold, place)
 
     def _budget(self, user: str) -> Budget | None:
         return self.guard.get_budget(self.namespace + user)

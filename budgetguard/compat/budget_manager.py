@@ -196,7 +196,10 @@ class BudgetManager:
         """Charge ``user`` for a response (from its usage) or for text in and out of ``model``.
 
         Returns ``{"user": record}`` as LiteLLM does. Text is priced from its
-        token count; a missing or empty text counts no tokens.
+        token count, as the provider bills a call: ``input_text`` as one user
+        message (chat framing included), ``output_text`` as plain text (a
+        completion's tokens have no message framing; LiteLLM counts it as a
+        message, 7 tokens more). A missing or empty text counts no tokens.
         """
         _check_user(user)
         from ..tokens import count_tokens
@@ -252,7 +255,7 @@ class BudgetManager:
         return isinstance(user, str) and self._backend.find(user) is not None
 
     def get_users(self) -> list[str]:
-        """Return every user with a budget."""
+        """Return every user with a budget, in the order they were created (as LiteLLM)."""
         return self._backend.users()
 
     def reset_cost(self, user: str) -> dict[str, UserEntry]:
@@ -276,6 +279,24 @@ class BudgetManager:
     def user_dict(self) -> dict[str, UserEntry]:
         """Return a snapshot of every user's record (changing it changes nothing)."""
         return self._backend.entries()
+
+    def as_dict(self, *, json_safe: bool = False) -> dict[str, Any]:
+        """Return every user's record, as ``user_dict``; ``json_safe=True``: amounts as strings.
+
+        The strings are exact (``"0.000018"``; ``Decimal(text)`` reads them
+        back), so ``json.dumps(budget_manager.as_dict(json_safe=True))`` works
+        and loses nothing.
+        """
+        entries = self._backend.entries()
+        return _json.json_safe(entries) if json_safe else entries
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """Return every user's record as JSON text, amounts as exact JSON numbers.
+
+        This is the local file's format. ``json.loads(text, parse_float=Decimal)``
+        reads it back exactly; a plain ``json.loads`` gives floats.
+        """
+        return _json.dumps(self._backend.entries(), indent=indent)
 
     def _entry(self, user: str) -> UserEntry:
         _check_user(user)
@@ -466,7 +487,7 @@ class _HostedBackend:
         self.entries()
 
     def users(self) -> list[str]:
-        return sorted(self.entries())
+        return list(self.entries())  # in the server's order: creation order
 
     def find(self, user: str) -> UserEntry | None:
         return self._fetch(user).get(user)

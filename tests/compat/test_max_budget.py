@@ -64,10 +64,24 @@ def test_off_by_default_and_with_none_or_zero() -> None:
             completion(model="gpt-4", messages=MESSAGES)
 
 
+def test_infinity_turns_the_cap_off() -> None:
+    """``float("inf")`` (LiteLLM's tests' way to lift the cap) turns it off, like ``None``."""
+    guard = bg.BudgetGuard(metrics=False)
+    bg.max_budget = 0.001
+    guard.record_spend("0.002")
+    with pytest.raises(BudgetExceededError):
+        guard.begin(None)
+    for infinite in (float("inf"), Decimal("Infinity")):
+        bg.max_budget = infinite
+        assert bg.max_budget is None
+        guard.finish(guard.begin(None), Decimal("0.001"))
+    assert bg._current_cost == Decimal("0.004")  # still counted while the cap is off
+
+
 def test_bad_values_are_refused_and_change_nothing() -> None:
     """A max_budget that is not an amount raises at assignment and keeps the old cap."""
     bg.max_budget = 1
-    for bad in ("lots", -1, float("nan"), True):
+    for bad in ("lots", -1, float("nan"), float("-inf"), "inf", True):
         with pytest.raises(ValueError, match="max_budget"):
             bg.max_budget = bad
     assert bg.max_budget == 1
