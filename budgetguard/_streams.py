@@ -1,23 +1,446 @@
-"""Streams returned by guarded functions: charged from their chunks, however they end.
+"""Stand-ins for stream objects that settle their call's reservation exactly once.
 
-``@budgeted def chat(): return client.chat.completions.create(..., stream=True)``
-returns before a single token has been generated. Settling then would charge
-a guess; instead the caller gets a drop-in proxy of the stream that meters its
-chunks and settles the call when the stream ends, is closed, is left half way
-or is garbage-collected.
+Used by the instrumented clients and for streams returned by ``@budgeted``
+functions: ``@budgeted def chat(): return client.chat.completions.create(...,
+stream=True)`` returns before a token is generated, so settling then would
+charge a guess; the caller gets a proxy that settles from the chunks instead.
+
+Each proxy behaves like the object it wraps (``isinstance``, attributes,
+helper methods pass through ``wrapt.ObjectProxy``) and ends the call's
+reservation when the stream is consumed, closed, left through ``with``,
+broken out of and collected, or fails half way.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import types
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .usage import StreamMeter
+import wrapt
+
+from ._call import Call
+from .usage import StreamMeter, extract_usage
 
 if TYPE_CHECKING:
-    from ._call import Call
+    from .guard import BudgetGuard
 
-__all__ = ["guard_returned_stream", "is_stream"]
+__all__ = [
+    "AsyncMessageStreamManagerProxy",
+    "AsyncMessageStreamProxy",
+    "AsyncStreamProxy",
+    "MessageStreamManagerProxy",
+    "MessageStreamProxy",
+    "Settlement",
+    "StreamProxy",
+    "UsageMeter",
+    "guard_returned_stream",
+    "is_guarded",
+    "is_stream",
+]
+
+logger = logging.getLogger("budgetguard")
+
+if TYPE_CHECKING:
+    _Proxy = wrapt.ObjectProxy[Any]
+else:  # wrapt < 2 proxies are not subscriptable at run time
+    _Proxy = wrapt.ObjectProxy
+
+
+class UsageMeter(StreamMeter):
+    """Read a stream's usage from its chunks, counting the prompt when none was reported."""
+
+    __slots__ = ()
+
+    def __init__(self, request_model: str | None, prompt_tokens: Callable[[], int]) -> None:
+        super().__init__(request_model, prompt_tokens)
+
+
+class SnapshotMeter(UsageMeter):
+    """Read the usage of an Anthropic ``MessageStream`` from the SDK's own message snapshot.
+
+    The helper methods (``get_final_message``, ``text_stream``, ``until_done``)
+    iterate the SDK stream from inside, past any proxy, so the snapshot the
+    SDK accumulates is the one record of what every path consumed.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(
+        self, request_model: str | None, prompt_tokens: Callable[[], int], stream: Any
+    ) -> None:
+        super().__init__(request_model, prompt_tokens)
+        self._stream = stream
+
+    def usage(self) -> Any:
+        """Return the usage of the message snapshot, else the prompt-only estimate."""
+        snapshot = None
+        peek = getattr(self._stream, "_current_snapshot_or_none", None)
+        if callable(peek):
+            snapshot = peek()
+        else:
+            try:
+                snapshot = self._stream.current_message_snapshot
+            except AssertionError:  # no message_start seen yet
+                snapshot = None
+        found = extract_usage(snapshot) if snapshot is not None else None
+        if found is not None:
+            return found
+        return super().usage()
+
+
+class Settlement:
+    """End one call's reservation exactly once, whichever way the stream ends first."""
+
+    __slots__ = ("_done", "_finalizer", "_lock", "call", "guard", "meter")
+
+    def __init__(self, guard: BudgetGuard, call: Call, meter: StreamMeter) -> None:
+        self.guard = guard
+        self.call = call
+        self.meter = meter
+        self._done = False
+        # The garbage collector may run the safety net on any thread.
+        self._lock = threading.Lock()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def watch(self, proxy: object) -> None:
+        """Settle as abandoned when ``proxy`` is collected before the stream ended."""
+        finalizer = weakref.finalize(proxy, self._collected)
+        # At interpreter exit the ledger may already be gone; crashed
+        # reservations expire by themselves.
+        finalizer.atexit = False
+        self._finalizer = finalizer
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        return True
+
+    @property
+    def done(self) -> bool:
+        """Tell whether the reservation has ended."""
+        return self._done
+
+    def settle(self, error: BaseException | None = None) -> None:
+        """Charge what the stream cost (or release it), unless already done."""
+        if self._claim():
+            self.guard.complete_stream(self.call, self.meter, error=error)
+
+    async def asettle(self, error: BaseException | None = None) -> None:
+        """Do ``settle`` without blocking the event loop on the ledger."""
+        if self._claim():
+            await self.guard.acomplete_stream(self.call, self.meter, error=error)
+
+    def _collected(self) -> None:
+        # A finalizer cannot await: even async streams settle synchronously
+        # here, and nothing may propagate out of the garbage collector.
+        if not self._claim():
+            return
+        try:
+            self.guard.complete_stream(self.call, self.meter)
+        except Exception:
+            logger.exception("budgetguard could not settle a stream that was garbage-collected")
+
+
+def is_guarded(stream: Any) -> bool:
+    """Tell whether ``stream`` is already one of budgetguard's settling proxies."""
+    return isinstance(stream, (_SettlingProxy, _AsyncSettlingProxy))
+
+
+def _error_of(exc: BaseException | None) -> BaseException | None:
+    return None if isinstance(exc, GeneratorExit) else exc
+
+
+def _is_usage_only(chunk: Any) -> bool:
+    """Tell the final chunk that ``include_usage`` adds: usage, and no choices."""
+    return not getattr(chunk, "choices", True) and getattr(chunk, "usage", None) is not None
+
+
+_S = TypeVar("_S", bound="_SettlingProxy")
+_A = TypeVar("_A", bound="_AsyncSettlingProxy")
+
+
+class _SettlingProxy(_Proxy):
+    """A stream stand-in whose ``close()`` and ``with`` exit end the reservation."""
+
+    def __init__(self, stream: Any, settlement: Settlement) -> None:
+        super().__init__(stream)
+        self._self_settlement = settlement
+        settlement.watch(self)
+
+    def close(self) -> None:
+        """Close the stream and settle what it cost so far."""
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_settlement.settle()
+
+    def __enter__(self: _S) -> _S:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            self._self_settlement.settle(_error_of(exc))
+
+
+class _AsyncSettlingProxy(_Proxy):
+    """An async stream stand-in whose ``close()`` and ``async with`` exit end the reservation."""
+
+    def __init__(self, stream: Any, settlement: Settlement) -> None:
+        super().__init__(stream)
+        self._self_settlement = settlement
+        settlement.watch(self)
+
+    async def close(self) -> None:
+        """Close the stream and settle what it cost so far."""
+        try:
+            await self.__wrapped__.close()
+        finally:
+            await self._self_settlement.asettle()
+
+    async def __aenter__(self: _A) -> _A:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._self_settlement.asettle(_error_of(exc))
+
+
+class StreamProxy(_SettlingProxy):
+    """Wrap an OpenAI or Anthropic ``Stream``: meter each chunk, settle when it ends."""
+
+    def __init__(self, stream: Any, settlement: Settlement, hide_usage_chunk: bool) -> None:
+        super().__init__(stream, settlement)
+        self._self_hide = hide_usage_chunk
+
+    def __iter__(self) -> StreamProxy:
+        return self
+
+    def __next__(self) -> Any:
+        settlement: Settlement = self._self_settlement
+        while True:
+            try:
+                chunk = self.__wrapped__.__next__()
+            except StopIteration:
+                settlement.settle()
+                raise
+            except BaseException as error:
+                settlement.settle(_error_of(error))
+                raise
+            settlement.meter.add(chunk)
+            # The caller did not ask for usage: budgetguard did, so its extra
+            # chunk (no choices) must not reach code doing chunk.choices[0].
+            if self._self_hide and _is_usage_only(chunk):
+                continue
+            return chunk
+
+
+class AsyncStreamProxy(_AsyncSettlingProxy):
+    """Wrap an ``AsyncStream``: meter each chunk, settle when it ends."""
+
+    def __init__(self, stream: Any, settlement: Settlement, hide_usage_chunk: bool) -> None:
+        super().__init__(stream, settlement)
+        self._self_hide = hide_usage_chunk
+
+    def __aiter__(self) -> AsyncStreamProxy:
+        return self
+
+    async def __anext__(self) -> Any:
+        settlement: Settlement = self._self_settlement
+        while True:
+            try:
+                chunk = await self.__wrapped__.__anext__()
+            except StopAsyncIteration:
+                await settlement.asettle()
+                raise
+            except BaseException as error:  # CancelledError included
+                await settlement.asettle(_error_of(error))
+                raise
+            settlement.meter.add(chunk)
+            if self._self_hide and _is_usage_only(chunk):
+                continue
+            return chunk
+
+
+class MessageStreamProxy(_SettlingProxy):
+    """Wrap an Anthropic ``MessageStream``; its helpers settle once they have consumed it."""
+
+    def __iter__(self) -> MessageStreamProxy:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self.__wrapped__.__next__()
+        except StopIteration:
+            self._self_settlement.settle()
+            raise
+        except BaseException as error:
+            self._self_settlement.settle(_error_of(error))
+            raise
+
+    def get_final_message(self) -> Any:
+        """Read the stream to its end, settle, and return the final message."""
+        try:
+            return self.__wrapped__.get_final_message()
+        finally:
+            self._self_settlement.settle()
+
+    def get_final_text(self) -> str:
+        """Read the stream to its end, settle, and return the text of the final message."""
+        try:
+            return str(self.__wrapped__.get_final_text())
+        finally:
+            self._self_settlement.settle()
+
+    def until_done(self) -> None:
+        """Read the stream to its end and settle."""
+        try:
+            self.__wrapped__.until_done()
+        finally:
+            self._self_settlement.settle()
+
+
+class AsyncMessageStreamProxy(_AsyncSettlingProxy):
+    """Wrap an Anthropic ``AsyncMessageStream``; its helpers settle once they have consumed it."""
+
+    def __aiter__(self) -> AsyncMessageStreamProxy:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.__wrapped__.__anext__()
+        except StopAsyncIteration:
+            await self._self_settlement.asettle()
+            raise
+        except BaseException as error:
+            await self._self_settlement.asettle(_error_of(error))
+            raise
+
+    async def get_final_message(self) -> Any:
+        """Read the stream to its end, settle, and return the final message."""
+        try:
+            return await self.__wrapped__.get_final_message()
+        finally:
+            await self._self_settlement.asettle()
+
+    async def get_final_text(self) -> str:
+        """Read the stream to its end, settle, and return the text of the final message."""
+        try:
+            return str(await self.__wrapped__.get_final_text())
+        finally:
+            await self._self_settlement.asettle()
+
+    async def until_done(self) -> None:
+        """Read the stream to its end and settle."""
+        try:
+            await self.__wrapped__.until_done()
+        finally:
+            await self._self_settlement.asettle()
+
+
+# What a stream manager needs to open its reservation when it is entered:
+# the guard, the user, the estimate, the model and a lazy prompt count.
+Opener = Callable[[], "tuple[BudgetGuard, Call, Callable[[], int]]"]
+
+
+class MessageStreamManagerProxy(_Proxy):
+    """Wrap ``messages.stream(...)``: reserve on ``with`` entry, settle on exit.
+
+    The HTTP request leaves when the manager is entered, so the budget is
+    checked then (with the scope that was current when ``stream()`` was called).
+    """
+
+    def __init__(self, manager: Any, opener: Opener) -> None:
+        super().__init__(manager)
+        self._self_opener = opener
+        self._self_stream: MessageStreamProxy | None = None
+
+    def __enter__(self) -> MessageStreamProxy:
+        guard, call, prompt_tokens = self._self_opener()
+        try:
+            stream = self.__wrapped__.__enter__()
+        except BaseException as error:
+            guard.finish(call, None, error=error)
+            raise
+        meter = SnapshotMeter(call.request_model, prompt_tokens, stream)
+        proxy = MessageStreamProxy(stream, Settlement(guard, call, meter))
+        self._self_stream = proxy
+        return proxy
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            stream = self._self_stream
+            if stream is not None:
+                stream._self_settlement.settle(_error_of(exc))
+
+
+AsyncOpener = Callable[[], Any]  # a coroutine function returning what Opener returns
+
+
+class AsyncMessageStreamManagerProxy(_Proxy):
+    """Wrap async ``messages.stream(...)``: reserve on ``async with`` entry, settle on exit."""
+
+    def __init__(self, manager: Any, opener: AsyncOpener) -> None:
+        super().__init__(manager)
+        self._self_opener = opener
+        self._self_stream: AsyncMessageStreamProxy | None = None
+
+    async def __aenter__(self) -> AsyncMessageStreamProxy:
+        guard, call, prompt_tokens = await self._self_opener()
+        try:
+            stream = await self.__wrapped__.__aenter__()
+        except BaseException as error:  # CancelledError included: release
+            await guard.afinish(call, None, error=error)
+            raise
+        meter = SnapshotMeter(call.request_model, prompt_tokens, stream)
+        proxy = AsyncMessageStreamProxy(stream, Settlement(guard, call, meter))
+        self._self_stream = proxy
+        return proxy
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            stream = self._self_stream
+            if stream is not None:
+                await stream._self_settlement.asettle(_error_of(exc))
+
 
 # Stream classes of the SDKs, by module root and class name: matched by name
 # so that no SDK is imported to find out.
@@ -40,8 +463,6 @@ def is_stream(result: Any) -> bool:
 
 def guard_returned_stream(call: Call, result: Any) -> Any:
     """Return a proxy of ``result`` that settles ``call`` from its chunks, or ``None``."""
-    from ._instrument._streams import AsyncStreamProxy, Settlement, StreamProxy, is_guarded
-
     if not is_stream(result) or is_guarded(result):
         return None
     settlement = Settlement(call.guard, call, StreamMeter(call.request_model))

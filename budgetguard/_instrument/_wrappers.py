@@ -16,9 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from .._call import Call, _current_call
-from ..guard import BudgetGuard
-from ..scope import Scope, current_scope
-from ._streams import (
+from .._streams import (
     AsyncMessageStreamManagerProxy,
     AsyncStreamProxy,
     MessageStreamManagerProxy,
@@ -26,6 +24,8 @@ from ._streams import (
     StreamProxy,
     UsageMeter,
 )
+from ..guard import BudgetGuard
+from ..scope import Scope, current_scope
 
 __all__ = ["Wrapper", "async_method", "async_stream_manager", "stream_manager", "sync_method"]
 

@@ -20,7 +20,7 @@ FIRST_IMPORTS = [
     "import budgetguard",
     "import budgetguard._instrument",
     "import budgetguard._instrument._wrappers",
-    "import budgetguard._instrument._streams",
+    "import budgetguard._streams",
     "from budgetguard._instrument import instrument",
     "from budgetguard import instrument",
 ]
