@@ -9,10 +9,27 @@ money is spent, and exports spend as OpenTelemetry metrics.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ._api import (
+    aremaining,
+    aspend,
+    budgets,
+    delete_budget,
+    delete_default_budget,
+    get_budget,
+    get_default_budget,
+    prune,
+    record,
+    remaining,
+    reset,
+    set_budget,
+    set_default_budget,
+    spend,
+    spend_by_model,
+)
+from ._call import current_call
 from ._default import configure, default_guard
 from .budgets import Budget
 from .decorators import arg, budgeted
@@ -20,6 +37,7 @@ from .errors import (
     BudgetExceededError,
     BudgetGuardError,
     ConfigurationError,
+    EstimateMissingError,
     StorageError,
     UnknownModelError,
     UsageMissingError,
@@ -47,15 +65,20 @@ __all__ = [
     "BudgetGuard",
     "BudgetGuardError",
     "BudgetManager",
+    "BudgetServerError",
     "BudgetStatus",
     "CallOutcome",
     "ConfigurationError",
+    "EstimateMissingError",
     "StorageError",
     "ThresholdCrossing",
     "UnknownModelError",
+    "UnknownUserError",
     "UsageMissingError",
     "__version__",
+    "aremaining",
     "arg",
+    "aspend",
     "budget_scope",
     "budgeted",
     "budgets",
@@ -63,16 +86,20 @@ __all__ = [
     "configure",
     "cost_of",
     "count_tokens",
+    "current_call",
     "current_scope",
     "current_user",
     "default_guard",
     "delete_budget",
+    "delete_default_budget",
     "extract_usage",
     "get_budget",
+    "get_default_budget",
     "instrument",
     "load_prices",
     "max_budget",
     "projected_cost",
+    "prune",
     "record",
     "register_model",
     "remaining",
@@ -85,63 +112,6 @@ __all__ = [
     "submit_in_context",
     "uninstrument",
 ]
-
-
-def set_budget(
-    limit: object,
-    *,
-    user: str | None = None,
-    period: object = None,
-    tz: object = None,
-    created_at: datetime | None = None,
-) -> Budget:
-    """Set the budget of ``user``, or with no user the global budget (default guard)."""
-    return default_guard().set_budget(limit, user=user, period=period, tz=tz, created_at=created_at)
-
-
-def set_default_budget(limit: object, *, period: object = None, tz: object = None) -> Budget:
-    """Give every user without a budget of their own this budget (default guard)."""
-    return default_guard().set_default_budget(limit, period=period, tz=tz)
-
-
-def get_budget(user: str | None = None) -> Budget | None:
-    """Return the budget of ``user`` or the global one (default guard)."""
-    return default_guard().get_budget(user)
-
-
-def delete_budget(user: str | None = None) -> bool:
-    """Delete the budget of ``user`` or the global one (default guard)."""
-    return default_guard().delete_budget(user)
-
-
-def budgets() -> list[Budget]:
-    """Return every budget of the default guard."""
-    return default_guard().budgets()
-
-
-def spend(user: str | None = None, *, model: str | None = None) -> Decimal:
-    """Return what ``user`` (or everyone) spent in the current period (default guard)."""
-    return default_guard().spend(user, model=model)
-
-
-def spend_by_model(user: str | None = None) -> dict[str, Decimal]:
-    """Return this period's spend per model (default guard)."""
-    return default_guard().spend_by_model(user)
-
-
-def remaining(user: str | None = None) -> Decimal | None:
-    """Return what is left of the tightest budget that applies, or ``None`` (default guard)."""
-    return default_guard().remaining(user)
-
-
-def reset(user: str | None = None) -> None:
-    """Start the current period of ``user``'s budget again at zero (default guard)."""
-    default_guard().reset(user)
-
-
-def record(response: Any, *, user: str | None = None, model: str | None = None) -> Decimal:
-    """Charge a response to the current scope from its usage (default guard)."""
-    return default_guard().record(response, user=user, model=model)
 
 
 def __getattr__(name: str) -> Any:
@@ -159,10 +129,10 @@ def __getattr__(name: str) -> Any:
         from . import _instrument
 
         return getattr(_instrument, name)
-    if name == "BudgetManager":
-        from .compat import BudgetManager
+    if name in ("BudgetManager", "BudgetServerError", "UnknownUserError"):
+        from . import compat
 
-        return BudgetManager
+        return getattr(compat, name)
     if name == "extract_usage":
         from .usage import extract_usage
 
