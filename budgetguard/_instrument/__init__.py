@@ -163,13 +163,19 @@ class _Patches:
         self.patches: list[_Patch] = []
 
     def guard_of(self) -> BudgetGuard:
-        """Return the guard calls are charged to: the one given, else today's default."""
+        """Return the guard calls are charged to: the one given, else the caller's.
+
+        The caller's guard is that of the guarded call in progress, else that
+        of the current scope (``guard.budget_scope``), else today's default.
+        """
         guard = self.guard
         if guard is not None:
             return guard
-        from .._default import default_guard
+        from .._call import current_call
+        from ..guard import guard_for
 
-        return default_guard()
+        call = current_call()
+        return call.guard if call is not None else guard_for(None)
 
     def active(self) -> list[_Patch]:
         """Return the patches that budget calls now."""

@@ -54,18 +54,23 @@ def _given(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
 class _Request:
     """What one intercepted call asks for: its estimate, model, and lazy prompt count."""
 
-    __slots__ = ("estimate", "kwargs", "model", "user")
+    __slots__ = ("estimate", "kind", "kwargs", "model", "user")
 
-    def __init__(self, guard: BudgetGuard, kwargs: Mapping[str, Any]) -> None:
+    def __init__(
+        self, guard: BudgetGuard, kwargs: Mapping[str, Any], wrapped: Callable[..., Any]
+    ) -> None:
         given = _given(kwargs)
         self.kwargs = given
         found = guard.estimate_call(given)
         if found is not None:
-            self.estimate: Decimal | int = found[0]
+            self.estimate: Decimal | int | None = found[0]
             self.model: str | None = found[1]
         else:
             model = given.get("model")
-            self.estimate, self.model = 0, model if isinstance(model, str) else None
+            # Nothing to count (an embedding, an image, a request we do not
+            # parse): the guard reserves what this method cost lately.
+            self.estimate, self.model = None, model if isinstance(model, str) else None
+        self.kind = f"{getattr(wrapped, '__module__', '')}.{getattr(wrapped, '__qualname__', '')}"
         # Inside a @budgeted call, the decorator's user pays for what it calls.
         outer = _current_call.get()
         self.user = outer.user if outer is not None else None
@@ -124,14 +129,14 @@ def sync_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
         if _inside.get():
             return wrapped(*args, **kwargs)
         guard = guard_of()
-        request = _Request(guard, kwargs)
+        request = _Request(guard, kwargs, wrapped)
         raw = _raw_mode(kwargs)
         streaming = kwargs.get("stream") is True and raw is None
         hide = False
         if streaming and injects_usage:
             kwargs, hide = _ask_for_usage(kwargs)
         # Refused here: BudgetExceededError before any request leaves.
-        call = guard.begin(request.user, request.estimate, model=request.model)
+        call = guard.begin(request.user, request.estimate, model=request.model, kind=request.kind)
         token = _inside.set(True)
         try:
             result = wrapped(*args, **kwargs)
@@ -158,14 +163,16 @@ def async_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
             if _inside.get():
                 return await wrapped(*args, **kwargs)
             guard = guard_of()
-            request = _Request(guard, kwargs)
+            request = _Request(guard, kwargs, wrapped)
             raw = _raw_mode(kwargs)
             streaming = kwargs.get("stream") is True and raw is None
             hide = False
             call_kwargs = kwargs
             if streaming and injects_usage:
                 call_kwargs, hide = _ask_for_usage(kwargs)
-            call = await guard.abegin(request.user, request.estimate, model=request.model)
+            call = await guard.abegin(
+                request.user, request.estimate, model=request.model, kind=request.kind
+            )
             token = _inside.set(True)
             try:
                 result = await wrapped(*args, **call_kwargs)
@@ -189,12 +196,12 @@ def _settlement(guard: BudgetGuard, call: Call, request: _Request) -> Settlement
 
 
 def _manager_request(
-    guard_of: GuardSource, kwargs: Mapping[str, Any]
+    guard_of: GuardSource, kwargs: Mapping[str, Any], wrapped: Callable[..., Any]
 ) -> tuple[BudgetGuard, _Request, Scope | None]:
     """Return what a stream manager reserves with when it is entered later."""
     guard = guard_of()
     # The request leaves on entry; who pays is whoever was in scope here.
-    return guard, _Request(guard, kwargs), current_scope()
+    return guard, _Request(guard, kwargs, wrapped), current_scope()
 
 
 def stream_manager(guard_of: GuardSource) -> Wrapper:
@@ -205,10 +212,12 @@ def stream_manager(guard_of: GuardSource) -> Wrapper:
     ) -> Any:
         if _inside.get():
             return wrapped(*args, **kwargs)
-        guard, request, scope = _manager_request(guard_of, kwargs)
+        guard, request, scope = _manager_request(guard_of, kwargs, wrapped)
 
         def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
-            call = guard.begin(request.user, request.estimate, model=request.model, scope=scope)
+            call = guard.begin(
+                request.user, request.estimate, model=request.model, scope=scope, kind=request.kind
+            )
             return guard, call, request.prompt_tokens
 
         return MessageStreamManagerProxy(wrapped(*args, **kwargs), open_call)
@@ -224,11 +233,11 @@ def async_stream_manager(guard_of: GuardSource) -> Wrapper:
     ) -> Any:
         if _inside.get():
             return wrapped(*args, **kwargs)
-        guard, request, scope = _manager_request(guard_of, kwargs)
+        guard, request, scope = _manager_request(guard_of, kwargs, wrapped)
 
         async def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
             call = await guard.abegin(
-                request.user, request.estimate, model=request.model, scope=scope
+                request.user, request.estimate, model=request.model, scope=scope, kind=request.kind
             )
             return guard, call, request.prompt_tokens
 
