@@ -2,8 +2,9 @@
 
 Every entry point (``@budgeted`` of every kind, instrumented clients, the
 streams they return, ``BudgetManager``) makes a ``Call`` through the guard
-and runs user code inside ``entered(call)``, which sets the ContextVar and
+and runs user code inside ``with call:``, which sets the ContextVar and
 restores the previous value by token, so nesting works in threads and tasks.
+Nothing else sets the ContextVar.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ if TYPE_CHECKING:
     from .guard import BudgetGuard
     from .ledger import Reservation
 
-__all__ = ["Call", "current_call", "entered"]
+__all__ = ["Call", "current_call"]
 
 
 class Call:
     """One guarded call: its reservation and what it has cost so far."""
 
     __slots__ = (
+        "_outer",
+        "_token",
         "charged",
         "estimate",
         "guard",
@@ -83,6 +86,31 @@ class Call:
         if self.parent is not None:
             self.parent.has_inner = True
         self.started = time.perf_counter()
+        self._token: contextvars.Token[Call | None] | None = None
+        self._outer: list[contextvars.Token[Call | None]] | None = None  # re-entered
+
+    def __enter__(self) -> Call:
+        """Make this the current call; leaving the block restores the previous one by token."""
+        token = _current_call.set(self)
+        if self._token is None:
+            self._token = token
+        else:  # entered again before leaving (a generator driven from inside itself)
+            if self._outer is None:
+                self._outer = []
+            self._outer.append(self._token)
+            self._token = token
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token = self._token
+        assert token is not None
+        self._token = self._outer.pop() if self._outer else None
+        _current_call.reset(token)
 
     def add(self, units: int, model: str | None) -> None:
         """Add ``units`` charged by ``charge()`` while the call runs."""
@@ -102,27 +130,6 @@ _current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
 def current_call() -> Call | None:
     """Return the guarded call in progress in this context, if any."""
     return _current_call.get()
-
-
-class entered:  # lower case: used like contextlib's helpers
-    """Make ``call`` the current call inside a ``with`` block, then restore the previous one."""
-
-    __slots__ = ("_call", "_token")
-
-    def __init__(self, call: Call) -> None:
-        self._call = call
-
-    def __enter__(self) -> Call:
-        self._token = _current_call.set(self._call)
-        return self._call
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        _current_call.reset(self._token)
 
 
 def call_user() -> Any:

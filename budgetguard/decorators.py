@@ -9,7 +9,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
-from ._call import Call, entered
+from ._call import Call
 from ._estimate import ArgumentReader
 from .guard import BudgetGuard, guard_for
 from .money import to_decimal, to_units
@@ -57,7 +57,7 @@ class _Spec:
         self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[BudgetGuard, str | None, int | Decimal | None, str | None]:
         """Return the guard, the user, the estimate (``None``: learn it) and the model."""
-        guard = guard_for(self.guard)
+        guard = self.guard if self.guard is not None else guard_for(None)
         user = self.user_from(instance, args, kwargs) if self.user_from is not None else None
         estimate = self.estimate
         model = self.model
@@ -209,9 +209,10 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
     def call_sync(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        call = spec.begin(instance, args, kwargs)
+        guard, user, estimate, model = spec.resolve(instance, args, kwargs)
+        call = guard.begin(user, estimate, model=model, kind=spec.kind)
         try:
-            with entered(call):
+            with call:
                 result = wrapped(*args, **kwargs)
         except BaseException as error:
             call.guard.finish(call, None, error=error)
@@ -228,7 +229,7 @@ def _async_wrapper(spec: _Spec) -> Wrapper:
         async def run() -> Any:
             call = await spec.abegin(instance, args, kwargs)
             try:
-                with entered(call):
+                with call:
                     result = await wrapped(*args, **kwargs)
             except BaseException as error:  # CancelledError included: release
                 await call.guard.afinish(call, None, error=error)
@@ -292,13 +293,13 @@ def _guarded_generator(
     seen = _Yielded(spec, call)
     inner: Generator[Any, Any, Any] | None = None
     try:
-        with entered(call):
+        with call:
             inner = wrapped(*args, **kwargs)
         send: Callable[[Any], Any] = inner.send
         value: Any = None
         while True:
             try:
-                with entered(call):
+                with call:
                     item = send(value)
             except StopIteration as stop:
                 seen.finished = True
@@ -317,7 +318,7 @@ def _guarded_generator(
     finally:
         try:
             if inner is not None and not seen.finished:
-                with entered(call):
+                with call:
                     inner.close()  # may raise: its own finally, or GeneratorExit ignored
         except BaseException as cleanup:
             seen.outcome = seen.outcome if seen.error() is not None else cleanup
@@ -370,14 +371,14 @@ async def _guarded_async_generator(
     seen = _Yielded(spec, call)
     inner: AsyncGenerator[Any, Any] | None = None
     try:
-        with entered(call):
+        with call:
             inner = wrapped(*args, **kwargs)
         assert inner is not None
         value: Any = None
         thrown: BaseException | None = None
         while True:
             try:
-                with entered(call):
+                with call:
                     if thrown is not None:
                         item = await inner.athrow(thrown)
                     else:
@@ -399,7 +400,7 @@ async def _guarded_async_generator(
     finally:
         try:
             if inner is not None and not seen.finished:
-                with entered(call):
+                with call:
                     await inner.aclose()
         except BaseException as cleanup:
             seen.outcome = seen.outcome if seen.error() is not None else cleanup

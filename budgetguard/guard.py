@@ -8,7 +8,7 @@ Every guarded call, whatever its entry point, goes through one lifecycle:
 
 1. ``_open`` decides (pure): who pays, which holds apply, what to reserve.
 2. A shell does the I/O: ``begin`` reserves, ``abegin`` awaits the reservation.
-3. The call runs inside ``entered(call)``.
+3. The call runs inside ``with call:`` (the current call, restored by token).
 4. ``_ending`` decides (pure) how it ends: units to settle or a release,
    tallies, the missing-cost and unknown-model policies.
 5. A shell writes the end (``_close`` / ``_aclose``), then ``_ended`` learns,
@@ -103,6 +103,7 @@ class _Opening(NamedTuple):
     tags: Mapping[str, str]
     kind: str | None  # set when the estimate is learned, not given
     cold: bool  # nothing learned yet for ``kind``: admit one at a time
+    now: float  # the guard's clock when the call was planned
 
 
 class _Ending(NamedTuple):
@@ -335,6 +336,9 @@ class BudgetGuard:
         now = time.monotonic()
         if not refresh and now - self._budgets_loaded_at < self.budget_cache_ttl:
             return self._budget_defs
+        return self._load_budgets(refresh, now)
+
+    def _load_budgets(self, refresh: bool, now: float) -> dict[str, Budget]:
         try:
             stored = self._guard_storage(self.ledger.list_budgets)
         except StorageError:
@@ -404,15 +408,23 @@ class BudgetGuard:
                 "guard refuses those (outside_scope='refuse')",
             )
         if budgets is None:
-            budgets = self._budgets()
-        plan = self._planner.plan(user, self.clock(), budgets)
-        holds, holders = plan.holds(units), plan.holders
+            budgets = (
+                self._budget_defs
+                if time.monotonic() - self._budgets_loaded_at < self.budget_cache_ttl
+                else self._budgets()
+            )
+        now = self.clock()
+        plan = self._planner._plans.get(user)  # the hot path: no method call
+        if plan is None or not plan.since <= now < plan.until or plan.budgets is not budgets:
+            plan = self._planner.plan(user, now, budgets)
+        holds = plan._held if plan._held_units == units else plan.holds(units)
+        holders = plan.holders
         if scope is not None and scope.caps:
             holds = tuple(Hold(c.key, c.limit_units, units) for c in scope.caps) + holds
             holders = tuple(Holder("scope", None, c) for c in scope.caps) + holders
             for capped in scope.caps:
                 capped.on_exit(self._forget_scope)
-        return _Opening(user, units, model, plan, holders, holds, tags, kind, cold)
+        return _Opening(user, units, model, plan, holders, holds, tags, kind, cold, now)
 
     def _learned_units(self, kind: str, model: str | None) -> tuple[int, str | None, bool]:
         """Return (units, kind, cold) for a call that gave no estimate."""
@@ -438,7 +450,7 @@ class BudgetGuard:
         return 0, name, True
 
     def _reservation(self, opening: _Opening) -> Reservation:
-        return Reservation(self._new_id(), opening.holds, self.clock() + self.reservation_ttl)
+        return Reservation(self._new_id(), opening.holds, opening.now + self.reservation_ttl)
 
     def _new_id(self, kind: str = "") -> str:
         return f"{self._id_prefix}{kind}{next(self._ids)}"
@@ -497,18 +509,21 @@ class BudgetGuard:
         pilot = None
         if opening.cold:
             pilot, opening = self._wait_cold(opening)
-        return self._reserve(opening, pilot)
-
-    def _reserve(self, opening: _Opening, pilot: threading.Lock | None) -> Call:
-        reservation = self._reservation(opening)
+        # The hot path: one unpacking, the reservation built inline.
+        user, units, model, plan, holders, holds, tags, kind, _, now = opening
+        reservation = Reservation(
+            f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl
+        )
         try:
-            refusal = self.ledger.reserve(reservation) if opening.holds else None
+            refusal = self.ledger.reserve(reservation) if holds else None
         except StorageError as error:
             return self._storage_down(error, opening, pilot)
         except BaseException:
             if pilot is not None:
                 pilot.release()
             raise
+        if refusal is None:
+            return Call(self, user, reservation, plan, holders, units, model, tags, kind, pilot)
         return self._opened(opening, reservation, refusal, pilot)
 
     async def abegin(
@@ -571,6 +586,8 @@ class BudgetGuard:
     def _after_gate(
         self, gate: threading.Lock, opening: _Opening
     ) -> tuple[threading.Lock | None, _Opening]:
+        # The wait may have been long: the reservation's expiry counts from now.
+        opening = opening._replace(now=self.clock())
         relearned = self._relearn(opening)
         if not relearned.cold:
             gate.release()  # the pilot has settled: reserve what it cost
@@ -663,7 +680,7 @@ class BudgetGuard:
         if usage is not None:
             model = model or usage.model
             estimated = estimated or usage.estimated
-        if owed is None:
+        if owed is None and not priced:
             owed = self._pricer.unpriced_error(usage, priced)
         if cost is not None:
             units: int | None = to_units(cost) + call.charged
@@ -718,6 +735,16 @@ class BudgetGuard:
         except BaseException:
             self._ended(call, ending, quiet=True)
             raise
+        if (
+            call.kind is None
+            and call.parent is None
+            and ending.usage is None
+            and ending.owed is None
+            and call.pilot is None
+        ):
+            # The hot path: nothing to learn or raise, only listeners to tell.
+            self._tell(call, ending.units or 0, ending)
+            return
         self._ended(call, ending)
 
     async def _aclose(self, call: Call, ending: _Ending) -> None:
