@@ -132,12 +132,12 @@ class Settlement:
     def settle(self, error: BaseException | None = None) -> None:
         """Charge what the stream cost (or release it), unless already done."""
         if self._claim():
-            self.guard.complete_stream(self.call, self.meter, error=error)
+            self.guard._complete_stream(self.call, self.meter, error=error)
 
     async def asettle(self, error: BaseException | None = None) -> None:
         """Do ``settle`` without blocking the event loop on the ledger."""
         if self._claim():
-            await self.guard.acomplete_stream(self.call, self.meter, error=error)
+            await self.guard._acomplete_stream(self.call, self.meter, error=error)
 
     def _collected(self) -> None:
         # A finalizer cannot await: even async streams settle synchronously
@@ -145,7 +145,7 @@ class Settlement:
         if not self._claim():
             return
         try:
-            self.guard.complete_stream(self.call, self.meter)
+            self.guard._complete_stream(self.call, self.meter)
         except Exception:
             logger.exception("budgetguard could not settle a stream that was garbage-collected")
 
@@ -384,7 +384,7 @@ class MessageStreamManagerProxy(_Proxy):
         try:
             stream = self.__wrapped__.__enter__()
         except BaseException as error:
-            guard.finish(call, None, error=error)
+            guard._finish(call, None, error=error)
             raise
         meter = SnapshotMeter(call.request_model, prompt_tokens, stream)
         proxy = MessageStreamProxy(stream, Settlement(guard, call, meter))
@@ -421,7 +421,7 @@ class AsyncMessageStreamManagerProxy(_Proxy):
         try:
             stream = await self.__wrapped__.__aenter__()
         except BaseException as error:  # CancelledError included: release
-            await guard.afinish(call, None, error=error)
+            await guard._afinish(call, None, error=error)
             raise
         meter = SnapshotMeter(call.request_model, prompt_tokens, stream)
         proxy = AsyncMessageStreamProxy(stream, Settlement(guard, call, meter))

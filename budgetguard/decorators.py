@@ -78,15 +78,15 @@ class _Spec:
             model = named if isinstance(named, str) else None
         return guard, user, estimate, model
 
-    def begin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    def _begin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """Start a call of the function: resolve who pays and reserve (sync shell)."""
         guard, user, estimate, model = self.resolve(instance, args, kwargs)
-        return guard.begin(user, estimate, model=model, kind=self.kind)
+        return guard._begin(user, estimate, model=model, kind=self.kind)
 
-    async def abegin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    async def _abegin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """Start a call of the function without blocking the event loop (async shell)."""
         guard, user, estimate, model = self.resolve(instance, args, kwargs)
-        return await guard.abegin(user, estimate, model=model, kind=self.kind)
+        return await guard._abegin(user, estimate, model=model, kind=self.kind)
 
 
 def _user_resolver(
@@ -210,14 +210,14 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         guard, user, estimate, model = spec.resolve(instance, args, kwargs)
-        call = guard.begin(user, estimate, model=model, kind=spec.kind)
+        call = guard._begin(user, estimate, model=model, kind=spec.kind)
         try:
             with call:
                 result = wrapped(*args, **kwargs)
         except BaseException as error:
-            call.guard.finish(call, None, error=error)
+            call.guard._finish(call, None, error=error)
             raise
-        return call.guard.complete(call, result, spec.cost)
+        return call.guard._complete(call, result, spec.cost)
 
     return call_sync
 
@@ -227,14 +227,14 @@ def _async_wrapper(spec: _Spec) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         async def run() -> Any:
-            call = await spec.abegin(instance, args, kwargs)
+            call = await spec._abegin(instance, args, kwargs)
             try:
                 with call:
                     result = await wrapped(*args, **kwargs)
             except BaseException as error:  # CancelledError included: release
-                await call.guard.afinish(call, None, error=error)
+                await call.guard._afinish(call, None, error=error)
                 raise
-            return await call.guard.acomplete(call, result, spec.cost)
+            return await call.guard._acomplete(call, result, spec.cost)
 
         return run()
 
@@ -257,7 +257,7 @@ class _Yielded:
 
     def __init__(self, spec: _Spec, call: Call) -> None:
         self.items: list[Any] | None = [] if spec.cost is not None else None
-        self.meter = call.guard.stream_meter(call)
+        self.meter = call.guard._stream_meter(call)
         self.outcome: BaseException | None = None
         self.finished = False
 
@@ -289,7 +289,7 @@ def _guarded_generator(
     end the reservation: what was consumed is charged (``charge()`` calls,
     ``cost(items)``, the chunks' usage), else it is released.
     """
-    call = spec.begin(instance, args, kwargs)
+    call = spec._begin(instance, args, kwargs)
     seen = _Yielded(spec, call)
     inner: Generator[Any, Any, Any] | None = None
     try:
@@ -337,17 +337,17 @@ def _thrower(inner: Generator[Any, Any, Any]) -> Callable[[Any], Any]:
 def _end_generator(call: Call, spec: _Spec, seen: _Yielded) -> None:
     """Settle a generator's call from what it yielded, or release it."""
     if seen.use_cost():
-        call.guard.complete(call, seen.items, spec.cost, error=seen.error())
+        call.guard._complete(call, seen.items, spec.cost, error=seen.error())
     else:
-        call.guard.complete_stream(call, seen.meter, error=seen.error())
+        call.guard._complete_stream(call, seen.meter, error=seen.error())
 
 
 async def _aend_generator(call: Call, spec: _Spec, seen: _Yielded) -> None:
     """Do ``_end_generator`` without blocking the event loop."""
     if seen.use_cost():
-        await call.guard.acomplete(call, seen.items, spec.cost, error=seen.error())
+        await call.guard._acomplete(call, seen.items, spec.cost, error=seen.error())
     else:
-        await call.guard.acomplete_stream(call, seen.meter, error=seen.error())
+        await call.guard._acomplete_stream(call, seen.meter, error=seen.error())
 
 
 def _async_generator_wrapper(spec: _Spec) -> Wrapper:
@@ -367,7 +367,7 @@ async def _guarded_async_generator(
     kwargs: dict[str, Any],
 ) -> AsyncGenerator[Any, Any]:
     """Run an async generator under a reservation that ends however it ends."""
-    call = await spec.abegin(instance, args, kwargs)
+    call = await spec._abegin(instance, args, kwargs)
     seen = _Yielded(spec, call)
     inner: AsyncGenerator[Any, Any] | None = None
     try:

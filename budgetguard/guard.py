@@ -7,7 +7,7 @@ root logger. Tests and multi-tenant applications make their own guards.
 Every guarded call, whatever its entry point, goes through one lifecycle:
 
 1. ``_open`` decides (pure): who pays, which holds apply, what to reserve.
-2. A shell does the I/O: ``begin`` reserves, ``abegin`` awaits the reservation.
+2. A shell does the I/O: ``_begin`` reserves, ``_abegin`` awaits the reservation.
 3. The call runs inside ``with call:`` (the current call, restored by token).
 4. ``_ending`` decides (pure) how it ends: units to settle or a release,
    tallies, the missing-cost and unknown-model policies.
@@ -491,7 +491,7 @@ class BudgetGuard:
 
     # -- the lifecycle: the shells that start a call ---------------------------------------
 
-    def begin(
+    def _begin(
         self,
         user: str | None,
         estimate: Decimal | int | None = 0,
@@ -526,7 +526,7 @@ class BudgetGuard:
             return Call(self, user, reservation, plan, holders, units, model, tags, kind, pilot)
         return self._opened(opening, reservation, refusal, pilot)
 
-    async def abegin(
+    async def _abegin(
         self,
         user: str | None,
         estimate: Decimal | int | None = 0,
@@ -535,7 +535,7 @@ class BudgetGuard:
         scope: Scope | None = None,
         kind: str | None = None,
     ) -> Call:
-        """Do ``begin`` without blocking the event loop on the ledger."""
+        """Do ``_begin`` without blocking the event loop on the ledger."""
         budgets = None
         if self._budgets_due():
             # A shared ledger's budget definitions are due for a re-read:
@@ -867,7 +867,7 @@ class BudgetGuard:
 
     # -- the lifecycle: entry points for the shells ---------------------------------------
 
-    def finish(
+    def _finish(
         self,
         call: Call,
         cost: Decimal | None,
@@ -892,7 +892,7 @@ class BudgetGuard:
             ),
         )
 
-    async def afinish(
+    async def _afinish(
         self,
         call: Call,
         cost: Decimal | None,
@@ -903,7 +903,7 @@ class BudgetGuard:
         priced: bool = True,
         estimated: bool = False,
     ) -> None:
-        """Do ``finish`` without blocking the event loop on the ledger."""
+        """Do ``_finish`` without blocking the event loop on the ledger."""
         await self._aclose(
             call,
             self._ending(
@@ -917,7 +917,7 @@ class BudgetGuard:
             ),
         )
 
-    def complete(
+    def _complete(
         self,
         call: Call,
         result: Any,
@@ -939,7 +939,7 @@ class BudgetGuard:
         self._close(call, self._ending_of_result(call, result, cost, error))
         return result
 
-    async def acomplete(
+    async def _acomplete(
         self,
         call: Call,
         result: Any,
@@ -947,7 +947,7 @@ class BudgetGuard:
         *,
         error: BaseException | None = None,
     ) -> Any:
-        """Do ``complete`` without blocking the event loop on the ledger."""
+        """Do ``_complete`` without blocking the event loop on the ledger."""
         if cost is None and error is None and not call.has_inner:
             from ._streams import guard_returned_stream
 
@@ -957,19 +957,19 @@ class BudgetGuard:
         await self._aclose(call, self._ending_of_result(call, result, cost, error))
         return result
 
-    def complete_stream(
+    def _complete_stream(
         self, call: Call, meter: StreamMeter | None, *, error: BaseException | None = None
     ) -> None:
         """End a streamed call from the usage its chunks carried, or its text, or release it."""
         self._close(call, self._ending_of_stream(call, meter, error))
 
-    async def acomplete_stream(
+    async def _acomplete_stream(
         self, call: Call, meter: StreamMeter | None, *, error: BaseException | None = None
     ) -> None:
-        """Do ``complete_stream`` without blocking the event loop on the ledger."""
+        """Do ``_complete_stream`` without blocking the event loop on the ledger."""
         await self._aclose(call, self._ending_of_stream(call, meter, error))
 
-    def stream_meter(self, call: Call) -> StreamMeter:
+    def _stream_meter(self, call: Call) -> StreamMeter:
         """Return what watches a stream's chunks for its usage (for generators and streams)."""
         return StreamMeter(call.request_model)
 

@@ -49,10 +49,10 @@ def test_deleted_budget_no_longer_refuses(guard: BudgetGuard) -> None:
     guard.set_budget("1", user="alice")
     guard.record_spend("1", user="alice")
     with pytest.raises(BudgetExceededError):
-        guard.begin("alice", Decimal("0.1"))
+        guard._begin("alice", Decimal("0.1"))
     guard.delete_budget("alice")
-    call = guard.begin("alice", Decimal("0.1"))
-    guard.finish(call, Decimal("0.1"))
+    call = guard._begin("alice", Decimal("0.1"))
+    guard._finish(call, Decimal("0.1"))
     assert guard.remaining("alice") is None
 
 
@@ -76,7 +76,7 @@ def test_global_budget_counts_every_user(guard: BudgetGuard) -> None:
     assert guard.remaining() == Decimal("0.05")
     assert guard.remaining("carol") == Decimal("0.05")
     with pytest.raises(BudgetExceededError) as caught:
-        guard.begin("carol", Decimal("0.10"))
+        guard._begin("carol", Decimal("0.10"))
     assert caught.value.budget == "global"
     assert caught.value.spent == Decimal("0.95")
 
@@ -87,7 +87,7 @@ def test_global_budget_refuses_calls_of_users_with_their_own_budget(guard: Budge
     guard.set_budget("100", user="alice", period="daily")
     guard.record_spend("1", user="bob")
     with pytest.raises(BudgetExceededError) as caught:
-        guard.begin("alice", Decimal("0.01"))
+        guard._begin("alice", Decimal("0.01"))
     assert caught.value.budget == "global"
 
 
@@ -98,10 +98,10 @@ def test_default_budget_applies_to_each_user_separately(guard: BudgetGuard) -> N
     assert guard.spend("alice") == Decimal("0.80")
     assert guard.spend("bob") == Decimal(0)
     assert guard.remaining("bob") == Decimal("1.00")
-    call = guard.begin("bob", Decimal("0.80"))
-    guard.finish(call, Decimal("0.80"))
+    call = guard._begin("bob", Decimal("0.80"))
+    guard._finish(call, Decimal("0.80"))
     with pytest.raises(BudgetExceededError) as caught:
-        guard.begin("alice", Decimal("0.30"))
+        guard._begin("alice", Decimal("0.30"))
     assert caught.value.budget == "default (user:alice)"
     assert caught.value.user == "alice"
 
@@ -112,8 +112,8 @@ def test_own_budget_wins_over_the_default(guard: BudgetGuard) -> None:
     guard.set_budget("5", user="vip")
     assert guard.budget_for("vip") is guard.get_budget("vip")
     assert guard.budget_for("nobody") is guard.get_default_budget()
-    call = guard.begin("vip", Decimal(3))
-    guard.finish(call, Decimal(3))
+    call = guard._begin("vip", Decimal(3))
+    guard._finish(call, Decimal(3))
     assert guard.remaining("vip") == Decimal(2)
     assert guard.get_default_budget() is not None
     assert guard.delete_default_budget() is True
@@ -132,7 +132,7 @@ def test_changing_a_limit_keeps_the_spend(guard: BudgetGuard) -> None:
     assert guard.spend("alice") == Decimal("0.75")
     assert guard.remaining("alice") == Decimal(0)
     with pytest.raises(BudgetExceededError):
-        guard.begin("alice", 0)
+        guard._begin("alice", 0)
 
 
 def test_remaining_is_none_without_a_budget(guard: BudgetGuard) -> None:
@@ -157,10 +157,10 @@ def test_remaining_is_the_tightest_budget(guard: BudgetGuard) -> None:
 def test_remaining_counts_open_reservations(guard: BudgetGuard) -> None:
     """Money held by a call in flight is not available to others."""
     guard.set_budget("1", user="alice")
-    call = guard.begin("alice", Decimal("0.4"))
+    call = guard._begin("alice", Decimal("0.4"))
     assert guard.remaining("alice") == Decimal("0.6")
     assert guard.spend("alice") == Decimal(0)
-    guard.finish(call, Decimal("0.1"))
+    guard._finish(call, Decimal("0.1"))
     assert guard.remaining("alice") == Decimal("0.9")
 
 
@@ -213,7 +213,7 @@ def test_reset_a_user(guard: BudgetGuard) -> None:
     assert guard.spend("alice", model="m") == Decimal(0)
     assert guard.spend_by_model("alice") == {}
     assert guard.spend("bob") == Decimal("0.5")
-    guard.begin("alice", Decimal("0.9"))
+    guard._begin("alice", Decimal("0.9"))
 
 
 def test_reset_the_global_budget(guard: BudgetGuard) -> None:

@@ -37,9 +37,9 @@ def refusal_of_user_budget(clock: Clock, guard: BudgetGuard) -> BudgetExceededEr
     clock.set(utc(2024, 1, 20, 12))
     guard.set_budget("1.00", user="alice", period="monthly")
     guard.record_spend("0.70", user="alice")
-    guard.begin("alice", Decimal("0.20"))  # held, not yet spent
+    guard._begin("alice", Decimal("0.20"))  # held, not yet spent
     with pytest.raises(BudgetExceededError) as caught:
-        guard.begin("alice", Decimal("0.15"))
+        guard._begin("alice", Decimal("0.15"))
     return caught.value
 
 
@@ -88,7 +88,7 @@ def test_refusal_by_the_global_budget(guard: BudgetGuard) -> None:
     guard.set_budget("1", period="daily")
     guard.record_spend("1", user="bob")
     with pytest.raises(BudgetExceededError) as caught:
-        guard.begin("alice", 0)
+        guard._begin("alice", 0)
     assert (caught.value.budget, caught.value.user, caught.value.period) == (
         "global",
         "alice",
@@ -99,7 +99,7 @@ def test_refusal_by_the_global_budget(guard: BudgetGuard) -> None:
 def test_refusal_by_a_scope_cap(guard: BudgetGuard) -> None:
     """A refusal by a scope's cap says budget='scope' and has no reset time."""
     with budget_scope("alice", limit="0.10"), pytest.raises(BudgetExceededError) as caught:
-        guard.begin(None, Decimal("0.11"))
+        guard._begin(None, Decimal("0.11"))
     error = caught.value
     assert (error.budget, error.user, error.period, error.resets_at) == (
         "scope",
@@ -115,7 +115,7 @@ def test_lifetime_budget_refusal_has_no_reset(guard: BudgetGuard) -> None:
     """A lifetime budget never resets, and the error says so by resets_at=None."""
     guard.set_budget("0.01", user="alice")
     with pytest.raises(BudgetExceededError) as caught:
-        guard.begin("alice", Decimal("0.02"))
+        guard._begin("alice", Decimal("0.02"))
     assert caught.value.resets_at is None
     assert "resets" not in str(caught.value)
 
@@ -125,7 +125,7 @@ def test_refusal_changes_nothing(guard: BudgetGuard) -> None:
     guard.set_budget("10", user="alice")
     guard.set_budget("1")
     with pytest.raises(BudgetExceededError):
-        guard.begin("alice", Decimal(2))
+        guard._begin("alice", Decimal(2))
     assert guard.ledger.open_reservations() == []
     assert guard.remaining("alice") == Decimal(1)
     assert guard.get_budget("alice") is not None
@@ -138,7 +138,7 @@ def test_refusal_changes_nothing(guard: BudgetGuard) -> None:
 def test_settle_is_idempotent_in_the_ledger(guard: BudgetGuard) -> None:
     """Settling one reservation twice charges it once."""
     guard.set_budget("1", user="alice")
-    call = guard.begin("alice", Decimal("0.5"))
+    call = guard._begin("alice", Decimal("0.5"))
     reservation = call.reservation
     assert reservation is not None
     assert guard.ledger.settle(reservation, 300_000_000) is True
@@ -149,9 +149,9 @@ def test_settle_is_idempotent_in_the_ledger(guard: BudgetGuard) -> None:
 def test_finishing_a_call_twice_charges_once(guard: BudgetGuard) -> None:
     """guard.finish on the same call twice charges it once."""
     guard.set_budget("1", user="alice")
-    call = guard.begin("alice", Decimal("0.5"))
-    guard.finish(call, Decimal("0.25"))
-    guard.finish(call, Decimal("0.25"))
+    call = guard._begin("alice", Decimal("0.5"))
+    guard._finish(call, Decimal("0.25"))
+    guard._finish(call, Decimal("0.25"))
     assert guard.spend("alice") == Decimal("0.25")
     assert guard.spend() == Decimal("0.25")
 
@@ -159,10 +159,10 @@ def test_finishing_a_call_twice_charges_once(guard: BudgetGuard) -> None:
 def test_estimate_is_held_then_the_actual_cost_charged(guard: BudgetGuard) -> None:
     """The estimate is reserved before the call; the actual cost replaces it after."""
     guard.set_budget("1", user="alice")
-    call = guard.begin("alice", Decimal("0.4"))
+    call = guard._begin("alice", Decimal("0.4"))
     assert guard.remaining("alice") == Decimal("0.6")
     assert guard.spend("alice") == Decimal(0)
-    guard.finish(call, Decimal("0.1"))
+    guard._finish(call, Decimal("0.1"))
     assert guard.spend("alice") == Decimal("0.1")
     assert guard.remaining("alice") == Decimal("0.9")
 
@@ -170,19 +170,19 @@ def test_estimate_is_held_then_the_actual_cost_charged(guard: BudgetGuard) -> No
 def test_cost_above_the_estimate_and_the_limit_is_charged_in_full(guard: BudgetGuard) -> None:
     """A call that cost more than its estimate is charged it all, even past the limit."""
     guard.set_budget("1", user="alice")
-    call = guard.begin("alice", Decimal("0.1"))
-    guard.finish(call, Decimal("1.5"))
+    call = guard._begin("alice", Decimal("0.1"))
+    guard._finish(call, Decimal("1.5"))
     assert guard.spend("alice") == Decimal("1.5")
     assert guard.remaining("alice") == Decimal(0)
     with pytest.raises(BudgetExceededError):
-        guard.begin("alice", 0)
+        guard._begin("alice", 0)
 
 
 def test_release_on_error_charges_nothing(guard: BudgetGuard) -> None:
     """A call that failed with no known cost is released, not charged."""
     guard.set_budget("1", user="alice")
-    call = guard.begin("alice", Decimal("0.4"))
-    guard.finish(call, None, error=RuntimeError())
+    call = guard._begin("alice", Decimal("0.4"))
+    guard._finish(call, None, error=RuntimeError())
     assert guard.ledger.open_reservations() == []
     assert guard.spend("alice") == Decimal(0)
 
@@ -191,15 +191,15 @@ def test_crashed_call_reservation_expires(clock: Clock) -> None:
     """A reservation never ended (a crashed process) is dropped after reservation_ttl."""
     guard = BudgetGuard(metrics=False, clock=clock, reservation_ttl=60)
     guard.set_budget("1", user="alice")
-    guard.begin("alice", Decimal("0.9"))
+    guard._begin("alice", Decimal("0.9"))
     with pytest.raises(BudgetExceededError):
-        guard.begin("alice", Decimal("0.2"))
+        guard._begin("alice", Decimal("0.2"))
     clock.advance(59)
     assert guard.remaining("alice") == Decimal("0.1")
     clock.advance(1)
     assert guard.remaining("alice") == Decimal(1)
     assert guard.ledger.open_reservations() == []
-    guard.begin("alice", Decimal("0.2"))
+    guard._begin("alice", Decimal("0.2"))
     guard.close()
 
 

@@ -280,6 +280,6 @@ def test_refusal_says_when_the_budget_resets(clock: Clock, clocked_guard: Budget
     guard.set_budget("1", user="alice", period="monthly", tz="America/New_York")
     guard.record_spend("1", user="alice")
     with pytest.raises(BudgetExceededError) as caught:
-        guard.begin("alice", Decimal("0.01"))
+        guard._begin("alice", Decimal("0.01"))
     assert caught.value.resets_at == utc(2024, 2, 1, 5)
     assert caught.value.period == "monthly"

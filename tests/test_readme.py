@@ -18,12 +18,12 @@ def python_blocks() -> list[str]:
 
 
 def test_quick_start_runs_and_prints_what_it_says() -> None:
-    """The quick start prints the spend, the remaining budget and the scope refusal it promises."""
+    """The quick start prints what it promises: spend, remaining, 2 of 32 run, the scope refusal."""
     default.configure(metrics=False)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(python_blocks()[0], "README quick start", "exec"), {})
-    assert out.getvalue().split() == ["0.00036", "0.99964", "scope", "0.0005"]
+    assert out.getvalue().split() == ["0.00036", "0.99964", "2", "0.00072", "scope", "0.0005"]
 
 
 def test_every_python_block_runs() -> None:

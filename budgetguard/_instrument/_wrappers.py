@@ -136,18 +136,18 @@ def sync_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
         if streaming and injects_usage:
             kwargs, hide = _ask_for_usage(kwargs)
         # Refused here: BudgetExceededError before any request leaves.
-        call = guard.begin(request.user, request.estimate, model=request.model, kind=request.kind)
+        call = guard._begin(request.user, request.estimate, model=request.model, kind=request.kind)
         token = _inside.set(True)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:  # HTTP error, timeout, interrupt: release
-            guard.finish(call, None, error=error)
+            guard._finish(call, None, error=error)
             raise
         finally:
             _inside.reset(token)
         if streaming:
             return StreamProxy(result, _settlement(guard, call, request), hide)
-        guard.complete(call, _response_to_price(result, raw, kwargs))
+        guard._complete(call, _response_to_price(result, raw, kwargs))
         return result
 
     return call_sync
@@ -170,20 +170,20 @@ def async_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
             call_kwargs = kwargs
             if streaming and injects_usage:
                 call_kwargs, hide = _ask_for_usage(kwargs)
-            call = await guard.abegin(
+            call = await guard._abegin(
                 request.user, request.estimate, model=request.model, kind=request.kind
             )
             token = _inside.set(True)
             try:
                 result = await wrapped(*args, **call_kwargs)
             except BaseException as error:  # CancelledError included: release
-                await guard.afinish(call, None, error=error)
+                await guard._afinish(call, None, error=error)
                 raise
             finally:
                 _inside.reset(token)
             if streaming:
                 return AsyncStreamProxy(result, _settlement(guard, call, request), hide)
-            await guard.acomplete(call, _response_to_price(result, raw, kwargs))
+            await guard._acomplete(call, _response_to_price(result, raw, kwargs))
             return result
 
         return run()
@@ -215,7 +215,7 @@ def stream_manager(guard_of: GuardSource) -> Wrapper:
         guard, request, scope = _manager_request(guard_of, kwargs, wrapped)
 
         def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
-            call = guard.begin(
+            call = guard._begin(
                 request.user, request.estimate, model=request.model, scope=scope, kind=request.kind
             )
             return guard, call, request.prompt_tokens
@@ -236,7 +236,7 @@ def async_stream_manager(guard_of: GuardSource) -> Wrapper:
         guard, request, scope = _manager_request(guard_of, kwargs, wrapped)
 
         async def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
-            call = await guard.abegin(
+            call = await guard._abegin(
                 request.user, request.estimate, model=request.model, scope=scope, kind=request.kind
             )
             return guard, call, request.prompt_tokens

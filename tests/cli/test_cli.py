@@ -336,7 +336,7 @@ def test_a_set_budget_refuses_calls_in_another_process(tmp_path: Path) -> None:
         "import budgetguard as bg\n"
         f"guard = bg.BudgetGuard({url!r}, metrics=False)\n"
         "try:\n"
-        "    guard.begin('bob', Decimal('0.01'))\n"
+        "    guard._begin('bob', Decimal('0.01'))\n"
         "except bg.BudgetExceededError as error:\n"
         "    print('refused', error.budget)\n"
     )

@@ -70,11 +70,11 @@ def test_infinity_turns_the_cap_off() -> None:
     bg.max_budget = 0.001
     guard.record_spend("0.002")
     with pytest.raises(BudgetExceededError):
-        guard.begin(None)
+        guard._begin(None)
     for infinite in (float("inf"), Decimal("Infinity")):
         bg.max_budget = infinite
         assert bg.max_budget is None
-        guard.finish(guard.begin(None), Decimal("0.001"))
+        guard._finish(guard._begin(None), Decimal("0.001"))
     assert bg._current_cost == Decimal("0.004")  # still counted while the cap is off
 
 
@@ -93,10 +93,10 @@ def test_current_cost_can_be_reset() -> None:
     bg.max_budget = 0.001
     guard.record_spend("0.002")
     with pytest.raises(BudgetExceededError):
-        guard.begin(None)
+        guard._begin(None)
     bg._current_cost = 0
     assert bg._current_cost == 0
-    guard.finish(guard.begin(None), Decimal("0.0001"))
+    guard._finish(guard._begin(None), Decimal("0.0001"))
     assert bg._current_cost == Decimal("0.0001")
 
 

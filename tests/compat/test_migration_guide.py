@@ -57,7 +57,7 @@ def test_shared_budget_alert_fires_at_a_tenth_and_refuses_at_the_limit() -> None
     guard.record_spend("0.02")
     guard.record_spend("40")
     assert [(c.fraction, c.limit) for c in crossings] == [(Decimal("0.1"), Decimal("50"))]
-    guard.finish(guard.begin(None, Decimal("4.98")), Decimal("4.98"))  # $49.99: still allowed
+    guard._finish(guard._begin(None, Decimal("4.98")), Decimal("4.98"))  # $49.99: still allowed
     guard.record_spend("0.01")
     with pytest.raises(BudgetExceededError):
-        guard.begin(None, Decimal("0.01"))
+        guard._begin(None, Decimal("0.01"))

@@ -379,8 +379,8 @@ def test_plans_are_kept_per_user_not_per_estimate(guard: BudgetGuard) -> None:
     guard.set_default_budget("100", period="daily")
     guard.set_budget("1000", period="monthly")
     for units in range(1, 50):
-        guard.finish(guard.begin("alice", units), Decimal(0))
+        guard._finish(guard._begin("alice", units), Decimal(0))
     assert len(guard._planner._plans) == 1
     for i in range(2_000):
-        guard.finish(guard.begin(f"user-{i}", 1), Decimal(0))
+        guard._finish(guard._begin(f"user-{i}", 1), Decimal(0))
     assert len(guard._planner._plans) == 2_001  # no cliff: none was thrown away
