@@ -384,3 +384,111 @@ def test_plans_are_kept_per_user_not_per_estimate(guard: BudgetGuard) -> None:
     for i in range(2_000):
         guard._finish(guard._begin(f"user-{i}", 1), Decimal(0))
     assert len(guard._planner._plans) == 2_001  # no cliff: none was thrown away
+
+
+# -- the decorator and scopes under concurrency, on every backend ---------------------------
+
+
+def test_threads_race_a_decorated_function_exactly_k_win(guard: BudgetGuard) -> None:
+    """64 threads through @budgeted against a budget that fits 5 calls: exactly 5 run."""
+    guard.set_budget("0.50", user="alice")
+    ran = itertools.count()
+
+    @guard.budgeted(user="alice", estimate="0.10", cost=lambda _: "0.10")
+    def call(i: int) -> None:
+        next(ran)
+        time.sleep(0.005)
+
+    results = run_threads(64, call)
+    assert next(ran) == 5
+    assert sum(isinstance(r, BudgetExceededError) for r in results) == 59
+    assert guard.spend("alice") == Decimal("0.50")
+    assert guard.ledger.open_reservations() == []
+
+
+async def test_tasks_race_a_decorated_coroutine_exactly_k_win(guard: BudgetGuard) -> None:
+    """64 tasks through an async @budgeted against a budget that fits 5 calls: exactly 5 run."""
+    guard.set_budget("0.50", user="alice")
+    ran = itertools.count()
+
+    @guard.budgeted(user="alice", estimate="0.10", cost=lambda _: "0.10")
+    async def call() -> None:
+        next(ran)
+        await asyncio.sleep(0.005)
+
+    results = await asyncio.gather(*(call() for _ in range(64)), return_exceptions=True)
+    assert next(ran) == 5
+    assert sum(isinstance(r, BudgetExceededError) for r in results) == 59
+    assert guard.spend("alice") == Decimal("0.50")
+    assert guard.ledger.open_reservations() == []
+
+
+def test_threads_share_one_scope_cap(guard: BudgetGuard) -> None:
+    """Threads carrying one scope (run_in_context) share its cap: exactly 3 of 32 run."""
+    ran = itertools.count()
+
+    @guard.budgeted(estimate="0.10", cost=lambda _: "0.10")
+    def call(i: int) -> None:
+        next(ran)
+        time.sleep(0.005)
+
+    with guard.budget_scope("alice", limit="0.30"):
+        in_scope = bg.run_in_context(call)
+        results = run_threads(32, in_scope)
+    assert next(ran) == 3
+    assert sum(isinstance(r, BudgetExceededError) for r in results) == 29
+    assert guard.spend("alice") == Decimal("0.30")
+
+
+def test_generators_race_exactly_k_start(guard: BudgetGuard) -> None:
+    """Guarded generators are checked when iteration starts: 16 threads, 4 fit."""
+    guard.set_budget("0.40", user="alice")
+
+    @guard.budgeted(user="alice", estimate="0.10", cost=lambda items: "0.10")
+    def numbers() -> Iterator[int]:
+        time.sleep(0.005)
+        yield 1
+        yield 2
+
+    results = run_threads(16, lambda i: list(numbers()))
+    assert sum(r == [1, 2] for r in results) == 4
+    assert guard.spend("alice") == Decimal("0.40")
+    assert guard.ledger.open_reservations() == []
+
+
+async def test_cancelled_call_releases_its_hold(guard: BudgetGuard) -> None:
+    """A task cancelled mid-call releases its reservation: the budget is whole again."""
+    guard.set_budget("0.10", user="alice")
+    started = asyncio.Event()
+
+    @guard.budgeted(user="alice", estimate="0.10")
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(slow())
+    await started.wait()
+    assert await guard.aremaining("alice") == 0
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert guard.ledger.open_reservations() == []
+    assert await guard.aremaining("alice") == Decimal("0.10")
+
+
+def test_abandoned_generator_releases_its_hold(guard: BudgetGuard) -> None:
+    """A guarded generator dropped half way (break, then collected) ends its reservation."""
+    guard.set_budget("1", user="alice")
+
+    @guard.budgeted(user="alice", estimate="0.40")
+    def numbers() -> Iterator[int]:
+        yield from range(10)
+
+    for number in numbers():
+        if number == 2:
+            break
+    import gc
+
+    gc.collect()
+    assert guard.ledger.open_reservations() == []
+    assert guard.spend("alice") == Decimal("0.40")  # nothing reported: the estimate
