@@ -16,6 +16,8 @@ key                                   what it counts
 ``d|<day>|u=<user>|m=<model>``        spend of one day (of the guard's time zone)
 ``s|<scope id>``                      a ``budget_scope(limit=...)`` block's cap
 ``a|<window key>|<fraction>``         an alert marker: the threshold fired once
+``o|#``                               users a ``BudgetManager`` ever created
+``o|<budget name>``                   one user's place in the creation order
 ====================================  ===========================================
 
 Window ids (``2026-12``, ``2026-W49``, ``2026-12-01``, ``f86400@...``, ``life``)
@@ -37,6 +39,7 @@ __all__ = [
     "model_prefix",
     "owner_of",
     "parse_tally",
+    "place_key",
     "prunable_window",
     "scope_key",
     "tally_keys",
@@ -107,6 +110,16 @@ def tally_keys(
     found.append(f"{DAY}{day}|u={u}{MODEL}{m}")
     found.extend(f"{key}{MODEL}{m}" for key in budget_keys)
     return tuple(found)
+
+
+ORDER = "o|"
+#: The counter of users a ``BudgetManager`` ever created.
+CREATED = "o|#"
+
+
+def place_key(budget_name: str) -> str:
+    """Return the key holding a ``BudgetManager`` user's place in the creation order."""
+    return ORDER + escape(budget_name)
 
 
 def scope_key(scope_id: str) -> str:

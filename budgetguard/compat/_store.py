@@ -26,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from .. import _keys
 from ..budgets import Budget, budget_name, escape, unescape
 from ..errors import BudgetGuardError
 from ..guard import BudgetGuard
@@ -61,8 +62,8 @@ _DAYS_TO_PERIOD = {
 
 UserEntry = dict[str, Any]
 
-#: The ledger key counting users ever created (see the module's docstring).
-_CREATED = "o|#"
+#: The ledger key counting users ever created (the format lives in _keys.py).
+_CREATED = _keys.CREATED
 
 
 class UnknownUserError(BudgetGuardError, KeyError):
@@ -190,7 +191,7 @@ class ProjectStore:
             for budget in self.guard.budgets()
             if budget.name.startswith(prefix) and len(budget.name) > len(prefix)
         ]
-        places = self.guard.ledger.scan("o|" + escape(prefix))
+        places = self.guard.ledger.scan(_keys.place_key(prefix))
         empty = Balance()
         return sorted(
             names, key=lambda user: (places.get(self._place_key(user), empty).spent, user)
@@ -364,7 +365,7 @@ class ProjectStore:
             self.add_cost(entry.user, left, None)
 
     def _place_key(self, user: str) -> str:
-        return "o|" + escape(budget_name(self.namespace + user))
+        return _keys.place_key(budget_name(self.namespace + user))
 
     def _place(self, user: str) -> None:
         """Record ``user``'s place in the creation order, unless it has one."""

@@ -1,0 +1,731 @@
+"""The one lifecycle of a guarded call: decide, reserve, run, decide the end, write it.
+
+1. ``_open`` decides (pure): who pays, which holds apply, what to reserve.
+2. A shell does the I/O: ``_begin`` reserves, ``_abegin`` awaits the reservation.
+3. The call runs inside ``with call:`` (the current call, restored by token).
+4. ``_ending`` decides (pure) how it ends: units to settle or a release,
+   tallies, the missing-cost and unknown-model policies.
+5. A shell writes the end (``_close`` / ``_aclose``), then ``_ended`` learns,
+   tells listeners and raises what the policies owe.
+
+Every entry point goes through these steps; the sync and async shells differ
+only in how they wait. ``BudgetGuard`` is made of this part and its queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from . import _hooks
+from ._alerts import Alerts
+from ._call import Call, _current_call
+from ._costing import Pricer
+from ._estimate import Learner
+from ._plan import Holder, Plan, Planner
+from .budgets import DEFAULT, Budget
+from .errors import (
+    BudgetExceededError,
+    EstimateMissingError,
+    StorageError,
+    UsageMissingError,
+)
+from .events import CallOutcome, Listener
+from .ledger import Hold, Ledger, Refusal, Reservation
+from .money import from_units, to_decimal, to_units
+from .scope import Scope, current_user
+from .scope import _current as _scope_var
+from .usage import StreamMeter, Usage
+
+if TYPE_CHECKING:
+    pass
+
+from collections.abc import Iterator
+from datetime import tzinfo
+
+__all__ = ["CallLifecycle"]
+
+logger = logging.getLogger("budgetguard")
+_NO_TAGS: Mapping[str, str] = MappingProxyType({})
+
+
+class _Opening(NamedTuple):
+    """What ``_open`` decided a call reserves, before any I/O."""
+
+    user: str | None
+    units: int
+    model: str | None
+    plan: Plan
+    holders: tuple[Holder, ...]
+    holds: tuple[Hold, ...]
+    tags: Mapping[str, str]
+    kind: str | None  # set when the estimate is learned, not given
+    cold: bool  # nothing learned yet for ``kind``: admit one at a time
+    now: float  # the guard's clock when the call was planned
+
+
+class _Ending(NamedTuple):
+    """What ``_ending`` decided a call's end writes and reports, before any I/O."""
+
+    units: int | None  # None: release, nothing known to be spent
+    model: str | None
+    usage: Usage | None
+    error: BaseException | None
+    priced: bool
+    estimated: bool
+    owed: BaseException | None  # what the policies raise once the end is written
+
+
+class CallLifecycle:
+    """The steps of every guarded call (a part of ``BudgetGuard``)."""
+
+    if TYPE_CHECKING:  # the state and helpers BudgetGuard gives its parts
+        ledger: Ledger
+        clock: Callable[[], float]
+        tz: tzinfo
+        reservation_ttl: float
+        budget_cache_ttl: float
+        on_storage_error: str
+        on_missing_cost: str
+        on_missing_estimate: str
+        outside_scope: str
+        _learner: Learner
+        _pricer: Pricer
+        _alerts: Alerts
+        _planner: Planner
+        _ids: Iterator[int]
+        _id_prefix: str
+        _listeners: list[Listener]
+        _budget_defs: dict[str, Budget]
+        _budgets_loaded_at: float
+
+        def _budgets(self, refresh: bool = False) -> dict[str, Budget]: ...
+        def _budgets_due(self) -> bool: ...
+        def _notify(self, event: str, *args: Any, **kwargs: Any) -> None: ...
+        def _safely(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
+        def _guard_storage(self, operation: Callable[..., Any], *args: Any) -> Any: ...
+        def budget_for(self, user: str | None) -> Budget | None: ...
+        def get_budget(self, user: str | None = None) -> Budget | None: ...
+        def budgets(self) -> list[Budget]: ...
+        async def _aguard_storage(self, operation: Any) -> Any: ...
+
+    # -- the lifecycle: deciding how a call starts ------------------------------------------
+
+    def _open(
+        self,
+        user: str | None,
+        estimate: Decimal | int | None,
+        model: str | None,
+        scope: Scope | None,
+        kind: str | None,
+        budgets: dict[str, Budget] | None = None,
+        *,
+        hooks: bool = True,
+    ) -> _Opening:
+        """Decide who pays and what a call reserves (no ledger I/O)."""
+        if hooks:
+            for hook in _hooks.active:
+                self._before_hook(hook, user, model)
+        cold = False
+        if estimate is None:
+            units, kind, cold = self._learned_units(kind or "call", model)
+        else:
+            units = estimate if isinstance(estimate, int) else to_units(estimate)
+            kind = None
+        if scope is None:
+            scope = _scope_var.get()
+        tags: Mapping[str, str] = _NO_TAGS
+        if scope is not None:
+            tags = scope.tags
+            if user is None:
+                user = scope.user
+        elif user is None and self.outside_scope == "refuse":
+            raise BudgetExceededError(
+                budget="outside-scope",
+                limit=Decimal(0),
+                spent=Decimal(0),
+                reserved=Decimal(0),
+                requested=from_units(units),
+                message="call made outside any budget_scope and without a user, and this "
+                "guard refuses those (outside_scope='refuse')",
+            )
+        if budgets is None:
+            budgets = (
+                self._budget_defs
+                if time.monotonic() - self._budgets_loaded_at < self.budget_cache_ttl
+                else self._budgets()
+            )
+        now = self.clock()
+        plan = self._planner._plans.get(user)  # the hot path: no method call
+        if plan is None or not plan.since <= now < plan.until or plan.budgets is not budgets:
+            plan = self._planner.plan(user, now, budgets)
+        holds = plan._held if plan._held_units == units else plan.holds(units)
+        holders = plan.holders
+        if scope is not None and scope.caps:
+            holds = tuple(Hold(c.key, c.limit_units, units) for c in scope.caps) + holds
+            holders = tuple(Holder("scope", None, c) for c in scope.caps) + holders
+            for capped in scope.caps:
+                capped.on_exit(self._forget_scope)
+        return _Opening(user, units, model, plan, holders, holds, tags, kind, cold, now)
+
+    def _learned_units(self, kind: str, model: str | None) -> tuple[int, str | None, bool]:
+        """Return (units, kind, cold) for a call that gave no estimate."""
+        policy = self.on_missing_estimate
+        if policy == "zero":
+            return 0, None, False
+        name = f"{kind} [{model}]" if model is not None else kind
+        if policy == "raise":
+            raise EstimateMissingError(
+                f"{name} gave no estimate= and none can be computed from its arguments "
+                "(no model and messages); pass estimate=, or choose "
+                "on_missing_estimate='learn'"
+            )
+        learned = self._learner.cost(name)
+        if learned is not None:
+            return learned, name, False
+        self._pricer.warn_once(
+            f"estimate:{name}",
+            f"{name} gave no estimate=: budgetguard runs its calls one at a time until "
+            "the first one has settled, then reserves what recent calls cost. Pass "
+            "estimate= (dollars, or a callable of the arguments) to reserve your own.",
+        )
+        return 0, name, True
+
+    def _reservation(self, opening: _Opening) -> Reservation:
+        return Reservation(self._new_id(), opening.holds, opening.now + self.reservation_ttl)
+
+    def _new_id(self, kind: str = "") -> str:
+        return f"{self._id_prefix}{kind}{next(self._ids)}"
+
+    def _relearn(self, opening: _Opening) -> _Opening:
+        """Redo a cold opening once the first call of its kind has taught its cost."""
+        assert opening.kind is not None
+        learned = self._learner.cost(opening.kind)
+        if learned is None:
+            return opening
+        holds = tuple(Hold(h.key, h.limit, learned) for h in opening.holds)
+        return opening._replace(units=learned, holds=holds, cold=False)
+
+    def _opened(
+        self,
+        opening: _Opening,
+        reservation: Reservation | None,
+        refusal: Refusal | None,
+        pilot: threading.Lock | None,
+    ) -> Call:
+        """Turn a reservation's answer into the call, or into the refusal it owes."""
+        if refusal is not None:
+            if pilot is not None:
+                pilot.release()
+            raise self._refused(refusal, opening.holders, opening.user, opening.model)
+        return Call(
+            self,  # type: ignore[arg-type]  # the BudgetGuard this class is a part of
+            opening.user,
+            reservation,
+            opening.plan,
+            opening.holders,
+            opening.units,
+            opening.model,
+            opening.tags,
+            opening.kind,
+            pilot,
+        )
+
+    # -- the lifecycle: the shells that start a call ---------------------------------------
+
+    def _begin(
+        self,
+        user: str | None,
+        estimate: Decimal | int | None = 0,
+        *,
+        model: str | None = None,
+        scope: Scope | None = None,
+        kind: str | None = None,
+    ) -> Call:
+        """Reserve ``estimate`` on every budget that applies, or raise ``BudgetExceededError``.
+
+        ``estimate`` is dollars (``Decimal``), ledger units (``int``) or
+        ``None``: learned per ``kind`` under ``on_missing_estimate``.
+        """
+        opening = self._open(user, estimate, model, scope, kind)
+        pilot = None
+        if opening.cold:
+            pilot, opening = self._wait_cold(opening)
+        # The hot path: one unpacking, the reservation built inline.
+        user, units, model, plan, holders, holds, tags, kind, _, now = opening
+        reservation = Reservation(
+            f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl
+        )
+        try:
+            refusal = self.ledger.reserve(reservation) if holds else None
+        except StorageError as error:
+            return self._storage_down(error, opening, pilot)
+        except BaseException:
+            if pilot is not None:
+                pilot.release()
+            raise
+        if refusal is None:
+            # self is the BudgetGuard this class is a part of.
+            return Call(self, user, reservation, plan, holders, units, model, tags, kind, pilot)  # type: ignore[arg-type]
+        return self._opened(opening, reservation, refusal, pilot)
+
+    async def _abegin(
+        self,
+        user: str | None,
+        estimate: Decimal | int | None = 0,
+        *,
+        model: str | None = None,
+        scope: Scope | None = None,
+        kind: str | None = None,
+    ) -> Call:
+        """Do ``_begin`` without blocking the event loop on the ledger."""
+        budgets = None
+        if self._budgets_due():
+            # A shared ledger's budget definitions are due for a re-read:
+            # do it in a thread, so the loop never waits on the network.
+            budgets = await asyncio.to_thread(self._budgets)
+        opening = self._open(user, estimate, model, scope, kind, budgets)
+        pilot = None
+        if opening.cold:
+            pilot, opening = await self._await_cold(opening)
+        reservation = self._reservation(opening)
+        try:
+            refusal = await self.ledger.areserve(reservation) if opening.holds else None
+        except StorageError as error:
+            return self._storage_down(error, opening, pilot)
+        except BaseException:
+            if pilot is not None:
+                pilot.release()
+            raise
+        return self._opened(opening, reservation, refusal, pilot)
+
+    def _wait_cold(self, opening: _Opening) -> tuple[threading.Lock | None, _Opening]:
+        """Wait until this call may run as the first of its kind, or has a learned cost."""
+        assert opening.kind is not None
+        gate = self._learner.gate(opening.kind)
+        if self._holds_gate(gate) or _on_event_loop():
+            # Re-entered by the pilot itself, or on an event loop's thread
+            # where blocking would stall the pilot: run with no hold.
+            return None, opening
+        if not gate.acquire(timeout=self.reservation_ttl):
+            return None, opening
+        return self._after_gate(gate, opening)
+
+    async def _await_cold(self, opening: _Opening) -> tuple[threading.Lock | None, _Opening]:
+        """Do ``_wait_cold`` without blocking the event loop."""
+        assert opening.kind is not None
+        gate = self._learner.gate(opening.kind)
+        if self._holds_gate(gate):
+            return None, opening
+        deadline = time.monotonic() + self.reservation_ttl
+        pause = 0.001
+        while not gate.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                return None, opening
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return self._after_gate(gate, opening)
+
+    def _after_gate(
+        self, gate: threading.Lock, opening: _Opening
+    ) -> tuple[threading.Lock | None, _Opening]:
+        # The wait may have been long: the reservation's expiry counts from now.
+        opening = opening._replace(now=self.clock())
+        relearned = self._relearn(opening)
+        if not relearned.cold:
+            gate.release()  # the pilot has settled: reserve what it cost
+            return None, relearned
+        return gate, opening
+
+    def _holds_gate(self, gate: threading.Lock) -> bool:
+        call = _current_call.get()
+        while call is not None:
+            if call.pilot is gate:
+                return True
+            call = call.parent
+        return False
+
+    def _before_hook(self, hook: _hooks.CallHook, user: str | None, model: str | None) -> None:
+        try:
+            hook.before_call(self)  # type: ignore[arg-type]
+        except BudgetExceededError as error:
+            error.user = user if user is not None else current_user()
+            self._notify("call_refused", error, user=error.user, request_model=model)
+            raise
+
+    def _refused(
+        self,
+        refusal: Refusal,
+        holders: tuple[Holder, ...],
+        user: str | None,
+        model: str | None,
+    ) -> BudgetExceededError:
+        holder = holders[refusal.index]
+        budget = holder.budget
+        if holder.kind == "scope":
+            name, period, resets = "scope", "this block", None
+        else:
+            assert budget is not None
+            name, period, resets = budget.name, budget.period.label, budget.resets_at(self.clock())
+            if holder.kind == "user" and budget.name == DEFAULT:
+                name = f"default (user:{user})"
+        error = BudgetExceededError(
+            budget=name,
+            user=user,
+            limit=from_units(refusal.limit),
+            spent=from_units(refusal.spent),
+            reserved=from_units(refusal.reserved),
+            requested=from_units(refusal.requested),
+            period=period,
+            resets_at=resets,
+        )
+        self._notify("call_refused", error, user=user, request_model=model)
+        return error
+
+    def _storage_down(
+        self, error: StorageError, opening: _Opening, pilot: threading.Lock | None
+    ) -> Call:
+        self._notify("storage_failed", error, policy=self.on_storage_error)
+        if self.on_storage_error == "fail_closed":
+            if pilot is not None:
+                pilot.release()
+            logger.error("ledger unavailable, refusing the call (fail_closed): %s", error)
+            raise error
+        logger.warning("ledger unavailable, letting the call run unchecked (fail_open): %s", error)
+        return self._opened(opening, None, None, pilot)
+
+    def _forget_scope(self, key: str) -> None:
+        try:
+            self.ledger.clear([key])
+        except StorageError as error:  # the counter is only garbage now
+            logger.warning("could not drop the counter of a finished scope: %s", error)
+
+    # -- the lifecycle: deciding how a call ends --------------------------------------------
+
+    def _ending(
+        self,
+        call: Call,
+        cost: Decimal | None,
+        *,
+        model: str | None = None,
+        usage: Usage | None = None,
+        error: BaseException | None = None,
+        priced: bool = True,
+        estimated: bool = False,
+        owed: BaseException | None = None,
+    ) -> _Ending:
+        """Decide what ending ``call`` writes (no ledger I/O).
+
+        ``cost`` is what pricing found (``None``: nothing reported). Charges
+        made with ``charge()`` during the call are added. A failed call with
+        no known cost is released; a successful one follows ``on_missing_cost``.
+        """
+        if usage is not None:
+            model = model or usage.model
+            estimated = estimated or usage.estimated
+        if owed is None and not priced:
+            owed = self._pricer.unpriced_error(usage, priced)
+        if cost is not None:
+            units: int | None = to_units(cost) + call.charged
+        elif call.charged or call.models or call.has_inner:
+            units = call.charged
+        elif error is not None:
+            units = None  # nothing known to be spent: release
+        elif self.on_missing_cost == "ignore":
+            units = 0
+        else:
+            # "estimate", and "raise" too: the call ran and its cost is unknown,
+            # so its estimate stays spent before the error is reported.
+            units, estimated = call.estimate, True
+            if self.on_missing_cost == "raise" and owed is None:
+                owed = UsageMissingError(
+                    "the call reported no usage and no cost; pass cost=, call charge(), "
+                    "or choose on_missing_cost='estimate'"
+                )
+        return _Ending(units, model, usage, error, priced, estimated, owed)
+
+    def _ending_of_result(
+        self,
+        call: Call,
+        result: Any,
+        cost: Callable[[Any], object] | None,
+        error: BaseException | None = None,
+    ) -> _Ending:
+        """Decide the ending of a call that returned ``result``."""
+        if cost is not None:
+            try:
+                amount = to_decimal(cost(result), "cost")
+            except BaseException as failure:  # charge the estimate, then report
+                return self._ending(call, None, error=error, owed=failure)
+            return self._ending(call, amount, error=error)
+        found, usage, priced = self._pricer.of_result(call, result)
+        return self._ending(call, found, usage=usage, error=error, priced=priced)
+
+    def _ending_of_stream(
+        self, call: Call, meter: StreamMeter | None, error: BaseException | None = None
+    ) -> _Ending:
+        """Decide the ending of a streamed call from what its chunks carried."""
+        found, usage, priced = self._pricer.of_stream(call, meter)
+        return self._ending(call, found, usage=usage, error=error, priced=priced)
+
+    # -- the lifecycle: the shells that end a call ----------------------------------------
+
+    def _close(self, call: Call, ending: _Ending) -> None:
+        """Write ``ending`` to the ledger, then report it."""
+        try:
+            if self._write_end(call, ending) and self._alerts.thresholds:
+                self._alerts.check(call)
+        except BaseException:
+            self._ended(call, ending, quiet=True)
+            raise
+        if (
+            call.kind is None
+            and call.parent is None
+            and ending.usage is None
+            and ending.owed is None
+            and call.pilot is None
+        ):
+            # The hot path: nothing to learn or raise, only listeners to tell.
+            self._tell(call, ending.units or 0, ending)
+            return
+        self._ended(call, ending)
+
+    async def _aclose(self, call: Call, ending: _Ending) -> None:
+        """Do ``_close`` without blocking the event loop on the ledger."""
+        try:
+            if await self._awrite_end(call, ending) and self._alerts.thresholds:
+                # Reads the ledger (and may claim an alert marker): off the loop.
+                await asyncio.to_thread(self._alerts.check, call)
+        except BaseException:
+            self._ended(call, ending, quiet=True)
+            raise
+        self._ended(call, ending)
+
+    def _write_end(self, call: Call, ending: _Ending) -> bool:
+        """Settle or release ``call``; return whether money was charged."""
+        reservation = call.reservation
+        if reservation is None:  # storage failed open at the start
+            return False
+        units = ending.units
+        try:
+            if units is None:
+                if reservation.holds:
+                    self.ledger.release(reservation)
+                return False
+            tallies = self._tally_keys(call, ending.model)
+            if reservation.holds:
+                self.ledger.settle(reservation, units, tallies)
+            else:
+                self.ledger.add(tallies, units)
+        except StorageError as error:
+            self._lost(error, call, units)
+            return False
+        return bool(units)
+
+    async def _awrite_end(self, call: Call, ending: _Ending) -> bool:
+        """Do ``_write_end`` without blocking the event loop."""
+        reservation = call.reservation
+        if reservation is None:
+            return False
+        units = ending.units
+        try:
+            if units is None:
+                if reservation.holds:
+                    await self.ledger.arelease(reservation)
+                return False
+            tallies = self._tally_keys(call, ending.model)
+            if reservation.holds:
+                await self.ledger.asettle(reservation, units, tallies)
+            else:
+                await self.ledger.aadd(tallies, units)
+        except StorageError as error:
+            self._lost(error, call, units)
+            return False
+        return bool(units)
+
+    def _ended(self, call: Call, ending: _Ending, *, quiet: bool = False) -> None:
+        """Learn from an ended call, free its slow-start gate, report it, raise what is owed."""
+        units = ending.units
+        try:
+            if units is not None:
+                if call.kind is not None and not ending.estimated:
+                    self._learner.learn_cost(call.kind, units + call.inner_units)
+                if call.parent is not None:
+                    call.parent.inner_units += units
+            usage = ending.usage
+            if usage is not None and not usage.estimated and usage.model:
+                self._learner.learn_output(usage.model, usage.total_output_tokens)
+        finally:
+            if call.pilot is not None:
+                pilot, call.pilot = call.pilot, None
+                pilot.release()
+        self._tell(call, units or 0, ending)
+        if not quiet and ending.owed is not None:
+            raise ending.owed
+
+    def _lost(self, error: StorageError, call: Call, units: int | None) -> None:
+        # The call already ran: raising now would not unspend the money. Log
+        # loudly; the reservation expires by itself.
+        self._notify("storage_failed", error, policy=self.on_storage_error)
+        logger.error(
+            "could not record $%s for user %r in the ledger: %s",
+            from_units(units or 0),
+            call.user,
+            error,
+        )
+
+    def _tally_keys(self, call: Call, model: str | None) -> tuple[str, ...]:
+        """Return the counters a settled call adds to besides its budgets."""
+        if model is None:
+            model = call.request_model or (call.models[0] if call.models else None)
+        return call.plan.tally_keys(model)
+
+    def _tell(self, call: Call, units: int, ending: _Ending) -> None:
+        hooks = _hooks.active
+        if not self._listeners and not (hooks and units):
+            return  # nobody to tell: skip building the Decimal
+        cost = from_units(units)
+        if units:
+            for hook in hooks:
+                self._safely(hook.after_call, self, cost)
+        if not self._listeners:
+            return
+        usage = ending.usage
+        error = ending.error
+        outcome = CallOutcome(
+            call.user,
+            cost,
+            time.perf_counter() - call.started,
+            call.request_model,
+            ending.model,
+            usage.provider if usage is not None else None,
+            usage.operation if usage is not None else None,
+            usage,
+            type(error).__qualname__ if error is not None else None,
+            ending.priced,
+            ending.estimated,
+            call.tags,
+        )
+        self._notify("call_ended", outcome)
+
+    # -- the lifecycle: entry points for the shells ---------------------------------------
+
+    def _finish(
+        self,
+        call: Call,
+        cost: Decimal | None,
+        *,
+        model: str | None = None,
+        usage: Any = None,
+        error: BaseException | None = None,
+        priced: bool = True,
+        estimated: bool = False,
+    ) -> None:
+        """End ``call``: settle what it cost, or release it when nothing was spent."""
+        self._close(
+            call,
+            self._ending(
+                call,
+                cost,
+                model=model,
+                usage=usage,
+                error=error,
+                priced=priced,
+                estimated=estimated,
+            ),
+        )
+
+    async def _afinish(
+        self,
+        call: Call,
+        cost: Decimal | None,
+        *,
+        model: str | None = None,
+        usage: Any = None,
+        error: BaseException | None = None,
+        priced: bool = True,
+        estimated: bool = False,
+    ) -> None:
+        """Do ``_finish`` without blocking the event loop on the ledger."""
+        await self._aclose(
+            call,
+            self._ending(
+                call,
+                cost,
+                model=model,
+                usage=usage,
+                error=error,
+                priced=priced,
+                estimated=estimated,
+            ),
+        )
+
+    def _complete(
+        self,
+        call: Call,
+        result: Any,
+        cost: Callable[[Any], object] | None = None,
+        *,
+        error: BaseException | None = None,
+    ) -> Any:
+        """End ``call`` with its result: price it (``cost(result)`` or its usage) and settle.
+
+        A stream returned by the call is handed back as a proxy that settles
+        from its chunks' usage however the stream ends.
+        """
+        if cost is None and error is None and not call.has_inner:
+            from ._streams import guard_returned_stream
+
+            proxy = guard_returned_stream(call, result)
+            if proxy is not None:
+                return proxy
+        self._close(call, self._ending_of_result(call, result, cost, error))
+        return result
+
+    async def _acomplete(
+        self,
+        call: Call,
+        result: Any,
+        cost: Callable[[Any], object] | None = None,
+        *,
+        error: BaseException | None = None,
+    ) -> Any:
+        """Do ``_complete`` without blocking the event loop on the ledger."""
+        if cost is None and error is None and not call.has_inner:
+            from ._streams import guard_returned_stream
+
+            proxy = guard_returned_stream(call, result)
+            if proxy is not None:
+                return proxy
+        await self._aclose(call, self._ending_of_result(call, result, cost, error))
+        return result
+
+    def _complete_stream(
+        self, call: Call, meter: StreamMeter | None, *, error: BaseException | None = None
+    ) -> None:
+        """End a streamed call from the usage its chunks carried, or its text, or release it."""
+        self._close(call, self._ending_of_stream(call, meter, error))
+
+    async def _acomplete_stream(
+        self, call: Call, meter: StreamMeter | None, *, error: BaseException | None = None
+    ) -> None:
+        """Do ``_complete_stream`` without blocking the event loop on the ledger."""
+        await self._aclose(call, self._ending_of_stream(call, meter, error))
+
+    def _stream_meter(self, call: Call) -> StreamMeter:
+        """Return what watches a stream's chunks for its usage (for generators and streams)."""
+        return StreamMeter(call.request_model)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

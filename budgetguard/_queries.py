@@ -1,0 +1,212 @@
+"""What a guard reports: spend, what is left, per model, and the ledger's upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from . import _keys
+from ._alerts import Alerts
+from ._costing import Pricer
+from ._estimate import Learner
+from ._plan import Planner
+from .budgets import DEFAULT, Budget
+from .events import BudgetStatus, Listener
+from .ledger import Ledger
+from .money import from_units
+from .periods import window_end_of
+
+if TYPE_CHECKING:
+    pass
+
+from collections.abc import Iterator
+from datetime import tzinfo
+
+__all__ = ["BudgetQueries"]
+
+logger = logging.getLogger("budgetguard")
+
+
+class BudgetQueries:
+    """Read spend and remaining budget; prune and reset windows (a part of ``BudgetGuard``)."""
+
+    if TYPE_CHECKING:  # the state and helpers BudgetGuard gives its parts
+        ledger: Ledger
+        clock: Callable[[], float]
+        tz: tzinfo
+        reservation_ttl: float
+        budget_cache_ttl: float
+        on_storage_error: str
+        on_missing_cost: str
+        on_missing_estimate: str
+        outside_scope: str
+        _learner: Learner
+        _pricer: Pricer
+        _alerts: Alerts
+        _planner: Planner
+        _ids: Iterator[int]
+        _id_prefix: str
+        _listeners: list[Listener]
+        _budget_defs: dict[str, Budget]
+        _budgets_loaded_at: float
+
+        def _budgets(self, refresh: bool = False) -> dict[str, Budget]: ...
+        def _budgets_due(self) -> bool: ...
+        def _notify(self, event: str, *args: Any, **kwargs: Any) -> None: ...
+        def _safely(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
+        def _guard_storage(self, operation: Callable[..., Any], *args: Any) -> Any: ...
+        def budget_for(self, user: str | None) -> Budget | None: ...
+        def get_budget(self, user: str | None = None) -> Budget | None: ...
+        def budgets(self) -> list[Budget]: ...
+        async def _aguard_storage(self, operation: Any) -> Any: ...
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def spend(self, user: str | None = None, *, model: str | None = None) -> Decimal:
+        """Return what ``user`` (or everyone) spent in the current period of their budget.
+
+        Without a budget that applies, return the lifetime total. ``model=``
+        narrows it to one model.
+        """
+        key = self._spend_key(user, model)
+        balance = self._guard_storage(self.ledger.balances, [key])
+        return from_units(balance[key].spent) if balance else Decimal(0)
+
+    async def aspend(self, user: str | None = None, *, model: str | None = None) -> Decimal:
+        """Do ``spend`` without blocking the event loop on the ledger."""
+        key = await asyncio.to_thread(self._spend_key, user, model)
+        balance = await self._aguard_storage(self.ledger.abalances([key]))
+        return from_units(balance[key].spent) if balance else Decimal(0)
+
+    def _spend_key(self, user: str | None, model: str | None) -> str:
+        budget = self.budget_for(user)
+        if budget is not None:
+            key = budget.key(self.clock(), user=user)
+            return _keys.model_key(key, model) if model is not None else key
+        return _keys.total_key(user, model)
+
+    def remaining(self, user: str | None = None) -> Decimal | None:
+        """Return what is left of the tightest budget that applies, or ``None`` if none does."""
+        keys = self._remaining_keys(user)
+        if not keys:
+            return None
+        balances = self._guard_storage(self.ledger.balances, [k for k, _ in keys]) or {}
+        return self._tightest(keys, balances)
+
+    async def aremaining(self, user: str | None = None) -> Decimal | None:
+        """Do ``remaining`` without blocking the event loop on the ledger."""
+        keys = await asyncio.to_thread(self._remaining_keys, user)
+        if not keys:
+            return None
+        balances = await self._aguard_storage(self.ledger.abalances([k for k, _ in keys]))
+        return self._tightest(keys, balances or {})
+
+    def _remaining_keys(self, user: str | None) -> list[tuple[str, Budget]]:
+        now = self.clock()
+        keys: list[tuple[str, Budget]] = []
+        own = self.budget_for(user) if user is not None else None
+        if own is not None:
+            keys.append((own.key(now, user=user), own))
+        shared = self.get_budget(None)
+        if shared is not None:
+            keys.append((shared.key(now), shared))
+        return keys
+
+    @staticmethod
+    def _tightest(keys: list[tuple[str, Budget]], balances: Mapping[str, Any]) -> Decimal:
+        found: list[Decimal] = []
+        for key, budget in keys:
+            balance = balances.get(key)
+            used = (balance.spent + balance.reserved) if balance else 0
+            found.append(max(Decimal(0), budget.limit - from_units(used)))
+        return min(found)
+
+    def spend_by_model(self, user: str | None = None) -> dict[str, Decimal]:
+        """Return spend per model in the current period of the budget that applies."""
+        budget = self.budget_for(user)
+        if budget is not None:
+            prefix = _keys.model_prefix(budget.key(self.clock(), user=user))
+        else:
+            prefix = _keys.model_prefix(_keys.total_key(user)) if user else "t|m="
+        found = self._guard_storage(self.ledger.scan, prefix) or {}
+        return {
+            _keys.unescape(key[len(prefix) :]): from_units(balance.spent)
+            for key, balance in sorted(found.items())
+            if "|" not in key[len(prefix) :] and balance.spent
+        }
+
+    async def aspend_by_model(self, user: str | None = None) -> dict[str, Decimal]:
+        """Do ``spend_by_model`` without blocking the event loop on the ledger."""
+        return await asyncio.to_thread(self.spend_by_model, user)
+
+    async def abudgets(self) -> list[Budget]:
+        """Do ``budgets`` without blocking the event loop on the ledger."""
+        return await asyncio.to_thread(self.budgets)
+
+    def prune(self, before: datetime) -> int:
+        """Delete the counters of budget windows and days that ended before ``before``.
+
+        Resets are lazy, so every window leaves its counters behind; a
+        long-running ledger sheds them with this. Lifetime totals, current
+        windows and open reservations are kept. Window ids name local dates
+        of the budget's time zone, so only windows that ended a full day
+        before ``before`` go. Return how many counters were deleted.
+        """
+        if before.tzinfo is None:
+            raise ValueError("before must be an aware datetime (e.g. with tzinfo=timezone.utc)")
+        cutoff = before - timedelta(days=1)
+        doomed: list[str] = []
+        for prefix in _keys.prunable_prefixes():
+            found = self._guard_storage(self.ledger.scan, prefix) or {}
+            for key, balance in found.items():
+                window = _keys.prunable_window(key)
+                if balance.reserved or window is None:
+                    continue
+                end = window_end_of(window)
+                if end is not None and end <= cutoff:
+                    doomed.append(key)
+        for start in range(0, len(doomed), 500):
+            self._guard_storage(self.ledger.clear, doomed[start : start + 500])
+        if doomed:
+            self._alerts.forget(doomed)
+            logger.info("pruned %d counters of windows that ended before %s", len(doomed), cutoff)
+        return len(doomed)
+
+    def reset(self, user: str | None = None) -> None:
+        """Start the current period of ``user``'s budget (or the global one) again at zero."""
+        budget = self.budget_for(user)
+        if budget is None:
+            return
+        key = budget.key(self.clock(), user=user)
+        found = self._guard_storage(self.ledger.scan, _keys.model_prefix(key)) or {}
+        self._guard_storage(self.ledger.clear, [key, *found])
+        self._alerts.forget([key])
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        """Return every budget's state in its current window (for metrics and reports)."""
+        now = self.clock()
+        budgets = self._budgets()
+        keyed: list[tuple[str, Budget, str | None]] = []
+        for name, budget in sorted(budgets.items()):
+            if name == DEFAULT:
+                continue
+            keyed.append((budget.key(now), budget, budget.user))
+        if not keyed:
+            return []
+        balances = self.ledger.balances([key for key, _, _ in keyed])
+        return [
+            BudgetStatus(
+                name=budget.name,
+                user=user,
+                period=budget.period.label,
+                limit=budget.limit,
+                spent=from_units(balances[key].spent),
+                reserved=from_units(balances[key].reserved),
+                resets_at=budget.resets_at(now),
+            )
+            for key, budget, user in keyed
+        ]
