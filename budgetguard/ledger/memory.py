@@ -4,20 +4,55 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain, starmap
+from operator import setitem
 from typing import Any
 
-from .base import Balance, Ledger, Refusal, Reservation, check_reservation, check_units
+from .base import (
+    Balance,
+    Ledger,
+    Refusal,
+    Reservation,
+    check_op_id,
+    check_reservation,
+    check_units,
+)
 
 __all__ = ["MemoryLedger"]
 
-# How many ended reservation ids are remembered, so that a late second settle
-# of the same reservation is recognised and ignored.
+# How many ended reservation ids (and add op ids) are remembered, so that a
+# late second settle of the same reservation is recognised and ignored.
 _ENDED_MEMORY = 100_000
 
 # A counter cell: [spent, reserved]. One list per key, looked up once per
 # reservation and kept with it, so settle and release touch no dict again.
 _Cell = list[int]
+# Planned writes: (id(cell), index) -> [cell, index, new value].
+_Plan = dict[tuple[int, int], list[Any]]
+# An ended reservation id, or ("add", op_id) for a direct charge.
+_EndedId = str | tuple[str, str]
+
+
+def _bump(plan: _Plan, cell: _Cell, index: int, delta: int) -> None:
+    """Plan ``cell[index] += delta`` (several bumps of one slot add up)."""
+    slot = (id(cell), index)
+    write = plan.get(slot)
+    if write is None:
+        plan[slot] = [cell, index, cell[index] + delta]
+    else:
+        write[2] += delta
+
+
+def _apply(*writes: Iterable[Sequence[Any]]) -> None:
+    """Do every planned ``container[index] = value`` in one step.
+
+    ``deque(starmap(setitem, ...))`` runs entirely in C: no Python line runs
+    between the first write and the last, so neither a signal handler
+    (``KeyboardInterrupt``) nor a trace function can stop it half way.
+    """
+    deque(starmap(setitem, chain(*writes)), maxlen=0)
 
 
 class MemoryLedger(Ledger):
@@ -26,6 +61,12 @@ class MemoryLedger(Ledger):
     Thread-safe and asyncio-safe (no operation awaits while holding the lock).
     Spend is per process and lost on exit: several workers each get their own
     budget. Use ``sqlite://`` or ``redis://`` to share one.
+
+    Exception safety: every operation checks and plans first, then applies
+    all its writes in one step (``_apply``). A reservation id found in
+    ``_ended`` is ended even if ``_open`` still lists it (an interrupt landed
+    between the step and the clean-up that removes it); readers skip such
+    entries.
     """
 
     schemes = ("memory",)
@@ -37,7 +78,7 @@ class MemoryLedger(Ledger):
         self._cells: dict[str, _Cell] = {}
         self._open: dict[str, tuple[Reservation, list[_Cell]]] = {}
         self._next_sweep = float("inf")
-        self._ended: dict[str, bool] = {}  # id -> settled?, oldest first
+        self._ended: dict[_EndedId, bool] = {}  # id -> settled?, oldest first
         self._budgets: dict[str, dict[str, Any]] = {}
 
     # -- the hot path ---------------------------------------------------------
@@ -54,6 +95,7 @@ class MemoryLedger(Ledger):
                 self._sweep(self.clock())
             cells = self._cells
             found: list[_Cell] = []
+            plan: _Plan = {}
             for index, (key, limit, amount) in enumerate(holds):
                 # Checked inline, as cheaply as Python allows: this runs on
                 # every guarded call (check_reservation words the error).
@@ -63,7 +105,7 @@ class MemoryLedger(Ledger):
                 if cell is None:
                     if type(key) is not str:
                         check_reservation(reservation)
-                    cell = cells[key] = [0, 0]
+                    cell = cells[key] = [0, 0]  # an empty cell changes no balance
                 if limit is not None:
                     if type(limit) is not int or limit < 0:
                         check_reservation(reservation)
@@ -71,11 +113,12 @@ class MemoryLedger(Ledger):
                     if used + amount > limit or (amount == 0 and used >= limit):
                         return Refusal(index, key, limit, cell[0], cell[1], amount)
                 found.append(cell)
-            for cell, (_, _, amount) in zip(found, holds, strict=True):
-                cell[1] += amount
-            self._open[rid] = (reservation, found)
+                _bump(plan, cell, 1, amount)
+            # Lowered before the holds exist: an early sweep finds nothing,
+            # a late one would leave an expired hold in place.
             if expires_at < self._next_sweep:
                 self._next_sweep = expires_at
+            _apply(plan.values(), ((self._open, rid, (reservation, found)),))
             return None
 
     def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
@@ -85,38 +128,54 @@ class MemoryLedger(Ledger):
         with self._lock:
             rid = reservation.id
             ended = self._ended
-            if ended.get(rid):
+            state = ended.get(rid)
+            if state:
                 return False
-            entry = self._open.pop(rid, None)
+            entry = self._open.get(rid) if state is None else None
+            plan: _Plan = {}
             if entry is not None:
                 for cell, (_, _, held) in zip(entry[1], reservation.holds, strict=True):
-                    cell[0] += amount
-                    cell[1] -= held
+                    _bump(plan, cell, 0, amount)
+                    _bump(plan, cell, 1, -held)
             else:  # expired or released: charge, but the holds are already gone
-                cells = self._cells
                 for key, _, _ in reservation.holds:
-                    cells.setdefault(key, [0, 0])[0] += amount
-            ended[rid] = True
+                    _bump(plan, self._cell(key), 0, amount)
+            for key in tallies:
+                _bump(plan, self._cell(key), 0, amount)
+            _apply(plan.values(), ((ended, rid, True),))
+            self._open.pop(rid, None)
             if len(ended) > 2 * _ENDED_MEMORY:
                 self._forget_oldest()
-            self._add(tallies, amount)
             return True
 
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
         with self._lock:
-            entry = self._open.pop(reservation.id, None)
-            if entry is None:
+            rid = reservation.id
+            if rid in self._ended:
+                self._open.pop(rid, None)
                 return False
-            self._drop(entry)
-            self._end(reservation.id, settled=False)
-            return True
+            entry = self._open.get(rid)
+            self._end(rid, entry)
+            return entry is not None
 
-    def add(self, keys: Sequence[str], amount: int) -> None:
-        """Charge ``amount`` to every key unconditionally."""
+    def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Charge ``amount`` to every key unconditionally, once per ``op_id``."""
         check_units(amount)
+        check_op_id(op_id)
         with self._lock:
-            self._add(keys, amount)
+            marker: tuple[tuple[Any, ...], ...] = ()
+            if op_id is not None:
+                if ("add", op_id) in self._ended:
+                    return False
+                marker = ((self._ended, ("add", op_id), True),)
+            plan: _Plan = {}
+            for key in keys:
+                _bump(plan, self._cell(key), 0, amount)
+            _apply(plan.values(), marker)
+            if len(self._ended) > 2 * _ENDED_MEMORY:
+                self._forget_oldest()
+            return True
 
     # -- reading and administration -------------------------------------------
 
@@ -153,7 +212,8 @@ class MemoryLedger(Ledger):
         """Return the reservations still holding units."""
         with self._lock:
             self._expire(self.clock())
-            return [reservation for reservation, _ in self._open.values()]
+            ended = self._ended
+            return [r for rid, (r, _) in self._open.items() if rid not in ended]
 
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
@@ -178,26 +238,28 @@ class MemoryLedger(Ledger):
 
     # -- internals ----------------------------------------------------------------
 
-    def _add(self, keys: Sequence[str], amount: int) -> None:
-        cells = self._cells
-        for key in keys:
-            cell = cells.get(key)
-            if cell is None:
-                cells[key] = [amount, 0]
-            else:
-                cell[0] += amount
+    def _cell(self, key: str) -> _Cell:
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = [0, 0]  # an empty cell changes no balance
+        return cell
 
-    def _drop(self, entry: tuple[Reservation, list[_Cell]]) -> None:
-        reservation, cells = entry
-        for cell, (_, _, held) in zip(cells, reservation.holds, strict=True):
-            cell[1] -= held
-
-    def _end(self, reservation_id: str, *, settled: bool) -> None:
-        self._ended[reservation_id] = settled
+    def _end(self, rid: str, entry: tuple[Reservation, list[_Cell]] | None) -> None:
+        """Drop the holds of ``entry`` (if open) and record ``rid`` as released, in one step."""
+        plan: _Plan = {}
+        if entry is not None:
+            for cell, (_, _, held) in zip(entry[1], entry[0].holds, strict=True):
+                _bump(plan, cell, 1, -held)
+        _apply(plan.values(), ((self._ended, rid, False),))
+        self._open.pop(rid, None)
         if len(self._ended) > 2 * _ENDED_MEMORY:
             self._forget_oldest()
 
     def _forget_oldest(self) -> None:
+        # An open entry whose id is ended is left over from an interrupted
+        # clean-up; drop it before its id is forgotten, or it would count again.
+        for rid in [rid for rid in self._open if rid in self._ended]:
+            del self._open[rid]
         # Keep the newest ids (a dict keeps insertion order); trimming in one
         # batch is cheaper per settle than an OrderedDict's bookkeeping.
         recent = list(self._ended.items())[-_ENDED_MEMORY:]
@@ -212,12 +274,13 @@ class MemoryLedger(Ledger):
         # them all once the earliest expiry has passed is cheaper than keeping
         # a heap that every settled call would leave an entry in.
         earliest = float("inf")
+        ended = self._ended
         for rid, entry in list(self._open.items()):
             expires_at = entry[0].expires_at
-            if expires_at <= now:
+            if rid in ended:
                 del self._open[rid]
-                self._drop(entry)
-                self._end(rid, settled=False)
+            elif expires_at <= now:
+                self._end(rid, entry)
             elif expires_at < earliest:
                 earliest = expires_at
         self._next_sweep = earliest

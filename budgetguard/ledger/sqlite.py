@@ -4,7 +4,7 @@ URLs name a file, as SQLAlchemy does::
 
     sqlite:///spend.db              relative to the working directory
     sqlite:////var/lib/app/spend.db absolute (four slashes)
-    sqlite:///spend.db?synchronous=normal&busy_timeout=10
+    sqlite:///spend.db?synchronous=normal&timeout=10
 
 ``sqlite:///:memory:`` is refused: an in-memory SQLite database is private to
 one connection, so it would be neither shared nor durable; ``memory://`` is the
@@ -19,10 +19,24 @@ killed (it is in the OS page cache), but the last ones may be lost if the
 machine itself goes down.
 
 Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction, so processes
-queue on SQLite's write lock (waiting up to ``busy_timeout`` seconds) and a
-check can never be separated from its charge. Each thread has its own
-connection; writers of one process also queue on a lock, so they wait in
-order rather than in SQLite's sleeping busy handler.
+queue on SQLite's write lock and a check can never be separated from its
+charge. Each thread has its own connection; writers of one process also queue
+on a lock, so they wait in order rather than in SQLite's sleeping busy handler.
+
+Bounded waits: every operation has one deadline, ``timeout`` seconds (default
+30) from its start, whatever the queue in front of it. A writer that gets the
+in-process lock sets SQLite's busy timeout to what is left of its own
+deadline, and gives up at once if nothing is left; since every writer ahead
+of it in the queue started earlier and gives up by its own (earlier)
+deadline, no writer waits much longer than ``timeout``. A deadline that
+passes is a ``StorageError``.
+
+Faults: the transaction is ``with connection:``, whose exit (``COMMIT``, or
+``ROLLBACK`` on any exception, ``KeyboardInterrupt`` included) runs in C, so
+an interrupt cannot land between the last statement and the end of the
+transaction; a connection found inside a transaction (a ``COMMIT`` that
+failed) is rolled back before its next use. ``mmap_size`` is 0, so a file on
+a disk that fails or turns read-only gives an error, not a ``SIGBUS``.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -48,6 +62,7 @@ from .base import (
     _ThreadedAsync,
     budget_from_json,
     budget_to_json,
+    check_op_id,
     check_reservation,
     check_units,
 )
@@ -79,6 +94,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX ended_by_time ON ended (at)",
         "CREATE TABLE budgets (name TEXT PRIMARY KEY, definition TEXT NOT NULL)",
     ),
+    (
+        # Ids of direct charges (add with op_id), so a retried charge counts once.
+        "CREATE TABLE added (id TEXT PRIMARY KEY, at REAL NOT NULL)",
+        "CREATE INDEX added_by_time ON added (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -101,8 +121,10 @@ class _Connection:
 class SQLiteLedger(_ThreadedAsync):
     """Keep spend in one SQLite file that every process on the host shares.
 
-    Options (keyword arguments or URL query parameters): ``busy_timeout``
-    seconds to wait for another process's write lock (default 30);
+    Options (keyword arguments or URL query parameters): ``timeout`` the
+    deadline of one operation in seconds, including every wait for another
+    thread's or process's write lock (default 30; ``busy_timeout`` is the
+    older name of the same option);
     ``synchronous`` ``"full"`` (default) or ``"normal"``; ``ended_ttl``
     seconds for which settled and released reservation ids are remembered so
     that a late repeated settle is ignored (default 7 days).
@@ -116,6 +138,7 @@ class SQLiteLedger(_ThreadedAsync):
         url: str,
         *,
         clock: Callable[[], float] = time.time,
+        timeout: float | str | None = None,
         busy_timeout: float | str | None = None,
         synchronous: str | None = None,
         ended_ttl: float | str | None = None,
@@ -123,11 +146,25 @@ class SQLiteLedger(_ThreadedAsync):
         super().__init__(url, clock=clock)
         path, query = _parse_url(url)
         self.path = path
-        self.busy_timeout = _positive(
-            "busy_timeout",
-            busy_timeout if busy_timeout is not None else query.pop("busy_timeout", 30.0),
-            url,
-        )
+        given = {
+            name: value
+            for name, value in (
+                ("timeout", timeout if timeout is not None else query.pop("timeout", None)),
+                (
+                    "busy_timeout",
+                    busy_timeout if busy_timeout is not None else query.pop("busy_timeout", None),
+                ),
+            )
+            if value is not None
+        }
+        if len(given) > 1:
+            raise ConfigurationError(
+                f"timeout and busy_timeout name the same deadline; give one ({url!r})"
+            )
+        self._timeout_name, raw = next(iter(given.items()), ("timeout", 30.0))
+        #: Seconds one operation may take, waits for the write lock included.
+        self.timeout = _positive(self._timeout_name, raw, url)
+        self.busy_timeout = self.timeout  # the older name
         self.ended_ttl = _positive(
             "ended_ttl",
             ended_ttl if ended_ttl is not None else query.pop("ended_ttl", _DEFAULT_ENDED_TTL),
@@ -142,7 +179,7 @@ class SQLiteLedger(_ThreadedAsync):
         if query:
             raise ConfigurationError(
                 f"unknown option(s) {', '.join(sorted(query))} in {url!r}; "
-                "known: busy_timeout, synchronous, ended_ttl"
+                "known: timeout, busy_timeout, synchronous, ended_ttl"
             )
         self._closed = False
         self._reset_connections()
@@ -189,6 +226,7 @@ class SQLiteLedger(_ThreadedAsync):
                 (reservation.id, holds_json, float(reservation.expires_at)),
             )
             db.execute("DELETE FROM ended WHERE at < ?", (now - self.ended_ttl,))
+            db.execute("DELETE FROM added WHERE at < ?", (now - self.ended_ttl,))
             return None
 
     def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
@@ -214,20 +252,37 @@ class SQLiteLedger(_ThreadedAsync):
                 db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation.id,)).fetchone()
                 is None
             ):
+                # Never reserved (or already ended): mark the id used, so a
+                # reserve that arrives late holds nothing.
+                db.execute(
+                    "INSERT INTO ended (id, settled, at) VALUES (?, 0, ?) ON CONFLICT (id)"
+                    " DO NOTHING",
+                    (reservation.id, self.clock()),
+                )
                 return False
             self._end(db, reservation.id, settled=False)
             return True
 
-    def add(self, keys: Sequence[str], amount: int) -> None:
-        """Charge ``amount`` to every key unconditionally."""
+    def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Charge ``amount`` to every key unconditionally, once per ``op_id``."""
         check_units(amount)
         _check_fits(amount)
+        check_op_id(op_id)
         with self._write() as db:
+            if op_id is not None:
+                now = self.clock()
+                db.execute("DELETE FROM added WHERE at < ?", (now - self.ended_ttl,))
+                if not db.execute(
+                    "INSERT INTO added (id, at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                    (op_id, now),
+                ).rowcount:
+                    return False
             db.executemany(
                 "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
                 " DO UPDATE SET spent = spent + excluded.spent",
                 [(key, amount) for key in keys],
             )
+            return True
 
     # -- reading and administration -------------------------------------------
 
@@ -355,11 +410,14 @@ class SQLiteLedger(_ThreadedAsync):
         # check_same_thread=False only so that close() may run in any thread;
         # each connection is otherwise used by the thread that opened it.
         db = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            # No memory-mapped reads of the database file: a disk that fails
+            # or turns read-only under a mapping kills the process (SIGBUS).
+            db.execute("PRAGMA mmap_size = 0")
         except BaseException:
             db.close()
             raise
@@ -377,14 +435,9 @@ class SQLiteLedger(_ThreadedAsync):
                     self.path,
                     mode,
                 )
-            with self._write_lock:
+            with self._write_lock, db:  # COMMIT, or ROLLBACK on any exception, in C
                 db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._migrate(db)
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+                self._migrate(db)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -410,28 +463,48 @@ class SQLiteLedger(_ThreadedAsync):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        deadline = time.monotonic() + self.timeout
         with self._errors("write"):
             db = self._connection()
             with self._write_lock:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                _heal(db)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StorageError(self._late("write"))
+                # What is left of this operation's deadline, not a fresh
+                # timeout: waits must not add up along the queue.
+                db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+                # The exit of ``with db`` is C code: COMMIT on success,
+                # ROLLBACK on any exception (KeyboardInterrupt included); no
+                # Python line runs between the body and the end of the
+                # transaction, so no interrupt can leave it open.
+                with db:
+                    db.execute("BEGIN IMMEDIATE")
                     yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._errors("read"):
-            yield self._connection()
+            db = self._connection()
+            _heal(db)
+            yield db
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
         try:
             yield
         except sqlite3.Error as error:
+            holder: _Connection | None = getattr(self._local, "holder", None)
+            if holder is not None:
+                with suppress(sqlite3.Error):  # else healed again before the next use
+                    _heal(holder.db)
             raise StorageError(self._describe(action, error)) from error
+
+    def _late(self, action: str) -> str:
+        return (
+            f"cannot {action} the SQLite ledger {self.path}: the operation did not finish "
+            f"within {self._timeout_name}={self.timeout:g}s (other writers held the lock)"
+        )
 
     def _describe(self, action: str, error: sqlite3.Error) -> str:
         text = str(error)
@@ -444,9 +517,13 @@ class SQLiteLedger(_ThreadedAsync):
             hint = "the file cannot be opened (missing directory or no permission)"
         elif "locked" in lowered or "busy" in lowered:
             hint = (
-                f"another process held the write lock for longer than "
-                f"busy_timeout={self.busy_timeout:g}s"
+                f"another process held the write lock past the deadline of "
+                f"{self._timeout_name}={self.timeout:g}s"
             )
+        elif "full" in lowered:
+            hint = "the disk is full; nothing of this operation was written"
+        elif "disk i/o" in lowered:
+            hint = "the disk reported an I/O error; nothing of this operation was written"
         else:
             hint = "SQLite reported an error"
         return f"cannot {action} the SQLite ledger {self.path}: {hint} ({text})"
@@ -493,6 +570,12 @@ class SQLiteLedger(_ThreadedAsync):
             " DO UPDATE SET settled = excluded.settled, at = excluded.at",
             (reservation_id, int(settled), self.clock()),
         )
+
+
+def _heal(db: sqlite3.Connection) -> None:
+    """Roll back a transaction left open on ``db`` (a COMMIT that failed)."""
+    if db.in_transaction:
+        db.rollback()
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, str]]:

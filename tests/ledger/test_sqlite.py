@@ -36,12 +36,12 @@ def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_schema_is_versioned(tmp_path: Path) -> None:
     """A new file gets the current schema version in PRAGMA user_version, and WAL."""
     ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
-    assert ledger.schema_version == SCHEMA_VERSION == 1
+    assert ledger.schema_version == SCHEMA_VERSION == 2
     with sqlite3.connect(tmp_path / "a.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"counters", "reservations", "ended", "budgets"}
+    assert tables == {"counters", "reservations", "ended", "budgets", "added"}
     ledger.close()
     # Opening again runs no migration and keeps the data.
     SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}").close()
