@@ -516,7 +516,9 @@ class RedisLedger(Ledger):
         """Return every stored budget definition."""
         reply = self._execute("HGETALL", self.budgets_key)
         # A map under RESP3, a flat list of names and values under RESP2.
-        found = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2]))
+        if not isinstance(reply, dict):
+            reply = dict(zip(reply[::2], reply[1::2], strict=True))
+        found: dict[str, str] = reply
         return {name: budget_from_json(text) for name, text in sorted(found.items())}
 
     def ping(self) -> None:
