@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain, starmap
 from operator import setitem
-from typing import Any
+from typing import Any, TypeVar
 
 from .base import (
     Balance,
@@ -21,6 +21,8 @@ from .base import (
 )
 
 __all__ = ["MemoryLedger"]
+
+T = TypeVar("T")
 
 # How many ended reservation ids (and add op ids) are remembered, so that a
 # late second settle of the same reservation is recognised and ignored.
@@ -88,7 +90,8 @@ class MemoryLedger(Ledger):
         rid, holds, expires_at = reservation
         if type(rid) is not str or not rid:
             check_reservation(reservation)
-        with self._lock:
+
+        def locked() -> Refusal | None:
             if rid in self._open or rid in self._ended:
                 raise ValueError(f"reservation id {rid!r} was used before")
             if self.clock() >= self._next_sweep:
@@ -121,11 +124,14 @@ class MemoryLedger(Ledger):
             _apply(plan.values(), ((self._open, rid, (reservation, found)),))
             return None
 
+        return self._locked(locked)
+
     def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
         """Charge ``amount`` to every held key and tally; drop the holds once."""
         if type(amount) is not int or amount < 0:
             check_units(amount)
-        with self._lock:
+
+        def locked() -> bool:
             rid = reservation.id
             ended = self._ended
             state = ended.get(rid)
@@ -148,9 +154,12 @@ class MemoryLedger(Ledger):
                 self._forget_oldest()
             return True
 
+        return self._locked(locked)
+
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
-        with self._lock:
+
+        def locked() -> bool:
             rid = reservation.id
             if rid in self._ended:
                 self._open.pop(rid, None)
@@ -159,11 +168,14 @@ class MemoryLedger(Ledger):
             self._end(rid, entry)
             return entry is not None
 
+        return self._locked(locked)
+
     def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
         """Charge ``amount`` to every key unconditionally, once per ``op_id``."""
         check_units(amount)
         check_op_id(op_id)
-        with self._lock:
+
+        def locked() -> bool:
             marker: tuple[tuple[Any, ...], ...] = ()
             if op_id is not None:
                 if ("add", op_id) in self._ended:
@@ -177,18 +189,24 @@ class MemoryLedger(Ledger):
                 self._forget_oldest()
             return True
 
+        return self._locked(locked)
+
     # -- reading and administration -------------------------------------------
 
     def balances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Return the balance of every key asked for."""
-        with self._lock:
+
+        def locked() -> dict[str, Balance]:
             self._expire(self.clock())
             cells = self._cells
             return {key: _balance(cells.get(key)) for key in keys}
 
+        return self._locked(locked)
+
     def scan(self, prefix: str) -> dict[str, Balance]:
         """Return every key starting with ``prefix`` that holds anything."""
-        with self._lock:
+
+        def locked() -> dict[str, Balance]:
             self._expire(self.clock())
             return {
                 key: Balance(cell[0], cell[1])
@@ -196,9 +214,12 @@ class MemoryLedger(Ledger):
                 if (cell[0] or cell[1]) and key.startswith(prefix)
             }
 
+        return self._locked(locked)
+
     def clear(self, keys: Sequence[str]) -> None:
         """Forget the spend of the given keys (open reservations stay held)."""
-        with self._lock:
+
+        def locked() -> None:
             for key in keys:
                 cell = self._cells.get(key)
                 if cell is None:
@@ -208,35 +229,60 @@ class MemoryLedger(Ledger):
                 else:
                     del self._cells[key]
 
+        return self._locked(locked)
+
     def open_reservations(self) -> list[Reservation]:
         """Return the reservations still holding units."""
-        with self._lock:
+
+        def locked() -> list[Reservation]:
             self._expire(self.clock())
             ended = self._ended
             return [r for rid, (r, _) in self._open.items() if rid not in ended]
 
+        return self._locked(locked)
+
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
-        with self._lock:
+
+        def locked() -> None:
             self._budgets[name] = dict(definition)
+
+        return self._locked(locked)
 
     def get_budget(self, name: str) -> dict[str, Any] | None:
         """Return the budget definition stored under ``name``."""
-        with self._lock:
+
+        def locked() -> dict[str, Any] | None:
             found = self._budgets.get(name)
             return dict(found) if found is not None else None
 
+        return self._locked(locked)
+
     def delete_budget(self, name: str) -> bool:
         """Delete a budget definition."""
-        with self._lock:
+
+        def locked() -> bool:
             return self._budgets.pop(name, None) is not None
+
+        return self._locked(locked)
 
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         """Return every stored budget definition."""
-        with self._lock:
+
+        def locked() -> dict[str, dict[str, Any]]:
             return {name: dict(d) for name, d in self._budgets.items()}
 
+        return self._locked(locked)
+
     # -- internals ----------------------------------------------------------------
+
+    def _locked(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` holding the lock, which is released whatever happens."""
+        # One line on purpose: since PEP 626 the exit of a ``with`` block
+        # counts as a new line of the ``with`` statement, and an interrupt
+        # delivered there (by a trace function, for one) would skip
+        # ``__exit__`` and leave the lock held. On one line there is none.
+        with self._lock: return operation()  # noqa: E701  # fmt: skip
 
     def _cell(self, key: str) -> _Cell:
         cell = self._cells.get(key)
