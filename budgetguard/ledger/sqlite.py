@@ -50,7 +50,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigurationError, StorageError
@@ -68,6 +68,8 @@ from .base import (
 )
 
 __all__ = ["SQLiteLedger"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("budgetguard")
 
@@ -192,7 +194,8 @@ class SQLiteLedger(_ThreadedAsync):
         check_reservation(reservation)
         _check_fits(*(hold.amount for hold in reservation.holds))
         holds_json = json.dumps([[h.key, h.limit, h.amount] for h in reservation.holds])
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> Refusal | None:
             used = db.execute(
                 "SELECT EXISTS (SELECT 1 FROM reservations WHERE id = ?)"
                 " OR EXISTS (SELECT 1 FROM ended WHERE id = ?)",
@@ -229,11 +232,14 @@ class SQLiteLedger(_ThreadedAsync):
             db.execute("DELETE FROM added WHERE at < ?", (now - self.ended_ttl,))
             return None
 
+        return self._transact(run)
+
     def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
         """Charge ``amount`` to every held key and tally; drop the holds once."""
         check_units(amount)
         _check_fits(amount)
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT settled FROM ended WHERE id = ?", (reservation.id,)).fetchone()
             if row is not None and row[0]:
                 return False
@@ -245,9 +251,12 @@ class SQLiteLedger(_ThreadedAsync):
             )
             return True
 
+        return self._transact(run)
+
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> bool:
             if (
                 db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation.id,)).fetchone()
                 is None
@@ -263,12 +272,15 @@ class SQLiteLedger(_ThreadedAsync):
             self._end(db, reservation.id, settled=False)
             return True
 
+        return self._transact(run)
+
     def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
         """Charge ``amount`` to every key unconditionally, once per ``op_id``."""
         check_units(amount)
         _check_fits(amount)
         check_op_id(op_id)
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> bool:
             if op_id is not None:
                 now = self.clock()
                 db.execute("DELETE FROM added WHERE at < ?", (now - self.ended_ttl,))
@@ -283,6 +295,8 @@ class SQLiteLedger(_ThreadedAsync):
                 [(key, amount) for key in keys],
             )
             return True
+
+        return self._transact(run)
 
     # -- reading and administration -------------------------------------------
 
@@ -313,12 +327,15 @@ class SQLiteLedger(_ThreadedAsync):
 
     def clear(self, keys: Sequence[str]) -> None:
         """Forget the spend of the given keys (open reservations stay held)."""
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> None:
             db.executemany("UPDATE counters SET spent = 0 WHERE key = ?", [(k,) for k in keys])
             db.executemany(
                 "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
                 [(k,) for k in keys],
             )
+
+        self._transact(run)
 
     def open_reservations(self) -> list[Reservation]:
         """Return the reservations still holding units."""
@@ -337,12 +354,15 @@ class SQLiteLedger(_ThreadedAsync):
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
         text = budget_to_json(name, definition)
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO budgets (name, definition) VALUES (?, ?) ON CONFLICT (name)"
                 " DO UPDATE SET definition = excluded.definition",
                 (name, text),
             )
+
+        self._transact(run)
 
     def get_budget(self, name: str) -> dict[str, Any] | None:
         """Return the budget definition stored under ``name``."""
@@ -352,8 +372,11 @@ class SQLiteLedger(_ThreadedAsync):
 
     def delete_budget(self, name: str) -> bool:
         """Delete a budget definition."""
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> bool:
             return db.execute("DELETE FROM budgets WHERE name = ?", (name,)).rowcount > 0
+
+        return self._transact(run)
 
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         """Return every stored budget definition."""
@@ -435,9 +458,7 @@ class SQLiteLedger(_ThreadedAsync):
                     self.path,
                     mode,
                 )
-            with self._write_lock, db:  # COMMIT, or ROLLBACK on any exception, in C
-                db.execute("BEGIN IMMEDIATE")
-                self._migrate(db)
+            self._transact(self._migrate)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -461,26 +482,34 @@ class SQLiteLedger(_ThreadedAsync):
             db.execute(f"PRAGMA user_version = {number + 1}")
             logger.info("SQLite ledger %s migrated to schema version %d", self.path, number + 1)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _transact(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction within this operation's deadline."""
         deadline = time.monotonic() + self.timeout
-        with self._errors("write"):
+        try:
             db = self._connection()
-            with self._write_lock:
-                _heal(db)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StorageError(self._late("write"))
-                # What is left of this operation's deadline, not a fresh
-                # timeout: waits must not add up along the queue.
-                db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
-                # The exit of ``with db`` is C code: COMMIT on success,
-                # ROLLBACK on any exception (KeyboardInterrupt included); no
-                # Python line runs between the body and the end of the
-                # transaction, so no interrupt can leave it open.
-                with db:
-                    db.execute("BEGIN IMMEDIATE")
-                    yield db
+            # The ``with`` statements below are on one line on purpose: since
+            # PEP 626 the exit of a ``with`` block counts as a new line of
+            # the statement, and an interrupt delivered there (by a trace
+            # function, for one) would skip ``__exit__``: the lock would stay
+            # held and the transaction open. On one line there is no such
+            # line, and both exits are C code.
+            with self._write_lock: return self._locked(db, body, deadline)  # noqa: E701  # fmt: skip
+        except sqlite3.Error as error:
+            raise self._failed("write", error) from error
+
+    def _locked(
+        self, db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], deadline: float
+    ) -> T:
+        _heal(db)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StorageError(self._late("write"))
+        # What is left of this operation's deadline, not a fresh timeout:
+        # waits must not add up along the queue of writers.
+        db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+        # ``with db`` ends the transaction in C: COMMIT after the body, or
+        # ROLLBACK on any exception, KeyboardInterrupt included.
+        with db: return _begin(db, body)  # noqa: E701  # fmt: skip
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -494,11 +523,14 @@ class SQLiteLedger(_ThreadedAsync):
         try:
             yield
         except sqlite3.Error as error:
-            holder: _Connection | None = getattr(self._local, "holder", None)
-            if holder is not None:
-                with suppress(sqlite3.Error):  # else healed again before the next use
-                    _heal(holder.db)
-            raise StorageError(self._describe(action, error)) from error
+            raise self._failed(action, error) from error
+
+    def _failed(self, action: str, error: sqlite3.Error) -> StorageError:
+        holder: _Connection | None = getattr(self._local, "holder", None)
+        if holder is not None:
+            with suppress(sqlite3.Error):  # else healed again before the next use
+                _heal(holder.db)
+        return StorageError(self._describe(action, error))
 
     def _late(self, action: str) -> str:
         return (
@@ -544,8 +576,11 @@ class SQLiteLedger(_ThreadedAsync):
                 "SELECT 1 FROM reservations WHERE expires_at <= ? LIMIT 1", (now,)
             ).fetchone()
         if due is not None:
-            with self._write() as db:
+
+            def run(db: sqlite3.Connection) -> None:
                 self._expire(db, now)
+
+            self._transact(run)
 
     def _end(self, db: sqlite3.Connection, reservation_id: str, *, settled: bool) -> None:
         """Drop the holds of an open reservation (if it is open) and record how it ended."""
@@ -570,6 +605,11 @@ class SQLiteLedger(_ThreadedAsync):
             " DO UPDATE SET settled = excluded.settled, at = excluded.at",
             (reservation_id, int(settled), self.clock()),
         )
+
+
+def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    db.execute("BEGIN IMMEDIATE")
+    return body(db)
 
 
 def _heal(db: sqlite3.Connection) -> None:
