@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain, starmap
 from operator import setitem
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+from ..errors import ConfigurationError
 from .base import (
     Balance,
     Ledger,
@@ -75,6 +77,12 @@ class MemoryLedger(Ledger):
     shared = False
 
     def __init__(self, url: str = "memory://", *, clock: Callable[[], float] = time.time) -> None:
+        parts = urlsplit(url)
+        if parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigurationError(
+                f"a memory:// ledger takes no host, path or options, got {url!r}; "
+                "use exactly 'memory://'"
+            )
         super().__init__(url, clock=clock)
         self._lock = threading.Lock()
         self._cells: dict[str, _Cell] = {}

@@ -443,13 +443,14 @@ class RedisLedger(Ledger):
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them, in one script."""
         args = self._reserve_args(reservation)
+        deadline = time.monotonic() + self.timeout
         while True:
             try:
-                reply = self._run("reserve", args)
+                reply = self._run("reserve", args, deadline)
             except StorageError:
                 # The script may have run: release its id (which also stops a
                 # reserve still on its way), or its hold would last until expiry.
-                self._release_quietly(reservation)
+                self._release_quietly(reservation, deadline)
                 raise
             if not self._retry_refusal(reply):
                 return self._reserve_result(reservation, reply)
@@ -543,11 +544,12 @@ class RedisLedger(Ledger):
         )
 
     async def _areserve(self, reservation: Reservation, args: list[Any]) -> Refusal | None:
+        deadline = time.monotonic() + self.timeout
         while True:
             try:
-                reply = await self._arun("reserve", args)
+                reply = await self._arun("reserve", args, deadline)
             except StorageError:
-                await self._arelease_quietly(reservation)
+                await self._arelease_quietly(reservation, deadline)
                 raise
             if not self._retry_refusal(reply):
                 return self._reserve_result(reservation, reply)
@@ -667,33 +669,50 @@ class RedisLedger(Ledger):
         # The add script touches only the spent hash and its op ids.
         return (self.keys[0], self.added_key) if name == "add" else self.keys
 
-    def _run(self, name: str, args: Sequence[Any]) -> Any:
+    def _run(self, name: str, args: Sequence[Any], deadline: float | None = None) -> Any:
         keys = self._script_keys(name)
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        command = ("EVALSHA", self._shas[name], len(keys), *keys, *args)
         try:
-            return self._execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            return self._execute(*command, deadline=deadline)
         except StorageError as error:
             if not isinstance(error.__cause__, self._redis.exceptions.NoScriptError):
                 raise
         # NOSCRIPT: the script did not run (the server restarted or flushed
         # its scripts), so loading it and running it again is safe.
-        self._execute("SCRIPT", "LOAD", _SCRIPTS[name])
-        return self._execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        self._execute("SCRIPT", "LOAD", _SCRIPTS[name], deadline=deadline)
+        return self._execute(*command, deadline=deadline)
 
-    async def _arun(self, name: str, args: Sequence[Any]) -> Any:
+    async def _arun(self, name: str, args: Sequence[Any], deadline: float | None = None) -> Any:
         keys = self._script_keys(name)
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        command = ("EVALSHA", self._shas[name], len(keys), *keys, *args)
         try:
-            return await self._aexecute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            return await self._aexecute(*command, deadline=deadline)
         except StorageError as error:
             if not isinstance(error.__cause__, self._redis.exceptions.NoScriptError):
                 raise
-        await self._aexecute("SCRIPT", "LOAD", _SCRIPTS[name])
-        return await self._aexecute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        await self._aexecute("SCRIPT", "LOAD", _SCRIPTS[name], deadline=deadline)
+        return await self._aexecute(*command, deadline=deadline)
 
-    def _execute(self, *command: Any) -> Any:
+    def _left(self, deadline: float | None) -> float:
+        """Return the seconds left before ``deadline``; ``StorageError`` if none."""
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StorageError(
+                f"Redis did not answer within timeout={self.timeout:g}s at {self.safe_url}"
+            )
+        return left
+
+    def _execute(self, *command: Any, deadline: float | None = None) -> Any:
         """Send one command on this thread's connection and read its whole reply."""
         link = self._link()
         conn = link.conn
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self._left(deadline)
         try:
             if link.dirty:  # the last command was cut short: its reply may still come
                 conn.disconnect()
@@ -710,12 +729,12 @@ class RedisLedger(Ledger):
             # TypeError / ValueError: redis-py parsing a reply it did not expect.
             raise self._storage_error(error) from error
 
-    async def _aexecute(self, *command: Any) -> Any:
+    async def _aexecute(self, *command: Any, deadline: float | None = None) -> Any:
         """Send one command on an idle connection of this event loop and read its reply."""
+        deadline = time.monotonic() + self._left(deadline)
         links = self._async_links()
         link = links.take()
         conn = link.conn
-        deadline = time.monotonic() + self.timeout
         try:
             if link.dirty:
                 await conn.disconnect(nowait=True)
@@ -751,9 +770,11 @@ class RedisLedger(Ledger):
         if stale:
             await conn.disconnect(nowait=True)
 
-    def _release_quietly(self, reservation: Reservation) -> None:
+    def _release_quietly(self, reservation: Reservation, deadline: float) -> None:
+        # Within what is left of the reserve's own deadline: a Redis that
+        # does not answer gets no second wait; the hold then expires.
         try:
-            self.release(reservation)
+            self._run("release", [reservation.id, repr(float(self.clock()))], deadline)
         except StorageError as error:
             logger.warning(
                 "could not release reservation %s after a lost reply (%s); it expires on its own",
@@ -761,9 +782,9 @@ class RedisLedger(Ledger):
                 error,
             )
 
-    async def _arelease_quietly(self, reservation: Reservation) -> None:
+    async def _arelease_quietly(self, reservation: Reservation, deadline: float) -> None:
         try:
-            await self._arun("release", [reservation.id, repr(float(self.clock()))])
+            await self._arun("release", [reservation.id, repr(float(self.clock()))], deadline)
         except StorageError as error:
             logger.warning(
                 "could not release reservation %s after a lost reply (%s); it expires on its own",
