@@ -541,7 +541,12 @@ class SQLiteLedger(_ThreadedAsync):
     def _describe(self, action: str, error: sqlite3.Error) -> str:
         text = str(error)
         lowered = text.lower()
-        if "readonly" in lowered or "read-only" in lowered:
+        if _read_only_file_system(self.path):
+            hint = (
+                "its file system is mounted read-only; the ledger needs to write the file "
+                "and its -wal and -shm files next to it"
+            )
+        elif "readonly" in lowered or "read-only" in lowered:
             hint = "the file or its directory is read-only; the ledger needs to write both"
         elif "not a database" in lowered or "malformed" in lowered:
             hint = "the file is corrupt or is not a SQLite database"
@@ -610,6 +615,14 @@ class SQLiteLedger(_ThreadedAsync):
 def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
     db.execute("BEGIN IMMEDIATE")
     return body(db)
+
+
+def _read_only_file_system(path: str) -> bool:
+    """Return True if the directory of ``path`` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(os.path.dirname(path)).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows), or the directory is gone
+        return False
 
 
 def _heal(db: sqlite3.Connection) -> None:
