@@ -104,3 +104,71 @@ def test_ended_ids_are_pruned(redis_url: str) -> None:
     now[0] += 61
     ledger.reserve(Reservation("fresh", (Hold("k", None, 1),), 5000))
     assert client(redis_url).zcard("{bg}:settled") == 0  # type: ignore[attr-defined]
+
+
+def test_interrupt_between_send_and_reply_never_desyncs(redis_url: str) -> None:
+    """A command cut short after it was sent leaves no late reply for the next command to read."""
+    ledger = RedisLedger(redis_url)
+    ledger.add(["k"], 1)
+    link = ledger._link()
+    real = link.conn.read_response
+    calls = [0]
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise KeyboardInterrupt  # the reply is still on its way
+        return real(*args, **kwargs)
+
+    link.conn.read_response = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        ledger.add(["k"], 5, op_id="a")
+    # The late reply of the cut command is never taken for this one's.
+    assert ledger.balances(["k", "other"]) == {"k": Balance(6, 0), "other": Balance()}
+    assert ledger.add(["k"], 5, op_id="a") is False  # it ran once, on the server
+    assert ledger.list_budgets() == {}
+    ledger.close()
+
+
+@pytest.mark.parametrize("raised", [TypeError("bad reply"), ValueError("invalid literal")])
+def test_raw_driver_errors_become_storage_errors(redis_url: str, raised: Exception) -> None:
+    """A TypeError or ValueError from redis-py reading a reply is a StorageError; nothing held."""
+    from budgetguard.errors import StorageError
+
+    ledger = RedisLedger(redis_url)
+    ledger.add(["k"], 1)
+    link = ledger._link()
+    real = link.conn.read_response
+
+    def broken(*args: object, **kwargs: object) -> object:
+        link.conn.read_response = real
+        raise raised
+
+    link.conn.read_response = broken
+    with pytest.raises(StorageError, match=type(raised).__name__):
+        ledger.reserve(Reservation("r", (Hold("k", 100, 5),), time.time() + 60))
+    # The reserve may have run: it was released, so nothing is held.
+    assert ledger.balances(["k"])["k"] == Balance(1, 0)
+    assert ledger.open_reservations() == []
+    ledger.close()
+
+
+def test_reply_of_the_wrong_shape_is_a_storage_error(redis_url: str) -> None:
+    """A script reply that cannot be read (wrong server, tampered script) is a StorageError."""
+    from budgetguard.errors import StorageError
+
+    ledger = RedisLedger(redis_url)
+    ledger._run = lambda name, args, deadline=None: "OK"  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="unexpected reply"):
+        ledger.settle(Reservation("r", (Hold("k", 100, 5),), time.time() + 60), 1)
+    with pytest.raises(StorageError, match="unexpected reply"):
+        ledger.balances(["k"])
+    ledger.close()
+
+
+def test_no_redis_py_retry_is_configured(redis_url: str) -> None:
+    """Connections are built with zero retries: a lost reply is never re-sent by redis-py."""
+    ledger = RedisLedger(redis_url)
+    retry = ledger._link().conn.retry
+    assert retry.get_retries() == 0
+    ledger.close()
