@@ -167,17 +167,20 @@ class MemoryLedger(Ledger):
                     else:
                         writes.append([cell, 0, cell[0] + amount])
                         writes.append([cell, 1, cell[1] - held])
-                charged = [self._cell(key) for key in tallies]
+                charged: Iterable[str] = tallies
             else:  # expired or released: charge, but the holds are already gone
-                charged = [self._cell(key) for key, _, _ in reservation.holds]
-                charged += [self._cell(key) for key in tallies]
-            for cell in charged:
+                charged = chain([key for key, _, _ in reservation.holds], tallies)
+            cells = self._cells
+            for key in charged:
+                tally = cells.get(key)
+                if tally is None:
+                    tally = cells[key] = [0, 0]  # an empty cell changes no balance
                 for write in writes:
-                    if write[0] is cell and write[1] == 0:
+                    if write[0] is tally and write[1] == 0:
                         write[2] += amount
                         break
                 else:
-                    writes.append([cell, 0, cell[0] + amount])
+                    writes.append([tally, 0, tally[0] + amount])
             writes.append([ended, rid, True])
             _apply(writes)
             self._open.pop(rid, None)
