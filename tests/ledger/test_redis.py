@@ -172,3 +172,27 @@ def test_no_redis_py_retry_is_configured(redis_url: str) -> None:
     retry = ledger._link().conn.retry
     assert retry.get_retries() == 0
     ledger.close()
+
+
+def test_add_op_ids_are_pruned(redis_url: str) -> None:
+    """Op ids of add are forgotten after ended_ttl on the ledger's clock."""
+    now = [1000.0]
+    ledger = RedisLedger(redis_url + "?ended_ttl=60", clock=lambda: now[0])
+    for i in range(5):
+        ledger.add(["k"], 1, op_id=f"op{i}")
+    now[0] += 61
+    ledger.add(["k"], 1, op_id="fresh")
+    assert client(redis_url).zcard("{bg}:added") == 1  # type: ignore[attr-defined]
+    ledger.close()
+
+
+def test_release_of_a_settled_id_does_not_unsettle_it(redis_url: str) -> None:
+    """Releasing an id that already settled changes nothing: a second settle is still ignored."""
+    ledger = RedisLedger(redis_url)
+    r = Reservation("r", (Hold("k", 100, 5),), time.time() + 60)
+    ledger.reserve(r)
+    assert ledger.settle(r, 3) is True
+    assert ledger.release(r) is False
+    assert ledger.settle(r, 3) is False
+    assert ledger.balances(["k"])["k"] == Balance(3, 0)
+    ledger.close()
