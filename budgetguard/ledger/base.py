@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -105,6 +106,10 @@ class Ledger(ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: True when every process (and host) using the same URL sees the same spend.
     shared: ClassVar[bool] = False
+    #: The largest amount or limit, in units, this backend holds exactly (``None``:
+    #: no bound). Larger ones raise ``ValueError``; a guard should refuse budgets
+    #: above it when they are set, not on every later call.
+    max_units: ClassVar[int | None] = None
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
         self.url = url
@@ -352,6 +357,16 @@ def check_reservation(reservation: Reservation) -> None:
     """Raise ``ValueError`` unless every hold of ``reservation`` is well formed."""
     if not isinstance(reservation.id, str) or not reservation.id:
         raise ValueError(f"reservation id must be a non-empty string, got {reservation.id!r}")
+    expires_at = reservation.expires_at
+    if (
+        isinstance(expires_at, bool)
+        or not isinstance(expires_at, int | float)
+        or not math.isfinite(expires_at)
+    ):
+        # A NaN expiry never passes: the hold would never end.
+        raise ValueError(
+            f"reservation expiry must be a finite number of seconds, got {expires_at!r}"
+        )
     for hold in reservation.holds:
         if not isinstance(hold.key, str):
             raise ValueError(f"hold key must be a string, got {hold.key!r}")

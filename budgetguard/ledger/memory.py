@@ -30,6 +30,9 @@ T = TypeVar("T")
 # late second settle of the same reservation is recognised and ignored.
 _ENDED_MEMORY = 100_000
 
+_INF = float("inf")
+_NUMBERS = frozenset((float, int))
+
 # A counter cell: [spent, reserved]. One list per key, looked up once per
 # reservation and kept with it, so settle and release touch no dict again.
 _Cell = list[int]
@@ -96,7 +99,12 @@ class MemoryLedger(Ledger):
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them."""
         rid, holds, expires_at = reservation
-        if type(rid) is not str or not rid:
+        if (
+            type(rid) is not str
+            or not rid
+            or type(expires_at) not in _NUMBERS
+            or not -_INF < expires_at < _INF
+        ):
             check_reservation(reservation)
 
         def locked() -> Refusal | None:

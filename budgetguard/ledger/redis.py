@@ -132,6 +132,11 @@ _RESERVE = (
     _PRELUDE
     + """
 local id, now = ARGV[1], ARGV[2]
+-- Checked before any write: a script that fails half way keeps its writes.
+local expiry = tonumber(ARGV[3])
+if not expiry or expiry ~= expiry or expiry == math.huge or expiry == -math.huge then
+  return redis.error_reply('budgetguard: reservation expiry must be a finite number')
+end
 if redis.call('HEXISTS', holds_key, id) == 1 or redis.call('ZSCORE', settled_key, id)
     or redis.call('ZSCORE', released_key, id) then
   return {-1}
@@ -338,6 +343,7 @@ class RedisLedger(Ledger):
 
     schemes = ("redis", "rediss", "unix")
     shared = True
+    max_units = 2**53 - 1
 
     def __init__(
         self,

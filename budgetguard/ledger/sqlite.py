@@ -134,6 +134,7 @@ class SQLiteLedger(_ThreadedAsync):
 
     schemes = ("sqlite",)
     shared = True
+    max_units = 2**62 - 1
 
     def __init__(
         self,

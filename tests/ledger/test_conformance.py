@@ -465,3 +465,27 @@ class TestExactlyOnce:
         assert await ledger.aadd(["a"], 5, op_id="op") is False
         assert ledger.add(["a"], 5, op_id="op") is False
         assert await ledger.abalances(["a"]) == {"a": Balance(5, 0)}
+
+
+class TestDoor:
+    """What the backend cannot hold is refused before anything changes."""
+
+    @pytest.mark.parametrize("expires_at", [float("nan"), float("inf"), "soon", None])
+    def test_bad_expiry_raises_and_holds_nothing(self, ledger: Ledger, expires_at: object) -> None:
+        """A reservation whose expiry is NaN, infinite or not a number raises ValueError."""
+        r = Reservation("r", (Hold("k", 100, 5),), expires_at)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="expiry"):
+            ledger.reserve(r)
+        assert ledger.balances(["k"])["k"] == Balance()
+        assert ledger.open_reservations() == []
+
+    def test_amounts_up_to_max_units_are_exact_and_larger_refused(self, ledger: Ledger) -> None:
+        """max_units is held exactly; one more raises ValueError and changes nothing."""
+        top = ledger.max_units
+        if top is None:
+            top = 2**80  # memory: Python integers
+        else:
+            with pytest.raises(ValueError, match="too large"):
+                ledger.add(["k"], top + 1)
+        ledger.add(["k"], top)
+        assert ledger.balances(["k"])["k"] == Balance(top, 0)

@@ -196,3 +196,17 @@ def test_release_of_a_settled_id_does_not_unsettle_it(redis_url: str) -> None:
     assert ledger.settle(r, 3) is False
     assert ledger.balances(["k"])["k"] == Balance(3, 0)
     ledger.close()
+
+
+def test_reserve_script_refuses_a_nan_expiry_before_writing(redis_url: str) -> None:
+    """The reserve script checks the expiry before any write (a failed script keeps its writes)."""
+    from budgetguard.errors import StorageError
+
+    ledger = RedisLedger(redis_url)
+    args = ledger._reserve_args(Reservation("r", (Hold("k", 100, 5),), time.time() + 60))
+    args[2] = "nan"  # what a client without the check would send
+    with pytest.raises(StorageError, match="finite"):
+        ledger._run("reserve", args)
+    assert ledger.balances(["k"])["k"] == Balance()
+    assert ledger.open_reservations() == []
+    ledger.close()
