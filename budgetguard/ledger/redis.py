@@ -532,6 +532,37 @@ class RedisLedger(Ledger):
         """Check that Redis answers."""
         self._execute("PING")
 
+    def check_durability(self) -> list[str]:
+        """Return (and log as warnings) the server settings that can lose budgets or spend.
+
+        A production budget needs ``maxmemory-policy noeviction`` (or a
+        ``volatile-*`` policy: the ledger sets no TTLs, so those never evict
+        its keys) and persistence (``appendonly yes``, or RDB ``save``
+        points) so that a restart keeps what was spent. Servers that refuse
+        ``CONFIG GET`` (some managed services) give one note saying so.
+        """
+        problems: list[str] = []
+        try:
+            policy = _config(self._execute("CONFIG", "GET", "maxmemory-policy"))
+            appendonly = _config(self._execute("CONFIG", "GET", "appendonly"))
+            save = _config(self._execute("CONFIG", "GET", "save"))
+        except StorageError as error:
+            problems.append(f"cannot read the server settings ({error}); check them by hand")
+        else:
+            if policy.startswith("allkeys-"):
+                problems.append(
+                    f"maxmemory-policy is {policy}: under memory pressure Redis may evict "
+                    "budget definitions and spend; use noeviction"
+                )
+            if appendonly != "yes" and not save.strip():
+                problems.append(
+                    "persistence is off (appendonly no, no save points): a restart loses "
+                    "every budget and all spend; enable appendonly yes"
+                )
+        for problem in problems:
+            logger.warning("Redis ledger %s: %s", self.safe_url, problem)
+        return problems
+
     def close(self) -> None:
         """Close every connection of this process's threads (asyncio ones close in ``aclose``)."""
         with self._links_lock:
@@ -900,6 +931,13 @@ def _positive(name: str, value: object, default: float, url: str) -> float:
             f"{name} must be a positive number of seconds, got {value!r} ({url})"
         )
     return number
+
+
+def _config(reply: Any) -> str:
+    """Read one value from a ``CONFIG GET`` reply (a map under RESP3, a pair under RESP2)."""
+    if isinstance(reply, dict):
+        return str(next(iter(reply.values()), ""))
+    return str(reply[1]) if len(reply) > 1 else ""
 
 
 def _flag(reply: Any) -> bool:

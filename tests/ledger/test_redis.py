@@ -210,3 +210,23 @@ def test_reserve_script_refuses_a_nan_expiry_before_writing(redis_url: str) -> N
     assert ledger.balances(["k"])["k"] == Balance()
     assert ledger.open_reservations() == []
     ledger.close()
+
+
+def test_durability_check_names_eviction_and_missing_persistence(redis_url: str) -> None:
+    """check_durability warns when keys may be evicted or a restart would lose everything."""
+    ledger = RedisLedger(redis_url)
+    admin = client(redis_url)
+    before = admin.config_get("maxmemory-policy")["maxmemory-policy"]  # type: ignore[attr-defined]
+    admin.config_set("maxmemory-policy", "allkeys-lru")  # type: ignore[attr-defined]
+    try:
+        problems = ledger.check_durability()
+    finally:
+        admin.config_set("maxmemory-policy", before)  # type: ignore[attr-defined]
+    assert any("allkeys-lru" in p and "noeviction" in p for p in problems)
+    # This session's server runs without persistence (--save "" --appendonly no).
+    persistent = admin.config_get("appendonly")["appendonly"] == "yes" or bool(  # type: ignore[attr-defined]
+        admin.config_get("save")["save"]  # type: ignore[attr-defined]
+    )
+    assert any("persistence is off" in p for p in problems) != persistent
+    assert not any("maxmemory-policy" in p for p in ledger.check_durability())
+    ledger.close()
