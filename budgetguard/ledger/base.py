@@ -253,15 +253,15 @@ class _ThreadedAsync(Ledger):
         self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()
     ) -> bool:
         """Do ``settle`` in a worker thread, finished even if the caller gives up."""
-        return await shielded(asyncio.to_thread(self.settle, reservation, amount, tallies))
+        return await shielded(self, asyncio.to_thread(self.settle, reservation, amount, tallies))
 
     async def arelease(self, reservation: Reservation) -> bool:
         """Do ``release`` in a worker thread, finished even if the caller gives up."""
-        return await shielded(asyncio.to_thread(self.release, reservation))
+        return await shielded(self, asyncio.to_thread(self.release, reservation))
 
     async def aadd(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
         """Do ``add`` in a worker thread, finished even if the caller gives up."""
-        return await shielded(asyncio.to_thread(self.add, keys, amount, op_id=op_id))
+        return await shielded(self, asyncio.to_thread(self.add, keys, amount, op_id=op_id))
 
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` in a worker thread."""
@@ -276,21 +276,19 @@ class _ThreadedAsync(Ledger):
         await asyncio.to_thread(self.close)
 
 
-# Writes that outlive the caller that started them. The event loop keeps only
-# weak references to tasks, so a write whose caller was cancelled would
-# otherwise be garbage collected half way.
-_BACKGROUND: set[asyncio.Future[Any]] = set()
+def _keep(ledger: Ledger, future: asyncio.Future[Any]) -> None:
+    # Writes that outlive the caller that started them are kept by their
+    # ledger: the event loop holds only weak references to tasks, so a write
+    # whose caller was cancelled could otherwise be garbage collected half way.
+    running: set[asyncio.Future[Any]] = ledger.__dict__.setdefault("_background", set())
+    running.add(future)
+    future.add_done_callback(running.discard)
 
 
-def _keep(future: asyncio.Future[Any]) -> None:
-    _BACKGROUND.add(future)
-    future.add_done_callback(_BACKGROUND.discard)
-
-
-async def shielded(write: Awaitable[T]) -> T:
-    """Await a write that runs to its end even if the caller is cancelled."""
+async def shielded(ledger: Ledger, write: Awaitable[T]) -> T:
+    """Await a write of ``ledger`` that runs to its end even if the caller is cancelled."""
     task = asyncio.ensure_future(write)
-    _keep(task)
+    _keep(ledger, task)
     return await asyncio.shield(task)
 
 
@@ -302,7 +300,7 @@ async def shielded_reserve(
     The reserve may still hold units when it ends (it reached the storage):
     nobody would ever settle them, so they are released in the background.
     """
-    _keep(task)
+    _keep(ledger, task)
     try:
         return await asyncio.shield(task)
     except BaseException:
@@ -324,7 +322,7 @@ def _release_abandoned(
     if outcome is not None:  # a refusal holds nothing
         return
     try:
-        _keep(asyncio.ensure_future(_release_quietly(ledger, reservation)))
+        _keep(ledger, asyncio.ensure_future(_release_quietly(ledger, reservation)))
     except RuntimeError:  # the loop is closing; the hold expires on its own
         logger.warning("reservation %s abandoned; it expires on its own", reservation.id)
 

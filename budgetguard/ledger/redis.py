@@ -596,19 +596,19 @@ class RedisLedger(Ledger):
     ) -> bool:
         """Do ``settle`` on the asyncio client, finished even if the caller gives up."""
         args = self._settle_args(reservation, amount, tallies)
-        return _flag(await shielded(self._arun("settle", args)))
+        return _flag(await shielded(self, self._arun("settle", args)))
 
     async def arelease(self, reservation: Reservation) -> bool:
         """Do ``release`` on the asyncio client, finished even if the caller gives up."""
         args = [reservation.id, repr(float(self.clock()))]
-        return _flag(await shielded(self._arun("release", args)))
+        return _flag(await shielded(self, self._arun("release", args)))
 
     async def aadd(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
         """Do ``add`` on the asyncio client, finished even if the caller gives up."""
         args = self._add_args(keys, amount, op_id)
         if not keys and op_id is None:
             return True
-        return _flag(await shielded(self._arun("add", args)))
+        return _flag(await shielded(self, self._arun("add", args)))
 
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` on the asyncio client."""
