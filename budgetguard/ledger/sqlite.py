@@ -507,7 +507,7 @@ class SQLiteLedger(_ThreadedAsync):
             raise StorageError(self._late("write"))
         # What is left of this operation's deadline, not a fresh timeout:
         # waits must not add up along the queue of writers.
-        db.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+        self._busy(db, max(1, int(left * 1000)))
         # ``with db`` ends the transaction in C: COMMIT after the body, or
         # ROLLBACK on any exception, KeyboardInterrupt included.
         with db: return _begin(db, body)  # noqa: E701  # fmt: skip
@@ -517,7 +517,15 @@ class SQLiteLedger(_ThreadedAsync):
         with self._errors("read"):
             db = self._connection()
             _heal(db)
+            # A read gets the whole timeout, not what the last write left over.
+            self._busy(db, int(self.timeout * 1000))
             yield db
+
+    def _busy(self, db: sqlite3.Connection, milliseconds: int) -> None:
+        """Set this thread's connection's busy timeout, if it is not that already."""
+        if getattr(self._local, "busy_ms", None) != milliseconds:
+            db.execute(f"PRAGMA busy_timeout = {milliseconds}")
+            self._local.busy_ms = milliseconds
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
