@@ -6,19 +6,33 @@ a new period starts at zero with no background job) and amounts into units.
 
 Every operation below is atomic on its own: the memory backend holds one lock,
 SQLite runs one ``BEGIN IMMEDIATE`` transaction, Redis runs one Lua script.
+
+Faults: an exception at any point of an operation (``KeyboardInterrupt``,
+``SystemExit``, ``asyncio.CancelledError``, a lost connection) leaves the
+ledger as if the operation had run completely or not at all, and the
+connection usable. Every write that moves money carries an id (the
+reservation id, or ``op_id`` for ``add``) and is idempotent on it, so a caller
+that lost a reply may repeat the write with the same id: it changes nothing
+the second time. A lost reply is a ``StorageError``; a driver's raw error
+never escapes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from ..errors import StorageError
+
+T = TypeVar("T")
+logger = logging.getLogger("budgetguard")
 
 __all__ = [
     "Balance",
@@ -26,8 +40,11 @@ __all__ = [
     "Ledger",
     "Refusal",
     "Reservation",
+    "check_op_id",
     "check_reservation",
     "check_units",
+    "shielded",
+    "shielded_reserve",
 ]
 
 
@@ -89,6 +106,10 @@ class Ledger(ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: True when every process (and host) using the same URL sees the same spend.
     shared: ClassVar[bool] = False
+    #: The largest amount or limit, in units, this backend holds exactly (``None``:
+    #: no bound). Larger ones raise ``ValueError``; a guard should refuse budgets
+    #: above it when they are set, not on every later call.
+    max_units: ClassVar[int | None] = None
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
         self.url = url
@@ -123,11 +144,22 @@ class Ledger(ABC):
 
     @abstractmethod
     def release(self, reservation: Reservation) -> bool:
-        """Drop the holds of a reservation without charging; ``False`` if already ended."""
+        """Drop the holds of a reservation without charging; ``False`` if already ended.
+
+        The id counts as used afterwards even if it was never reserved, so a
+        reserve of the same id that arrives late (its reply was lost, or the
+        caller gave up) is refused and holds nothing.
+        """
 
     @abstractmethod
-    def add(self, keys: Sequence[str], amount: int) -> None:
-        """Charge ``amount`` to every key unconditionally (spend recorded after the fact)."""
+    def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Charge ``amount`` to every key unconditionally (spend recorded after the fact).
+
+        With an ``op_id`` the charge happens once: a repeat with the same id
+        (a retry after a lost reply) changes nothing and returns ``False``.
+        Ids are remembered as long as ended reservation ids. Return ``True``
+        when this call charged.
+        """
 
     # -- reading and administration -------------------------------------------
 
@@ -185,9 +217,9 @@ class Ledger(ABC):
         """Do ``release`` without blocking the event loop."""
         return self.release(reservation)
 
-    async def aadd(self, keys: Sequence[str], amount: int) -> None:
+    async def aadd(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
         """Do ``add`` without blocking the event loop."""
-        self.add(keys, amount)
+        return self.add(keys, amount, op_id=op_id)
 
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` without blocking the event loop."""
@@ -205,26 +237,31 @@ class Ledger(ABC):
 class _ThreadedAsync(Ledger):
     """Run the synchronous operations in a worker thread for async callers.
 
-    For backends whose client is blocking (SQLite); subclass it instead of ``Ledger``.
+    For backends whose client is blocking (SQLite); subclass it instead of
+    ``Ledger``. A thread cannot be cancelled: a caller that gives up (a
+    ``wait_for`` timeout, ``cancel()``) leaves the write to finish in its
+    thread; a reserve that succeeds after its caller gave up is released.
     """
 
     async def areserve(self, reservation: Reservation) -> Refusal | None:
-        """Do ``reserve`` in a worker thread."""
-        return await asyncio.to_thread(self.reserve, reservation)
+        """Do ``reserve`` in a worker thread; release it if the caller gives up."""
+        return await shielded_reserve(
+            self, asyncio.ensure_future(asyncio.to_thread(self.reserve, reservation)), reservation
+        )
 
     async def asettle(
         self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()
     ) -> bool:
-        """Do ``settle`` in a worker thread."""
-        return await asyncio.to_thread(self.settle, reservation, amount, tallies)
+        """Do ``settle`` in a worker thread, finished even if the caller gives up."""
+        return await shielded(self, asyncio.to_thread(self.settle, reservation, amount, tallies))
 
     async def arelease(self, reservation: Reservation) -> bool:
-        """Do ``release`` in a worker thread."""
-        return await asyncio.to_thread(self.release, reservation)
+        """Do ``release`` in a worker thread, finished even if the caller gives up."""
+        return await shielded(self, asyncio.to_thread(self.release, reservation))
 
-    async def aadd(self, keys: Sequence[str], amount: int) -> None:
-        """Do ``add`` in a worker thread."""
-        await asyncio.to_thread(self.add, keys, amount)
+    async def aadd(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Do ``add`` in a worker thread, finished even if the caller gives up."""
+        return await shielded(self, asyncio.to_thread(self.add, keys, amount, op_id=op_id))
 
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` in a worker thread."""
@@ -239,6 +276,68 @@ class _ThreadedAsync(Ledger):
         await asyncio.to_thread(self.close)
 
 
+def _keep(ledger: Ledger, future: asyncio.Future[Any]) -> None:
+    # Writes that outlive the caller that started them are kept by their
+    # ledger: the event loop holds only weak references to tasks, so a write
+    # whose caller was cancelled could otherwise be garbage collected half way.
+    running: set[asyncio.Future[Any]] = ledger.__dict__.setdefault("_background", set())
+    running.add(future)
+    future.add_done_callback(running.discard)
+
+
+async def shielded(ledger: Ledger, write: Awaitable[T]) -> T:
+    """Await a write of ``ledger`` that runs to its end even if the caller is cancelled."""
+    task = asyncio.ensure_future(write)
+    _keep(ledger, task)
+    return await asyncio.shield(task)
+
+
+async def shielded_reserve(
+    ledger: Ledger, task: asyncio.Future[Refusal | None], reservation: Reservation
+) -> Refusal | None:
+    """Await a reserve; if the caller gives up first, release it once it has ended.
+
+    The reserve may still hold units when it ends (it reached the storage):
+    nobody would ever settle them, so they are released in the background.
+    """
+    _keep(ledger, task)
+    try:
+        return await asyncio.shield(task)
+    except BaseException:
+        if not task.done() or not task.cancelled():
+            task.add_done_callback(lambda done: _release_abandoned(ledger, done, reservation))
+        raise
+
+
+def _release_abandoned(
+    ledger: Ledger, done: asyncio.Future[Refusal | None], reservation: Reservation
+) -> None:
+    if done.cancelled():
+        outcome: object = None
+    else:
+        error = done.exception()
+        if isinstance(error, ValueError):  # refused as malformed or reused: nothing held
+            return
+        outcome = None if error is not None else done.result()
+    if outcome is not None:  # a refusal holds nothing
+        return
+    try:
+        _keep(ledger, asyncio.ensure_future(_release_quietly(ledger, reservation)))
+    except RuntimeError:  # the loop is closing; the hold expires on its own
+        logger.warning("reservation %s abandoned; it expires on its own", reservation.id)
+
+
+async def _release_quietly(ledger: Ledger, reservation: Reservation) -> None:
+    try:
+        await ledger.arelease(reservation)
+    except Exception as error:  # the hold expires on its own
+        logger.warning(
+            "could not release abandoned reservation %s (%s); it expires on its own",
+            reservation.id,
+            error,
+        )
+
+
 def check_units(amount: object, name: str = "amount") -> int:
     """Return ``amount`` if it is a whole number of units >= 0, else raise ``ValueError``."""
     if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
@@ -246,10 +345,26 @@ def check_units(amount: object, name: str = "amount") -> int:
     return amount
 
 
+def check_op_id(op_id: object) -> None:
+    """Raise ``ValueError`` unless ``op_id`` is ``None`` or a non-empty string."""
+    if op_id is not None and (not isinstance(op_id, str) or not op_id):
+        raise ValueError(f"op_id must be a non-empty string or None, got {op_id!r}")
+
+
 def check_reservation(reservation: Reservation) -> None:
     """Raise ``ValueError`` unless every hold of ``reservation`` is well formed."""
     if not isinstance(reservation.id, str) or not reservation.id:
         raise ValueError(f"reservation id must be a non-empty string, got {reservation.id!r}")
+    expires_at = reservation.expires_at
+    if (
+        isinstance(expires_at, bool)
+        or not isinstance(expires_at, int | float)
+        or not math.isfinite(expires_at)
+    ):
+        # A NaN expiry never passes: the hold would never end.
+        raise ValueError(
+            f"reservation expiry must be a finite number of seconds, got {expires_at!r}"
+        )
     for hold in reservation.holds:
         if not isinstance(hold.key, str):
             raise ValueError(f"hold key must be a string, got {hold.key!r}")

@@ -6,11 +6,22 @@ URLs are redis-py's::
     rediss://...                       TLS
     unix:///path/to/redis.sock?db=0
 
-plus two options of the ledger's own, as query parameters or keyword
-arguments: ``prefix`` (a namespace, so that several ledgers share one Redis
-database) and ``ended_ttl`` (seconds for which settled and released
-reservation ids are remembered; default 7 days). Every other query parameter
-(``socket_timeout``, ``ssl_cert_reqs``, ...) goes to redis-py.
+plus options of the ledger's own, as query parameters or keyword arguments:
+``prefix`` (a namespace, so that several ledgers share one Redis database),
+``ended_ttl`` (seconds for which settled and released reservation ids and
+add op ids are remembered; default 7 days) and ``timeout`` (the deadline of
+one operation in seconds, default 5). Every other query parameter
+(``ssl_cert_reqs``, ...) goes to redis-py.
+
+Faults: the ledger drives redis-py's connections itself, one per thread (and
+a few per event loop), and never lets redis-py retry a command: a script
+whose reply was lost may have run, so it is a ``StorageError``, and the
+caller repeats the write with the same id, which every script ignores the
+second time. A connection whose command was cut short (an interrupt, a
+cancellation, a timeout) is marked and reconnected before its next use, so
+a late reply can never be read as the answer to another command. A reserve
+whose reply was lost is released at once (best effort; else it expires), and
+a release marks its id used even if the reserve has not arrived yet.
 
 Layout: every key of one ledger carries the same hash tag, ``{bg}`` or
 ``{bg:<prefix>}``, so all of them live in one Redis Cluster slot and every
@@ -24,6 +35,7 @@ namespace is served by one shard; use several prefixes to spread tenants.
 ``{bg}:open``                     sorted set: reservation id, score = expiry
 ``{bg}:holds``                    hash: reservation id -> JSON holds
 ``{bg}:settled``, ``{bg}:released``  sorted sets: ended ids, score = end time
+``{bg}:added``                    sorted set: op ids of ``add``, score = time
 ``{bg}:budgets``                  hash: budget name -> JSON definition
 ================================  ==========================================
 
@@ -41,13 +53,17 @@ script call; reads that must see every expiry call again until none is left.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
+import os
 import re
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from contextlib import suppress
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, StorageError
@@ -59,11 +75,17 @@ from .base import (
     Reservation,
     budget_from_json,
     budget_to_json,
+    check_op_id,
     check_reservation,
     check_units,
+    shielded,
+    shielded_reserve,
 )
 
 __all__ = ["RedisLedger"]
+
+logger = logging.getLogger("budgetguard")
+T = TypeVar("T")
 
 _DEFAULT_ENDED_TTL = 7 * 24 * 3600.0
 _DEFAULT_SOCKET_TIMEOUT = 5.0
@@ -110,6 +132,11 @@ _RESERVE = (
     _PRELUDE
     + """
 local id, now = ARGV[1], ARGV[2]
+-- Checked before any write: a script that fails half way keeps its writes.
+local expiry = tonumber(ARGV[3])
+if not expiry or expiry ~= expiry or expiry == math.huge or expiry == -math.huge then
+  return redis.error_reply('budgetguard: reservation expiry must be a finite number')
+end
 if redis.call('HEXISTS', holds_key, id) == 1 or redis.call('ZSCORE', settled_key, id)
     or redis.call('ZSCORE', released_key, id) then
   return {-1}
@@ -160,15 +187,28 @@ return 1
 _RELEASE = (
     _PRELUDE
     + """
-if not unhold(ARGV[1]) then return 0 end
+if not unhold(ARGV[1]) then
+  -- Never reserved (or ended): mark the id used, so that a reserve arriving
+  -- late (its caller gave up, or its reply was lost) holds nothing.
+  if not redis.call('ZSCORE', settled_key, ARGV[1]) then
+    redis.call('ZADD', released_key, 'NX', ARGV[2], ARGV[1])
+  end
+  return 0
+end
 redis.call('ZADD', released_key, ARGV[2], ARGV[1])
 return 1
 """
 )
 
-# ARGV: amount, then every key to charge.
+# KEYS: spent, added. ARGV: amount, op id or '', now, ended_ttl, then every key to charge.
 _ADD = """
-for i = 2, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[1]) end
+local amount, op, now = ARGV[1], ARGV[2], ARGV[3]
+if op ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf',
+    '(' .. tostring(tonumber(now) - tonumber(ARGV[4])))
+  if redis.call('ZADD', KEYS[2], 'NX', now, op) == 0 then return 0 end
+end
+for i = 5, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], amount) end
 return 1
 """
 
@@ -249,7 +289,6 @@ def _import_redis() -> Any:
     try:
         import redis
         import redis.asyncio
-        import redis.asyncio.retry
         import redis.backoff
         import redis.retry
     except ModuleNotFoundError as error:
@@ -260,27 +299,51 @@ def _import_redis() -> Any:
     return redis
 
 
-class _AsyncClient:
-    """One event loop's asyncio client and its scripts (asyncio clients are bound to a loop)."""
+class _Link:
+    """One redis-py connection and whether a command on it was cut short.
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+    ``dirty`` is set before a command is sent and cleared only once its whole
+    reply has been read. A connection found dirty may still receive the reply
+    of the command that was cut short, so it is reconnected before its next
+    use: a late reply can never be taken for the answer to another command.
+    """
+
+    __slots__ = ("__weakref__", "conn", "dirty")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.dirty = False
+
+
+class _AsyncLinks:
+    """One event loop's idle asyncio connections (asyncio connections are bound to a loop)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.idle: list[_Link] = []
+
+    def take(self) -> _Link:
+        """Return an idle connection, or a new one."""
+        if self.idle:
+            return self.idle.pop()
+        return _Link(self.pool.connection_class(**self.pool.connection_kwargs))
 
 
 class RedisLedger(Ledger):
     """Keep spend in Redis, one Lua script per operation, shared by every host.
 
-    Options (keyword arguments, or query parameters for ``prefix`` and
-    ``ended_ttl``): ``prefix`` namespaces the keys; ``socket_timeout``
-    seconds before a slow Redis is reported as a ``StorageError`` (default
-    5); ``ended_ttl`` seconds for which ended ids are remembered (default 7
+    Options (keyword arguments, or query parameters for ``prefix``,
+    ``ended_ttl`` and ``timeout``): ``prefix`` namespaces the keys;
+    ``timeout`` seconds one operation may take before it is reported as a
+    ``StorageError`` (default 5; ``socket_timeout`` is the older name);
+    ``ended_ttl`` seconds for which ended ids are remembered (default 7
     days); ``expire_batch`` expired reservations released per call (default
-    100). Other keyword arguments go to ``redis.Redis.from_url``.
+    100). Other keyword arguments go to redis-py's connections.
     """
 
     schemes = ("redis", "rediss", "unix")
     shared = True
+    max_units = 2**53 - 1
 
     def __init__(
         self,
@@ -288,8 +351,9 @@ class RedisLedger(Ledger):
         *,
         clock: Callable[[], float] = time.time,
         prefix: str | None = None,
-        socket_timeout: float | None = None,
-        ended_ttl: float | None = None,
+        timeout: float | str | None = None,
+        socket_timeout: float | str | None = None,
+        ended_ttl: float | str | None = None,
         expire_batch: int = 100,
         **client_options: Any,
     ) -> None:
@@ -313,7 +377,29 @@ class RedisLedger(Ledger):
         ttl_option = ended_ttl if ended_ttl is not None else query.pop("ended_ttl", None)
         query.pop("ended_ttl", None)
         self.ended_ttl = _positive("ended_ttl", ttl_option, _DEFAULT_ENDED_TTL, self.safe_url)
-        if not isinstance(expire_batch, int) or expire_batch < 1:
+        given = {
+            name: value
+            for name, value in (
+                ("timeout", timeout if timeout is not None else query.pop("timeout", None)),
+                (
+                    "socket_timeout",
+                    socket_timeout
+                    if socket_timeout is not None
+                    else query.pop("socket_timeout", None),
+                ),
+            )
+            if value is not None
+        }
+        query.pop("timeout", None)
+        query.pop("socket_timeout", None)
+        if len(given) > 1:
+            raise ConfigurationError(
+                f"timeout and socket_timeout name the same deadline; give one ({self.safe_url})"
+            )
+        name, raw = next(iter(given.items()), ("timeout", None))
+        #: Seconds one operation may take (connect, send and the reply).
+        self.timeout = _positive(name, raw, _DEFAULT_SOCKET_TIMEOUT, self.safe_url)
+        if not isinstance(expire_batch, int) or isinstance(expire_batch, bool) or expire_batch < 1:
             raise ConfigurationError(
                 f"expire_batch must be a positive integer, got {expire_batch!r}"
             )
@@ -326,36 +412,32 @@ class RedisLedger(Ledger):
             f"{tag}:{name}"
             for name in ("spent", "reserved", "open", "holds", "settled", "released")
         )
+        self.added_key = f"{tag}:added"
         self.budgets_key = f"{tag}:budgets"
         client_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
-        timeout = socket_timeout if socket_timeout is not None else _DEFAULT_SOCKET_TIMEOUT
-        # One retry, on connection errors only: it replaces a pooled
-        # connection that died (Redis restarted) without failing the call.
-        # Timeouts are not retried: the script may have run, and running a
-        # reserve or add twice would hold or charge twice.
+        # No retries anywhere: not of commands (a script whose reply was lost
+        # may have run), not of connects (they would stretch the deadline).
         self._options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
             "decode_responses": True,
+            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
             **client_options,
         }
         self._client_url = client_url
         self._redis = redis
         try:
-            self._client = redis.Redis.from_url(
-                client_url,
-                retry=redis.retry.Retry(
-                    redis.backoff.NoBackoff(),
-                    1,
-                    supported_errors=(redis.exceptions.ConnectionError,),
-                ),
-                **self._options,
-            )
+            self._pool = redis.ConnectionPool.from_url(client_url, **self._options)
+            # Build one connection now, so a bad option fails here, not on first use.
+            self._pool.connection_class(**self._pool.connection_kwargs)
         except (ValueError, TypeError) as error:
             raise ConfigurationError(f"malformed Redis URL {self.safe_url!r}: {error}") from None
-        self._scripts = {name: self._client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._shas = {
+            name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SCRIPTS.items()
+        }
+        self._reset_links()
         self._async_lock = threading.Lock()
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClient] = (
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncLinks] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -367,23 +449,32 @@ class RedisLedger(Ledger):
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them, in one script."""
         args = self._reserve_args(reservation)
+        deadline = time.monotonic() + self.timeout
         while True:
-            reply = self._run("reserve", args)
+            try:
+                reply = self._run("reserve", args, deadline)
+            except StorageError:
+                # The script may have run: release its id (which also stops a
+                # reserve still on its way), or its hold would last until expiry.
+                self._release_quietly(reservation, deadline)
+                raise
             if not self._retry_refusal(reply):
                 return self._reserve_result(reservation, reply)
 
     def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
         """Charge ``amount`` to every held key and tally; drop the holds once."""
-        return bool(self._run("settle", self._settle_args(reservation, amount, tallies)))
+        return _flag(self._run("settle", self._settle_args(reservation, amount, tallies)))
 
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
-        return bool(self._run("release", [reservation.id, repr(float(self.clock()))]))
+        return _flag(self._run("release", [reservation.id, repr(float(self.clock()))]))
 
-    def add(self, keys: Sequence[str], amount: int) -> None:
-        """Charge ``amount`` to every key unconditionally."""
-        if keys:
-            self._run("add", [_units(amount), *keys])
+    def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Charge ``amount`` to every key unconditionally, once per ``op_id``."""
+        args = self._add_args(keys, amount, op_id)
+        if not keys and op_id is None:
+            return True
+        return _flag(self._run("add", args))
 
     # -- reading and administration -------------------------------------------
 
@@ -391,8 +482,8 @@ class RedisLedger(Ledger):
         """Return the balance of every key asked for."""
         while True:
             reply = self._run("balances", [repr(float(self.clock())), self.expire_batch, *keys])
-            if not int(reply[0]):
-                return _balances(keys, reply)
+            if not _more(reply):
+                return _parse(_balances, keys, reply)
 
     def scan(self, prefix: str) -> dict[str, Balance]:
         """Return every key starting with ``prefix`` that holds anything."""
@@ -400,71 +491,124 @@ class RedisLedger(Ledger):
             reply = self._run(
                 "scan", [repr(float(self.clock())), self.expire_batch, prefix, _glob(prefix)]
             )
-            if not int(reply[0]):
-                return _scanned(reply)
+            if not _more(reply):
+                return _parse(_scanned, reply)
 
     def clear(self, keys: Sequence[str]) -> None:
         """Forget the spend of the given keys (open reservations stay held)."""
         if keys:
-            self._command(self._client.hdel, self.keys[0], *keys)
+            self._execute("HDEL", self.keys[0], *keys)
 
     def open_reservations(self) -> list[Reservation]:
         """Return the reservations still holding units."""
         while True:
             reply = self._run("open", [repr(float(self.clock())), self.expire_batch])
-            if not int(reply[0]):
-                return _reservations(reply)
+            if not _more(reply):
+                return _parse(_reservations, reply)
 
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
-        self._command(self._client.hset, self.budgets_key, name, budget_to_json(name, definition))
+        self._execute("HSET", self.budgets_key, name, budget_to_json(name, definition))
 
     def get_budget(self, name: str) -> dict[str, Any] | None:
         """Return the budget definition stored under ``name``."""
-        text = self._command(self._client.hget, self.budgets_key, name)
+        text = self._execute("HGET", self.budgets_key, name)
         return budget_from_json(text) if text is not None else None
 
     def delete_budget(self, name: str) -> bool:
         """Delete a budget definition."""
-        return bool(self._command(self._client.hdel, self.budgets_key, name))
+        return _flag(self._execute("HDEL", self.budgets_key, name))
 
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         """Return every stored budget definition."""
-        found = self._command(self._client.hgetall, self.budgets_key)
+        reply = self._execute("HGETALL", self.budgets_key)
+        # A map under RESP3, a flat list of names and values under RESP2.
+        if not isinstance(reply, dict):
+            reply = dict(zip(reply[::2], reply[1::2], strict=True))
+        found: dict[str, str] = reply
         return {name: budget_from_json(text) for name, text in sorted(found.items())}
 
     def ping(self) -> None:
         """Check that Redis answers."""
-        self._command(self._client.ping)
+        self._execute("PING")
+
+    def check_durability(self) -> list[str]:
+        """Return (and log as warnings) the server settings that can lose budgets or spend.
+
+        A production budget needs ``maxmemory-policy noeviction`` (or a
+        ``volatile-*`` policy: the ledger sets no TTLs, so those never evict
+        its keys) and persistence (``appendonly yes``, or RDB ``save``
+        points) so that a restart keeps what was spent. Servers that refuse
+        ``CONFIG GET`` (some managed services) give one note saying so.
+        """
+        problems: list[str] = []
+        try:
+            policy = _config(self._execute("CONFIG", "GET", "maxmemory-policy"))
+            appendonly = _config(self._execute("CONFIG", "GET", "appendonly"))
+            save = _config(self._execute("CONFIG", "GET", "save"))
+        except StorageError as error:
+            problems.append(f"cannot read the server settings ({error}); check them by hand")
+        else:
+            if policy.startswith("allkeys-"):
+                problems.append(
+                    f"maxmemory-policy is {policy}: under memory pressure Redis may evict "
+                    "budget definitions and spend; use noeviction"
+                )
+            if appendonly != "yes" and not save.strip():
+                problems.append(
+                    "persistence is off (appendonly no, no save points): a restart loses "
+                    "every budget and all spend; enable appendonly yes"
+                )
+        for problem in problems:
+            logger.warning("Redis ledger %s: %s", self.safe_url, problem)
+        return problems
 
     def close(self) -> None:
-        """Close the connection pool (asyncio clients close in ``aclose``)."""
-        self._client.close()
+        """Close every connection of this process's threads (asyncio ones close in ``aclose``)."""
+        with self._links_lock:
+            links = list(self._links)
+        for link in links:
+            with suppress(Exception):
+                link.conn.disconnect()
 
     # -- asynchronous variants: redis.asyncio, the same scripts ----------------
 
     async def areserve(self, reservation: Reservation) -> Refusal | None:
-        """Do ``reserve`` on the asyncio client."""
+        """Do ``reserve`` on the asyncio client; release it if the caller gives up."""
         args = self._reserve_args(reservation)
+        return await shielded_reserve(
+            self, asyncio.ensure_future(self._areserve(reservation, args)), reservation
+        )
+
+    async def _areserve(self, reservation: Reservation, args: list[Any]) -> Refusal | None:
+        deadline = time.monotonic() + self.timeout
         while True:
-            reply = await self._arun("reserve", args)
+            try:
+                reply = await self._arun("reserve", args, deadline)
+            except StorageError:
+                await self._arelease_quietly(reservation, deadline)
+                raise
             if not self._retry_refusal(reply):
                 return self._reserve_result(reservation, reply)
 
     async def asettle(
         self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()
     ) -> bool:
-        """Do ``settle`` on the asyncio client."""
-        return bool(await self._arun("settle", self._settle_args(reservation, amount, tallies)))
+        """Do ``settle`` on the asyncio client, finished even if the caller gives up."""
+        args = self._settle_args(reservation, amount, tallies)
+        return _flag(await shielded(self, self._arun("settle", args)))
 
     async def arelease(self, reservation: Reservation) -> bool:
-        """Do ``release`` on the asyncio client."""
-        return bool(await self._arun("release", [reservation.id, repr(float(self.clock()))]))
+        """Do ``release`` on the asyncio client, finished even if the caller gives up."""
+        args = [reservation.id, repr(float(self.clock()))]
+        return _flag(await shielded(self, self._arun("release", args)))
 
-    async def aadd(self, keys: Sequence[str], amount: int) -> None:
-        """Do ``add`` on the asyncio client."""
-        if keys:
-            await self._arun("add", [_units(amount), *keys])
+    async def aadd(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Do ``add`` on the asyncio client, finished even if the caller gives up."""
+        args = self._add_args(keys, amount, op_id)
+        if not keys and op_id is None:
+            return True
+        return _flag(await shielded(self, self._arun("add", args)))
 
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` on the asyncio client."""
@@ -472,21 +616,22 @@ class RedisLedger(Ledger):
             reply = await self._arun(
                 "balances", [repr(float(self.clock())), self.expire_batch, *keys]
             )
-            if not int(reply[0]):
-                return _balances(keys, reply)
+            if not _more(reply):
+                return _parse(_balances, keys, reply)
 
     async def aping(self) -> None:
         """Do ``ping`` on the asyncio client."""
-        client = self._async_client()
-        await self._acommand(client.client.ping())
+        await self._aexecute("PING")
 
     async def aclose(self) -> None:
-        """Close this event loop's asyncio client and the synchronous pool."""
+        """Close this event loop's asyncio connections and the synchronous ones."""
         loop = asyncio.get_running_loop()
         with self._async_lock:
             entry = self._async.pop(loop, None)
         if entry is not None:
-            await entry.client.aclose()
+            for link in entry.idle:
+                with suppress(Exception):
+                    await link.conn.disconnect()
         self.close()
 
     # -- internals ----------------------------------------------------------------
@@ -513,18 +658,28 @@ class RedisLedger(Ledger):
     def _retry_refusal(self, reply: Any) -> bool:
         # A refusal seen while more expired reservations were still waiting
         # may be wrong; the refusal changed nothing, so simply ask again.
-        return int(reply[0]) == 1 and int(reply[4]) == 1
+        try:
+            return int(reply[0]) == 1 and int(reply[4]) == 1
+        except (TypeError, ValueError, IndexError) as error:
+            raise self._bad_reply(reply, error) from None
 
     def _reserve_result(self, reservation: Reservation, reply: Any) -> Refusal | None:
-        status = int(reply[0])
+        try:
+            status = int(reply[0])
+            if status in (-1, 0):
+                found = None
+            else:
+                index = int(reply[1])
+                hold = reservation.holds[index]
+                assert hold.limit is not None  # only holds with a limit refuse
+                found = Refusal(
+                    index, hold.key, hold.limit, int(reply[2]), int(reply[3]), hold.amount
+                )
+        except (TypeError, ValueError, IndexError) as error:
+            raise self._bad_reply(reply, error) from None
         if status == -1:
             raise ValueError(f"reservation id {reservation.id!r} was used before")
-        if status == 0:
-            return None
-        index = int(reply[1])
-        hold = reservation.holds[index]
-        assert hold.limit is not None  # only holds with a limit refuse
-        return Refusal(index, hold.key, hold.limit, int(reply[2]), int(reply[3]), hold.amount)
+        return found
 
     def _settle_args(
         self, reservation: Reservation, amount: int, tallies: Sequence[str]
@@ -537,66 +692,200 @@ class RedisLedger(Ledger):
             *tallies,
         ]
 
-    def _run(self, name: str, args: Sequence[Any]) -> Any:
-        # The add script touches only the spent hash, so it declares only that key.
-        keys = self.keys[:1] if name == "add" else self.keys
-        return self._command(self._scripts[name], keys=keys, args=args)
+    def _add_args(self, keys: Sequence[str], amount: int, op_id: str | None) -> list[Any]:
+        check_op_id(op_id)
+        return [
+            _units(amount),
+            op_id or "",
+            repr(float(self.clock())),
+            repr(self.ended_ttl),
+            *keys,
+        ]
 
-    async def _arun(self, name: str, args: Sequence[Any]) -> Any:
-        entry = self._async_client()
-        keys = self.keys[:1] if name == "add" else self.keys
-        return await self._acommand(entry.scripts[name](keys=keys, args=args))
+    def _script_keys(self, name: str) -> Sequence[str]:
+        # The add script touches only the spent hash and its op ids.
+        return (self.keys[0], self.added_key) if name == "add" else self.keys
 
-    def _command(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _run(self, name: str, args: Sequence[Any], deadline: float | None = None) -> Any:
+        keys = self._script_keys(name)
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        command = ("EVALSHA", self._shas[name], len(keys), *keys, *args)
         try:
-            return function(*args, **kwargs)
-        except self._redis.exceptions.RedisError as error:
+            return self._execute(*command, deadline=deadline)
+        except StorageError as error:
+            if not isinstance(error.__cause__, self._redis.exceptions.NoScriptError):
+                raise
+        # NOSCRIPT: the script did not run (the server restarted or flushed
+        # its scripts), so loading it and running it again is safe.
+        self._execute("SCRIPT", "LOAD", _SCRIPTS[name], deadline=deadline)
+        return self._execute(*command, deadline=deadline)
+
+    async def _arun(self, name: str, args: Sequence[Any], deadline: float | None = None) -> Any:
+        keys = self._script_keys(name)
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        command = ("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        try:
+            return await self._aexecute(*command, deadline=deadline)
+        except StorageError as error:
+            if not isinstance(error.__cause__, self._redis.exceptions.NoScriptError):
+                raise
+        await self._aexecute("SCRIPT", "LOAD", _SCRIPTS[name], deadline=deadline)
+        return await self._aexecute(*command, deadline=deadline)
+
+    def _left(self, deadline: float | None) -> float:
+        """Return the seconds left before ``deadline``; ``StorageError`` if none."""
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StorageError(
+                f"Redis did not answer within timeout={self.timeout:g}s at {self.safe_url}"
+            )
+        return left
+
+    def _execute(self, *command: Any, deadline: float | None = None) -> Any:
+        """Send one command on this thread's connection and read its whole reply."""
+        link = self._link()
+        conn = link.conn
+        deadline = time.monotonic() + self._left(deadline)
+        try:
+            if link.dirty:  # the last command was cut short: its reply may still come
+                conn.disconnect()
+            link.dirty = True
+            self._fresh(conn)
+            conn.send_command(*command, check_health=False)
+            reply = conn.read_response(timeout=max(0.001, deadline - time.monotonic()))
+            link.dirty = False
+            return reply
+        except self._redis.exceptions.ResponseError as error:
+            link.dirty = False  # an error reply is a whole reply
             raise self._storage_error(error) from error
-        except OSError as error:
+        except (self._redis.exceptions.RedisError, OSError, TypeError, ValueError) as error:
+            # TypeError / ValueError: redis-py parsing a reply it did not expect.
             raise self._storage_error(error) from error
 
-    async def _acommand(self, awaitable: Any) -> Any:
+    async def _aexecute(self, *command: Any, deadline: float | None = None) -> Any:
+        """Send one command on an idle connection of this event loop and read its reply."""
+        deadline = time.monotonic() + self._left(deadline)
+        links = self._async_links()
+        link = links.take()
+        conn = link.conn
         try:
-            return await awaitable
-        except self._redis.exceptions.RedisError as error:
+            if link.dirty:
+                await conn.disconnect(nowait=True)
+            link.dirty = True
+            await self._afresh(conn)
+            await conn.send_command(*command, check_health=False)
+            reply = await conn.read_response(timeout=max(0.001, deadline - time.monotonic()))
+            link.dirty = False
+            return reply
+        except self._redis.exceptions.ResponseError as error:
+            link.dirty = False
             raise self._storage_error(error) from error
-        except OSError as error:
+        except (self._redis.exceptions.RedisError, OSError, TypeError, ValueError) as error:
             raise self._storage_error(error) from error
+        finally:
+            links.idle.append(link)  # a dirty one is reconnected by its next user
+
+    def _fresh(self, conn: Any) -> None:
+        """Drop a connection that has unread data or that the server closed (restarted)."""
+        try:
+            stale = conn._sock is not None and conn.can_read()
+        except (self._redis.exceptions.ConnectionError, OSError):
+            stale = True
+        if stale:
+            conn.disconnect()
+
+    async def _afresh(self, conn: Any) -> None:
+        """Drop an asyncio connection that has unread data or that the server closed."""
+        try:
+            stale = conn.is_connected and await conn.can_read()
+        except (self._redis.exceptions.ConnectionError, OSError):
+            stale = True
+        if stale:
+            await conn.disconnect(nowait=True)
+
+    def _release_quietly(self, reservation: Reservation, deadline: float) -> None:
+        # Within what is left of the reserve's own deadline: a Redis that
+        # does not answer gets no second wait; the hold then expires.
+        try:
+            self._run("release", [reservation.id, repr(float(self.clock()))], deadline)
+        except StorageError as error:
+            logger.warning(
+                "could not release reservation %s after a lost reply (%s); it expires on its own",
+                reservation.id,
+                error,
+            )
+
+    async def _arelease_quietly(self, reservation: Reservation, deadline: float) -> None:
+        try:
+            await self._arun("release", [reservation.id, repr(float(self.clock()))], deadline)
+        except StorageError as error:
+            logger.warning(
+                "could not release reservation %s after a lost reply (%s); it expires on its own",
+                reservation.id,
+                error,
+            )
+
+    def _bad_reply(self, reply: Any, error: BaseException) -> StorageError:
+        return StorageError(
+            f"unexpected reply from Redis at {self.safe_url}: {reply!r:.120} "
+            f"({type(error).__name__}: {error})"
+        )
 
     def _storage_error(self, error: BaseException) -> StorageError:
         kind = type(error).__name__
         exceptions = self._redis.exceptions
         if isinstance(error, exceptions.TimeoutError):
-            problem = "Redis did not answer in time"
+            problem = f"Redis did not answer within timeout={self.timeout:g}s"
         elif isinstance(error, exceptions.AuthenticationError):
             problem = "Redis refused the credentials"
         elif isinstance(error, exceptions.ConnectionError | OSError):
             problem = "cannot reach Redis"
-        else:
+        elif isinstance(error, exceptions.RedisError):
             problem = "Redis reported an error"
-        return StorageError(f"{problem} at {self.safe_url}: {kind}: {redact_text(str(error))}")
+        else:
+            problem = "redis-py failed on the reply"
+        text = f"{problem} at {self.safe_url}: {kind}: {redact_text(str(error))}"
+        if isinstance(error, exceptions.ConnectionError | exceptions.TimeoutError | OSError):
+            text += " (a write may have run; repeat it with the same id, it counts once)"
+        return StorageError(text)
 
-    def _async_client(self) -> _AsyncClient:
+    def _reset_links(self) -> None:
+        # At start and in a forked child: a connection inherited through fork
+        # shares its socket with the parent and must not be used, only dropped.
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._links_lock = threading.Lock()
+        self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
+
+    def _link(self) -> _Link:
+        if self._pid != os.getpid():
+            self._reset_links()
+        link: _Link | None = getattr(self._local, "link", None)
+        if link is None:
+            link = _Link(self._pool.connection_class(**self._pool.connection_kwargs))
+            self._local.link = link
+            with self._links_lock:
+                self._links.add(link)
+        return link
+
+    def _async_links(self) -> _AsyncLinks:
         loop = asyncio.get_running_loop()
         with self._async_lock:
             entry = self._async.get(loop)
             if entry is None:
-                redis = self._redis
                 try:
-                    client = redis.asyncio.Redis.from_url(
-                        self._client_url,
-                        retry=redis.asyncio.retry.Retry(
-                            redis.backoff.NoBackoff(),
-                            1,
-                            supported_errors=(redis.exceptions.ConnectionError,),
-                        ),
-                        **self._options,
+                    pool = self._redis.asyncio.ConnectionPool.from_url(
+                        self._client_url, **self._options
                     )
                 except (ValueError, TypeError) as error:
                     raise ConfigurationError(
                         f"malformed Redis URL {self.safe_url!r}: {error}"
                     ) from None
-                entry = self._async[loop] = _AsyncClient(client)
+                entry = self._async[loop] = _AsyncLinks(pool)
             return entry
 
 
@@ -642,6 +931,38 @@ def _positive(name: str, value: object, default: float, url: str) -> float:
             f"{name} must be a positive number of seconds, got {value!r} ({url})"
         )
     return number
+
+
+def _config(reply: Any) -> str:
+    """Read one value from a ``CONFIG GET`` reply (a map under RESP3, a pair under RESP2)."""
+    if isinstance(reply, dict):
+        return str(next(iter(reply.values()), ""))
+    return str(reply[1]) if len(reply) > 1 else ""
+
+
+def _flag(reply: Any) -> bool:
+    """Read a script's 0/1 answer; ``StorageError`` for anything else."""
+    if reply in (0, 1):
+        return bool(reply)
+    raise StorageError(f"unexpected reply from Redis: {reply!r:.120}")
+
+
+def _more(reply: Any) -> bool:
+    """Read the "more expired reservations wait" flag that opens a read script's reply."""
+    try:
+        return bool(int(reply[0]))
+    except (TypeError, ValueError, IndexError) as error:
+        raise StorageError(f"unexpected reply from Redis: {reply!r:.120} ({error})") from None
+
+
+def _parse(read: Callable[..., T], *args: Any) -> T:
+    """Turn a script's reply into values; a reply of the wrong shape is a ``StorageError``."""
+    try:
+        return read(*args)
+    except (TypeError, ValueError, IndexError, KeyError) as error:
+        raise StorageError(
+            f"unexpected reply from Redis ({type(error).__name__}: {error})"
+        ) from None
 
 
 def _balances(keys: Sequence[str], reply: Sequence[Any]) -> dict[str, Balance]:

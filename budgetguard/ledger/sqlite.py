@@ -4,7 +4,7 @@ URLs name a file, as SQLAlchemy does::
 
     sqlite:///spend.db              relative to the working directory
     sqlite:////var/lib/app/spend.db absolute (four slashes)
-    sqlite:///spend.db?synchronous=normal&busy_timeout=10
+    sqlite:///spend.db?synchronous=normal&timeout=10
 
 ``sqlite:///:memory:`` is refused: an in-memory SQLite database is private to
 one connection, so it would be neither shared nor durable; ``memory://`` is the
@@ -19,10 +19,24 @@ killed (it is in the OS page cache), but the last ones may be lost if the
 machine itself goes down.
 
 Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction, so processes
-queue on SQLite's write lock (waiting up to ``busy_timeout`` seconds) and a
-check can never be separated from its charge. Each thread has its own
-connection; writers of one process also queue on a lock, so they wait in
-order rather than in SQLite's sleeping busy handler.
+queue on SQLite's write lock and a check can never be separated from its
+charge. Each thread has its own connection; writers of one process also queue
+on a lock, so they wait in order rather than in SQLite's sleeping busy handler.
+
+Bounded waits: every operation has one deadline, ``timeout`` seconds (default
+30) from its start, whatever the queue in front of it. A writer that gets the
+in-process lock sets SQLite's busy timeout to what is left of its own
+deadline, and gives up at once if nothing is left; since every writer ahead
+of it in the queue started earlier and gives up by its own (earlier)
+deadline, no writer waits much longer than ``timeout``. A deadline that
+passes is a ``StorageError``.
+
+Faults: the transaction is ``with connection:``, whose exit (``COMMIT``, or
+``ROLLBACK`` on any exception, ``KeyboardInterrupt`` included) runs in C, so
+an interrupt cannot land between the last statement and the end of the
+transaction; a connection found inside a transaction (a ``COMMIT`` that
+failed) is rolled back before its next use. ``mmap_size`` is 0, so a file on
+a disk that fails or turns read-only gives an error, not a ``SIGBUS``.
 """
 
 from __future__ import annotations
@@ -35,8 +49,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigurationError, StorageError
@@ -48,11 +62,14 @@ from .base import (
     _ThreadedAsync,
     budget_from_json,
     budget_to_json,
+    check_op_id,
     check_reservation,
     check_units,
 )
 
 __all__ = ["SQLiteLedger"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("budgetguard")
 
@@ -79,6 +96,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX ended_by_time ON ended (at)",
         "CREATE TABLE budgets (name TEXT PRIMARY KEY, definition TEXT NOT NULL)",
     ),
+    (
+        # Ids of direct charges (add with op_id), so a retried charge counts once.
+        "CREATE TABLE added (id TEXT PRIMARY KEY, at REAL NOT NULL)",
+        "CREATE INDEX added_by_time ON added (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -101,8 +123,10 @@ class _Connection:
 class SQLiteLedger(_ThreadedAsync):
     """Keep spend in one SQLite file that every process on the host shares.
 
-    Options (keyword arguments or URL query parameters): ``busy_timeout``
-    seconds to wait for another process's write lock (default 30);
+    Options (keyword arguments or URL query parameters): ``timeout`` the
+    deadline of one operation in seconds, including every wait for another
+    thread's or process's write lock (default 30; ``busy_timeout`` is the
+    older name of the same option);
     ``synchronous`` ``"full"`` (default) or ``"normal"``; ``ended_ttl``
     seconds for which settled and released reservation ids are remembered so
     that a late repeated settle is ignored (default 7 days).
@@ -110,12 +134,14 @@ class SQLiteLedger(_ThreadedAsync):
 
     schemes = ("sqlite",)
     shared = True
+    max_units = 2**62 - 1
 
     def __init__(
         self,
         url: str,
         *,
         clock: Callable[[], float] = time.time,
+        timeout: float | str | None = None,
         busy_timeout: float | str | None = None,
         synchronous: str | None = None,
         ended_ttl: float | str | None = None,
@@ -123,11 +149,25 @@ class SQLiteLedger(_ThreadedAsync):
         super().__init__(url, clock=clock)
         path, query = _parse_url(url)
         self.path = path
-        self.busy_timeout = _positive(
-            "busy_timeout",
-            busy_timeout if busy_timeout is not None else query.pop("busy_timeout", 30.0),
-            url,
-        )
+        given = {
+            name: value
+            for name, value in (
+                ("timeout", timeout if timeout is not None else query.pop("timeout", None)),
+                (
+                    "busy_timeout",
+                    busy_timeout if busy_timeout is not None else query.pop("busy_timeout", None),
+                ),
+            )
+            if value is not None
+        }
+        if len(given) > 1:
+            raise ConfigurationError(
+                f"timeout and busy_timeout name the same deadline; give one ({url!r})"
+            )
+        self._timeout_name, raw = next(iter(given.items()), ("timeout", 30.0))
+        #: Seconds one operation may take, waits for the write lock included.
+        self.timeout = _positive(self._timeout_name, raw, url)
+        self.busy_timeout = self.timeout  # the older name
         self.ended_ttl = _positive(
             "ended_ttl",
             ended_ttl if ended_ttl is not None else query.pop("ended_ttl", _DEFAULT_ENDED_TTL),
@@ -142,7 +182,7 @@ class SQLiteLedger(_ThreadedAsync):
         if query:
             raise ConfigurationError(
                 f"unknown option(s) {', '.join(sorted(query))} in {url!r}; "
-                "known: busy_timeout, synchronous, ended_ttl"
+                "known: timeout, busy_timeout, synchronous, ended_ttl"
             )
         self._closed = False
         self._reset_connections()
@@ -155,7 +195,8 @@ class SQLiteLedger(_ThreadedAsync):
         check_reservation(reservation)
         _check_fits(*(hold.amount for hold in reservation.holds))
         holds_json = json.dumps([[h.key, h.limit, h.amount] for h in reservation.holds])
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> Refusal | None:
             used = db.execute(
                 "SELECT EXISTS (SELECT 1 FROM reservations WHERE id = ?)"
                 " OR EXISTS (SELECT 1 FROM ended WHERE id = ?)",
@@ -189,13 +230,17 @@ class SQLiteLedger(_ThreadedAsync):
                 (reservation.id, holds_json, float(reservation.expires_at)),
             )
             db.execute("DELETE FROM ended WHERE at < ?", (now - self.ended_ttl,))
+            db.execute("DELETE FROM added WHERE at < ?", (now - self.ended_ttl,))
             return None
+
+        return self._transact(run)
 
     def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
         """Charge ``amount`` to every held key and tally; drop the holds once."""
         check_units(amount)
         _check_fits(amount)
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT settled FROM ended WHERE id = ?", (reservation.id,)).fetchone()
             if row is not None and row[0]:
                 return False
@@ -207,27 +252,52 @@ class SQLiteLedger(_ThreadedAsync):
             )
             return True
 
+        return self._transact(run)
+
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> bool:
             if (
                 db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation.id,)).fetchone()
                 is None
             ):
+                # Never reserved (or already ended): mark the id used, so a
+                # reserve that arrives late holds nothing.
+                db.execute(
+                    "INSERT INTO ended (id, settled, at) VALUES (?, 0, ?) ON CONFLICT (id)"
+                    " DO NOTHING",
+                    (reservation.id, self.clock()),
+                )
                 return False
             self._end(db, reservation.id, settled=False)
             return True
 
-    def add(self, keys: Sequence[str], amount: int) -> None:
-        """Charge ``amount`` to every key unconditionally."""
+        return self._transact(run)
+
+    def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Charge ``amount`` to every key unconditionally, once per ``op_id``."""
         check_units(amount)
         _check_fits(amount)
-        with self._write() as db:
+        check_op_id(op_id)
+
+        def run(db: sqlite3.Connection) -> bool:
+            if op_id is not None:
+                now = self.clock()
+                db.execute("DELETE FROM added WHERE at < ?", (now - self.ended_ttl,))
+                if not db.execute(
+                    "INSERT INTO added (id, at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                    (op_id, now),
+                ).rowcount:
+                    return False
             db.executemany(
                 "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
                 " DO UPDATE SET spent = spent + excluded.spent",
                 [(key, amount) for key in keys],
             )
+            return True
+
+        return self._transact(run)
 
     # -- reading and administration -------------------------------------------
 
@@ -258,12 +328,15 @@ class SQLiteLedger(_ThreadedAsync):
 
     def clear(self, keys: Sequence[str]) -> None:
         """Forget the spend of the given keys (open reservations stay held)."""
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> None:
             db.executemany("UPDATE counters SET spent = 0 WHERE key = ?", [(k,) for k in keys])
             db.executemany(
                 "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
                 [(k,) for k in keys],
             )
+
+        self._transact(run)
 
     def open_reservations(self) -> list[Reservation]:
         """Return the reservations still holding units."""
@@ -282,12 +355,15 @@ class SQLiteLedger(_ThreadedAsync):
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
         text = budget_to_json(name, definition)
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO budgets (name, definition) VALUES (?, ?) ON CONFLICT (name)"
                 " DO UPDATE SET definition = excluded.definition",
                 (name, text),
             )
+
+        self._transact(run)
 
     def get_budget(self, name: str) -> dict[str, Any] | None:
         """Return the budget definition stored under ``name``."""
@@ -297,8 +373,11 @@ class SQLiteLedger(_ThreadedAsync):
 
     def delete_budget(self, name: str) -> bool:
         """Delete a budget definition."""
-        with self._write() as db:
+
+        def run(db: sqlite3.Connection) -> bool:
             return db.execute("DELETE FROM budgets WHERE name = ?", (name,)).rowcount > 0
+
+        return self._transact(run)
 
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         """Return every stored budget definition."""
@@ -355,11 +434,14 @@ class SQLiteLedger(_ThreadedAsync):
         # check_same_thread=False only so that close() may run in any thread;
         # each connection is otherwise used by the thread that opened it.
         db = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            # No memory-mapped reads of the database file: a disk that fails
+            # or turns read-only under a mapping kills the process (SIGBUS).
+            db.execute("PRAGMA mmap_size = 0")
         except BaseException:
             db.close()
             raise
@@ -377,14 +459,7 @@ class SQLiteLedger(_ThreadedAsync):
                     self.path,
                     mode,
                 )
-            with self._write_lock:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._migrate(db)
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+            self._transact(self._migrate)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -408,35 +483,79 @@ class SQLiteLedger(_ThreadedAsync):
             db.execute(f"PRAGMA user_version = {number + 1}")
             logger.info("SQLite ledger %s migrated to schema version %d", self.path, number + 1)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._errors("write"):
+    def _transact(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction within this operation's deadline."""
+        deadline = time.monotonic() + self.timeout
+        try:
             db = self._connection()
-            with self._write_lock:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+            # The ``with`` statements below are on one line on purpose: since
+            # PEP 626 the exit of a ``with`` block counts as a new line of
+            # the statement, and an interrupt delivered there (by a trace
+            # function, for one) would skip ``__exit__``: the lock would stay
+            # held and the transaction open. On one line there is no such
+            # line, and both exits are C code.
+            with self._write_lock: return self._locked(db, body, deadline)  # noqa: E701  # fmt: skip
+        except sqlite3.Error as error:
+            raise self._failed("write", error) from error
+
+    def _locked(
+        self, db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], deadline: float
+    ) -> T:
+        _heal(db)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StorageError(self._late("write"))
+        # What is left of this operation's deadline, not a fresh timeout:
+        # waits must not add up along the queue of writers.
+        self._busy(db, max(1, int(left * 1000)))
+        # ``with db`` ends the transaction in C: COMMIT after the body, or
+        # ROLLBACK on any exception, KeyboardInterrupt included.
+        with db: return _begin(db, body)  # noqa: E701  # fmt: skip
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._errors("read"):
-            yield self._connection()
+            db = self._connection()
+            _heal(db)
+            # A read gets the whole timeout, not what the last write left over.
+            self._busy(db, int(self.timeout * 1000))
+            yield db
+
+    def _busy(self, db: sqlite3.Connection, milliseconds: int) -> None:
+        """Set this thread's connection's busy timeout, if it is not that already."""
+        if getattr(self._local, "busy_ms", None) != milliseconds:
+            db.execute(f"PRAGMA busy_timeout = {milliseconds}")
+            self._local.busy_ms = milliseconds
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
         try:
             yield
         except sqlite3.Error as error:
-            raise StorageError(self._describe(action, error)) from error
+            raise self._failed(action, error) from error
+
+    def _failed(self, action: str, error: sqlite3.Error) -> StorageError:
+        holder: _Connection | None = getattr(self._local, "holder", None)
+        if holder is not None:
+            with suppress(sqlite3.Error):  # else healed again before the next use
+                _heal(holder.db)
+        return StorageError(self._describe(action, error))
+
+    def _late(self, action: str) -> str:
+        return (
+            f"cannot {action} the SQLite ledger {self.path}: the operation did not finish "
+            f"within {self._timeout_name}={self.timeout:g}s (other writers held the lock)"
+        )
 
     def _describe(self, action: str, error: sqlite3.Error) -> str:
         text = str(error)
         lowered = text.lower()
-        if "readonly" in lowered or "read-only" in lowered:
+        if _read_only_file_system(self.path):
+            hint = (
+                "its file system is mounted read-only; the ledger needs to write the file "
+                "and its -wal and -shm files next to it"
+            )
+        elif "readonly" in lowered or "read-only" in lowered:
             hint = "the file or its directory is read-only; the ledger needs to write both"
         elif "not a database" in lowered or "malformed" in lowered:
             hint = "the file is corrupt or is not a SQLite database"
@@ -444,9 +563,13 @@ class SQLiteLedger(_ThreadedAsync):
             hint = "the file cannot be opened (missing directory or no permission)"
         elif "locked" in lowered or "busy" in lowered:
             hint = (
-                f"another process held the write lock for longer than "
-                f"busy_timeout={self.busy_timeout:g}s"
+                f"another process held the write lock past the deadline of "
+                f"{self._timeout_name}={self.timeout:g}s"
             )
+        elif "full" in lowered:
+            hint = "the disk is full; nothing of this operation was written"
+        elif "disk i/o" in lowered:
+            hint = "the disk reported an I/O error; nothing of this operation was written"
         else:
             hint = "SQLite reported an error"
         return f"cannot {action} the SQLite ledger {self.path}: {hint} ({text})"
@@ -467,8 +590,11 @@ class SQLiteLedger(_ThreadedAsync):
                 "SELECT 1 FROM reservations WHERE expires_at <= ? LIMIT 1", (now,)
             ).fetchone()
         if due is not None:
-            with self._write() as db:
+
+            def run(db: sqlite3.Connection) -> None:
                 self._expire(db, now)
+
+            self._transact(run)
 
     def _end(self, db: sqlite3.Connection, reservation_id: str, *, settled: bool) -> None:
         """Drop the holds of an open reservation (if it is open) and record how it ended."""
@@ -493,6 +619,25 @@ class SQLiteLedger(_ThreadedAsync):
             " DO UPDATE SET settled = excluded.settled, at = excluded.at",
             (reservation_id, int(settled), self.clock()),
         )
+
+
+def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    db.execute("BEGIN IMMEDIATE")
+    return body(db)
+
+
+def _read_only_file_system(path: str) -> bool:
+    """Return True if the directory of ``path`` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(os.path.dirname(path)).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows), or the directory is gone
+        return False
+
+
+def _heal(db: sqlite3.Connection) -> None:
+    """Roll back a transaction left open on ``db`` (a COMMIT that failed)."""
+    if db.in_transaction:
+        db.rollback()
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, str]]:

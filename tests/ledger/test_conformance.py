@@ -415,3 +415,77 @@ class TestConcurrency:
         assert await ledger.abalances(["k", "t"]) == {"k": Balance(5, 0), "t": Balance(5, 0)}
         with pytest.raises(ValueError):
             await ledger.areserve(r)
+
+
+class TestExactlyOnce:
+    """Every money-moving write carries an id and counts once."""
+
+    def test_add_with_op_id_charges_once(self, ledger: Ledger) -> None:
+        """add with an op_id charges the first time (True) and never again (False)."""
+        assert ledger.add(["a", "b"], 5, op_id="op-1") is True
+        assert ledger.add(["a", "b"], 5, op_id="op-1") is False
+        assert ledger.add(["a"], 5, op_id="op-2") is True
+        assert ledger.balances(["a", "b"]) == {"a": Balance(10, 0), "b": Balance(5, 0)}
+
+    def test_add_without_op_id_keeps_the_old_call(self, ledger: Ledger) -> None:
+        """add(keys, units) as the guard calls it still charges every time."""
+        ledger.add(["a"], 5)
+        ledger.add(["a"], 5)
+        assert ledger.balances(["a"])["a"] == Balance(10, 0)
+
+    @pytest.mark.parametrize("op_id", ["", 5, b"x"])
+    def test_bad_op_id_raises_and_changes_nothing(self, ledger: Ledger, op_id: object) -> None:
+        """An op_id that is not a non-empty string raises ValueError and charges nothing."""
+        with pytest.raises(ValueError, match="op_id"):
+            ledger.add(["a"], 5, op_id=op_id)  # type: ignore[arg-type]
+        assert ledger.balances(["a"])["a"] == Balance()
+
+    def test_release_before_reserve_makes_a_late_reserve_hold_nothing(self, ledger: Ledger) -> None:
+        """A release that overtakes its reserve (a lost reply) wins: the late reserve is refused."""
+        r = reservation(Hold("user", 100, 30))
+        assert ledger.release(r) is False
+        with pytest.raises(ValueError, match="used before"):
+            ledger.reserve(r)
+        assert ledger.balances(["user"])["user"] == Balance()
+        assert ledger.open_reservations() == []
+        assert ledger.settle(r, 4) is True  # the money was still spent
+        assert ledger.balances(["user"])["user"] == Balance(4, 0)
+
+    def test_duplicate_holds_and_tallies_on_one_key_add_up(self, ledger: Ledger) -> None:
+        """A key held twice and also tallied is charged once per mention, its holds dropped."""
+        r = reservation(Hold("k", 100, 6), Hold("k", 100, 6))
+        assert ledger.reserve(r) is None
+        assert ledger.settle(r, 5, ("k", "t", "t")) is True
+        assert ledger.balances(["k", "t"]) == {"k": Balance(15, 0), "t": Balance(10, 0)}
+        assert ledger.settle(r, 5, ("k",)) is False
+
+    async def test_async_add_with_op_id_charges_once(self, ledger: Ledger) -> None:
+        """aadd with an op_id charges once, like add."""
+        assert await ledger.aadd(["a"], 5, op_id="op") is True
+        assert await ledger.aadd(["a"], 5, op_id="op") is False
+        assert ledger.add(["a"], 5, op_id="op") is False
+        assert await ledger.abalances(["a"]) == {"a": Balance(5, 0)}
+
+
+class TestDoor:
+    """What the backend cannot hold is refused before anything changes."""
+
+    @pytest.mark.parametrize("expires_at", [float("nan"), float("inf"), "soon", None])
+    def test_bad_expiry_raises_and_holds_nothing(self, ledger: Ledger, expires_at: object) -> None:
+        """A reservation whose expiry is NaN, infinite or not a number raises ValueError."""
+        r = Reservation("r", (Hold("k", 100, 5),), expires_at)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="expiry"):
+            ledger.reserve(r)
+        assert ledger.balances(["k"])["k"] == Balance()
+        assert ledger.open_reservations() == []
+
+    def test_amounts_up_to_max_units_are_exact_and_larger_refused(self, ledger: Ledger) -> None:
+        """max_units is held exactly; one more raises ValueError and changes nothing."""
+        top = ledger.max_units
+        if top is None:
+            top = 2**80  # memory: Python integers
+        else:
+            with pytest.raises(ValueError, match="too large"):
+                ledger.add(["k"], top + 1)
+        ledger.add(["k"], top)
+        assert ledger.balances(["k"])["k"] == Balance(top, 0)

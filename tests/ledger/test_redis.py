@@ -104,3 +104,129 @@ def test_ended_ids_are_pruned(redis_url: str) -> None:
     now[0] += 61
     ledger.reserve(Reservation("fresh", (Hold("k", None, 1),), 5000))
     assert client(redis_url).zcard("{bg}:settled") == 0  # type: ignore[attr-defined]
+
+
+def test_interrupt_between_send_and_reply_never_desyncs(redis_url: str) -> None:
+    """A command cut short after it was sent leaves no late reply for the next command to read."""
+    ledger = RedisLedger(redis_url)
+    ledger.add(["k"], 1)
+    link = ledger._link()
+    real = link.conn.read_response
+    calls = [0]
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise KeyboardInterrupt  # the reply is still on its way
+        return real(*args, **kwargs)
+
+    link.conn.read_response = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        ledger.add(["k"], 5, op_id="a")
+    # The late reply of the cut command is never taken for this one's.
+    assert ledger.balances(["k", "other"]) == {"k": Balance(6, 0), "other": Balance()}
+    assert ledger.add(["k"], 5, op_id="a") is False  # it ran once, on the server
+    assert ledger.list_budgets() == {}
+    ledger.close()
+
+
+@pytest.mark.parametrize("raised", [TypeError("bad reply"), ValueError("invalid literal")])
+def test_raw_driver_errors_become_storage_errors(redis_url: str, raised: Exception) -> None:
+    """A TypeError or ValueError from redis-py reading a reply is a StorageError; nothing held."""
+    from budgetguard.errors import StorageError
+
+    ledger = RedisLedger(redis_url)
+    ledger.add(["k"], 1)
+    link = ledger._link()
+    real = link.conn.read_response
+
+    def broken(*args: object, **kwargs: object) -> object:
+        link.conn.read_response = real
+        raise raised
+
+    link.conn.read_response = broken
+    with pytest.raises(StorageError, match=type(raised).__name__):
+        ledger.reserve(Reservation("r", (Hold("k", 100, 5),), time.time() + 60))
+    # The reserve may have run: it was released, so nothing is held.
+    assert ledger.balances(["k"])["k"] == Balance(1, 0)
+    assert ledger.open_reservations() == []
+    ledger.close()
+
+
+def test_reply_of_the_wrong_shape_is_a_storage_error(redis_url: str) -> None:
+    """A script reply that cannot be read (wrong server, tampered script) is a StorageError."""
+    from budgetguard.errors import StorageError
+
+    ledger = RedisLedger(redis_url)
+    ledger._run = lambda name, args, deadline=None: "OK"  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="unexpected reply"):
+        ledger.settle(Reservation("r", (Hold("k", 100, 5),), time.time() + 60), 1)
+    with pytest.raises(StorageError, match="unexpected reply"):
+        ledger.balances(["k"])
+    ledger.close()
+
+
+def test_no_redis_py_retry_is_configured(redis_url: str) -> None:
+    """Connections are built with zero retries: a lost reply is never re-sent by redis-py."""
+    ledger = RedisLedger(redis_url)
+    retry = ledger._link().conn.retry
+    assert retry.get_retries() == 0
+    ledger.close()
+
+
+def test_add_op_ids_are_pruned(redis_url: str) -> None:
+    """Op ids of add are forgotten after ended_ttl on the ledger's clock."""
+    now = [1000.0]
+    ledger = RedisLedger(redis_url + "?ended_ttl=60", clock=lambda: now[0])
+    for i in range(5):
+        ledger.add(["k"], 1, op_id=f"op{i}")
+    now[0] += 61
+    ledger.add(["k"], 1, op_id="fresh")
+    assert client(redis_url).zcard("{bg}:added") == 1  # type: ignore[attr-defined]
+    ledger.close()
+
+
+def test_release_of_a_settled_id_does_not_unsettle_it(redis_url: str) -> None:
+    """Releasing an id that already settled changes nothing: a second settle is still ignored."""
+    ledger = RedisLedger(redis_url)
+    r = Reservation("r", (Hold("k", 100, 5),), time.time() + 60)
+    ledger.reserve(r)
+    assert ledger.settle(r, 3) is True
+    assert ledger.release(r) is False
+    assert ledger.settle(r, 3) is False
+    assert ledger.balances(["k"])["k"] == Balance(3, 0)
+    ledger.close()
+
+
+def test_reserve_script_refuses_a_nan_expiry_before_writing(redis_url: str) -> None:
+    """The reserve script checks the expiry before any write (a failed script keeps its writes)."""
+    from budgetguard.errors import StorageError
+
+    ledger = RedisLedger(redis_url)
+    args = ledger._reserve_args(Reservation("r", (Hold("k", 100, 5),), time.time() + 60))
+    args[2] = "nan"  # what a client without the check would send
+    with pytest.raises(StorageError, match="finite"):
+        ledger._run("reserve", args)
+    assert ledger.balances(["k"])["k"] == Balance()
+    assert ledger.open_reservations() == []
+    ledger.close()
+
+
+def test_durability_check_names_eviction_and_missing_persistence(redis_url: str) -> None:
+    """check_durability warns when keys may be evicted or a restart would lose everything."""
+    ledger = RedisLedger(redis_url)
+    admin = client(redis_url)
+    before = admin.config_get("maxmemory-policy")["maxmemory-policy"]  # type: ignore[attr-defined]
+    admin.config_set("maxmemory-policy", "allkeys-lru")  # type: ignore[attr-defined]
+    try:
+        problems = ledger.check_durability()
+    finally:
+        admin.config_set("maxmemory-policy", before)  # type: ignore[attr-defined]
+    assert any("allkeys-lru" in p and "noeviction" in p for p in problems)
+    # This session's server runs without persistence (--save "" --appendonly no).
+    persistent = admin.config_get("appendonly")["appendonly"] == "yes" or bool(  # type: ignore[attr-defined]
+        admin.config_get("save")["save"]  # type: ignore[attr-defined]
+    )
+    assert any("persistence is off" in p for p in problems) != persistent
+    assert not any("maxmemory-policy" in p for p in ledger.check_durability())
+    ledger.close()

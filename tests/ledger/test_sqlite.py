@@ -36,12 +36,12 @@ def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_schema_is_versioned(tmp_path: Path) -> None:
     """A new file gets the current schema version in PRAGMA user_version, and WAL."""
     ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
-    assert ledger.schema_version == SCHEMA_VERSION == 1
+    assert ledger.schema_version == SCHEMA_VERSION == 2
     with sqlite3.connect(tmp_path / "a.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"counters", "reservations", "ended", "budgets"}
+    assert tables == {"counters", "reservations", "ended", "budgets", "added"}
     ledger.close()
     # Opening again runs no migration and keeps the data.
     SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}").close()
@@ -228,4 +228,36 @@ def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert ledger.balances(["k"])["k"] == Balance(11, 0)
+    ledger.close()
+
+
+def test_version_1_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
+    """A ledger written by schema version 1 gains the op-id table and keeps every balance."""
+    from budgetguard.ledger.sqlite import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO counters (key, spent, reserved) VALUES ('k', 42, 0)")
+        db.execute("PRAGMA user_version = 1")
+    ledger = SQLiteLedger(f"sqlite:///{path}")
+    assert ledger.schema_version == 2
+    assert ledger.balances(["k"])["k"] == Balance(42, 0)
+    assert ledger.add(["k"], 1, op_id="once") is True
+    assert ledger.add(["k"], 1, op_id="once") is False
+    assert ledger.balances(["k"])["k"] == Balance(43, 0)
+    ledger.close()
+
+
+def test_op_ids_are_pruned(tmp_path: Path) -> None:
+    """Op ids of add are forgotten after ended_ttl, bounding the table."""
+    now = [1000.0]
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}?ended_ttl=60", clock=lambda: now[0])
+    for i in range(5):
+        ledger.add(["k"], 1, op_id=f"op{i}")
+    now[0] += 61
+    ledger.add(["k"], 1, op_id="fresh")
+    rows = ledger._connection().execute("SELECT count(*) FROM added").fetchone()
+    assert rows == (1,)
     ledger.close()

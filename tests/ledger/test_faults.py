@@ -1,0 +1,223 @@
+"""Faults at every line: interrupts, cancellations, and what the ledger looks like afterwards.
+
+``sys.settrace`` raises ``KeyboardInterrupt`` at the n-th line that runs in
+any Python frame (budgetguard, contextlib, redis-py, ...) during one ledger
+operation, for every n until the operation runs to its end. After each
+interrupt the test does what a caller does after an exception (release the
+reservation; repeat the settle with the same id) and checks: totals exact,
+nothing held, another connection can write at once, and this one still works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from budgetguard.ledger import Balance, Hold, Ledger, Reservation
+
+FAR = 10**10
+LIMIT = 10**6
+
+
+class Interrupt:
+    """A trace function that raises KeyboardInterrupt at the ``at``-th line event."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+        self.lines = 0
+        self.fired = False
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        """Trace every new frame until the interrupt has fired."""
+        return None if self.fired else self.line
+
+    def line(self, frame: FrameType, event: str, arg: Any) -> Any:
+        """Count line events; raise at the chosen one."""
+        if self.fired:
+            return None
+        if event == "line":
+            self.lines += 1
+            if self.lines == self.at:
+                self.fired = True
+                raise KeyboardInterrupt(f"injected at line event {self.at}")
+        return self.line
+
+
+def interrupted(operation: Callable[[], object], at: int | None) -> Interrupt:
+    """Run ``operation`` with an interrupt at line event ``at``; return the tracer."""
+    tracer = Interrupt(at)
+    sys.settrace(tracer)
+    try:
+        operation()
+    except KeyboardInterrupt:
+        assert tracer.fired
+    finally:
+        sys.settrace(None)
+    return tracer
+
+
+def writes_at_once(other: Ledger, key: str) -> None:
+    """Assert that ``other`` (another connection) can write within 5 s: no lock was left held."""
+    done: list[bool] = []
+    thread = threading.Thread(target=lambda: done.append(other.add([key], 1) or True))
+    thread.start()
+    thread.join(5)
+    assert done == [True], "another connection could not write: a lock was left held"
+
+
+def fresh(amount: int = 7) -> Reservation:
+    """Return a reservation on the user and global keys with a new id."""
+    return Reservation(
+        uuid.uuid4().hex, (Hold("user", LIMIT, amount), Hold("global", None, amount)), FAR
+    )
+
+
+@pytest.fixture
+def pair(ledger_url: str, make_ledger: Callable[..., Ledger]) -> tuple[Ledger, Ledger]:
+    """Return the ledger under test and a second one on the same storage (memory: the same)."""
+    if ledger_url == "memory://":
+        ledger = other = make_ledger()
+    else:
+        ledger, other = make_ledger(timeout=5), make_ledger(timeout=5)
+    ledger.add(["user"], 100)  # connections open, scripts loaded
+    return ledger, other
+
+
+def test_interrupt_at_every_line_of_reserve(pair: tuple[Ledger, Ledger]) -> None:
+    """KeyboardInterrupt at any line of reserve, then release: nothing held, totals exact."""
+    ledger, other = pair
+    probes = 0
+    at = 0
+    while True:
+        at += 1
+        r = fresh()
+        tracer = interrupted(lambda r=r: ledger.reserve(r), at)  # type: ignore[misc]
+        if not tracer.fired:
+            break
+        writes_at_once(other, "probe")
+        probes += 1
+        assert ledger.release(r) in (True, False)  # what a caller does after an error
+        assert ledger.balances(["user", "global"]) == {
+            "user": Balance(100, 0),
+            "global": Balance(0, 0),
+        }, f"after an interrupt at line event {at}"
+        assert ledger.open_reservations() == []
+    assert at > 10  # the operation really ran line by line
+    assert ledger.balances(["probe"])["probe"] == Balance(probes, 0)
+    # The same connection still works, and the last (uninterrupted) reserve holds.
+    assert ledger.balances(["user"])["user"] == Balance(100, 7)
+    ledger.settle(r, 5)
+    assert ledger.balances(["user", "global"]) == {"user": Balance(105, 0), "global": Balance(5, 0)}
+
+
+def test_interrupt_at_every_line_of_settle(pair: tuple[Ledger, Ledger]) -> None:
+    """KeyboardInterrupt at any line of settle, then settle again: charged exactly once."""
+    ledger, other = pair
+    at = 0
+    charged = 0
+    while True:
+        at += 1
+        r = fresh()
+        assert ledger.reserve(r) is None
+        tracer = interrupted(lambda r=r: ledger.settle(r, 3, ("tally",)), at)  # type: ignore[misc]
+        if tracer.fired:
+            writes_at_once(other, "probe")
+            ledger.settle(r, 3, ("tally",))  # the retry: a no-op if the first one counted
+        charged += 3
+        assert ledger.balances(["user", "global", "tally"]) == {
+            "user": Balance(100 + charged, 0),
+            "global": Balance(charged, 0),
+            "tally": Balance(charged, 0),
+        }, f"after an interrupt at line event {at}"
+        assert ledger.open_reservations() == []
+        if not tracer.fired:
+            break
+    assert at > 10
+
+
+def test_interrupt_at_every_line_of_add(pair: tuple[Ledger, Ledger]) -> None:
+    """KeyboardInterrupt at any line of add with an op id, then add again: charged once."""
+    ledger, other = pair
+    at = 0
+    while True:
+        at += 1
+        op = uuid.uuid4().hex
+        tracer = interrupted(lambda op=op: ledger.add(["user"], 2, op_id=op), at)  # type: ignore[misc]
+        if tracer.fired:
+            writes_at_once(other, "probe")
+        ledger.add(["user"], 2, op_id=op)
+        assert ledger.balances(["user"])["user"] == Balance(100 + 2 * at, 0)
+        if not tracer.fired:
+            break
+
+
+async def test_cancelled_reserves_leave_no_hold(ledger: Ledger) -> None:
+    """Callers cancelled at any point of areserve (and again in arelease) leave nothing held."""
+    for delay in (0, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01):
+        rs = [fresh() for _ in range(20)]
+
+        async def call(r: Reservation) -> None:
+            try:
+                await ledger.areserve(r)
+                await asyncio.sleep(0)
+            finally:
+                await ledger.arelease(r)
+
+        tasks = [asyncio.ensure_future(call(r)) for r in rs]
+        await asyncio.sleep(delay)
+        for task in tasks:
+            task.cancel()
+        await asyncio.sleep(delay)
+        for task in tasks:
+            task.cancel()  # a second cancel, during the release
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(200):  # writes the callers gave up on finish in the background
+            if not ledger.open_reservations():
+                break
+            await asyncio.sleep(0.01)
+        assert ledger.open_reservations() == [], f"holds left with delay {delay}"
+        assert ledger.balances(["user"])["user"].reserved == 0
+
+
+async def test_wait_for_timeout_on_areserve_leaves_no_hold(ledger: Ledger) -> None:
+    """A wait_for timeout while areserve runs releases the reserve once it completes."""
+    for _ in range(20):
+        r = fresh()
+        try:
+            await asyncio.wait_for(ledger.areserve(r), timeout=0.0001)
+        except asyncio.TimeoutError:
+            pass
+        else:
+            await ledger.arelease(r)
+    for _ in range(200):
+        if not ledger.open_reservations():
+            break
+        await asyncio.sleep(0.01)
+    assert ledger.open_reservations() == []
+    assert ledger.balances(["user"])["user"] == Balance(0, 0)
+
+
+async def test_cancelled_settle_still_charges(ledger: Ledger) -> None:
+    """A settle whose caller is cancelled still charges, once."""
+    rs = [fresh() for _ in range(10)]
+    for r in rs:
+        assert await ledger.areserve(r) is None
+    tasks = [asyncio.ensure_future(ledger.asettle(r, 4)) for r in rs]
+    await asyncio.sleep(0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for _ in range(200):
+        if ledger.balances(["user"])["user"] == Balance(40, 0):
+            break
+        await asyncio.sleep(0.01)
+    assert ledger.balances(["user"])["user"] == Balance(40, 0)
+    for r in rs:
+        assert await ledger.asettle(r, 4) is False
