@@ -1,0 +1,87 @@
+"""Read a request body as JSON that cannot hurt the service: bounded, shallow, finite."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["MAX_DEPTH", "BadRequest", "parse_json"]
+
+#: Objects and arrays nest at most this deep (a LiteLLM user dict needs 4).
+MAX_DEPTH = 32
+#: Numbers beyond this magnitude are refused: no budget is 10**15 dollars, and
+#: ``Decimal("1e999999999")`` would make the ledger build a billion-digit integer.
+MAX_EXPONENT = 15
+
+
+class BadRequest(Exception):
+    """Report a request the client must fix, with its HTTP status (400 unless told)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number budgetguard accepts")
+
+
+def _number(text: str) -> Decimal:
+    value = Decimal(text)
+    if value and value.adjusted() > MAX_EXPONENT:
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_EXPONENT + 4:
+        raise ValueError(f"the number {text[:40]} is too large")
+    return int(text)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """Parse ``body`` as one JSON object; raise ``BadRequest`` for anything else.
+
+    Fractional numbers become exact ``Decimal``; NaN, infinities, huge numbers
+    and nesting deeper than ``MAX_DEPTH`` are refused before any of it is used.
+    """
+    _check_depth(body)
+    try:
+        value = json.loads(
+            body,
+            parse_float=_number,
+            parse_int=_integer,
+            parse_constant=_refuse_constant,
+        )
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise BadRequest(f"the body is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    return value
+
+
+def _check_depth(body: bytes) -> None:
+    """Refuse deep nesting before parsing: the parser would recurse once per level."""
+    # Fewer brackets than the limit cannot nest deeper: skip the byte loop.
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise BadRequest(f"the body nests deeper than {MAX_DEPTH} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
