@@ -547,10 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         _run_serve,
     )
     _add_ledger(serve)
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
-    )
-    serve.add_argument("--port", type=_positive_int, default=8000, help="port (default: 8000)")
+    importlib.import_module("budgetguard.server").add_arguments(serve)
     return parser
 
 
@@ -1413,24 +1410,9 @@ def _run_prune(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    try:
-        # Owned by the compat module, which may not be there yet.
-        serve = importlib.import_module("budgetguard.compat.server").serve
-    except ImportError as error:
-        missing = getattr(error, "name", None) or ""
-        if missing.startswith("budgetguard"):
-            raise CommandError(
-                "the LiteLLM-compatible server is not available in this version of budgetguard "
-                "(budgetguard.compat.server is missing)"
-            ) from None
-        raise CommandError(f"the server needs a package that is not installed: {error}") from None
-    # The server logs where it listens (and failed requests) at INFO and above.
-    logging.getLogger("budgetguard").setLevel(logging.INFO)
-    try:
-        serve(args.ledger, args.host, args.port)
-    except ConfigurationError as error:
-        raise UsageError(f"argument --ledger: {error}") from None
-    return 0
+    # The service, its options and its exit statuses live in budgetguard.server.
+    status: int = importlib.import_module("budgetguard.server").run_from_args(args)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m budgetguard.cli
