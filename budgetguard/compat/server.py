@@ -189,6 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = _json.dumps(reply).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        # Tells budgetguard's client that a 404 from /update_cost is not "no such route".
+        self.send_header("BudgetGuard-Features", "update_cost")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
