@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,10 @@ MAX_DEPTH = 32
 #: Numbers beyond this magnitude are refused: no budget is 10**15 dollars, and
 #: ``Decimal("1e999999999")`` would make the ledger build a billion-digit integer.
 MAX_EXPONENT = 15
+
+
+# Amounts arrive as strings too ("0.0012"): the same bound applies to them.
+_NUMERIC = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
 
 class BadRequest(Exception):
@@ -58,7 +63,23 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object")
+    _check_numeric_strings(value)
     return value
+
+
+def _check_numeric_strings(value: Any) -> None:
+    """Refuse strings that are numbers too large for any amount (``"1e999999999"``)."""
+    if isinstance(value, str):
+        if len(value) < 4096 and _NUMERIC.fullmatch(value):
+            number = Decimal(value.strip())
+            if number and number.adjusted() > MAX_EXPONENT:
+                raise BadRequest(f"the number {value[:40]!r} is too large")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_numeric_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numeric_strings(item)
 
 
 def _check_depth(body: bytes) -> None:

@@ -96,9 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, ledger: bool = False) -> N
     parser.add_argument(
         "--read-timeout",
         type=_positive(float),
-        default=10.0,
+        default=5.0,
         metavar="SECONDS",
-        help="time a client has to send a request (default: 10)",
+        help="time a client has to send a request (default: 5)",
     )
     parser.add_argument(
         "--max-connections",

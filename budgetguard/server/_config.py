@@ -148,7 +148,7 @@ class ServerConfig:
     #: Largest request body, in bytes.
     max_body: int = 1024 * 1024
     #: Seconds a client has to send a whole request (headers and body).
-    read_timeout: float = 10.0
+    read_timeout: float = 5.0
     #: Seconds an idle keep-alive connection stays open.
     keep_alive: float = 5.0
     #: Open connections at most; more are answered 503.
