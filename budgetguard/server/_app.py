@@ -29,7 +29,7 @@ from ..money import to_decimal
 from ..report import BREAKDOWNS, PERIODS, Report, build_report
 from . import _dashboard
 from ._body import BadRequest, parse_json
-from ._config import AccessScope, ServerConfig, digest, normalise_origins
+from ._config import AccessScope, ServerConfig, digest, normalise_origins, shown_url
 
 __all__ = ["FEATURES", "FEATURES_HEADER", "create_app"]
 
@@ -404,7 +404,7 @@ def _add_spend(service: _Service, request: dict[str, Any]) -> Any:
 
 def _health(service: _Service, request: dict[str, Any]) -> Any:
     service.guard.ledger.ping()
-    return {"ledger": service.guard.ledger.url}
+    return {"ledger": shown_url(service.guard.ledger.url)}
 
 
 def _dashboard_page(service: _Service, request: dict[str, Any]) -> Any:
@@ -412,7 +412,7 @@ def _dashboard_page(service: _Service, request: dict[str, Any]) -> Any:
     if period not in PERIODS:
         period = "current"
     report = build_report(service.guard, period=period, by=("user", "model"))
-    page = _dashboard.render_dashboard(report, service.guard.ledger.url)
+    page = _dashboard.render_dashboard(report, shown_url(service.guard.ledger.url))
     return HTMLResponse(page, headers=_dashboard.PAGE_HEADERS)
 
 

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "is_loopback",
     "load_tokens",
     "normalise_origins",
+    "shown_url",
 ]
 
 #: The admin token (the master key), when no token file is given.
@@ -196,6 +198,12 @@ class ServerConfig:
             names.add(self.host.lower())
         names.update(name.lower() for name in self.allowed_hosts)
         return frozenset(names)
+
+
+def shown_url(url: str) -> str:
+    """Return a ledger URL fit to show: passwords (``redis://:secret@host``) become ``***``."""
+    url = re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def normalise_origins(origins: Iterable[str]) -> frozenset[str]:

@@ -19,7 +19,8 @@ PAGE_HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: Chromium then sends "Origin: null" with the login form.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -41,7 +42,7 @@ th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e5e7eb;font-size:
 th{color:#5b6475;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .bar{background:#e5e7eb;border-radius:4px;height:10px;min-width:120px;overflow:hidden}
 .bar i{display:block;height:100%;background:#2f855a}
-.bar i.warn{background:#d69e2e}.bar i.over{background:#c53030}
+.bar i.warn{background:#d69e2e}.bar i.over{background:#c53030}.bar i.share{background:#3b6fb6}
 .empty{color:#5b6475}nav a{color:#fff;margin-right:10px;font-size:13px}
 nav a.on{font-weight:700;text-decoration:none}
 """
@@ -58,9 +59,11 @@ def _when(moment: datetime | None) -> str:
     return "never" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _bar(used: Decimal) -> str:
+def _bar(used: Decimal, kind: str | None = None) -> str:
+    """Return a bar filled to ``used`` (a fraction); coloured by how close to the limit."""
     percent = min(Decimal(100), max(Decimal(0), used * 100))
-    kind = "over" if used >= 1 else "warn" if used >= Decimal("0.8") else "ok"
+    if kind is None:
+        kind = "over" if used >= 1 else "warn" if used >= Decimal("0.8") else "ok"
     return (
         f'<div class="bar" title="{percent:.0f}% used">'
         f'<i class="{kind}" style="width:{percent:.1f}%"></i></div>'
@@ -87,7 +90,7 @@ def render_dashboard(report: Report, ledger: str) -> str:
         f"<span>ledger {escape(ledger)} · {escape(_when(report.generated_at))}</span>"
         f"<nav>{links}</nav>"
     )
-    limited = [row for row in report.budgets if row.budget != "default"]
+    per_user = sum(1 for row in report.budgets if row.user is not None)
     exhausted = sum(1 for row in report.budgets if row.used >= 1)
     window = (
         "all time" if report.since is None else f"{_when(report.since)} – {_when(report.until)}"
@@ -97,7 +100,7 @@ def render_dashboard(report: Report, ledger: str) -> str:
         f'<div class="card"><small>spent ({escape(report.period)})</small>'
         f'<b id="total">{_money(report.total)}</b><small>{escape(window)}</small></div>'
         f'<div class="card"><small>budgets</small><b id="budget-count">{len(report.budgets)}</b>'
-        f"<small>{len(limited)} set explicitly</small></div>"
+        f"<small>{per_user} per user</small></div>"
         f'<div class="card"><small>at or over limit</small><b id="exhausted">{exhausted}</b>'
         "<small>calls refused until reset</small></div>"
         f'<div class="card"><small>calls in flight</small>'
@@ -151,7 +154,7 @@ def _top(title: str, ident: str, spend: dict[str, Decimal], count: int = 10) -> 
     largest = ranked[0][1] or Decimal(1)
     rows = "".join(
         f"<tr><td>{escape(name)}</td><td class=n>{_money(spent)}</td>"
-        f"<td>{_bar(spent / largest).replace('ok', 'share')}</td></tr>"
+        f"<td>{_bar(spent / largest, 'share')}</td></tr>"
         for name, spent in ranked
     )
     return (

@@ -14,7 +14,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..guard import BudgetGuard
 from ._app import create_app
-from ._config import ServerConfig
+from ._config import ServerConfig, shown_url
 
 __all__ = ["RunningServer", "open_guard", "serve", "start"]
 
@@ -188,7 +188,7 @@ def serve(config: ServerConfig, guard: BudgetGuard | None = None) -> None:
             shown = f"[{host}]" if ":" in str(host) else host
             logger.info(
                 "budget service for %s listening on http://%s:%s%s",
-                guard.ledger.url,
+                shown_url(guard.ledger.url),
                 shown,
                 port,
                 " WITHOUT AUTHENTICATION" if config.no_auth else "",
