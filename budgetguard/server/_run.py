@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -95,6 +97,29 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopping on SIGINT or SIGTERM without dying of the signal after."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Shut down gracefully on SIGINT and SIGTERM, then return normally.
+
+        uvicorn raises the signal again once it has shut down, which kills the
+        process before the ledger is closed; returning lets ``serve`` close it
+        and the command exit 0.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only: a background server is stopped in code
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def _uvicorn_server(guard: BudgetGuard, config: ServerConfig) -> uvicorn.Server:
     settings = uvicorn.Config(
         create_app(guard, config),
@@ -110,7 +135,7 @@ def _uvicorn_server(guard: BudgetGuard, config: ServerConfig) -> uvicorn.Server:
         proxy_headers=False,
         h11_max_incomplete_event_size=64 * 1024,
     )
-    return uvicorn.Server(settings)
+    return _Server(settings)
 
 
 class RunningServer:
@@ -196,3 +221,4 @@ def serve(config: ServerConfig, guard: BudgetGuard | None = None) -> None:
             _uvicorn_server(guard, config).run(sockets=[sock])
     finally:
         guard.close()
+    logger.info("budget service stopped; ledger closed")

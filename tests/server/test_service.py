@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -379,6 +380,45 @@ def test_serve_exits_1_when_the_ledger_is_unreachable() -> None:
     done = _serve("--ledger", "redis://127.0.0.1:1/0")
     assert done.returncode == 1
     assert "redis://127.0.0.1:1/0" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigterm_stops_gracefully() -> None:
+    """SIGTERM finishes serving, closes the ledger and exits 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "BUDGETGUARD_TOKEN": ADMIN}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "budgetguard",
+            "serve",
+            "--ledger",
+            "memory://",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert call(f"http://127.0.0.1:{port}/v1/health").status == 200
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, err
+    assert "ledger closed" in err
 
 
 def test_missing_extra_names_it() -> None:
