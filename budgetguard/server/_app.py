@@ -23,13 +23,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..compat import _json
 from ..compat._store import ProjectStore, UnknownUserError
-from ..errors import BudgetGuardError, StorageError
+from ..errors import BudgetExceededError, BudgetGuardError, StorageError
 from ..guard import BudgetGuard
 from ..money import to_decimal
 from ..report import BREAKDOWNS, PERIODS, Report, build_report
 from . import _dashboard
 from ._body import BadRequest, parse_json
 from ._config import AccessScope, ServerConfig, digest, normalise_origins, shown_url
+from ._reservations import Reservations, check_id
 
 __all__ = ["FEATURES", "FEATURES_HEADER", "create_app"]
 
@@ -41,8 +42,8 @@ FEATURES_HEADER = "BudgetGuard-Features"
 FEATURES = "update_cost"
 SESSION_COOKIE = "budgetguard_session"
 
-#: Routes that change budgets or spend: an admin token only.
-_ADMIN = frozenset({"/set_budget", "/update_cost", "/v1/budgets:PUT", "/v1/spend"})
+#: Every POST and PUT changes budgets or spend (admin token only), except these reads.
+_READ_POSTS = frozenset({"/get_budget"})
 #: Routes a browser may open with the dashboard's session cookie (read-only).
 _COOKIE_PATHS = frozenset({"/", "/v1/report", "/v1/budgets"})
 #: Routes anyone may reach (after the Host and Origin checks): the login form.
@@ -50,8 +51,13 @@ _PUBLIC = frozenset({"/login"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    body = _json.dumps({"status": "error", "error": message}).encode()
+def _error(
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> Response:
+    body = _json.dumps({"status": "error", "error": message, **(details or {})}).encode()
     reply = Response(body, status_code=status, media_type="application/json", headers=headers)
     reply.headers[FEATURES_HEADER] = FEATURES
     return reply
@@ -109,6 +115,7 @@ class _Service:
         self._cookie_key = secrets.token_bytes(32)
         # Read sessions only: the cookie opens the dashboard, never an admin route.
         self._sessions = [self._session_of(digest) for digest in config.tokens.digests()]
+        self.reservations = Reservations(guard)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -148,8 +155,7 @@ class _Service:
                 "a bearer token is required: send Authorization: Bearer TOKEN",
                 {"WWW-Authenticate": 'Bearer realm="budgetguard"'},
             )
-        route = f"{path}:{method}" if path == "/v1/budgets" else path
-        if route in _ADMIN and granted != "admin":
+        if method not in _SAFE_METHODS and path not in _READ_POSTS and granted != "admin":
             return _error(403, "this route changes budgets or spend: it needs an admin token")
         return None
 
@@ -247,9 +253,12 @@ def _json_route(service: _Service, work: Handler) -> Callable[[Request], Awaitab
                 }
             else:
                 payload = await _read_json(request, service.config)
+            payload.update(request.path_params)  # the path names what the body acts on
             reply = await run_in_threadpool(work, service, payload)
         except BadRequest as error:
             return _error(error.status, str(error))
+        except BudgetExceededError as error:
+            return _error(402, str(error), details={"refused": _refusal(error)})
         except UnknownUserError as error:
             return _error(404, str(error))
         except StorageError as error:
@@ -265,6 +274,18 @@ def _json_route(service: _Service, work: Handler) -> Callable[[Request], Awaitab
         return _reply(reply)
 
     return endpoint
+
+
+def _refusal(error: BudgetExceededError) -> dict[str, Any]:
+    return {
+        "budget": error.budget,
+        "user": error.user,
+        "limit": error.limit,
+        "spent": error.spent,
+        "reserved": error.reserved,
+        "requested": error.requested,
+        "resets_at": _when(error.resets_at),
+    }
 
 
 # -- LiteLLM's hosted protocol ----------------------------------------------------------------
@@ -402,6 +423,35 @@ def _add_spend(service: _Service, request: dict[str, Any]) -> Any:
     return {"user": user, "model": model, "spent": spent}
 
 
+def _optional_model(request: Mapping[str, Any]) -> str | None:
+    model = request.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("model must be a string or null")
+    return model
+
+
+def _reserve(service: _Service, request: dict[str, Any]) -> Any:
+    estimate = request.get("estimate", "0")
+    return service.reservations.reserve(
+        check_id(request.get("id")),
+        _optional_user(request),
+        _cost(estimate),
+        _optional_model(request),
+    )
+
+
+def _settle(service: _Service, request: dict[str, Any]) -> Any:
+    if "cost" not in request:
+        raise BadRequest("cost is required (release the reservation if nothing was spent)")
+    return service.reservations.settle(
+        check_id(request.get("id")), _cost(request["cost"]), _optional_model(request)
+    )
+
+
+def _release(service: _Service, request: dict[str, Any]) -> Any:
+    return service.reservations.settle(check_id(request.get("id")), None, None)
+
+
 def _health(service: _Service, request: dict[str, Any]) -> Any:
     service.guard.ledger.ping()
     return {"ledger": shown_url(service.guard.ledger.url)}
@@ -468,6 +518,9 @@ def create_app(guard: BudgetGuard, config: ServerConfig | None = None) -> ASGIAp
         route("/v1/budgets", _budgets, ["GET"]),
         route("/v1/budgets", _put_budget, ["PUT"]),
         route("/v1/spend", _add_spend, ["POST"]),
+        route("/v1/reservations", _reserve, ["POST"]),
+        route("/v1/reservations/{id}/settle", _settle, ["POST"]),
+        route("/v1/reservations/{id}/release", _release, ["POST"]),
     ]
     app = Starlette(routes=routes)
     return _Gate(app, service)
