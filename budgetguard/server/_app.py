@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..compat import _json
@@ -30,6 +30,7 @@ from ..report import BREAKDOWNS, PERIODS, Report, build_report
 from . import _dashboard
 from ._body import BadRequest, parse_json
 from ._config import AccessScope, ServerConfig, digest, normalise_origins, shown_url
+from ._openapi import openapi_document
 from ._reservations import Reservations, check_id
 
 __all__ = ["FEATURES", "FEATURES_HEADER", "create_app"]
@@ -49,6 +50,8 @@ _COOKIE_PATHS = frozenset({"/", "/v1/report", "/v1/budgets"})
 #: Routes anyone may reach (after the Host and Origin checks): the login form.
 _PUBLIC = frozenset({"/login"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Methods that carry a body: those are checked for Origin, Content-Type and size.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _error(
@@ -79,11 +82,16 @@ class _Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self.service.check(scope)
+        refusal = self.service.check(scope, self._routed(scope))
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _routed(self, scope: Scope) -> bool:
+        """Tell whether a route takes this path and method (else Starlette answers 404/405)."""
+        routes = getattr(getattr(self.app, "router", None), "routes", ())
+        return any(route.matches(scope)[0] == Match.FULL for route in routes)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -121,8 +129,12 @@ class _Service:
 
     # -- the gate ---------------------------------------------------------------------------
 
-    def check(self, scope: Scope) -> ASGIApp | None:
-        """Return the refusal for a request that must not go on, or ``None``."""
+    def check(self, scope: Scope, routed: bool = True) -> ASGIApp | None:
+        """Return the refusal for a request that must not go on, or ``None``.
+
+        ``routed`` is false for a path or method no route takes: after the
+        Host check and the token, Starlette answers it 404 or 405.
+        """
         headers = _headers(scope)
         method: str = scope["method"]
         path: str = scope["path"].rstrip("/") or "/"
@@ -131,7 +143,7 @@ class _Service:
             # DNS rebinding: a page of evil.example that resolves to 127.0.0.1
             # still sends Host: evil.example.
             return _error(400, f"host {host!r} is not served here; see --allowed-host")
-        if method not in _SAFE_METHODS:
+        if method in _BODY_METHODS and routed:
             refusal = self._check_origin(headers)
             if refusal is not None:
                 return refusal
@@ -155,7 +167,7 @@ class _Service:
                 "a bearer token is required: send Authorization: Bearer TOKEN",
                 {"WWW-Authenticate": 'Bearer realm="budgetguard"'},
             )
-        if method not in _SAFE_METHODS and path not in _READ_POSTS and granted != "admin":
+        if method in _BODY_METHODS and path not in _READ_POSTS and granted != "admin":
             return _error(403, "this route changes budgets or spend: it needs an admin token")
         return None
 
@@ -242,14 +254,18 @@ async def _read_json(request: Request, config: ServerConfig) -> dict[str, Any]:
 Handler = Callable[["_Service", dict[str, Any]], Any]
 
 
-def _json_route(service: _Service, work: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap ``work`` (blocking ledger calls) as an endpoint that reads JSON and answers errors."""
+def _json_route(
+    service: _Service, works: Mapping[str, Handler]
+) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap ``works`` (blocking ledger calls, by method) as an endpoint that reads JSON."""
 
     async def endpoint(request: Request) -> Response:
+        work = works["GET" if request.method == "HEAD" else request.method]
         try:
             if request.method in _SAFE_METHODS:
                 payload: dict[str, Any] = {
-                    key: values[-1] for key, values in parse_qs(request.url.query).items()
+                    key: values[-1]
+                    for key, values in parse_qs(request.url.query, keep_blank_values=True).items()
                 }
             else:
                 payload = await _read_json(request, service.config)
@@ -303,8 +319,8 @@ def _get_budget(service: _Service, request: dict[str, Any]) -> Any:
     user = request.get("user")
     if user is None:
         return store.entries()
-    if not isinstance(user, str):
-        raise BadRequest("user must be a string")
+    if not isinstance(user, str) or not user:
+        raise BadRequest("user must be a non-empty string")
     return {user: store.entry(user)} if store.has(user) else {}
 
 
@@ -328,12 +344,9 @@ def _cost(value: object) -> Decimal:
 def _update_cost(service: _Service, request: dict[str, Any]) -> Any:
     store = service.store(_project(request))
     user = request.get("user")
-    model = request.get("model")
     if not isinstance(user, str) or not user:
         raise BadRequest("user must be a non-empty string")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("model must be a string or null")
-    store.add_cost(user, _cost(request.get("cost")), model)
+    store.add_cost(user, _cost(request.get("cost")), _optional_model(request))
     return {user: store.entry(user)}
 
 
@@ -382,6 +395,9 @@ def _report_data(report: Report) -> dict[str, Any]:
 
 
 def _report(service: _Service, request: dict[str, Any]) -> Any:
+    unknown = sorted(set(request) - {"period", "by"})
+    if unknown:
+        raise BadRequest(f"unknown query parameters {unknown}; use period and by")
     period = request.get("period", "current")
     by = request.get("by", "user")
     if period not in PERIODS:
@@ -416,17 +432,15 @@ def _put_budget(service: _Service, request: dict[str, Any]) -> Any:
 
 def _add_spend(service: _Service, request: dict[str, Any]) -> Any:
     user = _optional_user(request)
-    model = request.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("model must be a string or null")
+    model = _optional_model(request)
     spent = service.guard.record_spend(_cost(request.get("cost")), user=user, model=model)
     return {"user": user, "model": model, "spent": spent}
 
 
 def _optional_model(request: Mapping[str, Any]) -> str | None:
     model = request.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("model must be a string or null")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise BadRequest("model must be a non-empty string or null")
     return model
 
 
@@ -450,6 +464,11 @@ def _settle(service: _Service, request: dict[str, Any]) -> Any:
 
 def _release(service: _Service, request: dict[str, Any]) -> Any:
     return service.reservations.settle(check_id(request.get("id")), None, None)
+
+
+def _openapi(service: _Service, request: dict[str, Any]) -> Any:
+    body = _json.dumps(openapi_document()).encode()
+    return Response(body, media_type="application/json")
 
 
 def _health(service: _Service, request: dict[str, Any]) -> Any:
@@ -503,8 +522,10 @@ def create_app(guard: BudgetGuard, config: ServerConfig | None = None) -> ASGIAp
     settings = config or ServerConfig()
     service = _Service(guard, settings)
 
-    def route(path: str, work: Handler, methods: list[str]) -> Route:
-        return Route(path, _json_route(service, work), methods=methods)
+    def route(path: str, work: Handler, methods: list[str], **more: Handler) -> Route:
+        works = {method: work for method in methods}
+        works.update(more)
+        return Route(path, _json_route(service, works), methods=list(works))
 
     routes = [
         route("/", _dashboard_page, ["GET"]),
@@ -514,9 +535,9 @@ def create_app(guard: BudgetGuard, config: ServerConfig | None = None) -> ASGIAp
         route("/set_budget", _set_budget, ["POST"]),
         route("/update_cost", _update_cost, ["POST"]),
         route("/v1/health", _health, ["GET"]),
+        route("/openapi.json", _openapi, ["GET"]),
         route("/v1/report", _report, ["GET"]),
-        route("/v1/budgets", _budgets, ["GET"]),
-        route("/v1/budgets", _put_budget, ["PUT"]),
+        route("/v1/budgets", _budgets, ["GET"], PUT=_put_budget),
         route("/v1/spend", _add_spend, ["POST"]),
         route("/v1/reservations", _reserve, ["POST"]),
         route("/v1/reservations/{id}/settle", _settle, ["POST"]),

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 __all__ = ["MAX_DEPTH", "BadRequest", "parse_json"]
 
 #: Objects and arrays nest at most this deep (a LiteLLM user dict needs 4).
 MAX_DEPTH = 32
-#: Numbers beyond this magnitude are refused: no budget is 10**15 dollars, and
+#: Numbers beyond 10**MAX_EXPONENT are refused: no budget is that many dollars, and
 #: ``Decimal("1e999999999")`` would make the ledger build a billion-digit integer.
 MAX_EXPONENT = 15
 
@@ -32,15 +32,30 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number budgetguard accepts")
 
 
+_LARGEST = Decimal(10) ** MAX_EXPONENT
+
+
+def _too_large(value: Decimal) -> bool:
+    # Look at the exponent first: comparing 1e999999999 itself would be slow.
+    return bool(value) and (value.adjusted() > MAX_EXPONENT or abs(value) > _LARGEST)
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond what Decimal can hold at all
+        raise ValueError(f"the number {text[:40]} is too large") from None
+
+
 def _number(text: str) -> Decimal:
-    value = Decimal(text)
-    if value and value.adjusted() > MAX_EXPONENT:
+    value = _decimal(text)
+    if _too_large(value):
         raise ValueError(f"the number {text[:40]} is too large")
     return value
 
 
 def _integer(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_EXPONENT + 4:
+    if len(text.lstrip("-")) > MAX_EXPONENT + 1 or abs(int(text)) > 10**MAX_EXPONENT:
         raise ValueError(f"the number {text[:40]} is too large")
     return int(text)
 
@@ -68,14 +83,23 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 
 def _check_numeric_strings(value: Any) -> None:
-    """Refuse strings that are numbers too large for any amount (``"1e999999999"``)."""
+    """Refuse lone surrogates, and strings that are numbers too large for any amount."""
     if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("strings must be valid Unicode (no lone surrogates)") from None
         if len(value) < 4096 and _NUMERIC.fullmatch(value):
-            number = Decimal(value.strip())
-            if number and number.adjusted() > MAX_EXPONENT:
+            try:
+                too_large = _too_large(_decimal(value.strip()))
+            except ValueError:
+                too_large = True
+            if too_large:
                 raise BadRequest(f"the number {value[:40]!r} is too large")
     elif isinstance(value, dict):
-        for item in value.values():
+        for key, item in value.items():
+            _check_numeric_strings(key)
             _check_numeric_strings(item)
     elif isinstance(value, list):
         for item in value:
