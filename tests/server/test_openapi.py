@@ -49,7 +49,7 @@ schema = schemathesis.openapi.from_dict(_plain(openapi_document()))
 
 @schema.parametrize()
 @settings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
