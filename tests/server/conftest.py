@@ -68,7 +68,7 @@ def service(tmp_path: Path) -> Iterator[RunningServer]:
         ledger=f"sqlite:///{tmp_path / 'service.db'}",
         port=0,
         tokens=Tokens({ADMIN: "admin", READ: "read"}),
-        read_timeout=2.0,
+        read_timeout=1.0,
         max_body=64 * 1024,
     )
     with start(config) as running:

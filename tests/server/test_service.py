@@ -206,7 +206,7 @@ def test_slow_headers_are_cut_off(service: RunningServer) -> None:
         sock.sendall(b"GET /v1/budgets HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         started = time.monotonic()
         assert sock.recv(1024) == b""  # closed by the server
-        assert 1.5 < time.monotonic() - started < 6
+        assert 0.7 < time.monotonic() - started < 5
 
 
 def test_idle_connection_is_cut_off(service: RunningServer) -> None:
@@ -214,7 +214,7 @@ def test_idle_connection_is_cut_off(service: RunningServer) -> None:
     with socket.create_connection((service.host, service.port), timeout=10) as sock:
         started = time.monotonic()
         assert sock.recv(1024) == b""
-        assert time.monotonic() - started < 6
+        assert time.monotonic() - started < 5
 
 
 _IDLE_SERVER = """
@@ -365,13 +365,27 @@ def _serve(*args: str, token: bool = True) -> subprocess.CompletedProcess[str]:
         (["--insecure-no-auth", "--host", "0.0.0.0"], True, "loopback"),
         (["--host", "0.0.0.0"], True, "--allowed-host"),
         (["--read-timeout", "0"], True, "positive"),
+        (["--ledger", "bogus://x"], True, "unknown ledger scheme"),
     ],
 )
-def test_serve_exits_2_on_bad_arguments(args: list[str], token: bool, message: str) -> None:
+def test_serve_exits_2_on_bad_arguments(
+    args: list[str],
+    token: bool,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Bad arguments and unsafe setups exit 2 with a usage message, before listening."""
-    done = _serve("--ledger", "memory://", *args, token=token)
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr
+    from budgetguard.cli import main
+
+    monkeypatch.delenv("BUDGETGUARD_TOKEN", raising=False)
+    monkeypatch.delenv("BUDGETGUARD_READ_TOKEN", raising=False)
+    if token:
+        monkeypatch.setenv("BUDGETGUARD_TOKEN", ADMIN)
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--ledger", "memory://", *args])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_serve_exits_1_when_the_ledger_is_unreachable() -> None:
