@@ -122,7 +122,7 @@ class _Service:
         # the process: it never carries the token, and a restart logs everyone out.
         self._cookie_key = secrets.token_bytes(32)
         # Read sessions only: the cookie opens the dashboard, never an admin route.
-        self._sessions = [self._session_of(digest) for digest in config.tokens.digests()]
+        self._sessions = [self._session_of(token) for token in config.tokens.digests()]
         self.reservations = Reservations(guard)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
