@@ -8,7 +8,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -476,12 +476,30 @@ def _health(service: _Service, request: dict[str, Any]) -> Any:
     return {"ledger": shown_url(service.guard.ledger.url)}
 
 
+#: Days in the dashboard's spend-over-time chart, ending today.
+DAYS_SHOWN = 14
+
+
+def _daily_spend(guard: BudgetGuard, count: int) -> list[tuple[date, Decimal]]:
+    """Return the spend of each of the last ``count`` days (days of ``guard.tz``), oldest first."""
+    today = datetime.fromtimestamp(guard.clock(), guard.tz).date()
+    found = []
+    for back in range(count - 1, -1, -1):
+        day = today - timedelta(days=back)
+        noon = datetime(day.year, day.month, day.day, 12, tzinfo=guard.tz).timestamp()
+        # The report's daily calendar reads that day's tallies, the one home of their format.
+        report = build_report(guard, period="current", by=(), calendar="daily", now=noon)
+        found.append((day, report.total))
+    return found
+
+
 def _dashboard_page(service: _Service, request: dict[str, Any]) -> Any:
     period = request.get("period", "current")
     if period not in PERIODS:
         period = "current"
     report = build_report(service.guard, period=period, by=("user", "model"))
-    page = _dashboard.render_dashboard(report, shown_url(service.guard.ledger.url))
+    days = _daily_spend(service.guard, DAYS_SHOWN)
+    page = _dashboard.render_dashboard(report, shown_url(service.guard.ledger.url), days)
     return HTMLResponse(page, headers=_dashboard.PAGE_HEADERS)
 
 

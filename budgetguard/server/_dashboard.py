@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import date, datetime
 from decimal import Decimal
 from html import escape
 
@@ -43,6 +44,10 @@ th{color:#5b6475;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric
 .bar{background:#e5e7eb;border-radius:4px;height:10px;min-width:120px;overflow:hidden}
 .bar i{display:block;height:100%;background:#2f855a}
 .bar i.warn{background:#d69e2e}.bar i.over{background:#c53030}.bar i.share{background:#3b6fb6}
+.chart{display:flex;align-items:flex-end;gap:6px;height:140px;padding-top:6px}
+.day{flex:1;display:flex;flex-direction:column;justify-content:flex-end;height:100%;
+text-align:center;font-size:11px;color:#5b6475}
+.day b{display:block;background:#3b6fb6;border-radius:3px 3px 0 0;min-height:1px}
 .empty{color:#5b6475}nav a{color:#fff;margin-right:10px;font-size:13px}
 nav a.on{font-weight:700;text-decoration:none}
 """
@@ -79,8 +84,11 @@ def _page(title: str, header: str, body: str) -> str:
     )
 
 
-def render_dashboard(report: Report, ledger: str) -> str:
-    """Render the spend dashboard of ``report`` (budgets, spend by user and model, holds)."""
+def render_dashboard(report: Report, ledger: str, days: Sequence[tuple[date, Decimal]] = ()) -> str:
+    """Render the spend dashboard of ``report`` (budgets, spend by user and model, holds).
+
+    ``days`` is the spend of each recent day, oldest first, for the chart.
+    """
     links = " ".join(
         f'<a href="/?period={name}"{" class=on" if name == report.period else ""}>{name}</a>'
         for name in ("current", "previous", "all")
@@ -111,7 +119,27 @@ def render_dashboard(report: Report, ledger: str) -> str:
     return _page(
         "budgetguard spend",
         header,
-        cards + _budgets_table(report) + _breakdowns(report),
+        cards + _budgets_table(report) + _chart(days) + _breakdowns(report),
+    )
+
+
+def _chart(days: Sequence[tuple[date, Decimal]]) -> str:
+    """Return spend over time as columns, one a day, each titled with its exact amount."""
+    if not days:
+        return ""
+    largest = max(spent for _, spent in days) or Decimal(1)
+    columns = "".join(
+        f'<div class="day" data-day="{day.isoformat()}" title="{day.isoformat()}: '
+        f'{_money(spent)}"><b style="height:{(spent / largest * 100):.1f}%"></b>'
+        f"<span>{day.day}</span></div>"
+        for day, spent in days
+    )
+    total = sum((spent for _, spent in days), Decimal(0))
+    return (
+        f"<section><h2>Spend per day, last {len(days)} days "
+        f'<small style="font-weight:400;color:#5b6475">{_money(total)}; '
+        f"peak {_money(largest if total else Decimal(0))}</small></h2>"
+        f'<div id="per-day" class="chart">{columns}</div></section>'
     )
 
 

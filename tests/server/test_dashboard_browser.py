@@ -202,6 +202,9 @@ def test_dashboard_signs_in_and_matches_the_ledger(
         "[...document.querySelectorAll('#top-users tbody td:first-child')].map(c => c.textContent)"
     )
     assert top == ["alice", "bob", "carol"]
+    days = browser.evaluate("[...document.querySelectorAll('#per-day .day')].map(d => d.title)")
+    assert len(days) == 14 and days[-1].endswith(": $6.95")
+    assert all(day.endswith(": $0.00") for day in days[:-1])
     # The page loaded nothing from anywhere else.
     assert (
         browser.evaluate(
