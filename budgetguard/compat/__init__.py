@@ -2,7 +2,8 @@
 
 ``BudgetManager`` has LiteLLM's methods and return shapes; ``budgetguard.max_budget``
 and ``budgetguard._current_cost`` are LiteLLM's process-wide budget;
-``budgetguard.compat.server`` serves LiteLLM's hosted budget protocol on any ledger;
+``budgetguard.compat.server`` serves LiteLLM's hosted budget protocol on any ledger,
+without authentication (for tests; ``budgetguard serve`` runs ``budgetguard.server``);
 ``json_safe(record)`` makes any returned record safe for ``json.dumps``.
 """
 

@@ -482,6 +482,8 @@ class _HostedBackend:
         self.project = project
         self.timeout = timeout
         self._atomic = True  # the server has /update_cost, until it says otherwise
+        # What the last reply's BudgetGuard-Features header listed (budgetguard's servers).
+        self._features: frozenset[str] = frozenset()
 
     def load(self) -> None:
         self.entries()
@@ -516,6 +518,10 @@ class _HostedBackend:
                 # 404 is also how budgetguard's server reports an unknown user.
                 if self.find(user) is None:
                     raise UnknownUserError(user, self.project) from None
+                if "update_cost" in self._features:
+                    # The server just said it has /update_cost: the refusal came from
+                    # something in between (a proxy during a deploy) and charged nothing.
+                    raise
                 self._atomic = False
                 logger.warning(
                     "%s has no /update_cost; falling back to LiteLLM's /set_budget, where "
@@ -590,6 +596,8 @@ class _HostedBackend:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 body = response.read()
+                listed = response.headers.get("BudgetGuard-Features") or ""
+                self._features = frozenset(name.strip() for name in listed.split(","))
         except urllib.error.HTTPError as error:
             detail = _error_detail(error)
             raise BudgetServerError(

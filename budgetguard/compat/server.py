@@ -16,8 +16,11 @@ and adds ``/update_cost`` ``{"project_name": ..., "user": ..., "cost": "0.0012",
 client uses it, so processes sharing a budget never lose each other's spend.
 
 Errors answer ``{"status": "error", "error": message}`` with a 4xx or 5xx code.
-Run it with ``budgetguard serve --ledger URL`` or
-``python -m budgetguard.compat.server --ledger URL``.
+
+It has no authentication and no protection against cross-site requests: it
+is kept for tests and for loopback use with ``python -m
+budgetguard.compat.server --ledger URL``. ``budgetguard serve`` runs the
+authenticated service of ``budgetguard.server`` instead.
 """
 
 from __future__ import annotations
@@ -189,6 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = _json.dumps(reply).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        # Tells budgetguard's client that a 404 from /update_cost is not "no such route".
+        self.send_header("BudgetGuard-Features", "update_cost")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -247,6 +252,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logger.warning(
+        "this server has no authentication: anyone who reaches %s:%s can change every "
+        "budget; use `budgetguard serve` (the authenticated service) instead",
+        arguments.host,
+        arguments.port,
+    )
     serve(arguments.ledger, arguments.host, arguments.port)
 
 

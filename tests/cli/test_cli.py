@@ -402,20 +402,21 @@ def test_cost_table_with_cache_and_reasoning() -> None:
 
 
 def test_serve_answers_litellm_budget_requests(tmp_path: Path) -> None:
-    """Serve the LiteLLM budget protocol on a loopback port until stopped."""
+    """Serve the LiteLLM budget protocol on a loopback port, behind a token, until stopped."""
     import importlib.util
     import socket
     import time
     import urllib.request
 
-    if importlib.util.find_spec("budgetguard.compat.server") is None:
-        pytest.skip("budgetguard.compat.server is not there yet")
+    if importlib.util.find_spec("uvicorn") is None:
+        pytest.skip("the server extra is not installed")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"sqlite:///{tmp_path / 'served.db'}"
     server = subprocess.Popen(
         [sys.executable, "-m", "budgetguard", "serve", "--ledger", url, "--port", str(port)],
+        env={**os.environ, "BUDGETGUARD_TOKEN": "cli-test-token-0123456789"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -425,7 +426,13 @@ def test_serve_answers_litellm_budget_requests(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while True:
             request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/get_budget", data=body, method="POST"
+                f"http://127.0.0.1:{port}/get_budget",
+                data=body,
+                method="POST",
+                headers={
+                    "Authorization": "Bearer cli-test-token-0123456789",
+                    "Content-Type": "application/json",
+                },
             )
             try:
                 with urllib.request.urlopen(request, timeout=2) as answer:

@@ -164,10 +164,12 @@ class _Stub(BaseHTTPRequestHandler):
         self.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
         type(self).answer(self)
 
-    def reply(self, status: int, body: bytes) -> None:
+    def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
         except OSError:
@@ -274,6 +276,29 @@ def test_litellm_only_server_falls_back_to_set_budget(stub: Any) -> None:
     assert [s["path"] for s in seen].count("/update_cost") == 1  # asked once, then fell back
     assert client.get_current_cost("u") > 0
     assert users["u"]["model_cost"]["gpt-4o"] == float(client.get_current_cost("u"))
+
+
+def test_a_stray_404_does_not_downgrade_a_budgetguard_server(stub: Any) -> None:
+    """A 404 on /update_cost from a server that lists update_cost raises, and stays atomic."""
+    features = {"BudgetGuard-Features": "update_cost"}
+    record = {"total_budget": 10, "current_cost": 0, "model_cost": {}}
+    refusals = [1]  # the first /update_cost meets a proxy answering 404 during a deploy
+
+    def budgetguard_server(handler: _Stub) -> None:
+        data = json.dumps({"status": "success", "data": {"u": record}}).encode()
+        if handler.path == "/update_cost" and refusals:
+            refusals.pop()
+            handler.reply(404, b"<html>no upstream</html>")
+        else:
+            handler.reply(200, data, features)
+
+    url, seen = stub(budgetguard_server)
+    client = BudgetManager("p", client_type="hosted", api_base=url)
+    with pytest.raises(BudgetServerError, match="HTTP 404"):
+        client.update_cost(user="u", model="gpt-4o", input_text="hi", output_text="yo")
+    client.update_cost(user="u", model="gpt-4o", input_text="hi", output_text="yo")
+    paths = [s["path"] for s in seen]
+    assert paths.count("/update_cost") == 2 and "/set_budget" not in paths
 
 
 @pytest.mark.slow

@@ -1,0 +1,7 @@
+"""Run the budget service: ``python -m budgetguard.server --ledger URL``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
