@@ -522,7 +522,8 @@ class CallLifecycle:
             if reservation.holds:
                 self.ledger.settle(reservation, units, tallies)
             else:
-                self.ledger.add(tallies, units)
+                # No budget held: the settle is a direct charge, counted once per id.
+                self.ledger.add(tallies, units, op_id=reservation.id)
         except StorageError as error:
             self._lost(error, call, units)
             return False
@@ -543,7 +544,7 @@ class CallLifecycle:
             if reservation.holds:
                 await self.ledger.asettle(reservation, units, tallies)
             else:
-                await self.ledger.aadd(tallies, units)
+                await self.ledger.aadd(tallies, units, op_id=reservation.id)
         except StorageError as error:
             self._lost(error, call, units)
             return False

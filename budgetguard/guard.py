@@ -380,11 +380,22 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         )
         units = to_units(value)
         tallies = self._tally_keys(call, model)
-        self._guard_storage(self.ledger.add, (*call.reservation.keys, *tallies), units)  # type: ignore[union-attr]
+        keys = (*(hold.key for hold in opening.holds), *tallies)
+        self._charge_once(keys, units, self._new_id("add"))
         if self._alerts.thresholds and units:
             self._alerts.check(call)
         self._tell(call, units, _Ending(units, model, None, None, True, False, None))
         return value
+
+    def _charge_once(self, keys: tuple[str, ...], units: int, op_id: str) -> None:
+        """Add ``units`` to ``keys`` exactly once, retrying a lost reply with the same id."""
+        try:
+            self.ledger.add(keys, units, op_id=op_id)
+        except StorageError as error:
+            # The write may have run before the reply was lost: repeating it
+            # with the same id charges it once either way.
+            logger.warning("retrying a charge of %s units after: %s", units, error)
+            self._guard_storage(lambda: self.ledger.add(keys, units, op_id=op_id))
 
     def record(
         self, response: Any, *, user: str | None = None, model: str | None = None

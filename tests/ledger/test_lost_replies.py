@@ -242,3 +242,21 @@ def test_ledger_works_after_a_lost_reply(
     for i in range(5):
         assert through.add(["user"], 1, op_id=f"y{i}") is True
     assert through.balances(["user"])["user"] == Balance(6, 0)
+
+
+def test_charge_outside_a_call_counts_once_when_its_reply_is_lost(
+    proxy: DroppingProxy, through: Ledger, direct: Ledger
+) -> None:
+    """guard.charge() outside a call whose reply is lost retries with its id: $1.00, not $2.00."""
+    from decimal import Decimal
+
+    from budgetguard import BudgetGuard
+
+    guard = BudgetGuard(through, metrics=False)
+    guard.set_budget("10", user="alice")
+    guard.spend("alice")  # every script the charge needs is loaded: lose the charge itself
+    proxy.arm()
+    assert guard.charge("1.00", user="alice") == Decimal("1.00")
+    assert proxy.dropped == 1
+    truth = BudgetGuard(direct, metrics=False)
+    assert truth.spend("alice") == Decimal("1.00")
