@@ -76,15 +76,15 @@ class Call:
         self.pilot = pilot
         self.charged = 0  # units charged with charge() inside the call
         self.inner_units = 0  # units the guarded calls made inside it settled
-        self.models: list[str] = []
+        self.models: tuple[str, ...] = ()  # models named by charge(), rarely any
         # A guarded call made while this one runs (an instrumented client call
         # inside a @budgeted function, a nested @budgeted) charges itself;
         # this call must then neither price the same response again nor fall
         # back to its own estimate.
         self.has_inner = False
-        self.parent = _current_call.get()
-        if self.parent is not None:
-            self.parent.has_inner = True
+        parent = self.parent = _current_call.get()
+        if parent is not None:
+            parent.has_inner = True
         self.started = time.perf_counter()
         self._token: contextvars.Token[Call | None] | None = None
         self._outer: list[contextvars.Token[Call | None]] | None = None  # re-entered
@@ -116,7 +116,7 @@ class Call:
         """Add ``units`` charged by ``charge()`` while the call runs."""
         self.charged += units
         if model is not None and model not in self.models:
-            self.models.append(model)
+            self.models = (*self.models, model)
 
     def __repr__(self) -> str:
         return f"Call(user={self.user!r}, model={self.request_model!r}, kind={self.kind!r})"

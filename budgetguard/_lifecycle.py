@@ -18,7 +18,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import tzinfo
 from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -29,6 +30,7 @@ from ._call import Call, _current_call
 from ._costing import Pricer
 from ._estimate import Learner
 from ._plan import Holder, Plan, Planner
+from ._streams import guard_returned_stream
 from .budgets import DEFAULT, Budget
 from .errors import (
     BudgetExceededError,
@@ -43,15 +45,10 @@ from .scope import Scope, current_user
 from .scope import _current as _scope_var
 from .usage import StreamMeter, Usage
 
-if TYPE_CHECKING:
-    pass
-
-from collections.abc import Iterator
-from datetime import tzinfo
-
 __all__ = ["CallLifecycle"]
 
 logger = logging.getLogger("budgetguard")
+_new = tuple.__new__
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -172,7 +169,8 @@ class CallLifecycle:
             holders = tuple(Holder("scope", None, c) for c in scope.caps) + holders
             for capped in scope.caps:
                 capped.on_exit(self._forget_scope)
-        return _Opening(user, units, model, plan, holders, holds, tags, kind, cold, now)
+        # tuple.__new__ builds the record in C (a NamedTuple's own __new__ is Python).
+        return _new(_Opening, (user, units, model, plan, holders, holds, tags, kind, cold, now))
 
     def _learned_units(self, kind: str, model: str | None) -> tuple[int, str | None, bool]:
         """Return (units, kind, cold) for a call that gave no estimate."""
@@ -243,7 +241,6 @@ class CallLifecycle:
         self,
         user: str | None,
         estimate: Decimal | int | None = 0,
-        *,
         model: str | None = None,
         scope: Scope | None = None,
         kind: str | None = None,
@@ -259,8 +256,8 @@ class CallLifecycle:
             pilot, opening = self._wait_cold(opening)
         # The hot path: one unpacking, the reservation built inline.
         user, units, model, plan, holders, holds, tags, kind, _, now = opening
-        reservation = Reservation(
-            f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl
+        reservation: Reservation = _new(
+            Reservation, (f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl)
         )
         try:
             refusal = self.ledger.reserve(reservation) if holds else None
@@ -412,7 +409,6 @@ class CallLifecycle:
         self,
         call: Call,
         cost: Decimal | None,
-        *,
         model: str | None = None,
         usage: Usage | None = None,
         error: BaseException | None = None,
@@ -448,7 +444,7 @@ class CallLifecycle:
                     "the call reported no usage and no cost; pass cost=, call charge(), "
                     "or choose on_missing_cost='estimate'"
                 )
-        return _Ending(units, model, usage, error, priced, estimated, owed)
+        return _new(_Ending, (units, model, usage, error, priced, estimated, owed))
 
     def _ending_of_result(
         self,
@@ -463,7 +459,7 @@ class CallLifecycle:
                 amount = to_decimal(cost(result), "cost")
             except BaseException as failure:  # charge the estimate, then report
                 return self._ending(call, None, error=error, owed=failure)
-            return self._ending(call, amount, error=error)
+            return self._ending(call, amount, None, None, error)
         found, usage, priced = self._pricer.of_result(call, result)
         return self._ending(call, found, usage=usage, error=error, priced=priced)
 
@@ -479,7 +475,23 @@ class CallLifecycle:
     def _close(self, call: Call, ending: _Ending) -> None:
         """Write ``ending`` to the ledger, then report it."""
         try:
-            if self._write_end(call, ending) and self._alerts.thresholds:
+            reservation = call.reservation
+            units = ending.units
+            if reservation is not None and units is not None and reservation.holds:
+                # The hot path, inline: settle what the call cost.
+                model = ending.model
+                if model is None:
+                    model = call.request_model or (call.models[0] if call.models else None)
+                plan = call.plan
+                tallies = plan.tallies.get(model) or plan.tally_keys(model)
+                try:
+                    self.ledger.settle(reservation, units, tallies)
+                except StorageError as error:
+                    self._lost(error, call, units)
+                else:
+                    if units and self._alerts.thresholds:
+                        self._alerts.check(call)
+            elif self._write_end(call, ending) and self._alerts.thresholds:
                 self._alerts.check(call)
         except BaseException:
             self._ended(call, ending, quiet=True)
@@ -492,7 +504,8 @@ class CallLifecycle:
             and call.pilot is None
         ):
             # The hot path: nothing to learn or raise, only listeners to tell.
-            self._tell(call, ending.units or 0, ending)
+            if self._listeners or _hooks.active:
+                self._tell(call, ending.units or 0, ending)
             return
         self._ended(call, ending)
 
@@ -518,7 +531,11 @@ class CallLifecycle:
                 if reservation.holds:
                     self.ledger.release(reservation)
                 return False
-            tallies = self._tally_keys(call, ending.model)
+            model = ending.model
+            if model is None:
+                model = call.request_model or (call.models[0] if call.models else None)
+            plan = call.plan
+            tallies = plan.tallies.get(model) or plan.tally_keys(model)
             if reservation.holds:
                 self.ledger.settle(reservation, units, tallies)
             else:
@@ -681,8 +698,6 @@ class CallLifecycle:
         from its chunks' usage however the stream ends.
         """
         if cost is None and error is None and not call.has_inner:
-            from ._streams import guard_returned_stream
-
             proxy = guard_returned_stream(call, result)
             if proxy is not None:
                 return proxy
@@ -699,8 +714,6 @@ class CallLifecycle:
     ) -> Any:
         """Do ``_complete`` without blocking the event loop on the ledger."""
         if cost is None and error is None and not call.has_inner:
-            from ._streams import guard_returned_stream
-
             proxy = guard_returned_stream(call, result)
             if proxy is not None:
                 return proxy

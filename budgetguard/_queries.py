@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +19,6 @@ from .events import BudgetStatus, Listener
 from .ledger import Ledger
 from .money import from_units
 from .periods import window_end_of
-
-if TYPE_CHECKING:
-    pass
-
-from collections.abc import Iterator
-from datetime import tzinfo
 
 __all__ = ["BudgetQueries"]
 

@@ -9,7 +9,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
-from ._call import Call
+from ._call import Call, _current_call
 from ._estimate import ArgumentReader
 from .guard import BudgetGuard, guard_for
 from .money import to_decimal, to_units
@@ -210,14 +210,17 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         guard, user, estimate, model = spec.resolve(instance, args, kwargs)
-        call = guard._begin(user, estimate, model=model, kind=spec.kind)
+        call = guard._begin(user, estimate, model, None, spec.kind)
+        # ``with call:`` inlined on the hottest path: set, then reset by token.
+        token = _current_call.set(call)
         try:
-            with call:
-                result = wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs)
         except BaseException as error:
-            call.guard._finish(call, None, error=error)
+            _current_call.reset(token)
+            guard._finish(call, None, error=error)
             raise
-        return call.guard._complete(call, result, spec.cost)
+        _current_call.reset(token)
+        return guard._complete(call, result, spec.cost)
 
     return call_sync
 
