@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -148,10 +148,19 @@ class BudgetQueries:
         long-running ledger sheds them with this. Lifetime totals, current
         windows and open reservations are kept. Window ids name local dates
         of the budget's time zone, so only windows that ended a full day
-        before ``before`` go. Return how many counters were deleted.
+        before ``before`` go. A ``before`` in the future is refused with
+        ``ValueError``. Return how many counters were deleted.
         """
         if before.tzinfo is None:
             raise ValueError("before must be an aware datetime (e.g. with tzinfo=timezone.utc)")
+        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        if before > now:
+            # A window that has not ended is never pruned: a future date
+            # would zero today's spend and let refused calls run again.
+            raise ValueError(
+                f"before must not be in the future: {before.isoformat()} is after "
+                f"{now.isoformat()}; prune only removes windows that have ended"
+            )
         cutoff = before - timedelta(days=1)
         doomed: list[str] = []
         for prefix in _keys.prunable_prefixes():

@@ -6,7 +6,7 @@ import argparse
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from ._common import EXIT_OK, add_command, add_ledger, open_guard, positive_int
+from ._common import EXIT_OK, UsageError, add_command, add_ledger, open_guard, positive_int
 
 if TYPE_CHECKING:
     from ._common import Subparsers
@@ -48,6 +48,11 @@ def _utc_date(text: str) -> datetime:
 def run(args: argparse.Namespace) -> int:
     """Prune the ledger and say how many counters went."""
     before: datetime = args.before or (datetime.now(timezone.utc) - timedelta(days=args.keep_days))
+    if before > datetime.now(timezone.utc):
+        raise UsageError(
+            f"argument --before: {before.date().isoformat()} is in the future; "
+            "prune only removes windows that have ended"
+        )
     with open_guard(args.ledger, must_exist=True) as guard:
         removed = guard.prune(before)
     print(f"pruned {removed} counters of windows that ended before {before.date().isoformat()}")

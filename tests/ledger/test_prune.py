@@ -54,3 +54,18 @@ def test_prune_needs_an_aware_instant(make_ledger: Callable[..., Ledger]) -> Non
     with pytest.raises(ValueError, match="aware"):
         guard.prune(datetime(2030, 1, 1))
     assert guard.spend("alice") == Decimal(1)
+
+
+def test_prune_refuses_a_future_date_and_keeps_todays_spend(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    """guard.prune(now + 3 days) is refused: today's spend stays and refused calls stay refused."""
+    from datetime import timedelta, timezone
+
+    guard = BudgetGuard(make_ledger(), metrics=False)
+    guard.set_budget("1", user="alice", period="daily")
+    guard.record_spend("1", user="alice")
+    now = datetime.fromtimestamp(guard.clock(), timezone.utc)
+    with pytest.raises(ValueError, match="future"):
+        guard.prune(now + timedelta(days=3))
+    assert guard.spend("alice") == Decimal(1)
