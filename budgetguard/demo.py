@@ -607,7 +607,10 @@ def metric_summary(data: Any) -> list[tuple[str, str, int, str]]:
 def _short(value: float | int) -> str:
     if isinstance(value, int) or float(value).is_integer():
         return f"{int(value):,}"
-    return f"{value:.6g}"
+    text = f"{value:.6g}"
+    if "e" in text:  # 7.5e-05: people read amounts without exponents
+        text = f"{value:.9f}".rstrip("0").rstrip(".")
+    return text
 
 
 def run_demo(

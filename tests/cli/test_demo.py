@@ -30,6 +30,9 @@ def test_demo_fits_the_terminal_and_ends_with_the_report(columns: int) -> None:
     out = done.stdout
     assert "{gen_ai." not in out and "resource_metrics" not in out  # no raw export
     assert "== OpenTelemetry metrics" in out  # ... but a summary table
+    table = out[out.index("== OpenTelemetry metrics") : out.index("== Spend report")]
+    assert "budgetguard.budget.remaining" in table
+    assert not re.search(r"\de[-+]\d", table)  # amounts without exponents
     order = [out.index(h) for h in ("== What happened", "== Refused", "== Open", "== Spend")]
     assert order == sorted(order)
     assert out.rstrip().splitlines()[-1].lstrip().startswith("--ledger sqlite:///")
