@@ -13,9 +13,11 @@ Nothing here prints: progress goes to the stream the caller hands over.
 from __future__ import annotations
 
 import hashlib
-import io
+import logging
 import math
 import random
+import shutil
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +36,9 @@ __all__ = [
     "AGENT_LIMIT",
     "DemoResult",
     "FakeLLM",
+    "LedgerInUseError",
     "Refused",
+    "ledger_contents",
     "run_demo",
 ]
 
@@ -156,9 +160,22 @@ class DemoResult:
     agent_steps: int
     agent_spent: Decimal
     seconds: float
-    #: The console exporter's text, or ``None`` without the OpenTelemetry SDK.
-    metrics: str | None
+    #: The SDK's ``MetricsData`` read once at the end, or ``None`` without the OpenTelemetry SDK.
+    metrics: Any | None
+    #: What the ledger held before the demo wrote to it (budgets, keys); (0, 0) when new.
+    found: tuple[int, int] = (0, 0)
     _provider: Any = None
+
+    def metrics_text(self) -> str:
+        """Return every exported data point, one a line: ``name{attr="value",...} value``."""
+        return format_metrics(self.metrics) if self.metrics is not None else ""
+
+    def metrics_json(self) -> str:
+        """Return the exported metrics as the OpenTelemetry SDK's own JSON."""
+        if self.metrics is None:
+            return ""
+        text: str = self.metrics.to_json(indent=2)
+        return text + "\n"
 
     def close(self) -> None:
         """Shut the metrics pipeline and the guard down."""
@@ -437,7 +454,12 @@ def plan_requests(users: Sequence[str], calls: int, seed: int) -> list[list[Requ
 
 
 class _Progress:
-    """Show how far the workload is, on one line of a terminal or in a few lines of a log."""
+    """Show how far the workload is: one redrawn line on a terminal, a few lines in a log.
+
+    Every other line written while the bar is shown -- the demo's own, and the
+    library's log records (the 80 % alert) through ``handler()`` -- first clears
+    the bar and then draws it again below, so that the two never share a line.
+    """
 
     def __init__(self, out: TextIO | None, total: int, spent: Callable[[], Decimal]) -> None:
         self.out = out
@@ -445,73 +467,87 @@ class _Progress:
         self.done = 0
         self.refused = 0
         self.spent = spent
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.tty = bool(out is not None and out.isatty())
-        self._shown = -1 if self.tty else 0
+        self.width = shutil.get_terminal_size((80, 24)).columns if self.tty else 10_000
+        self._drawn = False  # the bar is on the terminal's last line, without a newline
+        self._finished = False
+        self._shown = 0  # tenths of the work already logged, off a terminal
 
     def say(self, text: str) -> None:
+        """Write one line of progress, above the bar on a terminal."""
         if self.out is None:
             return
+        if self.tty:  # a line longer than the terminal would push the bar down a row
+            text = "\n".join(textwrap.wrap(text, self.width - 1, subsequent_indent="    "))
         with self.lock:
-            if self.tty and self._shown >= 0:
+            if self._drawn:
                 self.out.write("\r\033[K")
             self.out.write(text + "\n")
-            self.out.flush()
-            if self.tty and self._shown >= 0:
+            if self._drawn:
                 self._draw()
+            self.out.flush()
 
     def tick(self, refused: bool) -> None:
+        """Count one finished call."""
         with self.lock:
             self.done += 1
             self.refused += refused
-            step = self.done * 10 // self.total
-            if self.out is None:
+            if self.out is None or self._finished:
                 return
             if self.tty:
                 self._draw()
-            elif step != self._shown:
+                self.out.flush()
+                return
+            step = self.done * 10 // self.total
+            if step != self._shown:
                 self._shown = step
                 self.out.write(self._line() + "\n")
                 self.out.flush()
 
     def finish(self) -> None:
-        if self.out is not None and self.tty:
-            self.out.write("\n")
-            self.out.flush()
+        """Leave the bar where it is, complete; later lines go below it and never redraw it."""
+        with self.lock:
+            if self.out is not None and self._drawn:
+                self.out.write("\n")
+                self.out.flush()
+            self._drawn = False
+            self._finished = True
+
+    def handler(self) -> logging.Handler:
+        """Return a logging handler that writes its records as lines of this progress."""
+        progress = self
+
+        class _Lines(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                try:
+                    progress.say(f"{record.levelname.lower()}: {record.getMessage()}")
+                except Exception:  # pragma: no cover - logging must not break the demo
+                    self.handleError(record)
+
+        return _Lines(logging.INFO)
 
     def _draw(self) -> None:
         assert self.out is not None
-        self._shown = max(self._shown, 0)
-        self.out.write("\r\033[K" + self._line())
-        self.out.flush()
+        self._drawn = True
+        self.out.write("\r\033[K" + self._line()[: self.width - 1])
 
     def _line(self) -> str:
-        filled = self.done * 24 // self.total
-        bar = "#" * filled + "." * (24 - filled)
+        filled = self.done * 20 // self.total
+        bar = "#" * filled + "." * (20 - filled)
         return (
             f"  [{bar}] {self.done}/{self.total} calls  "
-            f"${self.spent().quantize(Decimal('0.0001'))} spent  {self.refused} refused"
+            f"${self.spent().quantize(Decimal('0.0001'))}  {self.refused} refused"
         )
 
 
-def _metrics_pipeline(as_json: bool = False) -> tuple[Any, io.StringIO] | None:
-    """Return a MeterProvider exporting to a console exporter; ``None`` without the SDK."""
+def _metrics_pipeline() -> Any | None:
+    """Return an SDK reader that keeps the metrics in memory; ``None`` without the SDK."""
     try:
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import (
-            ConsoleMetricExporter,
-            PeriodicExportingMetricReader,
-        )
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     except ImportError:
         return None
-    buffer = io.StringIO()
-    if as_json:
-        exporter = ConsoleMetricExporter(out=buffer)  # the exporter's own JSON
-    else:
-        exporter = ConsoleMetricExporter(out=buffer, formatter=format_metrics)
-    # No timer: the demo collects once, at the end, with force_flush().
-    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
-    return MeterProvider(metric_readers=[reader]), buffer
+    return InMemoryMetricReader()
 
 
 def format_metrics(data: Any) -> str:
@@ -540,6 +576,43 @@ def _number(value: float | int) -> str:
     return str(value)
 
 
+def metric_summary(data: Any) -> list[tuple[str, str, int, str]]:
+    """Summarise SDK ``MetricsData``: per instrument its unit, number of series and total.
+
+    Counters show the sum of their series, histograms their count and sum,
+    gauges the value of each budget they describe.
+    """
+    rows: list[tuple[str, str, int, str]] = []
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                points = list(metric.data.data_points)
+                if not points:
+                    continue
+                if hasattr(points[0], "bucket_counts"):
+                    count = sum(point.count for point in points)
+                    total = sum(point.sum for point in points)
+                    shown = f"{count:,} values, sum {_short(total)}"
+                elif type(metric.data).__name__ == "Gauge":
+                    shown = ", ".join(
+                        f"{point.attributes.get('budgetguard.budget', '?')} {_short(point.value)}"
+                        for point in points
+                    )
+                else:
+                    shown = _short(sum(point.value for point in points))
+                rows.append((metric.name, metric.unit or "", len(points), shown))
+    return rows
+
+
+def _short(value: float | int) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value):,}"
+    text = f"{value:.6g}"
+    if "e" in text:  # 7.5e-05: people read amounts without exponents
+        text = f"{value:.9f}".rstrip("0").rstrip(".")
+    return text
+
+
 def run_demo(
     ledger: str = "memory://",
     *,
@@ -550,34 +623,153 @@ def run_demo(
     workers: int = 4,
     progress: TextIO | None = None,
     metrics: bool = True,
-    metrics_json: bool = False,
+    force: bool = False,
     guard_factory: Callable[..., BudgetGuard] = BudgetGuard,
 ) -> DemoResult:
-    """Run the demo workload against ``ledger``; return the guard (open) and what happened."""
+    """Run the demo workload against ``ledger``; return the guard (open) and what happened.
+
+    A ledger that already holds budgets or spend is refused with
+    ``LedgerInUseError`` before anything is written, unless ``force``. Even
+    then the demo's made-up spend goes only to users of its own (``demo-alice``,
+    ...) that the ledger has never seen, with budgets of their own: no global
+    or default budget is set or changed, since those would bind its real users.
+    """
     if users < 2:
         raise ValueError(f"the demo needs at least 2 users, got {users}")
     if calls < users:
         raise ValueError(f"the demo needs at least one call per user ({users}), got {calls}")
-    names = tuple(
-        USER_NAMES[i] if i < len(USER_NAMES) else f"user-{i + 1:03d}" for i in range(users)
-    )
-    trial_user, agent_user = names[-1], names[0] if users < 4 else names[2]
-    pipeline = _metrics_pipeline(metrics_json) if metrics else None
-    provider = pipeline[0] if pipeline is not None else None
+    reader = _metrics_pipeline() if metrics else None
+    provider: Any = None
+    if reader is not None:
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        provider = MeterProvider(metric_readers=[reader])
     guard = guard_factory(ledger, meter_provider=provider, alert_thresholds=("0.8",))
+    try:
+        found = ledger_contents(guard)
+        names = _user_names(guard, users, found, force)
+    except BaseException:
+        guard.close()
+        if provider is not None:
+            provider.shutdown()
+        raise
+    trial_user, agent_user = names[-1], names[0] if users < 4 else names[2]
     totals = Totals()
     guard.add_listener(totals)
     show = _Progress(progress, calls, lambda: totals.spent)
-    started = time.perf_counter()
+    library_log = logging.getLogger("budgetguard")
+    saved_handlers, saved_propagate = library_log.handlers[:], library_log.propagate
+    if progress is not None:
+        # The library's own lines (the 80 % alert) go above the bar, never into it.
+        library_log.handlers = [show.handler()]
+        library_log.propagate = False
+    try:
+        return _run(
+            guard,
+            provider,
+            reader,
+            names,
+            trial_user,
+            agent_user,
+            totals,
+            show,
+            calls=calls,
+            seed=seed,
+            latency=latency,
+            workers=workers,
+            found=found,
+        )
+    finally:
+        library_log.handlers, library_log.propagate = saved_handlers, saved_propagate
 
-    guard.set_budget(GLOBAL_LIMIT, period="daily")
-    guard.set_default_budget(DEFAULT_LIMIT, period="monthly")
-    guard.set_budget(TRIAL_LIMIT, user=trial_user, period="daily")
-    show.say(
-        f"budgets: global ${GLOBAL_LIMIT}/day, every user ${DEFAULT_LIMIT}/month, "
-        f"{trial_user} on a ${TRIAL_LIMIT}/day trial; one agent run capped at ${AGENT_LIMIT}"
+
+class LedgerInUseError(Exception):
+    """Refuse to run the demo on a ledger that holds budgets or spend of its own."""
+
+
+def ledger_contents(guard: BudgetGuard) -> tuple[int, int]:
+    """Return how many budgets and how many non-empty counters ``guard``'s ledger holds."""
+    return len(guard.ledger.list_budgets()), len(guard.ledger.scan(""))
+
+
+def _user_names(
+    guard: BudgetGuard, users: int, found: tuple[int, int], force: bool
+) -> tuple[str, ...]:
+    names = tuple(
+        USER_NAMES[i] if i < len(USER_NAMES) else f"user-{i + 1:03d}" for i in range(users)
     )
-    show.say(f"{users} users, {calls} calls to 6 models of OpenAI, Anthropic and Gemini")
+    if found == (0, 0):
+        return names
+    budgets, counters = found
+    if not force:
+        raise LedgerInUseError(
+            f"the ledger already holds {budgets} budget(s) and {counters} counter(s) of spend; "
+            "the demo would add budgets and made-up spend to it. Run it on a ledger of its "
+            "own (the default), or pass --force to add demo users (demo-alice, ...) with "
+            "budgets of their own to this one, leaving its other budgets alone"
+        )
+    names = tuple(f"demo-{name}" for name in names)
+    taken = _known_users(guard)
+    clash = sorted(set(names) & taken)
+    if clash:
+        raise LedgerInUseError(
+            f"the ledger already has users named {', '.join(clash)}; the demo never writes "
+            "made-up spend under a user a ledger knows, even with --force"
+        )
+    return names
+
+
+def _known_users(guard: BudgetGuard) -> set[str]:
+    """Return every user the ledger has a budget, a hold or spend for."""
+    from ._keys import unescape
+    from .budgets import user_of
+
+    users = {user for name in guard.ledger.list_budgets() if (user := user_of(name))}
+    for key in guard.ledger.scan(""):
+        for part in key.split("|"):
+            if part.startswith("u=") and part != "u=":
+                users.add(unescape(part[2:]))
+            elif part.startswith("user:"):
+                users.add(unescape(part[5:]))
+    return users
+
+
+def _run(
+    guard: BudgetGuard,
+    provider: Any,
+    reader: Any,
+    names: tuple[str, ...],
+    trial_user: str,
+    agent_user: str,
+    totals: Totals,
+    show: _Progress,
+    *,
+    calls: int,
+    seed: int,
+    latency: float,
+    workers: int,
+    found: tuple[int, int],
+) -> DemoResult:
+    started = time.perf_counter()
+    if found == (0, 0):
+        guard.set_budget(GLOBAL_LIMIT, period="daily")
+        guard.set_default_budget(DEFAULT_LIMIT, period="monthly")
+        show.say(
+            f"budgets: global ${GLOBAL_LIMIT}/day, every user ${DEFAULT_LIMIT}/month, "
+            f"{trial_user} ${TRIAL_LIMIT}/day"
+        )
+    else:
+        # A ledger in use (--force): a global or default budget would bind its real
+        # users too, so the demo's users get budgets of their own instead.
+        for name in names[:-1]:
+            guard.set_budget(DEFAULT_LIMIT, user=name, period="monthly")
+        show.say(
+            f"budgets: each demo user ${DEFAULT_LIMIT}/month, {trial_user} ${TRIAL_LIMIT}/day;"
+        )
+        show.say("  the ledger's own global and default budgets are left as they are")
+    guard.set_budget(TRIAL_LIMIT, user=trial_user, period="daily")
+    show.say(f"one agent run for {agent_user} capped at ${AGENT_LIMIT}")
+    show.say(f"{len(names)} users, {calls} calls to 6 OpenAI, Anthropic and Gemini models")
 
     llm = FakeLLM(latency)
 
@@ -637,6 +829,7 @@ def run_demo(
             show.tick(False)
 
     plans = plan_requests(names, calls, seed)
+    users = len(names)
     # One worker per user at a time: a user's own calls stay in order, so the
     # same seed refuses the same calls, while users run concurrently.
     with ThreadPoolExecutor(max_workers=max(1, min(workers, users))) as pool:
@@ -647,11 +840,9 @@ def run_demo(
     agent_steps, agent_spent = _agent_run(guard, llm, agent_user, seed, show, refused)
     seconds = time.perf_counter() - started
 
-    exported: str | None = None
-    if pipeline is not None:
-        provider, buffer = pipeline
-        provider.force_flush()
-        exported = buffer.getvalue()
+    exported: Any = None
+    if reader is not None:
+        exported = reader.get_metrics_data()
     return DemoResult(
         guard=guard,
         users=names,
@@ -663,6 +854,7 @@ def run_demo(
         agent_spent=agent_spent,
         seconds=seconds,
         metrics=exported,
+        found=found,
         _provider=provider,
     )
 
@@ -686,7 +878,7 @@ def _agent_run(
     def step(*, model: str, messages: list[dict[str, str]], max_tokens: int, seed: int) -> Any:
         return llm.reply(provider, snapshot, messages, max_tokens, seed, stream=False)
 
-    show.say(f"agent run for {user} on {model}, capped at ${AGENT_LIMIT} for the run:")
+    show.say(f"agent run for {user} on {model}, capped at ${AGENT_LIMIT}:")
     rng = random.Random(seed + 1)
     messages = _messages("Research our three biggest competitors' pricing.", 300, seed)
     spent = Decimal(0)

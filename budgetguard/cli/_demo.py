@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+import tempfile
+import textwrap
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 from ..guard import BudgetGuard
-from ._common import EXIT_OK, UsageError, add_command, ledger_url, positive_int, safe_url
+from ._common import (
+    EXIT_OK,
+    CommandError,
+    UsageError,
+    add_command,
+    ledger_url,
+    positive_int,
+    safe_url,
+)
 from ._output import money, percent, plain, print_table
-from ._report import report_tables, spend_table
+from ._report import spend_table
 
 if TYPE_CHECKING:
+    from ..demo import DemoResult
     from ._common import Subparsers
+
+#: Output is laid out for a terminal this wide when it cannot be measured (a pipe, a file).
+DEFAULT_WIDTH = 80
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -24,27 +39,37 @@ def add_parser(commands: Subparsers) -> None:
         commands,
         "demo",
         "run a small multi-user LLM app offline and show what budgetguard saw",
-        "Run a realistic workload through budgetguard, with no network and no API key:\n"
-        "several users calling OpenAI, Anthropic and Gemini models (some answers\n"
+        "Run a realistic workload through budgetguard, with no network and no API\n"
+        "key: several users calling OpenAI, Anthropic and Gemini models (some answers\n"
         "streamed), one research agent under a per-run cap, and one user on a tiny\n"
-        "trial budget so that you see calls being refused. The replies are made up\n"
+        "trial budget, so that you see calls being refused. The replies are made up\n"
         "locally in each provider's real response shape; everything else -- the\n"
         "@budgeted decorator, budget_scope, the price table, the ledger, the\n"
         "OpenTelemetry metrics -- is the real thing.\n\n"
-        "Progress goes to stderr; the exported metrics and the spend report to stdout.",
+        "The demo writes to a new SQLite file of its own (its path is printed), so\n"
+        "that 'budgetguard report' can read it afterwards. It refuses a --ledger that\n"
+        "already holds budgets or spend; --force adds demo users (demo-alice, ...)\n"
+        "to it instead, keeps its budgets, and never writes under a user it knows.\n\n"
+        "Progress goes to stderr; the summary, the metrics and the spend report to\n"
+        "stdout.",
         "examples:\n"
         "  budgetguard demo\n"
         "  budgetguard demo --users 10 --calls 1000\n"
-        "  budgetguard demo --ledger sqlite:///spend.db && "
-        "budgetguard report --ledger sqlite:///spend.db",
+        "  budgetguard demo --metrics            # and every exported data point\n"
+        "  budgetguard demo --ledger memory://   # keep nothing",
         run,
     )
     demo.add_argument(
         "--ledger",
         type=ledger_url,
-        default="memory://",
+        default=None,
         metavar="URL",
-        help="where spend is kept (default: memory://, gone when the demo ends)",
+        help="where spend is kept (default: a new SQLite file in the temporary directory)",
+    )
+    demo.add_argument(
+        "--force",
+        action="store_true",
+        help="run on a --ledger that already holds budgets or spend, as demo-* users",
     )
     demo.add_argument(
         "--users",
@@ -75,15 +100,20 @@ def add_parser(commands: Subparsers) -> None:
         help="how long each made-up reply takes (default: 0.002)",
     )
     demo.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also print every exported OpenTelemetry data point, after the report",
+    )
+    demo.add_argument(
         "--otel-json",
         action="store_true",
-        help="print the metrics as the console exporter's raw JSON",
+        help="also print the metrics as the OpenTelemetry SDK's raw JSON",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo workload, then print its metrics, spend report and refusals."""
-    from ..demo import run_demo
+    """Run the demo workload, then print what happened, the metrics and the spend report."""
+    from ..demo import LedgerInUseError, run_demo
 
     if args.users < 2:
         raise UsageError("argument --users: the demo needs at least 2 users")
@@ -91,8 +121,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"argument --calls: give at least one call per user ({args.users})")
     if args.latency < 0 or args.latency > 5:
         raise UsageError("argument --latency: use 0 to 5 seconds")
+    own_file = args.ledger is None
+    if own_file:
+        folder = tempfile.mkdtemp(prefix="budgetguard-demo-")
+        args.ledger = "sqlite:///" + os.path.join(folder, "demo.db")
     progress = sys.stderr
-    print(f"budgetguard demo: ledger {safe_url(args.ledger)}, seed {args.seed}", file=progress)
+    print(f"budgetguard demo, seed {args.seed}, ledger:", file=progress)
+    print(f"  {safe_url(args.ledger)}", file=progress)
 
     def guard_factory(url: str, **options: Any) -> BudgetGuard:
         guard = BudgetGuard(url, **options)
@@ -111,97 +146,143 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             latency=args.latency,
             progress=progress,
+            force=args.force,
             guard_factory=guard_factory,
-            metrics_json=args.otel_json,
         )
     except ConfigurationError as error:
         raise UsageError(f"argument --ledger: {error}") from None
+    except LedgerInUseError as error:
+        raise CommandError(f"not touching {safe_url(args.ledger)}: {error}") from None
     try:
-        _show_demo(result, args)
+        show_demo(result, args.ledger, sys.stdout, width=output_width(sys.stdout))
+        if args.metrics and result.metrics is not None:
+            print("\n== Every exported data point (--metrics) ==", file=sys.stdout)
+            sys.stdout.write(result.metrics_text())
+        if args.otel_json and result.metrics is not None:
+            print("\n== The OpenTelemetry SDK's JSON (--otel-json) ==", file=sys.stdout)
+            sys.stdout.write(result.metrics_json())
     finally:
         result.close()
     return EXIT_OK
 
 
-def _show_demo(result: Any, args: argparse.Namespace) -> None:
+def output_width(out: TextIO) -> int:
+    """Return the width to lay the output out in: the terminal's, else ``COLUMNS``, else 80."""
+    if out.isatty():
+        return max(40, shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns)
+    try:
+        return max(40, int(os.environ.get("COLUMNS", DEFAULT_WIDTH)))
+    except ValueError:
+        return DEFAULT_WIDTH
+
+
+def show_demo(result: DemoResult, ledger: str, out: TextIO, *, width: int = DEFAULT_WIDTH) -> None:
+    """Print what the demo did: a summary, the refusals, the metrics, then the spend report."""
+    from ..demo import AGENT_LIMIT
     from ..report import build_report
 
+    def say(text: str = "", indent: str = "") -> None:
+        lines = textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ")
+        print("\n".join(lines), file=out)
+
     totals = result.totals
-    out = sys.stdout
     print(file=out)
-    if result.metrics is None:
-        print("== Metrics ==", file=out)
-        print(
-            "The OpenTelemetry SDK is not installed (pip install opentelemetry-sdk), so no\n"
-            "metrics were exported; these are the in-process totals the guard's listeners saw:",
-            file=out,
-        )
-    else:
-        print("== OpenTelemetry metrics exported (ConsoleMetricExporter) ==", file=out)
-        out.write(result.metrics)
-        print(file=out)
-        print("In-process totals the guard's listeners saw:", file=out)
-    print(
-        f"  calls ran: {totals.calls}   refused: {totals.refused}   "
-        f"tokens in/out: {totals.input_tokens:,}/{totals.output_tokens:,}   "
-        f"spent: ${plain(totals.spent)}",
-        file=out,
-    )
+    print("== What happened ==", file=out)
     rows = [
-        [model, money(amount)]
-        for model, amount in sorted(totals.by_model.items(), key=lambda item: -item[1])
+        ["calls that ran", f"{totals.calls:,}"],
+        ["calls refused", f"{totals.refused:,}, before the LLM was called"],
+        ["tokens", f"{totals.input_tokens:,} in, {totals.output_tokens:,} out"],
+        ["spent", f"${plain(totals.spent)} in {result.seconds:.1f} s"],
     ]
-    print_table(["model", "spent"], rows, numeric=[1])
+    stopped = next((r for r in result.refused if r.what.startswith("agent")), None)
+    agent = f"{result.agent_user}: {result.agent_steps} steps, ${money(result.agent_spent)}"
+    if stopped is not None:
+        agent += f"; step {stopped.what.split()[-1]} refused by its ${plain(AGENT_LIMIT)} cap"
+    rows.append(["agent run", agent])
     for crossing in totals.alerts:
-        print(
-            f"  alert: budget {crossing.budget} passed {percent(crossing.fraction)} of "
-            f"${plain(crossing.limit)} ({crossing.period}): ${plain(crossing.spent)} spent",
-            file=out,
+        rows.append(
+            [
+                "alert",
+                f"{crossing.budget} passed {percent(crossing.fraction)} of "
+                f"${plain(crossing.limit)} ({crossing.period})",
+            ]
         )
-
-    guard = result.guard
-    report = build_report(guard, period="current", by=("user",))
-    print(file=out)
-    print(f"== Spend report ({result.seconds:.2f}s, ledger {safe_url(args.ledger)}) ==", file=out)
-    report_tables(report, out)
-    by_model = build_report(guard, period="current", by=("model",))
-    print(file=out)
-    spend_table(by_model, out)
+    for label, text in rows:
+        say(f"{label:<16}{text}", "  ")
 
     print(file=out)
-    print(f"== Refused calls: {len(result.refused)} (the LLM was never called) ==", file=out)
+    print(f"== Refused calls: {len(result.refused)} ==", file=out)
     shown: set[tuple[str, str]] = set()
     for refusal in result.refused:
         kind = (refusal.user, refusal.error.budget)
-        count = sum(1 for r in result.refused if (r.user, r.error.budget) == kind)
         if kind in shown:
             continue
         shown.add(kind)
+        count = sum(1 for r in result.refused if (r.user, r.error.budget) == kind)
         also = f" (and {count - 1} more like it)" if count > 1 else ""
-        print(f"- {refusal.user}, {refusal.what} to {refusal.model}{also}:", file=out)
-        print(f"    BudgetExceededError: {refusal.error}", file=out)
+        say(f"- {refusal.user}, {refusal.what} to {refusal.model}{also}:")
+        say(f"BudgetExceededError: {refusal.error}", "    ")
+
     print(file=out)
-    stopped = next((r for r in result.refused if r.what.startswith("agent")), None)
-    why = f"; {stopped.what} was refused by budget {stopped.error.budget}" if stopped else ""
-    print(
-        f"The agent run for {result.agent_user} (capped at ${plain(_agent_limit())}) made "
-        f"{result.agent_steps} steps for ${money(result.agent_spent)}{why}.",
-        file=out,
-    )
-    if urlsplit(args.ledger).scheme == "memory":
-        print(
-            "The memory:// ledger is gone now; run with --ledger sqlite:///spend.db to keep it "
-            "and try 'budgetguard report'.",
-            file=out,
+    if result.metrics is None:
+        print("== Metrics ==", file=out)
+        say(
+            "The OpenTelemetry SDK is not installed (pip install opentelemetry-sdk), so no "
+            "metrics were exported; the totals above are what the guard's listeners saw."
         )
     else:
-        print(
-            f"See it again: budgetguard report --ledger {safe_url(args.ledger)} --by user,model",
-            file=out,
-        )
+        _metrics_table(result, out, width)
+
+    guard = result.guard
+    print(file=out)
+    print("== Spend report ==", file=out)
+    _budgets_table(build_report(guard, period="current", by=("user",)), out)
+    print(file=out)
+    spend_table(build_report(guard, period="current", by=("user",)), out)
+    print(file=out)
+    spend_table(build_report(guard, period="current", by=("model",)), out)
+    print(file=out)
+    if urlsplit(ledger).scheme == "memory":
+        say("The memory:// ledger is gone now; run without --ledger to keep it in a file.")
+    else:
+        # A command to copy: broken only where the shell allows it, never wrapped.
+        print("See it again:", file=out)
+        print("  budgetguard report --by user,model \\", file=out)
+        print(f"      --ledger {safe_url(ledger)}", file=out)
 
 
-def _agent_limit() -> Decimal:
-    from ..demo import AGENT_LIMIT
+def _metrics_table(result: DemoResult, out: TextIO, width: int) -> None:
+    from ..demo import metric_summary
 
-    return AGENT_LIMIT
+    print("== OpenTelemetry metrics (--metrics prints every data point) ==", file=out)
+    rows = [
+        [name, unit, str(series), total]
+        for name, unit, series, total in metric_summary(result.metrics)
+    ]
+    fixed = max(len(r[0]) for r in rows) + max(len(r[1]) for r in rows) + 1 + 3 * 2
+    room = max(12, width - fixed)
+    for row in rows:
+        if len(row[3]) > room:
+            row[3] = row[3][: room - 3] + "..."
+    print_table(["instrument", "unit", "n", "total (n: series)"], rows, numeric=[2], out=out)
+
+
+def _budgets_table(report: Any, out: TextIO) -> None:
+    print("Budgets, in their current window:", file=out)
+    rows = [
+        [
+            row.user or "everyone",
+            "own" if row.budget.startswith("user:") else row.budget,
+            row.period,
+            money(row.limit),
+            money(row.spent),
+            money(row.remaining),
+            percent(row.used),
+            row.resets_at.strftime("%m-%d %H:%M") if row.resets_at is not None else "never",
+        ]
+        for row in report.budgets
+    ]
+    headers = ["who", "budget", "period", "limit $", "spent $", "left $", "used", "resets UTC"]
+    print_table(headers, rows, numeric=[3, 4, 5, 6], out=out)
+    if report.reservations:
+        print(f"Open reservations (calls in flight): {len(report.reservations)}", file=out)

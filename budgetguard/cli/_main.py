@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from .._dist import install_hint
 from ..errors import BudgetGuardError
 from . import _budgets, _cost, _demo, _prices, _prune, _report, _serve
 from ._common import (
@@ -21,23 +22,24 @@ from ._common import (
     UsageError,
 )
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Keep LLM spend under control: see who spent what, set limits, price calls.
 
 Every command that reads or changes budgets takes --ledger URL, the same URL
 your application passes to budgetguard.configure(ledger=...):
-  memory://                     this process only (the demo's default)
-  sqlite:///spend.db            a file shared by the processes of one host
-  redis://localhost:6379/0      shared by every host (pip install 'budgetguard[redis]')
+  memory://                 this process only
+  sqlite:///spend.db        a file shared by the processes of one host
+  redis://localhost:6379/0  shared by every host, with the redis extra:
+                            {install_hint("redis")}
 Set BUDGETGUARD_LEDGER to skip typing it.
 """
 
 EPILOG = """\
 start here:
-  budgetguard demo                              see budgetguard at work, offline, no API key
-  budgetguard demo --ledger sqlite:///spend.db  ... and keep what it spent
-  budgetguard report --ledger sqlite:///spend.db
-  budgetguard budgets set --ledger sqlite:///spend.db --user alice --limit 10 --period monthly
+  budgetguard demo                     see it at work, offline, no API key
+  budgetguard report --ledger sqlite:///budgetguard-demo.db
+  budgetguard budgets set --ledger sqlite:///spend.db --user alice \\
+      --limit 10 --period monthly
   budgetguard prices claude-sonnet-4-5
   budgetguard cost --model gpt-4o --input 12000 --output 800
 

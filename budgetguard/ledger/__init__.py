@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._dist import install_hint
 from ..errors import ConfigurationError
 from .base import Balance, Hold, Ledger, Refusal, Reservation
 
@@ -22,6 +23,9 @@ __all__ = [
     "ledger_from_url",
     "register_backend",
 ]
+
+# scheme -> the extra that installs its client; schemes served by the stdlib have none.
+_EXTRAS: dict[str, str] = {"redis": "redis", "rediss": "redis", "unix": "redis"}
 
 # scheme -> "module:Class"; imported only when a URL asks for it, so that an
 # optional client (redis) is never imported by users who do not need it.
@@ -59,9 +63,10 @@ def ledger_from_url(url: str | Ledger, **options: Any) -> Ledger:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
+        extra = _EXTRAS.get(scheme)
+        hint = f"; install it with: {install_hint(extra)}" if extra else ""
         raise ConfigurationError(
-            f"the {scheme}:// ledger needs a package that is not installed "
-            f"({error.name}); install it with: pip install 'budgetguard[{scheme}]'"
+            f"the {scheme}:// ledger needs a package that is not installed ({error.name}){hint}"
         ) from error
     cls: type[Ledger] = getattr(module, class_name)
     return cls(url, **options)

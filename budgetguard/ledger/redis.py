@@ -66,6 +66,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._dist import install_hint
 from ..errors import ConfigurationError, StorageError
 from .base import (
     Balance,
@@ -294,7 +295,7 @@ def _import_redis() -> Any:
     except ModuleNotFoundError as error:
         raise ConfigurationError(
             "the redis:// ledger needs the redis package, which is not installed; "
-            "install it with: pip install 'budgetguard[redis]'"
+            f"install it with: {install_hint('redis')}"
         ) from error
     return redis
 

@@ -8,13 +8,14 @@ import os
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from .._dist import install_hint
 from ..errors import ConfigurationError
 from ._config import READ_TOKEN_ENV, TOKEN_ENV, ServerConfig, load_tokens
 
 __all__ = ["EXTRA_HINT", "add_arguments", "config_from_args", "main", "run_from_args"]
 
 #: How to get the server's dependencies, without naming the distribution.
-EXTRA_HINT = "install the 'server' extra: pip install '<this package>[server]'"
+EXTRA_HINT = f"install the 'server' extra: {install_hint('server')}"
 LEDGER_ENV = "BUDGETGUARD_LEDGER"
 
 

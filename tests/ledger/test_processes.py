@@ -233,4 +233,4 @@ def test_missing_redis_package_names_the_extra() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=worker_env(), check=True
     ).stdout
-    assert "pip install 'budgetguard[redis]'" in out
+    assert "pip install 'budgetguard-llm[redis]'" in out
