@@ -32,7 +32,7 @@ from ._api import (
 from ._call import current_call
 from ._default import configure, default_guard
 from .budgets import Budget
-from .decorators import arg, budgeted
+from .decorators import arg, budgeted, literal
 from .errors import (
     BudgetExceededError,
     BudgetGuardError,
@@ -96,6 +96,7 @@ __all__ = [
     "get_budget",
     "get_default_budget",
     "instrument",
+    "literal",
     "load_prices",
     "max_budget",
     "projected_cost",

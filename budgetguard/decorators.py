@@ -14,7 +14,7 @@ from ._estimate import ArgumentReader
 from .guard import BudgetGuard, guard_for
 from .money import to_decimal, to_units
 
-__all__ = ["arg", "budgeted"]
+__all__ = ["arg", "budgeted", "literal"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -22,6 +22,12 @@ R = TypeVar("R")
 
 class arg(str):  # lower case: reads as a marker in the decorator's arguments
     """Name an argument of the call explicitly: ``@budgeted(user=arg("customer"))``."""
+
+    __slots__ = ()
+
+
+class literal(str):  # lower case: reads as a marker in the decorator's arguments
+    """Name a user id explicitly: ``@budgeted(user=literal("usr"))`` charges the user "usr"."""
 
     __slots__ = ()
 
@@ -110,11 +116,13 @@ def _user_resolver(
     except (TypeError, ValueError):
         parameters = []
     names = [p.name for p in parameters]
-    if user not in names:
+    if isinstance(user, literal) or user not in names:
         if isinstance(user, arg):
             raise TypeError(f"{func.__qualname__} has no argument named {str(user)!r}")
-        literal = str(user)
-        return lambda instance, args, kwargs: literal
+        if not isinstance(user, literal):
+            _refuse_misspelt_argument(func, user, names)
+        fixed = str(user)
+        return lambda instance, args, kwargs: fixed
     name = str(user)
     position = names.index(name)
     parameter = parameters[position]
@@ -132,6 +140,29 @@ def _user_resolver(
         raise TypeError(f"{func.__qualname__}() missing the argument {name!r} that names the user")
 
     return from_argument
+
+
+def _refuse_misspelt_argument(func: Callable[..., Any], user: str, names: list[str]) -> None:
+    """Refuse a literal ``user=`` that looks like a misspelt argument name (``"usr"``).
+
+    The rule: a ``user=`` string names an argument when the function has one
+    by that name; otherwise it is the id of the user who pays, unless it is
+    a near miss of an argument's name, which is refused here, at decoration,
+    so that a typo never charges a user literally named after it. Mark a
+    literal that looks like an argument with ``literal("usr")``, an argument
+    with ``arg("user")``.
+    """
+    import difflib
+
+    candidates = [name for name in names if name not in ("self", "cls")]
+    close = difflib.get_close_matches(user, candidates, n=1, cutoff=0.75)
+    if close:
+        raise TypeError(
+            f"@budgeted(user={user!r}) names no argument of {func.__qualname__}(), but "
+            f"{close[0]!r} does: write user={close[0]!r} (or arg({close[0]!r})) to charge "
+            f"the caller's {close[0]}, or user=literal({user!r}) to charge a user "
+            f"literally named {user!r}"
+        )
 
 
 def _as_user(value: object) -> str | None:
@@ -171,9 +202,11 @@ def budgeted(
 ) -> Any:
     """Check the budgets before each call of the function and charge its cost after.
 
-    ``user`` is who pays: a literal id, the name of one of the function's
-    arguments (or ``arg("name")`` to be explicit), or a callable given the
-    call's arguments; without it the current ``budget_scope``'s user pays.
+    ``user`` is who pays: the name of one of the function's arguments (or
+    ``arg("name")`` to be explicit), a literal id (``literal("id")`` to be
+    explicit; an unmarked string that is a near miss of an argument's name is
+    refused as a likely typo), or a callable given the call's arguments;
+    without it the current ``budget_scope``'s user pays.
     ``estimate`` (dollars, or a callable of the arguments) is reserved before
     the call; by default it is the projected cost when the arguments carry a
     ``model`` and ``messages``/``input``/``contents``, else 0. The cost comes

@@ -769,3 +769,36 @@ async def test_async_generator_cancelled(guard: BudgetGuard) -> None:
         await asyncio.sleep(0)
     assert no_open_reservations(guard)
     assert guard.spend("alice") == Decimal("0.02")
+
+
+def test_user_that_looks_like_a_misspelt_argument_is_refused(guard: BudgetGuard) -> None:
+    """@budgeted(user="usr") on f(user, ...) is refused at decoration, naming the argument."""
+
+    def answer(user: str, question: str) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="'user'"):
+        guard.budgeted(user="usr")(answer)
+
+
+def test_marked_literal_user_charges_that_user(guard: BudgetGuard) -> None:
+    """user=literal("usr") charges a user literally named "usr", even beside an argument 'user'."""
+
+    @guard.budgeted(user=bg.literal("usr"), cost=lambda _: "0.01")
+    def answer(user: str) -> None:
+        return None
+
+    answer("alice")
+    assert guard.spend("usr") == Decimal("0.01")
+    assert guard.spend("alice") == 0
+
+
+def test_unrelated_literal_user_stays_a_literal(guard: BudgetGuard) -> None:
+    """A user= string far from every argument name is a literal id, as before."""
+
+    @guard.budgeted(user="alice", cost=lambda _: "0.01")
+    def answer(question: str) -> None:
+        return None
+
+    answer("hi")
+    assert guard.spend("alice") == Decimal("0.01")

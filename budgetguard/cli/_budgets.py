@@ -56,12 +56,13 @@ def add_parser(commands: Subparsers) -> None:
         actions,
         "set",
         "set (or change) a budget: one user's, the global one, or the default for every user",
-        "A period is daily, weekly, monthly or yearly (calendar windows in --tz), lifetime,\n"
-        "or a window length such as 3600s, 90m, 12h, 7d. Changing a limit keeps what was\n"
-        "already spent in the current window.\n\n"
+        "A period is daily, weekly, monthly or yearly (calendar windows in --tz), lifetime\n"
+        "(the default, as in Python), or a window length such as 3600s, 90m, 12h, 7d.\n"
+        "Changing a limit keeps what was already spent in the current window. A SQLite\n"
+        "file that does not exist is an error unless --create says to make it.\n\n"
         "examples:\n"
-        "  budgetguard budgets set --ledger sqlite:///spend.db --user alice --limit 10 "
-        "--period monthly\n"
+        "  budgetguard budgets set --ledger sqlite:///spend.db --create --user alice "
+        "--limit 10 --period monthly\n"
         "  budgetguard budgets set --ledger sqlite:///spend.db --global --limit 500 "
         "--period daily",
         _run_set,
@@ -78,9 +79,16 @@ def add_parser(commands: Subparsers) -> None:
     set_.add_argument(
         "--period",
         type=_period,
-        default="monthly",
+        default="lifetime",
         metavar="PERIOD",
-        help="daily, weekly, monthly (default), yearly, lifetime, or e.g. 3600s",
+        help="daily, weekly, monthly, yearly, lifetime (the default, as set_budget() "
+        "in Python), or e.g. 3600s",
+    )
+    set_.add_argument(
+        "--create",
+        action="store_true",
+        help="create the SQLite ledger file if it does not exist (otherwise a missing "
+        "file is an error: a mistyped path must not become a new, empty ledger)",
     )
     set_.add_argument(
         "--tz",
@@ -201,7 +209,7 @@ def _owner(args: argparse.Namespace) -> tuple[str, str | None]:
 def _run_set(args: argparse.Namespace) -> int:
     name, user = _owner(args)
     period = None if args.period == "lifetime" else args.period
-    with open_guard(args.ledger, tz=args.tz) as guard:
+    with open_guard(args.ledger, must_exist=not args.create, tz=args.tz) as guard:
         if name == DEFAULT:
             budget = guard.set_default_budget(args.limit, period=period, tz=args.tz)
         else:

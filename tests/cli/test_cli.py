@@ -275,6 +275,7 @@ def test_budgets_set_list_delete(tmp_path: Path) -> None:
         "set",
         "--ledger",
         url,
+        "--create",
         "--user",
         "alice",
         "--limit",
@@ -330,7 +331,8 @@ def test_budgets_list_on_a_missing_file_creates_nothing(tmp_path: Path) -> None:
 def test_a_set_budget_refuses_calls_in_another_process(tmp_path: Path) -> None:
     """Apply a budget set from the command line to an application sharing the ledger."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    assert run("budgets", "set", "--ledger", url, "--user", "bob", "--limit", "0").returncode == 0
+    set_bob = ("budgets", "set", "--ledger", url, "--create", "--user", "bob", "--limit", "0")
+    assert run(*set_bob).returncode == 0
     code = (
         "from decimal import Decimal\n"
         "import budgetguard as bg\n"
@@ -497,3 +499,32 @@ def test_prune_needs_a_horizon_and_a_real_date(tmp_path: Path) -> None:
     assert run("prune", "--ledger", url).returncode == 2
     bad = run("prune", "--ledger", url, "--before", "2026-02-30")
     assert bad.returncode == 2 and "not a date" in bad.stderr
+
+
+def test_budgets_set_refuses_a_missing_sqlite_file_unless_asked_to_create(tmp_path: Path) -> None:
+    """A mistyped SQLite path is an error (exit 1) and creates nothing; --create makes the file."""
+    path = tmp_path / "typo.db"
+    url = f"sqlite:///{path}"
+    refused = run("budgets", "set", "--ledger", url, "--user", "a", "--limit", "1")
+    assert refused.returncode == 1 and "does not exist" in refused.stderr
+    assert not path.exists()
+    made = run("budgets", "set", "--ledger", url, "--create", "--user", "a", "--limit", "1")
+    assert made.returncode == 0, made.stderr
+    assert path.exists()
+
+
+def test_budgets_set_defaults_to_lifetime_as_python_does(tmp_path: Path) -> None:
+    """budgets set without --period makes the same lifetime budget as set_budget() in Python."""
+    import budgetguard as bg
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    done = run("budgets", "set", "--ledger", url, "--create", "--user", "a", "--limit", "1")
+    assert done.returncode == 0, done.stderr
+    guard = bg.BudgetGuard(url, metrics=False)
+    try:
+        from_cli = guard.get_budget("a")
+        from_python = guard.set_budget("1", user="b")
+        assert from_cli is not None
+        assert from_cli.period.label == from_python.period.label == "lifetime"
+    finally:
+        guard.close()
