@@ -7,10 +7,13 @@ again. Both are idempotent. Only libraries that are installed are patched; an
 absent one is never imported.
 
 Patched: ``openai`` ≥ 1 — ``chat.completions.create`` and ``parse``,
-``responses.create``, ``embeddings.create``, ``completions.create``;
-``anthropic`` — ``messages.create`` and ``messages.stream``; sync and async.
-The SDKs' own helpers built on these (``chat.completions.stream``,
-``responses.stream``) are covered through ``create``.
+``responses.create``, ``parse`` and ``compact`` (also under ``beta``),
+``embeddings.create``, ``completions.create``; ``anthropic`` —
+``messages.create``, ``parse`` and ``stream`` (also under ``beta``); sync and
+async. The SDKs' own helpers built on these (``chat.completions.stream``,
+``responses.stream``, Anthropic's tool runners) are covered through them;
+``tests/instrument/test_coverage.py`` walks the installed SDKs and fails on
+a billed method that is not.
 
 Each call:
 
@@ -86,6 +89,8 @@ def _async(injects_usage: bool = False) -> Callable[[GuardSource], Wrapper]:
 
 
 _OPENAI_CHAT = "openai.resources.chat.completions"
+_OPENAI_RESPONSES = "openai.resources.responses"
+_OPENAI_BETA_RESPONSES = "openai.resources.beta.responses"
 _TARGETS: dict[str, tuple[_Target, ...]] = {
     "openai": (
         _Target(_OPENAI_CHAT, "Completions", "create", _method(injects_usage=True)),
@@ -95,18 +100,34 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
         # openai < 1.92 kept parse under beta; newer ones have no such module.
         _Target("openai.resources.beta.chat.completions", "Completions", "parse", _method()),
         _Target("openai.resources.beta.chat.completions", "AsyncCompletions", "parse", _async()),
-        _Target("openai.resources.responses", "Responses", "create", _method()),
-        _Target("openai.resources.responses", "AsyncResponses", "create", _async()),
+        _Target(_OPENAI_RESPONSES, "Responses", "create", _method()),
+        _Target(_OPENAI_RESPONSES, "AsyncResponses", "create", _async()),
+        _Target(_OPENAI_RESPONSES, "Responses", "parse", _method()),
+        _Target(_OPENAI_RESPONSES, "AsyncResponses", "parse", _async()),
+        _Target(_OPENAI_RESPONSES, "Responses", "compact", _method()),
+        _Target(_OPENAI_RESPONSES, "AsyncResponses", "compact", _async()),
+        _Target(_OPENAI_BETA_RESPONSES, "Responses", "create", _method()),
+        _Target(_OPENAI_BETA_RESPONSES, "AsyncResponses", "create", _async()),
+        _Target(_OPENAI_BETA_RESPONSES, "Responses", "compact", _method()),
+        _Target(_OPENAI_BETA_RESPONSES, "AsyncResponses", "compact", _async()),
         _Target("openai.resources.embeddings", "Embeddings", "create", _method()),
         _Target("openai.resources.embeddings", "AsyncEmbeddings", "create", _async()),
         _Target("openai.resources.completions", "Completions", "create", _method(True)),
         _Target("openai.resources.completions", "AsyncCompletions", "create", _async(True)),
     ),
     "anthropic": (
-        _Target("anthropic.resources.messages", "Messages", "create", _method()),
-        _Target("anthropic.resources.messages", "AsyncMessages", "create", _async()),
-        _Target("anthropic.resources.messages", "Messages", "stream", stream_manager),
-        _Target("anthropic.resources.messages", "AsyncMessages", "stream", async_stream_manager),
+        *(
+            target
+            for module in ("anthropic.resources.messages", "anthropic.resources.beta.messages")
+            for target in (
+                _Target(module, "Messages", "create", _method()),
+                _Target(module, "AsyncMessages", "create", _async()),
+                _Target(module, "Messages", "parse", _method()),
+                _Target(module, "AsyncMessages", "parse", _async()),
+                _Target(module, "Messages", "stream", stream_manager),
+                _Target(module, "AsyncMessages", "stream", async_stream_manager),
+            )
+        ),
     ),
 }
 

@@ -201,6 +201,18 @@ def responses_stream(model: str) -> bytes:
     return sse(events)
 
 
+def compacted_response() -> dict[str, Any]:
+    """Return a ``response.compaction`` object, as ``responses.compact`` gets it."""
+    body = response_object("", "completed", usage=True)
+    return {
+        "id": "resp_2",
+        "object": "response.compaction",
+        "created_at": 1,
+        "output": [],
+        "usage": body["usage"],
+    }
+
+
 def embedding(model: str, encoding: str) -> dict[str, Any]:
     """Return an embeddings list; base64 when the client asked for it (the SDK's default)."""
     vector = [0.25, -0.5, 1.0]
@@ -310,6 +322,7 @@ class FakeLLM:
             time.sleep(delay)
         model = body.get("model", "")
         stream = bool(body.get("stream"))
+        path = path.partition("?")[0]  # the beta resources add ?beta=true
         if path == "/v1/chat/completions":
             if stream:
                 wants = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -327,6 +340,8 @@ class FakeLLM:
                 "application/json",
                 json.dumps(response_object(model, "completed", True)).encode(),
             )
+        if path == "/v1/responses/compact":
+            return 200, "application/json", json.dumps(compacted_response()).encode()
         if path == "/v1/embeddings":
             encoding = body.get("encoding_format", "float")
             return 200, "application/json", json.dumps(embedding(model, encoding)).encode()
