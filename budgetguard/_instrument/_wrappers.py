@@ -20,6 +20,7 @@ from .._streams import (
     AsyncMessageStreamManagerProxy,
     AsyncStreamProxy,
     MessageStreamManagerProxy,
+    RawResponseProxy,
     Settlement,
     StreamProxy,
     UsageMeter,
@@ -106,17 +107,23 @@ def _ask_for_usage(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return {**kwargs, "stream_options": {"include_usage": True}}, True
 
 
-def _response_to_price(result: Any, raw: str | None, kwargs: Mapping[str, Any]) -> Any:
+def _unread(raw: str | None, streamed: bool) -> bool:
+    """Tell a raw response whose body is the caller's to read, so priced when parsed.
+
+    ``with_streaming_response`` ("stream") hands back an unread body, and a
+    raw stream is read by the caller: reading either here would consume it.
+    """
+    return raw == "stream" or (raw is not None and streamed)
+
+
+def _response_to_price(result: Any, raw: str | None) -> Any:
     """Return the object whose usage a response is priced from."""
-    if raw in ("true", "raw") and kwargs.get("stream") is not True:
+    if raw is not None:
         # with_raw_response: an (API|LegacyAPI)Response whose parse() is
         # cached, so reading it here costs the caller nothing.
         parse = getattr(result, "parse", None)
         if callable(parse):
             return parse()
-    # with_streaming_response ("stream") hands back an unread body, and a raw
-    # stream is the caller's to read: reading either here would consume it,
-    # so on_missing_cost decides (by default: charge the estimate).
     return result
 
 
@@ -131,9 +138,9 @@ def sync_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
         guard = guard_of()
         request = _Request(guard, kwargs, wrapped)
         raw = _raw_mode(kwargs)
-        streaming = kwargs.get("stream") is True and raw is None
+        streamed = kwargs.get("stream") is True
         hide = False
-        if streaming and injects_usage:
+        if streamed and injects_usage:
             kwargs, hide = _ask_for_usage(kwargs)
         # Refused here: BudgetExceededError before any request leaves.
         call = guard._begin(request.user, request.estimate, model=request.model, kind=request.kind)
@@ -145,9 +152,11 @@ def sync_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
             raise
         finally:
             _inside.reset(token)
-        if streaming:
+        if streamed and raw is None:
             return StreamProxy(result, _settlement(guard, call, request), hide)
-        guard._complete(call, _response_to_price(result, raw, kwargs))
+        if _unread(raw, streamed):
+            return RawResponseProxy(result, _settlement(guard, call, request), hide)
+        guard._complete(call, _response_to_price(result, raw))
         return result
 
     return call_sync
@@ -165,10 +174,10 @@ def async_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
             guard = guard_of()
             request = _Request(guard, kwargs, wrapped)
             raw = _raw_mode(kwargs)
-            streaming = kwargs.get("stream") is True and raw is None
+            streamed = kwargs.get("stream") is True
             hide = False
             call_kwargs = kwargs
-            if streaming and injects_usage:
+            if streamed and injects_usage:
                 call_kwargs, hide = _ask_for_usage(kwargs)
             call = await guard._abegin(
                 request.user, request.estimate, model=request.model, kind=request.kind
@@ -181,9 +190,11 @@ def async_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
                 raise
             finally:
                 _inside.reset(token)
-            if streaming:
+            if streamed and raw is None:
                 return AsyncStreamProxy(result, _settlement(guard, call, request), hide)
-            await guard._acomplete(call, _response_to_price(result, raw, kwargs))
+            if _unread(raw, streamed):
+                return RawResponseProxy(result, _settlement(guard, call, request), hide)
+            await guard._acomplete(call, _response_to_price(result, raw))
             return result
 
         return run()
