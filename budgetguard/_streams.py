@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import wrapt
 
 from ._call import Call
+from ._sdk_call import inside_sdk_call
 from .usage import StreamMeter, extract_usage
 
 if TYPE_CHECKING:
@@ -383,11 +384,14 @@ class MessageStreamManagerProxy(_Proxy):
 
     def __enter__(self) -> MessageStreamProxy:
         guard, call, prompt_tokens = self._self_opener()
+        token = inside_sdk_call.set(True)  # the request it sends is this call
         try:
             stream = self.__wrapped__.__enter__()
         except BaseException as error:
             guard._finish(call, None, error=error)
             raise
+        finally:
+            inside_sdk_call.reset(token)
         meter = SnapshotMeter(call.request_model, prompt_tokens, stream)
         proxy = MessageStreamProxy(stream, Settlement(guard, call, meter))
         self._self_stream = proxy
@@ -420,11 +424,14 @@ class AsyncMessageStreamManagerProxy(_Proxy):
 
     async def __aenter__(self) -> AsyncMessageStreamProxy:
         guard, call, prompt_tokens = await self._self_opener()
+        token = inside_sdk_call.set(True)  # the request it sends is this call
         try:
             stream = await self.__wrapped__.__aenter__()
         except BaseException as error:  # CancelledError included: release
             await guard._afinish(call, None, error=error)
             raise
+        finally:
+            inside_sdk_call.reset(token)
         meter = SnapshotMeter(call.request_model, prompt_tokens, stream)
         proxy = AsyncMessageStreamProxy(stream, Settlement(guard, call, meter))
         self._self_stream = proxy

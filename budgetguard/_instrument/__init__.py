@@ -13,7 +13,11 @@ Patched: ``openai`` ≥ 1 — ``chat.completions.create`` and ``parse``,
 async. The SDKs' own helpers built on these (``chat.completions.stream``,
 ``responses.stream``, Anthropic's tool runners) are covered through them;
 ``tests/instrument/test_coverage.py`` walks the installed SDKs and fails on
-a billed method that is not.
+a billed method that is not. Below them, the clients' ``request`` is a net
+for a model-running path (``/chat/completions``, ``/responses``,
+``/v1/messages``, ...) that no patched method sent: ``with_raw_response``
+taken before ``instrument()``, resources built before it, methods a newer
+SDK adds.
 
 Each call:
 
@@ -61,9 +65,11 @@ from ._wrappers import (
     GuardSource,
     Wrapper,
     async_method,
+    async_request,
     async_stream_manager,
     stream_manager,
     sync_method,
+    sync_request,
 )
 
 __all__ = ["instrument", "instrumented", "uninstrument"]
@@ -114,6 +120,10 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
         _Target("openai.resources.embeddings", "AsyncEmbeddings", "create", _async()),
         _Target("openai.resources.completions", "Completions", "create", _method(True)),
         _Target("openai.resources.completions", "AsyncCompletions", "create", _async(True)),
+        # The net below every method (see sync_request); last, so it is the
+        # wrapper a method's own call passes through.
+        _Target("openai._base_client", "SyncAPIClient", "request", sync_request),
+        _Target("openai._base_client", "AsyncAPIClient", "request", async_request),
     ),
     "anthropic": (
         *(
@@ -128,6 +138,8 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
                 _Target(module, "AsyncMessages", "stream", async_stream_manager),
             )
         ),
+        _Target("anthropic._base_client", "SyncAPIClient", "request", sync_request),
+        _Target("anthropic._base_client", "AsyncAPIClient", "request", async_request),
     ),
 }
 

@@ -7,8 +7,9 @@ from decimal import Decimal
 
 import anthropic
 import openai
+import pytest
 
-from budgetguard import BudgetGuard, budget_scope
+from budgetguard import BudgetExceededError, BudgetGuard, budget_scope
 
 from .conftest import reserved
 from .fake_llm import FakeLLM
@@ -100,3 +101,47 @@ def test_streaming_response_left_unparsed_ends_its_reservation(
     gc.collect()
     assert reserved(guard, "alice") == 0
     assert guard.spend("alice") > 0  # the estimate: never $0
+
+
+def test_raw_response_taken_before_instrument_is_charged(
+    llm: FakeLLM, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    """Charge with_raw_response views taken before instrument(), and refuse them over budget."""
+    from budgetguard import instrument, uninstrument
+
+    openai_raw = oai.chat.completions.with_raw_response  # cached: holds the plain method
+    anthropic_raw = claude.messages.with_raw_response
+    own = BudgetGuard(metrics=False)
+    instrument(own)
+    try:
+        own.set_budget("1", user="alice")
+        with budget_scope("alice"):
+            assert openai_raw.create(model="gpt-4o-mini", messages=MESSAGES).parse().usage
+            anthropic_raw.create(model="claude-haiku-4-5", max_tokens=600, messages=MESSAGES)
+            chunks = list(
+                openai_raw.create(model="gpt-4o-mini", messages=MESSAGES, stream=True).parse()
+            )
+        assert all(chunk.choices for chunk in chunks)  # the usage chunk stays hidden
+        assert own.spend("alice") == CHAT_COST * 2 + MESSAGE_COST
+        assert reserved(own, "alice") == 0
+        own.set_budget("0.000001", user="bob")
+        sent = len(llm.requests)
+        with budget_scope("bob"), pytest.raises(BudgetExceededError):
+            openai_raw.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
+        assert len(llm.requests) == sent
+    finally:
+        uninstrument()
+        own.close()
+
+
+def test_patched_methods_are_charged_once_with_the_request_net(
+    guard: BudgetGuard, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    """Charge a patched method once: the net under it lets its own request through."""
+    with budget_scope("alice"):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        with claude.messages.stream(
+            model="claude-haiku-4-5", max_tokens=600, messages=MESSAGES
+        ) as stream:
+            stream.get_final_text()
+    assert guard.spend("alice") == CHAT_COST + MESSAGE_COST
