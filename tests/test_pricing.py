@@ -813,3 +813,34 @@ def test_shipped_long_context_tiers_exist() -> None:
     assert price is not None and price.long_context
     assert price.long_context[0].above_input_tokens == 200000
     assert price.long_context[0].price.input > price.input
+
+
+def test_cost_of_prices_the_service_tier_the_usage_reports() -> None:
+    """Price usage served in the priority tier at that tier's price, unless told otherwise."""
+    from budgetguard.usage import Usage
+
+    usage = Usage(input_tokens=1000, output_tokens=500, service_tier="priority")
+    # gpt-4o-mini priority: 1000 × 0.25 / 1e6 + 500 × 1 / 1e6
+    assert cost_of(usage, "gpt-4o-mini").total == Decimal("0.00075")
+    assert cost_of(usage, "gpt-4o-mini", tier="standard").total == Decimal("0.00045")
+
+
+def test_anthropic_usage_reads_the_tier_it_was_served_in() -> None:
+    """Read Anthropic's usage.service_tier, and OpenAI's "default" as the standard tier."""
+    from budgetguard.usage import extract_usage
+
+    message = {
+        "type": "message",
+        "model": "claude-haiku-4-5",
+        "usage": {"input_tokens": 10, "output_tokens": 5, "service_tier": "batch"},
+    }
+    found = extract_usage(message)
+    assert found is not None and found.service_tier == "batch"
+    chat = {
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "service_tier": "default",
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    }
+    found = extract_usage(chat)
+    assert found is not None and found.service_tier is None

@@ -15,6 +15,7 @@ turns its provider's convention into the disjoint buckets of ``Usage``:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ._record import Usage
@@ -28,6 +29,7 @@ __all__ = [
     "from_openai_usage",
     "from_responses_usage",
     "gemini_rest_to_sdk",
+    "with_service_tier",
 ]
 
 
@@ -336,7 +338,34 @@ def _openai_operation(response: Any) -> str | None:
     return None
 
 
+# How providers name the tier a call was served in, as the price table names it.
+# OpenAI answers "default" (or "auto", "scale") for the standard tier.
+_TIERS = {"flex": "flex", "priority": "priority", "batch": "batch"}
+
+
+def _service_tier(response: Any, usage: Any) -> str | None:
+    """Return the service tier a response says it was served in (OpenAI: on the
+    response; Anthropic: in the usage block), or ``None`` for the standard tier."""
+    for where in (response, usage):
+        tier = _get(where, "service_tier")
+        if isinstance(tier, str):
+            return _TIERS.get(tier.lower())
+    return None
+
+
+def with_service_tier(found: Usage, response: Any, usage: Any) -> Usage:
+    """Return ``found`` noting the service tier ``response`` or its ``usage`` block reports."""
+    tier = _service_tier(response, _view(usage))
+    return found if tier is None else replace(found, service_tier=tier)
+
+
 def _from_usage_block(usage: Any, response: Any) -> Usage | None:
+    """Pick the right normaliser for a ``usage`` block, and note the tier it was served in."""
+    found = _normalise_block(usage, response)
+    return None if found is None else with_service_tier(found, response, usage)
+
+
+def _normalise_block(usage: Any, response: Any) -> Usage | None:
     """Pick the right normaliser for a ``usage`` block by the fields it carries."""
     model = _model(response)
     usage = _view(usage)

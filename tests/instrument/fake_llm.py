@@ -35,13 +35,20 @@ def sse(events: list[tuple[str | None, Any]]) -> bytes:
     return "".join(out).encode()
 
 
-def chat_completion(model: str) -> dict[str, Any]:
+def served_tier(body: dict[str, Any]) -> str:
+    """Return the tier OpenAI says it served a request in: the one asked for, else default."""
+    asked = body.get("service_tier")
+    return asked if asked in ("flex", "priority") else "default"
+
+
+def chat_completion(model: str, tier: str = "default") -> dict[str, Any]:
     """Return a ``chat.completion`` object."""
     return {
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "created": 1,
         "model": model,
+        "service_tier": tier,
         "choices": [
             {
                 "index": 0,
@@ -127,7 +134,7 @@ def text_completion(model: str, stream: bool, include_usage: bool) -> bytes:
     return sse(events)
 
 
-def response_object(model: str, status: str, usage: bool) -> dict[str, Any]:
+def response_object(model: str, status: str, usage: bool, tier: str = "default") -> dict[str, Any]:
     """Return a Responses API ``response`` object."""
     return {
         "id": "resp_1",
@@ -135,6 +142,7 @@ def response_object(model: str, status: str, usage: bool) -> dict[str, Any]:
         "created_at": 1,
         "status": status,
         "model": model,
+        "service_tier": tier,
         "output": [
             {
                 "type": "message",
@@ -161,7 +169,7 @@ def response_object(model: str, status: str, usage: bool) -> dict[str, Any]:
     }
 
 
-def responses_stream(model: str) -> bytes:
+def responses_stream(model: str, tier: str = "default") -> bytes:
     """Return Responses events: created, text deltas, completed (which carries the usage)."""
     events: list[tuple[str | None, Any]] = [
         (
@@ -194,7 +202,7 @@ def responses_stream(model: str) -> bytes:
             {
                 "type": "response.completed",
                 "sequence_number": len(TEXT) + 1,
-                "response": response_object(model, "completed", usage=True),
+                "response": response_object(model, "completed", usage=True, tier=tier),
             },
         )
     )
@@ -227,8 +235,8 @@ def embedding(model: str, encoding: str) -> dict[str, Any]:
     }
 
 
-def message(model: str) -> dict[str, Any]:
-    """Return an Anthropic ``message``."""
+def message(model: str, tier: str = "standard") -> dict[str, Any]:
+    """Return an Anthropic ``message``; ``tier`` is what its usage says it was served in."""
     return {
         "id": "msg_1",
         "type": "message",
@@ -237,7 +245,11 @@ def message(model: str) -> dict[str, Any]:
         "content": [{"type": "text", "text": "".join(TEXT)}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
+        "usage": {
+            "input_tokens": INPUT_TOKENS,
+            "output_tokens": OUTPUT_TOKENS,
+            "service_tier": tier,
+        },
     }
 
 
@@ -327,18 +339,20 @@ class FakeLLM:
             if stream:
                 wants = bool((body.get("stream_options") or {}).get("include_usage"))
                 return 200, "text/event-stream", chat_stream(model, wants)
-            return 200, "application/json", json.dumps(chat_completion(CHAT_MODEL)).encode()
+            reply = chat_completion(CHAT_MODEL, served_tier(body))
+            return 200, "application/json", json.dumps(reply).encode()
         if path == "/v1/completions":
             wants = bool((body.get("stream_options") or {}).get("include_usage"))
             kind = "text/event-stream" if stream else "application/json"
             return 200, kind, text_completion(model, stream, wants)
         if path == "/v1/responses":
+            tier = served_tier(body)
             if stream:
-                return 200, "text/event-stream", responses_stream(model)
+                return 200, "text/event-stream", responses_stream(model, tier)
             return (
                 200,
                 "application/json",
-                json.dumps(response_object(model, "completed", True)).encode(),
+                json.dumps(response_object(model, "completed", True, tier)).encode(),
             )
         if path == "/v1/responses/compact":
             return 200, "application/json", json.dumps(compacted_response()).encode()
@@ -348,7 +362,9 @@ class FakeLLM:
         if path == "/v1/messages":
             if stream:
                 return 200, "text/event-stream", message_stream(model)
-            return 200, "application/json", json.dumps(message(model)).encode()
+            # An account with Priority Tier capacity: "auto" is served there.
+            tier = "priority" if body.get("service_tier") == "auto" else "standard"
+            return 200, "application/json", json.dumps(message(model, tier)).encode()
         return 404, "application/json", b'{"error": {"message": "no such path"}}'
 
 

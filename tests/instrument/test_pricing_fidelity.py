@@ -1,0 +1,51 @@
+"""Instrumented calls are priced as the provider bills them: tier, per-call fees, model names."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import openai
+
+from budgetguard import BudgetGuard, budget_scope
+
+from .conftest import reserved
+
+MESSAGES = [{"role": "user", "content": "Say hello to the wide world."}]
+
+
+def test_priority_tier_chat_is_charged_the_priority_price(
+    guard: BudgetGuard, oai: openai.OpenAI
+) -> None:
+    """Charge a chat answered in the priority tier at gpt-4o-mini's priority price."""
+    with budget_scope("alice"):
+        reply = oai.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, service_tier="priority"
+        )
+    assert reply.service_tier == "priority"
+    # 1000 × 0.25 / 1e6 + 500 × 1 / 1e6 = 0.00025 + 0.0005
+    assert guard.spend("alice") == Decimal("0.00075")
+
+
+def test_flex_tier_responses_are_charged_the_flex_price(
+    guard: BudgetGuard, oai: openai.OpenAI
+) -> None:
+    """Charge Responses answered in the flex tier, plain and streamed, at the flex price."""
+    guard.set_budget("1", user="alice")
+    with budget_scope("alice"):
+        oai.responses.create(model="gpt-5-mini", input="Say hello", service_tier="flex")
+        list(
+            oai.responses.create(
+                model="gpt-5-mini", input="Say hello", service_tier="flex", stream=True
+            )
+        )
+    # gpt-5-mini flex: 1000 × 0.125 / 1e6 + 500 × 1 / 1e6 = 0.000125 + 0.0005
+    assert guard.spend("alice") == Decimal("0.000625") * 2
+    assert reserved(guard, "alice") == 0
+
+
+def test_default_tier_is_charged_the_standard_price(guard: BudgetGuard, oai: openai.OpenAI) -> None:
+    """Charge a call the API served in its default tier at the standard price."""
+    with budget_scope("alice"):
+        oai.responses.create(model="gpt-5-mini", input="Say hello", service_tier="auto")
+    # 1000 × 0.25 / 1e6 + 500 × 2 / 1e6 = 0.00025 + 0.001
+    assert guard.spend("alice") == Decimal("0.00125")
