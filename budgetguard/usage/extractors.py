@@ -30,6 +30,7 @@ __all__ = [
     "from_responses_usage",
     "gemini_rest_to_sdk",
     "with_service_tier",
+    "with_web_search_calls",
 ]
 
 
@@ -353,6 +354,19 @@ def _service_tier(response: Any, usage: Any) -> str | None:
     return None
 
 
+def with_web_search_calls(found: Usage, response: Any) -> Usage:
+    """Return ``found`` counting the ``web_search_call`` items of a Responses ``output``.
+
+    OpenAI bills each web-search tool call per call, beside its tokens; the
+    usage block does not count them, the output does.
+    """
+    output = _get(response, "output")
+    if not isinstance(output, (list, tuple)):
+        return found
+    calls = sum(1 for item in output if _get(item, "type") == "web_search_call")
+    return replace(found, web_search_requests=calls) if calls else found
+
+
 def with_service_tier(found: Usage, response: Any, usage: Any) -> Usage:
     """Return ``found`` noting the service tier ``response`` or its ``usage`` block reports."""
     tier = _service_tier(response, _view(usage))
@@ -384,7 +398,7 @@ def _normalise_block(usage: Any, response: Any) -> Usage | None:
     if _has(usage, "input_tokens") or _has(usage, "output_tokens"):
         kind = _get(response, "object")
         if kind == "response" or _has(usage, "input_tokens_details"):
-            return from_responses_usage(usage, model=model)
+            return with_web_search_calls(from_responses_usage(usage, model=model), response)
         provider = "anthropic"
         if _vendor_of(response) == "litellm":
             provider = "litellm"

@@ -32,6 +32,7 @@ from .extractors import (
     from_responses_usage,
     gemini_rest_to_sdk,
     with_service_tier,
+    with_web_search_calls,
 )
 
 __all__ = [
@@ -172,6 +173,7 @@ class OpenAIResponsesStream(StreamAccumulator):
             # "response.completed", and also "incomplete" / "failed": those are billed too.
             if usage is not None:
                 found = from_responses_usage(usage, model=_get(response, "model"))
+                found = with_web_search_calls(found, response)
                 self._usage = with_service_tier(found, response, usage)
         if isinstance(kind, str) and kind.endswith(".delta"):
             self._note_text(_get(chunk, "delta"))

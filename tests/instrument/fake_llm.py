@@ -134,8 +134,19 @@ def text_completion(model: str, stream: bool, include_usage: bool) -> bytes:
     return sse(events)
 
 
-def response_object(model: str, status: str, usage: bool, tier: str = "default") -> dict[str, Any]:
-    """Return a Responses API ``response`` object."""
+def response_object(
+    model: str, status: str, usage: bool, tier: str = "default", searches: int = 0
+) -> dict[str, Any]:
+    """Return a Responses API ``response`` object; ``searches`` web-search calls lead its output."""
+    searched = [
+        {
+            "type": "web_search_call",
+            "id": f"ws_{n}",
+            "status": "completed",
+            "action": {"type": "search", "query": "hello"},
+        }
+        for n in range(searches)
+    ]
     return {
         "id": "resp_1",
         "object": "response",
@@ -144,16 +155,17 @@ def response_object(model: str, status: str, usage: bool, tier: str = "default")
         "model": model,
         "service_tier": tier,
         "output": [
+            *searched,
             {
                 "type": "message",
                 "id": "msg_1",
                 "status": "completed",
                 "role": "assistant",
                 "content": [{"type": "output_text", "text": "".join(TEXT), "annotations": []}],
-            }
+            },
         ]
         if status == "completed"
-        else [],
+        else searched,
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
@@ -169,7 +181,7 @@ def response_object(model: str, status: str, usage: bool, tier: str = "default")
     }
 
 
-def responses_stream(model: str, tier: str = "default") -> bytes:
+def responses_stream(model: str, tier: str = "default", searches: int = 0) -> bytes:
     """Return Responses events: created, text deltas, completed (which carries the usage)."""
     events: list[tuple[str | None, Any]] = [
         (
@@ -202,7 +214,9 @@ def responses_stream(model: str, tier: str = "default") -> bytes:
             {
                 "type": "response.completed",
                 "sequence_number": len(TEXT) + 1,
-                "response": response_object(model, "completed", usage=True, tier=tier),
+                "response": response_object(
+                    model, "completed", usage=True, tier=tier, searches=searches
+                ),
             },
         )
     )
@@ -347,13 +361,12 @@ class FakeLLM:
             return 200, kind, text_completion(model, stream, wants)
         if path == "/v1/responses":
             tier = served_tier(body)
+            # One web-search call per web_search tool offered.
+            searches = sum(1 for t in body.get("tools") or [] if t.get("type") == "web_search")
             if stream:
-                return 200, "text/event-stream", responses_stream(model, tier)
-            return (
-                200,
-                "application/json",
-                json.dumps(response_object(model, "completed", True, tier)).encode(),
-            )
+                return 200, "text/event-stream", responses_stream(model, tier, searches)
+            reply = response_object(model, "completed", True, tier, searches)
+            return 200, "application/json", json.dumps(reply).encode()
         if path == "/v1/responses/compact":
             return 200, "application/json", json.dumps(compacted_response()).encode()
         if path == "/v1/embeddings":

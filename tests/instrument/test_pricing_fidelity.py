@@ -49,3 +49,20 @@ def test_default_tier_is_charged_the_standard_price(guard: BudgetGuard, oai: ope
         oai.responses.create(model="gpt-5-mini", input="Say hello", service_tier="auto")
     # 1000 × 0.25 / 1e6 + 500 × 2 / 1e6 = 0.00025 + 0.001
     assert guard.spend("alice") == Decimal("0.00125")
+
+
+def test_openai_web_search_calls_are_charged_their_fee(
+    guard: BudgetGuard, oai: openai.OpenAI
+) -> None:
+    """Charge each web_search_call of a Responses answer $0.01, plain and streamed."""
+    guard.set_budget("1", user="alice")
+    with budget_scope("alice"):
+        oai.responses.create(model="gpt-4o-mini", input="Say hello", tools=[{"type": "web_search"}])
+        list(
+            oai.responses.create(
+                model="gpt-4o-mini", input="Say hello", tools=[{"type": "web_search"}], stream=True
+            )
+        )
+    # 0.00045 of tokens + one search at gpt-4o-mini's $0.01 per call, twice
+    assert guard.spend("alice") == (Decimal("0.00045") + Decimal("0.01")) * 2
+    assert reserved(guard, "alice") == 0
