@@ -26,6 +26,7 @@ __all__ = [
     "from_bedrock_usage",
     "from_cohere_usage",
     "from_gemini_usage",
+    "from_langchain_usage",
     "from_openai_usage",
     "from_responses_usage",
     "gemini_rest_to_sdk",
@@ -237,6 +238,47 @@ def from_anthropic_usage(
     )
 
 
+def from_langchain_usage(metadata: Any, *, model: str | None = None) -> Usage:
+    """Normalise LangChain's ``AIMessage.usage_metadata`` (any provider's chat model).
+
+    ``input_tokens`` counts every input token, cache reads
+    (``input_token_details.cache_read``) and writes (``cache_creation``)
+    included; ``output_tokens`` includes ``output_token_details.reasoning``.
+    """
+    metadata = _view(metadata)
+    total_in = _int(_get(metadata, "input_tokens"))
+    total_out = _int(_get(metadata, "output_tokens"))
+    details_in = _get(metadata, "input_token_details")
+    cached = _int(_get(details_in, "cache_read"))
+    written = _int(_get(details_in, "cache_creation"))
+    audio_in = _int(_get(details_in, "audio"))
+    details_out = _get(metadata, "output_token_details")
+    reasoning = min(_int(_get(details_out, "reasoning")), total_out)
+    audio_out = min(_int(_get(details_out, "audio")), total_out - reasoning)
+    return Usage(
+        input_tokens=max(total_in - cached - written - audio_in, 0),
+        cached_input_tokens=cached,
+        cache_write_5m_tokens=written,
+        input_audio_tokens=audio_in,
+        output_tokens=total_out - reasoning - audio_out,
+        reasoning_tokens=reasoning,
+        output_audio_tokens=audio_out,
+        model=model,
+        provider="langchain",
+        operation="chat",
+    )
+
+
+def _langchain_model(message: Any) -> str | None:
+    """Return the model a LangChain message's ``response_metadata`` names."""
+    metadata = _get(message, "response_metadata")
+    for key in ("model_name", "model", "model_id"):
+        value = _get(metadata, key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _modality_count(details: Any, modality: str) -> int:
     """Sum the ``token_count`` of one modality in a Gemini ``ModalityTokenCount`` list."""
     if not isinstance(details, (list, tuple)):
@@ -420,6 +462,8 @@ def extract_usage(response: object) -> Usage | None:
         response = gemini_rest_to_sdk(response)
     metadata = _get(response, "usage_metadata")
     if metadata is not None:
+        if _has(metadata, "input_tokens") or _has(metadata, "output_tokens"):
+            return from_langchain_usage(metadata, model=_langchain_model(response))
         return from_gemini_usage(metadata, model=_model(response) or _gemini_version(response))
     usage = _get(response, "usage")
     if usage is not None:
