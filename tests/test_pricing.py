@@ -844,3 +844,23 @@ def test_anthropic_usage_reads_the_tier_it_was_served_in() -> None:
     }
     found = extract_usage(chat)
     assert found is not None and found.service_tier is None
+
+
+@pytest.mark.parametrize(
+    ("model", "entry"),
+    [
+        ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "ft:gpt-4o-mini"),
+        ("ft:gpt-4o-2024-08-06:acme:support:B1c2D3e4", "ft:gpt-4o"),
+        ("ft:gpt-3.5-turbo-0125:acme::xyz", "ft:gpt-3.5-turbo-"),
+        ("gpt-4o-mini-2024-07-18.ft-0123456789abcdef", "gpt-4o-mini-2024-07-18.ft-"),
+    ],
+)
+def test_fine_tuned_models_are_priced_at_their_base_fine_tune_price(model: str, entry: str) -> None:
+    """Price a fine-tune's full name at the table's fine-tune entry of its base model."""
+    found = lookup(model)
+    assert found is not None and found.model == entry
+
+
+def test_fine_tune_of_an_unpriced_base_stays_unknown() -> None:
+    """Leave a fine-tune of a base with no fine-tune price unknown, not at the base price."""
+    assert lookup("ft:gpt-9-turbo:acme::abc") is None

@@ -66,3 +66,13 @@ def test_openai_web_search_calls_are_charged_their_fee(
     # 0.00045 of tokens + one search at gpt-4o-mini's $0.01 per call, twice
     assert guard.spend("alice") == (Decimal("0.00045") + Decimal("0.01")) * 2
     assert reserved(guard, "alice") == 0
+
+
+def test_fine_tuned_model_is_charged_its_fine_tune_price(
+    guard: BudgetGuard, oai: openai.OpenAI
+) -> None:
+    """Charge a call of a fine-tune at its base model's fine-tune price, not the fallback."""
+    with budget_scope("alice"):
+        oai.responses.create(model="ft:gpt-4o-mini-2024-07-18:acme::abc123", input="Say hello")
+    # ft:gpt-4o-mini: 1000 × 0.3 / 1e6 + 500 × 1.2 / 1e6 = 0.0003 + 0.0006
+    assert guard.spend("alice") == Decimal("0.0009")
