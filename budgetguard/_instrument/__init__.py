@@ -55,11 +55,12 @@ import importlib.util
 import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import wrapt
 
+from ..errors import ConfigurationError
 from ..guard import BudgetGuard
 from ._wrappers import (
     GuardSource,
@@ -192,8 +193,13 @@ class _Patches:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.guard: BudgetGuard | None = None
+        self.deployments: Mapping[str, str] = {}
         # Active patches, and dormant ones that another wrapper still holds.
         self.patches: list[_Patch] = []
+
+    def __call__(self) -> BudgetGuard:
+        """Return the guard calls are charged to (the wrappers' ``GuardSource``)."""
+        return self.guard_of()
 
     def guard_of(self) -> BudgetGuard:
         """Return the guard calls are charged to: the one given, else the caller's.
@@ -237,15 +243,27 @@ def _resolve(target: _Target) -> type | None:
     return cls
 
 
-def instrument(guard: BudgetGuard | None = None) -> list[str]:
+def instrument(
+    guard: BudgetGuard | None = None, *, deployments: Mapping[str, str] | None = None
+) -> list[str]:
     """Budget every call of the installed ``openai`` and ``anthropic`` clients.
 
     ``guard`` is charged; ``None`` means the default guard, looked up at each
-    call (so ``budgetguard.configure(...)`` afterwards still applies). Calling
-    it again only changes the guard. Returns the patched methods' names.
+    call (so ``budgetguard.configure(...)`` afterwards still applies).
+    ``deployments`` maps Azure deployment names to the models they serve
+    (``{"my-gpt": "gpt-4o"}``): a call's estimate is priced as that model, and
+    its cost from the model the response names. Calling it again only changes
+    the guard and the deployments. Returns the patched methods' names.
     """
+    named = dict(deployments or {})
+    for name, model in named.items():
+        if not isinstance(name, str) or not isinstance(model, str) or not model:
+            raise ConfigurationError(
+                f"deployments maps names to model names; got {name!r}: {model!r}"
+            )
     with _patches.lock:
         _patches.guard = guard
+        _patches.deployments = named
         if not _patches.active():
             for package, targets in _TARGETS.items():
                 if not _installed(package):
@@ -272,7 +290,7 @@ def _patch(cls: type, target: _Target) -> None:
         _patches.patches.remove(patch)  # replaced wholesale: ours is gone
     patch = _Patch(cls, target.method)
     patch.wrapper = wrapt.wrap_object(
-        cls, target.method, wrapt.FunctionWrapper, (target.make(_patches.guard_of), patch.enabled)
+        cls, target.method, wrapt.FunctionWrapper, (target.make(_patches), patch.enabled)
     )
     _patches.patches.append(patch)
 
@@ -298,6 +316,7 @@ def uninstrument() -> None:
             if not patch.is_reachable():  # replaced wholesale: nothing left to wake
                 _patches.patches.remove(patch)
         _patches.guard = None
+        _patches.deployments = {}
     if left:
         message = (
             f"budgetguard.uninstrument(): something wrapped or replaced "

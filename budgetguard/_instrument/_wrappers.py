@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from .._call import Call, _current_call
 from .._sdk_call import inside_sdk_call
@@ -39,7 +39,18 @@ __all__ = [
 ]
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-GuardSource = Callable[[], BudgetGuard]
+
+
+class GuardSource(Protocol):
+    """Where the wrappers find the guard to charge, and the configured deployment names."""
+
+    # Azure deployment names to the models they serve: what the estimate prices.
+    deployments: Mapping[str, str]
+
+    def __call__(self) -> BudgetGuard:
+        """Return the guard calls are charged to now."""
+        ...
+
 
 # Set while an instrumented method runs, so that an SDK method which calls
 # another instrumented one (helpers, older aliases) is charged once, not twice.
@@ -69,8 +80,14 @@ class _Request:
         kwargs: Mapping[str, Any],
         wrapped: Callable[..., Any],
         kind: str | None = None,
+        deployments: Mapping[str, str] | None = None,
     ) -> None:
         given = _given(kwargs)
+        named = given.get("model")
+        if deployments and isinstance(named, str) and named in deployments:
+            # An Azure deployment: estimate at the price of the model it serves.
+            # The response names that model itself, and the cost is read from it.
+            given = {**given, "model": deployments[named]}
         self.kwargs = given
         found = guard.estimate_call(given)
         if found is not None:
@@ -158,7 +175,7 @@ def _run_sync(
     asks an OpenAI stream for its usage.
     """
     guard = guard_of()
-    request = _Request(guard, described, wrapped, kind)
+    request = _Request(guard, described, wrapped, kind, guard_of.deployments)
     raw = _raw_mode(described)
     streamed = described.get("stream") is True
     hide = False
@@ -193,7 +210,7 @@ async def _run_async(
 ) -> Any:
     """Do ``_run_sync`` for a coroutine; ``invoke`` returns an awaitable."""
     guard = guard_of()
-    request = _Request(guard, described, wrapped, kind)
+    request = _Request(guard, described, wrapped, kind, guard_of.deployments)
     raw = _raw_mode(described)
     streamed = described.get("stream") is True
     hide = False
@@ -358,7 +375,7 @@ def _manager_request(
     """Return what a stream manager reserves with when it is entered later."""
     guard = guard_of()
     # The request leaves on entry; who pays is whoever was in scope here.
-    return guard, _Request(guard, kwargs, wrapped), current_scope()
+    return guard, _Request(guard, kwargs, wrapped, None, guard_of.deployments), current_scope()
 
 
 def stream_manager(guard_of: GuardSource) -> Wrapper:

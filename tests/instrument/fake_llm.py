@@ -349,6 +349,9 @@ class FakeLLM:
         model = body.get("model", "")
         stream = bool(body.get("stream"))
         path = path.partition("?")[0]  # the beta resources add ?beta=true
+        if path.startswith("/openai/deployments/"):
+            # Azure: /openai/deployments/<deployment>/chat/completions?api-version=...
+            path = "/v1/" + path.split("/", 4)[4]
         if path == "/v1/chat/completions":
             if stream:
                 wants = bool((body.get("stream_options") or {}).get("include_usage"))

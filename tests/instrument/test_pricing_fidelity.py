@@ -5,10 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 import openai
+import pytest
 
 from budgetguard import BudgetGuard, budget_scope
 
 from .conftest import reserved
+from .fake_llm import FakeLLM
 
 MESSAGES = [{"role": "user", "content": "Say hello to the wide world."}]
 
@@ -76,3 +78,30 @@ def test_fine_tuned_model_is_charged_its_fine_tune_price(
         oai.responses.create(model="ft:gpt-4o-mini-2024-07-18:acme::abc123", input="Say hello")
     # ft:gpt-4o-mini: 1000 × 0.3 / 1e6 + 500 × 1.2 / 1e6 = 0.0003 + 0.0006
     assert guard.spend("alice") == Decimal("0.0009")
+
+
+def test_azure_deployment_is_estimated_as_the_model_it_serves(llm: FakeLLM) -> None:
+    """Estimate an Azure deployment at its configured model's price; charge the response's."""
+    from budgetguard import BudgetExceededError, instrument, uninstrument
+
+    client = openai.AzureOpenAI(
+        api_key="test", azure_endpoint=llm.url, api_version="2024-10-21", max_retries=0
+    )
+    own = BudgetGuard(metrics=False)
+    try:
+        own.set_budget("0.02", user="alice")
+        instrument(own)  # no mapping: "my-gpt" is estimated at the fallback price
+        with budget_scope("alice"), pytest.raises(BudgetExceededError):
+            client.chat.completions.create(model="my-gpt", messages=MESSAGES, max_tokens=500)
+        instrument(own, deployments={"my-gpt": "gpt-4o-mini"})
+        with budget_scope("alice"):
+            reply = client.chat.completions.create(
+                model="my-gpt", messages=MESSAGES, max_tokens=500
+            )
+        assert reply.model == "gpt-4o-mini-2024-07-18"
+        assert own.spend("alice") == Decimal("0.00045")
+        assert llm.requests[-1][0].startswith("/openai/deployments/my-gpt/")
+    finally:
+        uninstrument()
+        client.close()
+        own.close()
