@@ -13,6 +13,7 @@ broken out of and collected, or fails half way.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import types
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import wrapt
 
 from ._call import Call
+from ._sdk_call import inside_sdk_call
 from .usage import StreamMeter, extract_usage
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ __all__ = [
     "AsyncStreamProxy",
     "MessageStreamManagerProxy",
     "MessageStreamProxy",
+    "RawResponseProxy",
     "Settlement",
     "StreamProxy",
     "UsageMeter",
@@ -381,11 +384,14 @@ class MessageStreamManagerProxy(_Proxy):
 
     def __enter__(self) -> MessageStreamProxy:
         guard, call, prompt_tokens = self._self_opener()
+        token = inside_sdk_call.set(True)  # the request it sends is this call
         try:
             stream = self.__wrapped__.__enter__()
         except BaseException as error:
             guard._finish(call, None, error=error)
             raise
+        finally:
+            inside_sdk_call.reset(token)
         meter = SnapshotMeter(call.request_model, prompt_tokens, stream)
         proxy = MessageStreamProxy(stream, Settlement(guard, call, meter))
         self._self_stream = proxy
@@ -418,11 +424,14 @@ class AsyncMessageStreamManagerProxy(_Proxy):
 
     async def __aenter__(self) -> AsyncMessageStreamProxy:
         guard, call, prompt_tokens = await self._self_opener()
+        token = inside_sdk_call.set(True)  # the request it sends is this call
         try:
             stream = await self.__wrapped__.__aenter__()
         except BaseException as error:  # CancelledError included: release
             await guard._afinish(call, None, error=error)
             raise
+        finally:
+            inside_sdk_call.reset(token)
         meter = SnapshotMeter(call.request_model, prompt_tokens, stream)
         proxy = AsyncMessageStreamProxy(stream, Settlement(guard, call, meter))
         self._self_stream = proxy
@@ -440,6 +449,96 @@ class AsyncMessageStreamManagerProxy(_Proxy):
             stream = self._self_stream
             if stream is not None:
                 await stream._self_settlement.asettle(_error_of(exc))
+
+
+class RawResponseProxy(_Proxy):
+    """Wrap the response of ``with_raw_response`` / ``with_streaming_response``: price its body.
+
+    The body is the caller's to read, so nothing is read here. ``parse()``
+    prices what it returns from its usage, or hands back a settling proxy of
+    the stream it returns; a response closed, left or collected unparsed
+    (read as bytes or lines, or not at all) ends its call under
+    ``on_missing_cost``, as a response without usage.
+    """
+
+    def __init__(self, response: Any, settlement: Settlement, hide_usage_chunk: bool) -> None:
+        super().__init__(response)
+        self._self_settlement = settlement
+        self._self_hide = hide_usage_chunk
+        self._self_stream: Any = None
+        finalizer = weakref.finalize(self, _end_unparsed, settlement)
+        finalizer.atexit = False
+        settlement._finalizer = finalizer
+
+    def _self_priced(self, parsed: Any) -> Any:
+        settlement: Settlement = self._self_settlement
+        if self._self_stream is not None:
+            return self._self_stream
+        if is_stream(parsed) and not settlement.done:
+            meter_of = settlement.meter
+            # The stream proxy settles from here on; this one lets go.
+            if settlement._claim():
+                handed = Settlement(settlement.guard, settlement.call, meter_of)
+                if hasattr(parsed, "__anext__"):
+                    self._self_stream = AsyncStreamProxy(parsed, handed, self._self_hide)
+                else:
+                    self._self_stream = StreamProxy(parsed, handed, self._self_hide)
+                return self._self_stream
+        return parsed
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        """Parse the body (the SDK's own ``parse``) and price it, once."""
+        parse = self.__wrapped__.parse
+        if inspect.iscoroutinefunction(parse):
+            return self._self_aparse(parse, args, kwargs)
+        try:
+            parsed = parse(*args, **kwargs)
+        except BaseException as error:
+            _end_unparsed(self._self_settlement, error)
+            raise
+        if not is_stream(parsed) and self._self_settlement._claim():
+            settlement: Settlement = self._self_settlement
+            settlement.guard._complete(settlement.call, parsed)
+        return self._self_priced(parsed)
+
+    async def _self_aparse(
+        self, parse: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            parsed = await parse(*args, **kwargs)
+        except BaseException as error:
+            await _aend_unparsed(self._self_settlement, error)
+            raise
+        if not is_stream(parsed) and self._self_settlement._claim():
+            settlement: Settlement = self._self_settlement
+            await settlement.guard._acomplete(settlement.call, parsed)
+        return self._self_priced(parsed)
+
+    def close(self) -> Any:
+        """Close the response; unparsed, its call ends as one without usage."""
+        closed = self.__wrapped__.close()
+        if inspect.isawaitable(closed):
+            return self._self_aclose(closed)
+        _end_unparsed(self._self_settlement)
+        return closed
+
+    async def _self_aclose(self, closed: Any) -> None:
+        try:
+            await closed
+        finally:
+            await _aend_unparsed(self._self_settlement)
+
+
+def _end_unparsed(settlement: Settlement, error: BaseException | None = None) -> None:
+    """End a raw response's call that was never parsed: as a response without usage."""
+    if settlement._claim():
+        settlement.guard._finish(settlement.call, None, error=error)
+
+
+async def _aend_unparsed(settlement: Settlement, error: BaseException | None = None) -> None:
+    """Do ``_end_unparsed`` without blocking the event loop on the ledger."""
+    if settlement._claim():
+        await settlement.guard._afinish(settlement.call, None, error=error)
 
 
 # Stream classes of the SDKs, by module root and class name: matched by name

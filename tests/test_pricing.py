@@ -813,3 +813,54 @@ def test_shipped_long_context_tiers_exist() -> None:
     assert price is not None and price.long_context
     assert price.long_context[0].above_input_tokens == 200000
     assert price.long_context[0].price.input > price.input
+
+
+def test_cost_of_prices_the_service_tier_the_usage_reports() -> None:
+    """Price usage served in the priority tier at that tier's price, unless told otherwise."""
+    from budgetguard.usage import Usage
+
+    usage = Usage(input_tokens=1000, output_tokens=500, service_tier="priority")
+    # gpt-4o-mini priority: 1000 × 0.25 / 1e6 + 500 × 1 / 1e6
+    assert cost_of(usage, "gpt-4o-mini").total == Decimal("0.00075")
+    assert cost_of(usage, "gpt-4o-mini", tier="standard").total == Decimal("0.00045")
+
+
+def test_anthropic_usage_reads_the_tier_it_was_served_in() -> None:
+    """Read Anthropic's usage.service_tier, and OpenAI's "default" as the standard tier."""
+    from budgetguard.usage import extract_usage
+
+    message = {
+        "type": "message",
+        "model": "claude-haiku-4-5",
+        "usage": {"input_tokens": 10, "output_tokens": 5, "service_tier": "batch"},
+    }
+    found = extract_usage(message)
+    assert found is not None and found.service_tier == "batch"
+    chat = {
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "service_tier": "default",
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    }
+    found = extract_usage(chat)
+    assert found is not None and found.service_tier is None
+
+
+@pytest.mark.parametrize(
+    ("model", "entry"),
+    [
+        ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "ft:gpt-4o-mini"),
+        ("ft:gpt-4o-2024-08-06:acme:support:B1c2D3e4", "ft:gpt-4o"),
+        ("ft:gpt-3.5-turbo-0125:acme::xyz", "ft:gpt-3.5-turbo-"),
+        ("gpt-4o-mini-2024-07-18.ft-0123456789abcdef", "gpt-4o-mini-2024-07-18.ft-"),
+    ],
+)
+def test_fine_tuned_models_are_priced_at_their_base_fine_tune_price(model: str, entry: str) -> None:
+    """Price a fine-tune's full name at the table's fine-tune entry of its base model."""
+    found = lookup(model)
+    assert found is not None and found.model == entry
+
+
+def test_fine_tune_of_an_unpriced_base_stays_unknown() -> None:
+    """Leave a fine-tune of a base with no fine-tune price unknown, not at the base price."""
+    assert lookup("ft:gpt-9-turbo:acme::abc") is None

@@ -410,3 +410,47 @@ def test_usage_rejects_negative_counts() -> None:
         Usage(input_tokens=-1)
     with pytest.raises(ValueError, match="output_tokens"):
         Usage(output_tokens=1.5)  # type: ignore[arg-type]
+
+
+def test_langchain_message_usage_is_read_as_langchain_not_gemini() -> None:
+    """Read an AIMessage's usage_metadata: cache reads and reasoning out of the totals."""
+    messages = pytest.importorskip("langchain_core.messages")
+    message = messages.AIMessage(
+        content="Hello",
+        response_metadata={"model_name": "gpt-4o-mini-2024-07-18", "model_provider": "openai"},
+        usage_metadata={
+            "input_tokens": 1000,
+            "output_tokens": 500,
+            "total_tokens": 1500,
+            "input_token_details": {"cache_read": 200},
+            "output_token_details": {"reasoning": 100},
+        },
+    )
+    usage = extract_usage(message)
+    assert usage is not None
+    assert (usage.input_tokens, usage.cached_input_tokens) == (800, 200)
+    assert (usage.output_tokens, usage.reasoning_tokens) == (400, 100)
+    assert usage.model == "gpt-4o-mini-2024-07-18"
+
+
+def test_budgeted_function_returning_a_langchain_message_is_charged() -> None:
+    """Charge a @budgeted function that returns a LangChain AIMessage what its usage costs."""
+    from decimal import Decimal
+
+    from budgetguard import BudgetGuard
+
+    messages = pytest.importorskip("langchain_core.messages")
+    guard = BudgetGuard(metrics=False, on_missing_cost="raise")
+
+    @guard.budgeted(user="alice", estimate="0.01")
+    def ask() -> Any:
+        return messages.AIMessage(
+            content="Hello",
+            response_metadata={"model_name": "gpt-4o-mini"},
+            usage_metadata={"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500},
+        )
+
+    ask()
+    # gpt-4o-mini: 1000 × 0.15 / 1e6 + 500 × 0.6 / 1e6
+    assert guard.spend("alice") == Decimal("0.00045")
+    guard.close()

@@ -7,10 +7,17 @@ again. Both are idempotent. Only libraries that are installed are patched; an
 absent one is never imported.
 
 Patched: ``openai`` ≥ 1 — ``chat.completions.create`` and ``parse``,
-``responses.create``, ``embeddings.create``, ``completions.create``;
-``anthropic`` — ``messages.create`` and ``messages.stream``; sync and async.
-The SDKs' own helpers built on these (``chat.completions.stream``,
-``responses.stream``) are covered through ``create``.
+``responses.create``, ``parse`` and ``compact`` (also under ``beta``),
+``embeddings.create``, ``completions.create``; ``anthropic`` —
+``messages.create``, ``parse`` and ``stream`` (also under ``beta``); sync and
+async. The SDKs' own helpers built on these (``chat.completions.stream``,
+``responses.stream``, Anthropic's tool runners) are covered through them;
+``tests/instrument/test_coverage.py`` walks the installed SDKs and fails on
+a billed method that is not. Below them, the clients' ``request`` is a net
+for a model-running path (``/chat/completions``, ``/responses``,
+``/v1/messages``, ...) that no patched method sent: ``with_raw_response``
+taken before ``instrument()``, resources built before it, methods a newer
+SDK adds.
 
 Each call:
 
@@ -48,19 +55,22 @@ import importlib.util
 import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import wrapt
 
+from ..errors import ConfigurationError
 from ..guard import BudgetGuard
 from ._wrappers import (
     GuardSource,
     Wrapper,
     async_method,
+    async_request,
     async_stream_manager,
     stream_manager,
     sync_method,
+    sync_request,
 )
 
 __all__ = ["instrument", "instrumented", "uninstrument"]
@@ -86,6 +96,8 @@ def _async(injects_usage: bool = False) -> Callable[[GuardSource], Wrapper]:
 
 
 _OPENAI_CHAT = "openai.resources.chat.completions"
+_OPENAI_RESPONSES = "openai.resources.responses"
+_OPENAI_BETA_RESPONSES = "openai.resources.beta.responses"
 _TARGETS: dict[str, tuple[_Target, ...]] = {
     "openai": (
         _Target(_OPENAI_CHAT, "Completions", "create", _method(injects_usage=True)),
@@ -95,18 +107,40 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
         # openai < 1.92 kept parse under beta; newer ones have no such module.
         _Target("openai.resources.beta.chat.completions", "Completions", "parse", _method()),
         _Target("openai.resources.beta.chat.completions", "AsyncCompletions", "parse", _async()),
-        _Target("openai.resources.responses", "Responses", "create", _method()),
-        _Target("openai.resources.responses", "AsyncResponses", "create", _async()),
+        _Target(_OPENAI_RESPONSES, "Responses", "create", _method()),
+        _Target(_OPENAI_RESPONSES, "AsyncResponses", "create", _async()),
+        _Target(_OPENAI_RESPONSES, "Responses", "parse", _method()),
+        _Target(_OPENAI_RESPONSES, "AsyncResponses", "parse", _async()),
+        _Target(_OPENAI_RESPONSES, "Responses", "compact", _method()),
+        _Target(_OPENAI_RESPONSES, "AsyncResponses", "compact", _async()),
+        _Target(_OPENAI_BETA_RESPONSES, "Responses", "create", _method()),
+        _Target(_OPENAI_BETA_RESPONSES, "AsyncResponses", "create", _async()),
+        _Target(_OPENAI_BETA_RESPONSES, "Responses", "compact", _method()),
+        _Target(_OPENAI_BETA_RESPONSES, "AsyncResponses", "compact", _async()),
         _Target("openai.resources.embeddings", "Embeddings", "create", _method()),
         _Target("openai.resources.embeddings", "AsyncEmbeddings", "create", _async()),
         _Target("openai.resources.completions", "Completions", "create", _method(True)),
         _Target("openai.resources.completions", "AsyncCompletions", "create", _async(True)),
+        # The net below every method (see sync_request); last, so it is the
+        # wrapper a method's own call passes through.
+        _Target("openai._base_client", "SyncAPIClient", "request", sync_request),
+        _Target("openai._base_client", "AsyncAPIClient", "request", async_request),
     ),
     "anthropic": (
-        _Target("anthropic.resources.messages", "Messages", "create", _method()),
-        _Target("anthropic.resources.messages", "AsyncMessages", "create", _async()),
-        _Target("anthropic.resources.messages", "Messages", "stream", stream_manager),
-        _Target("anthropic.resources.messages", "AsyncMessages", "stream", async_stream_manager),
+        *(
+            target
+            for module in ("anthropic.resources.messages", "anthropic.resources.beta.messages")
+            for target in (
+                _Target(module, "Messages", "create", _method()),
+                _Target(module, "AsyncMessages", "create", _async()),
+                _Target(module, "Messages", "parse", _method()),
+                _Target(module, "AsyncMessages", "parse", _async()),
+                _Target(module, "Messages", "stream", stream_manager),
+                _Target(module, "AsyncMessages", "stream", async_stream_manager),
+            )
+        ),
+        _Target("anthropic._base_client", "SyncAPIClient", "request", sync_request),
+        _Target("anthropic._base_client", "AsyncAPIClient", "request", async_request),
     ),
 }
 
@@ -159,8 +193,13 @@ class _Patches:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.guard: BudgetGuard | None = None
+        self.deployments: Mapping[str, str] = {}
         # Active patches, and dormant ones that another wrapper still holds.
         self.patches: list[_Patch] = []
+
+    def __call__(self) -> BudgetGuard:
+        """Return the guard calls are charged to (the wrappers' ``GuardSource``)."""
+        return self.guard_of()
 
     def guard_of(self) -> BudgetGuard:
         """Return the guard calls are charged to: the one given, else the caller's.
@@ -204,15 +243,27 @@ def _resolve(target: _Target) -> type | None:
     return cls
 
 
-def instrument(guard: BudgetGuard | None = None) -> list[str]:
+def instrument(
+    guard: BudgetGuard | None = None, *, deployments: Mapping[str, str] | None = None
+) -> list[str]:
     """Budget every call of the installed ``openai`` and ``anthropic`` clients.
 
     ``guard`` is charged; ``None`` means the default guard, looked up at each
-    call (so ``budgetguard.configure(...)`` afterwards still applies). Calling
-    it again only changes the guard. Returns the patched methods' names.
+    call (so ``budgetguard.configure(...)`` afterwards still applies).
+    ``deployments`` maps Azure deployment names to the models they serve
+    (``{"my-gpt": "gpt-4o"}``): a call's estimate is priced as that model, and
+    its cost from the model the response names. Calling it again only changes
+    the guard and the deployments. Returns the patched methods' names.
     """
+    named = dict(deployments or {})
+    for name, model in named.items():
+        if not isinstance(name, str) or not isinstance(model, str) or not model:
+            raise ConfigurationError(
+                f"deployments maps names to model names; got {name!r}: {model!r}"
+            )
     with _patches.lock:
         _patches.guard = guard
+        _patches.deployments = named
         if not _patches.active():
             for package, targets in _TARGETS.items():
                 if not _installed(package):
@@ -239,7 +290,7 @@ def _patch(cls: type, target: _Target) -> None:
         _patches.patches.remove(patch)  # replaced wholesale: ours is gone
     patch = _Patch(cls, target.method)
     patch.wrapper = wrapt.wrap_object(
-        cls, target.method, wrapt.FunctionWrapper, (target.make(_patches.guard_of), patch.enabled)
+        cls, target.method, wrapt.FunctionWrapper, (target.make(_patches), patch.enabled)
     )
     _patches.patches.append(patch)
 
@@ -265,6 +316,7 @@ def uninstrument() -> None:
             if not patch.is_reachable():  # replaced wholesale: nothing left to wake
                 _patches.patches.remove(patch)
         _patches.guard = None
+        _patches.deployments = {}
     if left:
         message = (
             f"budgetguard.uninstrument(): something wrapped or replaced "

@@ -10,16 +10,17 @@ while the retry that succeeded is charged once.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from .._call import Call, _current_call
+from .._sdk_call import inside_sdk_call
 from .._streams import (
     AsyncMessageStreamManagerProxy,
     AsyncStreamProxy,
     MessageStreamManagerProxy,
+    RawResponseProxy,
     Settlement,
     StreamProxy,
     UsageMeter,
@@ -27,16 +28,33 @@ from .._streams import (
 from ..guard import BudgetGuard
 from ..scope import Scope, current_scope
 
-__all__ = ["Wrapper", "async_method", "async_stream_manager", "stream_manager", "sync_method"]
+__all__ = [
+    "Wrapper",
+    "async_method",
+    "async_request",
+    "async_stream_manager",
+    "stream_manager",
+    "sync_method",
+    "sync_request",
+]
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-GuardSource = Callable[[], BudgetGuard]
+
+
+class GuardSource(Protocol):
+    """Where the wrappers find the guard to charge, and the configured deployment names."""
+
+    # Azure deployment names to the models they serve: what the estimate prices.
+    deployments: Mapping[str, str]
+
+    def __call__(self) -> BudgetGuard:
+        """Return the guard calls are charged to now."""
+        ...
+
 
 # Set while an instrumented method runs, so that an SDK method which calls
 # another instrumented one (helpers, older aliases) is charged once, not twice.
-_inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "budgetguard_instrumented", default=False
-)
+_inside = inside_sdk_call
 
 # The SDKs pass every argument a helper did not receive as a sentinel
 # (``openai.NOT_GIVEN`` / ``omit``, ``anthropic.NOT_GIVEN``): not a value.
@@ -57,9 +75,19 @@ class _Request:
     __slots__ = ("estimate", "kind", "kwargs", "model", "user")
 
     def __init__(
-        self, guard: BudgetGuard, kwargs: Mapping[str, Any], wrapped: Callable[..., Any]
+        self,
+        guard: BudgetGuard,
+        kwargs: Mapping[str, Any],
+        wrapped: Callable[..., Any],
+        kind: str | None = None,
+        deployments: Mapping[str, str] | None = None,
     ) -> None:
         given = _given(kwargs)
+        named = given.get("model")
+        if deployments and isinstance(named, str) and named in deployments:
+            # An Azure deployment: estimate at the price of the model it serves.
+            # The response names that model itself, and the cost is read from it.
+            given = {**given, "model": deployments[named]}
         self.kwargs = given
         found = guard.estimate_call(given)
         if found is not None:
@@ -70,7 +98,9 @@ class _Request:
             # Nothing to count (an embedding, an image, a request we do not
             # parse): the guard reserves what this method cost lately.
             self.estimate, self.model = None, model if isinstance(model, str) else None
-        self.kind = f"{getattr(wrapped, '__module__', '')}.{getattr(wrapped, '__qualname__', '')}"
+        self.kind = kind or (
+            f"{getattr(wrapped, '__module__', '')}.{getattr(wrapped, '__qualname__', '')}"
+        )
         # Inside a @budgeted call, the decorator's user pays for what it calls.
         outer = _current_call.get()
         self.user = outer.user if outer is not None else None
@@ -106,17 +136,103 @@ def _ask_for_usage(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return {**kwargs, "stream_options": {"include_usage": True}}, True
 
 
-def _response_to_price(result: Any, raw: str | None, kwargs: Mapping[str, Any]) -> Any:
+def _unread(raw: str | None, streamed: bool) -> bool:
+    """Tell a raw response whose body is the caller's to read, so priced when parsed.
+
+    ``with_streaming_response`` ("stream") hands back an unread body, and a
+    raw stream is read by the caller: reading either here would consume it.
+    """
+    return raw == "stream" or (raw is not None and streamed)
+
+
+def _response_to_price(result: Any, raw: str | None) -> Any:
     """Return the object whose usage a response is priced from."""
-    if raw in ("true", "raw") and kwargs.get("stream") is not True:
+    if raw is not None:
         # with_raw_response: an (API|LegacyAPI)Response whose parse() is
         # cached, so reading it here costs the caller nothing.
         parse = getattr(result, "parse", None)
         if callable(parse):
             return parse()
-    # with_streaming_response ("stream") hands back an unread body, and a raw
-    # stream is the caller's to read: reading either here would consume it,
-    # so on_missing_cost decides (by default: charge the estimate).
+    return result
+
+
+Invoke = Callable[[dict[str, Any]], Any]
+
+
+def _run_sync(
+    guard_of: GuardSource,
+    wrapped: Callable[..., Any],
+    described: dict[str, Any],
+    invoke: Invoke,
+    injects_usage: bool,
+    kind: str | None = None,
+) -> Any:
+    """Guard one synchronous request: reserve, ``invoke`` it, price, settle.
+
+    ``described`` is the request as keyword arguments (``model``,
+    ``messages``, ``stream``, ``extra_headers``, ...); ``invoke`` sends it,
+    given those arguments with ``stream_options`` added where budgetguard
+    asks an OpenAI stream for its usage.
+    """
+    guard = guard_of()
+    request = _Request(guard, described, wrapped, kind, guard_of.deployments)
+    raw = _raw_mode(described)
+    streamed = described.get("stream") is True
+    hide = False
+    asked = described
+    if streamed and injects_usage:
+        asked, hide = _ask_for_usage(described)
+    # Refused here: BudgetExceededError before any request leaves.
+    call = guard._begin(request.user, request.estimate, model=request.model, kind=request.kind)
+    token = _inside.set(True)
+    try:
+        result = invoke(asked)
+    except BaseException as error:  # HTTP error, timeout, interrupt: release
+        guard._finish(call, None, error=error)
+        raise
+    finally:
+        _inside.reset(token)
+    if streamed and raw is None:
+        return StreamProxy(result, _settlement(guard, call, request), hide)
+    if _unread(raw, streamed):
+        return RawResponseProxy(result, _settlement(guard, call, request), hide)
+    guard._complete(call, _response_to_price(result, raw))
+    return result
+
+
+async def _run_async(
+    guard_of: GuardSource,
+    wrapped: Callable[..., Any],
+    described: dict[str, Any],
+    invoke: Invoke,
+    injects_usage: bool,
+    kind: str | None = None,
+) -> Any:
+    """Do ``_run_sync`` for a coroutine; ``invoke`` returns an awaitable."""
+    guard = guard_of()
+    request = _Request(guard, described, wrapped, kind, guard_of.deployments)
+    raw = _raw_mode(described)
+    streamed = described.get("stream") is True
+    hide = False
+    asked = described
+    if streamed and injects_usage:
+        asked, hide = _ask_for_usage(described)
+    call = await guard._abegin(
+        request.user, request.estimate, model=request.model, kind=request.kind
+    )
+    token = _inside.set(True)
+    try:
+        result = await invoke(asked)
+    except BaseException as error:  # CancelledError included: release
+        await guard._afinish(call, None, error=error)
+        raise
+    finally:
+        _inside.reset(token)
+    if streamed and raw is None:
+        return AsyncStreamProxy(result, _settlement(guard, call, request), hide)
+    if _unread(raw, streamed):
+        return RawResponseProxy(result, _settlement(guard, call, request), hide)
+    await guard._acomplete(call, _response_to_price(result, raw))
     return result
 
 
@@ -128,27 +244,9 @@ def sync_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
     ) -> Any:
         if _inside.get():
             return wrapped(*args, **kwargs)
-        guard = guard_of()
-        request = _Request(guard, kwargs, wrapped)
-        raw = _raw_mode(kwargs)
-        streaming = kwargs.get("stream") is True and raw is None
-        hide = False
-        if streaming and injects_usage:
-            kwargs, hide = _ask_for_usage(kwargs)
-        # Refused here: BudgetExceededError before any request leaves.
-        call = guard._begin(request.user, request.estimate, model=request.model, kind=request.kind)
-        token = _inside.set(True)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as error:  # HTTP error, timeout, interrupt: release
-            guard._finish(call, None, error=error)
-            raise
-        finally:
-            _inside.reset(token)
-        if streaming:
-            return StreamProxy(result, _settlement(guard, call, request), hide)
-        guard._complete(call, _response_to_price(result, raw, kwargs))
-        return result
+        return _run_sync(
+            guard_of, wrapped, kwargs, lambda asked: wrapped(*args, **asked), injects_usage
+        )
 
     return call_sync
 
@@ -159,34 +257,110 @@ def async_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
     def call_async(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        async def run() -> Any:
-            if _inside.get():
-                return await wrapped(*args, **kwargs)
-            guard = guard_of()
-            request = _Request(guard, kwargs, wrapped)
-            raw = _raw_mode(kwargs)
-            streaming = kwargs.get("stream") is True and raw is None
-            hide = False
-            call_kwargs = kwargs
-            if streaming and injects_usage:
-                call_kwargs, hide = _ask_for_usage(kwargs)
-            call = await guard._abegin(
-                request.user, request.estimate, model=request.model, kind=request.kind
-            )
-            token = _inside.set(True)
-            try:
-                result = await wrapped(*args, **call_kwargs)
-            except BaseException as error:  # CancelledError included: release
-                await guard._afinish(call, None, error=error)
-                raise
-            finally:
-                _inside.reset(token)
-            if streaming:
-                return AsyncStreamProxy(result, _settlement(guard, call, request), hide)
-            await guard._acomplete(call, _response_to_price(result, raw, kwargs))
-            return result
+        if _inside.get():
+            return wrapped(*args, **kwargs)
+        return _run_async(
+            guard_of, wrapped, kwargs, lambda asked: wrapped(*args, **asked), injects_usage
+        )
 
-        return run()
+    return call_async
+
+
+# What the SDKs' clients post to when they run a model, without the query
+# (the beta resources add ``?beta=true``), and whether it is an OpenAI stream
+# that reports its usage only when asked.
+_BILLED_PATHS = {
+    "/chat/completions": True,
+    "/completions": True,
+    "/responses": False,
+    "/responses/compact": False,
+    "/embeddings": False,
+    "/v1/messages": False,
+}
+
+
+def _billed_post(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, str] | None:
+    """Return the options and path of a client ``request`` that runs a model, else ``None``."""
+    options = args[1] if len(args) > 1 else kwargs.get("options")
+    if getattr(options, "method", None) != "post":
+        return None
+    url = getattr(options, "url", None)
+    if not isinstance(url, str):
+        return None
+    path = url.partition("?")[0]
+    if path not in _BILLED_PATHS or not isinstance(getattr(options, "json_data", None), Mapping):
+        return None
+    return options, path
+
+
+def _described(options: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a client request as the keyword arguments of the method that would send it."""
+    described = dict(options.json_data)
+    described["stream"] = kwargs.get("stream") is True
+    headers = getattr(options, "headers", None)
+    if isinstance(headers, Mapping):
+        described["extra_headers"] = headers
+    return described
+
+
+def _send_asked(options: Any, described: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """Return how to put ``stream_options`` budgetguard added into the request's body."""
+
+    def put(asked: dict[str, Any]) -> None:
+        if asked is not described:
+            options.json_data = {**options.json_data, "stream_options": asked["stream_options"]}
+
+    return put
+
+
+def sync_request(guard_of: GuardSource) -> Wrapper:
+    """Return the net under every resource method: the client's ``request`` of a billed path.
+
+    Catches what no method wrapper saw: ``with_raw_response`` taken before
+    ``instrument()`` (it holds the unpatched method), resources built before
+    it, and methods a newer SDK added. It sits above the retry loop, so one
+    call is still one charge.
+    """
+
+    def call_sync(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        found = None if _inside.get() else _billed_post(args, kwargs)
+        if found is None:
+            return wrapped(*args, **kwargs)
+        options, path = found
+        described = _described(options, kwargs)
+        put = _send_asked(options, described)
+
+        def invoke(asked: dict[str, Any]) -> Any:
+            put(asked)
+            return wrapped(*args, **kwargs)
+
+        kind = f"{type(instance).__module__.partition('.')[0]}:{path}"
+        return _run_sync(guard_of, wrapped, described, invoke, _BILLED_PATHS[path], kind)
+
+    return call_sync
+
+
+def async_request(guard_of: GuardSource) -> Wrapper:
+    """Return the async twin of ``sync_request``; it stays a coroutine."""
+
+    def call_async(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        found = None if _inside.get() else _billed_post(args, kwargs)
+        if found is None:
+            return wrapped(*args, **kwargs)
+        options, path = found
+        described = _described(options, kwargs)
+        put = _send_asked(options, described)
+
+        def invoke(asked: dict[str, Any]) -> Any:
+            put(asked)
+            return wrapped(*args, **kwargs)
+
+        kind = f"{type(instance).__module__.partition('.')[0]}:{path}"
+        return _run_async(guard_of, wrapped, described, invoke, _BILLED_PATHS[path], kind)
 
     return call_async
 
@@ -201,7 +375,7 @@ def _manager_request(
     """Return what a stream manager reserves with when it is entered later."""
     guard = guard_of()
     # The request leaves on entry; who pays is whoever was in scope here.
-    return guard, _Request(guard, kwargs, wrapped), current_scope()
+    return guard, _Request(guard, kwargs, wrapped, None, guard_of.deployments), current_scope()
 
 
 def stream_manager(guard_of: GuardSource) -> Wrapper:

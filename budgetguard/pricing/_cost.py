@@ -28,8 +28,14 @@ SERVICE_TIERS = frozenset({"standard", "batch", "flex", "priority", "fast"})
 _ZERO = Decimal(0)
 
 
-def price_usage(usage: Usage, price: ModelPrice, *, tier: str = "standard") -> Cost:
-    """Return the cost of ``usage`` at ``price`` (no lookup)."""
+def price_usage(usage: Usage, price: ModelPrice, *, tier: str | None = None) -> Cost:
+    """Return the cost of ``usage`` at ``price`` (no lookup).
+
+    ``tier`` defaults to the one the response reported (``usage.service_tier``),
+    else ``"standard"``.
+    """
+    if tier is None:
+        tier = usage.service_tier or "standard"
     if tier not in SERVICE_TIERS and tier not in price.service_tiers:
         raise ConfigurationError(
             f"unknown service tier {tier!r}; use one of {sorted(SERVICE_TIERS)}"
@@ -91,10 +97,12 @@ def cost_of(
     usage: Usage,
     model: str | None = None,
     *,
-    tier: str = "standard",
+    tier: str | None = None,
     table: PriceTable | None = None,
 ) -> Cost:
     """Return the exact cost of ``usage``, priced as ``model`` (default: the model it names).
+
+    ``tier`` defaults to the service tier the response reported, else standard.
 
     Raises ``UnknownModelError`` when no price is known; the guard decides what
     to do then.

@@ -85,6 +85,16 @@ def normalise_model_name(model: str) -> list[str]:
             name = stripped
             names.append(name)
             changed = True
+    if name.startswith("ft:"):
+        # An OpenAI fine-tune, "ft:<base>:<org>:<suffix>:<id>", is billed at its
+        # base model's fine-tune price ("ft:gpt-4o-mini-2024-07-18" extends
+        # the table's "ft:gpt-4o-mini" by a date).
+        base = name[3:].partition(":")[0]
+        if base:
+            names.append(f"ft:{base}")
+    elif ".ft-" in name:
+        # Azure names fine-tunes "<base>.ft-<id>".
+        names.append(name.partition(".ft-")[0] + ".ft")
     without_version = _BEDROCK_VERSION.sub("", name)
     if without_version != name:
         names.append(without_version)

@@ -40,6 +40,10 @@ class Usage:
       media tokens, where the provider reports them separately.
     - ``web_search_requests``: calls billed per request, not per token.
 
+    ``service_tier`` is the tier the provider says it served the call in
+    (``"priority"``, ``"flex"``, ``"batch"``; ``None`` for standard), which
+    prices it.
+
     ``estimated`` is true when any figure was counted locally rather than
     reported by the provider (a stream that ended without usage, say).
     """
@@ -58,6 +62,7 @@ class Usage:
     provider: str | None = None
     operation: str | None = None
     estimated: bool = False
+    service_tier: str | None = None
 
     def __post_init__(self) -> None:
         # Spelled out rather than looped over getattr: this runs once per call.
@@ -123,6 +128,7 @@ class Usage:
             provider=self.provider if self.provider is not None else other.provider,
             operation=self.operation if self.operation is not None else other.operation,
             estimated=self.estimated or other.estimated,
+            service_tier=self.service_tier if self.service_tier is not None else other.service_tier,
         )
 
 

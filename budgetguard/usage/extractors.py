@@ -15,6 +15,7 @@ turns its provider's convention into the disjoint buckets of ``Usage``:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ._record import Usage
@@ -25,9 +26,12 @@ __all__ = [
     "from_bedrock_usage",
     "from_cohere_usage",
     "from_gemini_usage",
+    "from_langchain_usage",
     "from_openai_usage",
     "from_responses_usage",
     "gemini_rest_to_sdk",
+    "with_service_tier",
+    "with_web_search_calls",
 ]
 
 
@@ -234,6 +238,47 @@ def from_anthropic_usage(
     )
 
 
+def from_langchain_usage(metadata: Any, *, model: str | None = None) -> Usage:
+    """Normalise LangChain's ``AIMessage.usage_metadata`` (any provider's chat model).
+
+    ``input_tokens`` counts every input token, cache reads
+    (``input_token_details.cache_read``) and writes (``cache_creation``)
+    included; ``output_tokens`` includes ``output_token_details.reasoning``.
+    """
+    metadata = _view(metadata)
+    total_in = _int(_get(metadata, "input_tokens"))
+    total_out = _int(_get(metadata, "output_tokens"))
+    details_in = _get(metadata, "input_token_details")
+    cached = _int(_get(details_in, "cache_read"))
+    written = _int(_get(details_in, "cache_creation"))
+    audio_in = _int(_get(details_in, "audio"))
+    details_out = _get(metadata, "output_token_details")
+    reasoning = min(_int(_get(details_out, "reasoning")), total_out)
+    audio_out = min(_int(_get(details_out, "audio")), total_out - reasoning)
+    return Usage(
+        input_tokens=max(total_in - cached - written - audio_in, 0),
+        cached_input_tokens=cached,
+        cache_write_5m_tokens=written,
+        input_audio_tokens=audio_in,
+        output_tokens=total_out - reasoning - audio_out,
+        reasoning_tokens=reasoning,
+        output_audio_tokens=audio_out,
+        model=model,
+        provider="langchain",
+        operation="chat",
+    )
+
+
+def _langchain_model(message: Any) -> str | None:
+    """Return the model a LangChain message's ``response_metadata`` names."""
+    metadata = _get(message, "response_metadata")
+    for key in ("model_name", "model", "model_id"):
+        value = _get(metadata, key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _modality_count(details: Any, modality: str) -> int:
     """Sum the ``token_count`` of one modality in a Gemini ``ModalityTokenCount`` list."""
     if not isinstance(details, (list, tuple)):
@@ -336,7 +381,47 @@ def _openai_operation(response: Any) -> str | None:
     return None
 
 
+# How providers name the tier a call was served in, as the price table names it.
+# OpenAI answers "default" (or "auto", "scale") for the standard tier.
+_TIERS = {"flex": "flex", "priority": "priority", "batch": "batch"}
+
+
+def _service_tier(response: Any, usage: Any) -> str | None:
+    """Return the service tier a response says it was served in (OpenAI: on the
+    response; Anthropic: in the usage block), or ``None`` for the standard tier."""
+    for where in (response, usage):
+        tier = _get(where, "service_tier")
+        if isinstance(tier, str):
+            return _TIERS.get(tier.lower())
+    return None
+
+
+def with_web_search_calls(found: Usage, response: Any) -> Usage:
+    """Return ``found`` counting the ``web_search_call`` items of a Responses ``output``.
+
+    OpenAI bills each web-search tool call per call, beside its tokens; the
+    usage block does not count them, the output does.
+    """
+    output = _get(response, "output")
+    if not isinstance(output, (list, tuple)):
+        return found
+    calls = sum(1 for item in output if _get(item, "type") == "web_search_call")
+    return replace(found, web_search_requests=calls) if calls else found
+
+
+def with_service_tier(found: Usage, response: Any, usage: Any) -> Usage:
+    """Return ``found`` noting the service tier ``response`` or its ``usage`` block reports."""
+    tier = _service_tier(response, _view(usage))
+    return found if tier is None else replace(found, service_tier=tier)
+
+
 def _from_usage_block(usage: Any, response: Any) -> Usage | None:
+    """Pick the right normaliser for a ``usage`` block, and note the tier it was served in."""
+    found = _normalise_block(usage, response)
+    return None if found is None else with_service_tier(found, response, usage)
+
+
+def _normalise_block(usage: Any, response: Any) -> Usage | None:
     """Pick the right normaliser for a ``usage`` block by the fields it carries."""
     model = _model(response)
     usage = _view(usage)
@@ -355,7 +440,7 @@ def _from_usage_block(usage: Any, response: Any) -> Usage | None:
     if _has(usage, "input_tokens") or _has(usage, "output_tokens"):
         kind = _get(response, "object")
         if kind == "response" or _has(usage, "input_tokens_details"):
-            return from_responses_usage(usage, model=model)
+            return with_web_search_calls(from_responses_usage(usage, model=model), response)
         provider = "anthropic"
         if _vendor_of(response) == "litellm":
             provider = "litellm"
@@ -377,6 +462,8 @@ def extract_usage(response: object) -> Usage | None:
         response = gemini_rest_to_sdk(response)
     metadata = _get(response, "usage_metadata")
     if metadata is not None:
+        if _has(metadata, "input_tokens") or _has(metadata, "output_tokens"):
+            return from_langchain_usage(metadata, model=_langchain_model(response))
         return from_gemini_usage(metadata, model=_model(response) or _gemini_version(response))
     usage = _get(response, "usage")
     if usage is not None:

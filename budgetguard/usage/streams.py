@@ -31,6 +31,8 @@ from .extractors import (
     from_gemini_usage,
     from_responses_usage,
     gemini_rest_to_sdk,
+    with_service_tier,
+    with_web_search_calls,
 )
 
 __all__ = [
@@ -170,7 +172,9 @@ class OpenAIResponsesStream(StreamAccumulator):
             usage = _get(response, "usage")
             # "response.completed", and also "incomplete" / "failed": those are billed too.
             if usage is not None:
-                self._usage = from_responses_usage(usage, model=_get(response, "model"))
+                found = from_responses_usage(usage, model=_get(response, "model"))
+                found = with_web_search_calls(found, response)
+                self._usage = with_service_tier(found, response, usage)
         if isinstance(kind, str) and kind.endswith(".delta"):
             self._note_text(_get(chunk, "delta"))
 
@@ -213,12 +217,14 @@ class AnthropicStream(StreamAccumulator):
             "cache_creation",
             "server_tool_use",
             "output_tokens_details",
+            "service_tier",
         ):
             value = _get(usage, key)
             if value is not None:
                 # Cumulative figures: the latest value is the whole count so far.
                 self._fields[key] = value
-        self._usage = from_anthropic_usage(self._fields, model=self._model)
+        found = from_anthropic_usage(self._fields, model=self._model)
+        self._usage = with_service_tier(found, None, self._fields)
 
 
 class GeminiStream(StreamAccumulator):

@@ -35,13 +35,20 @@ def sse(events: list[tuple[str | None, Any]]) -> bytes:
     return "".join(out).encode()
 
 
-def chat_completion(model: str) -> dict[str, Any]:
+def served_tier(body: dict[str, Any]) -> str:
+    """Return the tier OpenAI says it served a request in: the one asked for, else default."""
+    asked = body.get("service_tier")
+    return asked if asked in ("flex", "priority") else "default"
+
+
+def chat_completion(model: str, tier: str = "default") -> dict[str, Any]:
     """Return a ``chat.completion`` object."""
     return {
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "created": 1,
         "model": model,
+        "service_tier": tier,
         "choices": [
             {
                 "index": 0,
@@ -127,25 +134,38 @@ def text_completion(model: str, stream: bool, include_usage: bool) -> bytes:
     return sse(events)
 
 
-def response_object(model: str, status: str, usage: bool) -> dict[str, Any]:
-    """Return a Responses API ``response`` object."""
+def response_object(
+    model: str, status: str, usage: bool, tier: str = "default", searches: int = 0
+) -> dict[str, Any]:
+    """Return a Responses API ``response`` object; ``searches`` web-search calls lead its output."""
+    searched = [
+        {
+            "type": "web_search_call",
+            "id": f"ws_{n}",
+            "status": "completed",
+            "action": {"type": "search", "query": "hello"},
+        }
+        for n in range(searches)
+    ]
     return {
         "id": "resp_1",
         "object": "response",
         "created_at": 1,
         "status": status,
         "model": model,
+        "service_tier": tier,
         "output": [
+            *searched,
             {
                 "type": "message",
                 "id": "msg_1",
                 "status": "completed",
                 "role": "assistant",
                 "content": [{"type": "output_text", "text": "".join(TEXT), "annotations": []}],
-            }
+            },
         ]
         if status == "completed"
-        else [],
+        else searched,
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
@@ -161,7 +181,7 @@ def response_object(model: str, status: str, usage: bool) -> dict[str, Any]:
     }
 
 
-def responses_stream(model: str) -> bytes:
+def responses_stream(model: str, tier: str = "default", searches: int = 0) -> bytes:
     """Return Responses events: created, text deltas, completed (which carries the usage)."""
     events: list[tuple[str | None, Any]] = [
         (
@@ -194,11 +214,25 @@ def responses_stream(model: str) -> bytes:
             {
                 "type": "response.completed",
                 "sequence_number": len(TEXT) + 1,
-                "response": response_object(model, "completed", usage=True),
+                "response": response_object(
+                    model, "completed", usage=True, tier=tier, searches=searches
+                ),
             },
         )
     )
     return sse(events)
+
+
+def compacted_response() -> dict[str, Any]:
+    """Return a ``response.compaction`` object, as ``responses.compact`` gets it."""
+    body = response_object("", "completed", usage=True)
+    return {
+        "id": "resp_2",
+        "object": "response.compaction",
+        "created_at": 1,
+        "output": [],
+        "usage": body["usage"],
+    }
 
 
 def embedding(model: str, encoding: str) -> dict[str, Any]:
@@ -215,8 +249,8 @@ def embedding(model: str, encoding: str) -> dict[str, Any]:
     }
 
 
-def message(model: str) -> dict[str, Any]:
-    """Return an Anthropic ``message``."""
+def message(model: str, tier: str = "standard") -> dict[str, Any]:
+    """Return an Anthropic ``message``; ``tier`` is what its usage says it was served in."""
     return {
         "id": "msg_1",
         "type": "message",
@@ -225,7 +259,11 @@ def message(model: str) -> dict[str, Any]:
         "content": [{"type": "text", "text": "".join(TEXT)}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
+        "usage": {
+            "input_tokens": INPUT_TOKENS,
+            "output_tokens": OUTPUT_TOKENS,
+            "service_tier": tier,
+        },
     }
 
 
@@ -310,30 +348,39 @@ class FakeLLM:
             time.sleep(delay)
         model = body.get("model", "")
         stream = bool(body.get("stream"))
+        path = path.partition("?")[0]  # the beta resources add ?beta=true
+        if path.startswith("/openai/deployments/"):
+            # Azure: /openai/deployments/<deployment>/chat/completions?api-version=...
+            path = "/v1/" + path.split("/", 4)[4]
         if path == "/v1/chat/completions":
             if stream:
                 wants = bool((body.get("stream_options") or {}).get("include_usage"))
                 return 200, "text/event-stream", chat_stream(model, wants)
-            return 200, "application/json", json.dumps(chat_completion(CHAT_MODEL)).encode()
+            reply = chat_completion(CHAT_MODEL, served_tier(body))
+            return 200, "application/json", json.dumps(reply).encode()
         if path == "/v1/completions":
             wants = bool((body.get("stream_options") or {}).get("include_usage"))
             kind = "text/event-stream" if stream else "application/json"
             return 200, kind, text_completion(model, stream, wants)
         if path == "/v1/responses":
+            tier = served_tier(body)
+            # One web-search call per web_search tool offered.
+            searches = sum(1 for t in body.get("tools") or [] if t.get("type") == "web_search")
             if stream:
-                return 200, "text/event-stream", responses_stream(model)
-            return (
-                200,
-                "application/json",
-                json.dumps(response_object(model, "completed", True)).encode(),
-            )
+                return 200, "text/event-stream", responses_stream(model, tier, searches)
+            reply = response_object(model, "completed", True, tier, searches)
+            return 200, "application/json", json.dumps(reply).encode()
+        if path == "/v1/responses/compact":
+            return 200, "application/json", json.dumps(compacted_response()).encode()
         if path == "/v1/embeddings":
             encoding = body.get("encoding_format", "float")
             return 200, "application/json", json.dumps(embedding(model, encoding)).encode()
         if path == "/v1/messages":
             if stream:
                 return 200, "text/event-stream", message_stream(model)
-            return 200, "application/json", json.dumps(message(model)).encode()
+            # An account with Priority Tier capacity: "auto" is served there.
+            tier = "priority" if body.get("service_tier") == "auto" else "standard"
+            return 200, "application/json", json.dumps(message(model, tier)).encode()
         return 404, "application/json", b'{"error": {"message": "no such path"}}'
 
 
