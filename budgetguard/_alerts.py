@@ -2,18 +2,23 @@
 
 Each threshold fires once per budget window across every process sharing
 the ledger: the first process to reserve the window's marker key fires it.
+
+Thresholds are one list for every budget, or a mapping from budgets to their
+own lists: a budget's name (``"global"``, ``"user:alice"``), then its kind
+(``"user"`` for every user's budget, the default one included), then ``"*"``.
+A budget that matches no entry has no alerts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from . import _keys
 from .budgets import DEFAULT, GLOBAL, Budget
-from .errors import StorageError
+from .errors import ConfigurationError, StorageError
 from .events import ThresholdCrossing
 from .ledger import Hold, Reservation
 from .money import from_units, to_decimal
@@ -37,7 +42,21 @@ class Alerts:
         on_threshold: Callable[[ThresholdCrossing], object] | None,
     ) -> None:
         self.guard = guard
-        self.thresholds = tuple(sorted(to_decimal(f, "alert threshold") for f in thresholds))
+        self.per_budget: dict[str, tuple[Decimal, ...]] = {}
+        if isinstance(thresholds, Mapping):
+            for name, fractions in thresholds.items():
+                if not isinstance(name, str) or isinstance(fractions, str | bytes):
+                    raise ConfigurationError(
+                        "alert_thresholds maps budget names to lists of fractions, "
+                        f"not {name!r}: {fractions!r}"
+                    )
+                self.per_budget[name] = _fractions(fractions)
+            union = {f for fractions in self.per_budget.values() for f in fractions}
+            # Truthy whenever some budget has alerts: the lifecycle checks it.
+            self.thresholds = tuple(sorted(union))
+        else:
+            self.thresholds = _fractions(thresholds)
+            self.per_budget["*"] = self.thresholds
         self.on_threshold = on_threshold
         self.fired: set[tuple[str, Decimal]] = set()
 
@@ -69,12 +88,24 @@ class Alerts:
         for hold, holder in budget_holds:
             assert holder.budget is not None and hold.limit is not None
             spent = balances[hold.key].spent
-            for fraction in self.thresholds:
+            for fraction in self.thresholds_of(holder.budget, call.user):
                 if spent < fraction * hold.limit or (hold.key, fraction) in self.fired:
                     continue
                 self.fired.add((hold.key, fraction))
                 if self._claim(hold.key, fraction):
                     self._fire(hold, holder.budget, call.user, fraction, spent)
+
+    def thresholds_of(self, budget: Budget, user: str | None) -> tuple[Decimal, ...]:
+        """Return the fractions at which ``budget`` (held for ``user``) alerts."""
+        per_budget = self.per_budget
+        name = budget.name
+        if name == DEFAULT and user is not None:
+            name = f"user:{user}"
+        for candidate in (name, budget.name, "global" if name == GLOBAL else "user", "*"):
+            fractions = per_budget.get(candidate)
+            if fractions is not None:
+                return fractions
+        return ()
 
     def _claim(self, key: str, fraction: Decimal) -> bool:
         # One marker counter per budget window and threshold: the first
@@ -117,3 +148,8 @@ class Alerts:
         self.guard._notify("threshold_crossed", crossing)
         if self.on_threshold is not None:
             self.guard._safely(self.on_threshold, crossing)
+
+
+def _fractions(values: Iterable[object]) -> tuple[Decimal, ...]:
+    """Return alert thresholds as sorted Decimals, refusing bad ones."""
+    return tuple(sorted({to_decimal(f, "alert threshold") for f in values}))
