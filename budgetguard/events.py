@@ -67,6 +67,16 @@ class ThresholdCrossing:
     spent: Decimal
     window: str  # which window of the period crossed
 
+    @property
+    def id(self) -> str:
+        """Return what names this alert: one budget, window and threshold."""
+        return f"{self.budget}|{self.window}|{self.fraction}"
+
+    @property
+    def percent(self) -> str:
+        """Return the threshold as a percentage without trailing zeros ("80")."""
+        return format((self.fraction * 100).normalize(), "f")
+
 
 class Listener(Protocol):
     """Receive the guard's events; every method must be cheap and must not raise."""
