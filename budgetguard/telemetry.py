@@ -80,6 +80,7 @@ from opentelemetry.metrics import (
     Observation,
 )
 
+from ._spans import Spans
 from .errors import ConfigurationError
 from .events import BudgetStatus, CallOutcome, ThresholdCrossing
 from .scope import current_scope
@@ -92,6 +93,7 @@ __all__ = [
     "OVERFLOW_USER",
     "OVERFLOW_VALUE",
     "TOKEN_BUCKETS",
+    "Spans",
     "StatusSource",
     "Telemetry",
     "UserAttribute",
