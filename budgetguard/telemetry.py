@@ -573,7 +573,10 @@ class Telemetry:
             items: list[tuple[str, AttributeValue]] = [
                 ("budgetguard.budget", _budget_kind(crossing.budget)),
                 ("budgetguard.period", crossing.period),
-                ("budgetguard.threshold", str(crossing.fraction)),
+                (
+                    "budgetguard.threshold",
+                    "forecast" if crossing.kind == "forecast" else str(crossing.fraction),
+                ),
             ]
             label = self._users.label(crossing.user)
             if label is not None:

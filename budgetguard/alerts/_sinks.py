@@ -42,7 +42,7 @@ _REMEMBERED = 10000
 def alert_payload(crossing: ThresholdCrossing) -> dict[str, Any]:
     """Return the JSON body of an alert; amounts are exact decimal strings."""
     return {
-        "type": "budget.threshold",
+        "type": f"budget.{crossing.kind}",
         "id": crossing.id,
         "budget": crossing.budget,
         "user": crossing.user,
@@ -51,6 +51,7 @@ def alert_payload(crossing: ThresholdCrossing) -> dict[str, Any]:
         "threshold": str(crossing.fraction),
         "limit": str(crossing.limit),
         "spent": str(crossing.spent),
+        "runs_out_at": crossing.runs_out_at.isoformat() if crossing.runs_out_at else None,
         "text": _text(crossing),
     }
 
@@ -66,6 +67,12 @@ def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
 
 
 def _text(crossing: ThresholdCrossing) -> str:
+    if crossing.runs_out_at is not None:
+        return (
+            f"At this rate budget {crossing.budget} runs out on "
+            f"{crossing.runs_out_at:%Y-%m-%d %H:%M} UTC: ${crossing.spent} of "
+            f"${crossing.limit} spent ({crossing.period}, {crossing.window})"
+        )
     return (
         f"Budget {crossing.budget} reached {crossing.percent}% of its limit: "
         f"${crossing.spent} of ${crossing.limit} ({crossing.period}, {crossing.window})"
