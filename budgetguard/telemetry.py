@@ -13,6 +13,10 @@ the instruments below, on a meter named ``budgetguard``:
   gen_ai attributes and ``gen_ai.token.type`` (input / output), with the
   semantic conventions' bucket boundaries; never by user (a histogram series
   is some 16 series in a backend);
+  with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` the draft
+  counters ``gen_ai.client.inference.usage.input_tokens``, ``.output_tokens``,
+  ``.cache_read.input_tokens``, ``.cache_write.input_tokens`` and
+  ``.reasoning.output_tokens`` (by ``gen_ai.token.modality``) replace it;
 - ``gen_ai.client.operation.duration`` (histogram, s): the gen_ai attributes
   and ``error.type`` for calls that failed;
 - ``budgetguard.budget.limit`` / ``.spent`` / ``.reserved`` / ``.remaining``
@@ -81,6 +85,7 @@ from opentelemetry.metrics import (
 )
 
 from ._spans import Spans
+from ._spans import latest_conventions as _latest_conventions
 from .errors import ConfigurationError
 from .events import BudgetStatus, CallOutcome, ThresholdCrossing
 from .scope import current_scope
@@ -165,6 +170,28 @@ _IS_INPUT = tuple(
 )
 
 _ZERO = Decimal(0)
+
+# The draft GenAI token counters (semantic-conventions-genai, not yet released),
+# and the counters and modality each budgetguard token kind adds to. Input and
+# output counts include their cached, cache-write and reasoning parts.
+_INFERENCE_COUNTERS = (
+    "gen_ai.client.inference.usage.input_tokens",
+    "gen_ai.client.inference.usage.output_tokens",
+    "gen_ai.client.inference.usage.cache_read.input_tokens",
+    "gen_ai.client.inference.usage.cache_write.input_tokens",
+    "gen_ai.client.inference.usage.reasoning.output_tokens",
+)
+_IN, _OUT, _CACHE_READ, _CACHE_WRITE, _REASONING = _INFERENCE_COUNTERS
+_INFERENCE_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "input": ((_IN, "text"),),
+    "cached_input": ((_IN, "text"), (_CACHE_READ, "text")),
+    "cache_write": ((_IN, "text"), (_CACHE_WRITE, "text")),
+    "input_audio": ((_IN, "audio"),),
+    "input_image": ((_IN, "image"),),
+    "output": ((_OUT, "text"),),
+    "reasoning": ((_OUT, "text"), (_REASONING, "text")),
+    "output_audio": ((_OUT, "audio"),),
+}
 
 AttributeValue = str | bool | int | float
 Attributes = dict[str, AttributeValue]
@@ -303,8 +330,9 @@ class _Instruments:
     read every live Telemetry.
     """
 
-    def __init__(self, meter: Meter, provider: Any, *, aggregate: bool) -> None:
+    def __init__(self, meter: Meter, provider: Any, *, aggregate: bool, latest: bool) -> None:
         self.aggregate = aggregate
+        self.latest = latest
         # What tells whether an SDK is behind the instruments: an explicit
         # no-op provider never has one; the API's proxy has one once the
         # application sets its global provider. The proxy is a process-wide
@@ -333,12 +361,23 @@ class _Instruments:
             self.tokens = meter.create_counter(
                 "budgetguard.tokens", unit="{token}", description=_TOKENS_DESCRIPTION
             )
-        self.token_usage: Histogram = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS),
-        )
+        self.token_usage: Histogram | None = None
+        if latest:
+            # The draft conventions replace the histogram with counters by modality.
+            for name in _INFERENCE_COUNTERS:
+                meter.create_observable_counter(
+                    name,
+                    [self._observe(methodcaller("_inference_points", name))],
+                    unit="{token}",
+                    description="Tokens used by GenAI inference calls.",
+                )
+        else:
+            self.token_usage = meter.create_histogram(
+                "gen_ai.client.token.usage",
+                unit="{token}",
+                description="Number of input and output tokens used.",
+                explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS),
+            )
         self.duration: Histogram = meter.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
@@ -421,7 +460,7 @@ def _is_proxy(provider: Any) -> bool:
     return isinstance(provider, _ProxyMeterProvider)
 
 
-def _instruments_for(meter_provider: Any, aggregate: bool) -> _Instruments:
+def _instruments_for(meter_provider: Any, aggregate: bool, latest: bool) -> _Instruments:
     # The global provider is the API's proxy until the application sets one:
     # keyed by the proxy, the instruments follow it to the real provider.
     provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
@@ -429,12 +468,17 @@ def _instruments_for(meter_provider: Any, aggregate: bool) -> _Instruments:
         instruments = _instruments.get(provider)
         if instruments is None:
             meter = metrics.get_meter("budgetguard", _version(), meter_provider=provider)
-            instruments = _Instruments(meter, provider, aggregate=aggregate)
+            instruments = _Instruments(meter, provider, aggregate=aggregate, latest=latest)
             _instruments[provider] = instruments
         elif instruments.aggregate != aggregate:
             raise ConfigurationError(
                 "guards sharing a MeterProvider must agree on aggregate=: "
                 f"this one asks for {aggregate}, an earlier one chose {instruments.aggregate}"
+            )
+        elif instruments.latest != latest:
+            raise ConfigurationError(
+                "guards sharing a MeterProvider must agree on the GenAI conventions: "
+                f"this one asks for latest={latest}, an earlier one chose {instruments.latest}"
             )
         return instruments
 
@@ -458,12 +502,16 @@ class Telemetry:
         max_models: int = 100,
         tag_keys: Iterable[str] = (),
         max_tag_values: int = 100,
+        latest_conventions: bool | None = None,
     ) -> None:
         """Create the instruments (or join those of ``meter_provider``) and start reporting.
 
         ``meter_provider`` defaults to the global one; instruments made before
         the application sets its global provider report once it does.
         ``tag_keys`` names the scope tags to export; no tag is exported by default.
+        ``latest_conventions`` (default: ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists
+        ``gen_ai_latest_experimental``) replaces ``gen_ai.client.token.usage``
+        with the draft ``gen_ai.client.inference.usage.*`` counters.
         """
         if user_attribute not in ("off", "raw", "hashed"):
             raise ConfigurationError(
@@ -515,7 +563,9 @@ class Telemetry:
         self._snapshot_at = 0.0
         self._snapshot_readers: set[str] = set()
         self._snapshot_lock = threading.Lock()
-        self._instruments = _instruments_for(meter_provider, aggregate)
+        if latest_conventions is None:
+            latest_conventions = _latest_conventions()
+        self._instruments = _instruments_for(meter_provider, aggregate, latest_conventions)
         # 0 when closed or with aggregate=False: every call takes _overflow.
         self._max_pending = _MAX_PENDING if aggregate else 0
         self._instruments.join(self)
@@ -634,6 +684,7 @@ class Telemetry:
                 model = key[0]
                 if counts is not None:
                     rows.setdefault(key, []).append(counts)
+                if counts is not None and instruments.token_usage is not None:
                     inputs = sum(
                         n for n, is_input in zip(counts, _IS_INPUT, strict=True) if is_input
                     )
@@ -664,7 +715,8 @@ class Telemetry:
                 instruments.spend.add(float(cost), self._call_attributes_for(key))
             for token_key, count in tokens.items():
                 instruments.tokens.add(count, self._token_attributes_for(token_key))
-            return
+            if not instruments.latest:
+                return
         with self._lock:
             for key, cost in spend.items():
                 self._spend[key] = self._spend.get(key, _ZERO) + cost
@@ -750,6 +802,20 @@ class Telemetry:
         with self._lock:
             tokens = list(self._tokens.items())
         return [(self._token_attributes_for(key), float(count)) for key, count in tokens]
+
+    def _inference_points(self, name: str) -> list[tuple[Attributes, float]]:
+        """Return one draft inference counter's totals, by model and modality (never by user)."""
+        with self._lock:
+            tokens = list(self._tokens.items())
+        totals: dict[tuple[_ModelKey, str], int] = {}
+        for ((model, _, _), kind), count in tokens:
+            for counter, modality in _INFERENCE_KINDS[kind]:
+                if counter == name:
+                    totals[model, modality] = totals.get((model, modality), 0) + count
+        return [
+            ({**dict(_model_items(model)), "gen_ai.token.modality": modality}, float(count))
+            for (model, modality), count in totals.items()
+        ]
 
     def _event_points(self, event: str) -> list[tuple[Attributes, float]]:
         with self._lock:

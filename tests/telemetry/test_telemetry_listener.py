@@ -606,3 +606,20 @@ def test_dropped_provider_and_telemetry_are_released() -> None:
     gc.collect()
     assert provider_ref() is None
     assert tel_ref() is None
+
+
+def test_latest_conventions_count_tokens_by_modality(
+    exported: ExportedMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the GenAI opt-in, inference usage counters replace the token histogram."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider)
+    usage = Usage(input_tokens=700, cached_input_tokens=300, output_tokens=80, reasoning_tokens=20)
+    tel.call_ended(outcome(usage=usage))
+    text = {**GPT, "gen_ai.token.modality": "text"}
+    prefix = "gen_ai.client.inference.usage"
+    assert exported.value(f"{prefix}.input_tokens", text) == 1000
+    assert exported.value(f"{prefix}.cache_read.input_tokens", text) == 300
+    assert exported.value(f"{prefix}.output_tokens", text) == 100
+    assert exported.value(f"{prefix}.reasoning.output_tokens", text) == 20
+    assert "gen_ai.client.token.usage" not in exported.names()
