@@ -4,7 +4,8 @@ A listener, through ``opentelemetry-api`` only; added with
 ``guard.add_listener(Spans())``. For each call that ran:
 
 - when the current span is a GenAI span (OpenLLMetry's, the contrib
-  instrumentation's, or the user's with ``gen_ai.operation.name``), the cost
+  instrumentation's, or the user's with ``gen_ai.operation.name``,
+  ``gen_ai.provider.name`` or the older ``gen_ai.system``), the cost
   and the budget outcome are added to it: no second span for one call;
 - else, with ``own_spans=True``, a GenAI client span of its own,
   ``"{operation} {model}"``, covering the call, with the gen_ai attributes,
@@ -61,10 +62,16 @@ def _kind(budget: str) -> str:
     return budget.split(" (", 1)[0].split(":", 1)[0]
 
 
+# Any of these on the current span says another instrumentation opened it for
+# the call: OpenLLMetry sets gen_ai.system (older conventions), the contrib
+# packages gen_ai.operation.name and gen_ai.provider.name.
+_GENAI_MARKS = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.system")
+
+
 def _is_genai(span: Any) -> bool:
     # The SDK's spans expose their attributes; the API's interface does not.
     attributes = getattr(span, "attributes", None)
-    return attributes is not None and "gen_ai.operation.name" in attributes
+    return attributes is not None and any(mark in attributes for mark in _GENAI_MARKS)
 
 
 class Spans:
