@@ -86,13 +86,14 @@ def test_draft_cost_names_behind_the_opt_in(
     assert "budgetguard.cost.amount" not in attributes
 
 
+@pytest.mark.parametrize("mark", [{"gen_ai.operation.name": "chat"}, {"gen_ai.system": "openai"}])
 def test_an_existing_genai_span_is_added_to_not_doubled(
-    provider: TracerProvider, exporter: InMemorySpanExporter
+    provider: TracerProvider, exporter: InMemorySpanExporter, mark: dict[str, str]
 ) -> None:
-    """A GenAI span already open for the call gets the cost; no second span is opened."""
+    """A GenAI span already open for the call (new or old conventions) gets the cost, alone."""
     guard = guard_with(Spans(tracer_provider=provider, own_spans=True, latest=False))
     tracer = provider.get_tracer("an.instrumentation")
-    with tracer.start_as_current_span("chat gpt-4o", attributes={"gen_ai.operation.name": "chat"}):
+    with tracer.start_as_current_span("chat gpt-4o", attributes=mark):
         guard.budgeted(model="gpt-4o", estimate="0.01", cost=lambda _: "0.5")(lambda: None)()
     (span,) = exporter.get_finished_spans()
     assert span.instrumentation_scope is not None
