@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import hashlib
 import hmac
@@ -13,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +123,9 @@ class WebhookSink(_Sink):
     408/425/429/5xx reply it waits ``backoff`` seconds, doubling up to
     ``max_backoff`` (with jitter), for at most ``max_attempts`` attempts, then
     logs the alert as lost. Other replies are final. An alert id the sink has
-    already delivered or queued is not sent again.
+    already delivered or queued is not sent again. At interpreter exit the
+    sink waits up to ``exit_timeout`` seconds for queued alerts, so a short
+    script that crossed a threshold does not exit before telling anyone.
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class WebhookSink(_Sink):
         max_backoff: float = 60.0,
         headers: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        exit_timeout: float = 10.0,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigurationError(f"a webhook URL must be http:// or https://, not {url!r}")
@@ -153,6 +158,7 @@ class WebhookSink(_Sink):
         self.max_backoff = max_backoff
         self._headers = dict(headers or {})
         self._clock = clock
+        self.exit_timeout = exit_timeout
         self._queue: queue.Queue[ThresholdCrossing | None] = queue.Queue(_MAX_QUEUED)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -175,6 +181,7 @@ class WebhookSink(_Sink):
                     target=self._run, name=f"budgetguard-{type(self).__name__}", daemon=True
                 )
                 self._worker.start()
+                atexit.register(_flush_at_exit, weakref.ref(self))
         try:
             self._queue.put_nowait(crossing)
         except queue.Full:
@@ -272,3 +279,9 @@ class SlackSink(WebhookSink):
     def _body(self, crossing: ThresholdCrossing) -> bytes:
         text = f":warning: {_text(crossing)}"
         return json.dumps({"text": text}).encode()
+
+
+def _flush_at_exit(ref: weakref.ref[WebhookSink]) -> None:
+    sink = ref()
+    if sink is not None:
+        sink.close(sink.exit_timeout)

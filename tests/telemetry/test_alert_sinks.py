@@ -7,6 +7,9 @@ import hmac
 import json
 import logging
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ class Receiver:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.status = status
         self.delay = delay
+        self.fail_first = 0  # answer 503 to this many requests first
         self.received = threading.Event()
         receiver = self
 
@@ -37,10 +41,14 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 time.sleep(receiver.delay)
                 receiver.requests.append((dict(self.headers.items()), body))
-                self.send_response(receiver.status)
+                status = receiver.status
+                if receiver.fail_first:
+                    receiver.fail_first -= 1
+                    status = 503
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                if receiver.status < 300:
+                if status < 300:
                     receiver.received.set()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -215,3 +223,23 @@ def test_log_sink_logs_the_alert(caplog: pytest.LogCaptureFixture) -> None:
     (record,) = [r for r in caplog.records if r.name == "budgetguard.alerts"]
     assert record.levelno == logging.WARNING
     assert "reached 80% of its limit" in record.getMessage()
+
+
+def test_a_script_that_exits_at_once_still_delivers(receiver: Receiver) -> None:
+    """A process that crosses a threshold and exits right away delivers the alert first."""
+    script = textwrap.dedent(
+        f"""
+        import budgetguard as bg
+        from budgetguard.alerts import WebhookSink
+
+        guard = bg.BudgetGuard(
+            metrics=False, alert_thresholds=[0.5], on_threshold=WebhookSink({receiver.url!r})
+        )
+        guard.set_budget("1", period="daily")
+        guard.charge("0.75", user="alice")
+        """
+    )
+    receiver.fail_first = 1  # the retry comes a second later, after the main thread ended
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert receiver.received.is_set()
+    assert len(receiver.requests) == 2
