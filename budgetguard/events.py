@@ -66,6 +66,19 @@ class ThresholdCrossing:
     limit: Decimal
     spent: Decimal
     window: str  # which window of the period crossed
+    kind: str = "threshold"  # or "forecast": the limit runs out before the window ends
+    runs_out_at: datetime | None = None  # a forecast's moment the limit runs out
+
+    @property
+    def id(self) -> str:
+        """Return what names this alert: one budget, window and threshold (or forecast)."""
+        what = "forecast" if self.kind == "forecast" else self.fraction
+        return f"{self.budget}|{self.window}|{what}"
+
+    @property
+    def percent(self) -> str:
+        """Return the threshold as a percentage without trailing zeros ("80")."""
+        return format((self.fraction * 100).normalize(), "f")
 
 
 class Listener(Protocol):

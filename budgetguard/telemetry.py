@@ -13,6 +13,10 @@ the instruments below, on a meter named ``budgetguard``:
   gen_ai attributes and ``gen_ai.token.type`` (input / output), with the
   semantic conventions' bucket boundaries; never by user (a histogram series
   is some 16 series in a backend);
+  with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` the draft
+  counters ``gen_ai.client.inference.usage.input_tokens``, ``.output_tokens``,
+  ``.cache_read.input_tokens``, ``.cache_write.input_tokens`` and
+  ``.reasoning.output_tokens`` (by ``gen_ai.token.modality``) replace it;
 - ``gen_ai.client.operation.duration`` (histogram, s): the gen_ai attributes
   and ``error.type`` for calls that failed;
 - ``budgetguard.budget.limit`` / ``.spent`` / ``.reserved`` / ``.remaining``
@@ -20,6 +24,19 @@ the instruments below, on a meter named ``budgetguard``:
   ``budgetguard.budget`` (global, user, ...), ``budgetguard.period`` and user;
 - ``budgetguard.refusals``, ``budgetguard.unpriced``, ``budgetguard.alerts``,
   ``budgetguard.storage_errors`` (counters).
+
+Model names are bounded too: the first ``max_models`` distinct request and
+response models seen keep their names, every later one is ``"_other"`` (a
+cumulative series must keep its attributes, so the set is fixed once full).
+Providers are named as in the conventions' registry (``azure.ai.openai`` for
+Azure OpenAI, ``aws.bedrock``, ``gcp.gemini``, ...). Scope tags are exported,
+as ``budgetguard.tag.<key>``, only for the keys listed in ``tag_keys``, each
+with at most ``max_tag_values`` distinct values.
+
+A budget gauge never sums unrelated budgets: a per-user budget is exported
+only with its own user value, so with the user attribute off (or for users
+past the cap) per-user budgets have no gauge at all, and one series always
+reads as one budget's limit, spend or remainder.
 
 The user attribute is ``user.id`` (``user_attribute="raw"``) or ``user.hash``
 (``"hashed"``: HMAC-SHA256 with a salt, truncated), and absent by default. At
@@ -52,7 +69,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -67,8 +84,11 @@ from opentelemetry.metrics import (
     Observation,
 )
 
+from ._spans import Spans
+from ._spans import latest_conventions as _latest_conventions
 from .errors import ConfigurationError
 from .events import BudgetStatus, CallOutcome, ThresholdCrossing
+from .scope import current_scope
 
 if TYPE_CHECKING:
     from .errors import BudgetExceededError
@@ -76,7 +96,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DURATION_BUCKETS",
     "OVERFLOW_USER",
+    "OVERFLOW_VALUE",
     "TOKEN_BUCKETS",
+    "Spans",
     "StatusSource",
     "Telemetry",
     "UserAttribute",
@@ -88,6 +110,29 @@ UserAttribute = Literal["off", "raw", "hashed"]
 
 #: The user value shared by every user past ``max_users``.
 OVERFLOW_USER = "_other"
+
+#: The model (or tag) value shared by every name past the cap.
+OVERFLOW_VALUE = "_other"
+
+# Provider names budgetguard or LiteLLM use, as the GenAI conventions' registry spells them.
+_REGISTRY_PROVIDERS = {
+    "azure": "azure.ai.openai",
+    "azure_openai": "azure.ai.openai",
+    "azure_ai": "azure.ai.inference",
+    "bedrock": "aws.bedrock",
+    "vertex_ai": "gcp.vertex_ai",
+    "gemini": "gcp.gemini",
+    "mistral": "mistral_ai",
+    "xai": "x_ai",
+}
+# Model prefixes (LiteLLM's routing names) that say who served an OpenAI-shaped call.
+_PROVIDER_BY_MODEL_PREFIX = (
+    ("azure/", "azure.ai.openai"),
+    ("azure_ai/", "azure.ai.inference"),
+    ("bedrock/", "aws.bedrock"),
+    ("vertex_ai/", "gcp.vertex_ai"),
+    ("gemini/", "gcp.gemini"),
+)
 
 #: Bucket boundaries the GenAI semantic conventions give ``gen_ai.client.token.usage``.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
@@ -126,13 +171,37 @@ _IS_INPUT = tuple(
 
 _ZERO = Decimal(0)
 
+# The draft GenAI token counters (semantic-conventions-genai, not yet released),
+# and the counters and modality each budgetguard token kind adds to. Input and
+# output counts include their cached, cache-write and reasoning parts.
+_INFERENCE_COUNTERS = (
+    "gen_ai.client.inference.usage.input_tokens",
+    "gen_ai.client.inference.usage.output_tokens",
+    "gen_ai.client.inference.usage.cache_read.input_tokens",
+    "gen_ai.client.inference.usage.cache_write.input_tokens",
+    "gen_ai.client.inference.usage.reasoning.output_tokens",
+)
+_IN, _OUT, _CACHE_READ, _CACHE_WRITE, _REASONING = _INFERENCE_COUNTERS
+_INFERENCE_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "input": ((_IN, "text"),),
+    "cached_input": ((_IN, "text"), (_CACHE_READ, "text")),
+    "cache_write": ((_IN, "text"), (_CACHE_WRITE, "text")),
+    "input_audio": ((_IN, "audio"),),
+    "input_image": ((_IN, "image"),),
+    "output": ((_OUT, "text"),),
+    "reasoning": ((_OUT, "text"), (_REASONING, "text")),
+    "output_audio": ((_OUT, "audio"),),
+}
+
 AttributeValue = str | bool | int | float
 Attributes = dict[str, AttributeValue]
 # (provider, request model, response model, operation)
 _ModelKey = tuple[str | None, str | None, str | None, str | None]
 # (attribute name, value) of the user attribute, or None where it is off
 _UserLabel = tuple[str, str] | None
-_CallKey = tuple[_ModelKey, _UserLabel]
+# Exported tags: ((attribute name, value), ...) in tag_keys order
+_TagItems = tuple[tuple[str, str], ...]
+_CallKey = tuple[_ModelKey, _UserLabel, _TagItems]
 # Attributes as a hashable key: ((name, value), ...)
 _Items = tuple[tuple[str, AttributeValue], ...]
 
@@ -159,7 +228,9 @@ def _version() -> str:
     if isinstance(version, str):
         return version
     try:
-        return importlib.metadata.version("budgetguard")
+        from ._dist import DISTRIBUTION
+
+        return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:  # a source checkout
         return ""
 
@@ -182,6 +253,37 @@ def _model_items(model: _ModelKey) -> _Items:
     )
 
 
+def provider_name(provider: str | None, model: str | None = None) -> str | None:
+    """Return the conventions' registry name of the provider that served ``model``."""
+    if model is not None and (provider is None or provider in ("openai", "litellm")):
+        for prefix, name in _PROVIDER_BY_MODEL_PREFIX:
+            if model.startswith(prefix):
+                return name
+    if provider is None:
+        return None
+    return _REGISTRY_PROVIDERS.get(provider, provider)
+
+
+class _Capped:
+    """Keep the first ``limit`` distinct values of an attribute; map later ones to _other."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._values: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        known = self._values.get(value)
+        if known is not None:
+            return known
+        with self._lock:
+            if len(self._values) >= self._limit:
+                return self._values.get(value, OVERFLOW_VALUE)
+            return self._values.setdefault(value, value)
+
+
 class _UserLabels:
     """Turn user ids into bounded, optionally hashed attribute values."""
 
@@ -190,7 +292,7 @@ class _UserLabels:
         self._key = salt.encode() if salt is not None else b""
         self._max_users = max_users
         self._name = "user.hash" if mode == "hashed" else "user.id"
-        self._overflow: tuple[str, str] = (self._name, OVERFLOW_USER)
+        self.overflow: tuple[str, str] = (self._name, OVERFLOW_USER)
         # Only the first max_users users are remembered, so memory stays
         # bounded too; every later user maps to the overflow value unhashed.
         self._labels: dict[str, tuple[str, str]] = {}
@@ -208,7 +310,7 @@ class _UserLabels:
             if label is not None:
                 return label
             if len(self._labels) >= self._max_users:
-                return self._overflow
+                return self.overflow
             label = (self._name, self._value(user))
             self._labels[user] = label
             return label
@@ -230,8 +332,9 @@ class _Instruments:
     read every live Telemetry.
     """
 
-    def __init__(self, meter: Meter, provider: Any, *, aggregate: bool) -> None:
+    def __init__(self, meter: Meter, provider: Any, *, aggregate: bool, latest: bool) -> None:
         self.aggregate = aggregate
+        self.latest = latest
         # What tells whether an SDK is behind the instruments: an explicit
         # no-op provider never has one; the API's proxy has one once the
         # application sets its global provider. The proxy is a process-wide
@@ -260,12 +363,23 @@ class _Instruments:
             self.tokens = meter.create_counter(
                 "budgetguard.tokens", unit="{token}", description=_TOKENS_DESCRIPTION
             )
-        self.token_usage: Histogram = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS),
-        )
+        self.token_usage: Histogram | None = None
+        if latest:
+            # The draft conventions replace the histogram with counters by modality.
+            for name in _INFERENCE_COUNTERS:
+                meter.create_observable_counter(
+                    name,
+                    [self._observe(methodcaller("_inference_points", name))],
+                    unit="{token}",
+                    description="Tokens used by GenAI inference calls.",
+                )
+        else:
+            self.token_usage = meter.create_histogram(
+                "gen_ai.client.token.usage",
+                unit="{token}",
+                description="Number of input and output tokens used.",
+                explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS),
+            )
         self.duration: Histogram = meter.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
@@ -348,7 +462,7 @@ def _is_proxy(provider: Any) -> bool:
     return isinstance(provider, _ProxyMeterProvider)
 
 
-def _instruments_for(meter_provider: Any, aggregate: bool) -> _Instruments:
+def _instruments_for(meter_provider: Any, aggregate: bool, latest: bool) -> _Instruments:
     # The global provider is the API's proxy until the application sets one:
     # keyed by the proxy, the instruments follow it to the real provider.
     provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
@@ -356,12 +470,17 @@ def _instruments_for(meter_provider: Any, aggregate: bool) -> _Instruments:
         instruments = _instruments.get(provider)
         if instruments is None:
             meter = metrics.get_meter("budgetguard", _version(), meter_provider=provider)
-            instruments = _Instruments(meter, provider, aggregate=aggregate)
+            instruments = _Instruments(meter, provider, aggregate=aggregate, latest=latest)
             _instruments[provider] = instruments
         elif instruments.aggregate != aggregate:
             raise ConfigurationError(
                 "guards sharing a MeterProvider must agree on aggregate=: "
                 f"this one asks for {aggregate}, an earlier one chose {instruments.aggregate}"
+            )
+        elif instruments.latest != latest:
+            raise ConfigurationError(
+                "guards sharing a MeterProvider must agree on the GenAI conventions: "
+                f"this one asks for latest={latest}, an earlier one chose {instruments.latest}"
             )
         return instruments
 
@@ -382,11 +501,19 @@ class Telemetry:
         user_salt: str | None = None,
         max_users: int = 100,
         aggregate: bool = True,
+        max_models: int = 100,
+        tag_keys: Iterable[str] = (),
+        max_tag_values: int = 100,
+        latest_conventions: bool | None = None,
     ) -> None:
         """Create the instruments (or join those of ``meter_provider``) and start reporting.
 
         ``meter_provider`` defaults to the global one; instruments made before
         the application sets its global provider report once it does.
+        ``tag_keys`` names the scope tags to export; no tag is exported by default.
+        ``latest_conventions`` (default: ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists
+        ``gen_ai_latest_experimental``) replaces ``gen_ai.client.token.usage``
+        with the draft ``gen_ai.client.inference.usage.*`` counters.
         """
         if user_attribute not in ("off", "raw", "hashed"):
             raise ConfigurationError(
@@ -399,8 +526,15 @@ class Telemetry:
                 "user_attribute='hashed' needs user_salt=..., a secret shared by the "
                 "processes whose metrics should agree"
             )
-        if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 0:
-            raise ConfigurationError(f"max_users must be an int >= 0, not {max_users!r}")
+        for name, cap in (
+            ("max_users", max_users),
+            ("max_models", max_models),
+            ("max_tag_values", max_tag_values),
+        ):
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+                raise ConfigurationError(f"{name} must be an int >= 0, not {cap!r}")
+        if isinstance(tag_keys, str) or not all(isinstance(key, str) for key in tag_keys):
+            raise ConfigurationError(f"tag_keys must be a list of tag names, not {tag_keys!r}")
 
         # A weak reference where possible: the guard owns this object, and a
         # strong one back would keep a dropped guard reporting until the
@@ -411,6 +545,11 @@ class Telemetry:
         except TypeError:
             self._guard = lambda: guard
         self._users = _UserLabels(user_attribute, user_salt, max_users)
+        self._models = _Capped(max_models)
+        self._tags = tuple(
+            (key, f"budgetguard.tag.{key}", _Capped(max_tag_values))
+            for key in dict.fromkeys(tag_keys)
+        )
         self._lock = threading.Lock()
         self._closed = False
         self._spend: dict[_CallKey, Decimal] = {}
@@ -426,7 +565,9 @@ class Telemetry:
         self._snapshot_at = 0.0
         self._snapshot_readers: set[str] = set()
         self._snapshot_lock = threading.Lock()
-        self._instruments = _instruments_for(meter_provider, aggregate)
+        if latest_conventions is None:
+            latest_conventions = _latest_conventions()
+        self._instruments = _instruments_for(meter_provider, aggregate, latest_conventions)
         # 0 when closed or with aggregate=False: every call takes _overflow.
         self._max_pending = _MAX_PENDING if aggregate else 0
         self._instruments.join(self)
@@ -469,7 +610,11 @@ class Telemetry:
             if label is not None:
                 items.append(label)
             if request_model is not None:
-                items.append(("gen_ai.request.model", request_model))
+                items.append(("gen_ai.request.model", self._models(request_model) or ""))
+            if self._tags:
+                scope = current_scope()
+                if scope is not None:
+                    items.extend(self._tag_items(scope.tags))
             self._count("refusals", tuple(items))
         except Exception:
             _log.exception("budgetguard telemetry failed to record a refusal")
@@ -480,7 +625,10 @@ class Telemetry:
             items: list[tuple[str, AttributeValue]] = [
                 ("budgetguard.budget", _budget_kind(crossing.budget)),
                 ("budgetguard.period", crossing.period),
-                ("budgetguard.threshold", str(crossing.fraction)),
+                (
+                    "budgetguard.threshold",
+                    "forecast" if crossing.kind == "forecast" else str(crossing.fraction),
+                ),
             ]
             label = self._users.label(crossing.user)
             if label is not None:
@@ -538,6 +686,7 @@ class Telemetry:
                 model = key[0]
                 if counts is not None:
                     rows.setdefault(key, []).append(counts)
+                if counts is not None and instruments.token_usage is not None:
                     inputs = sum(
                         n for n, is_input in zip(counts, _IS_INPUT, strict=True) if is_input
                     )
@@ -568,7 +717,8 @@ class Telemetry:
                 instruments.spend.add(float(cost), self._call_attributes_for(key))
             for token_key, count in tokens.items():
                 instruments.tokens.add(count, self._token_attributes_for(token_key))
-            return
+            if not instruments.latest:
+                return
         with self._lock:
             for key, cost in spend.items():
                 self._spend[key] = self._spend.get(key, _ZERO) + cost
@@ -578,22 +728,34 @@ class Telemetry:
     def _describe(self, outcome: CallOutcome) -> tuple[_CallKey, tuple[int, ...] | None]:
         """Return a call's series key and its token counts (None without usage)."""
         usage = outcome.usage
+        request = outcome.request_model
+        tags = self._tag_items(outcome.tags) if self._tags else ()
+        capped = self._models
         if usage is None:
-            model = (outcome.provider, outcome.request_model, outcome.response_model,
-                     outcome.operation)  # fmt: skip
-            return (model, self._users.label(outcome.user)), None
+            model = (provider_name(outcome.provider, request), capped(request),
+                     capped(outcome.response_model), outcome.operation)  # fmt: skip
+            return (model, self._users.label(outcome.user), tags), None
         # Usage is duck-typed: any object with these fields will do.
         model = (
-            outcome.provider or getattr(usage, "provider", None),
-            outcome.request_model,
-            outcome.response_model or getattr(usage, "model", None),
+            provider_name(outcome.provider or getattr(usage, "provider", None), request),
+            capped(request),
+            capped(outcome.response_model or getattr(usage, "model", None)),
             outcome.operation or getattr(usage, "operation", None),
         )
         try:
             counts = _read_counts(usage)  # one C call for budgetguard's Usage
         except AttributeError:
             counts = tuple(getattr(usage, name, 0) for name, _ in _TOKEN_FIELDS)
-        return (model, self._users.label(outcome.user)), counts
+        return (model, self._users.label(outcome.user), tags), counts
+
+    def _tag_items(self, tags: Mapping[str, str]) -> _TagItems:
+        """Return the exported tags of a call, each value capped."""
+        items = []
+        for key, attribute, capped in self._tags:
+            value = tags.get(key)
+            if value is not None:
+                items.append((attribute, capped(str(value)) or ""))
+        return tuple(items)
 
     # -- attributes -------------------------------------------------------
 
@@ -603,6 +765,7 @@ class Telemetry:
             attributes = dict(_model_items(key[0]))
             if key[1] is not None:
                 attributes[key[1][0]] = key[1][1]
+            attributes.update(key[2])
             self._call_attributes[key] = attributes
         return attributes
 
@@ -642,6 +805,20 @@ class Telemetry:
             tokens = list(self._tokens.items())
         return [(self._token_attributes_for(key), float(count)) for key, count in tokens]
 
+    def _inference_points(self, name: str) -> list[tuple[Attributes, float]]:
+        """Return one draft inference counter's totals, by model and modality (never by user)."""
+        with self._lock:
+            tokens = list(self._tokens.items())
+        totals: dict[tuple[_ModelKey, str], int] = {}
+        for ((model, _, _), kind), count in tokens:
+            for counter, modality in _INFERENCE_KINDS[kind]:
+                if counter == name:
+                    totals[model, modality] = totals.get((model, modality), 0) + count
+        return [
+            ({**dict(_model_items(model)), "gen_ai.token.modality": modality}, float(count))
+            for (model, modality), count in totals.items()
+        ]
+
     def _event_points(self, event: str) -> list[tuple[Attributes, float]]:
         with self._lock:
             counts = list(self._events[event].items())
@@ -649,11 +826,15 @@ class Telemetry:
 
     def _budget_points(self, field: str) -> list[tuple[Attributes, float]]:
         totals: dict[tuple[str, str, _UserLabel], Decimal] = {}
+        overflow = self._users.overflow
         for status in self._statuses(field):
-            key = (_budget_kind(status.name), status.period,
-                   self._users.label(status.user))  # fmt: skip
-            # Users without their own value (attribute off, or past the cap)
-            # are summed into one series per budget and period.
+            label = self._users.label(status.user)
+            if status.user is not None and (label is None or label == overflow):
+                # A user's budget without its own user value (attribute off,
+                # or past the cap) would be summed with other users' budgets:
+                # a limit of $6 for a $1 and a $5 user means nothing.
+                continue
+            key = (_budget_kind(status.name), status.period, label)
             totals[key] = totals.get(key, _ZERO) + getattr(status, field)
         points = []
         for (budget, period, user), total in totals.items():

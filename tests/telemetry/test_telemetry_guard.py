@@ -207,3 +207,24 @@ def test_metrics_off_exports_nothing(exported: ExportedMetrics) -> None:
     priced_call(guard)("frank", "1")
     assert guard.telemetry is None
     assert exported.names() == set()
+
+
+def test_listed_tags_reach_spend_and_refusals(exported: ExportedMetrics) -> None:
+    """A scope's listed tag labels the spend and the refusals of its calls; others do not."""
+    from budgetguard.telemetry import Telemetry
+
+    guard = BudgetGuard(metrics=False)
+    tel = Telemetry(guard, meter_provider=exported.meter_provider, tag_keys=["team"])
+    guard.add_listener(tel)
+    guard.set_budget("1", period="daily")
+    call = priced_call(guard)
+    with guard.budget_scope("alice", tags={"team": "search", "ticket": "T-1"}):
+        call("alice", "0.40")
+        with pytest.raises(BudgetExceededError):
+            guard.budgeted(estimate="5", model="gpt-4o")(lambda: None)()
+    team = {"budgetguard.tag.team": "search"}
+    (spend,) = exported.points("budgetguard.spend")
+    assert dict(spend.attributes) == {"gen_ai.request.model": "gpt-4o", **team}
+    assert spend.value == pytest.approx(0.40)
+    (refused,) = exported.points("budgetguard.refusals")
+    assert refused.attributes["budgetguard.tag.team"] == "search"

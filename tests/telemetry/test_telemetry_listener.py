@@ -239,7 +239,13 @@ def test_hashed_users_need_a_salt() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"user_attribute": "plain"}, {"max_users": -1}, {"max_users": True}],
+    [
+        {"user_attribute": "plain"},
+        {"max_users": -1},
+        {"max_users": True},
+        {"max_models": -1},
+        {"tag_keys": "team"},
+    ],
 )
 def test_bad_options_are_rejected(options: dict[str, object]) -> None:
     """Unknown user modes and negative caps raise ConfigurationError."""
@@ -272,17 +278,90 @@ def test_budget_gauges_read_the_guard_once_per_collection(exported: ExportedMetr
     assert repr(tel).startswith("Telemetry(")
 
 
-def test_budget_gauges_without_users_sum_user_budgets(exported: ExportedMetrics) -> None:
-    """With the user attribute off, per-user budgets are summed into one series."""
+def test_budget_gauges_never_sum_user_budgets(exported: ExportedMetrics) -> None:
+    """With the user attribute off, a $1 and a $5 user budget give no summed $6 series."""
     guard = StubGuard(
-        [status("user:alice", "alice", "10", "4"), status("user:bob", "bob", "5", "1")]
+        [
+            status("global", None, "100", "7"),
+            status("user:alice", "alice", "1", "0.5"),
+            status("user:bob", "bob", "5", "1"),
+        ]
     )
     tel = Telemetry(guard, meter_provider=exported.meter_provider)
     (point,) = exported.points("budgetguard.budget.limit")
-    assert dict(point.attributes) == {"budgetguard.budget": "user", "budgetguard.period": "monthly"}
-    assert point.value == 15
-    assert exported.value("budgetguard.budget.remaining") == 10
+    assert dict(point.attributes) == {
+        "budgetguard.budget": "global",
+        "budgetguard.period": "monthly",
+    }
+    assert point.value == 100
     assert tel.user_attribute == "off"
+
+
+def test_budget_gauges_of_users_past_the_cap_are_left_out(exported: ExportedMetrics) -> None:
+    """Users past max_users share no budget gauge; users under it keep their own."""
+    guard = StubGuard(
+        [status("user:alice", "alice", "1", "0"), status("user:bob", "bob", "5", "0")]
+    )
+    tel = Telemetry(
+        guard, meter_provider=exported.meter_provider, user_attribute="raw", max_users=1
+    )
+    points = exported.points("budgetguard.budget.limit")
+    assert [(dict(p.attributes)["user.id"], p.value) for p in points] == [("alice", 1)]
+    assert tel.user_attribute == "raw"
+
+
+def test_model_names_are_capped(exported: ExportedMetrics) -> None:
+    """Past max_models distinct models, calls are counted under the model _other."""
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider, max_models=2)
+    for index in range(50):
+        tel.call_ended(CallOutcome(None, Decimal("0.01"), 0.1, request_model=f"ft:model-{index}"))
+    values = {
+        dict(p.attributes)["gen_ai.request.model"]: p.value
+        for p in exported.points("budgetguard.spend")
+    }
+    assert values == pytest.approx({"ft:model-0": 0.01, "ft:model-1": 0.01, "_other": 0.48})
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "expected"),
+    [
+        ("openai", "azure/gpt-4o", "azure.ai.openai"),
+        ("litellm", "bedrock/anthropic.claude-3", "aws.bedrock"),
+        ("azure", "my-deployment", "azure.ai.openai"),
+        ("openai", "gpt-4o", "openai"),
+    ],
+)
+def test_providers_use_the_registry_names(
+    exported: ExportedMetrics, provider: str, model: str, expected: str
+) -> None:
+    """Azure OpenAI, Bedrock and others are named as the conventions' registry names them."""
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider)
+    tel.call_ended(CallOutcome(None, Decimal("0.01"), 0.1, request_model=model, provider=provider))
+    (point,) = exported.points("budgetguard.spend")
+    assert point.attributes["gen_ai.provider.name"] == expected
+
+
+def test_only_listed_tags_reach_the_metrics(exported: ExportedMetrics) -> None:
+    """Tags whose keys are listed in tag_keys are exported; other tags are not."""
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider, tag_keys=["team"])
+    tags = {"team": "search", "request_id": "r-123"}
+    tel.call_ended(CallOutcome(None, Decimal("0.25"), 0.1, tags=tags))
+    (point,) = exported.points("budgetguard.spend")
+    assert dict(point.attributes) == {"budgetguard.tag.team": "search"}
+    assert point.value == 0.25
+
+
+def test_tag_values_are_capped(exported: ExportedMetrics) -> None:
+    """Past max_tag_values distinct values, a tag reads _other."""
+    tel = Telemetry(
+        StubGuard(), meter_provider=exported.meter_provider, tag_keys=["team"], max_tag_values=1
+    )
+    for team in ("search", "ads", "maps"):
+        tel.call_ended(CallOutcome(None, Decimal("1"), 0.1, tags={"team": team}))
+    values = {
+        p.attributes["budgetguard.tag.team"]: p.value for p in exported.points("budgetguard.spend")
+    }
+    assert values == {"search": 1, "_other": 2}
 
 
 def test_failing_ledger_read_drops_gauges_only(exported: ExportedMetrics) -> None:
@@ -527,3 +606,20 @@ def test_dropped_provider_and_telemetry_are_released() -> None:
     gc.collect()
     assert provider_ref() is None
     assert tel_ref() is None
+
+
+def test_latest_conventions_count_tokens_by_modality(
+    exported: ExportedMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the GenAI opt-in, inference usage counters replace the token histogram."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider)
+    usage = Usage(input_tokens=700, cached_input_tokens=300, output_tokens=80, reasoning_tokens=20)
+    tel.call_ended(outcome(usage=usage))
+    text = {**GPT, "gen_ai.token.modality": "text"}
+    prefix = "gen_ai.client.inference.usage"
+    assert exported.value(f"{prefix}.input_tokens", text) == 1000
+    assert exported.value(f"{prefix}.cache_read.input_tokens", text) == 300
+    assert exported.value(f"{prefix}.output_tokens", text) == 100
+    assert exported.value(f"{prefix}.reasoning.output_tokens", text) == 20
+    assert "gen_ai.client.token.usage" not in exported.names()
