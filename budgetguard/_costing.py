@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._call import Call
     from ._estimate import Learner
 
-__all__ = ["FALLBACK_PRICE", "Pricer"]
+__all__ = ["FALLBACK_PRICE", "Pricer", "bedrock_arguments", "model_argument"]
 
 logger = logging.getLogger("budgetguard")
 
@@ -50,6 +50,42 @@ def _outside_budgetguard() -> int:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return 1
+
+
+def model_argument(arguments: Mapping[str, Any]) -> str | None:
+    """Return the model a call's arguments name: ``model``, or Bedrock's ``modelId``."""
+    model = arguments.get("model")
+    if isinstance(model, str):
+        return model
+    model_id = arguments.get("modelId")
+    return model_id if isinstance(model_id, str) else None
+
+
+def bedrock_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Read Bedrock Converse arguments (``modelId``, content blocks) as an OpenAI-shaped call."""
+
+    def text(blocks: Any) -> str:
+        if isinstance(blocks, str):
+            return blocks
+        if not isinstance(blocks, list):
+            return ""
+        return "\n".join(
+            str(block["text"]) for block in blocks if isinstance(block, Mapping) and "text" in block
+        )
+
+    messages = [
+        {"role": message.get("role", "user"), "content": text(message.get("content"))}
+        for message in arguments.get("messages") or ()
+        if isinstance(message, Mapping)
+    ]
+    found: dict[str, Any] = {"model": arguments["modelId"], "messages": messages}
+    system = text(arguments.get("system"))
+    if system:
+        found["system"] = system
+    config = arguments.get("inferenceConfig")
+    if isinstance(config, Mapping) and type(config.get("maxTokens")) is int:
+        found["max_tokens"] = config["maxTokens"]
+    return found
 
 
 class Pricer:
@@ -82,7 +118,9 @@ class Pricer:
         """
         model = arguments.get("model")
         if not isinstance(model, str):
-            return None
+            if not isinstance(arguments.get("modelId"), str):
+                return None
+            arguments = bedrock_arguments(arguments)
         shape = call_shape(arguments)
         if shape is None:
             return None

@@ -116,6 +116,8 @@ class Learner:
 _SHAPE_NAMES = frozenset(
     {
         "model",
+        "modelId",
+        "inferenceConfig",
         "messages",
         "input",
         "contents",

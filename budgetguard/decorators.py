@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import wrapt
 
 from ._call import Call, _current_call
+from ._costing import model_argument
 from ._estimate import ArgumentReader
 from .guard import BudgetGuard, guard_for
 from .money import to_decimal, to_units
@@ -74,14 +75,12 @@ class _Spec:
                 if found is not None:
                     return guard, user, found[0], model or found[1]
                 if model is None:
-                    named = arguments.get("model")
-                    model = named if isinstance(named, str) else None
+                    model = model_argument(arguments)
             return guard, user, None, model
         if not isinstance(estimate, int):
             estimate = to_decimal(estimate(*args, **kwargs), "estimate")  # type: ignore[operator]
         if model is None and self.arguments.relevant:
-            named = self.arguments.read(args, kwargs, instance is not None).get("model")
-            model = named if isinstance(named, str) else None
+            model = model_argument(self.arguments.read(args, kwargs, instance is not None))
         return guard, user, estimate, model
 
     def _begin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:

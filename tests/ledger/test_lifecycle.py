@@ -492,3 +492,29 @@ def test_abandoned_generator_releases_its_hold(guard: BudgetGuard) -> None:
     gc.collect()
     assert guard.ledger.open_reservations() == []
     assert guard.spend("alice") == Decimal("0.40")  # nothing reported: the estimate
+
+
+def test_bedrock_model_id_is_estimated_at_its_own_price(guard: BudgetGuard) -> None:
+    """converse(modelId=..., messages=[{content: [{text}]}]) is estimated at the model's price."""
+    arguments = {
+        "modelId": "amazon.nova-lite-v1:0",
+        "messages": [{"role": "user", "content": [{"text": "Write a haiku about budgets."}]}],
+        "inferenceConfig": {"maxTokens": 1000},
+    }
+    found = guard.estimate_call(arguments)
+    assert found is not None
+    cost, model = found
+    assert model == "amazon.nova-lite-v1:0"
+    # 1,000 output tokens at $0.24/M plus a short prompt at $0.06/M, not the fallback's $40/M.
+    assert Decimal("0.00024") < cost < Decimal("0.0003")
+
+    ran = []
+
+    @guard.budgeted(user="alice")
+    def converse(modelId: str, messages: list[Any], inferenceConfig: dict[str, int]) -> None:
+        ran.append(modelId)
+
+    guard.set_budget("0.0002", user="alice")
+    with pytest.raises(BudgetExceededError):
+        converse(**arguments)
+    assert ran == []
