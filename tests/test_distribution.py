@@ -21,7 +21,7 @@ from budgetguard.ledger import ledger_from_url
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 #: Extras for developers of budgetguard, not for its users.
-DEVELOPER_EXTRAS = {"test", "dev"}
+DEVELOPER_EXTRAS = {"test", "dev", "docs"}  # docs: what builds the site, not a feature
 
 #: ``pip install 'NAME[extra,...]'`` or ``pip install NAME``, as messages and docs write it.
 INSTALL = re.compile(
