@@ -18,18 +18,15 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from datetime import tzinfo
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from . import _hooks
-from ._alerts import Alerts
 from ._call import Call, _current_call
-from ._costing import Pricer
-from ._estimate import Learner
-from ._plan import Holder, Plan, Planner
+from ._parts import GuardParts
+from ._plan import Holder, Plan
 from ._streams import guard_returned_stream
 from .budgets import DEFAULT, Budget
 from .errors import (
@@ -38,8 +35,8 @@ from .errors import (
     StorageError,
     UsageMissingError,
 )
-from .events import CallOutcome, Listener
-from .ledger import Hold, Ledger, Refusal, Reservation
+from .events import CallOutcome
+from .ledger import Hold, Refusal, Reservation
 from .money import from_units, to_decimal, to_units
 from .scope import Scope, current_user
 from .scope import _current as _scope_var
@@ -79,38 +76,8 @@ class _Ending(NamedTuple):
     owed: BaseException | None  # what the policies raise once the end is written
 
 
-class CallLifecycle:
+class CallLifecycle(GuardParts):
     """The steps of every guarded call (a part of ``BudgetGuard``)."""
-
-    if TYPE_CHECKING:  # the state and helpers BudgetGuard gives its parts
-        ledger: Ledger
-        clock: Callable[[], float]
-        tz: tzinfo
-        reservation_ttl: float
-        budget_cache_ttl: float
-        on_storage_error: str
-        on_missing_cost: str
-        on_missing_estimate: str
-        outside_scope: str
-        _learner: Learner
-        _pricer: Pricer
-        _alerts: Alerts
-        _planner: Planner
-        _ids: Iterator[int]
-        _id_prefix: str
-        _listeners: list[Listener]
-        _budget_defs: dict[str, Budget]
-        _budgets_loaded_at: float
-
-        def _budgets(self, refresh: bool = False) -> dict[str, Budget]: ...
-        def _budgets_due(self) -> bool: ...
-        def _notify(self, event: str, *args: Any, **kwargs: Any) -> None: ...
-        def _safely(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
-        def _guard_storage(self, operation: Callable[..., Any], *args: Any) -> Any: ...
-        def budget_for(self, user: str | None) -> Budget | None: ...
-        def get_budget(self, user: str | None = None) -> Budget | None: ...
-        def budgets(self) -> list[Budget]: ...
-        async def _aguard_storage(self, operation: Any) -> Any: ...
 
     # -- the lifecycle: deciding how a call starts ------------------------------------------
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone, tzinfo
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _keys
-from ._alerts import Alerts
-from ._costing import Pricer
-from ._estimate import Learner
-from ._plan import Planner
+from ._parts import GuardParts
 from .budgets import DEFAULT, Budget
-from .events import BudgetStatus, Listener
-from .ledger import Ledger
+from .events import BudgetStatus
 from .money import from_units
 from .periods import window_end_of
 
@@ -25,38 +21,8 @@ __all__ = ["BudgetQueries"]
 logger = logging.getLogger("budgetguard")
 
 
-class BudgetQueries:
+class BudgetQueries(GuardParts):
     """Read spend and remaining budget; prune and reset windows (a part of ``BudgetGuard``)."""
-
-    if TYPE_CHECKING:  # the state and helpers BudgetGuard gives its parts
-        ledger: Ledger
-        clock: Callable[[], float]
-        tz: tzinfo
-        reservation_ttl: float
-        budget_cache_ttl: float
-        on_storage_error: str
-        on_missing_cost: str
-        on_missing_estimate: str
-        outside_scope: str
-        _learner: Learner
-        _pricer: Pricer
-        _alerts: Alerts
-        _planner: Planner
-        _ids: Iterator[int]
-        _id_prefix: str
-        _listeners: list[Listener]
-        _budget_defs: dict[str, Budget]
-        _budgets_loaded_at: float
-
-        def _budgets(self, refresh: bool = False) -> dict[str, Budget]: ...
-        def _budgets_due(self) -> bool: ...
-        def _notify(self, event: str, *args: Any, **kwargs: Any) -> None: ...
-        def _safely(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
-        def _guard_storage(self, operation: Callable[..., Any], *args: Any) -> Any: ...
-        def budget_for(self, user: str | None) -> Budget | None: ...
-        def get_budget(self, user: str | None = None) -> Budget | None: ...
-        def budgets(self) -> list[Budget]: ...
-        async def _aguard_storage(self, operation: Any) -> Any: ...
 
     # -- queries ------------------------------------------------------------------------------
 
