@@ -298,7 +298,11 @@ def main() -> None:
     import litellm
     import tokencost
 
-    versions = {name: metadata.version(name) for name in ("budgetguard", "litellm", "tokencost")}
+    from budgetguard._dist import DISTRIBUTION
+
+    # Our distribution's name: the index's "budgetguard" is another project.
+    names = (DISTRIBUTION, "litellm", "tokencost")
+    versions = {name: metadata.version(name) for name in names}
     print(f"python {sys.version.split()[0]}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     plain = responses(options.calls, options.seed)
