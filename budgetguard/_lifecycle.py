@@ -442,23 +442,7 @@ class CallLifecycle(GuardParts):
     def _close(self, call: Call, ending: _Ending) -> None:
         """Write ``ending`` to the ledger, then report it."""
         try:
-            reservation = call.reservation
-            units = ending.units
-            if reservation is not None and units is not None and reservation.holds:
-                # The hot path, inline: settle what the call cost.
-                model = ending.model
-                if model is None:
-                    model = call.request_model or (call.models[0] if call.models else None)
-                plan = call.plan
-                tallies = plan.tallies.get(model) or plan.tally_keys(model)
-                try:
-                    self.ledger.settle(reservation, units, tallies)
-                except StorageError as error:
-                    self._lost(error, call, units)
-                else:
-                    if units and self._alerts.thresholds:
-                        self._alerts.check(call)
-            elif self._write_end(call, ending) and self._alerts.thresholds:
+            if self._write_end(call, ending) and self._alerts.thresholds:
                 self._alerts.check(call)
         except BaseException:
             self._ended(call, ending, quiet=True)
@@ -498,11 +482,7 @@ class CallLifecycle(GuardParts):
                 if reservation.holds:
                     self.ledger.release(reservation)
                 return False
-            model = ending.model
-            if model is None:
-                model = call.request_model or (call.models[0] if call.models else None)
-            plan = call.plan
-            tallies = plan.tallies.get(model) or plan.tally_keys(model)
+            tallies = self._tally_keys(call, ending.model)
             if reservation.holds:
                 self.ledger.settle(reservation, units, tallies)
             else:
