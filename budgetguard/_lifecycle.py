@@ -595,15 +595,7 @@ class CallLifecycle(GuardParts):
         """End ``call``: settle what it cost, or release it when nothing was spent."""
         self._close(
             call,
-            self._ending(
-                call,
-                cost,
-                model=model,
-                usage=usage,
-                error=error,
-                priced=priced,
-                estimated=estimated,
-            ),
+            self._ending(call, cost, model, usage, error, priced, estimated),
         )
 
     async def _afinish(
@@ -620,15 +612,7 @@ class CallLifecycle(GuardParts):
         """Do ``_finish`` without blocking the event loop on the ledger."""
         await self._aclose(
             call,
-            self._ending(
-                call,
-                cost,
-                model=model,
-                usage=usage,
-                error=error,
-                priced=priced,
-                estimated=estimated,
-            ),
+            self._ending(call, cost, model, usage, error, priced, estimated),
         )
 
     def _complete(

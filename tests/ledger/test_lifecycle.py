@@ -518,3 +518,22 @@ def test_bedrock_model_id_is_estimated_at_its_own_price(guard: BudgetGuard) -> N
     with pytest.raises(BudgetExceededError):
         converse(**arguments)
     assert ran == []
+
+
+def test_generator_without_estimate_also_holds_what_it_learned(guard: BudgetGuard) -> None:
+    """The learned hold covers generators too: 16 threads, a budget that fits 2, at most 3 run."""
+    guard.set_budget(CALL_COST * 2, user="alice")
+    ran = itertools.count()
+
+    @guard.budgeted(user="alice")
+    def chunks(i: int) -> Iterator[dict[str, Any]]:
+        next(ran)
+        time.sleep(0.02)
+        yield {**chat_response(), "object": "chat.completion.chunk", "choices": []}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_threads(16, lambda i: list(chunks(i)))
+    assert next(ran) <= 3
+    assert guard.spend("alice") <= CALL_COST * 2
+    assert guard.ledger.open_reservations() == []
