@@ -19,6 +19,7 @@ import threading
 import types
 import weakref
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,9 +33,11 @@ if TYPE_CHECKING:
     from .guard import BudgetGuard
 
 __all__ = [
+    "AsyncHelperStreamManagerProxy",
     "AsyncMessageStreamManagerProxy",
     "AsyncMessageStreamProxy",
     "AsyncStreamProxy",
+    "HelperStreamManagerProxy",
     "MessageStreamManagerProxy",
     "MessageStreamProxy",
     "RawResponseProxy",
@@ -171,6 +174,19 @@ _S = TypeVar("_S", bound="_SettlingProxy")
 _A = TypeVar("_A", bound="_AsyncSettlingProxy")
 
 
+# The settlements of the streams opened while an SDK helper's stream manager
+# is entered (``chat.completions.stream()``, ``responses.stream()``): the
+# helper closes the HTTP response itself, past the stream proxy, so its
+# manager proxy must know which settlement to end.
+_opened: ContextVar[list[Settlement] | None] = ContextVar("budgetguard_opened", default=None)
+
+
+def _note_opened(settlement: Settlement) -> None:
+    opened = _opened.get()
+    if opened is not None:
+        opened.append(settlement)
+
+
 class _SettlingProxy(_Proxy):
     """A stream stand-in whose ``close()`` and ``with`` exit end the reservation."""
 
@@ -178,6 +194,7 @@ class _SettlingProxy(_Proxy):
         super().__init__(stream)
         self._self_settlement = settlement
         settlement.watch(self)
+        _note_opened(settlement)
 
     def close(self) -> None:
         """Close the stream and settle what it cost so far."""
@@ -209,6 +226,7 @@ class _AsyncSettlingProxy(_Proxy):
         super().__init__(stream)
         self._self_settlement = settlement
         settlement.watch(self)
+        _note_opened(settlement)
 
     async def close(self) -> None:
         """Close the stream and settle what it cost so far."""
@@ -423,7 +441,13 @@ class AsyncMessageStreamManagerProxy(_Proxy):
         self._self_stream: AsyncMessageStreamProxy | None = None
 
     async def __aenter__(self) -> AsyncMessageStreamProxy:
-        guard, call, prompt_tokens = await self._self_opener()
+        try:
+            guard, call, prompt_tokens = await self._self_opener()
+        except BaseException:
+            # Refused (or cancelled) before the request: the SDK's manager
+            # will never await the request it prepared when stream() was called.
+            _drop_unsent(self.__wrapped__)
+            raise
         token = inside_sdk_call.set(True)  # the request it sends is this call
         try:
             stream = await self.__wrapped__.__aenter__()
@@ -449,6 +473,174 @@ class AsyncMessageStreamManagerProxy(_Proxy):
             stream = self._self_stream
             if stream is not None:
                 await stream._self_settlement.asettle(_error_of(exc))
+
+
+def _drop_unsent(manager: Any) -> None:
+    """Close the request coroutines an async stream manager made but never awaited.
+
+    ``AsyncAnthropic().messages.stream(...)`` builds its ``post`` coroutine
+    at once and awaits it on ``async with`` entry. When budgetguard refuses
+    the entry, nothing ever awaits it: closing it keeps Python from warning
+    "coroutine ... was never awaited" about a request that was never meant
+    to leave.
+    """
+    for value in vars(manager).values():
+        if inspect.iscoroutine(value) and inspect.getcoroutinestate(value) == inspect.CORO_CREATED:
+            value.close()
+
+
+class HelperStreamProxy(_Proxy):
+    """Wrap an OpenAI helper stream (``ChatCompletionStream``, ``ResponseStream``).
+
+    The helper reads a settling stream proxy, so reading it to its end
+    settles; but its ``close()`` closes the HTTP response directly, past that
+    proxy. Here ``close()`` and ``with`` exit settle what was read so far.
+    """
+
+    def __init__(self, stream: Any, settlement: Settlement) -> None:
+        super().__init__(stream)
+        self._self_settlement = settlement
+
+    def __iter__(self) -> Any:
+        return iter(self.__wrapped__)
+
+    def __next__(self) -> Any:
+        return self.__wrapped__.__next__()
+
+    def close(self) -> None:
+        """Close the response and settle what the stream cost so far."""
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_settlement.settle()
+
+    def __enter__(self) -> HelperStreamProxy:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            self._self_settlement.settle(_error_of(exc))
+
+
+class AsyncHelperStreamProxy(_Proxy):
+    """Wrap an OpenAI async helper stream: ``close()`` and ``async with`` exit settle."""
+
+    def __init__(self, stream: Any, settlement: Settlement) -> None:
+        super().__init__(stream)
+        self._self_settlement = settlement
+
+    def __aiter__(self) -> Any:
+        return self.__wrapped__.__aiter__()
+
+    async def __anext__(self) -> Any:
+        return await self.__wrapped__.__anext__()
+
+    async def close(self) -> None:
+        """Close the response and settle what the stream cost so far."""
+        try:
+            await self.__wrapped__.close()
+        finally:
+            await self._self_settlement.asettle()
+
+    async def __aenter__(self) -> AsyncHelperStreamProxy:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._self_settlement.asettle(_error_of(exc))
+
+
+def _opened_by(enter: Callable[[], Any]) -> tuple[Any, Settlement | None]:
+    """Run ``enter``; return what it returned and the settlement of the stream it opened."""
+    opened: list[Settlement] = []
+    token = _opened.set(opened)
+    try:
+        result = enter()
+    finally:
+        _opened.reset(token)
+    return result, (opened[-1] if opened else None)
+
+
+class HelperStreamManagerProxy(_Proxy):
+    """Wrap OpenAI's ``chat.completions.stream()`` / ``responses.stream()`` manager.
+
+    Entering it sends the request through the instrumented ``create``, which
+    reserves (or refuses) and returns a settling stream; leaving the ``with``
+    block, or closing the stream, settles that reservation at once, not when
+    the stream is garbage-collected. A manager that opens no billed request
+    (``responses.stream(response_id=...)`` retrieves one) passes through.
+    """
+
+    def __init__(self, manager: Any) -> None:
+        super().__init__(manager)
+        self._self_settlement: Settlement | None = None
+
+    def __enter__(self) -> Any:
+        stream, settlement = _opened_by(self.__wrapped__.__enter__)
+        if settlement is None:
+            return stream
+        self._self_settlement = settlement
+        return HelperStreamProxy(stream, settlement)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            if self._self_settlement is not None:
+                self._self_settlement.settle(_error_of(exc))
+
+
+class AsyncHelperStreamManagerProxy(_Proxy):
+    """Wrap the async ``chat.completions.stream()`` / ``responses.stream()`` manager."""
+
+    def __init__(self, manager: Any) -> None:
+        super().__init__(manager)
+        self._self_settlement: Settlement | None = None
+
+    async def __aenter__(self) -> Any:
+        opened: list[Settlement] = []
+        token = _opened.set(opened)
+        try:
+            stream = await self.__wrapped__.__aenter__()
+        finally:
+            _opened.reset(token)
+        if not opened:
+            return stream
+        self._self_settlement = opened[-1]
+        return AsyncHelperStreamProxy(stream, opened[-1])
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._self_settlement is not None:
+                await self._self_settlement.asettle(_error_of(exc))
 
 
 class RawResponseProxy(_Proxy):

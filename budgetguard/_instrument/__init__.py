@@ -11,7 +11,9 @@ Patched: ``openai`` ≥ 1 — ``chat.completions.create`` and ``parse``,
 ``embeddings.create``, ``completions.create``; ``anthropic`` —
 ``messages.create``, ``parse`` and ``stream`` (also under ``beta``); sync and
 async. The SDKs' own helpers built on these (``chat.completions.stream``,
-``responses.stream``, Anthropic's tool runners) are covered through them;
+``responses.stream``, Anthropic's tool runners) are covered through them
+(the OpenAI ``stream()`` managers are wrapped too, so that ``close()`` and
+leaving ``with`` settle at once);
 ``tests/instrument/test_coverage.py`` walks the installed SDKs and fails on
 a billed method that is not. Below them, the clients' ``request`` is a net
 for a model-running path (``/chat/completions``, ``/responses``,
@@ -68,6 +70,7 @@ from ._wrappers import (
     async_method,
     async_request,
     async_stream_manager,
+    helper_stream_manager,
     stream_manager,
     sync_method,
     sync_request,
@@ -117,6 +120,20 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
         _Target(_OPENAI_BETA_RESPONSES, "AsyncResponses", "create", _async()),
         _Target(_OPENAI_BETA_RESPONSES, "Responses", "compact", _method()),
         _Target(_OPENAI_BETA_RESPONSES, "AsyncResponses", "compact", _async()),
+        # The stream() helpers send through create; wrapped so that close() settles.
+        _Target(_OPENAI_CHAT, "Completions", "stream", helper_stream_manager),
+        _Target(_OPENAI_CHAT, "AsyncCompletions", "stream", helper_stream_manager),
+        _Target(
+            "openai.resources.beta.chat.completions", "Completions", "stream", helper_stream_manager
+        ),
+        _Target(
+            "openai.resources.beta.chat.completions",
+            "AsyncCompletions",
+            "stream",
+            helper_stream_manager,
+        ),
+        _Target(_OPENAI_RESPONSES, "Responses", "stream", helper_stream_manager),
+        _Target(_OPENAI_RESPONSES, "AsyncResponses", "stream", helper_stream_manager),
         _Target("openai.resources.embeddings", "Embeddings", "create", _method()),
         _Target("openai.resources.embeddings", "AsyncEmbeddings", "create", _async()),
         _Target("openai.resources.completions", "Completions", "create", _method(True)),

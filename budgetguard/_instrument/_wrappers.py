@@ -17,8 +17,10 @@ from typing import Any, Protocol
 from .._call import Call, _current_call
 from .._sdk_call import inside_sdk_call
 from .._streams import (
+    AsyncHelperStreamManagerProxy,
     AsyncMessageStreamManagerProxy,
     AsyncStreamProxy,
+    HelperStreamManagerProxy,
     MessageStreamManagerProxy,
     RawResponseProxy,
     Settlement,
@@ -33,6 +35,7 @@ __all__ = [
     "async_method",
     "async_request",
     "async_stream_manager",
+    "helper_stream_manager",
     "stream_manager",
     "sync_method",
     "sync_request",
@@ -416,5 +419,27 @@ def async_stream_manager(guard_of: GuardSource) -> Wrapper:
             return guard, call, request.prompt_tokens
 
         return AsyncMessageStreamManagerProxy(wrapped(*args, **kwargs), open_call)
+
+    return call_stream
+
+
+def helper_stream_manager(guard_of: GuardSource) -> Wrapper:
+    """Return the wrapper of OpenAI's ``stream()`` helpers (chat completions, responses).
+
+    The helper sends its request through the instrumented ``create`` when
+    its manager is entered, so that is where the call is reserved or
+    refused; the manager proxy makes ``close()`` and leaving the ``with``
+    block settle it at once. Sync and async managers alike.
+    """
+
+    def call_stream(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        manager = wrapped(*args, **kwargs)
+        if _inside.get():
+            return manager
+        if hasattr(manager, "__aenter__"):
+            return AsyncHelperStreamManagerProxy(manager)
+        return HelperStreamManagerProxy(manager)
 
     return call_stream

@@ -182,7 +182,7 @@ def response_object(
 
 
 def responses_stream(model: str, tier: str = "default", searches: int = 0) -> bytes:
-    """Return Responses events: created, text deltas, completed (which carries the usage)."""
+    """Return Responses events: created, item and part added, text deltas, completed (usage)."""
     events: list[tuple[str | None, Any]] = [
         (
             "response.created",
@@ -191,9 +191,35 @@ def responses_stream(model: str, tier: str = "default", searches: int = 0) -> by
                 "sequence_number": 0,
                 "response": response_object(model, "in_progress", usage=False),
             },
-        )
+        ),
+        (
+            "response.output_item.added",
+            {
+                "type": "response.output_item.added",
+                "sequence_number": 1,
+                "output_index": 0,
+                "item": {
+                    "type": "message",
+                    "id": "msg_1",
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                },
+            },
+        ),
+        (
+            "response.content_part.added",
+            {
+                "type": "response.content_part.added",
+                "sequence_number": 2,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []},
+            },
+        ),
     ]
-    for n, text in enumerate(TEXT, start=1):
+    for n, text in enumerate(TEXT, start=3):
         events.append(
             (
                 "response.output_text.delta",
@@ -213,7 +239,7 @@ def responses_stream(model: str, tier: str = "default", searches: int = 0) -> by
             "response.completed",
             {
                 "type": "response.completed",
-                "sequence_number": len(TEXT) + 1,
+                "sequence_number": len(TEXT) + 3,
                 "response": response_object(
                     model, "completed", usage=True, tier=tier, searches=searches
                 ),
