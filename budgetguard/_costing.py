@@ -8,8 +8,9 @@ live here, once, for every entry point.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,7 @@ class Pricer:
         fallback_price: tuple[object, object],
         default_output_tokens: int,
         learner: Learner,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.on_unknown_model = on_unknown_model
         self.fallback_price = (
@@ -105,6 +107,8 @@ class Pricer:
         )
         self.default_output_tokens = default_output_tokens
         self.learner = learner
+        # Dated prices: a call is priced at the prices in force by this clock.
+        self.clock = clock
         self._warned: set[str] = set()
 
     def estimate(self, arguments: Mapping[str, Any]) -> tuple[Decimal, str] | None:
@@ -128,17 +132,24 @@ class Pricer:
         if output is None:
             learned = self.learner.output_tokens(shape.model)
             output = learned if learned is not None else self.default_output_tokens
+        price = lookup(shape.model)
+        if price is not None and price.max_output_tokens is not None:
+            # The vendors reject a max_tokens above the model's limit, so no
+            # call can write more: estimate at the limit.
+            output = min(output, price.max_output_tokens)
         choices = arguments.get("n")
         if type(choices) is int and choices > 1:
             output *= choices
-        if lookup(shape.model) is None:
+        if price is None:
             if self.on_unknown_model == "raise":
                 raise UnknownModelError(shape.model)
             if self.on_unknown_model == "ignore":
                 return Decimal(0), shape.model
             tokens = count_tokens(shape.text_or_messages, shape.model)
             return self.fallback_cost(tokens, output), shape.model
-        return projected_cost(shape.model, shape.text_or_messages, output), shape.model
+        return projected_cost(
+            shape.model, shape.text_or_messages, output, at=self.clock(), capped=False
+        ), shape.model
 
     def fallback_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Return what tokens of a model with no price cost at the fallback price."""
@@ -156,7 +167,7 @@ class Pricer:
         try:
             if name is None:
                 raise UnknownModelError("", "the response names no model and none was given")
-            return cost_of(usage, name).total, True
+            return cost_of(usage, name, at=self.clock()).total, True
         except UnknownModelError:
             if self.on_unknown_model == "ignore":
                 return Decimal(0), False

@@ -161,7 +161,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         self.outside_scope = outside_scope
         self._learner = Learner()
         self._pricer = Pricer(
-            on_unknown_model, fallback_price, default_output_tokens, self._learner
+            on_unknown_model, fallback_price, default_output_tokens, self._learner, self.clock
         )
         self._alerts = Alerts(self, alert_thresholds, on_threshold)
         self._budget_defs: dict[str, Budget] = {}

@@ -523,23 +523,30 @@ def projected_cost(
     *,
     default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     table: PriceTable | None = None,
+    at: float | None = None,
+    capped: bool = True,
 ) -> Decimal:
     """Return what a call should cost at most: its input at the input price plus expected output.
 
     Expected output is ``max_tokens`` when the call sets one, else
-    ``default_output_tokens``. Raises ``UnknownModelError`` when the model has
-    no price. Long-context tiers apply as they would to the real call.
+    ``default_output_tokens``, at most the model's ``max_output_tokens``
+    (``capped=False`` leaves it as given). Raises ``UnknownModelError`` when
+    the model has no price. Long-context tiers apply as they would to the
+    real call; ``at`` (a POSIX timestamp, default now) picks dated prices.
     """
     from .errors import UnknownModelError
     from .pricing import cost_of, default_table
     from .usage import Usage
 
     price_table = table if table is not None else default_table()
-    if price_table.lookup(model) is None:
+    price = price_table.lookup(model)
+    if price is None:
         raise UnknownModelError(model)
     input_tokens = count_tokens(messages, model)
     output_tokens = max_tokens if max_tokens is not None else default_output_tokens
+    if capped and price.max_output_tokens is not None:
+        output_tokens = min(output_tokens, price.max_output_tokens)
     usage = Usage(
         input_tokens=input_tokens, output_tokens=output_tokens, model=model, estimated=True
     )
-    return cost_of(usage, table=price_table).total
+    return cost_of(usage, table=price_table, at=at).total

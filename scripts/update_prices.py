@@ -12,12 +12,26 @@ throwaway virtualenv, never into the project's environment::
 Entries the source lacks, and corrections to it, live in
 ``scripts/price_overrides.json``; each says where its prices come from.
 The output is sorted and stable: the same source and date give the same file.
+
+Prices the source dates (a ``start_date`` constraint) are written as the price
+in force on ``--as-of`` at the top of the entry, plus a ``dated`` list with
+the others and the dates they hold between, so the table stays right across
+a price change. ``max_output_tokens`` comes from LiteLLM's model map (also
+MIT-licensed, a development-time input too)::
+
+    pip download --no-deps litellm -d /tmp/litellm-wheel
+    unzip /tmp/litellm-wheel/*.whl 'litellm/model_prices_and_context_window_backup.json' -d /tmp/l
+    .../python scripts/update_prices.py \
+        --litellm-map /tmp/l/litellm/model_prices_and_context_window_backup.json
+
+Without ``--litellm-map`` the limits already in the table are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import sys
 from decimal import Decimal
@@ -116,6 +130,79 @@ def _standard_price(model: Any, as_of: dt.date) -> Any:
     return chosen
 
 
+def _start_dates(model: Any) -> list[dt.date]:
+    """Return the dates on which the source says a model's price changes."""
+    from genai_prices import types as t
+
+    if isinstance(model.prices, t.ModelPrice):
+        return []
+    return sorted(
+        {
+            c.constraint.start_date
+            for c in model.prices
+            if isinstance(c.constraint, t.StartDateConstraint)
+        }
+    )
+
+
+def _dated(model: Any, as_of: dt.date, current: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the prices a model has on other dates than ``as_of``, each with its dates.
+
+    Each interval between two change dates is priced as the source prices
+    its first day; the one holding ``as_of`` is the entry itself. A field the
+    entry has and an interval lacks is written as null (not priced then).
+    """
+    dates = _start_dates(model)
+    if not dates:
+        return []
+    bounds: list[dt.date | None] = [None, *dates, None]
+    out = []
+    for since, until in itertools.pairwise(bounds):
+        if (since is None or since <= as_of) and (until is None or as_of < until):
+            continue  # the interval in force: the entry's own prices
+        day = since if since is not None else dates[0] - dt.timedelta(days=1)
+        prices = _convert(_standard_price(model, day))
+        if prices == {k: v for k, v in current.items() if k in prices or k in TOKEN_FIELDS}:
+            continue
+        item: dict[str, Any] = {}
+        if since is not None:
+            item["since"] = since.isoformat()
+        if until is not None:
+            item["until"] = until.isoformat()
+        for key in sorted({*prices, *(k for k in current if k in TOKEN_FIELDS)}):
+            item[key] = prices.get(key)
+        out.append(item)
+    return out
+
+
+TOKEN_FIELDS = frozenset({*TOKEN_KEYS.values(), "per_request", "long_context"})
+
+
+def _litellm_limits(path: Path | None) -> dict[str, int]:
+    """Return LiteLLM's ``max_output_tokens`` per model name (lowercase), or nothing."""
+    if path is None:
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    limits = {}
+    for name, entry in data.items():
+        value = entry.get("max_output_tokens") if isinstance(entry, dict) else None
+        if type(value) is int and value > 0:
+            limits[name.lower()] = value
+    return limits
+
+
+def _kept_limits(path: Path) -> dict[str, int]:
+    """Return the ``max_output_tokens`` of the table as it is now (kept without a new map)."""
+    if not path.exists():
+        return {}
+    models = json.loads(path.read_text(encoding="utf-8")).get("models", {})
+    return {
+        name: entry["max_output_tokens"]
+        for name, entry in models.items()
+        if "max_output_tokens" in entry
+    }
+
+
 def _base(value: Any) -> Decimal:
     from genai_prices import types as t
 
@@ -161,8 +248,9 @@ def _convert(price: Any) -> dict[str, Any]:
     return out
 
 
-def build(as_of: dt.date) -> dict[str, Any]:
-    """Build the whole table from the source data and the overrides."""
+def build(as_of: dt.date, limits: dict[str, int] | None = None) -> dict[str, Any]:
+    """Build the whole table from the source data, the overrides and the output limits."""
+    limits = limits or {}
     import genai_prices
     from genai_prices import data
 
@@ -200,6 +288,9 @@ def build(as_of: dt.date) -> dict[str, Any]:
                         tiers[name] = converted
             if tiers:
                 entry["service_tiers"] = dict(sorted(tiers.items()))
+            dated = _dated(model, as_of, entry)
+            if dated:
+                entry["dated"] = dated
             names = [n.lower() for n in _aliases(model.match)]
             entry["aliases"] = sorted({n for n in names if n and n != key})
             entry["provider"] = otel_name
@@ -221,20 +312,38 @@ def build(as_of: dt.date) -> dict[str, Any]:
         models[key]["aliases"] = kept
 
     overrides = json.loads(OVERRIDES.read_text(encoding="utf-8"))
+    # An override's names are its own: a generated entry keeps none of them
+    # as an alias (genai-prices files the search-preview models under gpt-4o-mini).
+    taken = {
+        name.lower()
+        for key, entry in overrides["models"].items()
+        for name in (key, *entry.get("aliases", ()))
+    }
+    for entry in models.values():
+        entry["aliases"] = [alias for alias in entry["aliases"] if alias not in taken]
     for key, entry in overrides["models"].items():
         entry = dict(entry)
         if "source" not in entry:
             raise SystemExit(f"override {key!r} must say where its prices come from")
         entry.setdefault("checked", overrides.get("checked", as_of.isoformat()))
         models[key.lower()] = entry
-    for key in models:
-        if not models[key].get("aliases"):
-            models[key].pop("aliases", None)
+    for key, entry in models.items():
+        if not entry.get("aliases"):
+            entry.pop("aliases", None)
+        if "max_output_tokens" not in entry:
+            limit = limits.get(key)
+            if limit is None:
+                limit = next((limits[a] for a in entry.get("aliases", ()) if a in limits), None)
+            if limit is not None:
+                entry["max_output_tokens"] = limit
 
     return {
         "format": 1,
         "about": (
-            "Prices in USD per million tokens (per_request: USD per call). Generated by "
+            "Prices in USD per million tokens (per_request: USD per call; call: a fee on "
+            "every call). max_output_tokens: the most output one call can ask for. dated: "
+            "prices in force from 'since' (inclusive) until 'until' (exclusive), UTC dates, "
+            "each naming what differs from the entry. Generated by "
             "scripts/update_prices.py from the MIT-licensed genai-prices data "
             "(https://github.com/pydantic/genai-prices) plus scripts/price_overrides.json."
         ),
@@ -250,13 +359,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--as-of", type=dt.date.fromisoformat, default=dt.date.today())
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--check", action="store_true", help="fail if the table would change")
+    parser.add_argument(
+        "--litellm-map",
+        type=Path,
+        help="LiteLLM's model_prices_and_context_window JSON, for max_output_tokens",
+    )
     args = parser.parse_args(argv)
     try:
         import genai_prices  # noqa: F401
     except ImportError:
         print(__doc__, file=sys.stderr)
         return 2
-    table = build(args.as_of)
+    limits = _kept_limits(args.output)
+    limits.update(_litellm_limits(args.litellm_map))
+    table = build(args.as_of, limits)
     text = json.dumps(table, indent=1, sort_keys=False, ensure_ascii=False) + "\n"
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""

@@ -133,6 +133,16 @@ def _price_json(price: Any) -> dict[str, object]:
         for name, tier in price.service_tiers.items()
     }
     data["per_request"] = dict(price.per_request)
+    data["max_output_tokens"] = price.max_output_tokens
+    data["dated"] = [
+        {
+            "since": _day(dated.since),
+            "until": _day(dated.until),
+            **{name: getattr(dated.price, name) for name in _PRICE_FIELDS},
+            "per_request": dict(dated.price.per_request),
+        }
+        for dated in price.dated
+    ]
     data["source"] = price.source
     data["checked"] = price.checked
     return data
@@ -161,9 +171,40 @@ def _show_price(asked: str, price: Any, form: str) -> None:
     for name, tier in sorted(price.service_tiers.items()):
         rows.append([f"{name} tier input / output", f"{plain(tier.input)} / {plain(tier.output)}"])
     for name, fee in sorted(price.per_request.items()):
-        rows.append([f"{name.replace('_', ' ')} (per request)", plain(fee)])
+        what = "every call" if name == "call" else f"{name.replace('_', ' ')} (per request)"
+        rows.append([what, plain(fee)])
+    for dated in price.dated:
+        when = _span(dated.since, dated.until)
+        rows.append(
+            [f"{when}: input / output", f"{plain(dated.price.input)} / {plain(dated.price.output)}"]
+        )
+        for name, fee in sorted(dated.price.per_request.items()):
+            if price.per_request.get(name) != fee:
+                rows.append([f"{when}: {name.replace('_', ' ')} fee", plain(fee)])
     print_table(["price", "USD"], rows)
+    if price.max_output_tokens is not None:
+        print(f"max output: {price.max_output_tokens:,} tokens a call (estimates count no more)")
     if price.aliases:
         print(f"also known as: {', '.join(price.aliases)}")
     checked = f", checked {price.checked}" if price.checked else ""
     print(f"source: {price.source}{checked}")
+
+
+def _day(when: float | None) -> str | None:
+    """Write a dated price's bound as an ISO date (a time too, when it is not midnight UTC)."""
+    if when is None:
+        return None
+    from datetime import datetime, timezone
+
+    moment = datetime.fromtimestamp(when, timezone.utc)
+    if moment.hour == moment.minute == moment.second == 0:
+        return moment.date().isoformat()
+    return moment.isoformat()
+
+
+def _span(since: float | None, until: float | None) -> str:
+    if since is None:
+        return f"until {_day(until)}"
+    if until is None:
+        return f"from {_day(since)}"
+    return f"{_day(since)} to {_day(until)}"

@@ -1,5 +1,10 @@
 """Pricing: a dated table of model prices, and the exact cost of a call.
 
+Each entry may carry ``max_output_tokens`` (what one call can ask for at
+most: estimates never count more) and ``dated`` prices (in force from a
+``since`` date until an ``until`` date); a call is priced at the prices in
+force when it is priced, by the guard's clock.
+
 The table ships in the package (``prices.json``, generated from a public price
 source by ``scripts/update_prices.py``) and needs no network. Users add or
 override prices with ``register_model(...)`` or a price file of their own
@@ -15,12 +20,13 @@ from importlib import resources
 from typing import Any
 
 from ._cost import SERVICE_TIERS, cost_of, price_usage
-from ._price import Cost, LongContextTier, ModelPrice, parse_price
+from ._price import Cost, DatedPrice, LongContextTier, ModelPrice, parse_price
 from ._table import PriceTable, normalise_model_name
 
 __all__ = [
     "SERVICE_TIERS",
     "Cost",
+    "DatedPrice",
     "LongContextTier",
     "ModelPrice",
     "PriceTable",
@@ -69,7 +75,8 @@ def register_model(model: str, *, input: Any, output: Any, **prices: Any) -> Mod
     Keyword arguments are those of ``PriceTable.register``: ``cached_input``,
     ``cache_write_5m``, ``cache_write_1h``, ``reasoning``, ``input_audio``,
     ``output_audio``, ``input_image``, ``batch_multiplier``, ``long_context``,
-    ``service_tiers``, ``per_request``, ``aliases``, ``provider``.
+    ``service_tiers``, ``per_request``, ``max_output_tokens``, ``dated``,
+    ``aliases``, ``provider``.
     """
     return default_table().register(model, input=input, output=output, **prices)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -28,12 +29,17 @@ SERVICE_TIERS = frozenset({"standard", "batch", "flex", "priority", "fast"})
 _ZERO = Decimal(0)
 
 
-def price_usage(usage: Usage, price: ModelPrice, *, tier: str | None = None) -> Cost:
+def price_usage(
+    usage: Usage, price: ModelPrice, *, tier: str | None = None, at: float | None = None
+) -> Cost:
     """Return the cost of ``usage`` at ``price`` (no lookup).
 
     ``tier`` defaults to the one the response reported (``usage.service_tier``),
-    else ``"standard"``.
+    else ``"standard"``. ``at`` (a POSIX timestamp, default now) picks the
+    dated prices in force then.
     """
+    if price.dated:
+        price = price.at(time.time() if at is None else at)
     if tier is None:
         tier = usage.service_tier or "standard"
     if tier not in SERVICE_TIERS and tier not in price.service_tiers:
@@ -83,6 +89,11 @@ def price_usage(usage: Usage, price: ModelPrice, *, tier: str | None = None) -> 
         amount = fee * usage.web_search_requests
         breakdown["web_search"] = amount
         total += amount
+    # A fee on every call of the model, whatever its usage says.
+    call_fee = p.per_request.get("call", price.per_request.get("call"))
+    if call_fee:
+        breakdown["call"] = call_fee
+        total += call_fee
     return Cost(
         total=total,
         breakdown=breakdown,
@@ -99,10 +110,12 @@ def cost_of(
     *,
     tier: str | None = None,
     table: PriceTable | None = None,
+    at: float | None = None,
 ) -> Cost:
     """Return the exact cost of ``usage``, priced as ``model`` (default: the model it names).
 
     ``tier`` defaults to the service tier the response reported, else standard.
+    ``at`` (a POSIX timestamp, default now) picks the dated prices in force then.
 
     Raises ``UnknownModelError`` when no price is known; the guard decides what
     to do then.
@@ -117,4 +130,4 @@ def cost_of(
     price = table.lookup(name)
     if price is None:
         raise UnknownModelError(name)
-    return price_usage(usage, price, tier=tier)
+    return price_usage(usage, price, tier=tier, at=at)

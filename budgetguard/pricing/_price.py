@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timezone
 from decimal import Decimal
+from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
 from ..money import to_decimal
 
-__all__ = ["TOKEN_PRICE_FIELDS", "Cost", "LongContextTier", "ModelPrice", "parse_price"]
+__all__ = [
+    "TOKEN_PRICE_FIELDS",
+    "Cost",
+    "DatedPrice",
+    "LongContextTier",
+    "ModelPrice",
+    "parse_instant",
+    "parse_price",
+]
 
 # Prices per million tokens. ``input`` and ``output`` are required; the others
 # fall back as documented on ``ModelPrice``.
@@ -38,6 +48,24 @@ class LongContextTier:
 
 
 @dataclass(frozen=True)
+class DatedPrice:
+    """The prices a model has from ``since`` (inclusive) until ``until`` (exclusive).
+
+    Both are POSIX timestamps (UTC); ``None`` leaves that side open.
+    """
+
+    since: float | None
+    until: float | None
+    price: ModelPrice
+
+    def covers(self, when: float) -> bool:
+        """Tell whether this price is in force at ``when``."""
+        return (self.since is None or when >= self.since) and (
+            self.until is None or when < self.until
+        )
+
+
+@dataclass(frozen=True)
 class ModelPrice:
     """Hold one model's prices in USD per million tokens, as exact ``Decimal``.
 
@@ -50,7 +78,15 @@ class ModelPrice:
     when its total input exceeds a threshold. ``service_tiers`` holds the
     ``batch``, ``flex``, ``priority`` (...) variants, each a full
     ``ModelPrice``. ``per_request`` holds fees per call of a server tool, in
-    USD per call (``{"web_search": Decimal("0.01")}``).
+    USD per call: ``web_search`` per web search the response reports
+    (``{"web_search": Decimal("0.01")}``), ``call`` once on every call of the
+    model (OpenAI's ``*-search-preview`` chat models search on every call).
+
+    ``max_output_tokens`` is the most output one call of the model can ask
+    for; an estimate never counts more (the vendors reject a larger
+    ``max_tokens``). ``dated`` holds the prices that apply only between two
+    dates (``at(when)`` picks the one in force); outside them, these are the
+    prices.
     """
 
     model: str
@@ -72,6 +108,15 @@ class ModelPrice:
     aliases: tuple[str, ...] = field(default=(), compare=False, repr=False)
     source: str = "user"
     checked: str | None = None
+    max_output_tokens: int | None = None
+    dated: tuple[DatedPrice, ...] = field(default=(), compare=False, repr=False)
+
+    def at(self, when: float) -> ModelPrice:
+        """Return the prices in force at ``when`` (a POSIX timestamp)."""
+        for dated in self.dated:
+            if dated.covers(when):
+                return dated.price
+        return self
 
     def for_tier(self, tier: str) -> ModelPrice | None:
         """Return the prices of service tier ``tier`` (``standard`` is this price itself)."""
@@ -93,8 +138,8 @@ class Cost:
 
     ``breakdown`` maps each priced component (``input``, ``cached_input``,
     ``cache_write_5m``, ``cache_write_1h``, ``output``, ``reasoning``,
-    ``input_audio``, ``output_audio``, ``input_image``, ``web_search``) to its
-    USD amount; the amounts add up to ``total``.
+    ``input_audio``, ``output_audio``, ``input_image``, ``web_search``,
+    ``call``) to its USD amount; the amounts add up to ``total``.
     """
 
     total: Decimal
@@ -156,6 +201,77 @@ def _long_context(base: ModelPrice, data: Any, where: str) -> tuple[LongContextT
     return tuple(tiers)
 
 
+def parse_instant(value: Any, where: str) -> float:
+    """Return the POSIX timestamp of a price date: ``"2026-01-01"`` (midnight UTC) or ISO 8601.
+
+    A date and time without an offset is UTC.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"{where} must be a date such as '2026-01-01' or an ISO 8601 time, got {value!r}"
+            ) from None
+    else:
+        raise ValueError(f"{where} must be a date string such as '2026-01-01', got {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _max_output(data: Mapping[str, Any], where: str) -> int | None:
+    value = data.get("max_output_tokens")
+    if value is None:
+        return None
+    if type(value) is not int or value <= 0:
+        raise ValueError(
+            f"{where}.max_output_tokens must be a positive whole number, got {value!r}"
+        )
+    return value
+
+
+_DATE_KEYS = ("since", "until")
+
+
+def _dated(model: str, data: Mapping[str, Any], where: str, source: str) -> tuple[DatedPrice, ...]:
+    """Parse an entry's ``dated`` list: each item is the entry with the fields it names replaced."""
+    items = data.get("dated")
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise ValueError(f"{where}.dated must be a list")
+    own = {key: value for key, value in data.items() if key != "dated"}
+    found: list[DatedPrice] = []
+    for i, item in enumerate(items):
+        item_where = f"{where}.dated[{i}]"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{item_where} must be an object")
+        if "dated" in item:
+            raise ValueError(f"{item_where} cannot hold dated prices of its own")
+        bounds = [
+            parse_instant(item[key], f"{item_where}.{key}") if item.get(key) is not None else None
+            for key in _DATE_KEYS
+        ]
+        since, until = bounds
+        if since is None and until is None:
+            raise ValueError(f"{item_where} needs a 'since' or an 'until' date")
+        if since is not None and until is not None and since >= until:
+            raise ValueError(f"{item_where}: 'since' must come before 'until'")
+        merged = {**own, **{k: v for k, v in item.items() if k not in _DATE_KEYS}}
+        price = parse_price(model, merged, source=source)
+        found.append(DatedPrice(since, until, price))
+    ordered = sorted(found, key=lambda d: float("-inf") if d.since is None else d.since)
+    for before, after in pairwise(ordered):
+        if before.until is None or after.since is None or after.since < before.until:
+            raise ValueError(f"{where}.dated: two dated prices overlap")
+    return tuple(ordered)
+
+
 def parse_price(model: str, data: Mapping[str, Any], *, source: str = "user") -> ModelPrice:
     """Build a ``ModelPrice`` from one entry of a price file (strings or numbers)."""
     where = f"price of {model!r}"
@@ -184,6 +300,7 @@ def parse_price(model: str, data: Mapping[str, Any], *, source: str = "user") ->
         aliases=tuple(aliases),
         source=str(data.get("source") or source),
         checked=data.get("checked"),
+        max_output_tokens=_max_output(data, where),
         **prices,
     )
     base = replace(base, long_context=_long_context(base, data.get("long_context"), where))
@@ -210,4 +327,8 @@ def parse_price(model: str, data: Mapping[str, Any], *, source: str = "user") ->
     batch = _price_value(data, "batch_multiplier", where)
     if batch is not None and "batch" not in tiers:
         tiers["batch"] = replace(_scaled(base, batch), service_tiers=_EMPTY)
-    return replace(base, service_tiers=MappingProxyType(tiers))
+    return replace(
+        base,
+        service_tiers=MappingProxyType(tiers),
+        dated=_dated(model, data, where, source),
+    )

@@ -168,12 +168,19 @@ class PriceTable:
         long_context: list[Mapping[str, Any]] | None = None,
         service_tiers: Mapping[str, Mapping[str, Any]] | None = None,
         per_request: Mapping[str, Any] | None = None,
+        max_output_tokens: int | None = None,
+        dated: list[Mapping[str, Any]] | None = None,
         aliases: tuple[str, ...] | list[str] = (),
         provider: str | None = None,
         source: str = "user",
         checked: str | None = None,
     ) -> ModelPrice:
-        """Add (or override) a model's prices, in USD per million tokens."""
+        """Add (or override) a model's prices, in USD per million tokens.
+
+        ``max_output_tokens`` caps what an estimate counts for one call;
+        ``dated`` lists prices in force only between dates
+        (``[{"until": "2026-01-01", "input": "3"}]``), each naming what differs.
+        """
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
         spec: dict[str, Any] = {
@@ -190,6 +197,8 @@ class PriceTable:
             "long_context": long_context,
             "service_tiers": service_tiers,
             "per_request": per_request,
+            "max_output_tokens": max_output_tokens,
+            "dated": dated,
             "aliases": list(aliases),
             "provider": provider,
             "source": source,
