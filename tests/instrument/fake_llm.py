@@ -382,7 +382,9 @@ class FakeLLM:
             if stream:
                 wants = bool((body.get("stream_options") or {}).get("include_usage"))
                 return 200, "text/event-stream", chat_stream(model, wants)
-            reply = chat_completion(CHAT_MODEL, served_tier(body))
+            # The search-preview models answer as their dated snapshot, like the API.
+            served = f"{model}-2025-03-11" if model.endswith("-search-preview") else CHAT_MODEL
+            reply = chat_completion(served, served_tier(body))
             return 200, "application/json", json.dumps(reply).encode()
         if path == "/v1/completions":
             wants = bool((body.get("stream_options") or {}).get("include_usage"))
