@@ -13,7 +13,9 @@ broken out of and collected, or fails half way.
 
 from __future__ import annotations
 
+import codecs
 import inspect
+import json
 import logging
 import threading
 import types
@@ -37,6 +39,7 @@ __all__ = [
     "AsyncMessageStreamManagerProxy",
     "AsyncMessageStreamProxy",
     "AsyncStreamProxy",
+    "BodyMeter",
     "HelperStreamManagerProxy",
     "MessageStreamManagerProxy",
     "MessageStreamProxy",
@@ -643,22 +646,121 @@ class AsyncHelperStreamManagerProxy(_Proxy):
                 await self._self_settlement.asettle(_error_of(exc))
 
 
+# A JSON body larger than this is not kept to be priced (no real response is).
+_BODY_LIMIT = 64 * 1024 * 1024
+
+
+class BodyMeter:
+    """Read a response body that the caller reads as bytes, text or lines, for its usage.
+
+    A streamed body is server-sent events: each ``data:`` event is decoded and
+    given to the call's stream meter as it completes, so a body read half way
+    is priced like any stream cut short. Any other body is JSON, priced from
+    its usage once read to its end.
+    """
+
+    __slots__ = (
+        "_data",
+        "_decoder",
+        "_parts",
+        "_pending",
+        "_size",
+        "complete",
+        "fed",
+        "meter",
+        "streamed",
+    )
+
+    def __init__(self, meter: StreamMeter, streamed: bool) -> None:
+        self.meter = meter
+        self.streamed = streamed
+        self.fed = False  # whether the caller read any of the body
+        self.complete = False  # whether the caller read all of it
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""  # the text of a line not yet ended
+        self._data: list[str] = []  # the data lines of the event being read
+        self._parts: list[bytes] | None = []
+        self._size = 0
+
+    def feed(self, data: bytes | str) -> None:
+        """Take one piece of the body, as read by the caller."""
+        self.fed = True
+        if not self.streamed:
+            raw = data.encode() if isinstance(data, str) else data
+            self._size += len(raw)
+            if self._parts is not None:
+                self._parts.append(raw)
+                if self._size > _BODY_LIMIT:
+                    self._parts = None
+            return
+        text = data if isinstance(data, str) else self._decoder.decode(data)
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            line = line.removesuffix("\r")
+            if not line:
+                self._dispatch()  # a blank line ends an event
+            elif line.startswith("data:"):
+                self._data.append(line[5:].removeprefix(" "))
+                if len(self._data) == 1 and self._dispatch(eager=True):
+                    continue  # one line of JSON: the caller has seen the whole event
+
+    def take_all(self, body: bytes) -> None:
+        """Take the whole body at once (``read()``, ``text()``, ``json()``)."""
+        if self.fed:
+            return  # read through an iterator already: do not count it twice
+        self.feed(body)
+        if self.streamed:
+            self.feed("\n\n")  # the last event may lack its blank line
+        self.complete = True
+
+    def _dispatch(self, eager: bool = False) -> bool:
+        """Give the event's data to the meter; say whether it was a whole JSON object."""
+        data = "\n".join(self._data)
+        if not data:
+            return False
+        try:
+            decoded = json.loads(data)
+        except ValueError:
+            if not eager:
+                self._data = []  # "[DONE]", or not JSON: nothing to meter
+            return False
+        self._data = []
+        if isinstance(decoded, dict):
+            self.meter.add(decoded)
+        return True
+
+    def body(self) -> Any:
+        """Return the decoded JSON body, or ``None`` when it is not all there or not JSON."""
+        if self.streamed or not self.complete or self._parts is None:
+            return None
+        try:
+            return json.loads(b"".join(self._parts))
+        except ValueError:
+            return None
+
+
 class RawResponseProxy(_Proxy):
     """Wrap the response of ``with_raw_response`` / ``with_streaming_response``: price its body.
 
     The body is the caller's to read, so nothing is read here. ``parse()``
     prices what it returns from its usage, or hands back a settling proxy of
-    the stream it returns; a response closed, left or collected unparsed
-    (read as bytes or lines, or not at all) ends its call under
+    the stream it returns. ``read()``, ``text()``, ``json()``, ``iter_bytes()``,
+    ``iter_text()`` and ``iter_lines()`` are metered on the way to the caller:
+    the call is priced from the usage in the bytes, and an event stream read
+    half way like any stream cut short. A response closed, left or collected
+    unread (or a JSON body read only in part) ends its call under
     ``on_missing_cost``, as a response without usage.
     """
 
-    def __init__(self, response: Any, settlement: Settlement, hide_usage_chunk: bool) -> None:
+    def __init__(
+        self, response: Any, settlement: Settlement, hide_usage_chunk: bool, streamed: bool = False
+    ) -> None:
         super().__init__(response)
         self._self_settlement = settlement
         self._self_hide = hide_usage_chunk
         self._self_stream: Any = None
-        finalizer = weakref.finalize(self, _end_unparsed, settlement)
+        self._self_body = BodyMeter(settlement.meter, streamed)
+        finalizer = weakref.finalize(self, _end_read, settlement, self._self_body)
         finalizer.atexit = False
         settlement._finalizer = finalizer
 
@@ -706,19 +808,138 @@ class RawResponseProxy(_Proxy):
             await settlement.guard._acomplete(settlement.call, parsed)
         return self._self_priced(parsed)
 
+    # -- the body read as bytes, text or lines --------------------------------------------
+
+    def read(self) -> Any:
+        """Read the whole body (the SDK's ``read()``) and price the call from it."""
+        return self._self_whole(self.__wrapped__.read)
+
+    def text(self) -> Any:
+        """Read the body as text (the SDK's ``text()``) and price the call from it."""
+        return self._self_whole(self.__wrapped__.text)
+
+    def json(self) -> Any:
+        """Read the body as JSON (the SDK's ``json()``) and price the call from it."""
+        return self._self_whole(self.__wrapped__.json)
+
+    def _self_whole(self, read: Callable[[], Any]) -> Any:
+        if inspect.iscoroutinefunction(read):
+            return self._self_awhole(read)
+        try:
+            result = read()
+        except BaseException as error:
+            _end_read(self._self_settlement, self._self_body, _error_of(error))
+            raise
+        self._self_body.take_all(self.__wrapped__.http_response.content)
+        _end_read(self._self_settlement, self._self_body)
+        return result
+
+    async def _self_awhole(self, read: Callable[[], Any]) -> Any:
+        try:
+            result = await read()
+        except BaseException as error:
+            await _aend_read(self._self_settlement, self._self_body, _error_of(error))
+            raise
+        self._self_body.take_all(self.__wrapped__.http_response.content)
+        await _aend_read(self._self_settlement, self._self_body)
+        return result
+
+    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
+        """Iterate the body's bytes (the SDK's ``iter_bytes()``), metering them."""
+        return self._self_pieces(self.__wrapped__.iter_bytes(*args, **kwargs), "")
+
+    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
+        """Iterate the body's text (the SDK's ``iter_text()``), metering it."""
+        return self._self_pieces(self.__wrapped__.iter_text(*args, **kwargs), "")
+
+    def iter_lines(self) -> Any:
+        """Iterate the body's lines (the SDK's ``iter_lines()``), metering them."""
+        return self._self_pieces(self.__wrapped__.iter_lines(), "\n")
+
+    def _self_pieces(self, source: Any, end: str) -> Any:
+        if hasattr(source, "__anext__"):
+            return _ametered(source, self._self_settlement, self._self_body, end)
+        return _metered(source, self._self_settlement, self._self_body, end)
+
     def close(self) -> Any:
-        """Close the response; unparsed, its call ends as one without usage."""
+        """Close the response; unread, its call ends as one without usage."""
         closed = self.__wrapped__.close()
         if inspect.isawaitable(closed):
             return self._self_aclose(closed)
-        _end_unparsed(self._self_settlement)
+        _end_read(self._self_settlement, self._self_body)
         return closed
 
     async def _self_aclose(self, closed: Any) -> None:
         try:
             await closed
         finally:
-            await _aend_unparsed(self._self_settlement)
+            await _aend_read(self._self_settlement, self._self_body)
+
+
+def _metered(source: Any, settlement: Settlement, body: BodyMeter, end: str) -> Any:
+    """Yield what ``source`` yields, metering it; end the call when it ends."""
+    try:
+        for piece in source:
+            body.feed(piece + end if end else piece)
+            yield piece
+    except BaseException as error:  # GeneratorExit included: read only in part
+        _end_read(settlement, body, _error_of(error))
+        raise
+    body.feed("\n\n")
+    body.complete = True
+    _end_read(settlement, body)
+
+
+async def _ametered(source: Any, settlement: Settlement, body: BodyMeter, end: str) -> Any:
+    """Do ``_metered`` for an async iterator."""
+    try:
+        async for piece in source:
+            body.feed(piece + end if end else piece)
+            yield piece
+    except BaseException as error:  # GeneratorExit and CancelledError included
+        await _aend_read(settlement, body, _error_of(error))
+        raise
+    body.feed("\n\n")
+    body.complete = True
+    await _aend_read(settlement, body)
+
+
+def _end_read(settlement: Settlement, body: BodyMeter, error: BaseException | None = None) -> None:
+    """End a raw response's call from what the caller read of its body, once."""
+    if not body.fed:
+        _end_unparsed(settlement, error)
+        return
+    if not settlement._claim():
+        return
+    guard, call = settlement.guard, settlement.call
+    if body.streamed:
+        guard._complete_stream(call, settlement.meter, error=error)
+        return
+    parsed = body.body()
+    if parsed is None:
+        guard._finish(call, None, error=error)  # part of a JSON body: on_missing_cost
+    else:
+        guard._complete(call, parsed)
+
+
+async def _aend_read(
+    settlement: Settlement, body: BodyMeter, error: BaseException | None = None
+) -> None:
+    """Do ``_end_read`` without blocking the event loop on the ledger."""
+    if not body.fed:
+        await _aend_unparsed(settlement, error)
+        return
+    if not settlement._claim():
+        return
+    guard, call = settlement.guard, settlement.call
+    if body.streamed:
+        await guard._acomplete_stream(call, settlement.meter, error=error)
+        return
+    parsed = body.body()
+    if parsed is None:
+        await guard._afinish(call, None, error=error)
+    else:
+        await guard._acomplete(call, parsed)
 
 
 def _end_unparsed(settlement: Settlement, error: BaseException | None = None) -> None:

@@ -198,7 +198,7 @@ def _run_sync(
     if streamed and raw is None:
         return StreamProxy(result, _settlement(guard, call, request), hide)
     if _unread(raw, streamed):
-        return RawResponseProxy(result, _settlement(guard, call, request), hide)
+        return RawResponseProxy(result, _settlement(guard, call, request), hide, streamed)
     guard._complete(call, _response_to_price(result, raw))
     return result
 
@@ -234,7 +234,7 @@ async def _run_async(
     if streamed and raw is None:
         return AsyncStreamProxy(result, _settlement(guard, call, request), hide)
     if _unread(raw, streamed):
-        return RawResponseProxy(result, _settlement(guard, call, request), hide)
+        return RawResponseProxy(result, _settlement(guard, call, request), hide, streamed)
     await guard._acomplete(call, _response_to_price(result, raw))
     return result
 
