@@ -287,12 +287,24 @@ _BEDROCK_EVENTS = (
 )
 
 
+def _langchain_accumulator(chunk: object) -> StreamAccumulator | None:
+    """Return an accumulator for a LangChain message chunk (``usage/_langchain.py``), else None."""
+    if not type(chunk).__module__.startswith("langchain_core."):
+        return None
+    from ._langchain import LangChainStream, is_langchain_chunk
+
+    return LangChainStream() if is_langchain_chunk(chunk) else None
+
+
 def accumulator_for(chunk: object) -> StreamAccumulator | None:
     """Return a fresh accumulator for the stream whose first chunk or event is ``chunk``.
 
     ``None`` when the chunk belongs to no stream format known here. The chunk
     itself is not added: pass it to ``add`` as well.
     """
+    langchain = _langchain_accumulator(chunk)
+    if langchain is not None:
+        return langchain
     kind = _get(chunk, "type")
     if isinstance(kind, str):
         if kind in _ANTHROPIC_EVENTS:
