@@ -255,11 +255,20 @@ class _AsyncSettlingProxy(_Proxy):
 
 
 class StreamProxy(_SettlingProxy):
-    """Wrap an OpenAI or Anthropic ``Stream``: meter each chunk, settle when it ends."""
+    """Wrap an OpenAI or Anthropic ``Stream``: meter each chunk, settle when it ends.
 
-    def __init__(self, stream: Any, settlement: Settlement, hide_usage_chunk: bool) -> None:
+    ``nest`` makes the call current while the stream makes its next chunk: a
+    lazy stream returned by a guarded function (a LangChain ``stream()``, a
+    generator) may send its request then, and the instrumented call it sends
+    is that call's, charged once to its user.
+    """
+
+    def __init__(
+        self, stream: Any, settlement: Settlement, hide_usage_chunk: bool, nest: bool = False
+    ) -> None:
         super().__init__(stream, settlement)
         self._self_hide = hide_usage_chunk
+        self._self_nest = nest
 
     def __iter__(self) -> StreamProxy:
         return self
@@ -268,7 +277,11 @@ class StreamProxy(_SettlingProxy):
         settlement: Settlement = self._self_settlement
         while True:
             try:
-                chunk = self.__wrapped__.__next__()
+                if self._self_nest:
+                    with settlement.call:
+                        chunk = self.__wrapped__.__next__()
+                else:
+                    chunk = self.__wrapped__.__next__()
             except StopIteration:
                 settlement.settle()
                 raise
@@ -284,11 +297,14 @@ class StreamProxy(_SettlingProxy):
 
 
 class AsyncStreamProxy(_AsyncSettlingProxy):
-    """Wrap an ``AsyncStream``: meter each chunk, settle when it ends."""
+    """Wrap an ``AsyncStream``: meter each chunk, settle when it ends (``nest``: as above)."""
 
-    def __init__(self, stream: Any, settlement: Settlement, hide_usage_chunk: bool) -> None:
+    def __init__(
+        self, stream: Any, settlement: Settlement, hide_usage_chunk: bool, nest: bool = False
+    ) -> None:
         super().__init__(stream, settlement)
         self._self_hide = hide_usage_chunk
+        self._self_nest = nest
 
     def __aiter__(self) -> AsyncStreamProxy:
         return self
@@ -297,7 +313,11 @@ class AsyncStreamProxy(_AsyncSettlingProxy):
         settlement: Settlement = self._self_settlement
         while True:
             try:
-                chunk = await self.__wrapped__.__anext__()
+                if self._self_nest:
+                    with settlement.call:
+                        chunk = await self.__wrapped__.__anext__()
+                else:
+                    chunk = await self.__wrapped__.__anext__()
             except StopAsyncIteration:
                 await settlement.asettle()
                 raise
@@ -979,5 +999,5 @@ def guard_returned_stream(call: Call, result: Any) -> Any:
         return None
     settlement = Settlement(call.guard, call, StreamMeter(call.request_model))
     if hasattr(result, "__anext__") or isinstance(result, types.AsyncGeneratorType):
-        return AsyncStreamProxy(result, settlement, False)
-    return StreamProxy(result, settlement, False)
+        return AsyncStreamProxy(result, settlement, False, nest=True)
+    return StreamProxy(result, settlement, False, nest=True)

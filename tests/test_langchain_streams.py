@@ -101,9 +101,10 @@ async def test_langchain_astream_returned_is_charged_its_usage(
 
 
 def test_langchain_stream_with_the_client_instrumented_is_charged_once(llm: FakeLLM) -> None:
-    """With instrument(), the OpenAI call under ChatOpenAI is charged, the stream not again."""
+    """With instrument(), the OpenAI call under ChatOpenAI is charged, and nothing again."""
     guard = BudgetGuard(metrics=False)
     guard.set_budget("1", user="alice")
+    guard.set_budget("10")  # a global budget, which every call is charged to as well
     instrument(guard)
     try:
         model = _chat(llm)
@@ -115,8 +116,9 @@ def test_langchain_stream_with_the_client_instrumented_is_charged_once(llm: Fake
         def ask() -> Any:
             return model.stream("Say hello to the wide world.")
 
-        list(ask())
+        list(ask())  # the request leaves on the first next(), inside the guarded call
         assert guard.spend("alice") == CHAT_COST * 2
+        assert guard.spend() == CHAT_COST * 2  # the global budget: once per call too
         assert guard.ledger.open_reservations() == []
     finally:
         uninstrument()
