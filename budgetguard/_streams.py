@@ -507,7 +507,7 @@ def _drop_unsent(manager: Any) -> None:
     "coroutine ... was never awaited" about a request that was never meant
     to leave.
     """
-    for value in vars(manager).values():
+    for value in list(getattr(manager, "__dict__", {}).values()):
         if inspect.iscoroutine(value) and inspect.getcoroutinestate(value) == inspect.CORO_CREATED:
             value.close()
 
