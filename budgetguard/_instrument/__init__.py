@@ -62,6 +62,7 @@ import wrapt
 
 from ..errors import ConfigurationError
 from ..guard import BudgetGuard
+from ._mistral import MISTRAL_TARGETS
 from ._wrappers import (
     GuardSource,
     Wrapper,
@@ -141,6 +142,12 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
         ),
         _Target("anthropic._base_client", "SyncAPIClient", "request", sync_request),
         _Target("anthropic._base_client", "AsyncAPIClient", "request", async_request),
+    ),
+    # mistralai ≥ 2 keeps its resources in mistralai.client, version 1 in mistralai.
+    "mistralai": tuple(
+        _Target(f"{package}.{target.module}", target.cls, target.method, target.make)
+        for package in ("mistralai.client", "mistralai")
+        for target in MISTRAL_TARGETS
     ),
 }
 
