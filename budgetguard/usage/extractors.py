@@ -209,6 +209,15 @@ def from_openai_usage(
         cached = _count(usage, "cache_read_input_tokens")
     if not cache_write:
         cache_write = _count(usage, "cache_creation_input_tokens")
+    # LiteLLM splits Anthropic's cache writes by lifetime in
+    # prompt_tokens_details.cache_creation_token_details (or passes Anthropic's
+    # own cache_creation through): 1-hour writes cost more than 5-minute ones.
+    split = _get(details, "cache_creation_token_details")
+    if split is None:
+        split = _get(usage, "cache_creation")
+    write_1h = _count(split, "ephemeral_1h_input_tokens") if split is not None else 0
+    if write_1h:
+        cache_write = max(cache_write, write_1h + _count(split, "ephemeral_5m_input_tokens"))
 
     out_details = _view(_get(usage, "completion_tokens_details"))
     reasoning = _count(out_details, "reasoning_tokens")
@@ -217,7 +226,8 @@ def from_openai_usage(
     return Usage(
         input_tokens=max(prompt - cached - cache_write - audio_in - image_in, 0),
         cached_input_tokens=cached,
-        cache_write_5m_tokens=cache_write,
+        cache_write_5m_tokens=cache_write - write_1h,
+        cache_write_1h_tokens=write_1h,
         output_tokens=max(completion - reasoning - audio_out, 0),
         reasoning_tokens=reasoning,
         input_audio_tokens=audio_in,
@@ -536,7 +546,9 @@ def with_reported_cost(found: Usage, response: Any, usage: Any) -> Usage:
             upstream = _get(_get(usage, "cost_details"), "upstream_inference_cost")
             if upstream is not None:
                 amount += _money(upstream, "cost_details.upstream_inference_cost")
-        return replace(found, reported_cost=amount, cost_reporter="openrouter")
+        # LiteLLM puts its own figure there in a stream's last chunk.
+        reporter = "litellm" if _vendor_of(response) == "litellm" else "openrouter"
+        return replace(found, reported_cost=amount, cost_reporter=reporter)
     except UnreadableUsage as error:
         _warn_unreadable(f"{error}; pricing the call from its tokens instead")
         return found
