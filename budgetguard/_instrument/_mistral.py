@@ -5,7 +5,8 @@ Patched, sync and async (``*_async``), on the resource classes so every
 ``parse*``, built on them), ``fim.complete`` / ``stream``,
 ``agents.complete`` / ``stream``, ``embeddings.create``, and the billed
 conversation calls ``beta.conversations.start`` / ``append`` / ``restart``
-and their ``*_stream`` twins (``run_async`` goes through them). The SDK of
+and their ``*_stream`` twins (``run_async`` goes through them), and
+``responses.create`` (streamed with ``stream=True``). The SDK of
 version 1 keeps these modules at ``mistralai.<name>``, later ones at
 ``mistralai.client.<name>``; both are looked for.
 
@@ -50,7 +51,12 @@ def _described(kwargs: Mapping[str, Any], streamed: bool) -> dict[str, Any]:
     return described
 
 
-def _sync(streamed: bool) -> Callable[[GuardSource], Wrapper]:
+def _streamed(kwargs: Mapping[str, Any], streamed: bool | None) -> bool:
+    """Tell whether a call streams: by its method (``stream``), else by ``stream=True``."""
+    return streamed if streamed is not None else kwargs.get("stream") is True
+
+
+def _sync(streamed: bool | None) -> Callable[[GuardSource], Wrapper]:
     def make(guard_of: GuardSource) -> Wrapper:
         def call_sync(
             wrapped: Callable[..., Any],
@@ -63,7 +69,7 @@ def _sync(streamed: bool) -> Callable[[GuardSource], Wrapper]:
             return _run_sync(
                 guard_of,
                 wrapped,
-                _described(kwargs, streamed),
+                _described(kwargs, _streamed(kwargs, streamed)),
                 lambda _asked: wrapped(*args, **kwargs),
                 False,
             )
@@ -73,7 +79,7 @@ def _sync(streamed: bool) -> Callable[[GuardSource], Wrapper]:
     return make
 
 
-def _async(streamed: bool) -> Callable[[GuardSource], Wrapper]:
+def _async(streamed: bool | None) -> Callable[[GuardSource], Wrapper]:
     def make(guard_of: GuardSource) -> Wrapper:
         def call_async(
             wrapped: Callable[..., Any],
@@ -86,7 +92,7 @@ def _async(streamed: bool) -> Callable[[GuardSource], Wrapper]:
             return _run_async(
                 guard_of,
                 wrapped,
-                _described(kwargs, streamed),
+                _described(kwargs, _streamed(kwargs, streamed)),
                 lambda _asked: wrapped(*args, **kwargs),
                 False,
             )
@@ -115,4 +121,7 @@ MISTRAL_TARGETS: tuple[MistralTarget, ...] = (
     *_pairs("conversations", "Conversations", "start", "start_stream"),
     *_pairs("conversations", "Conversations", "append", "append_stream"),
     *_pairs("conversations", "Conversations", "restart", "restart_stream"),
+    # The Responses API (mistralai ≥ 3): streams with stream=True, OpenAI's format.
+    MistralTarget("responses", "Responses", "create", _sync(None)),
+    MistralTarget("responses", "Responses", "create_async", _async(None)),
 )

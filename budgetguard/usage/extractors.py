@@ -573,7 +573,10 @@ def _normalise_block(usage: Any, response: Any) -> Usage | None:
     if _has(usage, "input_tokens") or _has(usage, "output_tokens"):
         kind = _get(response, "object")
         if kind == "response" or _has(usage, "input_tokens_details"):
-            return with_web_search_calls(from_responses_usage(usage, model=model), response)
+            found = from_responses_usage(usage, model=model)
+            if _vendor_of(response) == "mistralai":  # Mistral's Responses API
+                found = replace(found, provider="mistral_ai")
+            return with_web_search_calls(found, response)
         provider = "anthropic"
         if _vendor_of(response) == "litellm":
             provider = "litellm"

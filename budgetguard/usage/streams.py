@@ -209,6 +209,14 @@ class MistralStream(OpenAIChatStream):
                     self._usage = replace(usage, provider=self.provider)
             elif kind == "message.output.delta":
                 self._note_text(_get(data, "content"))
+            elif kind.startswith("response."):
+                # The Responses API in OpenAI's format: the final event holds the response.
+                if _get(_get(data, "response"), "usage") is not None:
+                    usage = read_usage(data)
+                    if usage is not None:
+                        self._usage = replace(usage, provider=self.provider)
+                if kind.endswith(".delta"):
+                    self._note_text(_get(data, "delta"))
             self._note_model(_get(data, "model"))
             return
         super()._add(data)

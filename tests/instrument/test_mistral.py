@@ -206,6 +206,26 @@ async def test_conversation_stream_async_is_charged(guard: BudgetGuard, aclient:
     assert settled(guard)
 
 
+def test_responses_create_is_charged_streamed_or_not(guard: BudgetGuard, client: Any) -> None:
+    """Mistral's Responses API (OpenAI's format) is charged its usage, with ``stream=True`` too."""
+    with budget_scope("kim"):
+        reply = client.responses.create(model="mistral-small-latest", input="Bonjour ?")
+        frames = list(
+            client.responses.create(model="mistral-small-latest", input="Bonjour ?", stream=True)
+        )
+    assert reply.usage.input_tokens == 2000
+    assert frames[-1].data.type == "response.completed"
+    assert guard.spend("kim") == 2 * SMALL_COST
+    assert settled(guard)
+
+
+async def test_responses_create_async_is_charged(guard: BudgetGuard, aclient: Any) -> None:
+    """``responses.create_async`` is charged its usage."""
+    with budget_scope("kim"):
+        await aclient.responses.create_async(model="mistral-small-latest", input="Bonjour ?")
+    assert guard.spend("kim") == SMALL_COST
+
+
 @pytest.mark.parametrize("method", ["complete", "stream"])
 def test_refused_call_sends_nothing(
     guard: BudgetGuard, client: Any, api: VendorServer, method: str
@@ -258,3 +278,54 @@ def test_plain_dict_mistral_events_are_accumulated() -> None:
     assert (usage.input_tokens, usage.output_tokens) == (2000, 300)
     assert usage.provider == "mistral_ai"
     assert not usage.estimated
+
+
+# The paths that run a model and report usage; every SDK method posting to one is guarded.
+BILLED_PATHS = {
+    "/v1/chat/completions",
+    "/v1/fim/completions",
+    "/v1/agents/completions",
+    "/v1/embeddings",
+    "/v1/conversations",
+    "/v1/conversations/{conversation_id}",
+    "/v1/conversations/{conversation_id}/restart",
+    "/v1/responses",
+}
+
+
+def billed_methods() -> list[tuple[type, str, str]]:
+    """Walk the installed SDK: each resource method that posts to a billed path, and the path."""
+    import importlib
+    import inspect
+    import pkgutil
+    import re
+
+    found = []
+    request = re.compile(r'method="POST",\s*path="([^"#]+)')
+    for info in pkgutil.iter_modules(mistralai_client.__path__):
+        module = importlib.import_module(f"mistralai.client.{info.name}")
+        for cls in vars(module).values():
+            if not inspect.isclass(cls) or cls.__module__ != module.__name__:
+                continue
+            for name, member in vars(cls).items():
+                function = getattr(member, "__wrapped__", member)
+                if name.startswith("_") or not inspect.isfunction(function):
+                    continue
+                for path in request.findall(inspect.getsource(function)):
+                    if path in BILLED_PATHS:
+                        found.append((cls, name, path))
+    return found
+
+
+def test_every_billed_sdk_method_is_guarded(guard: BudgetGuard) -> None:
+    """Every method of the installed SDK that posts to a billed path is instrumented."""
+    import wrapt
+
+    found = billed_methods()
+    assert len(found) >= 26  # chat, fim, agents ×4, embeddings ×2, conversations ×12, responses ×2
+    unguarded = [
+        f"{cls.__qualname__}.{name} ({path})"
+        for cls, name, path in found
+        if not isinstance(vars(cls)[name], wrapt.FunctionWrapper)
+    ]
+    assert unguarded == []

@@ -149,6 +149,42 @@ def conversation_stream(model: str) -> bytes:
     return sse(events)
 
 
+def mistral_response(model: str) -> dict[str, Any]:
+    """Return a response of Mistral's Responses API (OpenAI's format)."""
+    return {
+        "id": "resp-1",
+        "object": "response",
+        "created_at": 1.0,
+        "model": model,
+        "status": "completed",
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "output": [
+            {
+                "type": "message",
+                "id": "msg-1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "".join(TEXT), "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": MISTRAL_INPUT,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": MISTRAL_OUTPUT,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": MISTRAL_INPUT + MISTRAL_OUTPUT,
+        },
+    }
+
+
+def mistral_response_stream(model: str) -> bytes:
+    """Return a Responses stream: ``response.completed`` carries the response and its usage."""
+    done = {"type": "response.completed", "sequence_number": 1, "response": mistral_response(model)}
+    return sse([("response.completed", done)])
+
+
 def mistral_route(path: str, body: dict[str, Any]) -> Answer:
     """Answer like Mistral's API."""
     model = str(body.get("model") or "mistral-medium-latest")
@@ -162,6 +198,10 @@ def mistral_route(path: str, body: dict[str, Any]) -> Answer:
         return json_answer(
             mistral_embeddings(model, len(inputs) if isinstance(inputs, list) else 1)
         )
+    if path == "/v1/responses":
+        if stream:
+            return 200, "text/event-stream", mistral_response_stream(model)
+        return json_answer(mistral_response(model))
     if path.startswith("/v1/conversations"):
         if stream:
             return 200, "text/event-stream", conversation_stream(model)
