@@ -274,7 +274,7 @@ def _resolve(target: _Target) -> type | types.ModuleType | None:
 def instrument(
     guard: BudgetGuard | None = None, *, deployments: Mapping[str, str] | None = None
 ) -> list[str]:
-    """Budget every call of the installed ``openai`` and ``anthropic`` clients.
+    """Budget every call of the installed openai, anthropic and mistralai clients, and LiteLLM.
 
     ``guard`` is charged; ``None`` means the default guard, looked up at each
     call (so ``budgetguard.configure(...)`` afterwards still applies).

@@ -77,9 +77,11 @@ def _sync(injects_usage: bool) -> Callable[[GuardSource], Wrapper]:
             if inside_sdk_call.get():
                 return wrapped(*args, **kwargs)
             described = binder.described(wrapped, args, kwargs)
+            run = _run_sync
             if described.get("acompletion") is True:
-                return wrapped(*args, **kwargs)  # a coroutine: acompletion guards it
-            return _run_sync(
+                # completion(acompletion=True) returns a coroutine: guard it as one.
+                run = _run_async
+            return run(
                 guard_of,
                 wrapped,
                 described,

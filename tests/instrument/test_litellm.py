@@ -157,6 +157,18 @@ async def test_acompletion_and_its_stream_are_charged_once(
     assert guard.ledger.open_reservations() == []
 
 
+async def test_completion_with_acompletion_true_is_guarded_as_a_coroutine(
+    guard: BudgetGuard, llm: FakeLLM
+) -> None:
+    """``completion(acompletion=True)`` returns a coroutine, charged once when awaited."""
+    with budget_scope("frank"):
+        pending = litellm.completion(**chat(llm, acompletion=True))
+        await pending
+    assert guard.spend("frank") == CHAT_COST
+    assert len(llm.requests) == 1
+    assert guard.ledger.open_reservations() == []
+
+
 def test_embedding_and_responses_are_charged(guard: BudgetGuard, llm: FakeLLM) -> None:
     """``embedding`` and ``responses`` are charged once each."""
     base = {"api_base": f"{llm.url}/v1", "api_key": "test"}
