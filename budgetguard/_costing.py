@@ -28,6 +28,10 @@ __all__ = ["FALLBACK_PRICE", "Pricer", "bedrock_arguments", "model_argument"]
 
 logger = logging.getLogger("budgetguard")
 
+# How far a cost the response reports may be from the price table's before a
+# warning (once per model): a quarter either way.
+REPORTED_COST_TOLERANCE = Decimal("0.25")
+
 # What a model with no known price costs under on_unknown_model="fallback",
 # dollars per million input and output tokens: deliberately on the high side
 # of today's frontier models, so that unknown spend is over- not under-counted.
@@ -109,6 +113,8 @@ class Pricer:
         self.learner = learner
         # Dated prices: a call is priced at the prices in force by this clock.
         self.clock = clock
+        # "use": charge the cost a response reports itself; "ignore": price its tokens.
+        self.reported_cost = "use"
         self._warned: set[str] = set()
 
     def estimate(self, arguments: Mapping[str, Any]) -> tuple[Decimal, str] | None:
@@ -164,6 +170,10 @@ class Pricer:
         (raised by the caller after the call is charged).
         """
         name = usage.model or model
+        reported = usage.reported_cost
+        if reported is not None and self.reported_cost == "use":
+            self._check_reported(usage, name, reported)
+            return reported, True
         try:
             if name is None:
                 raise UnknownModelError("", "the response names no model and none was given")
@@ -202,6 +212,23 @@ class Pricer:
             usage = usage.with_model(call.request_model)
         cost, priced = self.price(usage, call.request_model)
         return cost, usage, priced
+
+    def _check_reported(self, usage: Usage, name: str | None, reported: Decimal) -> None:
+        """Warn once per model when a reported cost is far from the price table's."""
+        if name is None or f"reported:{name}" in self._warned:
+            return
+        try:
+            ours = cost_of(usage, name).total
+        except UnknownModelError:
+            return  # nothing to compare with: the reported cost is all there is
+        if abs(reported - ours) > REPORTED_COST_TOLERANCE * max(ours, reported):
+            self.warn_once(
+                f"reported:{name}",
+                f"the response reports a cost of ${reported} for model {name!r} "
+                f"({usage.cost_reporter or 'provider'}); budgetguard's price table "
+                f"says ${ours}. Charging the reported cost; pass "
+                "reported_cost='ignore' to BudgetGuard to charge the table's",
+            )
 
     def unpriced_error(self, usage: Usage | None, priced: bool) -> UnknownModelError | None:
         """Return the error ``on_unknown_model="raise"`` owes for an unpriced call, if any."""

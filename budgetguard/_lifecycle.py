@@ -576,8 +576,20 @@ class CallLifecycle(GuardParts):
             ending.priced,
             ending.estimated,
             call.tags,
+            self._cost_source(ending),
         )
         self._notify("call_ended", outcome)
+
+    def _cost_source(self, ending: _Ending) -> str:
+        """Say where an ended call's cost came from (``CallOutcome.cost_source``)."""
+        if ending.estimated:
+            return "estimate"
+        usage = ending.usage
+        if usage is None:
+            return "given"
+        if usage.reported_cost is not None and self._pricer.reported_cost == "use":
+            return "reported"
+        return "table"
 
     # -- the lifecycle: entry points for the shells ---------------------------------------
 

@@ -35,6 +35,10 @@ class CallOutcome(NamedTuple):
     priced: bool = True  # False when the model had no known price
     estimated: bool = False  # True when the cost is an estimate (no usage reported)
     tags: Mapping[str, str] = _NO_TAGS
+    # Where ``cost`` came from: "reported" (the response's own figure,
+    # ``usage.cost_reporter`` says whose), "table" (usage × budgetguard's
+    # prices), "estimate" (no readable usage), "given" (``cost=``, ``charge()``).
+    cost_source: str = "given"
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     ``outside_scope``: ``"global"`` charges calls made outside any
     ``budget_scope`` (and without ``user=``) to the global budget only;
     ``"refuse"`` refuses them.
+    ``reported_cost``: a response that states its own cost (OpenRouter's
+    ``usage.cost``, LiteLLM's ``response_cost``) is charged that cost
+    (``"use"``, the default; a warning once per model when it differs from
+    the price table by more than a quarter) or priced from its tokens with
+    the price table (``"ignore"``).
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         on_unknown_model: UnknownModelPolicy = "fallback",
         fallback_price: tuple[object, object] = FALLBACK_PRICE,
         outside_scope: OutsideScopePolicy = "global",
+        reported_cost: Literal["use", "ignore"] = "use",
         default_output_tokens: int = 1024,
         alert_thresholds: Iterable[object] = (),
         on_threshold: Callable[[ThresholdCrossing], object] | None = None,
@@ -131,6 +137,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         _check_choice("on_missing_estimate", on_missing_estimate, MISSING_ESTIMATE_POLICIES)
         _check_choice("on_unknown_model", on_unknown_model, _UNKNOWN_MODEL_POLICIES)
         _check_choice("outside_scope", outside_scope, _OUTSIDE_SCOPE_POLICIES)
+        _check_choice("reported_cost", reported_cost, ("use", "ignore"))
         if not reservation_ttl > 0 or reservation_ttl == float("inf"):
             raise ConfigurationError(
                 f"reservation_ttl must be a positive finite number of seconds, "
@@ -163,6 +170,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         self._pricer = Pricer(
             on_unknown_model, fallback_price, default_output_tokens, self._learner, self.clock
         )
+        self._pricer.reported_cost = reported_cost
         self._alerts = Alerts(self, alert_thresholds, on_threshold)
         self._budget_defs: dict[str, Budget] = {}
         self._budgets_loaded_at = float("-inf")

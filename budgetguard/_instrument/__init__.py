@@ -1,4 +1,4 @@
-"""Budget every call of the official ``openai`` and ``anthropic`` clients, process-wide.
+"""Budget every call of the official LLM clients (openai, anthropic, mistralai) and LiteLLM.
 
 ``budgetguard.instrument()`` patches the SDKs' resource classes (so every
 client, ``OpenAI``, ``AzureOpenAI``, ``AsyncOpenAI``, ``Anthropic``, ...,
@@ -19,7 +19,9 @@ a billed method that is not. Below them, the clients' ``request`` is a net
 for a model-running path (``/chat/completions``, ``/responses``,
 ``/v1/messages``, ...) that no patched method sent: ``with_raw_response``
 taken before ``instrument()``, resources built before it, methods a newer
-SDK adds.
+SDK adds. ``mistralai``: see ``_mistral.py``; LiteLLM's entry points
+(``litellm.completion``, ...): see ``_litellm.py``, patched when the program
+imports ``litellm`` (it takes seconds to import, so ``instrument()`` does not).
 
 Each call:
 
@@ -55,7 +57,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import sys
 import threading
+import types
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -64,6 +68,8 @@ import wrapt
 
 from ..errors import ConfigurationError
 from ..guard import BudgetGuard
+from ._litellm import LITELLM_TARGETS
+from ._mistral import MISTRAL_TARGETS
 from ._wrappers import (
     GuardSource,
     Wrapper,
@@ -82,7 +88,7 @@ logger = logging.getLogger("budgetguard")
 
 
 class _Target(NamedTuple):
-    """One method to patch: where it lives and how to wrap it."""
+    """One method to patch: where it lives and how to wrap it (``cls`` "": a module's function)."""
 
     module: str
     cls: str
@@ -159,8 +165,22 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
         _Target("anthropic._base_client", "SyncAPIClient", "request", sync_request),
         _Target("anthropic._base_client", "AsyncAPIClient", "request", async_request),
     ),
+    # mistralai ≥ 2 keeps its resources in mistralai.client, version 1 in mistralai.
+    "mistralai": tuple(
+        _Target(f"{package}.{target.module}", target.cls, target.method, target.make)
+        for package in ("mistralai.client", "mistralai")
+        for target in MISTRAL_TARGETS
+    ),
+    # LiteLLM's entry points are functions of the litellm module.
+    "litellm": tuple(
+        _Target(target.module, "", target.function, target.make) for target in LITELLM_TARGETS
+    ),
 }
 
+
+# Packages that take seconds to import (LiteLLM builds its whole provider
+# table): patched when the program imports them, not imported by instrument().
+_ON_IMPORT = frozenset({"litellm"})
 
 # How many ``__wrapped__`` links to follow looking for our wrapper.
 _MAX_CHAIN = 64
@@ -171,7 +191,7 @@ class _Patch:
 
     __slots__ = ("active", "cls", "method", "original", "wrapper")
 
-    def __init__(self, cls: type, method: str) -> None:
+    def __init__(self, cls: type | types.ModuleType, method: str) -> None:
         self.cls = cls
         self.method = method
         self.original: Any = cls.__dict__[method]  # the class attribute before patching
@@ -186,6 +206,8 @@ class _Patch:
     @property
     def name(self) -> str:
         """Return the patched attribute's dotted name, as users see it."""
+        if isinstance(self.cls, types.ModuleType):
+            return f"{self.cls.__name__}.{self.method}"
         return f"{self.cls.__module__}.{self.cls.__qualname__}.{self.method}"
 
     def is_outermost(self) -> bool:
@@ -208,8 +230,12 @@ class _Patches:
     """What is patched now, to undo it; the one piece of state instrumentation needs."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: a package patched on import may be imported while it is held.
+        self.lock = threading.RLock()
         self.guard: BudgetGuard | None = None
+        # Whether instrument() is in force, and the packages waiting to be imported.
+        self.wanted = False
+        self.hooked: set[str] = set()
         self.deployments: Mapping[str, str] = {}
         # Active patches, and dormant ones that another wrapper still holds.
         self.patches: list[_Patch] = []
@@ -248,12 +274,14 @@ def _installed(package: str) -> bool:
         return False
 
 
-def _resolve(target: _Target) -> type | None:
-    """Return the class a target patches, or ``None`` where this SDK version has none."""
+def _resolve(target: _Target) -> type | types.ModuleType | None:
+    """Return the class (or module) a target patches, or ``None`` where this SDK has none."""
     try:
         module = importlib.import_module(target.module)
     except ImportError:
         return None
+    if not target.cls:
+        return module if callable(module.__dict__.get(target.method)) else None
     cls = getattr(module, target.cls, None)
     if not isinstance(cls, type) or target.method not in cls.__dict__:
         return None
@@ -263,7 +291,7 @@ def _resolve(target: _Target) -> type | None:
 def instrument(
     guard: BudgetGuard | None = None, *, deployments: Mapping[str, str] | None = None
 ) -> list[str]:
-    """Budget every call of the installed ``openai`` and ``anthropic`` clients.
+    """Budget every call of the installed openai, anthropic and mistralai clients, and LiteLLM.
 
     ``guard`` is charged; ``None`` means the default guard, looked up at each
     call (so ``budgetguard.configure(...)`` afterwards still applies).
@@ -281,18 +309,40 @@ def instrument(
     with _patches.lock:
         _patches.guard = guard
         _patches.deployments = named
+        _patches.wanted = True
         if not _patches.active():
-            for package, targets in _TARGETS.items():
+            for package in _TARGETS:
                 if not _installed(package):
                     continue
-                for target in targets:
-                    cls = _resolve(target)
-                    if cls is not None:
-                        _patch(cls, target)
+                if package in _ON_IMPORT and package not in sys.modules:
+                    _patch_on_import(package)
+                    continue
+                _patch_package(package)
         return [patch.name for patch in _patches.active()]
 
 
-def _patch(cls: type, target: _Target) -> None:
+def _patch_package(package: str) -> None:
+    for target in _TARGETS[package]:
+        cls = _resolve(target)
+        if cls is not None:
+            _patch(cls, target)
+
+
+def _patch_on_import(package: str) -> None:
+    """Patch ``package`` once the program imports it, if ``instrument()`` is still in force."""
+    if package in _patches.hooked:
+        return
+    _patches.hooked.add(package)
+
+    def imported(module: Any) -> None:
+        with _patches.lock:
+            if _patches.wanted:
+                _patch_package(package)
+
+    wrapt.register_post_import_hook(imported, package)
+
+
+def _patch(cls: type | types.ModuleType, target: _Target) -> None:
     """Wrap one method, or wake our dormant wrapper of it if calls still reach it."""
     for patch in list(_patches.patches):
         if patch.cls is not cls or patch.method != target.method:
@@ -334,6 +384,7 @@ def uninstrument() -> None:
                 _patches.patches.remove(patch)
         _patches.guard = None
         _patches.deployments = {}
+        _patches.wanted = False
     if left:
         message = (
             f"budgetguard.uninstrument(): something wrapped or replaced "

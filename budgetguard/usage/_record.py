@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from decimal import Decimal
 
 __all__ = ["Usage"]
 
@@ -46,6 +47,12 @@ class Usage:
 
     ``estimated`` is true when any figure was counted locally rather than
     reported by the provider (a stream that ended without usage, say).
+
+    ``reported_cost`` is what the response says the call cost, in dollars,
+    where it says so (OpenRouter's ``usage.cost``, LiteLLM's
+    ``response_cost``); the call is charged that rather than the price
+    table's figure. ``cost_reporter`` names who reported it
+    (``"openrouter"``, ``"litellm"``).
     """
 
     input_tokens: int = 0
@@ -63,6 +70,8 @@ class Usage:
     operation: str | None = None
     estimated: bool = False
     service_tier: str | None = None
+    reported_cost: Decimal | None = None
+    cost_reporter: str | None = None
 
     def __post_init__(self) -> None:
         # Spelled out rather than looped over getattr: this runs once per call.
@@ -80,6 +89,11 @@ class Usage:
         ):
             if value.__class__ is not int or value < 0:
                 self._reject()
+        cost = self.reported_cost
+        if cost is not None and (cost.__class__ is not Decimal or not cost.is_finite() or cost < 0):
+            raise ValueError(
+                f"Usage.reported_cost must be a finite, non-negative Decimal, got {cost!r}"
+            )
 
     def _reject(self) -> None:
         for name in _COUNTS:
@@ -122,6 +136,8 @@ class Usage:
         if not isinstance(other, Usage):
             return NotImplemented
         counts = {name: getattr(self, name) + getattr(other, name) for name in _COUNTS}
+        # A reported cost covers the whole sum only when both parts reported one.
+        both = self.reported_cost is not None and other.reported_cost is not None
         return Usage(
             **counts,
             model=self.model if self.model is not None else other.model,
@@ -129,6 +145,8 @@ class Usage:
             operation=self.operation if self.operation is not None else other.operation,
             estimated=self.estimated or other.estimated,
             service_tier=self.service_tier if self.service_tier is not None else other.service_tier,
+            reported_cost=self.reported_cost + other.reported_cost if both else None,  # type: ignore[operator]
+            cost_reporter=(self.cost_reporter or other.cost_reporter) if both else None,
         )
 
 

@@ -14,13 +14,20 @@ turns its provider's convention into the disjoint buckets of ``Usage``:
 
 from __future__ import annotations
 
+import logging
+import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ._record import Usage
 
+logger = logging.getLogger("budgetguard")
+
 __all__ = [
+    "UnreadableUsage",
     "extract_usage",
     "from_anthropic_usage",
     "from_bedrock_usage",
@@ -30,6 +37,8 @@ __all__ = [
     "from_openai_usage",
     "from_responses_usage",
     "gemini_rest_to_sdk",
+    "read_usage",
+    "with_reported_cost",
     "with_service_tier",
     "with_web_search_calls",
 ]
@@ -66,14 +75,55 @@ def _view(obj: Any) -> Any:
     return obj
 
 
-def _int(value: Any) -> int:
-    """Turn a reported count into a non-negative int (``None`` and junk count as 0)."""
-    if type(value) is int:
-        return value if value > 0 else 0
-    if isinstance(value, float) and value == value and value > 0:
-        # Some proxies serialise counts as floats; a count is a whole number.
+class UnreadableUsage(ValueError):
+    """A usage report that carries a count budgetguard cannot read as a number of tokens.
+
+    Raised by the normalisers (``from_openai_usage``, ...); ``extract_usage``
+    turns it into "no usage", with a warning naming the field, so that the
+    guard's ``on_missing_cost`` policy decides what the call is charged.
+    """
+
+    def __init__(self, field: str | None, value: Any) -> None:
+        self.field = field
+        self.value = value
+        where = f"usage field {field!r}" if field else "a usage count"
+        super().__init__(f"{where} is {value!r}, not a count of tokens")
+
+
+# A count longer than this many digits is no token count (10^18 tokens).
+_MAX_DIGITS = 18
+
+
+def _int(value: Any, field: str | None = None) -> int:
+    """Turn a reported count into a non-negative int; ``None`` (absent) is 0.
+
+    A count is an int, a whole finite float (proxies that serialise numbers
+    as floats: ``120000.0``) or a string of ASCII digits (``"120000"``: the
+    figure is unambiguous). Anything else — a negative or fractional number,
+    ``NaN`` or ``Infinity``, a boolean, any other string or object — raises
+    ``UnreadableUsage``: it is not priced as zero.
+    """
+    if value.__class__ is int:
+        if value >= 0:
+            return value
+    elif value is None:
+        return 0
+    elif value.__class__ is float:
+        if value >= 0 and value.is_integer():  # NaN and ±inf are not integers
+            return int(value)
+    elif (
+        value.__class__ is str
+        and 0 < len(value) <= _MAX_DIGITS
+        and value.isascii()
+        and value.isdigit()
+    ):
         return int(value)
-    return 0
+    raise UnreadableUsage(field, value)
+
+
+def _count(obj: Any, field: str) -> int:
+    """Return the count ``obj`` reports under ``field`` (0 when absent)."""
+    return _int(_get(obj, field), field)
 
 
 def _has(obj: Any, key: str) -> bool:
@@ -84,6 +134,13 @@ def _model(response: Any) -> str | None:
     model = _get(response, "model")
     if isinstance(model, str) and model:
         return model
+    outputs = _get(response, "outputs")
+    if isinstance(outputs, (list, tuple)):
+        # A mistralai ConversationResponse names the model on each output entry.
+        for entry in reversed(outputs):
+            model = _get(entry, "model")
+            if isinstance(model, str) and model:
+                return model
     return None
 
 
@@ -135,32 +192,42 @@ def from_openai_usage(
     ``prompt_tokens``; reasoning and audio are inside ``completion_tokens``.
     """
     usage = _view(usage)
-    prompt = _int(_get(usage, "prompt_tokens"))
-    completion = _int(_get(usage, "completion_tokens"))
+    prompt = _count(usage, "prompt_tokens")
+    completion = _count(usage, "completion_tokens")
 
     details = _view(_get(usage, "prompt_tokens_details"))
-    cached = _int(_get(details, "cached_tokens"))
-    cache_write = _int(_get(details, "cache_write_tokens"))
-    audio_in = _int(_get(details, "audio_tokens"))
-    image_in = _int(_get(details, "image_tokens"))
+    cached = _count(details, "cached_tokens")
+    cache_write = _count(details, "cache_write_tokens")
+    audio_in = _count(details, "audio_tokens")
+    image_in = _count(details, "image_tokens")
     if not cached:
         # DeepSeek reports its cache hits beside, not inside, the details.
-        cached = _int(_get(usage, "prompt_cache_hit_tokens"))
+        cached = _count(usage, "prompt_cache_hit_tokens")
     if not cached:
         # LiteLLM normalises Anthropic-style cache reads under this name; it
         # still counts them inside prompt_tokens.
-        cached = _int(_get(usage, "cache_read_input_tokens"))
+        cached = _count(usage, "cache_read_input_tokens")
     if not cache_write:
-        cache_write = _int(_get(usage, "cache_creation_input_tokens"))
+        cache_write = _count(usage, "cache_creation_input_tokens")
+    # LiteLLM splits Anthropic's cache writes by lifetime in
+    # prompt_tokens_details.cache_creation_token_details (or passes Anthropic's
+    # own cache_creation through): 1-hour writes cost more than 5-minute ones.
+    split = _get(details, "cache_creation_token_details")
+    if split is None:
+        split = _get(usage, "cache_creation")
+    write_1h = _count(split, "ephemeral_1h_input_tokens") if split is not None else 0
+    if write_1h:
+        cache_write = max(cache_write, write_1h + _count(split, "ephemeral_5m_input_tokens"))
 
     out_details = _view(_get(usage, "completion_tokens_details"))
-    reasoning = _int(_get(out_details, "reasoning_tokens"))
-    audio_out = _int(_get(out_details, "audio_tokens"))
+    reasoning = _count(out_details, "reasoning_tokens")
+    audio_out = _count(out_details, "audio_tokens")
 
     return Usage(
         input_tokens=max(prompt - cached - cache_write - audio_in - image_in, 0),
         cached_input_tokens=cached,
-        cache_write_5m_tokens=cache_write,
+        cache_write_5m_tokens=cache_write - write_1h,
+        cache_write_1h_tokens=write_1h,
         output_tokens=max(completion - reasoning - audio_out, 0),
         reasoning_tokens=reasoning,
         input_audio_tokens=audio_in,
@@ -175,16 +242,16 @@ def from_openai_usage(
 def from_responses_usage(usage: Any, *, model: str | None = None) -> Usage:
     """Normalise an OpenAI Responses API usage block (``input_tokens`` with details)."""
     usage = _view(usage)
-    total_in = _int(_get(usage, "input_tokens"))
-    total_out = _int(_get(usage, "output_tokens"))
+    total_in = _count(usage, "input_tokens")
+    total_out = _count(usage, "output_tokens")
     details = _get(usage, "input_tokens_details")
-    cached = _int(_get(details, "cached_tokens"))
-    write = _int(_get(details, "cache_write_tokens"))
+    cached = _count(details, "cached_tokens")
+    write = _count(details, "cache_write_tokens")
     ttl = _get(details, "cache_write_tokens_details")
-    write_long = _int(_get(ttl, "ttl_12h_tokens"))
+    write_long = _count(ttl, "ttl_12h_tokens")
     # Short-retention writes fill the "5m" bucket, extended retention the "1h" one.
     write_short = max(write - write_long, 0) if ttl is not None else write
-    reasoning = _int(_get(_get(usage, "output_tokens_details"), "reasoning_tokens"))
+    reasoning = _count(_get(usage, "output_tokens_details"), "reasoning_tokens")
     return Usage(
         input_tokens=max(total_in - cached - write, 0),
         cached_input_tokens=cached,
@@ -212,26 +279,26 @@ def from_anthropic_usage(
     ``output_tokens_details.thinking_tokens`` breaks out where present.
     """
     usage = _view(usage)
-    write_total = _int(_get(usage, "cache_creation_input_tokens"))
+    write_total = _count(usage, "cache_creation_input_tokens")
     creation = _get(usage, "cache_creation")
     if creation is not None:
-        write_5m = _int(_get(creation, "ephemeral_5m_input_tokens"))
-        write_1h = _int(_get(creation, "ephemeral_1h_input_tokens"))
+        write_5m = _count(creation, "ephemeral_5m_input_tokens")
+        write_1h = _count(creation, "ephemeral_1h_input_tokens")
         # Should the split not add up, bill the remainder at the 5-minute rate.
         write_5m += max(write_total - write_5m - write_1h, 0)
     else:
         write_5m, write_1h = write_total, 0
-    output = _int(_get(usage, "output_tokens"))
-    thinking = _int(_get(_get(usage, "output_tokens_details"), "thinking_tokens"))
+    output = _count(usage, "output_tokens")
+    thinking = _count(_get(usage, "output_tokens_details"), "thinking_tokens")
     thinking = min(thinking, output)
     return Usage(
-        input_tokens=_int(_get(usage, "input_tokens")),
-        cached_input_tokens=_int(_get(usage, "cache_read_input_tokens")),
+        input_tokens=_count(usage, "input_tokens"),
+        cached_input_tokens=_count(usage, "cache_read_input_tokens"),
         cache_write_5m_tokens=write_5m,
         cache_write_1h_tokens=write_1h,
         output_tokens=output - thinking,
         reasoning_tokens=thinking,
-        web_search_requests=_int(_get(_get(usage, "server_tool_use"), "web_search_requests")),
+        web_search_requests=_count(_get(usage, "server_tool_use"), "web_search_requests"),
         model=model,
         provider=provider,
         operation="chat",
@@ -246,15 +313,15 @@ def from_langchain_usage(metadata: Any, *, model: str | None = None) -> Usage:
     included; ``output_tokens`` includes ``output_token_details.reasoning``.
     """
     metadata = _view(metadata)
-    total_in = _int(_get(metadata, "input_tokens"))
-    total_out = _int(_get(metadata, "output_tokens"))
+    total_in = _count(metadata, "input_tokens")
+    total_out = _count(metadata, "output_tokens")
     details_in = _get(metadata, "input_token_details")
-    cached = _int(_get(details_in, "cache_read"))
-    written = _int(_get(details_in, "cache_creation"))
-    audio_in = _int(_get(details_in, "audio"))
+    cached = _count(details_in, "cache_read")
+    written = _count(details_in, "cache_creation")
+    audio_in = _count(details_in, "audio")
     details_out = _get(metadata, "output_token_details")
-    reasoning = min(_int(_get(details_out, "reasoning")), total_out)
-    audio_out = min(_int(_get(details_out, "audio")), total_out - reasoning)
+    reasoning = min(_count(details_out, "reasoning"), total_out)
+    audio_out = min(_count(details_out, "audio"), total_out - reasoning)
     return Usage(
         input_tokens=max(total_in - cached - written - audio_in, 0),
         cached_input_tokens=cached,
@@ -358,8 +425,8 @@ def from_cohere_usage(usage: Any, *, model: str | None = None) -> Usage:
     billed = _get(usage, "billed_units")
     counts = billed if billed is not None else _get(usage, "tokens")
     return Usage(
-        input_tokens=_int(_get(counts, "input_tokens")),
-        output_tokens=_int(_get(counts, "output_tokens")),
+        input_tokens=_count(counts, "input_tokens"),
+        output_tokens=_count(counts, "output_tokens"),
         model=model,
         provider="cohere",
         operation="chat",
@@ -416,9 +483,75 @@ def with_service_tier(found: Usage, response: Any, usage: Any) -> Usage:
 
 
 def _from_usage_block(usage: Any, response: Any) -> Usage | None:
-    """Pick the right normaliser for a ``usage`` block, and note the tier it was served in."""
+    """Pick the right normaliser for a ``usage`` block; note its tier and any reported cost."""
     found = _normalise_block(usage, response)
-    return None if found is None else with_service_tier(found, response, usage)
+    if found is None:
+        return None
+    return with_reported_cost(with_service_tier(found, response, usage), response, usage)
+
+
+def _money(value: Any, field: str) -> Decimal:
+    """Read a reported cost in dollars: a finite, non-negative number or numeric string."""
+    if value.__class__ is int or value.__class__ is float:
+        if math.isfinite(value) and value >= 0:
+            # repr() is the shortest string that reads back as the same float.
+            return Decimal(repr(value)) if value.__class__ is float else Decimal(value)
+    elif value.__class__ is str or value.__class__ is Decimal:
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            pass
+        else:
+            if amount.is_finite() and amount >= 0:
+                return amount
+    raise UnreadableUsage(field, value)
+
+
+def _litellm_cost(response: Any) -> Any:
+    """Return LiteLLM's ``response._hidden_params["response_cost"]``, or ``None``."""
+    if response is None or _vendor_of(response) != "litellm":
+        return None
+    try:
+        hidden = getattr(response, "_hidden_params", None)
+    except Exception:  # a property of a foreign object: no cost, not a crash
+        return None
+    return hidden.get("response_cost") if isinstance(hidden, Mapping) else None
+
+
+def with_reported_cost(found: Usage, response: Any, usage: Any) -> Usage:
+    """Return ``found`` with the cost the response reports itself, where it reports one.
+
+    - LiteLLM: ``response._hidden_params["response_cost"]``, the cost LiteLLM
+      worked out for the call (from the provider's own figure where there is
+      one, else from LiteLLM's price map).
+    - OpenRouter: ``usage.cost``, the credits charged. With a key of your own
+      (``usage.is_byok``), ``cost`` is only OpenRouter's fee and the provider
+      bills ``cost_details.upstream_inference_cost`` to that key: the charge
+      is both.
+
+    A reported cost that is not a finite, non-negative number is left out,
+    with a warning: the call is then priced from its tokens.
+    """
+    try:
+        litellm = _litellm_cost(response)
+        if litellm is not None:
+            amount = _money(litellm, "response_cost")
+            return replace(found, reported_cost=amount, cost_reporter="litellm")
+        usage = _view(usage)
+        cost = _get(usage, "cost")
+        if cost is None:
+            return found
+        amount = _money(cost, "cost")
+        if _get(usage, "is_byok") is True:
+            upstream = _get(_get(usage, "cost_details"), "upstream_inference_cost")
+            if upstream is not None:
+                amount += _money(upstream, "cost_details.upstream_inference_cost")
+        # LiteLLM puts its own figure there in a stream's last chunk.
+        reporter = "litellm" if _vendor_of(response) == "litellm" else "openrouter"
+        return replace(found, reported_cost=amount, cost_reporter=reporter)
+    except UnreadableUsage as error:
+        _warn_unreadable(f"{error}; pricing the call from its tokens instead")
+        return found
 
 
 def _normalise_block(usage: Any, response: Any) -> Usage | None:
@@ -440,12 +573,20 @@ def _normalise_block(usage: Any, response: Any) -> Usage | None:
     if _has(usage, "input_tokens") or _has(usage, "output_tokens"):
         kind = _get(response, "object")
         if kind == "response" or _has(usage, "input_tokens_details"):
-            return with_web_search_calls(from_responses_usage(usage, model=model), response)
+            found = from_responses_usage(usage, model=model)
+            if _vendor_of(response) == "mistralai":  # Mistral's Responses API
+                found = replace(found, provider="mistral_ai")
+            return with_web_search_calls(found, response)
         provider = "anthropic"
         if _vendor_of(response) == "litellm":
             provider = "litellm"
         return from_anthropic_usage(usage, model=model, provider=provider)
     return None
+
+
+def _warn_unreadable(message: str) -> None:
+    logger.warning("budgetguard: %s", message)
+    warnings.warn(f"budgetguard: {message}", RuntimeWarning, stacklevel=3)
 
 
 def extract_usage(response: object) -> Usage | None:
@@ -455,7 +596,27 @@ def extract_usage(response: object) -> Usage | None:
     Completions), Anthropic Messages, google-genai ``GenerateContentResponse``,
     Bedrock Converse, Cohere v1/v2, Mistral, DeepSeek and LiteLLM responses, as
     vendor objects or plain dicts. A bare usage block is understood too.
+
+    Usage that cannot be read — a count that is negative, fractional,
+    infinite, NaN, a boolean or a non-numeric string, or an attribute that
+    raises — is no usage: this returns ``None`` with a ``RuntimeWarning``
+    naming the field, and the guard's ``on_missing_cost`` policy decides the
+    charge. It never raises.
     """
+    try:
+        return read_usage(response)
+    except UnreadableUsage as error:
+        _warn_unreadable(f"{error}; treating the response as one without usage")
+    except Exception as error:  # a vendor object that raises when read: not the caller's fault
+        _warn_unreadable(
+            f"reading the usage of a {type(response).__qualname__} raised "
+            f"{type(error).__qualname__}: {error}; treating it as a response without usage"
+        )
+    return None
+
+
+def read_usage(response: object) -> Usage | None:
+    """Do ``extract_usage``, but raise ``UnreadableUsage`` for usage that cannot be read."""
     if response is None:
         return None
     if type(response) is dict and "usageMetadata" in response:
@@ -471,7 +632,7 @@ def extract_usage(response: object) -> Usage | None:
     # A Responses stream event or a wrapper that nests the response.
     inner = _get(response, "response")
     if inner is not None and inner is not response and _has(inner, "usage"):
-        return extract_usage(inner)
+        return read_usage(inner)
     # Cohere v1 keeps its billed units under ``meta``.
     meta = _get(response, "meta")
     if meta is not None and _has(meta, "billed_units"):

@@ -10,6 +10,13 @@ Each provider reports a stream's usage its own way:
   last value is kept, never summed.
 - google-genai: every chunk may carry ``usage_metadata``; the last one wins.
 - Bedrock ConverseStream: the ``metadata`` event carries ``usage``.
+- mistralai: each event wraps an OpenAI-shaped chunk in ``.data``; the last
+  one carries ``usage``. Conversation streams end with a
+  ``conversation.response.done`` event that carries it.
+
+A chunk whose usage cannot be read (see ``extract_usage``) makes the whole
+stream's usage unreadable: ``usage()`` is ``None``, with a warning naming the
+field, and the guard's ``on_missing_cost`` policy decides the charge.
 
 A stream that ends (or is abandoned) before any usage arrives is estimated
 from the text seen, with ``estimated=True``.
@@ -23,14 +30,16 @@ from typing import Any
 
 from ._record import Usage
 from .extractors import (
+    UnreadableUsage,
     _get,
     _int,
-    extract_usage,
+    _warn_unreadable,
     from_anthropic_usage,
     from_bedrock_usage,
     from_gemini_usage,
     from_responses_usage,
     gemini_rest_to_sdk,
+    read_usage,
     with_service_tier,
     with_web_search_calls,
 )
@@ -39,6 +48,7 @@ __all__ = [
     "AnthropicStream",
     "BedrockStream",
     "GeminiStream",
+    "MistralStream",
     "OpenAIChatStream",
     "OpenAIResponsesStream",
     "StreamAccumulator",
@@ -64,6 +74,8 @@ class StreamAccumulator:
         self._truncated = 0
         self._model: str | None = None
         self.chunks = 0
+        # Why the stream's usage cannot be read, once a chunk showed it cannot.
+        self.unreadable: str | None = None
 
     @property
     def model(self) -> str | None:
@@ -73,10 +85,23 @@ class StreamAccumulator:
     def add(self, chunk: object) -> None:
         """Take one chunk or event of the stream into account."""
         self.chunks += 1
-        self._add(chunk)
+        try:
+            self._add(chunk)
+        except UnreadableUsage as error:
+            self._unreadable(str(error))
+        except Exception as error:  # a chunk that raises when read: not the caller's fault
+            self._unreadable(
+                f"reading a {type(chunk).__qualname__} chunk raised "
+                f"{type(error).__qualname__}: {error}"
+            )
+
+    def _unreadable(self, why: str) -> None:
+        if self.unreadable is None:
+            self.unreadable = why
+            _warn_unreadable(f"{why}; treating the stream as one without usage")
 
     def _add(self, chunk: object) -> None:
-        usage = extract_usage(chunk)
+        usage = read_usage(chunk)
         if usage is not None:
             self._usage = usage
         self._note_model(_get(chunk, "model"))
@@ -110,8 +135,11 @@ class StreamAccumulator:
 
         Without a report, output is counted from the text seen and input is
         ``prompt_tokens`` (the caller's pre-call count) or 0; the result is
-        marked ``estimated``. ``None`` only when the stream showed nothing at all.
+        marked ``estimated``. ``None`` when the stream showed nothing at all,
+        or when a chunk carried usage that cannot be read.
         """
+        if self.unreadable is not None:
+            return None
         usage = self._usage
         if usage is not None:
             if usage.model is None and self._model is not None:
@@ -154,9 +182,46 @@ class OpenAIChatStream(StreamAccumulator):
             # Legacy Completions stream text on the choice itself.
             self._note_text(_get(choice, "text"))
         if _get(chunk, "usage") is not None:
-            usage = extract_usage(chunk)
+            usage = read_usage(chunk)
             if usage is not None:
                 self._usage = usage
+
+
+class MistralStream(OpenAIChatStream):
+    """Accumulate mistralai stream events: each wraps its chunk in ``.data``.
+
+    Chat, FIM and agents streams send ``CompletionEvent(data=CompletionChunk)``,
+    whose last chunk carries ``usage``; conversation streams send events with
+    a ``type``, and ``conversation.response.done`` carries the usage.
+    """
+
+    provider = "mistral_ai"
+
+    def _add(self, chunk: object) -> None:
+        data = _get(chunk, "data")
+        if data is None:
+            data = chunk
+        kind = _get(data, "type")
+        if isinstance(kind, str):
+            if kind == "conversation.response.done":
+                usage = read_usage(data)
+                if usage is not None:
+                    self._usage = replace(usage, provider=self.provider)
+            elif kind == "message.output.delta":
+                self._note_text(_get(data, "content"))
+            elif kind.startswith("response."):
+                # The Responses API in OpenAI's format: the final event holds the response.
+                if _get(_get(data, "response"), "usage") is not None:
+                    usage = read_usage(data)
+                    if usage is not None:
+                        self._usage = replace(usage, provider=self.provider)
+                if kind.endswith(".delta"):
+                    self._note_text(_get(data, "delta"))
+            self._note_model(_get(data, "model"))
+            return
+        super()._add(data)
+        if self._usage is not None and self._usage.provider != self.provider:
+            self._usage = replace(self._usage, provider=self.provider)
 
 
 class OpenAIResponsesStream(StreamAccumulator):
@@ -294,6 +359,15 @@ def _langchain_accumulator(chunk: object) -> StreamAccumulator | None:
     from ._langchain import LangChainStream, is_langchain_chunk
 
     return LangChainStream() if is_langchain_chunk(chunk) else None
+def _is_mistral_event(chunk: object) -> bool:
+    """Tell a mistralai stream event: a ``CompletionEvent`` or ``ConversationEvents``."""
+    if type(chunk).__module__.partition(".")[0] == "mistralai":
+        return True
+    if type(chunk) is not dict or set(chunk) - {"event", "data", "id", "retry"}:
+        return False
+    data = chunk.get("data")
+    # A plain-dict event wrapping a chunk (``{"data": {"choices": ...}}``).
+    return isinstance(data, dict) and ("choices" in data or "type" in data)
 
 
 def accumulator_for(chunk: object) -> StreamAccumulator | None:
@@ -305,6 +379,8 @@ def accumulator_for(chunk: object) -> StreamAccumulator | None:
     langchain = _langchain_accumulator(chunk)
     if langchain is not None:
         return langchain
+    if _is_mistral_event(chunk):
+        return MistralStream()
     kind = _get(chunk, "type")
     if isinstance(kind, str):
         if kind in _ANTHROPIC_EVENTS:
@@ -380,6 +456,8 @@ class StreamMeter:
         if self._prompt_tokens is None:
             return accumulator.usage() if accumulator is not None else None
         if accumulator is not None:
+            if accumulator.unreadable is not None:
+                return None  # the guard's on_missing_cost decides, not a guess
             if accumulator.has_usage:
                 return accumulator.usage()
             return accumulator.usage(self._prompt_tokens())
