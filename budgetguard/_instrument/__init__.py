@@ -62,6 +62,8 @@ import wrapt
 
 from ..errors import ConfigurationError
 from ..guard import BudgetGuard
+from ._bedrock import bedrock_api_call
+from ._genai import async_genai, sync_genai
 from ._wrappers import (
     GuardSource,
     Wrapper,
@@ -94,6 +96,19 @@ def _method(injects_usage: bool = False) -> Callable[[GuardSource], Wrapper]:
 def _async(injects_usage: bool = False) -> Callable[[GuardSource], Wrapper]:
     return lambda guard_of: async_method(guard_of, injects_usage)
 
+
+# google-genai's methods that each send one billed request: (method, operation, streamed).
+_GENAI_REQUESTS = (
+    ("_generate_content", "generate_content", False),
+    ("_generate_content_stream", "generate_content_stream", True),
+    ("_embed_content", "embed_content", False),
+    ("_generate_images", "generate_images", False),
+    ("_edit_image", "edit_image", False),
+    ("_upscale_image", "upscale_image", False),
+    ("recontext_image", "recontext_image", False),
+    ("segment_image", "segment_image", False),
+    ("_generate_videos", "generate_videos", False),
+)
 
 _OPENAI_CHAT = "openai.resources.chat.completions"
 _OPENAI_RESPONSES = "openai.resources.responses"
@@ -142,6 +157,13 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
         _Target("anthropic._base_client", "SyncAPIClient", "request", sync_request),
         _Target("anthropic._base_client", "AsyncAPIClient", "request", async_request),
     ),
+    # google-genai and boto3's bedrock-runtime: see _genai.py and _bedrock.py.
+    "google.genai": tuple(
+        _Target("google.genai.models", cls, method, make(operation, streamed))
+        for method, operation, streamed in _GENAI_REQUESTS
+        for cls, make in (("Models", sync_genai), ("AsyncModels", async_genai))
+    ),
+    "botocore": (_Target("botocore.client", "BaseClient", "_make_api_call", bedrock_api_call),),
 }
 
 
