@@ -1,4 +1,4 @@
-"""Budget every call of the official ``openai`` and ``anthropic`` clients, process-wide.
+"""Budget every call of the official LLM clients, process-wide.
 
 ``budgetguard.instrument()`` patches the SDKs' resource classes (so every
 client, ``OpenAI``, ``AzureOpenAI``, ``AsyncOpenAI``, ``Anthropic``, ...,
@@ -18,6 +18,21 @@ for a model-running path (``/chat/completions``, ``/responses``,
 ``/v1/messages``, ...) that no patched method sent: ``with_raw_response``
 taken before ``instrument()``, resources built before it, methods a newer
 SDK adds.
+
+Also patched, each only when installed (see ``_genai.py`` and
+``_bedrock.py``): ``google-genai`` — the ``Models`` / ``AsyncModels``
+methods that each send one request (``_generate_content``,
+``_generate_content_stream``, ``_embed_content`` and the image and video
+ones), so that the public ``generate_content``, ``generate_content_stream``,
+``embed_content``, chats, automatic function calling and automatic
+continuation are guarded and priced request by request; ``botocore`` —
+``BaseClient._make_api_call``, filtered to the ``bedrock-runtime``
+operations ``Converse``, ``ConverseStream``, ``InvokeModel`` and
+``InvokeModelWithResponseStream`` (every other call passes straight
+through). Not guarded yet: google-genai's batch and tuning jobs, Live API
+and Interactions API; Bedrock's ``ApplyGuardrail``, ``StartAsyncInvoke`` and
+bidirectional stream; aiobotocore. ``test_coverage.py`` fails on a billed
+method or operation of either SDK that is neither guarded nor listed so.
 
 Each call:
 
@@ -268,7 +283,7 @@ def _resolve(target: _Target) -> type | None:
 def instrument(
     guard: BudgetGuard | None = None, *, deployments: Mapping[str, str] | None = None
 ) -> list[str]:
-    """Budget every call of the installed ``openai`` and ``anthropic`` clients.
+    """Budget every call of the installed openai, anthropic, google-genai and boto3 Bedrock clients.
 
     ``guard`` is charged; ``None`` means the default guard, looked up at each
     call (so ``budgetguard.configure(...)`` afterwards still applies).

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -318,3 +322,49 @@ def test_uninstrument_restores_botocore(guard: BudgetGuard) -> None:
     assert botocore.client.BaseClient.__dict__["_make_api_call"] is not original
     uninstrument()
     assert botocore.client.BaseClient.__dict__["_make_api_call"] is original
+
+
+_ABSENT = """
+import importlib.abc
+import sys
+
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("botocore", "boto3") or name.startswith("google.genai"):
+            raise ModuleNotFoundError(name)
+        return None
+
+
+sys.meta_path.insert(0, Hide())
+import budgetguard
+
+names = budgetguard.instrument()
+assert any(name.startswith("openai.") for name in names), names
+assert not [n for n in names if n.startswith(("google.genai", "botocore"))], names
+loaded = [m for m in sys.modules if m.startswith(("google.genai", "botocore", "boto3"))]
+assert not loaded, loaded
+budgetguard.uninstrument()
+"""
+
+_LAZY = """
+import sys
+import budgetguard
+loaded = [m for m in sys.modules if m.startswith(("google.genai", "botocore", "boto3"))]
+assert not loaded, loaded
+"""
+
+
+@pytest.mark.parametrize("script", [_ABSENT, _LAZY], ids=["absent", "installed"])
+def test_sdks_are_imported_only_when_installed_and_instrumented(script: str) -> None:
+    """Never import google-genai or botocore when absent, nor on ``import budgetguard``."""
+    root = Path(__file__).resolve().parent.parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
