@@ -252,17 +252,41 @@ def test_failed_call_releases_the_reservation(
     assert len(cloud.requests) == 2
 
 
-def test_retried_call_is_charged_once(guard: BudgetGuard, cloud: FakeCloud) -> None:
-    """Charge a call that botocore retried after a 500 once, for the response that came back."""
+def test_retried_calls_are_charged_once(guard: BudgetGuard, cloud: FakeCloud) -> None:
+    """Charge each call that botocore retried after a 500 once, for the response that came back."""
     client = _client(cloud, attempts=3)
-    cloud.failures = 1
+    guard.set_budget("1", user="alice")
     try:
         with budget_scope("alice"):
+            cloud.failures = 1
             client.converse(modelId=CLAUDE, messages=MESSAGES)
+            cloud.failures = 1
+            list(client.converse_stream(modelId=CLAUDE, messages=MESSAGES)["stream"])
+            cloud.failures = 1
+            client.invoke_model(modelId=CLAUDE, body=json.dumps(ANTHROPIC_BODY))
     finally:
         client.close()
-    assert len(cloud.requests) == 2
-    assert guard.spend("alice") == CLAUDE_COST
+    assert len(cloud.requests) == 6
+    assert guard.spend("alice") == CLAUDE_COST * 3
+    assert reserved(guard, "alice") == 0
+
+
+def test_invoke_stream_left_with_break_settles_when_collected(
+    guard: BudgetGuard, bedrock: Any
+) -> None:
+    """Settle an invoke stream left after its first chunk once collected, at what it reported."""
+    guard.set_budget("1", user="alice")
+    with budget_scope("alice"):
+        reply = bedrock.invoke_model_with_response_stream(
+            modelId=CLAUDE, body=json.dumps(ANTHROPIC_BODY)
+        )
+        for _ in reply["body"]:
+            break
+        del reply
+        gc.collect()
+    assert reserved(guard, "alice") == 0
+    # message_start reported the prompt and one output token: 1000 × 3 / 1e6 + 1 × 15 / 1e6.
+    assert guard.spend("alice") == Decimal("0.003015")
 
 
 def test_other_services_and_operations_pass_through(
