@@ -67,10 +67,15 @@ def gemini_chunk(text: str, usage: dict[str, Any], finish: str | None = None) ->
     }
 
 
-def gemini_stream() -> bytes:
-    """Return a Gemini SSE stream: each chunk has the prompt count, the last one everything."""
-    chunks = [gemini_chunk(text, gemini_usage(0)) for text in TEXT[:-1]]
+def gemini_stream(fail: bool = False) -> bytes:
+    """Return a Gemini SSE stream: each chunk has the prompt count, the last one everything.
+
+    ``fail``: an error chunk follows the first one, as the API sends when it fails half way.
+    """
+    chunks: list[dict[str, Any]] = [gemini_chunk(text, gemini_usage(0)) for text in TEXT[:-1]]
     chunks.append(gemini_chunk(TEXT[-1], gemini_usage(), "STOP"))
+    if fail:
+        chunks[1:] = [{"error": {"code": 500, "message": "boom", "status": "INTERNAL"}}]
     return "".join(f"data: {json.dumps(chunk)}\r\n\r\n" for chunk in chunks).encode()
 
 
@@ -91,7 +96,9 @@ def function_call() -> dict[str, Any]:
     return reply
 
 
-def gemini_answer(path: str, body: dict[str, Any], with_usage: bool) -> Answer:
+def gemini_answer(
+    path: str, body: dict[str, Any], with_usage: bool, fail_stream: bool = False
+) -> Answer:
     """Answer a Gemini API request (``/v1beta/models/<model>:<method>``)."""
     method = path.rpartition(":")[2].partition("?")[0]
     if method == "generateContent":
@@ -99,7 +106,7 @@ def gemini_answer(path: str, body: dict[str, Any], with_usage: bool) -> Answer:
             return _json(function_call())
         return _json(gemini_chunk("".join(TEXT), gemini_usage(), "STOP"))
     if method == "streamGenerateContent":
-        return 200, "text/event-stream", gemini_stream(), {}
+        return 200, "text/event-stream", gemini_stream(fail_stream), {}
     if method == "batchEmbedContents":
         requests = body.get("requests") or []
         reply: dict[str, Any] = {"embeddings": [{"values": [0.25, -0.5, 1.0]} for _ in requests]}
@@ -158,9 +165,29 @@ def converse_reply() -> dict[str, Any]:
     }
 
 
-def converse_stream() -> bytes:
-    """Return ConverseStream events: messageStart, deltas, stops, then metadata with usage."""
+def stream_exception() -> bytes:
+    """Encode the exception a Bedrock stream ends with when the model fails half way."""
+    headers = {
+        ":message-type": "exception",
+        ":exception-type": "modelStreamErrorException",
+        ":content-type": "application/json",
+    }
+    return event_message(
+        headers, json.dumps({"message": "boom", "originalStatusCode": 500}).encode()
+    )
+
+
+def converse_stream(fail: bool = False) -> bytes:
+    """Return ConverseStream events: messageStart, deltas, stops, then metadata with usage.
+
+    ``fail``: the stream breaks with a ``modelStreamErrorException`` after the first text.
+    """
     events = [event("messageStart", {"role": "assistant"})]
+    if fail:
+        events.append(
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello"}})
+        )
+        return b"".join(events) + stream_exception()
     events += [
         event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": text}})
         for text in TEXT
@@ -258,7 +285,7 @@ def invoke_stream(kind: str) -> bytes:
     return b"".join(_chunk(body) for body in bodies)
 
 
-def bedrock_answer(path: str) -> Answer:
+def bedrock_answer(path: str, fail_stream: bool = False) -> Answer:
     """Answer a bedrock-runtime request (``/model/<modelId>/<operation>``)."""
     _, _, rest = path.partition("/model/")
     model_id, _, operation = rest.rpartition("/")
@@ -267,7 +294,7 @@ def bedrock_answer(path: str) -> Answer:
     if operation == "converse":
         return _json(converse_reply())
     if operation == "converse-stream":
-        return 200, stream, converse_stream(), {}
+        return 200, stream, converse_stream(fail_stream), {}
     kind = family(model_id)
     if operation == "invoke":
         counts = {
@@ -288,6 +315,7 @@ class FakeCloud:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.failures = 0  # answer this many next requests with HTTP 500
         self.embed_usage = True  # whether batchEmbedContents reports usageMetadata
+        self.fail_streams = False  # whether streams break half way (an error mid-stream)
         self.server: ThreadingHTTPServer | None = None
 
     @property
@@ -303,6 +331,7 @@ class FakeCloud:
             self.requests.clear()
             self.failures = 0
             self.embed_usage = True
+            self.fail_streams = False
 
     def answer(self, path: str, body: dict[str, Any]) -> Answer:
         """Return status, content type, body and extra headers for one request."""
@@ -313,10 +342,10 @@ class FakeCloud:
                 error = {"error": {"code": 500, "message": "boom", "status": "INTERNAL"}}
                 headers = {"x-amzn-ErrorType": "InternalServerException"}
                 return 500, "application/json", json.dumps(error).encode(), headers
-            with_usage = self.embed_usage
+            with_usage, fail = self.embed_usage, self.fail_streams
         if path.startswith("/model/"):
-            return bedrock_answer(path)
-        return gemini_answer(path, body, with_usage)
+            return bedrock_answer(path, fail)
+        return gemini_answer(path, body, with_usage, fail)
 
 
 def _handler(state: FakeCloud) -> type[BaseHTTPRequestHandler]:

@@ -185,6 +185,21 @@ def test_converse_stream_left_with_break_settles_when_collected(
     assert guard.spend("alice") == _early_cost(guard)
 
 
+def test_stream_failing_half_way_is_charged_what_it_showed(
+    guard: BudgetGuard, bedrock: Any, cloud: FakeCloud
+) -> None:
+    """Settle a stream that breaks with a model error at the prompt and the text it showed."""
+    guard.set_budget("1", user="alice")
+    cloud.fail_streams = True
+    with budget_scope("alice"):
+        stream = bedrock.converse_stream(modelId=CLAUDE, messages=MESSAGES)["stream"]
+        with pytest.raises(ClientError, match="modelStreamErrorException"):
+            for _ in stream:
+                pass
+    assert reserved(guard, "alice") == 0
+    assert guard.spend("alice") == _early_cost(guard)
+
+
 @pytest.mark.parametrize(
     ("model_id", "body", "cost"),
     [

@@ -188,6 +188,19 @@ def test_failed_request_releases_the_reservation(
     assert len(cloud.requests) == 2
 
 
+def test_stream_failing_half_way_is_charged_what_it_reported(
+    guard: BudgetGuard, gemini: genai.Client, cloud: FakeCloud
+) -> None:
+    """Settle a stream that breaks with an error chunk at the usage reported before it."""
+    guard.set_budget("1", user="alice")
+    cloud.fail_streams = True
+    with budget_scope("alice"), pytest.raises(errors.ServerError):
+        for _ in gemini.models.generate_content_stream(model=MODEL, contents="Say hello"):
+            pass
+    assert reserved(guard, "alice") == 0
+    assert guard.spend("alice") == PROMPT_COST
+
+
 def test_retried_request_is_charged_once(guard: BudgetGuard, cloud: FakeCloud) -> None:
     """Charge a request the SDK retried after a 500 once, for the response that came back."""
     client = _client(cloud, retries=2)
