@@ -423,3 +423,34 @@ def test_uninstrument_restores_the_sdk(guard: BudgetGuard) -> None:
     for cls in (Models, AsyncModels):
         for method in ("_generate_content", "_generate_content_stream", "_embed_content"):
             assert not hasattr(cls.__dict__[method], "__wrapped__")
+
+
+def test_budgeted_function_returning_a_stream_is_charged_once(
+    guard: BudgetGuard, gemini: genai.Client
+) -> None:
+    """Charge a @budgeted function that returns the SDK's lazy stream once, from its usage."""
+    guard.set_budget("1", user="alice")
+
+    @guard.budgeted(user="alice", estimate="0.01")
+    def chat() -> Any:
+        return gemini.models.generate_content_stream(model=MODEL, contents="Say hello")
+
+    assert [chunk.text for chunk in chat()] == ["Hello", " wide", " world"]
+    assert guard.spend("alice") == CALL_COST
+    assert reserved(guard, "alice") == 0
+
+
+async def test_budgeted_coroutine_returning_an_async_stream_is_charged_once(
+    guard: BudgetGuard, agemini: genai.Client
+) -> None:
+    """Charge a @budgeted coroutine that returns an aio stream once, from its usage."""
+    guard.set_budget("1", user="alice")
+
+    @guard.budgeted(user="alice", estimate="0.01")
+    async def chat() -> Any:
+        return await agemini.aio.models.generate_content_stream(model=MODEL, contents="Hi")
+
+    stream = await chat()
+    assert [chunk.text async for chunk in stream] == ["Hello", " wide", " world"]
+    assert guard.spend("alice") == CALL_COST
+    assert reserved(guard, "alice") == 0
