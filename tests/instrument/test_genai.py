@@ -89,6 +89,22 @@ def test_generate_content_is_charged_its_usage(guard: BudgetGuard, gemini: genai
     assert reserved(guard, "alice") == 0
 
 
+def test_vertex_ai_client_is_charged_the_same(guard: BudgetGuard, cloud: FakeCloud) -> None:
+    """Charge a Vertex AI client (express mode) like the Gemini API one, plain and streamed."""
+    options = types.HttpOptions(base_url=cloud.url)
+    client = genai.Client(vertexai=True, api_key="test", http_options=options)
+    try:
+        with budget_scope("alice"):
+            client.models.generate_content(model=MODEL, contents="Say hello")
+            list(client.models.generate_content_stream(model=MODEL, contents="Say hello"))
+    finally:
+        client.close()
+    assert [path.partition(":")[0] for path, _ in cloud.requests] == [
+        f"/v1beta1/publishers/google/models/{MODEL}"
+    ] * 2
+    assert guard.spend("alice") == CALL_COST * 2
+
+
 def test_model_resource_names_are_priced_as_the_model(
     guard: BudgetGuard, gemini: genai.Client
 ) -> None:
