@@ -163,9 +163,35 @@ def _send_now(stream: Iterator[Any]) -> Iterator[Any]:
     return _primed(first, stream)
 
 
+# Operations billed per image or per second of video: the price table has no
+# such prices and their replies carry no usage, so they are checked against the
+# budget but cost what ``on_missing_cost`` says (nothing learned: $0). Said once.
+_UNPRICED = frozenset(
+    {
+        "generate_images",
+        "edit_image",
+        "upscale_image",
+        "recontext_image",
+        "segment_image",
+        "generate_videos",
+    }
+)
+
+
+def _warn_unpriced(guard_of: GuardSource, operation: str) -> None:
+    guard_of().warn_once(
+        f"genai-unpriced:{operation}",
+        f"budgetguard has no per-image or per-second prices for google-genai's "
+        f"{operation}: such calls are refused when a budget has nothing left, but "
+        "their cost is not known (they follow on_missing_cost); record it with "
+        "budgetguard.charge(...)",
+    )
+
+
 def sync_genai(operation: str, streamed: bool = False) -> Callable[[GuardSource], Wrapper]:
     """Return the maker of the wrapper of one request-sending ``Models`` method."""
     kind = f"google.genai:{operation}"
+    unpriced = operation in _UNPRICED
 
     def make(guard_of: GuardSource) -> Wrapper:
         def call_sync(
@@ -176,6 +202,8 @@ def sync_genai(operation: str, streamed: bool = False) -> Callable[[GuardSource]
         ) -> Any:
             if inside_sdk_call.get():
                 return wrapped(*args, **kwargs)
+            if unpriced:
+                _warn_unpriced(guard_of, operation)
 
             def invoke(_asked: dict[str, Any]) -> Any:
                 result = wrapped(*args, **kwargs)
@@ -196,6 +224,7 @@ def async_genai(operation: str, streamed: bool = False) -> Callable[[GuardSource
     async generator, so its request has left (or failed) when it returns.
     """
     kind = f"google.genai:{operation}"
+    unpriced = operation in _UNPRICED
 
     def make(guard_of: GuardSource) -> Wrapper:
         def call_async(
@@ -206,6 +235,8 @@ def async_genai(operation: str, streamed: bool = False) -> Callable[[GuardSource
         ) -> Any:
             if inside_sdk_call.get():
                 return wrapped(*args, **kwargs)
+            if unpriced:
+                _warn_unpriced(guard_of, operation)
             described = genai_arguments(kwargs, streamed)
             return _run_async(
                 guard_of, wrapped, described, lambda _asked: wrapped(*args, **kwargs), False, kind

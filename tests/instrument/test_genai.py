@@ -372,15 +372,27 @@ async def test_async_failed_request_releases(
     assert reserved(guard, "alice") == 0
 
 
-def test_image_generation_is_guarded(
-    guard: BudgetGuard, gemini: genai.Client, cloud: FakeCloud
+def test_image_generation_is_guarded_and_says_it_is_unpriced(
+    guard: BudgetGuard, cloud: FakeCloud
 ) -> None:
-    """Refuse generate_images for a user whose budget is spent, before any request leaves."""
+    """Warn that image calls have no price, and refuse them once a budget has nothing left."""
+    client = genai.Client(
+        vertexai=True, api_key="test", http_options=types.HttpOptions(base_url=cloud.url)
+    )
     guard.set_budget("0.001", user="alice")
-    guard.charge("0.001", user="alice")
-    with budget_scope("alice"), pytest.raises(BudgetExceededError):
-        gemini.models.generate_images(model="imagen-4.0-generate-001", prompt="a cat")
-    assert cloud.requests == []
+    try:
+        with budget_scope("alice"):
+            with pytest.warns(RuntimeWarning, match="no per-image or per-second prices"):
+                reply = client.models.generate_images(
+                    model="imagen-4.0-generate-001", prompt="a cat"
+                )
+            assert reply.generated_images is not None and len(reply.generated_images) == 1
+            guard.charge("0.001")
+            with pytest.raises(BudgetExceededError):
+                client.models.generate_images(model="imagen-4.0-generate-001", prompt="a cat")
+    finally:
+        client.close()
+    assert len(cloud.requests) == 1
 
 
 def test_arguments_are_read_for_the_estimate() -> None:
