@@ -40,6 +40,71 @@ def _load(name: str, path: Path) -> ModuleType:
     return module
 
 
+def wrapper_alone(calls: int, repeats: int) -> None:
+    """Print µs per call of the wrappers alone, given canned replies (no HTTP, no noise of it)."""
+    import statistics
+    import time
+
+    from budgetguard._instrument import _patches
+    from budgetguard._instrument._bedrock import bedrock_api_call
+    from budgetguard._instrument._genai import sync_genai
+
+    guard = bg.BudgetGuard(metrics=False)
+    guard.set_budget("1000000", user="bench")
+    bg.instrument(guard)
+    client = boto3.client(
+        "bedrock-runtime",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
+    reply = {
+        "output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}},
+        "usage": {"inputTokens": 1000, "outputTokens": 500, "totalTokens": 1500},
+    }
+    params = {
+        "modelId": "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "messages": [{"role": "user", "content": [{"text": "Say hello, briefly."}]}],
+        "inferenceConfig": {"maxTokens": 500},
+    }
+    response = types.GenerateContentResponse.model_validate(
+        {
+            "candidates": [{"content": {"parts": [{"text": "Hello"}], "role": "model"}}],
+            "usage_metadata": {"prompt_token_count": 1000, "candidates_token_count": 500},
+            "model_version": "gemini-2.5-flash",
+        }
+    )
+    config = types.GenerateContentConfig(max_output_tokens=500)
+    converse = bedrock_api_call(_patches)
+    generate = sync_genai("generate_content")(_patches)
+    arguments = {"model": "gemini-2.5-flash", "contents": "Say hello", "config": config}
+    cases: dict[str, Callable[[], object]] = {
+        "bedrock Converse wrapper": lambda: converse(
+            lambda *_: reply, client, ("Converse", params), {}
+        ),
+        "bedrock wrapper, call passed through": lambda: converse(
+            lambda *_: reply, client, ("CountTokens", params), {}
+        ),
+        "genai _generate_content wrapper": lambda: generate(
+            lambda **_: response, None, (), arguments
+        ),
+    }
+    print(f"wrappers alone, canned replies: median µs per call of {repeats} batches of {calls}")
+    with bg.budget_scope("bench"):
+        for name, function in cases.items():
+            batches = []
+            for _ in range(repeats):
+                start = time.perf_counter_ns()
+                for _ in range(calls):
+                    function()
+                batches.append((time.perf_counter_ns() - start) / calls / 1000)
+            print(f"{name:42} {statistics.median(batches):9.2f}")
+    bg.uninstrument()
+    client.close()
+    guard.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=50)
@@ -110,6 +175,7 @@ def main() -> None:
         gemini.close()
         bedrock.close()
         guard.close()
+    wrapper_alone(options.calls * 20, options.repeats)
 
 
 if __name__ == "__main__":
