@@ -1,4 +1,4 @@
-"""Budget every call of the official LLM clients (openai, anthropic, mistralai) and LiteLLM.
+"""Budget every call of the official LLM clients and LiteLLM, process-wide.
 
 ``budgetguard.instrument()`` patches the SDKs' resource classes (so every
 client, ``OpenAI``, ``AzureOpenAI``, ``AsyncOpenAI``, ``Anthropic``, ...,
@@ -22,6 +22,21 @@ taken before ``instrument()``, resources built before it, methods a newer
 SDK adds. ``mistralai``: see ``_mistral.py``; LiteLLM's entry points
 (``litellm.completion``, ...): see ``_litellm.py``, patched when the program
 imports ``litellm`` (it takes seconds to import, so ``instrument()`` does not).
+
+Also patched, each only when installed (see ``_genai.py`` and
+``_bedrock.py``): ``google-genai`` — the ``Models`` / ``AsyncModels``
+methods that each send one request (``_generate_content``,
+``_generate_content_stream``, ``_embed_content`` and the image and video
+ones), so that the public ``generate_content``, ``generate_content_stream``,
+``embed_content``, chats, automatic function calling and automatic
+continuation are guarded and priced request by request; ``botocore`` —
+``BaseClient._make_api_call``, filtered to the ``bedrock-runtime``
+operations ``Converse``, ``ConverseStream``, ``InvokeModel`` and
+``InvokeModelWithResponseStream`` (every other call passes straight
+through). Not guarded yet: google-genai's batch and tuning jobs, Live API
+and Interactions API; Bedrock's ``ApplyGuardrail``, ``StartAsyncInvoke`` and
+bidirectional stream; aiobotocore. ``test_coverage.py`` fails on a billed
+method or operation of either SDK that is neither guarded nor listed so.
 
 Each call:
 
@@ -68,6 +83,8 @@ import wrapt
 
 from ..errors import ConfigurationError
 from ..guard import BudgetGuard
+from ._bedrock import bedrock_api_call
+from ._genai import async_genai, sync_genai
 from ._litellm import LITELLM_TARGETS
 from ._mistral import MISTRAL_TARGETS
 from ._wrappers import (
@@ -103,6 +120,19 @@ def _method(injects_usage: bool = False) -> Callable[[GuardSource], Wrapper]:
 def _async(injects_usage: bool = False) -> Callable[[GuardSource], Wrapper]:
     return lambda guard_of: async_method(guard_of, injects_usage)
 
+
+# google-genai's methods that each send one billed request: (method, operation, streamed).
+_GENAI_REQUESTS = (
+    ("_generate_content", "generate_content", False),
+    ("_generate_content_stream", "generate_content_stream", True),
+    ("_embed_content", "embed_content", False),
+    ("_generate_images", "generate_images", False),
+    ("_edit_image", "edit_image", False),
+    ("_upscale_image", "upscale_image", False),
+    ("recontext_image", "recontext_image", False),
+    ("segment_image", "segment_image", False),
+    ("_generate_videos", "generate_videos", False),
+)
 
 _OPENAI_CHAT = "openai.resources.chat.completions"
 _OPENAI_RESPONSES = "openai.resources.responses"
@@ -175,6 +205,13 @@ _TARGETS: dict[str, tuple[_Target, ...]] = {
     "litellm": tuple(
         _Target(target.module, "", target.function, target.make) for target in LITELLM_TARGETS
     ),
+    # google-genai and boto3's bedrock-runtime: see _genai.py and _bedrock.py.
+    "google.genai": tuple(
+        _Target("google.genai.models", cls, method, make(operation, streamed))
+        for method, operation, streamed in _GENAI_REQUESTS
+        for cls, make in (("Models", sync_genai), ("AsyncModels", async_genai))
+    ),
+    "botocore": (_Target("botocore.client", "BaseClient", "_make_api_call", bedrock_api_call),),
 }
 
 
@@ -291,7 +328,7 @@ def _resolve(target: _Target) -> type | types.ModuleType | None:
 def instrument(
     guard: BudgetGuard | None = None, *, deployments: Mapping[str, str] | None = None
 ) -> list[str]:
-    """Budget every call of the installed openai, anthropic and mistralai clients, and LiteLLM.
+    """Budget every call of the installed LLM clients and LiteLLM.
 
     ``guard`` is charged; ``None`` means the default guard, looked up at each
     call (so ``budgetguard.configure(...)`` afterwards still applies).

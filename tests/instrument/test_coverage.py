@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import re
@@ -197,3 +198,106 @@ def test_beta_messages_over_budget_send_no_request(
         ):
             pass
     assert llm.requests == []
+
+
+# google-genai: the methods that post to a model-running REST method (the
+# generated ``_generate_content`` and its siblings, one request each; the
+# public ``generate_content`` composes them) or open the Live websocket, and
+# those of the Interactions API.
+_GENAI_BILLED = re.compile(
+    r"'\{model\}:(?:generateContent|streamGenerateContent|embedContent|batchEmbedContents"
+    r"|predict|predictLongRunning|batchGenerateContent|asyncBatchEmbedContent)[?']"
+    r"|BidiGenerateContent"
+    r'|method="POST",\s*path="/\{api_version\}/interactions"'
+)
+# Billed, and not guarded yet (stated here so that a new one is never assumed
+# covered): batch jobs and tuning jobs are billed when the job runs, with no
+# usage in the reply that creates them; the Live API is a websocket; the
+# Interactions API is a separate generated client.
+_GENAI_NOT_COVERED = {
+    "google.genai.batches.Batches._create",
+    "google.genai.batches.Batches._create_embeddings",
+    "google.genai.batches.AsyncBatches._create",
+    "google.genai.batches.AsyncBatches._create_embeddings",
+    "google.genai.live.AsyncLive.connect",
+    "google.genai._gaos.interactions.Interactions.create",
+    "google.genai._gaos.interactions.AsyncInteractions.create",
+}
+
+
+def _genai_billed_methods() -> set[str]:
+    """Return ``module.Class.method`` of every google-genai method that sends a billed request."""
+    import google.genai
+
+    found: set[str] = set()
+    names = [info.name for info in pkgutil.iter_modules(google.genai.__path__, "google.genai.")]
+    names += ["google.genai._gaos.interactions"]
+    for name in names:
+        if name.endswith((".tests", "._test_api_client", "._replay_api_client")):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            # An optional dependency is missing (sentencepiece for the local
+            # tokenizer): read the file instead, and fail if it sends billed requests.
+            spec = importlib.util.find_spec(name)
+            assert spec is not None and spec.origin is not None
+            with open(spec.origin, encoding="utf-8") as file:
+                if _GENAI_BILLED.search(file.read()):
+                    found.add(f"{name} (could not be imported)")
+            continue
+        for cls in vars(module).values():
+            if not isinstance(cls, type) or cls.__module__ != module.__name__:
+                continue
+            for method, value in vars(cls).items():
+                if not inspect.isfunction(value):
+                    continue
+                try:
+                    source = inspect.getsource(value)
+                except (OSError, TypeError):
+                    continue  # made at run time (pydantic, dataclasses): sends nothing
+                docstring = inspect.getdoc(value) or ""
+                if _GENAI_BILLED.search(source.replace(docstring, "")):
+                    found.add(f"{cls.__module__}.{cls.__qualname__}.{method}")
+    return found
+
+
+def test_every_billed_genai_method_is_guarded(guard: BudgetGuard) -> None:
+    """Fail when google-genai has a method sending a billed request that instrument() leaves out."""
+    from budgetguard import instrument
+
+    patched = set(instrument(guard))
+    billed = _genai_billed_methods()
+    assert "google.genai.models.Models._generate_content" in billed, "the walk is broken"
+    assert sorted(billed - patched - _GENAI_NOT_COVERED) == []
+    # What is stated as not covered still exists: the list does not go stale.
+    assert sorted(_GENAI_NOT_COVERED - billed) == []
+
+
+# bedrock-runtime: every operation bills except these free ones.
+_BEDROCK_FREE = {"CountTokens", "GetAsyncInvoke", "ListAsyncInvokes"}
+# Billed and not guarded yet: guardrail checks are billed per text unit with no
+# model in the call, async invocations are billed when the job runs, and the
+# bidirectional stream (Nova Sonic) needs HTTP/2 that botocore sends through awscrt.
+_BEDROCK_NOT_COVERED = {
+    "ApplyGuardrail",
+    "InvokeGuardrailChecks",
+    "StartAsyncInvoke",
+    "InvokeModelWithBidirectionalStream",
+}
+
+
+def test_every_billed_bedrock_operation_is_guarded(guard: BudgetGuard) -> None:
+    """Fail when bedrock-runtime has a billed operation that the wrapper passes through."""
+    import botocore.session
+
+    from budgetguard import instrument
+    from budgetguard._instrument._bedrock import BEDROCK_OPERATIONS
+
+    assert "botocore.client.BaseClient._make_api_call" in instrument(guard)
+    model = botocore.session.get_session().get_service_model("bedrock-runtime")
+    operations = set(model.operation_names)
+    assert operations >= BEDROCK_OPERATIONS
+    billed = operations - _BEDROCK_FREE
+    assert sorted(billed - BEDROCK_OPERATIONS - _BEDROCK_NOT_COVERED) == []
+    assert sorted(_BEDROCK_NOT_COVERED - operations) == []
