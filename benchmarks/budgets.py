@@ -93,15 +93,35 @@ def time_calls(guard: BudgetGuard, seconds: float) -> dict[str, float]:
     }
 
 
-def time_set_budget(url: str, count: int) -> float:
-    """Return the seconds ``count`` set_budget calls for new users take."""
+def server_cpu(url: str) -> float:
+    """Return the CPU seconds a Redis server has used (0 for other ledgers)."""
+    if not url.startswith("redis"):
+        return 0.0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    info = client.info("cpu")
+    client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def time_set_budget(url: str, count: int) -> tuple[float, float, float, float, float]:
+    """Return the wall, this process's CPU and the server's CPU seconds of ``count`` set_budget,
+    and this process's CPU for the first and the last tenth of them."""
     guard = BudgetGuard(url, metrics=False)
-    started = time.perf_counter()
+    started, cpu, server = time.perf_counter(), time.process_time(), server_cpu(url)
+    tenth = max(1, count // 10)
+    marks: list[float] = []
     for i in range(count):
+        if i in (0, tenth, count - tenth):
+            marks.append(time.process_time())
         guard.set_budget("5", user=f"s{i}")
+    marks.append(time.process_time())
+    first, last = marks[1] - marks[0], marks[3] - marks[2]
     elapsed = time.perf_counter() - started
+    cpu, server = time.process_time() - cpu, server_cpu(url) - server
     guard.close()
-    return elapsed
+    return elapsed, cpu, server, first, last
 
 
 def used_memory(client: Any) -> int:
@@ -174,8 +194,13 @@ def main() -> None:
                     "sqlite": f"sqlite:///{os.path.join(directory, 'set.db')}?synchronous=normal",
                     "redis": redis_url,
                 }.items():
-                    seconds = time_set_budget(url, args.set)
-                    print(f"{name:6} {args.set} set_budget calls: {seconds * 1000:.0f} ms")
+                    wall, cpu, server, first, last = time_set_budget(url, args.set)
+                    print(
+                        f"{name:6} {args.set} set_budget calls: {wall * 1000:.0f} ms wall, "
+                        f"{cpu * 1000:.0f} ms CPU here, {server * 1000:.0f} ms CPU in Redis; "
+                        f"CPU of the first tenth {first * 1000:.0f} ms, last tenth "
+                        f"{last * 1000:.0f} ms"
+                    )
             if "bytes" in only:
                 figures = redis_bytes(redis_url, args.calls)
                 print(

@@ -336,7 +336,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 return self._budget_defs
             if refresh or self.on_storage_error == "fail_closed":
                 raise
-        if self._budget_reads.loss is not None and self.on_storage_error == "fail_closed":
+        if (
+            not background
+            and self._budget_reads.loss is not None
+            and self.on_storage_error == "fail_closed"
+        ):
             return self._budgets()  # raises
         return self._budget_defs
 
@@ -676,14 +680,18 @@ class _BudgetReads:
                 daemon=True,
             )
             self._thread = thread
-            weakref.finalize(guard, self.stop)
+            weakref.finalize(guard, self.signal_stop)
             thread.start()
+        self._wake.set()
+
+    def signal_stop(self) -> None:
+        """Tell the background reader to end, without waiting for it."""
+        self._stopped = True
         self._wake.set()
 
     def stop(self) -> None:
         """Stop the background reader (it ends after the read in progress, if any)."""
-        self._stopped = True
-        self._wake.set()
+        self.signal_stop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)

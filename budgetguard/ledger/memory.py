@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import threading
 import time
 import uuid
@@ -23,6 +21,7 @@ from .base import (
     Ledger,
     Refusal,
     Reservation,
+    budget_from_json,
     budget_to_json,
     check_idempotency_ttl,
     check_op_id,
@@ -120,7 +119,7 @@ class MemoryLedger(Ledger):
         self._ended_old: dict[_EndedId, bool] = {}
         self._rotate_at = self.clock() + self.idempotency_ttl
         # Budget definitions; None for a deleted one whose name is still kept.
-        self._budgets: dict[str, dict[str, Any] | None] = {}
+        self._budgets: dict[str, str | None] = {}  # as JSON: every read gets its own copy
         self._meta: list[Any] = [None, 0, 0]  # mark, version, floor
         self._versions: dict[str, int] = {}  # name -> version of its last change
         self._log: list[tuple[int, str]] = []  # (version, name), in version order
@@ -332,7 +331,7 @@ class MemoryLedger(Ledger):
             self._log.append((version, name))
             _apply(
                 (
-                    (self._budgets, name, json.loads(text)),
+                    (self._budgets, name, text),
                     (self._versions, name, version),
                     (self._meta, 0, mark or uuid.uuid4().hex),
                     (self._meta, 1, version),
@@ -348,7 +347,7 @@ class MemoryLedger(Ledger):
 
         def locked() -> dict[str, Any] | None:
             found = self._budgets.get(name)
-            return copy.deepcopy(found) if found is not None else None
+            return budget_from_json(found) if found is not None else None
 
         return self._locked(locked)
 
@@ -379,7 +378,7 @@ class MemoryLedger(Ledger):
         """Return every stored budget definition."""
 
         def locked() -> dict[str, dict[str, Any]]:
-            return {name: copy.deepcopy(d) for name, d in self._budgets.items() if d is not None}
+            return {name: budget_from_json(d) for name, d in self._budgets.items() if d is not None}
 
         return self._locked(locked)
 
@@ -390,14 +389,14 @@ class MemoryLedger(Ledger):
             mark, version, floor = self._meta
             if since is None or since[0] != mark or not floor <= since[1] <= version:
                 everything = {
-                    name: copy.deepcopy(d) for name, d in self._budgets.items() if d is not None
+                    name: budget_from_json(d) for name, d in self._budgets.items() if d is not None
                 }
                 return BudgetChanges(mark, version, dict(everything), True)
             start = bisect_right(self._log, (since[1], "\U0010ffff"))
             changed: dict[str, dict[str, Any] | None] = {}
             for _, name in self._log[start:]:
                 found = self._budgets.get(name)
-                changed[name] = copy.deepcopy(found) if found is not None else None
+                changed[name] = budget_from_json(found) if found is not None else None
             return BudgetChanges(mark, version, changed, False)
 
         return self._locked(locked)
@@ -434,13 +433,9 @@ class MemoryLedger(Ledger):
         old = self._ended_old
         for rid in [rid for rid in self._open if rid in old]:
             del self._open[rid]
-        if now >= self._rotate_at + self.idempotency_ttl:  # idle for a whole generation
-            old = self._ended
-            for rid in [rid for rid in self._open if rid in old]:
-                del self._open[rid]
-            self._ended_old, self._ended = {}, {}
-        else:
-            self._ended_old, self._ended = self._ended, {}
+        # Settle and release add to the current generation without rotating,
+        # so it may hold ids that ended just now: it becomes the old one.
+        self._ended_old, self._ended = self._ended, {}
         self._rotate_at = now + self.idempotency_ttl
 
     def _forget_deleted(self, now: float) -> None:

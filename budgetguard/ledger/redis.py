@@ -8,9 +8,10 @@ URLs are redis-py's::
 
 plus options of the ledger's own, as query parameters or keyword arguments:
 ``prefix`` (a namespace, so that several ledgers share one Redis database),
-``ended_ttl`` (seconds for which settled and released reservation ids and
-add op ids are remembered; default 7 days) and ``timeout`` (the deadline of
-one operation in seconds, default 5). Every other query parameter
+``idempotency_ttl`` (seconds for which settled and released reservation ids
+and add op ids are remembered, so a retry counts once; default 3600, at least
+60; ``ended_ttl`` is its older name) and ``timeout`` (the deadline of one
+operation in seconds, default 5). Every other query parameter
 (``ssl_cert_reqs``, ...) goes to redis-py.
 
 Faults: the ledger drives redis-py's connections itself, one per thread (and
@@ -36,16 +37,27 @@ namespace is served by one shard; use several prefixes to spread tenants.
 ``{bg}:holds``                    hash: reservation id -> JSON holds
 ``{bg}:settled``, ``{bg}:released``  sorted sets: ended ids, score = end time
 ``{bg}:added``                    sorted set: op ids of ``add``, score = time
-``{bg}:budgets``                  hash: budget name -> JSON definition
+``{bg}:budgets``                  hash: budget name -> JSON definition, and the
+                                  fields ``\0mark``, ``\0version``, ``\0floor``
+``{bg}:budget_index``             sorted set: name -> version of its last change
+``{bg}:budget_deleted``           sorted set: deleted name -> when (kept a day)
 ================================  ==========================================
+
+The mark (a random id) lives in the same hash as the definitions, so whatever
+takes them (eviction, ``FLUSHALL``, a restart without persistence) takes it
+too: a reader that saw a mark and finds none, or another, knows the ledger
+lost its data. Idempotency sets are trimmed by at most 100 ids per call.
 
 Units are integers: Redis adds them with ``HINCRBY`` (exact 64-bit) and the
 scripts compare them as Lua doubles, exact up to 2**53 units (nine million
 dollars at a nano-dollar per unit). ``INCRBYFLOAT`` is never used.
 
-Time comes from the ledger's clock and is passed to the scripts; they never
-call ``TIME``, so tests can move time and hosts agree on expiry as far as
-their clocks do (the reservation's expiry is computed by the client anyway).
+Time comes from the server: without ``clock=`` the scripts read ``TIME``, and
+a reservation's expiry is sent as its time to live (measured on the client's
+clock, so a client's skew does not matter), so hosts whose clocks disagree
+never expire each other's holds early. With an explicit ``clock=`` (tests
+that move time) its time is passed to the scripts instead. Window ids
+(daily, monthly keys) are the guard's, from its own clock.
 Expired reservations are released lazily, at most ``expire_batch`` per
 script call; reads that must see every expiry call again until none is left.
 """
@@ -476,11 +488,12 @@ class RedisLedger(Ledger):
     """Keep spend in Redis, one Lua script per operation, shared by every host.
 
     Options (keyword arguments, or query parameters for ``prefix``,
-    ``ended_ttl`` and ``timeout``): ``prefix`` namespaces the keys;
+    ``idempotency_ttl`` and ``timeout``): ``prefix`` namespaces the keys;
     ``timeout`` seconds one operation may take before it is reported as a
     ``StorageError`` (default 5; ``socket_timeout`` is the older name);
-    ``ended_ttl`` seconds for which ended ids are remembered (default 7
-    days); ``expire_batch`` expired reservations released per call (default
+    ``idempotency_ttl`` seconds for which ended ids are remembered (default
+    3600, at least 60; ``ended_ttl`` is the older name); ``clock`` a clock of
+    the caller's instead of the server's ``TIME`` (tests); ``expire_batch`` expired reservations released per call (default
     100). Other keyword arguments go to redis-py's connections.
     """
 

@@ -9,6 +9,7 @@ their mark; the guard refuses every call under ``fail_closed`` and logs once
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -291,4 +292,38 @@ def test_opening_a_guard_on_redis_warns_about_durability_once(
     warned = [r for r in caplog.records if "persistence is off" in r.getMessage()]
     assert len(warned) == 1
     again.close()
+    guard.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_background_reader() -> None:
+    """A guard whose reader ran before a fork re-reads in the child too, on the child's thread."""
+    ledger = SlowSharedLedger()
+    guard = BudgetGuard(ledger, budget_cache_ttl=0.001, metrics=False)
+    guard.set_budget("1", user="alice")
+    ran: list[int] = []
+    call = guarded(guard, ran, estimate="0.1")
+    call()
+    time.sleep(0.005)
+    call()  # wakes the parent's reader
+    assert ledger.reads.wait(30)
+    pid = os.fork()
+    if pid == 0:  # the child: lower the limit behind the guard's back, wait to be refused
+        code = 1
+        try:
+            ledger.put_budget(
+                "user:alice", {**guard.get_budget("alice").to_dict(), "limit": "0.05"}
+            )  # type: ignore[union-attr]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    call()
+                except BudgetExceededError:
+                    code = 0
+                    break
+                time.sleep(0.005)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child never saw the new limit"
     guard.close()
