@@ -493,8 +493,9 @@ class RedisLedger(Ledger):
     ``StorageError`` (default 5; ``socket_timeout`` is the older name);
     ``idempotency_ttl`` seconds for which ended ids are remembered (default
     3600, at least 60; ``ended_ttl`` is the older name); ``clock`` a clock of
-    the caller's instead of the server's ``TIME`` (tests); ``expire_batch`` expired reservations released per call (default
-    100). Other keyword arguments go to redis-py's connections.
+    the caller's instead of the server's ``TIME`` (tests); ``expire_batch``
+    expired reservations released per call (default 100). Other keyword
+    arguments go to redis-py's connections.
     """
 
     schemes = ("redis", "rediss", "unix")

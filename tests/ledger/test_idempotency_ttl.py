@@ -1,4 +1,4 @@
-"""idempotency_ttl: how long ended reservation ids and add op ids are remembered, on every backend."""
+"""idempotency_ttl: how long ended reservation ids and add op ids are remembered, everywhere."""
 
 from __future__ import annotations
 
