@@ -98,6 +98,15 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     ``on_unknown_model``: what a call to a model with no known price costs:
     ``"fallback"`` (default: ``fallback_price`` dollars per million input and
     output tokens, with a warning once per model), ``"raise"`` or ``"ignore"``.
+    ``budget_cache_ttl``: how often, in seconds, budget definitions are
+    re-read from a shared ledger (default 1; never for ``memory://``): only
+    what changed, in a background thread, so a call never waits for it;
+    ``0`` reads the changes on every call instead. A ledger found to have
+    lost its data (its mark gone or changed) is a storage failure that
+    ``on_storage_error`` handles, until this guard sets a budget again.
+    ``clock``: seconds since the epoch, for windows and expiry (tests);
+    without it a Redis ledger opened from a URL expires holds by the
+    server's clock.
     ``outside_scope``: ``"global"`` charges calls made outside any
     ``budget_scope`` (and without ``user=``) to the global budget only;
     ``"refuse"`` refuses them.
