@@ -251,10 +251,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     def _store(
         self, name: str, limit: object, period: object, tz: object, created_at: datetime | None
     ) -> Budget:
-        # A guard that lost its ledger's data still sets budgets: that is the way back.
-        old = (self._budget_defs if self._budget_reads.loss is not None else self._budgets()).get(
-            name
-        )
+        old = self._known_budgets().get(name)
         budget = Budget.create(
             limit,
             name=name,
@@ -274,6 +271,19 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         # have created is accepted as this guard's own.
         self._catch_up(accept=True, written={name: budget})
         return budget
+
+    def _known_budgets(self) -> dict[str, Budget]:
+        """Return the definitions; after a loss of the ledger's data, those known before it.
+
+        A guard whose ledger lost its data still sets budgets: that is the way back.
+        """
+        if self._budget_reads.loss is None:
+            try:
+                return self._budgets()
+            except StorageError:
+                if self._budget_reads.loss is None:  # the ledger failed; not a loss
+                    raise
+        return self._budget_defs
 
     def get_budget(self, user: str | None = None) -> Budget | None:
         """Return the budget set for ``user`` (or the global one), not the default."""

@@ -743,6 +743,9 @@ class RedisLedger(Ledger):
             appendonly = _config(self._execute("CONFIG", "GET", "appendonly"))
             save = _config(self._execute("CONFIG", "GET", "save"))
         except StorageError as error:
+            if not isinstance(error.__cause__, self._redis.exceptions.ResponseError):
+                # Unreachable: every operation will say so; nothing to warn about here.
+                return [f"cannot reach the server to read its settings ({error})"]
             problems.append(f"cannot read the server settings ({error}); check them by hand")
         else:
             if policy.startswith("allkeys-"):
