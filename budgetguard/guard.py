@@ -349,9 +349,14 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
             with self._budget_reads.lock:
                 changes = self._guard_storage(self.ledger.budget_changes, self._budget_reads.since)
                 self._apply_changes(changes, accept=False, now=now)
+            self._budget_reads.failing = False
         except StorageError as error:
             if background:
-                logger.warning("could not re-read the budget definitions: %s", error)
+                # Once per outage: the calls themselves report the ledger's state.
+                reads = self._budget_reads
+                log = logger.debug if reads.failing else logger.warning
+                reads.failing = True
+                log("could not re-read the budget definitions: %s", error)
                 return self._budget_defs
             if refresh or self.on_storage_error == "fail_closed":
                 raise
@@ -684,6 +689,7 @@ class _BudgetReads:
         self.mark: str | None = None
         self.loss: StorageError | None = None
         self.loaded = False
+        self.failing = False  # the last background read failed
         self.lock = threading.Lock()  # one read-and-apply at a time
         self._wake = threading.Event()
         self._stopped = False
