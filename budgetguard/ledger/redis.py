@@ -116,18 +116,19 @@ local holds_key, settled_key, released_key = KEYS[4], KEYS[5], KEYS[6]
 
 -- The time of an operation: the server's clock (TIME) when the client sends
 -- '', else the client's (a ledger built with an explicit clock, in tests).
+-- A string, so that redis.call gets it exactly (Lua numbers become 14 digits).
 local function now_of(arg)
   if arg == '' then
     local t = redis.call('TIME')
-    return tonumber(t[1]) + tonumber(t[2]) / 1000000
+    return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
   end
-  return tonumber(arg)
+  return arg
 end
 
 -- Forget up to 100 members of an idempotency set older than `cutoff`:
 -- bounded work per call, which keeps up since each call adds one.
 local function forget_before(key, cutoff)
-  local old = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. string.format('%.6f', cutoff),
+  local old = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. string.format('%.17g', cutoff),
     'LIMIT', 0, 100)
   if #old > 0 then redis.call('ZREM', key, unpack(old)) end
 end
@@ -200,7 +201,7 @@ for i = 0, n - 1 do
   if amount ~= '0' then redis.call('HINCRBY', reserved_key, ARGV[8 + 3 * i], amount) end
 end
 redis.call('HSET', holds_key, id, ARGV[6])
-redis.call('ZADD', open_key, string.format('%.6f', expiry), id)
+redis.call('ZADD', open_key, string.format('%.17g', expiry), id)
 return {0}
 """
 )
@@ -319,12 +320,13 @@ return result
 # version of its last change, plus "\0" .. mark at 0 to show it is whole), the
 # deleted names (sorted set: name -> when deleted).
 _BUDGET_PRELUDE = """
+-- A string, so that redis.call gets it exactly (Lua numbers become 14 digits).
 local function now_of(arg)
   if arg == '' then
     local t = redis.call('TIME')
-    return tonumber(t[1]) + tonumber(t[2]) / 1000000
+    return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
   end
-  return tonumber(arg)
+  return arg
 end
 
 -- Give definitions a mark if they have none (the first ever, or a ledger of
@@ -366,11 +368,11 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 local now = now_of(ARGV[2])
 local version = redis.call('HINCRBY', KEYS[1], '\\0version', 1)
 redis.call('ZADD', KEYS[2], version, ARGV[1])
-redis.call('ZADD', KEYS[3], string.format('%.6f', now), ARGV[1])
+redis.call('ZADD', KEYS[3], string.format('%.17g', now), ARGV[1])
 -- Forget names deleted more than a day ago, a few per call; a reader that
 -- last looked before them gets a full read (the floor).
 local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf',
-  '(' .. string.format('%.6f', now - tonumber(ARGV[3])), 'LIMIT', 0, 100)
+  '(' .. string.format('%.17g', now - tonumber(ARGV[3])), 'LIMIT', 0, 100)
 if #old > 0 then
   local floor = tonumber(redis.call('HGET', KEYS[1], '\\0floor') or '0')
   for _, name in ipairs(old) do
