@@ -158,7 +158,7 @@ class BudgetQueries(GuardParts):
     def budget_statuses(self) -> list[BudgetStatus]:
         """Return every budget's state in its current window (for metrics and reports)."""
         now = self.clock()
-        budgets = self._budgets()
+        budgets = dict(self._budgets())  # a copy: other threads update it in place
         keyed: list[tuple[str, Budget, str | None]] = []
         for name, budget in sorted(budgets.items()):
             if name == DEFAULT:

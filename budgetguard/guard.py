@@ -28,14 +28,14 @@ from ._estimate import MISSING_ESTIMATE_POLICIES, Learner, MissingEstimatePolicy
 from ._lifecycle import CallLifecycle, _Ending
 from ._plan import Planner
 from ._queries import BudgetQueries
-from .budgets import DEFAULT, GLOBAL, Budget, budget_name
+from .budgets import DEFAULT, GLOBAL, Budget, budget_name, user_of
 from .errors import (
     ConfigurationError,
     StorageError,
     UsageMissingError,
 )
 from .events import Listener, ThresholdCrossing
-from .ledger import Ledger, Reservation, ledger_from_url
+from .ledger import BudgetChanges, Ledger, Reservation, ledger_from_url
 from .money import to_decimal, to_units
 from .periods import parse_tz
 from .scope import _current as _scope_var
@@ -98,6 +98,15 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     ``on_unknown_model``: what a call to a model with no known price costs:
     ``"fallback"`` (default: ``fallback_price`` dollars per million input and
     output tokens, with a warning once per model), ``"raise"`` or ``"ignore"``.
+    ``budget_cache_ttl``: how often, in seconds, budget definitions are
+    re-read from a shared ledger (default 1; never for ``memory://``): only
+    what changed, in a background thread, so a call never waits for it;
+    ``0`` reads the changes on every call instead. A ledger found to have
+    lost its data (its mark gone or changed) is a storage failure that
+    ``on_storage_error`` handles, until this guard sets a budget again.
+    ``clock``: seconds since the epoch, for windows and expiry (tests);
+    without it a Redis ledger opened from a URL expires holds by the
+    server's clock.
     ``outside_scope``: ``"global"`` charges calls made outside any
     ``budget_scope`` (and without ``user=``) to the global budget only;
     ``"refuse"`` refuses them.
@@ -152,9 +161,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 f"default_output_tokens must be 0 or more, got {default_output_tokens!r}"
             )
         self.clock: Callable[[], float] = clock or time.time
-        self.ledger = (
-            ledger_from_url(ledger, clock=self.clock) if isinstance(ledger, str) else ledger
-        )
+        if isinstance(ledger, str):
+            # Without clock= the ledger keeps its own time (Redis: the server's clock).
+            ledger = ledger_from_url(ledger, clock=clock) if clock else ledger_from_url(ledger)
+        self.ledger = ledger
+        _check_durability_once(ledger)
         self.tz = parse_tz(tz)
         self.reservation_ttl = float(reservation_ttl)
         # A private ledger sees every change at once; a shared one is re-read
@@ -175,6 +186,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         self._budget_defs: dict[str, Budget] = {}
         self._budgets_loaded_at = float("-inf")
         self._cache_lock = threading.Lock()
+        self._budget_reads = _BudgetReads()
         self._planner = Planner(self.tz)
         self._ids = itertools.count(1)
         self._id_prefix = f"{_process_tag}.{id(self):x}."
@@ -247,7 +259,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     def _store(
         self, name: str, limit: object, period: object, tz: object, created_at: datetime | None
     ) -> Budget:
-        old = self._budgets().get(name)
+        old = self._known_budgets().get(name)
         budget = Budget.create(
             limit,
             name=name,
@@ -262,9 +274,24 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
             ),
         )
         self._guard_storage(self.ledger.put_budget, name, budget.to_dict())
-        with self._cache_lock:
-            self._budget_defs = {**self._budget_defs, name: budget}
+        # Read back what changed since this guard last looked (this write,
+        # and others' since): one small read, and the mark this write may
+        # have created is accepted as this guard's own.
+        self._catch_up(accept=True, written={name: budget})
         return budget
+
+    def _known_budgets(self) -> dict[str, Budget]:
+        """Return the definitions; after a loss of the ledger's data, those known before it.
+
+        A guard whose ledger lost its data still sets budgets: that is the way back.
+        """
+        if self._budget_reads.loss is None:
+            try:
+                return self._budgets()
+            except StorageError:
+                if self._budget_reads.loss is None:  # the ledger failed; not a loss
+                    raise
+        return self._budget_defs
 
     def get_budget(self, user: str | None = None) -> Budget | None:
         """Return the budget set for ``user`` (or the global one), not the default."""
@@ -291,50 +318,202 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
 
     def _delete(self, name: str) -> bool:
         deleted = bool(self._guard_storage(self.ledger.delete_budget, name))
-        with self._cache_lock:
-            budgets = dict(self._budget_defs)
-            budgets.pop(name, None)
-            self._budget_defs = budgets
+        self._catch_up(accept=False, written={name: None})
         return deleted
 
     def budgets(self) -> list[Budget]:
         """Return every budget: global, default and per user."""
-        return sorted(self._budgets(refresh=True).values(), key=lambda b: b.name)
+        # A copy first: the definitions are updated in place by other threads.
+        return sorted(dict(self._budgets(refresh=True)).values(), key=lambda b: b.name)
 
     def _budgets(self, refresh: bool = False) -> dict[str, Budget]:
+        """Return the budget definitions, re-read as ``budget_cache_ttl`` says.
+
+        The first read, ``refresh=True`` and ``budget_cache_ttl=0`` read on
+        the caller's thread (only what changed since the last read). Any
+        other re-read that is due runs in this guard's background thread,
+        and the caller goes on with what is known: a call never waits for
+        it. After the ledger lost its data, a ``fail_closed`` guard raises
+        ``StorageError`` here on every call.
+        """
+        reads = self._budget_reads
+        if reads.loss is not None and self.on_storage_error == "fail_closed":
+            self._notify("storage_failed", reads.loss, policy=self.on_storage_error)
+            raise StorageError(str(reads.loss))  # a new one: tracebacks must not pile up
         now = time.monotonic()
         if not refresh and now - self._budgets_loaded_at < self.budget_cache_ttl:
             return self._budget_defs
-        return self._load_budgets(refresh, now)
+        if refresh or not reads.loaded or self.budget_cache_ttl <= 0:
+            return self._load_budgets(refresh, now)
+        self._budgets_loaded_at = now  # one wake-up per period, not one per call
+        reads.wake(self)
+        return self._budget_defs
 
-    def _load_budgets(self, refresh: bool, now: float) -> dict[str, Budget]:
+    def _load_budgets(
+        self, refresh: bool, now: float, *, background: bool = False
+    ) -> dict[str, Budget]:
+        """Read what changed since the last read and apply it; the policy decides on failure."""
         try:
-            stored = self._guard_storage(self.ledger.list_budgets)
-        except StorageError:
+            with self._budget_reads.lock:
+                changes = self._guard_storage(self.ledger.budget_changes, self._budget_reads.since)
+                self._apply_changes(changes, accept=False, now=now)
+            self._budget_reads.failing = False
+        except StorageError as error:
+            if background:
+                # Once per outage: the calls themselves report the ledger's state.
+                reads = self._budget_reads
+                log = logger.debug if reads.failing else logger.warning
+                reads.failing = True
+                log("could not re-read the budget definitions: %s", error)
+                return self._budget_defs
             if refresh or self.on_storage_error == "fail_closed":
                 raise
-            stored = None
-        if stored is None:  # storage failed open: keep what we knew
-            return self._budget_defs
+        if (
+            not background
+            and self._budget_reads.loss is not None
+            and self.on_storage_error == "fail_closed"
+        ):
+            return self._budgets()  # raises
+        return self._budget_defs
+
+    def _catch_up(self, *, accept: bool, written: dict[str, Budget | None]) -> None:
+        """Read the changes after this guard's own write; on failure apply the write alone."""
+        try:
+            with self._budget_reads.lock:
+                changes = self._guard_storage(self.ledger.budget_changes, self._budget_reads.since)
+                self._apply_changes(changes, accept=accept, now=time.monotonic(), own=written)
+        except StorageError as error:
+            # The write landed; the read after it did not. Keep the write in
+            # the cache; the next read brings the rest.
+            logger.warning("could not read the budget definitions back: %s", error)
+            with self._cache_lock:
+                for name, budget in written.items():
+                    self._put_local(name, budget)
+
+    def _apply_changes(
+        self,
+        changes: BudgetChanges,
+        *,
+        accept: bool,
+        now: float,
+        own: Mapping[str, Budget | None] | None = None,
+    ) -> None:
+        """Apply what ``budget_changes`` returned; a mark that vanished or changed is a loss."""
+        reads = self._budget_reads
+        known = reads.mark
+        if known is not None and changes.mark != known:
+            if not accept:
+                self._ledger_lost_data(known, changes.mark)
+                return
+            if reads.loss is None:  # lost and re-created before this guard noticed
+                self._ledger_lost_data(known, changes.mark, accepted=True)
+            else:
+                logger.error(
+                    "budgetguard: %s: this guard set a budget, and takes the ledger as it is "
+                    "now (mark %s); the definitions and spend lost before stay lost",
+                    self.ledger,
+                    changes.mark,
+                )
+            reads.loss = None
+        with self._cache_lock:
+            if changes.full:
+                self._replace_all(changes.changed, own or {})
+            else:
+                for name, data in changes.changed.items():
+                    if own is not None and name in own:
+                        self._put_local(name, own[name])
+                    else:
+                        self._put_local(name, self._read_budget(name, data))
+            if changes.mark is not None:
+                reads.mark = changes.mark
+                reads.since = (changes.mark, changes.version)
+            else:  # nothing stored yet, or a backend without marks: read in full
+                reads.since = None
+            reads.loaded = True
+            self._budgets_loaded_at = now
+
+    def _replace_all(
+        self, stored: Mapping[str, Mapping[str, Any] | None], own: Mapping[str, Budget | None]
+    ) -> None:
+        """Take a full read as the definitions (called holding the cache lock)."""
         known_defs = self._budget_defs
         fresh: dict[str, Budget] = {}
         for name, data in stored.items():
-            known = known_defs.get(name)
-            try:
-                budget = Budget.from_dict(name, data)
-            except (KeyError, ValueError, ConfigurationError) as error:
-                logger.error("ignoring unreadable budget %r in the ledger: %s", name, error)
+            budget = self._read_budget(name, data)
+            if budget is None:
                 continue
+            mine = own.get(name)
+            known = mine if mine is not None else known_defs.get(name)
             # Reuse the cached object so its window cache survives.
             fresh[name] = known if known is not None and known.same_definition(budget) else budget
-        with self._cache_lock:
-            self._budget_defs = fresh
-            self._budgets_loaded_at = now
-        return fresh
+        self._budget_defs = fresh  # a new dict: every cached plan is rebuilt
+
+    def _put_local(self, name: str, budget: Budget | None) -> None:
+        """Set or drop one cached definition in place, and the plans it feeds."""
+        defs = self._budget_defs
+        old = defs.get(name)
+        if budget is None:
+            if old is None:
+                return
+            del defs[name]
+        elif old is not None and old.same_definition(budget):
+            return
+        else:
+            defs[name] = budget
+        if name in (GLOBAL, DEFAULT):
+            self._planner.forget()
+        else:
+            self._planner._plans.pop(user_of(name), None)
+
+    @staticmethod
+    def _read_budget(name: str, data: Mapping[str, Any] | None) -> Budget | None:
+        if data is None:
+            return None
+        try:
+            return Budget.from_dict(name, dict(data))
+        except (KeyError, ValueError, ConfigurationError) as error:
+            logger.error("ignoring unreadable budget %r in the ledger: %s", name, error)
+            return None
+
+    def _ledger_lost_data(self, known: str, mark: str | None, *, accepted: bool = False) -> None:
+        """Record that the ledger lost its data: loudly, once per incident."""
+        reads = self._budget_reads
+        if reads.loss is not None and not accepted:
+            return
+        what = (
+            "its budget definitions are gone"
+            if mark is None
+            else f"its budget definitions were replaced (mark {known} became {mark})"
+        )
+        error = StorageError(
+            f"the ledger {self.ledger!r} "
+            f"lost its data: {what}, by a restart without persistence, eviction or FLUSHALL; "
+            "its spend and open reservations are gone too. Re-create the budgets "
+            "(set_budget or `budgetguard budgets set`): a guard that sets a budget takes "
+            "the ledger as it is then, and other processes do when restarted"
+        )
+        if accepted:
+            logger.error("budgetguard: %s; this guard set a budget, and goes on", error)
+            self._notify("storage_failed", error, policy=self.on_storage_error)
+            return
+        reads.loss = error
+        if self.on_storage_error == "fail_closed":
+            logger.error("budgetguard: %s; every call is refused until then", error)
+            self._budgets_loaded_at = float("-inf")  # every call asks, and is refused
+        else:
+            logger.error(
+                "budgetguard: %s; calls go on (fail_open) against the budgets known before, "
+                "from zero spend",
+                error,
+            )
+            self._notify("storage_failed", error, policy=self.on_storage_error)
 
     def _budgets_due(self) -> bool:
-        """Tell whether a shared ledger's budget definitions are due for a re-read."""
-        return time.monotonic() - self._budgets_loaded_at >= self.budget_cache_ttl
+        """Tell whether ``_budgets()`` would read the ledger on the caller's thread."""
+        if time.monotonic() - self._budgets_loaded_at < self.budget_cache_ttl:
+            return False
+        reads = self._budget_reads
+        return reads.loss is None and (not reads.loaded or self.budget_cache_ttl <= 0)
 
     # -- pricing ---------------------------------------------------------------------------
 
@@ -463,6 +642,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
             self.remove_listener(self.telemetry)
             self._safely(self.telemetry.shutdown)
         _guards.discard(self)
+        self._budget_reads.stop()
         self.ledger.close()
 
     def _notify(self, event: str, *args: Any, **kwargs: Any) -> None:
@@ -497,8 +677,95 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         self._id_prefix = f"{_process_tag}.{id(self):x}."
         self._ids = itertools.count(1)
         self._cache_lock = threading.Lock()
+        self._budget_reads.after_fork()
         # A gate held by a parent's thread would stay shut in the child for ever.
         self._learner.after_fork()
+
+
+class _BudgetReads:
+    """What a guard knows of its ledger's budget definitions, and its background reader.
+
+    ``since`` is the ``(mark, version)`` last applied; ``mark`` the last mark
+    seen, kept after a loss; ``loss`` the ``StorageError`` of a loss not yet
+    accepted. The reader is a daemon thread, started at the first re-read
+    that is due, woken once per ``budget_cache_ttl``; it holds the guard only
+    weakly, stops in ``close()`` and is started anew in a forked child.
+    """
+
+    def __init__(self) -> None:
+        self.since: tuple[str, int] | None = None
+        self.mark: str | None = None
+        self.loss: StorageError | None = None
+        self.loaded = False
+        self.failing = False  # the last background read failed
+        self.lock = threading.Lock()  # one read-and-apply at a time
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def wake(self, guard: BudgetGuard) -> None:
+        """Have the background reader re-read ``guard``'s definitions soon."""
+        if self._thread is None and not self._stopped:
+            thread = threading.Thread(
+                target=_read_budgets_in_background,
+                args=(weakref.ref(guard), self._wake, self),
+                name="budgetguard-budgets",
+                daemon=True,
+            )
+            self._thread = thread
+            weakref.finalize(guard, self.signal_stop)
+            thread.start()
+        self._wake.set()
+
+    def signal_stop(self) -> None:
+        """Tell the background reader to end, without waiting for it."""
+        self._stopped = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the background reader (it ends after the read in progress, if any)."""
+        self.signal_stop()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
+
+    def after_fork(self) -> None:
+        """In a forked child: no reader thread exists; fresh locks."""
+        self.lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+
+    @property
+    def stopped(self) -> bool:
+        """Tell whether ``stop()`` was called."""
+        return self._stopped
+
+
+def _read_budgets_in_background(
+    guard_ref: weakref.ref[BudgetGuard], wake: threading.Event, reads: _BudgetReads
+) -> None:
+    while True:
+        wake.wait()
+        wake.clear()
+        guard = guard_ref()
+        if guard is None or reads.stopped or guard._budget_reads is not reads:
+            return
+        try:
+            guard._load_budgets(False, time.monotonic(), background=True)
+        except Exception:  # the reader must outlive any one failure
+            logger.exception("budgetguard: re-reading the budget definitions failed")
+        del guard
+
+
+def _check_durability_once(ledger: Ledger) -> None:
+    """Have a ledger that can (Redis) warn once about settings that can lose budgets."""
+    check = getattr(ledger, "check_durability", None)
+    if callable(check) and not ledger.__dict__.get("_durability_checked"):
+        ledger.__dict__["_durability_checked"] = True
+        try:
+            check()
+        except Exception as error:  # a warning must never stop a guard from starting
+            logger.warning("could not check the ledger's durability settings: %s", error)
 
 
 def charge(amount: object, *, model: str | None = None, user: str | None = None) -> Decimal:

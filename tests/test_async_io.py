@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from budgetguard import BudgetGuard
-from budgetguard.ledger.base import Balance
+from budgetguard.ledger.base import Balance, BudgetChanges
 from budgetguard.ledger.memory import MemoryLedger
 
 
@@ -16,11 +15,11 @@ class WatchedLedger(MemoryLedger):
 
     def __init__(self) -> None:
         super().__init__()
-        self.threads: dict[str, set[int]] = {"list_budgets": set(), "balances": set()}
+        self.threads: dict[str, set[int]] = {"budget_changes": set(), "balances": set()}
 
-    def list_budgets(self) -> dict[str, dict[str, Any]]:
-        self.threads["list_budgets"].add(threading.get_ident())
-        return super().list_budgets()
+    def budget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        self.threads["budget_changes"].add(threading.get_ident())
+        return super().budget_changes(since)
 
     def balances(self, keys: Sequence[str]) -> dict[str, Balance]:
         self.threads["balances"].add(threading.get_ident())
@@ -33,14 +32,14 @@ async def test_budget_refresh_and_alerts_run_off_the_loop() -> None:
     guard = BudgetGuard(ledger, budget_cache_ttl=0, alert_thresholds=[0.5], metrics=False)
     guard.set_budget("1", user="alice")
     loop_thread = threading.get_ident()
-    ledger.threads["list_budgets"].clear()
+    ledger.threads["budget_changes"].clear()
 
     @guard.budgeted(user="alice", cost=lambda result: "0.6")
     async def call() -> None:
         return None
 
     await call()
-    assert ledger.threads["list_budgets"], "the budgets were re-read"
-    assert loop_thread not in ledger.threads["list_budgets"]
+    assert ledger.threads["budget_changes"], "the budgets were re-read"
+    assert loop_thread not in ledger.threads["budget_changes"]
     assert ledger.threads["balances"], "the alert threshold was checked"
     assert loop_thread not in ledger.threads["balances"]

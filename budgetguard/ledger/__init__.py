@@ -12,10 +12,11 @@ from urllib.parse import urlsplit
 
 from .._dist import install_hint
 from ..errors import ConfigurationError
-from .base import Balance, Hold, Ledger, Refusal, Reservation
+from .base import Balance, BudgetChanges, Hold, Ledger, Refusal, Reservation
 
 __all__ = [
     "Balance",
+    "BudgetChanges",
     "Hold",
     "Ledger",
     "Refusal",

@@ -29,17 +29,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from ..errors import StorageError
+from ..errors import ConfigurationError, StorageError
 
 T = TypeVar("T")
 logger = logging.getLogger("budgetguard")
 
 __all__ = [
     "Balance",
+    "BudgetChanges",
     "Hold",
     "Ledger",
     "Refusal",
     "Reservation",
+    "check_idempotency_ttl",
     "check_op_id",
     "check_reservation",
     "check_units",
@@ -91,6 +93,36 @@ class Balance:
 
     spent: int = 0
     reserved: int = 0
+
+
+class BudgetChanges(NamedTuple):
+    """The budget definitions that changed since a point a reader saw before.
+
+    ``mark`` is the ledger's random id of its store of definitions: written in
+    the same atomic step as the first definition ever stored, kept as long as
+    the definitions exist, gone with them (``None``: no definition was ever
+    stored, or they were lost). ``version`` counts every ``put_budget`` and
+    ``delete_budget``. ``changed`` maps a name to its definition, or to
+    ``None`` for one deleted. With ``full`` set, ``changed`` holds every
+    definition there is (and no deletions): the reader must replace what it
+    knew rather than apply changes.
+    """
+
+    mark: str | None
+    version: int
+    changed: dict[str, dict[str, Any] | None]
+    full: bool
+
+
+#: How long a ledger keeps the names of deleted definitions at least, so that
+#: a reader that last looked this long ago still learns of a deletion
+#: incrementally (older readers get ``full``).
+TOMBSTONE_SECONDS = 24 * 3600.0
+
+#: The default and the least ``idempotency_ttl``: how long ended reservation
+#: ids and ``add`` op ids are remembered.
+IDEMPOTENCY_TTL = 3600.0
+MIN_IDEMPOTENCY_TTL = 60.0
 
 
 class Ledger(ABC):
@@ -195,6 +227,17 @@ class Ledger(ABC):
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         """Return every stored budget definition by name."""
 
+    def budget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Return the definitions changed after ``since``, a ``(mark, version)`` seen before.
+
+        ``since=None``, a mark that differs from the ledger's (its
+        definitions were lost and perhaps created anew) or a version older
+        than the deletions the ledger still remembers give ``full=True``.
+        This default reads every definition each time; backends override it
+        to read only what changed.
+        """
+        return BudgetChanges(None, 0, dict(self.list_budgets()), True)
+
     def ping(self) -> None:  # noqa: B027 - backends without storage are always up
         """Check that the storage answers; raise ``StorageError`` if it does not."""
 
@@ -224,6 +267,10 @@ class Ledger(ABC):
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` without blocking the event loop."""
         return self.balances(keys)
+
+    async def abudget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Do ``budget_changes`` without blocking the event loop."""
+        return self.budget_changes(since)
 
     async def aping(self) -> None:
         """Do ``ping`` without blocking the event loop."""
@@ -266,6 +313,10 @@ class _ThreadedAsync(Ledger):
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` in a worker thread."""
         return await asyncio.to_thread(self.balances, keys)
+
+    async def abudget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Do ``budget_changes`` in a worker thread."""
+        return await asyncio.to_thread(self.budget_changes, since)
 
     async def aping(self) -> None:
         """Do ``ping`` in a worker thread."""
@@ -336,6 +387,25 @@ async def _release_quietly(ledger: Ledger, reservation: Reservation) -> None:
             reservation.id,
             error,
         )
+
+
+def check_idempotency_ttl(value: object, url: str, name: str = "idempotency_ttl") -> float:
+    """Return ``value`` (``None``: the default) as seconds, at least ``MIN_IDEMPOTENCY_TTL``.
+
+    A ``ConfigurationError`` naming the option (``name``) otherwise.
+    """
+    if value is None:
+        return IDEMPOTENCY_TTL
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not MIN_IDEMPOTENCY_TTL <= number < float("inf"):
+        raise ConfigurationError(
+            f"{name} must be a number of seconds of at least "
+            f"{MIN_IDEMPOTENCY_TTL:g} (a retry must still find the id), got {value!r} ({url})"
+        )
+    return number
 
 
 def check_units(amount: object, name: str = "amount") -> int:

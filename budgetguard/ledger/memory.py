@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain, starmap
 from operator import setitem
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import ConfigurationError
 from .base import (
+    TOMBSTONE_SECONDS,
     Balance,
+    BudgetChanges,
     Ledger,
     Refusal,
     Reservation,
+    budget_from_json,
+    budget_to_json,
+    check_idempotency_ttl,
     check_op_id,
     check_reservation,
     check_units,
@@ -25,10 +32,6 @@ from .base import (
 __all__ = ["MemoryLedger"]
 
 T = TypeVar("T")
-
-# How many ended reservation ids (and add op ids) are remembered, so that a
-# late second settle of the same reservation is recognised and ignored.
-_ENDED_MEMORY = 100_000
 
 _INF = float("inf")
 _NUMBERS = frozenset((float, int))
@@ -74,25 +77,53 @@ class MemoryLedger(Ledger):
     ``_ended`` is ended even if ``_open`` still lists it (an interrupt landed
     between the step and the clean-up that removes it); readers skip such
     entries.
+
+    Idempotency memory (``memory://?idempotency_ttl=SECONDS``, default 3600,
+    at least 60): ended reservation ids and ``add`` op ids are kept in two
+    generations of ``idempotency_ttl`` each, so an id is remembered at least
+    that long and at most twice that, and forgetting is one step.
     """
 
     schemes = ("memory",)
     shared = False
 
-    def __init__(self, url: str = "memory://", *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        clock: Callable[[], float] = time.time,
+        idempotency_ttl: float | str | None = None,
+    ) -> None:
         parts = urlsplit(url)
-        if parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment:
+        if parts.netloc or parts.path not in ("", "/") or parts.fragment:
             raise ConfigurationError(
-                f"a memory:// ledger takes no host, path or options, got {url!r}; "
-                "use exactly 'memory://'"
+                f"a memory:// ledger takes no host or path, got {url!r}; "
+                "use 'memory://' (options: ?idempotency_ttl=SECONDS)"
+            )
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        ttl = idempotency_ttl if idempotency_ttl is not None else query.pop("idempotency_ttl", None)
+        query.pop("idempotency_ttl", None)
+        if query:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(sorted(query))} in {url!r}; known: idempotency_ttl"
             )
         super().__init__(url, clock=clock)
+        #: Seconds for which ended reservation ids and add op ids are remembered, at least.
+        self.idempotency_ttl = check_idempotency_ttl(ttl, url)
         self._lock = threading.Lock()
         self._cells: dict[str, _Cell] = {}
         self._open: dict[str, tuple[Reservation, list[_Cell]]] = {}
         self._next_sweep = float("inf")
-        self._ended: dict[_EndedId, bool] = {}  # id -> settled?, oldest first
-        self._budgets: dict[str, dict[str, Any]] = {}
+        # id -> settled?, in two generations: _ended, and _ended_old before it.
+        self._ended: dict[_EndedId, bool] = {}
+        self._ended_old: dict[_EndedId, bool] = {}
+        self._rotate_at = self.clock() + self.idempotency_ttl
+        # Budget definitions; None for a deleted one whose name is still kept.
+        self._budgets: dict[str, str | None] = {}  # as JSON: every read gets its own copy
+        self._meta: list[Any] = [None, 0, 0]  # mark, version, floor
+        self._versions: dict[str, int] = {}  # name -> version of its last change
+        self._log: list[tuple[int, str]] = []  # (version, name), in version order
+        self._deleted: dict[str, float] = {}  # name -> when deleted, oldest first
 
     # -- the hot path ---------------------------------------------------------
 
@@ -108,10 +139,13 @@ class MemoryLedger(Ledger):
             check_reservation(reservation)
 
         def locked() -> Refusal | None:
-            if rid in self._open or rid in self._ended:
+            if rid in self._open or rid in self._ended or rid in self._ended_old:
                 raise ValueError(f"reservation id {rid!r} was used before")
-            if self.clock() >= self._next_sweep:
-                self._sweep(self.clock())
+            now = self.clock()
+            if now >= self._next_sweep:
+                self._sweep(now)
+            if now >= self._rotate_at:
+                self._rotate(now)
             cells = self._cells
             found: list[_Cell] = []
             writes: list[list[Any]] = []  # [cell, 1, new reserved], one per distinct cell
@@ -159,6 +193,8 @@ class MemoryLedger(Ledger):
             rid = reservation.id
             ended = self._ended
             state = ended.get(rid)
+            if state is None:
+                state = self._ended_old.get(rid)
             if state:
                 return False
             entry = self._open.get(rid) if state is None else None
@@ -192,8 +228,6 @@ class MemoryLedger(Ledger):
             writes.append([ended, rid, True])
             _apply(writes)
             self._open.pop(rid, None)
-            if len(ended) > 2 * _ENDED_MEMORY:
-                self._forget_oldest()
             return True
 
         return self._locked(locked)
@@ -203,7 +237,7 @@ class MemoryLedger(Ledger):
 
         def locked() -> bool:
             rid = reservation.id
-            if rid in self._ended:
+            if rid in self._ended or rid in self._ended_old:
                 self._open.pop(rid, None)
                 return False
             entry = self._open.get(rid)
@@ -220,15 +254,16 @@ class MemoryLedger(Ledger):
         def locked() -> bool:
             marker: tuple[tuple[Any, ...], ...] = ()
             if op_id is not None:
-                if ("add", op_id) in self._ended:
+                if ("add", op_id) in self._ended or ("add", op_id) in self._ended_old:
                     return False
                 marker = ((self._ended, ("add", op_id), True),)
             plan: _Plan = {}
             for key in keys:
                 _bump(plan, self._cell(key), 0, amount)
             _apply(chain(plan.values(), marker))
-            if len(self._ended) > 2 * _ENDED_MEMORY:
-                self._forget_oldest()
+            now = self.clock()
+            if now >= self._rotate_at:
+                self._rotate(now)
             return True
 
         return self._locked(locked)
@@ -278,16 +313,32 @@ class MemoryLedger(Ledger):
 
         def locked() -> list[Reservation]:
             self._expire(self.clock())
-            ended = self._ended
-            return [r for rid, (r, _) in self._open.items() if rid not in ended]
+            ended, old = self._ended, self._ended_old
+            return [r for rid, (r, _) in self._open.items() if rid not in ended and rid not in old]
 
         return self._locked(locked)
 
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
         """Store a budget definition under ``name``."""
 
+        text = budget_to_json(name, definition)  # refuses what another backend would
+
         def locked() -> None:
-            self._budgets[name] = dict(definition)
+            mark, version, _ = self._meta
+            version += 1
+            # The log entry first: should the step below not happen, a reader
+            # only looks at a name that did not change.
+            self._log.append((version, name))
+            _apply(
+                (
+                    (self._budgets, name, text),
+                    (self._versions, name, version),
+                    (self._meta, 0, mark or uuid.uuid4().hex),
+                    (self._meta, 1, version),
+                )
+            )
+            self._deleted.pop(name, None)
+            self._compact_log()
 
         return self._locked(locked)
 
@@ -296,7 +347,7 @@ class MemoryLedger(Ledger):
 
         def locked() -> dict[str, Any] | None:
             found = self._budgets.get(name)
-            return dict(found) if found is not None else None
+            return budget_from_json(found) if found is not None else None
 
         return self._locked(locked)
 
@@ -304,7 +355,22 @@ class MemoryLedger(Ledger):
         """Delete a budget definition."""
 
         def locked() -> bool:
-            return self._budgets.pop(name, None) is not None
+            if self._budgets.get(name) is None:
+                return False
+            version = self._meta[1] + 1
+            self._log.append((version, name))
+            now = self.clock()
+            _apply(
+                (
+                    (self._budgets, name, None),
+                    (self._versions, name, version),
+                    (self._meta, 1, version),
+                    (self._deleted, name, now),
+                )
+            )
+            self._forget_deleted(now)
+            self._compact_log()
+            return True
 
         return self._locked(locked)
 
@@ -312,7 +378,26 @@ class MemoryLedger(Ledger):
         """Return every stored budget definition."""
 
         def locked() -> dict[str, dict[str, Any]]:
-            return {name: dict(d) for name, d in self._budgets.items()}
+            return {name: budget_from_json(d) for name, d in self._budgets.items() if d is not None}
+
+        return self._locked(locked)
+
+    def budget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Return the definitions changed after ``since`` (see ``Ledger.budget_changes``)."""
+
+        def locked() -> BudgetChanges:
+            mark, version, floor = self._meta
+            if since is None or since[0] != mark or not floor <= since[1] <= version:
+                everything = {
+                    name: budget_from_json(d) for name, d in self._budgets.items() if d is not None
+                }
+                return BudgetChanges(mark, version, dict(everything), True)
+            start = bisect_right(self._log, (since[1], "\U0010ffff"))
+            changed: dict[str, dict[str, Any] | None] = {}
+            for _, name in self._log[start:]:
+                found = self._budgets.get(name)
+                changed[name] = budget_from_json(found) if found is not None else None
+            return BudgetChanges(mark, version, changed, False)
 
         return self._locked(locked)
 
@@ -340,18 +425,37 @@ class MemoryLedger(Ledger):
                 _bump(plan, cell, 1, -held)
         _apply(chain(plan.values(), ((self._ended, rid, False),)))
         self._open.pop(rid, None)
-        if len(self._ended) > 2 * _ENDED_MEMORY:
-            self._forget_oldest()
 
-    def _forget_oldest(self) -> None:
+    def _rotate(self, now: float) -> None:
+        """Start a new generation of ended ids; forget the one before the last."""
         # An open entry whose id is ended is left over from an interrupted
         # clean-up; drop it before its id is forgotten, or it would count again.
-        for rid in [rid for rid in self._open if rid in self._ended]:
+        old = self._ended_old
+        for rid in [rid for rid in self._open if rid in old]:
             del self._open[rid]
-        # Keep the newest ids (a dict keeps insertion order); trimming in one
-        # batch is cheaper per settle than an OrderedDict's bookkeeping.
-        recent = list(self._ended.items())[-_ENDED_MEMORY:]
-        self._ended = dict(recent)
+        # Settle and release add to the current generation without rotating,
+        # so it may hold ids that ended just now: it becomes the old one.
+        self._ended_old, self._ended = self._ended, {}
+        self._rotate_at = now + self.idempotency_ttl
+
+    def _forget_deleted(self, now: float) -> None:
+        """Forget the names of definitions deleted more than a day ago."""
+        deleted = self._deleted
+        while deleted:
+            name, at = next(iter(deleted.items()))
+            if at > now - TOMBSTONE_SECONDS:
+                break
+            version = self._versions.pop(name, 0)
+            if self._budgets.get(name, 0) is None:
+                del self._budgets[name]
+            if version > self._meta[2]:
+                self._meta[2] = version
+            del deleted[name]
+
+    def _compact_log(self) -> None:
+        """Keep one log entry per name once the log has grown past twice their number."""
+        if len(self._log) > 2 * len(self._versions) + 64:
+            self._log = sorted((version, name) for name, version in self._versions.items())
 
     def _expire(self, now: float) -> None:
         if now >= self._next_sweep:
@@ -362,10 +466,10 @@ class MemoryLedger(Ledger):
         # them all once the earliest expiry has passed is cheaper than keeping
         # a heap that every settled call would leave an entry in.
         earliest = float("inf")
-        ended = self._ended
+        ended, old = self._ended, self._ended_old
         for rid, entry in list(self._open.items()):
             expires_at = entry[0].expires_at
-            if rid in ended:
+            if rid in ended or rid in old:
                 del self._open[rid]
             elif expires_at <= now:
                 self._end(rid, entry)

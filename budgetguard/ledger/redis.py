@@ -8,9 +8,10 @@ URLs are redis-py's::
 
 plus options of the ledger's own, as query parameters or keyword arguments:
 ``prefix`` (a namespace, so that several ledgers share one Redis database),
-``ended_ttl`` (seconds for which settled and released reservation ids and
-add op ids are remembered; default 7 days) and ``timeout`` (the deadline of
-one operation in seconds, default 5). Every other query parameter
+``idempotency_ttl`` (seconds for which settled and released reservation ids
+and add op ids are remembered, so a retry counts once; default 3600, at least
+60; ``ended_ttl`` is its older name) and ``timeout`` (the deadline of one
+operation in seconds, default 5). Every other query parameter
 (``ssl_cert_reqs``, ...) goes to redis-py.
 
 Faults: the ledger drives redis-py's connections itself, one per thread (and
@@ -36,16 +37,27 @@ namespace is served by one shard; use several prefixes to spread tenants.
 ``{bg}:holds``                    hash: reservation id -> JSON holds
 ``{bg}:settled``, ``{bg}:released``  sorted sets: ended ids, score = end time
 ``{bg}:added``                    sorted set: op ids of ``add``, score = time
-``{bg}:budgets``                  hash: budget name -> JSON definition
+``{bg}:budgets``                  hash: budget name -> JSON definition, and the
+                                  fields ``\0mark``, ``\0version``, ``\0floor``
+``{bg}:budget_index``             sorted set: name -> version of its last change
+``{bg}:budget_deleted``           sorted set: deleted name -> when (kept a day)
 ================================  ==========================================
+
+The mark (a random id) lives in the same hash as the definitions, so whatever
+takes them (eviction, ``FLUSHALL``, a restart without persistence) takes it
+too: a reader that saw a mark and finds none, or another, knows the ledger
+lost its data. Idempotency sets are trimmed by at most 100 ids per call.
 
 Units are integers: Redis adds them with ``HINCRBY`` (exact 64-bit) and the
 scripts compare them as Lua doubles, exact up to 2**53 units (nine million
 dollars at a nano-dollar per unit). ``INCRBYFLOAT`` is never used.
 
-Time comes from the ledger's clock and is passed to the scripts; they never
-call ``TIME``, so tests can move time and hosts agree on expiry as far as
-their clocks do (the reservation's expiry is computed by the client anyway).
+Time comes from the server: without ``clock=`` the scripts read ``TIME``, and
+a reservation's expiry is sent as its time to live (measured on the client's
+clock, so a client's skew does not matter), so hosts whose clocks disagree
+never expire each other's holds early. With an explicit ``clock=`` (tests
+that move time) its time is passed to the scripts instead. Window ids
+(daily, monthly keys) are the guard's, from its own clock.
 Expired reservations are released lazily, at most ``expire_batch`` per
 script call; reads that must see every expiry call again until none is left.
 """
@@ -60,6 +72,7 @@ import os
 import re
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
@@ -69,13 +82,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .._dist import install_hint
 from ..errors import ConfigurationError, StorageError
 from .base import (
+    TOMBSTONE_SECONDS,
     Balance,
+    BudgetChanges,
     Hold,
     Ledger,
     Refusal,
     Reservation,
     budget_from_json,
     budget_to_json,
+    check_idempotency_ttl,
     check_op_id,
     check_reservation,
     check_units,
@@ -88,7 +104,6 @@ __all__ = ["RedisLedger"]
 logger = logging.getLogger("budgetguard")
 T = TypeVar("T")
 
-_DEFAULT_ENDED_TTL = 7 * 24 * 3600.0
 _DEFAULT_SOCKET_TIMEOUT = 5.0
 # Lua numbers are doubles: whole numbers are exact up to 2**53.
 _MAX_UNITS = 2**53
@@ -98,6 +113,25 @@ _MAX_UNITS = 2**53
 _PRELUDE = """
 local spent_key, reserved_key, open_key = KEYS[1], KEYS[2], KEYS[3]
 local holds_key, settled_key, released_key = KEYS[4], KEYS[5], KEYS[6]
+
+-- The time of an operation: the server's clock (TIME) when the client sends
+-- '', else the client's (a ledger built with an explicit clock, in tests).
+-- A string, so that redis.call gets it exactly (Lua numbers become 14 digits).
+local function now_of(arg)
+  if arg == '' then
+    local t = redis.call('TIME')
+    return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  end
+  return arg
+end
+
+-- Forget up to 100 members of an idempotency set older than `cutoff`:
+-- bounded work per call, which keeps up since each call adds one.
+local function forget_before(key, cutoff)
+  local old = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. string.format('%.17g', cutoff),
+    'LIMIT', 0, 100)
+  if #old > 0 then redis.call('ZREM', key, unpack(old)) end
+end
 
 -- Drop the holds of an open reservation; false if it is not open.
 local function unhold(id)
@@ -127,25 +161,27 @@ local function expire(now, batch)
 end
 """
 
-# ARGV: id, now, expires_at, batch, ended_ttl, holds_json, n, then n triples
-# (key, limit or '', amount).
+# ARGV: id, now ('' for the server's clock), expires_at (with the server's
+# clock: seconds from now), batch, idempotency_ttl, holds_json, n, then n
+# triples (key, limit or '', amount).
 _RESERVE = (
     _PRELUDE
     + """
-local id, now = ARGV[1], ARGV[2]
+local id = ARGV[1]
 -- Checked before any write: a script that fails half way keeps its writes.
 local expiry = tonumber(ARGV[3])
 if not expiry or expiry ~= expiry or expiry == math.huge or expiry == -math.huge then
   return redis.error_reply('budgetguard: reservation expiry must be a finite number')
 end
+local now = now_of(ARGV[2])
+if ARGV[2] == '' then expiry = now + expiry end
 if redis.call('HEXISTS', holds_key, id) == 1 or redis.call('ZSCORE', settled_key, id)
     or redis.call('ZSCORE', released_key, id) then
   return {-1}
 end
 local more = expire(now, tonumber(ARGV[4]))
-local forget = '(' .. tostring(tonumber(now) - tonumber(ARGV[5]))
-redis.call('ZREMRANGEBYSCORE', settled_key, '-inf', forget)
-redis.call('ZREMRANGEBYSCORE', released_key, '-inf', forget)
+forget_before(settled_key, now - tonumber(ARGV[5]))
+forget_before(released_key, now - tonumber(ARGV[5]))
 local n = tonumber(ARGV[7])
 -- Check every hold before changing anything: a refusal changes nothing.
 for i = 0, n - 1 do
@@ -165,7 +201,7 @@ for i = 0, n - 1 do
   if amount ~= '0' then redis.call('HINCRBY', reserved_key, ARGV[8 + 3 * i], amount) end
 end
 redis.call('HSET', holds_key, id, ARGV[6])
-redis.call('ZADD', open_key, ARGV[3], id)
+redis.call('ZADD', open_key, string.format('%.17g', expiry), id)
 return {0}
 """
 )
@@ -174,7 +210,7 @@ return {0}
 _SETTLE = (
     _PRELUDE
     + """
-local id, now, amount = ARGV[1], ARGV[2], ARGV[3]
+local id, now, amount = ARGV[1], now_of(ARGV[2]), ARGV[3]
 if redis.call('ZSCORE', settled_key, id) then return 0 end
 unhold(id)
 redis.call('ZREM', released_key, id)
@@ -188,36 +224,40 @@ return 1
 _RELEASE = (
     _PRELUDE
     + """
+local now = now_of(ARGV[2])
 if not unhold(ARGV[1]) then
   -- Never reserved (or ended): mark the id used, so that a reserve arriving
   -- late (its caller gave up, or its reply was lost) holds nothing.
   if not redis.call('ZSCORE', settled_key, ARGV[1]) then
-    redis.call('ZADD', released_key, 'NX', ARGV[2], ARGV[1])
+    redis.call('ZADD', released_key, 'NX', now, ARGV[1])
   end
   return 0
 end
-redis.call('ZADD', released_key, ARGV[2], ARGV[1])
+redis.call('ZADD', released_key, now, ARGV[1])
 return 1
 """
 )
 
-# KEYS: spent, added. ARGV: amount, op id or '', now, ended_ttl, then every key to charge.
-_ADD = """
-local amount, op, now = ARGV[1], ARGV[2], ARGV[3]
+# KEYS: spent, added. ARGV: amount, op id or '', now, idempotency_ttl, then every key to charge.
+_ADD = (
+    _PRELUDE
+    + """
+local amount, op = ARGV[1], ARGV[2]
 if op ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf',
-    '(' .. tostring(tonumber(now) - tonumber(ARGV[4])))
+  local now = now_of(ARGV[3])
+  forget_before(KEYS[2], now - tonumber(ARGV[4]))
   if redis.call('ZADD', KEYS[2], 'NX', now, op) == 0 then return 0 end
 end
 for i = 5, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], amount) end
 return 1
 """
+)
 
 # ARGV: now, batch, then keys. Returns {more, spent1, reserved1, ...}.
 _BALANCES = (
     _PRELUDE
     + """
-local result = {expire(ARGV[1], tonumber(ARGV[2]))}
+local result = {expire(now_of(ARGV[1]), tonumber(ARGV[2]))}
 for i = 3, #ARGV do
   result[#result + 1] = redis.call('HGET', spent_key, ARGV[i]) or '0'
   result[#result + 1] = redis.call('HGET', reserved_key, ARGV[i]) or '0'
@@ -230,7 +270,7 @@ return result
 _SCAN = (
     _PRELUDE
     + """
-local more = expire(ARGV[1], tonumber(ARGV[2]))
+local more = expire(now_of(ARGV[1]), tonumber(ARGV[2]))
 local prefix, pattern = ARGV[3], ARGV[4]
 local found, order = {}, {}
 for _, hash in ipairs({spent_key, reserved_key}) do
@@ -263,13 +303,125 @@ return result
 _OPEN = (
     _PRELUDE
     + """
-local more = expire(ARGV[1], tonumber(ARGV[2]))
+local more = expire(now_of(ARGV[1]), tonumber(ARGV[2]))
 local result = {more}
 local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
 for j = 1, #open, 2 do
   result[#result + 1] = open[j]
   result[#result + 1] = open[j + 1]
   result[#result + 1] = redis.call('HGET', holds_key, open[j]) or '[]'
+end
+return result
+"""
+)
+
+# Budget definitions. KEYS: the definitions hash (which also holds the
+# fields "\0mark", "\0version" and "\0floor"), the index (sorted set: name ->
+# version of its last change, plus "\0" .. mark at 0 to show it is whole), the
+# deleted names (sorted set: name -> when deleted).
+_BUDGET_PRELUDE = """
+-- A string, so that redis.call gets it exactly (Lua numbers become 14 digits).
+local function now_of(arg)
+  if arg == '' then
+    local t = redis.call('TIME')
+    return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  end
+  return arg
+end
+
+-- Give definitions a mark if they have none (the first ever, or a ledger of
+-- an older budgetguard); a new mark starts a new index. Returns the mark.
+local function ensure_mark(new)
+  local mark = redis.call('HGET', KEYS[1], '\\0mark')
+  if mark then return mark end
+  redis.call('DEL', KEYS[2], KEYS[3])
+  local version = redis.call('HINCRBY', KEYS[1], '\\0version', 0)
+  -- Deleted names were not kept with a new index: older readers read all.
+  redis.call('HSET', KEYS[1], '\\0mark', new, '\\0floor', version)
+  local all = redis.call('HKEYS', KEYS[1])
+  for _, name in ipairs(all) do
+    if string.sub(name, 1, 1) ~= '\\0' then redis.call('ZADD', KEYS[2], version, name) end
+  end
+  redis.call('ZADD', KEYS[2], 0, '\\0' .. new)
+  return new
+end
+"""
+
+# ARGV: name, definition, a new mark.
+_PUT_BUDGET = (
+    _BUDGET_PRELUDE
+    + """
+ensure_mark(ARGV[3])
+local version = redis.call('HINCRBY', KEYS[1], '\\0version', 1)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], version, ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return version
+"""
+)
+
+# ARGV: name, now, seconds deleted names are kept. Returns 1 if deleted.
+_DELETE_BUDGET = (
+    _BUDGET_PRELUDE
+    + """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local now = now_of(ARGV[2])
+local version = redis.call('HINCRBY', KEYS[1], '\\0version', 1)
+redis.call('ZADD', KEYS[2], version, ARGV[1])
+redis.call('ZADD', KEYS[3], string.format('%.17g', now), ARGV[1])
+-- Forget names deleted more than a day ago, a few per call; a reader that
+-- last looked before them gets a full read (the floor).
+local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf',
+  '(' .. string.format('%.17g', now - tonumber(ARGV[3])), 'LIMIT', 0, 100)
+if #old > 0 then
+  local floor = tonumber(redis.call('HGET', KEYS[1], '\\0floor') or '0')
+  for _, name in ipairs(old) do
+    local seen = tonumber(redis.call('ZSCORE', KEYS[2], name) or '0')
+    if seen > floor then floor = seen end
+    redis.call('ZREM', KEYS[2], name)
+    redis.call('ZREM', KEYS[3], name)
+  end
+  redis.call('HSET', KEYS[1], '\\0floor', floor)
+end
+return 1
+"""
+)
+
+# ARGV: since's mark or '', since's version, a new mark (for definitions
+# without one). Returns {mark or false, version, full, name1, definition1 or
+# false, ...}.
+_BUDGET_CHANGES = (
+    _BUDGET_PRELUDE
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false, 0, 1} end
+local mark = redis.call('HGET', KEYS[1], '\\0mark')
+local full = 0
+if not mark or not redis.call('ZSCORE', KEYS[2], '\\0' .. (mark or '')) then
+  -- No mark yet (an older budgetguard wrote these), or the index is gone
+  -- (evicted on its own): mark them and index them anew.
+  redis.call('HDEL', KEYS[1], '\\0mark')
+  mark = ensure_mark(mark or ARGV[3])
+  full = 1
+end
+local version = tonumber(redis.call('HGET', KEYS[1], '\\0version') or '0')
+local floor = tonumber(redis.call('HGET', KEYS[1], '\\0floor') or '0')
+local since = tonumber(ARGV[2])
+local result = {mark, version}
+if full == 1 or ARGV[1] ~= mark or since < floor or since > version then
+  result[3] = 1
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 1) ~= '\\0' then
+      result[#result + 1] = all[i]
+      result[#result + 1] = all[i + 1]
+    end
+  end
+  return result
+end
+result[3] = 0
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. since, '+inf')) do
+  result[#result + 1] = name
+  result[#result + 1] = redis.call('HGET', KEYS[1], name) or false
 end
 return result
 """
@@ -283,7 +435,11 @@ _SCRIPTS = {
     "balances": _BALANCES,
     "scan": _SCAN,
     "open": _OPEN,
+    "put_budget": _PUT_BUDGET,
+    "delete_budget": _DELETE_BUDGET,
+    "budget_changes": _BUDGET_CHANGES,
 }
+_BUDGET_SCRIPTS = frozenset(("put_budget", "delete_budget", "budget_changes"))
 
 
 def _import_redis() -> Any:
@@ -334,12 +490,14 @@ class RedisLedger(Ledger):
     """Keep spend in Redis, one Lua script per operation, shared by every host.
 
     Options (keyword arguments, or query parameters for ``prefix``,
-    ``ended_ttl`` and ``timeout``): ``prefix`` namespaces the keys;
+    ``idempotency_ttl`` and ``timeout``): ``prefix`` namespaces the keys;
     ``timeout`` seconds one operation may take before it is reported as a
     ``StorageError`` (default 5; ``socket_timeout`` is the older name);
-    ``ended_ttl`` seconds for which ended ids are remembered (default 7
-    days); ``expire_batch`` expired reservations released per call (default
-    100). Other keyword arguments go to redis-py's connections.
+    ``idempotency_ttl`` seconds for which ended ids are remembered (default
+    3600, at least 60; ``ended_ttl`` is the older name); ``clock`` a clock of
+    the caller's instead of the server's ``TIME`` (tests); ``expire_batch``
+    expired reservations released per call (default 100). Other keyword
+    arguments go to redis-py's connections.
     """
 
     schemes = ("redis", "rediss", "unix")
@@ -350,15 +508,18 @@ class RedisLedger(Ledger):
         self,
         url: str,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         prefix: str | None = None,
         timeout: float | str | None = None,
         socket_timeout: float | str | None = None,
+        idempotency_ttl: float | str | None = None,
         ended_ttl: float | str | None = None,
         expire_batch: int = 100,
         **client_options: Any,
     ) -> None:
-        super().__init__(url, clock=clock)
+        super().__init__(url, clock=clock or time.time)
+        #: True when the scripts take the time from the server's clock (no clock= given).
+        self.server_time = clock is None
         self.safe_url = redact(url)
         redis = _import_redis()
         parts = urlsplit(url)
@@ -375,9 +536,25 @@ class RedisLedger(Ledger):
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         prefix = prefix if prefix is not None else query.pop("prefix", "")
         query.pop("prefix", None)
-        ttl_option = ended_ttl if ended_ttl is not None else query.pop("ended_ttl", None)
-        query.pop("ended_ttl", None)
-        self.ended_ttl = _positive("ended_ttl", ttl_option, _DEFAULT_ENDED_TTL, self.safe_url)
+        ttls = {
+            name: value
+            for name, value in (
+                ("idempotency_ttl", idempotency_ttl),
+                ("ended_ttl", ended_ttl),
+            )
+            if value is not None
+        }
+        for name in ("idempotency_ttl", "ended_ttl"):
+            if name in query:
+                ttls.setdefault(name, query.pop(name))
+        if len(ttls) > 1:
+            raise ConfigurationError(
+                f"idempotency_ttl and ended_ttl name the same option; give one ({self.safe_url})"
+            )
+        ttl_name, ttl_value = next(iter(ttls.items()), ("idempotency_ttl", None))
+        #: Seconds for which ended reservation ids and add op ids are remembered.
+        self.idempotency_ttl = check_idempotency_ttl(ttl_value, self.safe_url, ttl_name)
+        self.ended_ttl = self.idempotency_ttl  # the older name
         given = {
             name: value
             for name, value in (
@@ -415,6 +592,7 @@ class RedisLedger(Ledger):
         )
         self.added_key = f"{tag}:added"
         self.budgets_key = f"{tag}:budgets"
+        self.budget_keys = (self.budgets_key, f"{tag}:budget_index", f"{tag}:budget_deleted")
         client_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
         # No retries anywhere: not of commands (a script whose reply was lost
         # may have run), not of connects (they would stretch the deadline).
@@ -468,7 +646,7 @@ class RedisLedger(Ledger):
 
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
-        return _flag(self._run("release", [reservation.id, repr(float(self.clock()))]))
+        return _flag(self._run("release", [reservation.id, self._now()]))
 
     def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
         """Charge ``amount`` to every key unconditionally, once per ``op_id``."""
@@ -482,16 +660,14 @@ class RedisLedger(Ledger):
     def balances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Return the balance of every key asked for."""
         while True:
-            reply = self._run("balances", [repr(float(self.clock())), self.expire_batch, *keys])
+            reply = self._run("balances", [self._now(), self.expire_batch, *keys])
             if not _more(reply):
                 return _parse(_balances, keys, reply)
 
     def scan(self, prefix: str) -> dict[str, Balance]:
         """Return every key starting with ``prefix`` that holds anything."""
         while True:
-            reply = self._run(
-                "scan", [repr(float(self.clock())), self.expire_batch, prefix, _glob(prefix)]
-            )
+            reply = self._run("scan", [self._now(), self.expire_batch, prefix, _glob(prefix)])
             if not _more(reply):
                 return _parse(_scanned, reply)
 
@@ -503,22 +679,27 @@ class RedisLedger(Ledger):
     def open_reservations(self) -> list[Reservation]:
         """Return the reservations still holding units."""
         while True:
-            reply = self._run("open", [repr(float(self.clock())), self.expire_batch])
+            reply = self._run("open", [self._now(), self.expire_batch])
             if not _more(reply):
                 return _parse(_reservations, reply)
 
     def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
-        """Store a budget definition under ``name``."""
-        self._execute("HSET", self.budgets_key, name, budget_to_json(name, definition))
+        """Store a budget definition under ``name`` (the first ever also writes the mark)."""
+        _check_budget_name(name)
+        self._run("put_budget", [name, budget_to_json(name, definition), uuid.uuid4().hex])
 
     def get_budget(self, name: str) -> dict[str, Any] | None:
         """Return the budget definition stored under ``name``."""
+        if name.startswith("\0"):
+            return None
         text = self._execute("HGET", self.budgets_key, name)
         return budget_from_json(text) if text is not None else None
 
     def delete_budget(self, name: str) -> bool:
         """Delete a budget definition."""
-        return _flag(self._execute("HDEL", self.budgets_key, name))
+        if name.startswith("\0"):
+            return False
+        return _flag(self._run("delete_budget", [name, self._now(), repr(TOMBSTONE_SECONDS)]))
 
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         """Return every stored budget definition."""
@@ -527,7 +708,23 @@ class RedisLedger(Ledger):
         if not isinstance(reply, dict):
             reply = dict(zip(reply[::2], reply[1::2], strict=True))
         found: dict[str, str] = reply
-        return {name: budget_from_json(text) for name, text in sorted(found.items())}
+        return {
+            name: budget_from_json(text)
+            for name, text in sorted(found.items())
+            if not name.startswith("\0")
+        }
+
+    def budget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Return the definitions changed after ``since`` (see ``Ledger.budget_changes``)."""
+        return _parse(_changes, self._run("budget_changes", self._changes_args(since)))
+
+    async def abudget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Do ``budget_changes`` on the asyncio client."""
+        return _parse(_changes, await self._arun("budget_changes", self._changes_args(since)))
+
+    def _changes_args(self, since: tuple[str, int] | None) -> list[Any]:
+        mark, version = since if since is not None else ("", 0)
+        return [mark, int(version), uuid.uuid4().hex]
 
     def ping(self) -> None:
         """Check that Redis answers."""
@@ -548,6 +745,9 @@ class RedisLedger(Ledger):
             appendonly = _config(self._execute("CONFIG", "GET", "appendonly"))
             save = _config(self._execute("CONFIG", "GET", "save"))
         except StorageError as error:
+            if not isinstance(error.__cause__, self._redis.exceptions.ResponseError):
+                # Unreachable: every operation will say so; nothing to warn about here.
+                return [f"cannot reach the server to read its settings ({error})"]
             problems.append(f"cannot read the server settings ({error}); check them by hand")
         else:
             if policy.startswith("allkeys-"):
@@ -601,7 +801,7 @@ class RedisLedger(Ledger):
 
     async def arelease(self, reservation: Reservation) -> bool:
         """Do ``release`` on the asyncio client, finished even if the caller gives up."""
-        args = [reservation.id, repr(float(self.clock()))]
+        args = [reservation.id, self._now()]
         return _flag(await shielded(self, self._arun("release", args)))
 
     async def aadd(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
@@ -614,9 +814,7 @@ class RedisLedger(Ledger):
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` on the asyncio client."""
         while True:
-            reply = await self._arun(
-                "balances", [repr(float(self.clock())), self.expire_batch, *keys]
-            )
+            reply = await self._arun("balances", [self._now(), self.expire_batch, *keys])
             if not _more(reply):
                 return _parse(_balances, keys, reply)
 
@@ -645,10 +843,14 @@ class RedisLedger(Ledger):
         ]
         args: list[Any] = [
             reservation.id,
-            repr(float(self.clock())),
-            repr(float(reservation.expires_at)),
+            self._now(),
+            # With the server's clock, the hold's time to live: the client's
+            # clock is used only to measure it, so its skew does not matter.
+            repr(float(reservation.expires_at) - self.clock())
+            if self.server_time
+            else repr(float(reservation.expires_at)),
             self.expire_batch,
-            repr(self.ended_ttl),
+            repr(self.idempotency_ttl),
             json.dumps(holds),
             len(holds),
         ]
@@ -687,7 +889,7 @@ class RedisLedger(Ledger):
     ) -> list[Any]:
         return [
             reservation.id,
-            repr(float(self.clock())),
+            self._now(),
             _units(amount),
             *reservation.keys,
             *tallies,
@@ -698,14 +900,20 @@ class RedisLedger(Ledger):
         return [
             _units(amount),
             op_id or "",
-            repr(float(self.clock())),
-            repr(self.ended_ttl),
+            self._now(),
+            repr(self.idempotency_ttl),
             *keys,
         ]
 
+    def _now(self) -> str:
+        """Return the time argument of a script: '' for the server's clock."""
+        return "" if self.server_time else repr(float(self.clock()))
+
     def _script_keys(self, name: str) -> Sequence[str]:
         # The add script touches only the spent hash and its op ids.
-        return (self.keys[0], self.added_key) if name == "add" else self.keys
+        if name == "add":
+            return (self.keys[0], self.added_key)
+        return self.budget_keys if name in _BUDGET_SCRIPTS else self.keys
 
     def _run(self, name: str, args: Sequence[Any], deadline: float | None = None) -> Any:
         keys = self._script_keys(name)
@@ -812,7 +1020,7 @@ class RedisLedger(Ledger):
         # Within what is left of the reserve's own deadline: a Redis that
         # does not answer gets no second wait; the hold then expires.
         try:
-            self._run("release", [reservation.id, repr(float(self.clock()))], deadline)
+            self._run("release", [reservation.id, self._now()], deadline)
         except StorageError as error:
             logger.warning(
                 "could not release reservation %s after a lost reply (%s); it expires on its own",
@@ -822,7 +1030,7 @@ class RedisLedger(Ledger):
 
     async def _arelease_quietly(self, reservation: Reservation, deadline: float) -> None:
         try:
-            await self._arun("release", [reservation.id, repr(float(self.clock()))], deadline)
+            await self._arun("release", [reservation.id, self._now()], deadline)
         except StorageError as error:
             logger.warning(
                 "could not release reservation %s after a lost reply (%s); it expires on its own",
@@ -964,6 +1172,20 @@ def _parse(read: Callable[..., T], *args: Any) -> T:
         raise StorageError(
             f"unexpected reply from Redis ({type(error).__name__}: {error})"
         ) from None
+
+
+def _check_budget_name(name: object) -> None:
+    if isinstance(name, str) and name.startswith("\0"):
+        raise ValueError(f"budget names starting with NUL are the ledger's own, got {name!r}")
+
+
+def _changes(reply: Sequence[Any]) -> BudgetChanges:
+    mark = reply[0] if reply[0] else None
+    changed: dict[str, dict[str, Any] | None] = {}
+    for i in range(3, len(reply), 2):
+        text = reply[i + 1]
+        changed[reply[i]] = budget_from_json(text) if text is not None else None
+    return BudgetChanges(mark, int(reply[1]), changed, bool(int(reply[2])))
 
 
 def _balances(keys: Sequence[str], reply: Sequence[Any]) -> dict[str, Balance]:

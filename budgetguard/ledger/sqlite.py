@@ -47,6 +47,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -55,13 +56,16 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigurationError, StorageError
 from .base import (
+    TOMBSTONE_SECONDS,
     Balance,
+    BudgetChanges,
     Hold,
     Refusal,
     Reservation,
     _ThreadedAsync,
     budget_from_json,
     budget_to_json,
+    check_idempotency_ttl,
     check_op_id,
     check_reservation,
     check_units,
@@ -101,6 +105,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE added (id TEXT PRIMARY KEY, at REAL NOT NULL)",
         "CREATE INDEX added_by_time ON added (at)",
     ),
+    (
+        # Incremental reads of budget definitions (budget_changes): a version
+        # per change, the names of deleted ones for a day, and the mark of
+        # this store of definitions. A file that already holds definitions
+        # gets its mark here, in the same transaction.
+        "ALTER TABLE budgets ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX budgets_by_version ON budgets (version)",
+        """CREATE TABLE budget_deleted (
+            name TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX budget_deleted_by_version ON budget_deleted (version)",
+        "CREATE INDEX budget_deleted_by_time ON budget_deleted (at)",
+        """CREATE TABLE budget_meta (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            mark TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            floor INTEGER NOT NULL
+        )""",
+        "INSERT INTO budget_meta (id, mark, version, floor)"
+        " SELECT 1, lower(hex(randomblob(16))), 0, 0 WHERE EXISTS (SELECT 1 FROM budgets)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -108,7 +135,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # a float, so amounts are kept well below it.
 _MAX_UNITS = 2**62
 _SYNCHRONOUS = ("full", "normal", "extra")
-_DEFAULT_ENDED_TTL = 7 * 24 * 3600.0
 
 
 class _Connection:
@@ -127,9 +153,11 @@ class SQLiteLedger(_ThreadedAsync):
     deadline of one operation in seconds, including every wait for another
     thread's or process's write lock (default 30; ``busy_timeout`` is the
     older name of the same option);
-    ``synchronous`` ``"full"`` (default) or ``"normal"``; ``ended_ttl``
-    seconds for which settled and released reservation ids are remembered so
-    that a late repeated settle is ignored (default 7 days).
+    ``synchronous`` ``"full"`` (default) or ``"normal"``;
+    ``idempotency_ttl`` seconds for which settled and released reservation
+    ids and ``add`` op ids are remembered, so that a late repeated settle or
+    a retried charge is ignored (default 3600, at least 60; ``ended_ttl`` is
+    the older name).
     """
 
     schemes = ("sqlite",)
@@ -144,6 +172,7 @@ class SQLiteLedger(_ThreadedAsync):
         timeout: float | str | None = None,
         busy_timeout: float | str | None = None,
         synchronous: str | None = None,
+        idempotency_ttl: float | str | None = None,
         ended_ttl: float | str | None = None,
     ) -> None:
         super().__init__(url, clock=clock)
@@ -168,11 +197,8 @@ class SQLiteLedger(_ThreadedAsync):
         #: Seconds one operation may take, waits for the write lock included.
         self.timeout = _positive(self._timeout_name, raw, url)
         self.busy_timeout = self.timeout  # the older name
-        self.ended_ttl = _positive(
-            "ended_ttl",
-            ended_ttl if ended_ttl is not None else query.pop("ended_ttl", _DEFAULT_ENDED_TTL),
-            url,
-        )
+        self.idempotency_ttl = _idempotency_ttl(idempotency_ttl, ended_ttl, query, url)
+        self.ended_ttl = self.idempotency_ttl  # the older name
         mode = str(synchronous if synchronous is not None else query.pop("synchronous", "full"))
         if mode.lower() not in _SYNCHRONOUS:
             raise ConfigurationError(
@@ -182,7 +208,7 @@ class SQLiteLedger(_ThreadedAsync):
         if query:
             raise ConfigurationError(
                 f"unknown option(s) {', '.join(sorted(query))} in {url!r}; "
-                "known: timeout, busy_timeout, synchronous, ended_ttl"
+                "known: timeout, busy_timeout, synchronous, idempotency_ttl, ended_ttl"
             )
         self._closed = False
         self._reset_connections()
@@ -229,8 +255,8 @@ class SQLiteLedger(_ThreadedAsync):
                 "INSERT INTO reservations (id, holds, expires_at) VALUES (?, ?, ?)",
                 (reservation.id, holds_json, float(reservation.expires_at)),
             )
-            db.execute("DELETE FROM ended WHERE at < ?", (now - self.ended_ttl,))
-            db.execute("DELETE FROM added WHERE at < ?", (now - self.ended_ttl,))
+            db.execute("DELETE FROM ended WHERE at < ?", (now - self.idempotency_ttl,))
+            db.execute("DELETE FROM added WHERE at < ?", (now - self.idempotency_ttl,))
             return None
 
         return self._transact(run)
@@ -284,7 +310,7 @@ class SQLiteLedger(_ThreadedAsync):
         def run(db: sqlite3.Connection) -> bool:
             if op_id is not None:
                 now = self.clock()
-                db.execute("DELETE FROM added WHERE at < ?", (now - self.ended_ttl,))
+                db.execute("DELETE FROM added WHERE at < ?", (now - self.idempotency_ttl,))
                 if not db.execute(
                     "INSERT INTO added (id, at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
                     (op_id, now),
@@ -357,11 +383,14 @@ class SQLiteLedger(_ThreadedAsync):
         text = budget_to_json(name, definition)
 
         def run(db: sqlite3.Connection) -> None:
+            version = _next_version(db)
             db.execute(
-                "INSERT INTO budgets (name, definition) VALUES (?, ?) ON CONFLICT (name)"
-                " DO UPDATE SET definition = excluded.definition",
-                (name, text),
+                "INSERT INTO budgets (name, definition, version) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET definition = excluded.definition,"
+                " version = excluded.version",
+                (name, text, version),
             )
+            db.execute("DELETE FROM budget_deleted WHERE name = ?", (name,))
 
         self._transact(run)
 
@@ -375,7 +404,25 @@ class SQLiteLedger(_ThreadedAsync):
         """Delete a budget definition."""
 
         def run(db: sqlite3.Connection) -> bool:
-            return db.execute("DELETE FROM budgets WHERE name = ?", (name,)).rowcount > 0
+            if db.execute("DELETE FROM budgets WHERE name = ?", (name,)).rowcount == 0:
+                return False
+            version = _next_version(db)
+            now = self.clock()
+            db.execute(
+                "INSERT INTO budget_deleted (name, version, at) VALUES (?, ?, ?) ON CONFLICT"
+                " (name) DO UPDATE SET version = excluded.version, at = excluded.at",
+                (name, version, now),
+            )
+            # Names deleted more than a day ago are forgotten; a reader that
+            # last looked before them gets a full read (floor).
+            cutoff = now - TOMBSTONE_SECONDS
+            (forgotten,) = db.execute(
+                "SELECT max(version) FROM budget_deleted WHERE at < ?", (cutoff,)
+            ).fetchone()
+            if forgotten is not None:
+                db.execute("UPDATE budget_meta SET floor = max(floor, ?)", (forgotten,))
+                db.execute("DELETE FROM budget_deleted WHERE at < ?", (cutoff,))
+            return True
 
         return self._transact(run)
 
@@ -384,6 +431,16 @@ class SQLiteLedger(_ThreadedAsync):
         with self._read() as db:
             rows = db.execute("SELECT name, definition FROM budgets ORDER BY name").fetchall()
         return {name: budget_from_json(text) for name, text in rows}
+
+    def budget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Return the definitions changed after ``since`` (see ``Ledger.budget_changes``)."""
+        with self._read() as db:
+            # One read transaction: the mark, the version and the rows agree.
+            db.execute("BEGIN")
+            try:
+                return _changes(db, since)
+            finally:
+                db.execute("ROLLBACK")
 
     def ping(self) -> None:
         """Check that the database file can be read."""
@@ -619,6 +676,59 @@ class SQLiteLedger(_ThreadedAsync):
             " DO UPDATE SET settled = excluded.settled, at = excluded.at",
             (reservation_id, int(settled), self.clock()),
         )
+
+
+def _next_version(db: sqlite3.Connection) -> int:
+    """Count one change of the budget definitions; the first ever writes the mark."""
+    row = db.execute("SELECT version FROM budget_meta WHERE id = 1").fetchone()
+    if row is None:
+        db.execute(
+            "INSERT INTO budget_meta (id, mark, version, floor) VALUES (1, ?, 1, 0)",
+            (uuid.uuid4().hex,),
+        )
+        return 1
+    version = int(row[0]) + 1
+    db.execute("UPDATE budget_meta SET version = ? WHERE id = 1", (version,))
+    return version
+
+
+def _changes(db: sqlite3.Connection, since: tuple[str, int] | None) -> BudgetChanges:
+    meta = db.execute("SELECT mark, version, floor FROM budget_meta WHERE id = 1").fetchone()
+    mark, version, floor = meta if meta is not None else (None, 0, 0)
+    if since is None or since[0] != mark or not floor <= since[1] <= version:
+        rows = db.execute("SELECT name, definition FROM budgets ORDER BY name").fetchall()
+        return BudgetChanges(mark, version, {n: budget_from_json(t) for n, t in rows}, True)
+    changed: dict[str, dict[str, Any] | None] = {
+        name: None
+        for (name,) in db.execute(
+            "SELECT name FROM budget_deleted WHERE version > ?", (since[1],)
+        ).fetchall()
+    }
+    for name, text in db.execute(
+        "SELECT name, definition FROM budgets WHERE version > ?", (since[1],)
+    ).fetchall():
+        changed[name] = budget_from_json(text)
+    return BudgetChanges(mark, version, changed, False)
+
+
+def _idempotency_ttl(
+    value: float | str | None, older: float | str | None, query: dict[str, str], url: str
+) -> float:
+    """Read ``idempotency_ttl`` (or its older name ``ended_ttl``) from the keywords or the URL."""
+    given = {
+        name: found
+        for name, found in (
+            ("idempotency_ttl", value if value is not None else query.pop("idempotency_ttl", None)),
+            ("ended_ttl", older if older is not None else query.pop("ended_ttl", None)),
+        )
+        if found is not None
+    }
+    if len(given) > 1:
+        raise ConfigurationError(
+            f"idempotency_ttl and ended_ttl name the same option; give one ({url!r})"
+        )
+    name, raw = next(iter(given.items()), ("idempotency_ttl", None))
+    return check_idempotency_ttl(raw, repr(url), name)
 
 
 def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:

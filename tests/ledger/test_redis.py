@@ -65,10 +65,11 @@ async def test_async_scripts_reload_after_script_flush(redis_url: str) -> None:
     await ledger.aclose()
 
 
-def test_scripts_use_the_ledger_clock_not_time() -> None:
-    """No script calls TIME: time comes from the ledger's clock, so tests can move it."""
-    for source in redis_ledger._SCRIPTS.values():
-        assert "'TIME'" not in source and '"TIME"' not in source
+def test_scripts_take_the_servers_clock_unless_the_ledger_was_given_one(redis_url: str) -> None:
+    """Without clock= every script reads TIME on the server; with one, the scripts get its time."""
+    assert all("now_of(" in source for source in redis_ledger._SCRIPTS.values())
+    assert RedisLedger(redis_url).server_time
+    assert not RedisLedger(redis_url, clock=time.time).server_time
 
 
 def test_no_float_increments() -> None:

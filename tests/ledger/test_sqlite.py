@@ -36,12 +36,20 @@ def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_schema_is_versioned(tmp_path: Path) -> None:
     """A new file gets the current schema version in PRAGMA user_version, and WAL."""
     ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
-    assert ledger.schema_version == SCHEMA_VERSION == 2
+    assert ledger.schema_version == SCHEMA_VERSION == 3
     with sqlite3.connect(tmp_path / "a.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"counters", "reservations", "ended", "budgets", "added"}
+    assert tables == {
+        "counters",
+        "reservations",
+        "ended",
+        "budgets",
+        "added",
+        "budget_deleted",
+        "budget_meta",
+    }
     ledger.close()
     # Opening again runs no migration and keeps the data.
     SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}").close()
@@ -232,7 +240,7 @@ def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
 
 
 def test_version_1_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
-    """A ledger written by schema version 1 gains the op-id table and keeps every balance."""
+    """A ledger written by schema version 1 gains the later tables and keeps every balance."""
     from budgetguard.ledger.sqlite import MIGRATIONS
 
     path = tmp_path / "old.db"
@@ -242,7 +250,7 @@ def test_version_1_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
         db.execute("INSERT INTO counters (key, spent, reserved) VALUES ('k', 42, 0)")
         db.execute("PRAGMA user_version = 1")
     ledger = SQLiteLedger(f"sqlite:///{path}")
-    assert ledger.schema_version == 2
+    assert ledger.schema_version == 3
     assert ledger.balances(["k"])["k"] == Balance(42, 0)
     assert ledger.add(["k"], 1, op_id="once") is True
     assert ledger.add(["k"], 1, op_id="once") is False
