@@ -359,6 +359,8 @@ def _langchain_accumulator(chunk: object) -> StreamAccumulator | None:
     from ._langchain import LangChainStream, is_langchain_chunk
 
     return LangChainStream() if is_langchain_chunk(chunk) else None
+
+
 def _is_mistral_event(chunk: object) -> bool:
     """Tell a mistralai stream event: a ``CompletionEvent`` or ``ConversationEvents``."""
     if type(chunk).__module__.partition(".")[0] == "mistralai":
