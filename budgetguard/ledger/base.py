@@ -36,6 +36,7 @@ logger = logging.getLogger("budgetguard")
 
 __all__ = [
     "Balance",
+    "BudgetChanges",
     "Hold",
     "Ledger",
     "Refusal",
@@ -91,6 +92,23 @@ class Balance:
 
     spent: int = 0
     reserved: int = 0
+
+
+class BudgetChanges(NamedTuple):
+    """What changed in the stored budget definitions since a reader last looked.
+
+    ``mark`` is a random id the ledger writes with the first definition it
+    ever stores and loses only with the definitions (a ledger that lost its
+    data has a new mark, or none); ``version`` grows with every
+    ``put_budget`` and ``delete_budget``; ``changed`` maps a name to its
+    definition, or to ``None`` when it was deleted; ``full`` says that
+    ``changed`` holds every definition (the reader must forget the others).
+    """
+
+    mark: str | None
+    version: int
+    changed: dict[str, dict[str, Any] | None]
+    full: bool
 
 
 class Ledger(ABC):
@@ -232,6 +250,21 @@ class Ledger(ABC):
     async def aclose(self) -> None:
         """Do ``close`` without blocking the event loop."""
         self.close()
+
+    # -- budget changes (default: every definition, every time) -------------------
+
+    def budget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Return the definitions changed after ``since`` (a ``(mark, version)`` pair).
+
+        This default keeps no log: it answers with every definition and
+        ``full=True``, which is always correct. Backends that record a mark
+        and a version answer with only what changed.
+        """
+        return BudgetChanges(None, 0, dict(self.list_budgets()), True)
+
+    async def abudget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Do ``budget_changes`` without blocking the event loop."""
+        return self.budget_changes(since)
 
 
 class _ThreadedAsync(Ledger):
