@@ -17,8 +17,13 @@ connections one process opens (default 10). Every other query parameter
 Every operation is one call of one server-side plpgsql function (see
 ``_postgres_sql``): one statement, one transaction, one round trip, all or
 nothing across every hold. The connections are psycopg 3 connections in
-autocommit mode from a ``psycopg_pool.ConnectionPool`` (sync callers) or an
-``AsyncConnectionPool`` per event loop (async callers, no threads).
+autocommit mode: async callers use a ``psycopg_pool.AsyncConnectionPool``
+per event loop (psycopg's own async I/O, no threads); sync callers use a
+small pool of this module (``_Connections``), because psycopg_pool's
+``ConnectionPool`` can be left starved or locked by a ``KeyboardInterrupt``
+that lands inside it (its lock held, a connection handed out and lost),
+which the fault suite showed; this one holds no lock across lines and
+forgets a lost connection when it is collected.
 
 Deadlines: every connection runs with ``statement_timeout`` and
 ``lock_timeout`` set to ``timeout``, and waits for a pooled connection are
@@ -47,6 +52,7 @@ so a comparison never overflows.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import re
@@ -311,12 +317,11 @@ class PostgresLedger(Ledger):
         self._one("ping", (), action="reach")
 
     def close(self) -> None:
-        """Close this process's pool (asyncio pools close in ``aclose``)."""
+        """Close this process's connections (asyncio pools close in ``aclose``)."""
         self._closed = True
         pool = self._pool
         if pool is not None and self._pid == os.getpid():
-            with suppress(Exception):
-                pool.close(timeout=1.0)
+            pool.close()
 
     @property
     def schema_version(self) -> int:
@@ -425,15 +430,14 @@ class PostgresLedger(Ledger):
     # -- the synchronous pool ---------------------------------------------------------
 
     def _reset_pools(self) -> None:
-        # At start and in a forked child. A pool inherited through fork shares
-        # its sockets with the parent and has no worker threads: it is kept
-        # (closing it would close the parent's connections) but never used.
+        # At start and in a forked child. Connections inherited through fork
+        # share their sockets with the parent: they are kept (closing one
+        # would end the parent's session) but never used.
         inherited = getattr(self, "_pool", None)
         if inherited is not None:
             self._orphans: list[Any] = [*getattr(self, "_orphans", []), inherited]
         self._pid = os.getpid()
-        self._pool: Any = None
-        self._pool_lock = threading.Lock()
+        self._pool: _Connections | None = None
 
     def _configure(self, conn: Any) -> None:
         milliseconds = max(1, int(self.timeout * 1000))
@@ -444,37 +448,26 @@ class PostgresLedger(Ledger):
             (str(milliseconds), str(milliseconds), str(milliseconds)),
         )
 
-    def _sync_pool(self) -> Any:
+    def _connect(self) -> Any:
+        conn = self._psycopg.connect(self._conninfo, autocommit=True)
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _sync_pool(self) -> _Connections:
         if self._pid != os.getpid():
             self._reset_pools()
         if self._closed:
             raise StorageError(f"the PostgreSQL ledger {self.safe_url} is closed")
         pool = self._pool
         if pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = self._psycopg_pool.ConnectionPool(
-                        self._conninfo,
-                        min_size=1,
-                        max_size=self.pool_size,
-                        kwargs={"autocommit": True},
-                        configure=self._configure,
-                        timeout=self.timeout,
-                        name=f"budgetguard-{id(self):x}",
-                        open=True,
-                    )
-                pool = self._pool
+            # Two threads may both build one; the one stored last is kept,
+            # the other's connections are closed when it is collected.
+            pool = self._pool = _Connections(self._connect, self.pool_size)
         return pool
-
-    def _take(self, pool: Any, deadline: float) -> Any:
-        """Return a healthy connection from ``pool`` within ``deadline``."""
-        while True:
-            conn = pool.getconn(timeout=self._left(deadline))
-            if _healthy(conn):
-                return conn
-            with suppress(Exception):
-                conn.close()
-            pool.putconn(conn)  # closed: the pool opens a new one in its place
 
     def _left(self, deadline: float) -> float:
         left = deadline - time.monotonic()
@@ -493,11 +486,15 @@ class PostgresLedger(Ledger):
         while True:
             try:
                 pool = self._sync_pool()
-                conn = self._take(pool, deadline)
+                conn = pool.take(self._left, deadline)
                 try:
                     rows: list[Any] = conn.execute(self._sql[name], params).fetchall()
-                finally:
-                    pool.putconn(conn)
+                except psycopg.Error:
+                    pool.give(conn)  # kept after an error reply, dropped if broken
+                    raise
+                # Given back only after a whole reply: one cut short by an
+                # interrupt is never reused; it is dropped when collected.
+                pool.give(conn)
                 return rows
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 # The server rolled the transaction back: running it again is safe.
@@ -726,6 +723,69 @@ class PostgresLedger(Ledger):
         if lost:
             text += " (a write may have run; repeat it with the same id, it counts once)"
         return StorageError(text)
+
+
+class _Connections:
+    """This process's synchronous connections: about ``size`` open at most, idle ones reused.
+
+    Built so that an interrupt at any line (``KeyboardInterrupt``) cannot
+    leave it stuck: it holds no lock across lines (psycopg_pool's workers
+    and its lock could be left waiting forever), the idle list is a deque
+    whose ``append`` and ``pop`` are atomic, and the open connections are
+    counted by a ``WeakSet``: one lost half way, between ``take`` and
+    ``give``, is dropped when it is garbage collected and its place freed.
+    """
+
+    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+        self._connect = connect
+        self.size = size
+        self.idle: collections.deque[Any] = collections.deque()
+        self.live: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.closed = False
+
+    def take(self, left: Callable[[float], float], deadline: float) -> Any:
+        """Return a healthy idle connection, or a new one; wait while ``size`` are busy."""
+        pause = 0.001
+        while True:
+            try:
+                conn = self.idle.pop()
+            except IndexError:
+                conn = None
+            if conn is not None:
+                if _healthy(conn):
+                    return conn
+                self.drop(conn)
+                continue
+            left(deadline)  # StorageError once the deadline has passed
+            if len(self.live) < self.size:
+                conn = self._connect()
+                self.live.add(conn)
+                return conn
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.02)
+
+    def give(self, conn: Any) -> None:
+        """Take back a connection whose whole reply was read."""
+        if self.closed or len(self.idle) >= self.size or not _healthy(conn):
+            self.drop(conn)
+        else:
+            self.idle.append(conn)
+
+    def drop(self, conn: Any) -> None:
+        """Close a connection and free its place."""
+        self.live.discard(conn)
+        with suppress(Exception):
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; the busy ones are closed when given back."""
+        self.closed = True
+        while True:
+            try:
+                conn = self.idle.pop()
+            except IndexError:
+                return
+            self.drop(conn)
 
 
 def _healthy(conn: Any) -> bool:
