@@ -17,13 +17,16 @@ connections one process opens (default 10). Every other query parameter
 Every operation is one call of one server-side plpgsql function (see
 ``_postgres_sql``): one statement, one transaction, one round trip, all or
 nothing across every hold. The connections are psycopg 3 connections in
-autocommit mode: async callers use a ``psycopg_pool.AsyncConnectionPool``
-per event loop (psycopg's own async I/O, no threads); sync callers use a
-small pool of this module (``_Connections``), because psycopg_pool's
-``ConnectionPool`` can be left starved or locked by a ``KeyboardInterrupt``
-that lands inside it (its lock held, a connection handed out and lost),
-which the fault suite showed; this one holds no lock across lines and
-forgets a lost connection when it is collected.
+autocommit mode, ``pool_size`` at most per process (sync callers) and per
+event loop (async callers, on psycopg's own async I/O, no threads). They are
+pooled by this module (``_Connections``, ``_AsyncConnections``) rather than
+by psycopg_pool, whose ``ConnectionPool`` was left starved or locked by a
+``KeyboardInterrupt`` landing inside it (its lock held, a connection handed
+out and lost: the fault suite failed with ``PoolTimeout``), and whose
+``AsyncConnectionPool`` kept reconnecting in a background task after a lost
+reply, so that its event loop could not shut down. These pools hold no lock
+across lines, run nothing in the background, and forget a connection lost
+half way when it is garbage collected.
 
 Deadlines: every connection runs with ``statement_timeout`` and
 ``lock_timeout`` set to ``timeout``, and waits for a pooled connection are
@@ -61,7 +64,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -104,15 +107,14 @@ _OPTIONS = ("timeout", "idempotency_ttl", "schema", "pool_size")
 def _import_psycopg() -> Any:
     try:
         import psycopg
-        import psycopg_pool
     except ImportError as error:
         # ImportError too: psycopg without libpq (and without psycopg[binary]).
         raise ConfigurationError(
-            "the postgresql:// ledger needs psycopg 3 and psycopg-pool, which are not "
-            f"installed or cannot load libpq ({error}); install them with: "
-            f"{install_hint('postgres')} (add psycopg[binary] where libpq is missing)"
+            "the postgresql:// ledger needs psycopg 3, which is not installed or cannot "
+            f"load libpq ({error}); install it with: {install_hint('postgres')} "
+            "(add psycopg[binary] where libpq is missing)"
         ) from error
-    return psycopg, psycopg_pool
+    return psycopg
 
 
 class PostgresLedger(Ledger):
@@ -180,7 +182,7 @@ class PostgresLedger(Ledger):
         self._conninfo = urlunsplit(
             (parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment)
         )
-        self._psycopg, self._psycopg_pool = _import_psycopg()
+        self._psycopg = _import_psycopg()
         try:
             self._psycopg.conninfo.conninfo_to_dict(self._conninfo)
         except self._psycopg.ProgrammingError as error:
@@ -226,7 +228,7 @@ class PostgresLedger(Ledger):
         self._closed = False
         self._reset_pools()
         self._async_lock = threading.Lock()
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncConnections] = (
             weakref.WeakKeyDictionary()
         )
         self._migrate()
@@ -387,8 +389,7 @@ class PostgresLedger(Ledger):
         with self._async_lock:
             pool = self._async.pop(loop, None)
         if pool is not None:
-            with suppress(Exception):
-                await pool.close(timeout=1.0)
+            await pool.close()
         self.close()
 
     # -- parameters -----------------------------------------------------------------
@@ -531,40 +532,30 @@ class PostgresLedger(Ledger):
 
     # -- the asynchronous pools ------------------------------------------------------
 
-    async def _async_pool(self) -> Any:
+    def _async_pool(self) -> _AsyncConnections:
         if self._closed:
             raise StorageError(f"the PostgreSQL ledger {self.safe_url} is closed")
         loop = asyncio.get_running_loop()
         with self._async_lock:
             pool = self._async.get(loop)
-        if pool is None:
-            pool = self._psycopg_pool.AsyncConnectionPool(
-                self._conninfo,
-                min_size=0,
-                max_size=self.pool_size,
-                kwargs={"autocommit": True},
-                configure=self._aconfigure,
-                timeout=self.timeout,
-                name=f"budgetguard-async-{id(self):x}",
-                open=False,
-            )
-            with self._async_lock:
-                existing = self._async.get(loop)
-                if existing is None:
-                    self._async[loop] = pool
-            if existing is not None:
-                return existing
-            await pool.open()
+            if pool is None:
+                pool = self._async[loop] = _AsyncConnections(self._aconnect, self.pool_size)
         return pool
 
-    async def _aconfigure(self, conn: Any) -> None:
-        milliseconds = str(max(1, int(self.timeout * 1000)))
-        await conn.execute(
-            "SELECT set_config('statement_timeout', %s, false),"
-            " set_config('lock_timeout', %s, false),"
-            " set_config('idle_in_transaction_session_timeout', %s, false)",
-            (milliseconds, milliseconds, milliseconds),
-        )
+    async def _aconnect(self) -> Any:
+        conn = await self._psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        try:
+            milliseconds = str(max(1, int(self.timeout * 1000)))
+            await conn.execute(
+                "SELECT set_config('statement_timeout', %s, false),"
+                " set_config('lock_timeout', %s, false),"
+                " set_config('idle_in_transaction_session_timeout', %s, false)",
+                (milliseconds, milliseconds, milliseconds),
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     async def _arun(self, name: str, params: Any, deadline: float | None, action: str) -> list[Any]:
         psycopg = self._psycopg
@@ -572,28 +563,21 @@ class PostgresLedger(Ledger):
             deadline = time.monotonic() + self.timeout
         while True:
             try:
-                pool = await self._async_pool()
-                conn = await self._atake(pool, deadline)
+                pool = self._async_pool()
+                conn = await pool.take(self._left, deadline)
                 try:
                     cursor = await conn.execute(self._sql[name], params)
                     rows: list[Any] = await cursor.fetchall()
-                finally:
-                    await pool.putconn(conn)
+                except psycopg.Error:
+                    await pool.give(conn)
+                    raise
+                await pool.give(conn)
                 return rows
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 self._left(deadline)
                 continue
-            except psycopg.Error as error:
+            except (psycopg.Error, asyncio.TimeoutError) as error:
                 raise self._storage_error(action, error) from error
-
-    async def _atake(self, pool: Any, deadline: float) -> Any:
-        while True:
-            conn = await pool.getconn(timeout=self._left(deadline))
-            if _healthy(conn):
-                return conn
-            with suppress(Exception):
-                await conn.close()
-            await pool.putconn(conn)
 
     async def _aone(
         self, name: str, params: Any, deadline: float | None = None, *, action: str
@@ -699,11 +683,8 @@ class PostgresLedger(Ledger):
                 f"the operation did not finish within timeout={self.timeout:g}s "
                 "(the server rolled it back)"
             )
-        elif isinstance(error, self._psycopg_pool.PoolTimeout):
-            problem = (
-                f"no connection within timeout={self.timeout:g}s (the server does not "
-                f"answer, or all {self.pool_size} connections of the pool are busy)"
-            )
+        elif isinstance(error, asyncio.TimeoutError | TimeoutError):
+            problem = f"no connection within timeout={self.timeout:g}s (the server does not answer)"
         elif isinstance(error, errors.InsufficientPrivilege):
             problem = "the database user lacks a privilege the ledger needs"
         elif isinstance(error, errors.UndefinedTable | errors.UndefinedFunction):
@@ -788,11 +769,71 @@ class _Connections:
             self.drop(conn)
 
 
+class _AsyncConnections:
+    """One event loop's async connections, kept like ``_Connections`` (no background tasks).
+
+    psycopg's async connections belong to the loop that opened them, so each
+    loop has its own. Nothing runs in the background: a loop that closes
+    leaves nothing pending, and its idle connections close when collected.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], size: int) -> None:
+        self._connect = connect
+        self.size = size
+        self.idle: collections.deque[Any] = collections.deque()
+        self.live: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.closed = False
+
+    async def take(self, left: Callable[[float], float], deadline: float) -> Any:
+        """Return a healthy idle connection, or a new one; wait while ``size`` are busy."""
+        pause = 0.001
+        while True:
+            try:
+                conn = self.idle.pop()
+            except IndexError:
+                conn = None
+            if conn is not None:
+                if _healthy(conn):
+                    return conn
+                await self.drop(conn)
+                continue
+            if len(self.live) < self.size:
+                conn = await asyncio.wait_for(self._connect(), left(deadline))
+                self.live.add(conn)
+                return conn
+            left(deadline)
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.02)
+
+    async def give(self, conn: Any) -> None:
+        """Take back a connection whose whole reply was read."""
+        if self.closed or len(self.idle) >= self.size or not _healthy(conn):
+            await self.drop(conn)
+        else:
+            self.idle.append(conn)
+
+    async def drop(self, conn: Any) -> None:
+        """Close a connection and free its place."""
+        self.live.discard(conn)
+        with suppress(Exception):
+            await conn.close()
+
+    async def close(self) -> None:
+        """Close the idle connections; the busy ones are closed when given back."""
+        self.closed = True
+        while True:
+            try:
+                conn = self.idle.pop()
+            except IndexError:
+                return
+            await self.drop(conn)
+
+
 def _healthy(conn: Any) -> bool:
     """Return False for a connection that must not be used: closed, busy or cut by the server.
 
     No round trip: an idle connection whose socket is readable has been told
-    something by the server, which is, while idle, that it was terminated
+    something by the server, which, while idle, is that it was terminated
     (a restart, ``pg_terminate_backend``). A connection whose lock is held
     while it sits unused was interrupted half way (its lock never released).
     """
@@ -803,12 +844,10 @@ def _healthy(conn: Any) -> bool:
         if pgconn.transaction_status != 0:  # not IDLE
             return False
         readable, _, _ = select.select([pgconn.socket], [], [], 0)
-        if readable:
-            pgconn.consume_input()
-            if pgconn.status != 0 or pgconn.is_busy():  # not CONNECTION_OK
-                return False
-            # A notice or a parameter change: harmless, the connection still works.
-        return True
+        # The server said something to an idle connection: almost always that
+        # it ended it (rarely a notice or a setting change, for which
+        # dropping the connection costs one reconnect).
+        return not readable
     except Exception:
         return False
 
