@@ -33,7 +33,10 @@ Deadlines: every connection runs with ``statement_timeout`` and
 bounded by what is left of it, so an operation gives up after at most about
 twice ``timeout`` (a wait for the pool, then the statement), with a
 ``StorageError`` naming ``timeout=``. A timed-out statement was rolled back
-by the server.
+by the server. Connecting is bounded by libpq's ``connect_timeout`` and a
+host that stops acknowledging by ``tcp_user_timeout`` (both default from
+``timeout``); a server that accepts data and never answers is not bounded
+on the client side.
 
 Faults: a connection that breaks (the server restarted, the connection was
 terminated, the reply was lost) is a ``StorageError`` saying that the write
@@ -177,12 +180,17 @@ class PostgresLedger(Ledger):
             )
         self.schema = schema_name
         self.pool_size = _pool_size(given["pool_size"], self.safe_url)
-        # libpq's own connect timeout bounds a connect attempt (libpq's minimum is 2 s).
+        self._psycopg = _import_psycopg()
+        # libpq's own connect timeout bounds a connect attempt (libpq's minimum is 2 s);
+        # tcp_user_timeout (libpq 12+) ends a connection whose host stopped
+        # acknowledging what was sent (a dead host, a network cut), which
+        # statement_timeout, counted by that server, cannot.
         query.setdefault("connect_timeout", str(max(2, round(self.timeout))))
+        if self._psycopg.pq.version() >= 120000:
+            query.setdefault("tcp_user_timeout", str(max(1, int(self.timeout * 1000))))
         self._conninfo = urlunsplit(
             (parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment)
         )
-        self._psycopg = _import_psycopg()
         try:
             self._psycopg.conninfo.conninfo_to_dict(self._conninfo)
         except self._psycopg.ProgrammingError as error:
@@ -706,22 +714,45 @@ class PostgresLedger(Ledger):
         return StorageError(text)
 
 
+class _Slot:
+    """The right to hold one open connection; it gives itself back when collected.
+
+    A connection holds its slot (``slot_of``); when the connection is closed
+    or lost and collected, nothing holds the slot any more and a new one
+    takes its place in the free list: no interrupt can leak a place.
+    """
+
+    __slots__ = ("free",)
+
+    def __init__(self, free: collections.deque[_Slot]) -> None:
+        # A weak reference: a free list being destroyed takes no new slots.
+        self.free = weakref.ref(free)
+
+    def __del__(self) -> None:
+        free = self.free()
+        if free is not None:
+            free.append(_Slot(free))
+
+
 class _Connections:
     """This process's synchronous connections: about ``size`` open at most, idle ones reused.
 
     Built so that an interrupt at any line (``KeyboardInterrupt``) cannot
     leave it stuck: it holds no lock across lines (psycopg_pool's workers
-    and its lock could be left waiting forever), the idle list is a deque
-    whose ``append`` and ``pop`` are atomic, and the open connections are
-    counted by a ``WeakSet``: one lost half way, between ``take`` and
-    ``give``, is dropped when it is garbage collected and its place freed.
+    and its lock could be left waiting forever), the idle list and the free
+    slots are deques whose ``append`` and ``pop`` are atomic, and a
+    connection lost half way, between ``take`` and ``give``, is dropped when
+    it is garbage collected, its ``_Slot`` going back to the free list.
     """
 
     def __init__(self, connect: Callable[[], Any], size: int) -> None:
         self._connect = connect
         self.size = size
         self.idle: collections.deque[Any] = collections.deque()
-        self.live: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.slots: collections.deque[_Slot] = collections.deque()
+        for _ in range(size):
+            self.slots.append(_Slot(self.slots))
+        self.slot_of: weakref.WeakKeyDictionary[Any, _Slot] = weakref.WeakKeyDictionary()
         self.closed = False
 
     def take(self, left: Callable[[float], float], deadline: float) -> Any:
@@ -738,9 +769,13 @@ class _Connections:
                 self.drop(conn)
                 continue
             left(deadline)  # StorageError once the deadline has passed
-            if len(self.live) < self.size:
+            try:
+                slot: _Slot | None = self.slots.pop()
+            except IndexError:
+                slot = None
+            if slot is not None:
                 conn = self._connect()
-                self.live.add(conn)
+                self.slot_of[conn] = slot
                 return conn
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
@@ -754,7 +789,7 @@ class _Connections:
 
     def drop(self, conn: Any) -> None:
         """Close a connection and free its place."""
-        self.live.discard(conn)
+        self.slot_of.pop(conn, None)
         with suppress(Exception):
             conn.close()
 
@@ -781,7 +816,10 @@ class _AsyncConnections:
         self._connect = connect
         self.size = size
         self.idle: collections.deque[Any] = collections.deque()
-        self.live: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.slots: collections.deque[_Slot] = collections.deque()
+        for _ in range(size):
+            self.slots.append(_Slot(self.slots))
+        self.slot_of: weakref.WeakKeyDictionary[Any, _Slot] = weakref.WeakKeyDictionary()
         self.closed = False
 
     async def take(self, left: Callable[[float], float], deadline: float) -> Any:
@@ -797,11 +835,15 @@ class _AsyncConnections:
                     return conn
                 await self.drop(conn)
                 continue
-            if len(self.live) < self.size:
-                conn = await asyncio.wait_for(self._connect(), left(deadline))
-                self.live.add(conn)
-                return conn
             left(deadline)
+            try:
+                slot: _Slot | None = self.slots.pop()
+            except IndexError:
+                slot = None
+            if slot is not None:
+                conn = await asyncio.wait_for(self._connect(), left(deadline))
+                self.slot_of[conn] = slot
+                return conn
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
 
@@ -814,7 +856,7 @@ class _AsyncConnections:
 
     async def drop(self, conn: Any) -> None:
         """Close a connection and free its place."""
-        self.live.discard(conn)
+        self.slot_of.pop(conn, None)
         with suppress(Exception):
             await conn.close()
 
