@@ -303,24 +303,26 @@ def postgres_server() -> Iterator[PostgresServer | None]:
             server.stop()
 
 
-#: The tables and functions a PostgreSQL ledger creates, dropped between tests.
+#: Drop what PostgreSQL ledgers created, and nothing else: the budgetguard_*
+#: tables and functions of public, and the other schemas holding a ledger
+#: (those are named by ?schema= and hold only the ledger's objects).
 POSTGRES_RESET = """
 DO $$
 DECLARE item record;
 BEGIN
-    FOR item IN SELECT n.nspname FROM pg_namespace n
-        WHERE n.nspname NOT IN ('public', 'information_schema') AND n.nspname NOT LIKE 'pg_%'
+    FOR item IN SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
+        WHERE c.relname = 'budgetguard_schema' AND n.nspname <> 'public'
     LOOP
         EXECUTE format('DROP SCHEMA %I CASCADE', item.nspname);
     END LOOP;
     FOR item IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname LIKE 'budgetguard%'
+        WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname LIKE 'budgetguard\\_%'
     LOOP
         EXECUTE format('DROP TABLE IF EXISTS public.%I CASCADE', item.relname);
     END LOOP;
     FOR item IN SELECT p.oid::regprocedure AS signature FROM pg_proc p
         JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = 'public' AND p.proname LIKE 'budgetguard%'
+        WHERE n.nspname = 'public' AND p.proname LIKE 'budgetguard\\_%'
     LOOP
         EXECUTE format('DROP FUNCTION IF EXISTS %s CASCADE', item.signature);
     END LOOP;
@@ -343,11 +345,14 @@ def postgres_url(postgres_server: PostgresServer | None) -> str:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        # Connections of earlier tests' ledgers would hold locks on what is dropped.
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+        if postgres_server is not None:
+            # Our own cluster: connections of earlier tests' ledgers would
+            # hold locks on what is dropped. (A given URL's other users are
+            # left alone.)
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
         conn.execute(POSTGRES_RESET)
     return url
 

@@ -259,14 +259,13 @@ def test_terminated_connections_are_replaced(
     postgres_url: str, opened: Callable[..., Ledger]
 ) -> None:
     """pg_terminate_backend on every ledger connection: the next operations simply work."""
-    ledger = opened()
+    ledger = opened(postgres_url + "?application_name=bg-terminated")
     r = fresh()
     assert ledger.reserve(r) is None
     killed = sql(
         postgres_url,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        " AND backend_type = 'client backend'",
+        " WHERE application_name = 'bg-terminated'",
     )
     assert killed[0][0] >= 1
     time.sleep(0.2)  # the FATAL message reaches the idle sockets
