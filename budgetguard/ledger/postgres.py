@@ -70,7 +70,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .._dist import install_hint
 from ..errors import ConfigurationError, StorageError
@@ -188,8 +188,16 @@ class PostgresLedger(Ledger):
         query.setdefault("connect_timeout", str(max(2, round(self.timeout))))
         if self._psycopg.pq.version() >= 120000:
             query.setdefault("tcp_user_timeout", str(max(1, int(self.timeout * 1000))))
+        # quote, not quote_plus: libpq reads "+" as a plus, not a space
+        # (options=-c%20statement_timeout%3D1000 must stay one option).
         self._conninfo = urlunsplit(
-            (parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment)
+            (
+                parts.scheme,
+                parts.netloc,
+                parts.path,
+                urlencode(query, quote_via=quote),
+                parts.fragment,
+            )
         )
         try:
             self._psycopg.conninfo.conninfo_to_dict(self._conninfo)

@@ -646,6 +646,19 @@ def test_nul_in_a_key_is_a_value_error(opened: Callable[..., Ledger]) -> None:
     assert ledger.scan("") == {}
 
 
+def test_libpq_parameters_keep_their_spaces(
+    postgres_url: str, opened: Callable[..., Ledger]
+) -> None:
+    """libpq's own query parameters reach the server intact (a space is not turned into +)."""
+    ledger = opened(postgres_url + "?application_name=bg%20spaced&options=-c%20work_mem%3D5MB")
+    ledger.ping()
+    names = sql(
+        postgres_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bg spaced'",
+    )
+    assert names[0][0] >= 1
+
+
 def test_postgres_scheme_is_an_alias(postgres_url: str, opened: Callable[..., Ledger]) -> None:
     """postgres:// opens the same ledger as postgresql://."""
     first = opened()
