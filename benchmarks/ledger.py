@@ -3,9 +3,14 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/ledger.py [--seconds 3] [--redis-url redis://...]
+        [--postgres-url postgresql://...]
 
 Without ``--redis-url`` a private ``redis-server`` is started on a free port
-(no persistence), so the figures never touch a shared server. For Redis the
+(no persistence), so the figures never touch a shared server. Without
+``--postgres-url`` a private PostgreSQL cluster is created with ``initdb``
+and started with ``pg_ctl`` on a free port (defaults: ``fsync`` and
+``synchronous_commit`` on, so a charge that returned is on disk, as with
+SQLite's ``synchronous=full``; as the ``postgres`` user when run as root). For Redis the
 script also counts round trips per reserve + settle with ``INFO commandstats``
 and runs ``redis-benchmark -q -t set,incr -n 100000`` against the same server
 for comparison. Results go to stdout as a table.
@@ -14,7 +19,9 @@ for comparison. Results go to stdout as a table.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -107,6 +114,53 @@ def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("redis-server did not start")
 
 
+def _as_server_user(argv: list[str]) -> list[str]:
+    """Run ``argv`` as the postgres (or nobody) user when this is root: initdb refuses root."""
+    if os.geteuid() != 0:
+        return argv
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return ["runuser", "-u", name, "--", *argv]
+    raise SystemExit("running as root without a postgres or nobody user; pass --postgres-url")
+
+
+def start_postgres(directory: str) -> tuple[Callable[[], None], str]:
+    """Create and start a private PostgreSQL cluster; return its stop function and URL."""
+    found = shutil.which("initdb")
+    candidates = [os.path.dirname(os.path.realpath(found))] if found else []
+    candidates += ["/usr/local/bin", *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    binaries = next((d for d in candidates if os.path.exists(os.path.join(d, "pg_ctl"))), None)
+    if binaries is None:
+        raise SystemExit("initdb/pg_ctl are not installed; pass --postgres-url")
+    home = os.path.join(directory, "postgres")
+    os.mkdir(home)
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(_as_server_user(["x"])[2])
+        os.chmod(directory, 0o755)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+    data = os.path.join(home, "data")
+    port = free_port()
+
+    def run(*argv: str) -> None:
+        subprocess.run(_as_server_user(list(argv)), check=True, capture_output=True)
+
+    run(os.path.join(binaries, "initdb"), "-D", data, "-U", "bench", "--auth=trust", "--no-sync")
+    with open(os.path.join(data, "postgresql.conf"), "a") as conf:
+        conf.write(
+            f"\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n"
+        )
+    pg_ctl = os.path.join(binaries, "pg_ctl")
+    run(pg_ctl, "-D", data, "-l", os.path.join(home, "log"), "-w", "start")
+
+    def stop() -> None:
+        run(pg_ctl, "-D", data, "-m", "fast", "-w", "stop")
+
+    return stop, f"postgresql://bench@127.0.0.1:{port}/postgres"
+
+
 def round_trips(url: str, calls: int = 1000) -> tuple[float, float]:
     """Return (round trips, commands run by Redis) per reserve + settle."""
     import redis
@@ -152,6 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
     parser.add_argument("--redis-url", help="use this Redis instead of a private server")
+    parser.add_argument("--postgres-url", help="use this PostgreSQL instead of a private cluster")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="budgetguard-bench-") as directory:
@@ -161,6 +216,10 @@ def main() -> None:
         if redis_url is None:
             server, port = start_redis(directory)
             redis_url = f"redis://127.0.0.1:{port}/0"
+        stop_postgres = None
+        postgres_url = options.postgres_url
+        if postgres_url is None:
+            stop_postgres, postgres_url = start_postgres(directory)
         backends: list[tuple[str, Callable[[], Ledger]]] = [
             ("memory://", lambda: ledger_from_url("memory://")),
             (
@@ -174,6 +233,10 @@ def main() -> None:
                 ),
             ),
             ("redis:// (local)", lambda: ledger_from_url(redis_url, prefix="bench")),
+            (
+                "postgresql:// (local)",
+                lambda: ledger_from_url(postgres_url, schema="budgetguard_bench"),
+            ),
         ]
         rows = []
         try:
@@ -189,6 +252,8 @@ def main() -> None:
             if server is not None:
                 server.terminate()
                 server.wait()
+            if stop_postgres is not None:
+                stop_postgres()
 
     out = sys.stdout
     out.write(
@@ -206,6 +271,17 @@ def main() -> None:
     if reference:
         listed = ", ".join(f"{k} {v:,.0f}/s" for k, v in reference.items())
         out.write(f"redis-benchmark -q -t set,incr -n 100000 (50 clients): {listed}\n")
+    out.write(
+        "PostgreSQL: 2 round trips (one function call each) per reserve + settle; "
+        f"psycopg {_psycopg_version()}\n"
+    )
+
+
+def _psycopg_version() -> str:
+    """Return psycopg's version and libpq wrapper (c, binary or python)."""
+    import psycopg
+
+    return f"{psycopg.__version__} ({psycopg.pq.__impl__} wrapper, libpq {psycopg.pq.version()})"
 
 
 if __name__ == "__main__":

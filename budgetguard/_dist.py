@@ -14,7 +14,7 @@ __all__ = ["DISTRIBUTION", "EXTRAS", "install_hint"]
 DISTRIBUTION = "budgetguard-llm"
 
 #: The extras ``pyproject.toml`` defines for users (a test keeps the two equal).
-EXTRAS = ("redis", "server", "tokens")
+EXTRAS = ("postgres", "redis", "server", "tokens")
 
 
 def install_hint(extra: str | None = None) -> str:

@@ -50,7 +50,7 @@ def test_the_extras_the_package_names_are_the_ones_pyproject_defines() -> None:
     defined = set(PROJECT["optional-dependencies"]) - DEVELOPER_EXTRAS
     assert set(_dist.EXTRAS) == defined
     with pytest.raises(ValueError):
-        _dist.install_hint("postgres")
+        _dist.install_hint("mysql")
 
 
 def test_every_install_hint_names_this_distribution_and_a_defined_extra() -> None:
@@ -93,5 +93,5 @@ def test_a_missing_redis_client_names_the_extra_in_process() -> None:
 def test_an_unknown_scheme_names_no_extra() -> None:
     """A scheme budgetguard does not serve gets no made-up extra in its message."""
     with pytest.raises(ConfigurationError) as caught:
-        ledger_from_url("postgres://localhost/db")
+        ledger_from_url("mysql://localhost/db")
     assert "pip install" not in str(caught.value)

@@ -1,7 +1,8 @@
 """Ledgers: where spend is stored, chosen by URL.
 
 ``memory://`` (this process only), ``sqlite:///path/spend.db`` (one host,
-many processes), ``redis://host:port/db`` (many hosts).
+many processes), ``postgresql://host/db`` (many hosts, durable),
+``redis://host:port/db`` (many hosts).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ __all__ = [
 ]
 
 # scheme -> the extra that installs its client; schemes served by the stdlib have none.
-_EXTRAS: dict[str, str] = {"redis": "redis", "rediss": "redis", "unix": "redis"}
+_EXTRAS: dict[str, str] = {
+    "redis": "redis",
+    "rediss": "redis",
+    "unix": "redis",
+    "postgresql": "postgres",
+    "postgres": "postgres",
+}
 
 # scheme -> "module:Class"; imported only when a URL asks for it, so that an
 # optional client (redis) is never imported by users who do not need it.
@@ -36,6 +43,8 @@ _BACKENDS: dict[str, str] = {
     "redis": "budgetguard.ledger.redis:RedisLedger",
     "rediss": "budgetguard.ledger.redis:RedisLedger",
     "unix": "budgetguard.ledger.redis:RedisLedger",
+    "postgresql": "budgetguard.ledger.postgres:PostgresLedger",
+    "postgres": "budgetguard.ledger.postgres:PostgresLedger",
 }
 
 
