@@ -30,17 +30,28 @@ class BudgetQueries(GuardParts):
         """Return what ``user`` (or everyone) spent in the current period of their budget.
 
         Without a budget that applies, return the lifetime total. ``model=``
-        narrows it to one model.
+        narrows it to one model. Charges this process keeps in its outbox
+        (the ledger failed to take them) are included.
         """
         key = self._spend_key(user, model)
+        if self._outbox.pending:
+            self._flush_outbox()
         balance = self._guard_storage(self.ledger.balances, [key])
-        return from_units(balance[key].spent) if balance else Decimal(0)
+        return self._spent(key, balance)
 
     async def aspend(self, user: str | None = None, *, model: str | None = None) -> Decimal:
         """Do ``spend`` without blocking the event loop on the ledger."""
         key = await asyncio.to_thread(self._spend_key, user, model)
+        if self._outbox.pending:
+            await asyncio.to_thread(self._flush_outbox)
         balance = await self._aguard_storage(self.ledger.abalances([key]))
-        return from_units(balance[key].spent) if balance else Decimal(0)
+        return self._spent(key, balance)
+
+    def _spent(self, key: str, balances: Mapping[str, Any] | None) -> Decimal:
+        units = balances[key].spent if balances and key in balances else 0
+        if self._outbox.pending:
+            units += self._outbox.units_on([key], self.clock(), held=False).get(key, 0)
+        return from_units(units)
 
     def _spend_key(self, user: str | None, model: str | None) -> str:
         budget = self.budget_for(user)
@@ -50,10 +61,15 @@ class BudgetQueries(GuardParts):
         return _keys.total_key(user, model)
 
     def remaining(self, user: str | None = None) -> Decimal | None:
-        """Return what is left of the tightest budget that applies, or ``None`` if none does."""
+        """Return what is left of the tightest budget that applies, or ``None`` if none does.
+
+        Charges waiting in this process's outbox count as spent.
+        """
         keys = self._remaining_keys(user)
         if not keys:
             return None
+        if self._outbox.pending:
+            self._flush_outbox()
         balances = self._guard_storage(self.ledger.balances, [k for k, _ in keys]) or {}
         return self._tightest(keys, balances)
 
@@ -62,6 +78,8 @@ class BudgetQueries(GuardParts):
         keys = await asyncio.to_thread(self._remaining_keys, user)
         if not keys:
             return None
+        if self._outbox.pending:
+            await asyncio.to_thread(self._flush_outbox)
         balances = await self._aguard_storage(self.ledger.abalances([k for k, _ in keys]))
         return self._tightest(keys, balances or {})
 
@@ -76,12 +94,17 @@ class BudgetQueries(GuardParts):
             keys.append((shared.key(now), shared))
         return keys
 
-    @staticmethod
-    def _tightest(keys: list[tuple[str, Budget]], balances: Mapping[str, Any]) -> Decimal:
+    def _tightest(self, keys: list[tuple[str, Budget]], balances: Mapping[str, Any]) -> Decimal:
+        waiting: dict[str, int] = {}
+        if self._outbox.pending:
+            # The ledger still holds a failed settle's estimate until its
+            # reservation expires: only the part above it is missing there.
+            waiting = self._outbox.units_on([k for k, _ in keys], self.clock(), held=True)
         found: list[Decimal] = []
         for key, budget in keys:
             balance = balances.get(key)
             used = (balance.spent + balance.reserved) if balance else 0
+            used += waiting.get(key, 0)
             found.append(max(Decimal(0), budget.limit - from_units(used)))
         return min(found)
 
