@@ -11,9 +11,9 @@ from typing import Any
 
 from . import _keys
 from ._parts import GuardParts
-from .budgets import DEFAULT, Budget
+from .budgets import DEFAULT, Budget, user_of
 from .events import BudgetStatus
-from .money import from_units
+from .money import MONEY, from_units
 from .periods import window_end_of
 
 __all__ = ["BudgetQueries"]
@@ -105,7 +105,7 @@ class BudgetQueries(GuardParts):
             balance = balances.get(key)
             used = (balance.spent + balance.reserved) if balance else 0
             used += waiting.get(key, 0)
-            found.append(max(Decimal(0), budget.limit - from_units(used)))
+            found.append(max(Decimal(0), MONEY.subtract(budget.limit, from_units(used))))
         return min(found)
 
     def spend_by_model(self, user: str | None = None) -> dict[str, Decimal]:
@@ -130,7 +130,7 @@ class BudgetQueries(GuardParts):
         """Do ``budgets`` without blocking the event loop on the ledger."""
         return await asyncio.to_thread(self.budgets)
 
-    def prune(self, before: datetime) -> int:
+    def prune(self, before: datetime, *, lifetime: bool = False) -> int:
         """Delete the counters of budget windows and days that ended before ``before``.
 
         Resets are lazy, so every window leaves its counters behind; a
@@ -139,6 +139,14 @@ class BudgetQueries(GuardParts):
         of the budget's time zone, so only windows that ended a full day
         before ``before`` go. A ``before`` in the future is refused with
         ``ValueError``. Return how many counters were deleted.
+
+        ``lifetime=True`` also deletes the lifetime tallies (``spend(user)``
+        where no budget applies, and per model) of every user who has no
+        budget of their own and no spend since ``before`` (no day counter
+        that ended less than a day before it). A default budget does not
+        count as the user's own: it is kept per window. Everyone's totals,
+        those of calls without a user and every key that holds a
+        reservation stay. A user who comes back starts a new lifetime tally.
         """
         if before.tzinfo is None:
             raise ValueError("before must be an aware datetime (e.g. with tzinfo=timezone.utc)")
@@ -152,21 +160,51 @@ class BudgetQueries(GuardParts):
             )
         cutoff = before - timedelta(days=1)
         doomed: list[str] = []
+        recent_days: list[str] = []
         for prefix in _keys.prunable_prefixes():
             found = self._guard_storage(self.ledger.scan, prefix) or {}
             for key, balance in found.items():
                 window = _keys.prunable_window(key)
-                if balance.reserved or window is None:
+                if window is None:
                     continue
                 end = window_end_of(window)
-                if end is not None and end <= cutoff:
+                if not balance.reserved and end is not None and end <= cutoff:
                     doomed.append(key)
+                elif prefix == _keys.DAY:
+                    recent_days.append(key)
+        windows = len(doomed)
+        if lifetime:
+            doomed.extend(self._idle_lifetime_tallies(recent_days))
         for start in range(0, len(doomed), 500):
             self._guard_storage(self.ledger.clear, doomed[start : start + 500])
         if doomed:
-            self._alerts.forget(doomed)
-            logger.info("pruned %d counters of windows that ended before %s", len(doomed), cutoff)
+            self._alerts.forget(doomed[:windows])
+            logger.info(
+                "pruned %d counters of windows that ended before %s and %d lifetime tallies",
+                windows,
+                cutoff,
+                len(doomed) - windows,
+            )
         return len(doomed)
+
+    def _idle_lifetime_tallies(self, recent_days: list[str]) -> list[str]:
+        """Return the lifetime tallies of users with no budget of their own and no recent day."""
+        tallies = self._guard_storage(self.ledger.scan, _keys.USER_TALLY) or {}
+        if not tallies:
+            return []
+        active = {_keys.user_of_tally(key) for key in recent_days}
+        budgeted = {
+            user for name in self._budgets(refresh=True) if (user := user_of(name)) is not None
+        }
+        held = {
+            hold.key
+            for reservation in self._guard_storage(self.ledger.open_reservations)
+            for hold in reservation.holds
+        }
+        candidates = [key for key, balance in tallies.items() if not balance.reserved]
+        return [
+            key for key in _keys.idle_user_tallies(candidates, active, budgeted) if key not in held
+        ]
 
     def reset(self, user: str | None = None) -> None:
         """Start the current period of ``user``'s budget (or the global one) again at zero."""

@@ -276,6 +276,12 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 else datetime.fromtimestamp(self.clock(), timezone.utc)
             ),
         )
+        most = self.ledger.max_units
+        if most is not None and budget.limit_units > most:
+            raise ValueError(
+                f"limit {limit!r} is more than the {self.ledger.url.partition(':')[0]} ledger "
+                f"holds exactly (${from_units(most)} at most); nothing was changed"
+            )
         self._guard_storage(self.ledger.put_budget, name, budget.to_dict())
         with self._cache_lock:
             self._budget_defs = {**self._budget_defs, name: budget}
