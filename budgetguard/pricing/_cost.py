@@ -78,7 +78,8 @@ def price_usage(usage: Usage, price: ModelPrice, *, tier: str | None = None) -> 
         # divides by one million exactly.
         amount = _scaleb(_multiply(unit, tokens), -6)
         breakdown[name] = amount
-        total = _add(total, amount)
+        # The first part is the total so far: one context call fewer.
+        total = amount if total is _ZERO else _add(total, amount)
     if usage.web_search_requests:
         fee = p.per_request.get("web_search")
         if fee is None:
