@@ -173,7 +173,7 @@ def write_budgets(url: str, count: int) -> float:
     if url.startswith("sqlite:"):
         url += "?synchronous=normal"  # no fsync per budget: only the writing is faster
     guard = BudgetGuard(url, metrics=False)
-    budget = Budget.create("5", name="user:x", period="monthly")
+    budget = Budget.create("1000000", name="user:x", period="monthly")
     definition = budget.to_dict()
     start = time.perf_counter()
     for index in range(count):
@@ -277,7 +277,7 @@ def _redis(url: str | None, directory: str, wanted: bool) -> Iterator[str | None
 
 def _memory_cost(budgets: int, seconds: float) -> dict[str, Any]:
     guard = BudgetGuard("memory://", metrics=False)
-    definition = Budget.create("5", name="user:x", period="monthly").to_dict()
+    definition = Budget.create("1000000", name="user:x", period="monthly").to_dict()
     start = time.perf_counter()
     for index in range(budgets):
         guard.ledger.put_budget(budget_name(f"member-{index:07d}"), definition)
