@@ -29,7 +29,7 @@ from .budgets import DEFAULT, GLOBAL, Budget
 from .errors import ConfigurationError, StorageError
 from .events import ThresholdCrossing
 from .ledger import Hold, Reservation
-from .money import from_units, to_decimal
+from .money import MONEY, from_units, to_decimal
 
 if TYPE_CHECKING:
     from ._call import Call
@@ -113,7 +113,7 @@ class Alerts:
                     at = runs_out_at(spent, hold.limit, window.start, window.end, guard.clock())
                     if at is None:
                         continue
-                elif spent < fraction * hold.limit:
+                elif spent < MONEY.multiply(fraction, hold.limit):
                     continue
                 self.fired.add((hold.key, fraction))
                 if self._claim(hold.key, fraction):

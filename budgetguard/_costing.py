@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .errors import UnknownModelError
-from .money import to_decimal
+from .money import MONEY, to_decimal
 from .pricing import cost_of, lookup
 from .tokens import call_shape, count_tokens, projected_cost
 from .usage import StreamMeter, Usage, extract_usage
@@ -160,7 +160,10 @@ class Pricer:
     def fallback_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Return what tokens of a model with no price cost at the fallback price."""
         per_input, per_output = self.fallback_price
-        return (input_tokens * per_input + output_tokens * per_output) / 1_000_000
+        total = MONEY.add(
+            MONEY.multiply(per_input, input_tokens), MONEY.multiply(per_output, output_tokens)
+        )
+        return MONEY.scaleb(total, -6)
 
     def price(self, usage: Usage, model: str | None = None) -> tuple[Decimal, bool]:
         """Return the exact cost of ``usage`` and whether its model had a price.

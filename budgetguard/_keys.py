@@ -20,6 +20,10 @@ key                                   what it counts
 ``o|<budget name>``                   one user's place in the creation order
 ====================================  ===========================================
 
+Lifetime tallies are kept for ever, except that ``prune(before, lifetime=True)``
+sheds the ``t|u=<user>...`` tallies of users with no budget of their own and
+no ``d|`` day tally since ``before`` (``idle_user_tallies`` below).
+
 Window ids (``2026-12``, ``2026-W49``, ``2026-12-01``, ``f86400@...``, ``life``)
 come from ``periods.py``; resets are lazy because the window is in the key.
 An empty user or model field (``u=``, ``m=``) means "none".
@@ -35,6 +39,7 @@ __all__ = [
     "budget_key",
     "day_key",
     "escape",
+    "idle_user_tallies",
     "model_key",
     "model_prefix",
     "owner_of",
@@ -154,6 +159,47 @@ def parse_tally(text: str) -> dict[str, str | None]:
 
 # (prefix, index of the window id among the key's |-separated parts)
 _WINDOWED = ((BUDGET, 2), (DAY, 1), (ALERT + BUDGET, 3))
+
+
+#: The prefix of every lifetime tally of one user (``t|u=<user>`` and per model).
+USER_TALLY = TOTAL + "u="
+
+
+def user_of_tally(key: str) -> str | None:
+    """Return the user of a ``t|u=...`` or ``d|<day>|u=...`` tally (``None``: no user)."""
+    if key.startswith(DAY):
+        key = key.split("|", 2)[2] if key.count("|") >= 2 else ""
+    elif key.startswith(TOTAL):
+        key = key[len(TOTAL) :]
+    return parse_tally(key).get("user")
+
+
+def day_of(key: str) -> str | None:
+    """Return the day id of a ``d|<day>|...`` tally, else ``None``."""
+    if not key.startswith(DAY):
+        return None
+    parts = key.split("|")
+    return parts[1] if len(parts) > 1 else None
+
+
+def idle_user_tallies(
+    tallies: Iterable[str], active_users: set[str | None], budgeted: set[str]
+) -> list[str]:
+    """Return the user lifetime tallies that may go: not active, no budget of their own.
+
+    ``active_users`` are the users with a day tally still recent;
+    ``budgeted`` the users with a budget of their own. The tallies of calls
+    without a user (``t|u=``) always stay.
+    """
+    doomed: list[str] = []
+    for key in tallies:
+        if not key.startswith(USER_TALLY):
+            continue
+        user = user_of_tally(key)
+        if user is None or user in active_users or user in budgeted:
+            continue
+        doomed.append(key)
+    return doomed
 
 
 def prunable_prefixes() -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from . import _hooks
 from ._call import Call, _current_call
+from ._outbox import Pending
 from ._parts import GuardParts
 from ._plan import Holder, Plan
 from ._streams import guard_returned_stream
@@ -226,6 +227,8 @@ class CallLifecycle(GuardParts):
         reservation: Reservation = _new(
             Reservation, (f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl)
         )
+        if self._outbox.pending:  # charges a failed settle left: write them first
+            self._flush_outbox()
         try:
             refusal = self.ledger.reserve(reservation) if holds else None
         except StorageError as error:
@@ -259,6 +262,8 @@ class CallLifecycle(GuardParts):
         if opening.cold:
             pilot, opening = await self._await_cold(opening)
         reservation = self._reservation(opening)
+        if self._outbox.pending:
+            await asyncio.to_thread(self._flush_outbox)
         try:
             refusal = await self.ledger.areserve(reservation) if opening.holds else None
         except StorageError as error:
@@ -477,6 +482,9 @@ class CallLifecycle(GuardParts):
         if reservation is None:  # storage failed open at the start
             return False
         units = ending.units
+        if self._outbox.pending:
+            self._flush_outbox()
+        tallies: tuple[str, ...] = ()
         try:
             if units is None:
                 if reservation.holds:
@@ -489,7 +497,7 @@ class CallLifecycle(GuardParts):
                 # No budget held: the settle is a direct charge, counted once per id.
                 self.ledger.add(tallies, units, op_id=reservation.id)
         except StorageError as error:
-            self._lost(error, call, units)
+            self._lost(error, call, reservation, units, tallies)
             return False
         return bool(units)
 
@@ -499,6 +507,9 @@ class CallLifecycle(GuardParts):
         if reservation is None:
             return False
         units = ending.units
+        if self._outbox.pending:
+            await asyncio.to_thread(self._flush_outbox)
+        tallies: tuple[str, ...] = ()
         try:
             if units is None:
                 if reservation.holds:
@@ -510,7 +521,7 @@ class CallLifecycle(GuardParts):
             else:
                 await self.ledger.aadd(tallies, units, op_id=reservation.id)
         except StorageError as error:
-            self._lost(error, call, units)
+            self._lost(error, call, reservation, units, tallies)
             return False
         return bool(units)
 
@@ -534,16 +545,33 @@ class CallLifecycle(GuardParts):
         if not quiet and ending.owed is not None:
             raise ending.owed
 
-    def _lost(self, error: StorageError, call: Call, units: int | None) -> None:
-        # The call already ran: raising now would not unspend the money. Log
-        # loudly; the reservation expires by itself.
+    def _lost(
+        self,
+        error: StorageError,
+        call: Call,
+        reservation: Reservation,
+        units: int | None,
+        tallies: tuple[str, ...],
+    ) -> None:
+        """Keep a settle the ledger refused in the outbox; a failed release only logs.
+
+        The call already ran: raising now would not unspend the money. The
+        reservation's hold stays in the ledger until it expires; the outbox
+        settles that same reservation (idempotent on its id) once the
+        ledger answers again.
+        """
         self._notify("storage_failed", error, policy=self.on_storage_error)
-        logger.error(
-            "could not record $%s for user %r in the ledger: %s",
-            from_units(units or 0),
-            call.user,
-            error,
-        )
+        if units is None:
+            logger.warning("could not release a reservation (it expires by itself): %s", error)
+            return
+        if self._outbox.put(Pending(reservation.id, units, tallies, reservation, call.user)):
+            logger.error(
+                "could not record $%s for user %r in the ledger (%s); kept in the outbox, "
+                "written again on the next ledger operation",
+                from_units(units),
+                call.user,
+                error,
+            )
 
     def _tally_keys(self, call: Call, model: str | None) -> tuple[str, ...]:
         """Return the counters a settled call adds to besides its budgets."""

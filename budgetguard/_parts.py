@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._alerts import Alerts
     from ._costing import Pricer
     from ._estimate import Learner
+    from ._outbox import Outbox
     from ._plan import Planner
     from .budgets import Budget
     from .events import Listener
@@ -47,9 +48,11 @@ class GuardParts:
         _listeners: list[Listener]
         _budget_defs: dict[str, Budget]
         _budgets_loaded_at: float
+        _outbox: Outbox
 
         def _budgets(self, refresh: bool = False) -> dict[str, Budget]: ...
         def _budgets_due(self) -> bool: ...
+        def _flush_outbox(self, *, final: bool = False) -> bool: ...
         def _notify(self, event: str, *args: Any, **kwargs: Any) -> None: ...
         def _safely(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
         def _guard_storage(self, operation: Callable[..., Any], *args: Any) -> Any: ...

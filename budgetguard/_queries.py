@@ -11,9 +11,9 @@ from typing import Any
 
 from . import _keys
 from ._parts import GuardParts
-from .budgets import DEFAULT, Budget
+from .budgets import DEFAULT, Budget, user_of
 from .events import BudgetStatus
-from .money import from_units
+from .money import MONEY, from_units
 from .periods import window_end_of
 
 __all__ = ["BudgetQueries"]
@@ -30,17 +30,28 @@ class BudgetQueries(GuardParts):
         """Return what ``user`` (or everyone) spent in the current period of their budget.
 
         Without a budget that applies, return the lifetime total. ``model=``
-        narrows it to one model.
+        narrows it to one model. Charges this process keeps in its outbox
+        (the ledger failed to take them) are included.
         """
         key = self._spend_key(user, model)
+        if self._outbox.pending:
+            self._flush_outbox()
         balance = self._guard_storage(self.ledger.balances, [key])
-        return from_units(balance[key].spent) if balance else Decimal(0)
+        return self._spent(key, balance)
 
     async def aspend(self, user: str | None = None, *, model: str | None = None) -> Decimal:
         """Do ``spend`` without blocking the event loop on the ledger."""
         key = await asyncio.to_thread(self._spend_key, user, model)
+        if self._outbox.pending:
+            await asyncio.to_thread(self._flush_outbox)
         balance = await self._aguard_storage(self.ledger.abalances([key]))
-        return from_units(balance[key].spent) if balance else Decimal(0)
+        return self._spent(key, balance)
+
+    def _spent(self, key: str, balances: Mapping[str, Any] | None) -> Decimal:
+        units = balances[key].spent if balances and key in balances else 0
+        if self._outbox.pending:
+            units += self._outbox.units_on([key], self.clock(), held=False).get(key, 0)
+        return from_units(units)
 
     def _spend_key(self, user: str | None, model: str | None) -> str:
         budget = self.budget_for(user)
@@ -50,10 +61,15 @@ class BudgetQueries(GuardParts):
         return _keys.total_key(user, model)
 
     def remaining(self, user: str | None = None) -> Decimal | None:
-        """Return what is left of the tightest budget that applies, or ``None`` if none does."""
+        """Return what is left of the tightest budget that applies, or ``None`` if none does.
+
+        Charges waiting in this process's outbox count as spent.
+        """
         keys = self._remaining_keys(user)
         if not keys:
             return None
+        if self._outbox.pending:
+            self._flush_outbox()
         balances = self._guard_storage(self.ledger.balances, [k for k, _ in keys]) or {}
         return self._tightest(keys, balances)
 
@@ -62,6 +78,8 @@ class BudgetQueries(GuardParts):
         keys = await asyncio.to_thread(self._remaining_keys, user)
         if not keys:
             return None
+        if self._outbox.pending:
+            await asyncio.to_thread(self._flush_outbox)
         balances = await self._aguard_storage(self.ledger.abalances([k for k, _ in keys]))
         return self._tightest(keys, balances or {})
 
@@ -76,13 +94,18 @@ class BudgetQueries(GuardParts):
             keys.append((shared.key(now), shared))
         return keys
 
-    @staticmethod
-    def _tightest(keys: list[tuple[str, Budget]], balances: Mapping[str, Any]) -> Decimal:
+    def _tightest(self, keys: list[tuple[str, Budget]], balances: Mapping[str, Any]) -> Decimal:
+        waiting: dict[str, int] = {}
+        if self._outbox.pending:
+            # The ledger still holds a failed settle's estimate until its
+            # reservation expires: only the part above it is missing there.
+            waiting = self._outbox.units_on([k for k, _ in keys], self.clock(), held=True)
         found: list[Decimal] = []
         for key, budget in keys:
             balance = balances.get(key)
             used = (balance.spent + balance.reserved) if balance else 0
-            found.append(max(Decimal(0), budget.limit - from_units(used)))
+            used += waiting.get(key, 0)
+            found.append(max(Decimal(0), MONEY.subtract(budget.limit, from_units(used))))
         return min(found)
 
     def spend_by_model(self, user: str | None = None) -> dict[str, Decimal]:
@@ -107,7 +130,7 @@ class BudgetQueries(GuardParts):
         """Do ``budgets`` without blocking the event loop on the ledger."""
         return await asyncio.to_thread(self.budgets)
 
-    def prune(self, before: datetime) -> int:
+    def prune(self, before: datetime, *, lifetime: bool = False) -> int:
         """Delete the counters of budget windows and days that ended before ``before``.
 
         Resets are lazy, so every window leaves its counters behind; a
@@ -116,6 +139,14 @@ class BudgetQueries(GuardParts):
         of the budget's time zone, so only windows that ended a full day
         before ``before`` go. A ``before`` in the future is refused with
         ``ValueError``. Return how many counters were deleted.
+
+        ``lifetime=True`` also deletes the lifetime tallies (``spend(user)``
+        where no budget applies, and per model) of every user who has no
+        budget of their own and no spend since ``before`` (no day counter
+        that ended less than a day before it). A default budget does not
+        count as the user's own: it is kept per window. Everyone's totals,
+        those of calls without a user and every key that holds a
+        reservation stay. A user who comes back starts a new lifetime tally.
         """
         if before.tzinfo is None:
             raise ValueError("before must be an aware datetime (e.g. with tzinfo=timezone.utc)")
@@ -129,21 +160,51 @@ class BudgetQueries(GuardParts):
             )
         cutoff = before - timedelta(days=1)
         doomed: list[str] = []
+        recent_days: list[str] = []
         for prefix in _keys.prunable_prefixes():
             found = self._guard_storage(self.ledger.scan, prefix) or {}
             for key, balance in found.items():
                 window = _keys.prunable_window(key)
-                if balance.reserved or window is None:
+                if window is None:
                     continue
                 end = window_end_of(window)
-                if end is not None and end <= cutoff:
+                if not balance.reserved and end is not None and end <= cutoff:
                     doomed.append(key)
+                elif prefix == _keys.DAY:
+                    recent_days.append(key)
+        windows = len(doomed)
+        if lifetime:
+            doomed.extend(self._idle_lifetime_tallies(recent_days))
         for start in range(0, len(doomed), 500):
             self._guard_storage(self.ledger.clear, doomed[start : start + 500])
         if doomed:
-            self._alerts.forget(doomed)
-            logger.info("pruned %d counters of windows that ended before %s", len(doomed), cutoff)
+            self._alerts.forget(doomed[:windows])
+            logger.info(
+                "pruned %d counters of windows that ended before %s and %d lifetime tallies",
+                windows,
+                cutoff,
+                len(doomed) - windows,
+            )
         return len(doomed)
+
+    def _idle_lifetime_tallies(self, recent_days: list[str]) -> list[str]:
+        """Return the lifetime tallies of users with no budget of their own and no recent day."""
+        tallies = self._guard_storage(self.ledger.scan, _keys.USER_TALLY) or {}
+        if not tallies:
+            return []
+        active = {_keys.user_of_tally(key) for key in recent_days}
+        budgeted = {
+            user for name in self._budgets(refresh=True) if (user := user_of(name)) is not None
+        }
+        held = {
+            hold.key
+            for reservation in self._guard_storage(self.ledger.open_reservations)
+            for hold in reservation.holds
+        }
+        candidates = [key for key, balance in tallies.items() if not balance.reserved]
+        return [
+            key for key in _keys.idle_user_tallies(candidates, active, budgeted) if key not in held
+        ]
 
     def reset(self, user: str | None = None) -> None:
         """Start the current period of ``user``'s budget (or the global one) again at zero."""

@@ -12,15 +12,39 @@ from ._keys import budget_key, escape, unescape
 from .money import to_decimal, to_units
 from .periods import Period, Window, parse_period, parse_tz, tz_name
 
-__all__ = ["DEFAULT", "GLOBAL", "Budget", "budget_name", "escape", "unescape", "user_of"]
+__all__ = [
+    "DEFAULT",
+    "EMPTY_USER",
+    "GLOBAL",
+    "Budget",
+    "budget_name",
+    "escape",
+    "unescape",
+    "user_of",
+]
 
 GLOBAL = "global"
 DEFAULT = "default"
 
 
 def budget_name(user: str | None) -> str:
-    """Return the name a budget is stored under: ``global`` or ``user:<id>``."""
-    return GLOBAL if user is None else f"user:{user}"
+    """Return the name a budget is stored under: ``global`` or ``user:<id>``.
+
+    The user id ``""`` raises ``ValueError``: in the ledger's keys an empty
+    user field means "no user", so it would share the tallies of calls made
+    without one. Ids made of spaces are distinct ids and are kept as given.
+    """
+    if user is None:
+        return GLOBAL
+    if not user:
+        raise ValueError(EMPTY_USER)
+    return f"user:{user}"
+
+
+EMPTY_USER = (
+    "user must be a non-empty string, got ''; pass user=None for calls without a user "
+    "(in the ledger an empty user means none)"
+)
 
 
 def user_of(name: str) -> str | None:

@@ -12,6 +12,7 @@ import wrapt
 from ._call import Call, _current_call
 from ._costing import model_argument
 from ._estimate import ArgumentReader
+from .budgets import EMPTY_USER
 from .guard import BudgetGuard, guard_for
 from .money import to_decimal, to_units
 
@@ -110,6 +111,8 @@ def _user_resolver(
         return from_callable
     if not isinstance(user, str):
         raise TypeError(f"user= must be a str or a callable, not {type(user).__name__}")
+    if not user:
+        raise ValueError(EMPTY_USER)
     try:
         parameters = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):

@@ -9,6 +9,7 @@ the queries in ``_queries.py``; this module puts them together.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -26,6 +27,7 @@ from ._call import Call, _current_call, current_call
 from ._costing import FALLBACK_PRICE, Pricer
 from ._estimate import MISSING_ESTIMATE_POLICIES, Learner, MissingEstimatePolicy
 from ._lifecycle import CallLifecycle, _Ending
+from ._outbox import DEFAULT_OUTBOX_SIZE, Outbox, Pending
 from ._plan import Planner
 from ._queries import BudgetQueries
 from .budgets import DEFAULT, GLOBAL, Budget, budget_name, user_of
@@ -36,7 +38,7 @@ from .errors import (
 )
 from .events import Listener, ThresholdCrossing
 from .ledger import BudgetChanges, Ledger, Reservation, ledger_from_url
-from .money import to_decimal, to_units
+from .money import from_units, to_decimal, to_units
 from .periods import parse_tz
 from .scope import _current as _scope_var
 from .scope import current_scope
@@ -79,6 +81,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _flush_at_exit() -> None:
+    # Charges still in an outbox get one last chance before the process ends.
+    for guard in list(_guards):
+        if guard._outbox.pending:
+            guard._safely(guard._flush_outbox, final=True)
+
+
+atexit.register(_flush_at_exit)
+
+
 class BudgetGuard(CallLifecycle, BudgetQueries):
     """Check budgets before LLM calls and charge their cost after, atomically.
 
@@ -115,6 +127,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     (``"use"``, the default; a warning once per model when it differs from
     the price table by more than a quarter) or priced from its tokens with
     the price table (``"ignore"``).
+    ``outbox_size``: how many charges the ledger could not take (a settle or
+    a direct charge that failed with ``StorageError`` after the call ran)
+    this process keeps to write again, on the next ledger operation, at
+    ``close()`` and at exit; see ``budgetguard._outbox`` for the rule. A
+    charge that finds it full is dropped, logged at ``ERROR`` and counted.
     """
 
     def __init__(
@@ -140,6 +157,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         user_salt: str | None = None,
         max_users: int = 100,
         clock: Callable[[], float] | None = None,
+        outbox_size: int = DEFAULT_OUTBOX_SIZE,
     ) -> None:
         _check_choice("on_storage_error", on_storage_error, _STORAGE_POLICIES)
         _check_choice("on_missing_cost", on_missing_cost, _MISSING_COST_POLICIES)
@@ -159,6 +177,10 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         if default_output_tokens < 0:
             raise ConfigurationError(
                 f"default_output_tokens must be 0 or more, got {default_output_tokens!r}"
+            )
+        if isinstance(outbox_size, bool) or not isinstance(outbox_size, int) or outbox_size < 0:
+            raise ConfigurationError(
+                f"outbox_size must be a whole number >= 0, got {outbox_size!r}"
             )
         self.clock: Callable[[], float] = clock or time.time
         if isinstance(ledger, str):
@@ -191,6 +213,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         self._ids = itertools.count(1)
         self._id_prefix = f"{_process_tag}.{id(self):x}."
         self._listeners: list[Listener] = []
+        self._outbox = Outbox(outbox_size)
         self.telemetry: Any = None
         _guards.add(self)
         if metrics:
@@ -273,6 +296,12 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 else datetime.fromtimestamp(self.clock(), timezone.utc)
             ),
         )
+        most = self.ledger.max_units
+        if most is not None and budget.limit_units > most:
+            raise ValueError(
+                f"limit {limit!r} is more than the {self.ledger.url.partition(':')[0]} ledger "
+                f"holds exactly (${from_units(most)} at most); nothing was changed"
+            )
         self._guard_storage(self.ledger.put_budget, name, budget.to_dict())
         # Read back what changed since this guard last looked (this write,
         # and others' since): one small read, and the mark this write may
@@ -568,21 +597,54 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         units = to_units(value)
         tallies = self._tally_keys(call, model)
         keys = (*(hold.key for hold in opening.holds), *tallies)
-        self._charge_once(keys, units, self._new_id("add"))
+        self._charge_once(keys, units, self._new_id("add"), opening.user)
         if self._alerts.thresholds and units:
             self._alerts.check(call)
         self._tell(call, units, _Ending(units, model, None, None, True, False, None))
         return value
 
-    def _charge_once(self, keys: tuple[str, ...], units: int, op_id: str) -> None:
-        """Add ``units`` to ``keys`` exactly once, retrying a lost reply with the same id."""
+    def _charge_once(
+        self, keys: tuple[str, ...], units: int, op_id: str, user: str | None = None
+    ) -> None:
+        """Add ``units`` to ``keys`` exactly once; keep it in the outbox if the ledger fails.
+
+        The write may have run before its reply was lost: writing it again
+        with the same id charges it once either way. A charge the outbox has
+        no room for raises ``StorageError``.
+        """
+        if self._outbox.pending:
+            self._flush_outbox()
         try:
             self.ledger.add(keys, units, op_id=op_id)
+            return
         except StorageError as error:
-            # The write may have run before the reply was lost: repeating it
-            # with the same id charges it once either way.
-            logger.warning("retrying a charge of %s units after: %s", units, error)
-            self._guard_storage(lambda: self.ledger.add(keys, units, op_id=op_id))
+            self._notify("storage_failed", error, policy=self.on_storage_error)
+            if not self._outbox.put(Pending(op_id, units, keys, None, user)):
+                raise
+            failure = error
+        if not self._flush_outbox():  # at once: a lost reply is the likeliest failure
+            logger.error(
+                "could not record $%s for user %r in the ledger (%s); kept in the outbox, "
+                "written again on the next ledger operation",
+                from_units(units),
+                user,
+                failure,
+            )
+
+    def _flush_outbox(self, *, final: bool = False) -> bool:
+        """Write the charges waiting in the outbox; return whether none is left.
+
+        ``final``: the guard is closing or the process exiting, so whatever
+        stays is lost, and logged as such.
+        """
+        done = self._outbox.flush(self.ledger)
+        if final and not done and self._outbox.pending:
+            logger.error(
+                "budgetguard is closing with %d charges ($%s) the ledger never took: they are lost",
+                len(self._outbox),
+                from_units(self._outbox.waiting_units()),
+            )
+        return done
 
     def record(
         self, response: Any, *, user: str | None = None, model: str | None = None
@@ -637,7 +699,9 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
             self._listeners.remove(listener)
 
     def close(self) -> None:
-        """Stop exporting metrics and close the ledger."""
+        """Write what waits in the outbox, stop exporting metrics and close the ledger."""
+        if self._outbox.pending:
+            self._safely(self._flush_outbox, final=True)
         if self.telemetry is not None:
             self.remove_listener(self.telemetry)
             self._safely(self.telemetry.shutdown)
@@ -678,6 +742,8 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         self._ids = itertools.count(1)
         self._cache_lock = threading.Lock()
         self._budget_reads.after_fork()
+        # The parent writes the charges it kept; the child must not write them twice.
+        self._outbox.forget()
         # A gate held by a parent's thread would stay shut in the child for ever.
         self._learner.after_fork()
 

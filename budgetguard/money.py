@@ -5,13 +5,37 @@ unit is one nano-dollar (10**-9 USD): small enough that every price per
 million tokens with up to three decimals is exact per token, and large enough
 that a Redis Lua script (whose numbers are doubles, exact to 2**53) counts
 budgets of up to nine million dollars without rounding.
+
+Every computation on money uses ``MONEY``, budgetguard's own ``Decimal``
+context (50 digits), through its methods (``MONEY.multiply``, ``MONEY.add``,
+``MONEY.scaleb``), never the operators, which round to the *caller's*
+context: an application that sets ``getcontext().prec = 6`` must not turn a
+$3.0864125 call into $3.08641.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
 
-__all__ = ["UNITS_PER_DOLLAR", "Amount", "from_units", "to_decimal", "to_units"]
+__all__ = ["MONEY", "UNITS_PER_DOLLAR", "Amount", "from_units", "to_decimal", "to_units"]
+
+#: budgetguard's Decimal context: exact for any price times any token count
+#: (prices have at most a few decimals, counts at most 20 digits).
+MONEY = Context(
+    prec=50,
+    rounding=ROUND_HALF_EVEN,
+    Emin=-999_999,
+    Emax=999_999,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+_scaleb = MONEY.scaleb
 
 Amount = Decimal | int | str | float
 
@@ -49,7 +73,7 @@ def to_decimal(value: object, name: str = "amount", *, allow_negative: bool = Fa
 
 def to_units(amount: Decimal) -> int:
     """Convert dollars to whole ledger units, rounding up so spend never escapes."""
-    scaled = amount.scaleb(9)
+    scaled = _scaleb(amount, 9)
     units = int(scaled)  # truncates towards zero
     return units + 1 if units < scaled else units
 
@@ -58,4 +82,4 @@ def from_units(units: int) -> Decimal:
     """Convert whole ledger units back to dollars, exactly."""
     if units % UNITS_PER_DOLLAR == 0:
         return Decimal(units // UNITS_PER_DOLLAR)  # plain "10", not "1E+1"
-    return Decimal(units).scaleb(-9).normalize()
+    return MONEY.normalize(_scaleb(Decimal(units), -9))

@@ -7,6 +7,7 @@ are lazy and need no background job.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
@@ -17,6 +18,7 @@ from .errors import ConfigurationError
 
 __all__ = [
     "CALENDAR_PERIODS",
+    "MAX_PERIOD",
     "Period",
     "PeriodLike",
     "Window",
@@ -114,8 +116,17 @@ def _fixed_window(at: datetime, length: timedelta, anchor: datetime) -> Window:
     return Window(f"every{seconds}s@{int(start.timestamp())}", start, start + length)
 
 
+#: The longest fixed-length period: a century (for longer, a lifetime budget).
+MAX_PERIOD = timedelta(days=36_525)
+
+
 def parse_period(value: object) -> Period:
-    """Turn ``"monthly"``, ``None``, ``"lifetime"``, a ``timedelta`` or seconds into a Period."""
+    """Turn ``"monthly"``, ``None``, ``"lifetime"``, a ``timedelta`` or seconds into a Period.
+
+    A fixed-length period is a whole number of seconds from one second to a
+    century (``MAX_PERIOD``); anything else (negative, sub-second, fractional
+    seconds, NaN, infinite, longer) raises ``ValueError`` naming the value.
+    """
     if value is None or value == "lifetime":
         return Period("lifetime")
     if isinstance(value, Period):
@@ -125,13 +136,42 @@ def parse_period(value: object) -> Period:
     if isinstance(value, timedelta) or (
         isinstance(value, (int, float)) and not isinstance(value, bool)
     ):
-        length = value if isinstance(value, timedelta) else timedelta(seconds=value)
-        if length <= timedelta(0):
-            raise ValueError(f"period must be a positive duration, got {value!r}")
-        return Period("every", length)
+        return Period("every", _length(value))
     raise ValueError(
         f"unknown period {value!r}; use 'daily', 'weekly', 'monthly', 'yearly', "
         "None (lifetime) or a datetime.timedelta"
+    )
+
+
+def _length(value: timedelta | float) -> timedelta:
+    """Check a fixed period's length (a ``timedelta`` or seconds) and return it."""
+    if isinstance(value, timedelta):
+        length = value
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"period must be a finite number of seconds, got {value!r}")
+        if value <= 0:
+            raise ValueError(f"period must be a positive duration, got {value!r}")
+        if value > MAX_PERIOD.total_seconds():
+            # Checked before timedelta(), which overflows past 999,999,999 days.
+            raise ValueError(_too_long(value))
+        length = timedelta(seconds=value)
+    if length <= timedelta(0):
+        raise ValueError(f"period must be a positive duration, got {value!r}")
+    if length > MAX_PERIOD:
+        raise ValueError(_too_long(value))
+    if length < timedelta(seconds=1) or length % timedelta(seconds=1):
+        raise ValueError(
+            f"period must be a whole number of seconds (one at least), got {value!r}: "
+            "windows are keyed by the second"
+        )
+    return length
+
+
+def _too_long(value: object) -> str:
+    return (
+        f"period must be at most {MAX_PERIOD.days} days (a century), got {value!r}; "
+        "use period=None for a budget that never resets"
     )
 
 

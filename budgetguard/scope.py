@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from ._keys import scope_key
+from .budgets import EMPTY_USER
 from .money import to_decimal, to_units
 
 __all__ = [
@@ -139,6 +140,8 @@ class budget_scope:  # lower case: used like a function, as contextlib's helpers
     ) -> None:
         if user is not None and not isinstance(user, str):
             raise TypeError(f"user must be a str or None, not {type(user).__name__}")
+        if user == "":
+            raise ValueError(EMPTY_USER)
         self.user = user
         self.limit = to_decimal(limit, "limit") if limit is not None else None
         self.tags = dict(tags or {})

@@ -23,7 +23,10 @@ the instruments below, on a meter named ``budgetguard``:
   (USD, gauges read from the ledger when a reader collects): by
   ``budgetguard.budget`` (global, user, ...), ``budgetguard.period`` and user;
 - ``budgetguard.refusals``, ``budgetguard.unpriced``, ``budgetguard.alerts``,
-  ``budgetguard.storage_errors`` (counters).
+  ``budgetguard.storage_errors`` (counters);
+- ``budgetguard.outbox.size`` (gauge, charges) and ``budgetguard.outbox.dropped``
+  (counter, charges): settles the ledger could not take, waiting in this
+  process to be written again, and those dropped because the outbox was full.
 
 Model names are bounded too: the first ``max_models`` distinct request and
 response models seen keep their names, every later one is ``"_other"`` (a
@@ -393,6 +396,16 @@ class _Instruments:
                 unit=unit,
                 description=description,
             )
+        # The outbox of charges the ledger could not take (budgetguard._outbox).
+        meter.create_observable_gauge(
+            "budgetguard.outbox.size", [self._observe(methodcaller("_outbox_points", "size"))],
+            unit="{charge}", description="Charges waiting to be written to the ledger again.",
+        )  # fmt: skip
+        meter.create_observable_counter(
+            "budgetguard.outbox.dropped",
+            [self._observe(methodcaller("_outbox_points", "dropped"))],
+            unit="{charge}", description="Charges dropped because the outbox was full.",
+        )  # fmt: skip
         for field in ("limit", "spent", "reserved", "remaining"):
             meter.create_observable_gauge(
                 f"budgetguard.budget.{field}",
@@ -823,6 +836,13 @@ class Telemetry:
         with self._lock:
             counts = list(self._events[event].items())
         return [(dict(items), float(count)) for items, count in counts]
+
+    def _outbox_points(self, field: str) -> list[tuple[Attributes, float]]:
+        """Return the guard's outbox size or its count of dropped charges."""
+        outbox = getattr(self._guard(), "_outbox", None)
+        if outbox is None:
+            return []
+        return [({}, float(len(outbox) if field == "size" else outbox.dropped))]
 
     def _budget_points(self, field: str) -> list[tuple[Attributes, float]]:
         totals: dict[tuple[str, str, _UserLabel], Decimal] = {}

@@ -23,6 +23,7 @@ def add_parser(commands: Subparsers) -> None:
         "current windows and calls in flight are kept).",
         "examples:\n"
         "  budgetguard prune --ledger sqlite:///spend.db --keep-days 90\n"
+        "  budgetguard prune --ledger sqlite:///spend.db --keep-days 90 --lifetime\n"
         "  budgetguard prune --ledger redis://localhost:6379/0 --before 2026-01-01",
         run,
     )
@@ -33,6 +34,12 @@ def add_parser(commands: Subparsers) -> None:
     )
     horizon.add_argument(
         "--keep-days", type=positive_int, metavar="N", help="keep the last N days of windows"
+    )
+    prune.add_argument(
+        "--lifetime",
+        action="store_true",
+        help="also delete the lifetime totals of users with no budget of their own and no "
+        "spend since the date (they start again at zero if they come back)",
     )
 
 
@@ -54,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
             "prune only removes windows that have ended"
         )
     with open_guard(args.ledger, must_exist=True) as guard:
-        removed = guard.prune(before)
-    print(f"pruned {removed} counters of windows that ended before {before.date().isoformat()}")
+        removed = guard.prune(before, lifetime=args.lifetime)
+    what = (
+        "counters of windows that ended"
+        if not args.lifetime
+        else "counters of windows and idle users"
+    )
+    print(f"pruned {removed} {what} before {before.date().isoformat()}")
     return EXIT_OK

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, UnknownModelError
+from ..money import MONEY
 from ._price import Cost, ModelPrice
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ def _default_table() -> PriceTable:
 SERVICE_TIERS = frozenset({"standard", "batch", "flex", "priority", "fast"})
 
 _ZERO = Decimal(0)
+_multiply, _add, _scaleb = MONEY.multiply, MONEY.add, MONEY.scaleb
 
 
 def price_usage(
@@ -78,22 +80,24 @@ def price_usage(
             continue
         if unit is None:
             unit = p.output if name in ("reasoning", "output_audio") else p.input
-        # scaleb(-6) divides by one million exactly, whatever the Decimal context.
-        amount = (unit * tokens).scaleb(-6)
+        # In budgetguard's own context, whatever the caller's; scaleb(-6)
+        # divides by one million exactly.
+        amount = _scaleb(_multiply(unit, tokens), -6)
         breakdown[name] = amount
-        total += amount
+        # The first part is the total so far: one context call fewer.
+        total = amount if total is _ZERO else _add(total, amount)
     if usage.web_search_requests:
         fee = p.per_request.get("web_search")
         if fee is None:
             fee = price.per_request.get("web_search", _ZERO)
-        amount = fee * usage.web_search_requests
+        amount = _multiply(fee, usage.web_search_requests)
         breakdown["web_search"] = amount
-        total += amount
+        total = _add(total, amount)
     # A fee on every call of the model, whatever its usage says.
     call_fee = p.per_request.get("call", price.per_request.get("call"))
     if call_fee:
         breakdown["call"] = call_fee
-        total += call_fee
+        total = _add(total, call_fee)
     return Cost(
         total=total,
         breakdown=breakdown,

@@ -10,7 +10,7 @@ from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
-from ..money import to_decimal
+from ..money import MONEY, to_decimal
 
 __all__ = [
     "TOKEN_PRICE_FIELDS",
@@ -172,7 +172,7 @@ def _scaled(price: ModelPrice, factor: Decimal) -> ModelPrice:
     for key in TOKEN_PRICE_FIELDS:
         value = getattr(price, key)
         if value is not None:
-            changes[key] = value * factor
+            changes[key] = MONEY.multiply(value, factor)
     changes["long_context"] = tuple(
         LongContextTier(t.above_input_tokens, _scaled(t.price, factor)) for t in price.long_context
     )
