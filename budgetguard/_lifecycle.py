@@ -569,13 +569,16 @@ class CallLifecycle(GuardParts):
             time.perf_counter() - call.started,
             call.request_model,
             ending.model,
-            usage.provider if usage is not None else None,
+            call.provider or (usage.provider if usage is not None else None),
             usage.operation if usage is not None else None,
             usage,
             type(error).__qualname__ if error is not None else None,
             ending.priced,
             ending.estimated,
             call.tags,
+            from_units(call.estimate),
+            _held_names(call),
+            call.span,
         )
         self._notify("call_ended", outcome)
 
@@ -666,6 +669,13 @@ class CallLifecycle(GuardParts):
     def _stream_meter(self, call: Call) -> StreamMeter:
         """Return what watches a stream's chunks for its usage (for generators and streams)."""
         return StreamMeter(call.request_model)
+
+
+def _held_names(call: Call) -> tuple[str, ...]:
+    """Return the names of the budgets ``call`` was held against (for listeners)."""
+    return tuple(
+        [holder.budget.name if holder.budget is not None else "scope" for holder in call.holders]
+    )
 
 
 def _on_event_loop() -> bool:

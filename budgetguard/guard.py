@@ -101,6 +101,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     ``outside_scope``: ``"global"`` charges calls made outside any
     ``budget_scope`` (and without ``user=``) to the global budget only;
     ``"refuse"`` refuses them.
+    ``spans=True`` puts each call's budget outcome and cost on OpenTelemetry
+    spans (``budgetguard.telemetry.Spans``; pass ``Spans(own_spans=True, ...)``
+    for its options). ``telemetry_options`` passes the metrics' other options
+    (``max_models``, ``tag_keys``, ``max_tag_values``, ``latest_conventions``,
+    ``aggregate``) to ``budgetguard.telemetry.Telemetry``.
     """
 
     def __init__(
@@ -125,6 +130,8 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         user_salt: str | None = None,
         max_users: int = 100,
         clock: Callable[[], float] | None = None,
+        spans: object = False,
+        telemetry_options: Mapping[str, Any] | None = None,
     ) -> None:
         _check_choice("on_storage_error", on_storage_error, _STORAGE_POLICIES)
         _check_choice("on_missing_cost", on_missing_cost, _MISSING_COST_POLICIES)
@@ -171,7 +178,15 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         self._ids = itertools.count(1)
         self._id_prefix = f"{_process_tag}.{id(self):x}."
         self._listeners: list[Listener] = []
+        # What reads the current span as a call begins; set while a listener
+        # traces calls (``Spans``), else None: no span lookup per call.
+        self._current_span: Callable[[], Any] | None = None
         self.telemetry: Any = None
+        tracer = _spans_listener(spans)
+        if telemetry_options is not None and not metrics:
+            raise ConfigurationError(
+                "telemetry_options configures the metrics, but metrics=False turns them off"
+            )
         _guards.add(self)
         if metrics:
             from .telemetry import Telemetry
@@ -182,8 +197,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 user_attribute=user_attribute,
                 user_salt=user_salt,
                 max_users=max_users,
+                **_telemetry_options(telemetry_options),
             )
             self.add_listener(self.telemetry)
+        if tracer is not None:
+            self.add_listener(tracer)
 
     def __repr__(self) -> str:
         return f"BudgetGuard(ledger={self.ledger.url!r})"
@@ -443,11 +461,22 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         """Tell ``listener`` about every call, refusal, alert and storage failure."""
         if listener not in self._listeners:
             self._listeners.append(listener)
+        self._trace_if_asked()
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop telling ``listener``."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+        self._trace_if_asked()
+
+    def _trace_if_asked(self) -> None:
+        """Read the current span as calls begin only while a listener wants it."""
+        if any(getattr(listener, "traces_calls", False) for listener in self._listeners):
+            from opentelemetry.trace import get_current_span
+
+            self._current_span = get_current_span
+        else:
+            self._current_span = None
 
     def close(self) -> None:
         """Stop exporting metrics and close the ledger."""
@@ -521,6 +550,49 @@ def _guard_in_scope() -> BudgetGuard:
 def guard_for(explicit: BudgetGuard | None) -> BudgetGuard:
     """Return ``explicit``, else the guard of the current scope, else the default guard."""
     return explicit if explicit is not None else _guard_in_scope()
+
+
+# What ``telemetry_options`` may set: the keyword arguments of ``Telemetry``
+# that the guard's own arguments do not already cover.
+_TELEMETRY_OPTIONS = (
+    "aggregate",
+    "latest_conventions",
+    "max_models",
+    "max_tag_values",
+    "tag_keys",
+)
+
+
+def _telemetry_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return ``telemetry_options`` checked: a mapping of known option names."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"telemetry_options must be a mapping of option names to values, not {options!r}"
+        )
+    unknown = sorted(str(name) for name in options if name not in _TELEMETRY_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown telemetry option(s) {', '.join(unknown)}; known: "
+            f"{', '.join(_TELEMETRY_OPTIONS)}"
+        )
+    return dict(options)
+
+
+def _spans_listener(spans: object) -> Any:
+    """Return the ``Spans`` listener that ``spans=`` asks for, or ``None``."""
+    from ._spans import Spans
+
+    if spans is False or spans is None:
+        return None
+    if spans is True:
+        return Spans()
+    if isinstance(spans, Spans):
+        return spans
+    raise ConfigurationError(
+        f"spans must be True, False or a budgetguard.telemetry.Spans(...), not {spans!r}"
+    )
 
 
 def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
