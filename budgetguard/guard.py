@@ -138,6 +138,12 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         _check_choice("on_missing_estimate", on_missing_estimate, MISSING_ESTIMATE_POLICIES)
         _check_choice("on_unknown_model", on_unknown_model, _UNKNOWN_MODEL_POLICIES)
         _check_choice("outside_scope", outside_scope, _OUTSIDE_SCOPE_POLICIES)
+        tracer = _spans_listener(spans)
+        telemetry_settings = _telemetry_options(telemetry_options)
+        if telemetry_options is not None and not metrics:
+            raise ConfigurationError(
+                "telemetry_options configures the metrics, but metrics=False turns them off"
+            )
         if not reservation_ttl > 0 or reservation_ttl == float("inf"):
             raise ConfigurationError(
                 f"reservation_ttl must be a positive finite number of seconds, "
@@ -182,11 +188,6 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         # traces calls (``Spans``), else None: no span lookup per call.
         self._current_span: Callable[[], Any] | None = None
         self.telemetry: Any = None
-        tracer = _spans_listener(spans)
-        if telemetry_options is not None and not metrics:
-            raise ConfigurationError(
-                "telemetry_options configures the metrics, but metrics=False turns them off"
-            )
         _guards.add(self)
         if metrics:
             from .telemetry import Telemetry
@@ -197,7 +198,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 user_attribute=user_attribute,
                 user_salt=user_salt,
                 max_users=max_users,
-                **_telemetry_options(telemetry_options),
+                **telemetry_settings,
             )
             self.add_listener(self.telemetry)
         if tracer is not None:
