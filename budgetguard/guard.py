@@ -25,7 +25,7 @@ from ._alerts import Alerts
 from ._call import Call, _current_call, current_call
 from ._costing import FALLBACK_PRICE, Pricer
 from ._estimate import MISSING_ESTIMATE_POLICIES, Learner, MissingEstimatePolicy
-from ._lifecycle import CallLifecycle, _Ending
+from ._lifecycle import CallLifecycle, OutcomeParts, _Ending
 from ._plan import Planner
 from ._queries import BudgetQueries
 from .budgets import DEFAULT, GLOBAL, Budget, budget_name
@@ -187,6 +187,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         # What reads the current span as a call begins; set while a listener
         # traces calls (``Spans``), else None: no span lookup per call.
         self._current_span: Callable[[], Any] | None = None
+        self._outcomes = OutcomeParts()
         self.telemetry: Any = None
         _guards.add(self)
         if metrics:
