@@ -42,8 +42,10 @@ class Call:
         "parent",
         "pilot",
         "plan",
+        "provider",
         "request_model",
         "reservation",
+        "span",
         "started",
         "tags",
         "user",
@@ -86,6 +88,13 @@ class Call:
         if parent is not None:
             parent.has_inner = True
         self.started = time.perf_counter()
+        #: The provider an instrumented client named (``azure.ai.openai``), else None.
+        self.provider: str | None = None
+        #: The OpenTelemetry span current as the call begins, where a listener
+        #: traces calls (``Spans``): another instrumentation's GenAI client
+        #: span is current here, and still open when the call ends.
+        current_span = guard._current_span
+        self.span: Any = current_span() if current_span is not None else None
         self._token: contextvars.Token[Call | None] | None = None
         self._outer: list[contextvars.Token[Call | None]] | None = None  # re-entered
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._alerts import Alerts
     from ._costing import Pricer
     from ._estimate import Learner
+    from ._lifecycle import OutcomeParts
     from ._outbox import Outbox
     from ._plan import Planner
     from .budgets import Budget
@@ -46,6 +47,7 @@ class GuardParts:
         _ids: Iterator[int]
         _id_prefix: str
         _listeners: list[Listener]
+        _outcomes: OutcomeParts
         _budget_defs: dict[str, Budget]
         _budgets_loaded_at: float
         _outbox: Outbox

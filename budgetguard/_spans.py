@@ -1,12 +1,19 @@
 """Put each guarded call's budget outcome, cost and usage on OpenTelemetry spans.
 
 A listener, through ``opentelemetry-api`` only; added with
-``guard.add_listener(Spans())``. For each call that ran:
+``BudgetGuard(spans=True)`` or ``guard.add_listener(Spans())``. The span a
+call belongs to is the one current as the call begins (noted by the guard
+while a ``Spans`` listener is added), so a stream read to its end later, in
+another context, still lands on the span opened for it. For each call that ran:
 
-- when the current span is a GenAI span (OpenLLMetry's, the contrib
+- when that span is a GenAI span (OpenLLMetry's, the contrib
   instrumentation's, or the user's with ``gen_ai.operation.name``,
   ``gen_ai.provider.name`` or the older ``gen_ai.system``), the cost
-  and the budget outcome are added to it: no second span for one call;
+  and the budget outcome (``budgetguard.reservation.amount`` held while it
+  ran, ``budgetguard.budgets`` held, ``budgetguard.outcome``) are added to
+  it: no second span for one call. ``budgetguard.instrument()`` puts its
+  wrapper inside OpenLLMetry's or the contrib instrumentation's, whichever
+  was installed first, so their span is the one current;
 - else, with ``own_spans=True``, a GenAI client span of its own,
   ``"{operation} {model}"``, covering the call, with the gen_ai attributes,
   token usage, cost and outcome;
@@ -77,6 +84,11 @@ def _is_genai(span: Any) -> bool:
 class Spans:
     """Record budget outcomes, cost and usage on spans (a :class:`~budgetguard.events.Listener`)."""
 
+    #: Asks the guard to note the span current as each call begins
+    #: (``CallOutcome.span``): a stream ends long after its span stopped
+    #: being current, and the outcome belongs on that span.
+    traces_calls = True
+
     def __init__(
         self,
         *,
@@ -109,7 +121,9 @@ class Spans:
 
     def call_ended(self, outcome: CallOutcome) -> None:
         """Add a call's cost and outcome to its span, or open one, or add an event."""
-        span = trace.get_current_span()
+        span = outcome.span
+        if span is None or not span.is_recording():
+            span = trace.get_current_span()
         if not span.is_recording():
             if self.own_spans and self._traced():
                 self._own_span(outcome)
@@ -174,7 +188,10 @@ class Spans:
             self._currency: "USD",
             "budgetguard.outcome": "failed" if outcome.error_type else "settled",
             "budgetguard.cost.estimated": outcome.estimated,
+            "budgetguard.reservation.amount": float(outcome.reserved),
         }
+        if outcome.budgets:
+            attributes["budgetguard.budgets"] = [_kind(name) for name in outcome.budgets]
         if self._source is not None:
             attributes[self._source] = "local"  # priced by budgetguard's table
         if not outcome.priced:

@@ -39,6 +39,14 @@ class CallOutcome(NamedTuple):
     # ``usage.cost_reporter`` says whose), "table" (usage × budgetguard's
     # prices), "estimate" (no readable usage), "given" (``cost=``, ``charge()``).
     cost_source: str = "given"
+    reserved: Decimal = Decimal(0)  # what the call held on its budgets while it ran
+    # The budgets the call was held against, innermost first: "scope",
+    # "user:alice" (or "default" for a user under the default budget), "global".
+    budgets: tuple[str, ...] = ()
+    # The OpenTelemetry span that was current when the call began, where a
+    # listener asked for it (``Spans``): the GenAI client span another
+    # instrumentation opened for the call, still open when the call ends.
+    span: Any = None
 
 
 @dataclass(frozen=True, slots=True)

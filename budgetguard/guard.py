@@ -26,7 +26,7 @@ from ._alerts import Alerts
 from ._call import Call, _current_call, current_call
 from ._costing import FALLBACK_PRICE, Pricer
 from ._estimate import MISSING_ESTIMATE_POLICIES, Learner, MissingEstimatePolicy
-from ._lifecycle import CallLifecycle, _Ending
+from ._lifecycle import CallLifecycle, OutcomeParts, _Ending
 from ._outbox import DEFAULT_OUTBOX_SIZE, Outbox, Pending
 from ._plan import Planner
 from ._queries import BudgetQueries
@@ -132,6 +132,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     this process keeps to write again, on the next ledger operation, at
     ``close()`` and at exit; see ``budgetguard._outbox`` for the rule. A
     charge that finds it full is dropped, logged at ``ERROR`` and counted.
+    ``spans=True`` puts each call's budget outcome and cost on OpenTelemetry
+    spans (``budgetguard.telemetry.Spans``; pass ``Spans(own_spans=True, ...)``
+    for its options). ``telemetry_options`` passes the metrics' other options
+    (``max_models``, ``tag_keys``, ``max_tag_values``, ``latest_conventions``,
+    ``aggregate``) to ``budgetguard.telemetry.Telemetry``.
     """
 
     def __init__(
@@ -158,6 +163,8 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         max_users: int = 100,
         clock: Callable[[], float] | None = None,
         outbox_size: int = DEFAULT_OUTBOX_SIZE,
+        spans: object = False,
+        telemetry_options: Mapping[str, Any] | None = None,
     ) -> None:
         _check_choice("on_storage_error", on_storage_error, _STORAGE_POLICIES)
         _check_choice("on_missing_cost", on_missing_cost, _MISSING_COST_POLICIES)
@@ -165,6 +172,12 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         _check_choice("on_unknown_model", on_unknown_model, _UNKNOWN_MODEL_POLICIES)
         _check_choice("outside_scope", outside_scope, _OUTSIDE_SCOPE_POLICIES)
         _check_choice("reported_cost", reported_cost, ("use", "ignore"))
+        tracer = _spans_listener(spans)
+        telemetry_settings = _telemetry_options(telemetry_options)
+        if telemetry_options is not None and not metrics:
+            raise ConfigurationError(
+                "telemetry_options configures the metrics, but metrics=False turns them off"
+            )
         if not reservation_ttl > 0 or reservation_ttl == float("inf"):
             raise ConfigurationError(
                 f"reservation_ttl must be a positive finite number of seconds, "
@@ -214,6 +227,10 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         self._id_prefix = f"{_process_tag}.{id(self):x}."
         self._listeners: list[Listener] = []
         self._outbox = Outbox(outbox_size)
+        # What reads the current span as a call begins; set while a listener
+        # traces calls (``Spans``), else None: no span lookup per call.
+        self._current_span: Callable[[], Any] | None = None
+        self._outcomes = OutcomeParts()
         self.telemetry: Any = None
         _guards.add(self)
         if metrics:
@@ -225,8 +242,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 user_attribute=user_attribute,
                 user_salt=user_salt,
                 max_users=max_users,
+                **telemetry_settings,
             )
             self.add_listener(self.telemetry)
+        if tracer is not None:
+            self.add_listener(tracer)
 
     def __repr__(self) -> str:
         return f"BudgetGuard(ledger={self.ledger.url!r})"
@@ -692,11 +712,22 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         """Tell ``listener`` about every call, refusal, alert and storage failure."""
         if listener not in self._listeners:
             self._listeners.append(listener)
+        self._trace_if_asked()
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop telling ``listener``."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+        self._trace_if_asked()
+
+    def _trace_if_asked(self) -> None:
+        """Read the current span as calls begin only while a listener wants it."""
+        if any(getattr(listener, "traces_calls", False) for listener in self._listeners):
+            from opentelemetry.trace import get_current_span
+
+            self._current_span = get_current_span
+        else:
+            self._current_span = None
 
     def close(self) -> None:
         """Write what waits in the outbox, stop exporting metrics and close the ledger."""
@@ -862,6 +893,49 @@ def _guard_in_scope() -> BudgetGuard:
 def guard_for(explicit: BudgetGuard | None) -> BudgetGuard:
     """Return ``explicit``, else the guard of the current scope, else the default guard."""
     return explicit if explicit is not None else _guard_in_scope()
+
+
+# What ``telemetry_options`` may set: the keyword arguments of ``Telemetry``
+# that the guard's own arguments do not already cover.
+_TELEMETRY_OPTIONS = (
+    "aggregate",
+    "latest_conventions",
+    "max_models",
+    "max_tag_values",
+    "tag_keys",
+)
+
+
+def _telemetry_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return ``telemetry_options`` checked: a mapping of known option names."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"telemetry_options must be a mapping of option names to values, not {options!r}"
+        )
+    unknown = sorted(str(name) for name in options if name not in _TELEMETRY_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown telemetry option(s) {', '.join(unknown)}; known: "
+            f"{', '.join(_TELEMETRY_OPTIONS)}"
+        )
+    return dict(options)
+
+
+def _spans_listener(spans: object) -> Any:
+    """Return the ``Spans`` listener that ``spans=`` asks for, or ``None``."""
+    from ._spans import Spans
+
+    if spans is False or spans is None:
+        return None
+    if spans is True:
+        return Spans()
+    if isinstance(spans, Spans):
+        return spans
+    raise ConfigurationError(
+        f"spans must be True, False or a budgetguard.telemetry.Spans(...), not {spans!r}"
+    )
 
 
 def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:

@@ -226,13 +226,15 @@ _MAX_CHAIN = 64
 class _Patch:
     """One method we wrapped: where, what was there before, and our wrapper object."""
 
-    __slots__ = ("active", "cls", "method", "original", "wrapper")
+    __slots__ = ("active", "cls", "method", "original", "outer", "wrapper")
 
     def __init__(self, cls: type | types.ModuleType, method: str) -> None:
         self.cls = cls
         self.method = method
         self.original: Any = cls.__dict__[method]  # the class attribute before patching
         self.wrapper: Any = None  # the wrapt FunctionWrapper, once installed
+        # Another library's wrapper that ours was put inside (see _patch), else None.
+        self.outer: Any = None
         # Read by wrapt at every call: a dormant wrapper calls straight through.
         self.active = True
 
@@ -393,9 +395,20 @@ def _patch(cls: type | types.ModuleType, target: _Target) -> None:
             return
         _patches.patches.remove(patch)  # replaced wholesale: ours is gone
     patch = _Patch(cls, target.method)
-    patch.wrapper = wrapt.wrap_object(
-        cls, target.method, wrapt.FunctionWrapper, (target.make(_patches), patch.enabled)
-    )
+    wrapper = target.make(_patches)
+    outer = patch.original
+    if isinstance(outer, wrapt.FunctionWrapper):
+        # Another instrumentation (OpenLLMetry, OpenTelemetry's contrib
+        # packages) wrapped this method first: go inside its wrapper, as if it
+        # had come second, so that its client span is current through the
+        # whole guarded call, from the reservation to the settlement.
+        patch.outer, patch.original = outer, outer.__wrapped__
+        patch.wrapper = wrapt.FunctionWrapper(outer.__wrapped__, wrapper, patch.enabled)
+        outer.__wrapped__ = patch.wrapper
+    else:
+        patch.wrapper = wrapt.wrap_object(
+            cls, target.method, wrapt.FunctionWrapper, (wrapper, patch.enabled)
+        )
     _patches.patches.append(patch)
 
 
@@ -405,13 +418,20 @@ def uninstrument() -> None:
     A method that another library wrapped after ``instrument()`` (OpenTelemetry
     instrumentation, for one) keeps that wrapper: restoring the original would
     remove it too. There budgetguard's wrapper stays in the chain but passes
-    calls straight through, and a ``RuntimeWarning`` names the method.
+    calls straight through, and a ``RuntimeWarning`` names the method. A
+    wrapper that ``instrument()`` put inside another library's (one that was
+    there first) is taken out of that chain cleanly.
     """
     with _patches.lock:
         left: list[str] = []
         for patch in reversed(list(_patches.patches)):
             if patch.is_outermost():  # also a dormant one that the other wrapper let go
                 setattr(patch.cls, patch.method, patch.original)
+                _patches.patches.remove(patch)
+                continue
+            outer = patch.outer
+            if outer is not None and getattr(outer, "__wrapped__", None) is patch.wrapper:
+                outer.__wrapped__ = patch.original  # put inside: take ours out of the chain
                 _patches.patches.remove(patch)
                 continue
             if patch.active:

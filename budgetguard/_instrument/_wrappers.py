@@ -161,6 +161,30 @@ def _response_to_price(result: Any, raw: str | None) -> Any:
 
 Invoke = Callable[[dict[str, Any]], Any]
 
+# The GenAI registry's name for Azure OpenAI, and the hosts that serve it
+# (the v1 API is called through the plain ``OpenAI`` client, by base_url).
+_AZURE = "azure.ai.openai"
+_AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+_azure_classes: dict[type, bool] = {}
+
+
+def _provider_of(instance: Any) -> str | None:
+    """Return ``azure.ai.openai`` for a call sent by an Azure OpenAI client, else ``None``.
+
+    ``instance`` is the resource (``client.chat.completions``) or the client
+    itself (the ``request`` net). The response alone says ``openai``.
+    """
+    client = getattr(instance, "_client", instance)
+    cls = type(client)
+    azure = _azure_classes.get(cls)
+    if azure is None:
+        # AzureOpenAI and AsyncAzureOpenAI share openai.lib.azure.BaseAzureClient.
+        azure = _azure_classes[cls] = any(c.__name__ == "BaseAzureClient" for c in cls.__mro__)
+    if azure:
+        return _AZURE
+    host = getattr(getattr(client, "base_url", None), "host", None)
+    return _AZURE if isinstance(host, str) and host.endswith(_AZURE_HOSTS) else None
+
 
 def _run_sync(
     guard_of: GuardSource,
@@ -169,6 +193,7 @@ def _run_sync(
     invoke: Invoke,
     injects_usage: bool,
     kind: str | None = None,
+    provider: str | None = None,
 ) -> Any:
     """Guard one synchronous request: reserve, ``invoke`` it, price, settle.
 
@@ -187,6 +212,7 @@ def _run_sync(
         asked, hide = _ask_for_usage(described)
     # Refused here: BudgetExceededError before any request leaves.
     call = guard._begin(request.user, request.estimate, model=request.model, kind=request.kind)
+    call.provider = provider
     token = _inside.set(True)
     try:
         result = invoke(asked)
@@ -210,6 +236,7 @@ async def _run_async(
     invoke: Invoke,
     injects_usage: bool,
     kind: str | None = None,
+    provider: str | None = None,
 ) -> Any:
     """Do ``_run_sync`` for a coroutine; ``invoke`` returns an awaitable."""
     guard = guard_of()
@@ -223,6 +250,7 @@ async def _run_async(
     call = await guard._abegin(
         request.user, request.estimate, model=request.model, kind=request.kind
     )
+    call.provider = provider
     token = _inside.set(True)
     try:
         result = await invoke(asked)
@@ -248,7 +276,12 @@ def sync_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
         if _inside.get():
             return wrapped(*args, **kwargs)
         return _run_sync(
-            guard_of, wrapped, kwargs, lambda asked: wrapped(*args, **asked), injects_usage
+            guard_of,
+            wrapped,
+            kwargs,
+            lambda asked: wrapped(*args, **asked),
+            injects_usage,
+            provider=_provider_of(instance),
         )
 
     return call_sync
@@ -263,7 +296,12 @@ def async_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
         if _inside.get():
             return wrapped(*args, **kwargs)
         return _run_async(
-            guard_of, wrapped, kwargs, lambda asked: wrapped(*args, **asked), injects_usage
+            guard_of,
+            wrapped,
+            kwargs,
+            lambda asked: wrapped(*args, **asked),
+            injects_usage,
+            provider=_provider_of(instance),
         )
 
     return call_async
@@ -340,7 +378,9 @@ def sync_request(guard_of: GuardSource) -> Wrapper:
             return wrapped(*args, **kwargs)
 
         kind = f"{type(instance).__module__.partition('.')[0]}:{path}"
-        return _run_sync(guard_of, wrapped, described, invoke, _BILLED_PATHS[path], kind)
+        return _run_sync(
+            guard_of, wrapped, described, invoke, _BILLED_PATHS[path], kind, _provider_of(instance)
+        )
 
     return call_sync
 
@@ -363,7 +403,9 @@ def async_request(guard_of: GuardSource) -> Wrapper:
             return wrapped(*args, **kwargs)
 
         kind = f"{type(instance).__module__.partition('.')[0]}:{path}"
-        return _run_async(guard_of, wrapped, described, invoke, _BILLED_PATHS[path], kind)
+        return _run_async(
+            guard_of, wrapped, described, invoke, _BILLED_PATHS[path], kind, _provider_of(instance)
+        )
 
     return call_async
 

@@ -166,7 +166,17 @@ _PROVIDER_BY_MODEL_PREFIX = (
 )
 
 
+def _azure_filtered(response: Any) -> bool:
+    """Tell an Azure OpenAI answer by its content filter results (OpenAI sends none)."""
+    if _get(response, "prompt_filter_results") is not None:
+        return True
+    choices = _get(response, "choices")
+    return bool(choices) and _get(choices[0], "content_filter_results") is not None
+
+
 def _openai_shaped_provider(response: Any, model: str | None) -> str:
+    if _azure_filtered(response):
+        return "azure.ai.openai"
     vendor = _vendor_of(response)
     if vendor in ("openai", "litellm", "mistralai"):
         return "mistral_ai" if vendor == "mistralai" else vendor

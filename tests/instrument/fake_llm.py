@@ -105,6 +105,54 @@ def chat_stream(model: str, include_usage: bool) -> bytes:
     return sse(events)
 
 
+# Azure OpenAI's content filter verdicts, as its chat answers carry them.
+_AZURE_FILTERS = {
+    name: {"filtered": False, "severity": "safe"}
+    for name in ("hate", "self_harm", "sexual", "violence")
+}
+
+
+def azure_chat_completion(model: str) -> dict[str, Any]:
+    """Return a chat completion as Azure OpenAI answers: with its content filter results."""
+    reply = chat_completion(model)
+    reply["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": _AZURE_FILTERS}]
+    reply["choices"][0]["content_filter_results"] = _AZURE_FILTERS
+    reply["system_fingerprint"] = "fp_azure"
+    return reply
+
+
+def azure_chat_stream(model: str, include_usage: bool) -> bytes:
+    """Return a chat stream as Azure OpenAI sends it.
+
+    It opens with a chunk of prompt filter results, no choices and no model,
+    and each later chunk carries its choice's content filter results.
+    """
+    first = {
+        "id": "",
+        "object": "",
+        "created": 0,
+        "model": "",
+        "choices": [],
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _AZURE_FILTERS}],
+    }
+    events: list[tuple[str | None, Any]] = [(None, first)]
+    for data in chat_events(model, include_usage):
+        if isinstance(data, dict):
+            for choice in data["choices"]:
+                choice["content_filter_results"] = _AZURE_FILTERS if choice["delta"] else {}
+        events.append((None, data))
+    return sse(events)
+
+
+def chat_events(model: str, include_usage: bool) -> list[Any]:
+    """Return the ``data`` of each event of a chat stream (``chat_stream`` sends them)."""
+    return [
+        json.loads(line[len("data: ") :]) if line != "data: [DONE]" else "[DONE]"
+        for line in chat_stream(model, include_usage).decode().split("\n")
+        if line.startswith("data: ")
+    ]
+
+
 def text_completion(model: str, stream: bool, include_usage: bool) -> bytes:
     """Return a legacy ``text_completion``, as JSON or as a stream."""
     usage = {
@@ -375,9 +423,15 @@ class FakeLLM:
         model = body.get("model", "")
         stream = bool(body.get("stream"))
         path = path.partition("?")[0]  # the beta resources add ?beta=true
-        if path.startswith("/openai/deployments/"):
+        azure = path.startswith("/openai/deployments/")
+        if azure:
             # Azure: /openai/deployments/<deployment>/chat/completions?api-version=...
             path = "/v1/" + path.split("/", 4)[4]
+        if azure and path == "/v1/chat/completions":
+            wants = bool((body.get("stream_options") or {}).get("include_usage"))
+            if stream:
+                return 200, "text/event-stream", azure_chat_stream(CHAT_MODEL, wants)
+            return 200, "application/json", json.dumps(azure_chat_completion(CHAT_MODEL)).encode()
         if path == "/v1/chat/completions":
             if stream:
                 wants = bool((body.get("stream_options") or {}).get("include_usage"))

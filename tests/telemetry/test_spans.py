@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from budgetguard import BudgetExceededError, BudgetGuard
+from budgetguard import BudgetExceededError, BudgetGuard, CallOutcome
 from budgetguard.telemetry import Spans
 
 
@@ -183,3 +185,62 @@ def test_no_work_without_an_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BudgetExceededError):
         guard.budgeted(model="gpt-4o", estimate="2")(lambda: None)()
     assert calls == []
+
+
+def test_a_stream_read_later_lands_on_the_span_open_when_it_began(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A GenAI span current as the call began gets the outcome, though the stream ends elsewhere."""
+    guard = guard_with(Spans(tracer_provider=provider, own_spans=True, latest=False))
+    guard.set_budget("0.50", user="alice", period="monthly")
+
+    @guard.budgeted(user="alice", model="gpt-4o", estimate="0.02", cost=lambda _: "0.03")
+    def chunks() -> Iterator[str]:
+        yield from ("Hello", " world")
+
+    tracer = provider.get_tracer("an.instrumentation")
+    span = tracer.start_span("chat gpt-4o", attributes={"gen_ai.operation.name": "chat"})
+    with trace.use_span(span, end_on_exit=False):
+        stream = chunks()
+        assert next(stream) == "Hello"
+    # Read to its end outside that span's context, as instrumentations' stream wrappers do.
+    with tracer.start_as_current_span("GET /elsewhere"):
+        assert list(stream) == [" world"]
+    span.end()
+    elsewhere, genai = exporter.get_finished_spans()
+    assert elsewhere.events == ()
+    attributes = dict(genai.attributes or {})
+    assert attributes["budgetguard.cost.amount"] == 0.03
+    assert attributes["budgetguard.reservation.amount"] == 0.02
+    assert attributes["budgetguard.budgets"] == ("user", "global")
+
+
+def test_the_outcome_names_what_was_held(provider: TracerProvider) -> None:
+    """CallOutcome carries the reservation and every budget held, scope caps first."""
+    outcomes: list[CallOutcome] = []
+
+    class Keep:
+        def call_ended(self, outcome: CallOutcome) -> None:
+            outcomes.append(outcome)
+
+    guard = guard_with(Spans(tracer_provider=provider))
+    guard.set_default_budget("0.50", period="monthly")
+    guard.add_listener(Keep())  # type: ignore[arg-type]
+    with guard.budget_scope("bob", limit="0.10"):
+        guard.budgeted(model="gpt-4o", estimate="0.04", cost=lambda _: "0.01")(lambda: None)()
+    (outcome,) = outcomes
+    assert outcome.reserved == Decimal("0.04")
+    assert outcome.cost == Decimal("0.01")
+    assert outcome.budgets == ("scope", "default", "global")
+    assert outcome.span is trace.INVALID_SPAN  # no span was current
+
+
+def test_no_span_is_looked_up_without_a_spans_listener() -> None:
+    """Only while a Spans listener is added does a call read the current span."""
+    spans = Spans()
+    guard = BudgetGuard(metrics=False)
+    assert guard._current_span is None
+    guard.add_listener(spans)
+    assert guard._current_span is trace.get_current_span
+    guard.remove_listener(spans)
+    assert guard._current_span is None
