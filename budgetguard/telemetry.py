@@ -91,6 +91,7 @@ from ._spans import Spans
 from ._spans import latest_conventions as _latest_conventions
 from .errors import ConfigurationError
 from .events import BudgetStatus, CallOutcome, ThresholdCrossing
+from .money import MONEY
 from .scope import current_scope
 
 if TYPE_CHECKING:
@@ -734,7 +735,7 @@ class Telemetry:
                 return
         with self._lock:
             for key, cost in spend.items():
-                self._spend[key] = self._spend.get(key, _ZERO) + cost
+                self._spend[key] = MONEY.add(self._spend.get(key, _ZERO), cost)
             for token_key, count in tokens.items():
                 self._tokens[token_key] = self._tokens.get(token_key, 0) + count
 

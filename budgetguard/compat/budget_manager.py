@@ -32,7 +32,7 @@ from ..errors import (
     UsageMissingError,
 )
 from ..guard import BudgetGuard
-from ..money import to_decimal
+from ..money import MONEY, to_decimal
 from . import _json
 from ._process import exempt
 from ._store import DURATIONS, ProjectStore, UnknownUserError, UserEntry, parse_created_at
@@ -535,8 +535,9 @@ class _HostedBackend:
             raise UnknownUserError(user, self.project)
         models = dict(entry["model_cost"])
         key = model or ""
-        models[key] = models.get(key, Decimal(0)) + cost
-        return self._set(user, {"current_cost": entry["current_cost"] + cost, "model_cost": models})
+        models[key] = MONEY.add(models.get(key, Decimal(0)), cost)
+        current = MONEY.add(entry["current_cost"], cost)
+        return self._set(user, {"current_cost": current, "model_cost": models})
 
     def reset(self, user: str) -> UserEntry:
         if self.find(user) is None:

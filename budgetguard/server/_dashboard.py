@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from html import escape
 
+from ..money import MONEY
 from ..report import Report
 
 __all__ = ["PAGE_HEADERS", "render_dashboard", "render_login"]
@@ -51,6 +52,14 @@ text-align:center;font-size:11px;color:#5b6475}
 .empty{color:#5b6475}nav a{color:#fff;margin-right:10px;font-size:13px}
 nav a.on{font-weight:700;text-decoration:none}
 """
+
+
+def _total(amounts: Iterable[Decimal]) -> Decimal:
+    """Add amounts in budgetguard's own context, whatever the caller's."""
+    total = Decimal(0)
+    for amount in amounts:
+        total = MONEY.add(total, amount)
+    return total
 
 
 def _money(value: Decimal) -> str:
@@ -113,7 +122,7 @@ def render_dashboard(report: Report, ledger: str, days: Sequence[tuple[date, Dec
         "<small>calls refused until reset</small></div>"
         f'<div class="card"><small>calls in flight</small>'
         f'<b id="in-flight">{len(report.reservations)}</b>'
-        f"<small>{_money(sum((r.held for r in report.reservations), Decimal(0)))} held</small>"
+        f"<small>{_money(_total(r.held for r in report.reservations))} held</small>"
         "</div></div>"
     )
     return _page(
@@ -134,7 +143,7 @@ def _chart(days: Sequence[tuple[date, Decimal]]) -> str:
         f"<span>{day.day}</span></div>"
         for day, spent in days
     )
-    total = sum((spent for _, spent in days), Decimal(0))
+    total = _total(spent for _, spent in days)
     return (
         f"<section><h2>Spend per day, last {len(days)} days "
         f'<small style="font-weight:400;color:#5b6475">{_money(total)}; '
