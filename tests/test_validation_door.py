@@ -233,3 +233,20 @@ def test_the_fallback_price_is_exact_whatever_the_callers_context() -> None:
         cost, priced = guard.price(Usage(input_tokens=TOKENS, model="no-such-model-door"))
     assert not priced
     assert cost == Decimal("1.524153208355")  # 1,234,565 x $1.234567 per million
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("reservation_ttl", float("nan")),
+        ("reservation_ttl", float("inf")),
+        ("reservation_ttl", 0),
+        ("reservation_ttl", -5),
+        ("default_output_tokens", -5000),
+        ("outbox_size", -1),
+    ],
+)
+def test_a_guard_refuses_options_that_would_fail_every_call(option: str, value: object) -> None:
+    """A NaN time-to-live (which let a fail_open guard run unchecked) is refused when built."""
+    with pytest.raises(bg.ConfigurationError, match=option):
+        BudgetGuard("memory://", metrics=False, **{option: value})
