@@ -2,7 +2,7 @@
 
 Outages are real: on SQLite another connection holds the write lock (the
 guard's writes time out with ``StorageError``, its reads still work); on
-Redis a TCP proxy between the guard and ``redis-server`` cuts every
+Redis and PostgreSQL a TCP proxy between the guard and the server cuts every
 connection and refuses new ones, or swallows one reply after the server ran
 the command. ``memory://`` never fails, so these tests run on the shared
 backends only.
@@ -52,7 +52,8 @@ class Outage:
         else:
             assert parts.hostname is not None and parts.port is not None
             self._proxy = CuttableProxy(parts.hostname, parts.port)
-            self.url = f"redis://127.0.0.1:{self._proxy.port}{parts.path}?timeout=2"
+            user = f"{parts.username}@" if parts.username else ""
+            self.url = f"{parts.scheme}://{user}127.0.0.1:{self._proxy.port}{parts.path}?timeout=2"
 
     @property
     def sqlite(self) -> bool:
