@@ -31,8 +31,9 @@ import budgetguard as bg
 _HERE = Path(__file__).resolve().parent
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
+def _load(name: str, path: Path, package: Path | None = None) -> ModuleType:
+    search = None if package is None else [str(package)]
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=search)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -110,7 +111,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=9)
     options = parser.parse_args()
-    fake = _load("fake_cloud", _HERE.parent / "tests" / "instrument" / "fake_cloud.py")
+    fakes = _HERE.parent / "tests" / "instrument"  # a package: fake_cloud imports fake_llm
+    _load("fakes", fakes / "__init__.py", package=fakes)
+    fake = importlib.import_module("fakes.fake_cloud")
     shared = _load("instrument_bench", _HERE / "instrument.py")
     claude = "anthropic.claude-3-5-sonnet-20240620-v1:0"
     messages = [{"role": "user", "content": [{"text": "Say hello to the wide world, briefly."}]}]

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 
 from budgetguard import BudgetGuard, instrument, uninstrument
+from budgetguard.events import CallOutcome
 
+from . import fake_cloud, vendor_server
+from .fake_cloud import FakeCloud
 from .fake_llm import FakeLLM, serve
+from .vendor_server import VendorServer
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +31,53 @@ def llm(fake_server: FakeLLM) -> FakeLLM:
     """Return the fake API with no requests, failures or delay left from other tests."""
     fake_server.reset()
     return fake_server
+
+
+@pytest.fixture(scope="module")
+def cloud_server() -> Iterator[FakeCloud]:
+    """Run one fake Gemini and Bedrock API for the module."""
+    with fake_cloud.serve() as state:
+        yield state
+
+
+@pytest.fixture
+def cloud(cloud_server: FakeCloud) -> FakeCloud:
+    """Return the fake cloud API with no requests or failures left from other tests."""
+    cloud_server.reset()
+    return cloud_server
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[VendorServer]:
+    """Run one scripted server for the module."""
+    with vendor_server.serve() as state:
+        yield state
+
+
+@pytest.fixture
+def api(server: VendorServer) -> VendorServer:
+    """Return the scripted server with no requests left from other tests."""
+    server.reset()
+    return server
+
+
+class Outcomes:
+    """A listener that keeps every ended call."""
+
+    def __init__(self) -> None:
+        self.ended: list[CallOutcome] = []
+
+    def call_ended(self, outcome: CallOutcome) -> None:
+        self.ended.append(outcome)
+
+    def call_refused(self, error: Any, *, user: Any, request_model: Any) -> None:
+        pass
+
+    def threshold_crossed(self, crossing: Any) -> None:
+        pass
+
+    def storage_failed(self, error: Exception, *, policy: str) -> None:
+        pass
 
 
 @pytest.fixture

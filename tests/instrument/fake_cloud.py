@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import struct
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import AbstractContextManager
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote
+
+from .fake_llm import LoopbackHandler, LoopbackState, loopback
 
 INPUT_TOKENS = 1000
 OUTPUT_TOKENS = 500
@@ -307,23 +306,14 @@ def bedrock_answer(path: str, fail_stream: bool = False) -> Answer:
     return 404, "application/json", b'{"message": "no such operation"}', {}
 
 
-class FakeCloud:
+class FakeCloud(LoopbackState):
     """The server's state: requests seen, and failures to apply."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: list[tuple[str, dict[str, Any]]] = []
+        super().__init__()
         self.failures = 0  # answer this many next requests with HTTP 500
         self.embed_usage = True  # whether batchEmbedContents reports usageMetadata
         self.fail_streams = False  # whether streams break half way (an error mid-stream)
-        self.server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        """Return the base URL (no path)."""
-        assert self.server is not None
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def reset(self) -> None:
         """Forget requests and failures."""
@@ -349,47 +339,21 @@ class FakeCloud:
 
 
 def _handler(state: FakeCloud) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
+    class Handler(LoopbackHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
+            raw = self.read_body(b"")
             try:
                 body = json.loads(raw) if raw else {}
             except ValueError:
                 body = {}
-            status, kind, payload, headers = state.answer(self.path, body)
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(payload)
+            self.reply(*state.answer(self.path, body))
 
         do_PUT = do_POST  # S3, for a service budgetguard leaves alone
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output quiet
 
     return Handler
 
 
-@contextmanager
-def serve() -> Iterator[FakeCloud]:
+def serve() -> AbstractContextManager[FakeCloud]:
     """Run the fake Gemini and Bedrock APIs on a free loopback port in a thread."""
     state = FakeCloud()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    state.server = server
-    thread = threading.Thread(target=server.serve_forever, name="fake-cloud", daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return loopback(state, _handler(state), "fake-cloud")

@@ -13,10 +13,10 @@ import json
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 INPUT_TOKENS = 1000
 OUTPUT_TOKENS = 500
@@ -385,14 +385,12 @@ def message_stream(model: str) -> bytes:
     return sse(events)
 
 
-class FakeLLM:
-    """The server's state: requests seen, failures and delay to apply."""
+class LoopbackState:
+    """What the loopback fakes' states share: a lock, the requests seen, the server's URL."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.failures = 0  # answer this many next requests with HTTP 500
-        self.delay = 0.0  # seconds to wait before answering
         self.server: ThreadingHTTPServer | None = None
 
     @property
@@ -401,6 +399,15 @@ class FakeLLM:
         assert self.server is not None
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+
+class FakeLLM(LoopbackState):
+    """The server's state: requests seen, failures and delay to apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0  # answer this many next requests with HTTP 500
+        self.delay = 0.0  # seconds to wait before answering
 
     def reset(self) -> None:
         """Forget requests, failures and delay."""
@@ -466,42 +473,48 @@ class FakeLLM:
         return 404, "application/json", b'{"error": {"message": "no such path"}}'
 
 
-def _handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # HTTP/1.1 with Content-Length: the clients keep their connections.
-        protocol_version = "HTTP/1.1"
-        # Headers and body go out in two writes: without this, Nagle's
-        # algorithm and delayed ACKs add 40 ms to every kept-alive answer.
-        disable_nagle_algorithm = True
+class LoopbackHandler(BaseHTTPRequestHandler):
+    """The request handler the loopback fakes share: kept-alive HTTP/1.1, quiet."""
 
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b"{}"
-            status, kind, payload = state.answer(self.path, json.loads(raw or b"{}"))
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(payload)))
-            if status >= 500:
-                self.send_header("retry-after-ms", "1")  # retry at once, not after 0.5 s
-            self.end_headers()
-            # A cancelled call's client is gone: there is no one to answer.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(payload)
+    # HTTP/1.1 with Content-Length: the clients keep their connections.
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle's
+    # algorithm and delayed ACKs add 40 ms to every kept-alive answer.
+    disable_nagle_algorithm = True
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output quiet
+    def read_body(self, empty: bytes = b"{}") -> bytes:
+        """Return the request's body, or ``empty`` when it has none."""
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else empty
 
-    return Handler
+    def reply(
+        self, status: int, kind: str, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Send one answer with its length and any extra headers."""
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        # A cancelled call's client is gone: there is no one to answer.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output quiet
+
+
+State = TypeVar("State", bound=LoopbackState)
 
 
 @contextmanager
-def serve() -> Iterator[FakeLLM]:
-    """Run the fake API on a free loopback port in a thread."""
-    state = FakeLLM()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+def loopback(state: State, handler: type[BaseHTTPRequestHandler], name: str) -> Iterator[State]:
+    """Serve ``state`` with ``handler`` on a free loopback port, in a thread named ``name``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     state.server = server
-    thread = threading.Thread(target=server.serve_forever, name="fake-llm", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
         yield state
@@ -509,3 +522,19 @@ def serve() -> Iterator[FakeLLM]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def _handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
+    class Handler(LoopbackHandler):
+        def do_POST(self) -> None:
+            status, kind, payload = state.answer(self.path, json.loads(self.read_body()))
+            # Retry at once, not after 0.5 s.
+            self.reply(status, kind, payload, {"retry-after-ms": "1"} if status >= 500 else None)
+
+    return Handler
+
+
+def serve() -> AbstractContextManager[FakeLLM]:
+    """Run the fake API on a free loopback port in a thread."""
+    state = FakeLLM()
+    return loopback(state, _handler(state), "fake-llm")

@@ -22,7 +22,7 @@ from budgetguard import BudgetExceededError, BudgetGuard, budget_scope, instrume
 from budgetguard._instrument._bedrock import bedrock_model, invoke_arguments
 
 from .conftest import reserved
-from .fake_cloud import INPUT_TOKENS, OUTPUT_TOKENS, FakeCloud, serve
+from .fake_cloud import INPUT_TOKENS, OUTPUT_TOKENS, FakeCloud
 
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 # claude-3-5-sonnet, 1000 input and 500 output tokens: 1000 × 3 / 1e6 + 500 × 15 / 1e6
@@ -33,30 +33,6 @@ ANTHROPIC_BODY = {
     "max_tokens": 600,
     "messages": [{"role": "user", "content": "Say hello to the wide world."}],
 }
-
-
-@pytest.fixture(scope="module")
-def cloud_server() -> Iterator[FakeCloud]:
-    """Run one fake Bedrock runtime for this module."""
-    with serve() as state:
-        yield state
-
-
-@pytest.fixture
-def cloud(cloud_server: FakeCloud) -> FakeCloud:
-    """Return the fake API with no requests or failures left from other tests."""
-    cloud_server.reset()
-    return cloud_server
-
-
-@pytest.fixture
-def guard() -> Iterator[BudgetGuard]:
-    """Return a private guard that boto3 is instrumented with."""
-    made = BudgetGuard(metrics=False)
-    instrument(made)
-    yield made
-    uninstrument()
-    made.close()
 
 
 def _client(cloud: FakeCloud, attempts: int = 1) -> Any:

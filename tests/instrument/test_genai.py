@@ -18,7 +18,7 @@ from budgetguard._instrument._genai import genai_arguments
 from budgetguard.pricing import lookup
 
 from .conftest import reserved
-from .fake_cloud import FakeCloud, serve
+from .fake_cloud import FakeCloud
 
 MODEL = "gemini-2.5-flash"
 # gemini-2.5-flash, 1000 input and 500 output tokens: 1000 × 0.30 / 1e6 + 500 × 2.50 / 1e6
@@ -27,30 +27,6 @@ CALL_COST = Decimal("0.00155")
 PROMPT_COST = Decimal("0.0003")
 # gemini-embedding-001, 1000 input tokens at $0.15/M.
 EMBED_COST = Decimal("0.00015")
-
-
-@pytest.fixture(scope="module")
-def cloud_server() -> Iterator[FakeCloud]:
-    """Run one fake Gemini API for this module."""
-    with serve() as state:
-        yield state
-
-
-@pytest.fixture
-def cloud(cloud_server: FakeCloud) -> FakeCloud:
-    """Return the fake API with no requests or failures left from other tests."""
-    cloud_server.reset()
-    return cloud_server
-
-
-@pytest.fixture
-def guard() -> Iterator[BudgetGuard]:
-    """Return a private guard that google-genai is instrumented with."""
-    made = BudgetGuard(metrics=False)
-    instrument(made)
-    yield made
-    uninstrument()
-    made.close()
 
 
 def _client(cloud: FakeCloud, retries: int = 0) -> genai.Client:

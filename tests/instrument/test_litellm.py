@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from budgetguard import BudgetExceededError, BudgetGuard, budget_scope, instrument, uninstrument
-from budgetguard.events import CallOutcome
 
+from .conftest import Outcomes
 from .fake_llm import FakeLLM, message
 from .vendor_server import VendorServer, json_answer, serve
 
@@ -26,25 +26,6 @@ MESSAGES = [{"role": "user", "content": "Say hello to the wide world."}]
 # gpt-4o-mini, 1000 input and 500 output tokens (every answer of fake_llm):
 # 1000 × 0.15 / 1e6 + 500 × 0.60 / 1e6
 CHAT_COST = Decimal("0.00045")
-
-
-class Outcomes:
-    """A listener that keeps every ended call."""
-
-    def __init__(self) -> None:
-        self.ended: list[CallOutcome] = []
-
-    def call_ended(self, outcome: CallOutcome) -> None:
-        self.ended.append(outcome)
-
-    def call_refused(self, error: Any, *, user: Any, request_model: Any) -> None:
-        pass
-
-    def threshold_crossed(self, crossing: Any) -> None:
-        pass
-
-    def storage_failed(self, error: Exception, *, policy: str) -> None:
-        pass
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from budgetguard import BudgetExceededError, BudgetGuard, budget_scope, instrument, uninstrument
 from budgetguard.usage import accumulate
 
-from .vendor_server import VendorServer, mistral_stream, serve
+from .vendor_server import VendorServer, mistral_stream
 
 mistralai_client = pytest.importorskip("mistralai.client")
 Mistral = mistralai_client.Mistral
@@ -27,30 +27,6 @@ CODESTRAL_COST = Decimal("0.00087")
 MEDIUM_COST = Decimal("0.00525")
 # mistral-embed at $0.10/M input
 EMBED_COST = Decimal("0.0002")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[VendorServer]:
-    """Run one Mistral-speaking server for this module."""
-    with serve() as state:
-        yield state
-
-
-@pytest.fixture
-def api(server: VendorServer) -> VendorServer:
-    """Return the server with no requests left from other tests."""
-    server.reset()
-    return server
-
-
-@pytest.fixture
-def guard() -> Iterator[BudgetGuard]:
-    """Return a private guard the clients are instrumented with."""
-    made = BudgetGuard(metrics=False)
-    instrument(made)
-    yield made
-    uninstrument()
-    made.close()
 
 
 @pytest.fixture

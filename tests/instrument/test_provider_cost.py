@@ -15,6 +15,7 @@ from budgetguard import BudgetGuard, budget_scope, instrument, uninstrument
 from budgetguard.events import CallOutcome
 from budgetguard.usage import extract_usage
 
+from .conftest import Outcomes
 from .fake_llm import chat_completion, sse
 from .vendor_server import Answer, VendorServer, serve
 
@@ -22,25 +23,6 @@ MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Hello through a router."}]
 # What the price table says 1000 input and 500 output tokens of gpt-4o-mini cost.
 TABLE_COST = Decimal("0.00045")
-
-
-class Ended:
-    """A listener that keeps each ended call."""
-
-    def __init__(self) -> None:
-        self.outcomes: list[CallOutcome] = []
-
-    def call_ended(self, outcome: CallOutcome) -> None:
-        self.outcomes.append(outcome)
-
-    def call_refused(self, error: Any, *, user: Any, request_model: Any) -> None:
-        pass
-
-    def threshold_crossed(self, crossing: Any) -> None:
-        pass
-
-    def storage_failed(self, error: Exception, *, policy: str) -> None:
-        pass
 
 
 def openrouter(extra: dict[str, Any]) -> Any:
@@ -90,7 +72,7 @@ def run(
     """Make one instrumented call answered with ``extra`` in its usage; return guard and outcome."""
     server.reset(openrouter(extra))
     guard = BudgetGuard(metrics=False, reported_cost=reported_cost)  # type: ignore[arg-type]
-    ended = Ended()
+    ended = Outcomes()
     guard.add_listener(ended)
     instrument(guard)
     try:
@@ -102,7 +84,7 @@ def run(
     finally:
         uninstrument()
     assert guard.ledger.open_reservations() == []
-    (outcome,) = ended.outcomes
+    (outcome,) = ended.ended
     return guard, outcome
 
 

@@ -8,15 +8,13 @@ so a test can answer in Mistral's format, or with usage of its choosing
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from .fake_llm import sse
+from .fake_llm import LoopbackHandler, LoopbackState, loopback, sse
 
 Answer = tuple[int, str, bytes]
 Route = Callable[[str, dict[str, Any]], Answer]
@@ -209,21 +207,12 @@ def mistral_route(path: str, body: dict[str, Any]) -> Answer:
     return json_answer({"message": f"no such path {path}"}, 404)
 
 
-class VendorServer:
+class VendorServer(LoopbackState):
     """The server's state: the requests seen and the function that answers them."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: list[tuple[str, dict[str, Any]]] = []
+        super().__init__()
         self.route: Route = mistral_route
-        self.server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        """Return the base URL (no path)."""
-        assert self.server is not None
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def reset(self, route: Route = mistral_route) -> None:
         """Forget the requests seen and answer with ``route`` from now on."""
@@ -240,39 +229,14 @@ class VendorServer:
 
 
 def _handler(state: VendorServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
+    class Handler(LoopbackHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b"{}"
-            status, kind, payload = state.answer(self.path, json.loads(raw or b"{}"))
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+            self.reply(*state.answer(self.path, json.loads(self.read_body())))
 
     return Handler
 
 
-@contextmanager
-def serve() -> Iterator[VendorServer]:
+def serve() -> AbstractContextManager[VendorServer]:
     """Run the scripted server on a free loopback port in a thread."""
     state = VendorServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    state.server = server
-    thread = threading.Thread(target=server.serve_forever, name="vendor-server", daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return loopback(state, _handler(state), "vendor-server")

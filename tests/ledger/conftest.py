@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,48 +174,21 @@ class PostgresServer:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE budgetguard")
 
+    def _ctl(self, *arguments: str, check: bool = True) -> None:
+        self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), *arguments, check=check)
+
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        self._run(
-            str(self.binaries / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.directory / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
+        self._ctl("-l", str(self.directory / "server.log"), "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         """Stop the server (its data stays on disk)."""
-        self._run(
-            str(self.binaries / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-            check=False,
-        )
+        self._ctl("-m", "fast", "-w", "stop", check=False)
 
     def restart(self) -> None:
         """Restart the server: every connection is cut, the data stays."""
-        self._run(
-            str(self.binaries / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.directory / "server.log"),
-            "-m",
-            "fast",
-            "-w",
-            "-t",
-            "60",
-            "restart",
-        )
+        log = str(self.directory / "server.log")
+        self._ctl("-l", log, "-m", "fast", "-w", "-t", "60", "restart")
 
     def running(self) -> bool:
         """Return True if the server answers on its port."""
@@ -424,3 +398,23 @@ def worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Return the port of a server that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for sock in accepted:
+        sock.close()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,26 +77,6 @@ def test_sqlite_writers_succeed_when_the_lock_frees_in_time(tmp_path: Path) -> N
     assert [error for _, error in results] == [None] * 8
     assert ledger.balances(["k"])["k"] == Balance(8, 0)
     ledger.close()
-
-
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """Return the port of a server that accepts connections and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
-    for sock in accepted:
-        sock.close()
 
 
 @pytest.mark.parametrize("operation", ["reserve", "settle", "add", "balances"])

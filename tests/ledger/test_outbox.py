@@ -2,7 +2,7 @@
 
 Outages are real: on SQLite another connection holds the write lock (the
 guard's writes time out with ``StorageError``, its reads still work); on
-Redis a TCP proxy between the guard and ``redis-server`` cuts every
+Redis and PostgreSQL a TCP proxy between the guard and the server cuts every
 connection and refuses new ones, or swallows one reply after the server ran
 the command. ``memory://`` never fails, so these tests run on the shared
 backends only.
@@ -11,10 +11,8 @@ backends only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,74 +30,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from budgetguard import BudgetGuard, ConfigurationError
 
+from ._proxy import CuttableProxy, DroppingProxy
 from .conftest import worker_env
-from .test_lost_replies import DroppingProxy
 
 pytestmark = pytest.mark.shared_only
 
 COST = "0.25"
-
-
-class CuttableProxy:
-    """Forward TCP connections to Redis; ``down()`` cuts them all and refuses new ones."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = threading.Event()
-        self.up.set()
-        self.sockets: list[socket.socket] = []
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def down(self) -> None:
-        """Cut every connection; new ones are closed at once until ``restore()``."""
-        self.up.clear()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                sock.close()
-        self.sockets = []
-
-    def restore(self) -> None:
-        """Accept and forward connections again."""
-        self.up.set()
-
-    def close(self) -> None:
-        """Stop accepting and close every connection."""
-        self.closed = True
-        self.listener.close()
-        self.down()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up.is_set():
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-                if not data:
-                    break
-                sink.sendall(data)
-            except OSError:
-                break
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 class Outage:
@@ -116,7 +52,8 @@ class Outage:
         else:
             assert parts.hostname is not None and parts.port is not None
             self._proxy = CuttableProxy(parts.hostname, parts.port)
-            self.url = f"redis://127.0.0.1:{self._proxy.port}{parts.path}?timeout=2"
+            user = f"{parts.username}@" if parts.username else ""
+            self.url = f"{parts.scheme}://{user}127.0.0.1:{self._proxy.port}{parts.path}?timeout=2"
 
     @property
     def sqlite(self) -> bool:

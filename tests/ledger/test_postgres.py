@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,11 +27,10 @@ from budgetguard.ledger import Balance, Hold, Ledger, Reservation, ledger_from_u
 from budgetguard.ledger._postgres_sql import SCHEMA_VERSION
 from budgetguard.ledger.postgres import PostgresLedger
 
+from ._proxy import FAR, MODES, DroppingProxy, LostReplies, fresh, lose, lose_async
 from .conftest import PostgresServer, free_port, worker_env
-from .test_lost_replies import DroppingProxy
 
 pytestmark = pytest.mark.postgres
-FAR = 10**10
 
 
 def sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -42,13 +40,6 @@ def sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(statement, params)
         return cursor.fetchall() if cursor.description else []
-
-
-def fresh(amount: int = 7) -> Reservation:
-    """Return a reservation of ``amount`` on the user and global keys with a new id."""
-    return Reservation(
-        uuid.uuid4().hex, (Hold("user", 1000, amount), Hold("global", None, amount)), FAR
-    )
 
 
 def own_server(postgres_server: PostgresServer | None) -> PostgresServer:
@@ -348,32 +339,10 @@ def test_a_held_lock_gives_a_timeout_error_and_changes_nothing(
     assert ledger.open_reservations() == []
 
 
-@pytest.fixture
-def silent() -> Iterator[int]:
-    """Return the port of a server that accepts connections and never answers."""
-    import socket
-
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
-    for sock in accepted:
-        sock.close()
-
-
-def test_a_server_that_never_answers_is_a_storage_error(silent: int) -> None:
+def test_a_server_that_never_answers_is_a_storage_error(silent_server: int) -> None:
     """A server that accepts and never answers: the connect gives up (connect_timeout)."""
     with pytest.raises(StorageError, match="cannot reach PostgreSQL"):
-        ledger_from_url(f"postgresql://u@127.0.0.1:{silent}/db?timeout=1")
+        ledger_from_url(f"postgresql://u@127.0.0.1:{silent_server}/db?timeout=1")
 
 
 def test_unreachable_server_is_a_storage_error_without_the_password() -> None:
@@ -427,32 +396,6 @@ def direct(postgres_url: str) -> Iterator[Ledger]:
     ledger.close()
 
 
-def lose(proxy: DroppingProxy, write: Callable[[], Any], *, arm: bool = True) -> StorageError:
-    """Run ``write`` with its reply lost; return the StorageError it raised."""
-    if arm:
-        proxy.arm()
-    with pytest.raises(StorageError) as caught:
-        write()
-    assert proxy.dropped == 1, "the request never reached the server"
-    return caught.value
-
-
-def lose_async(proxy: DroppingProxy, ledger: Ledger, write: Callable[[], Any]) -> StorageError:
-    """Run an async write with its reply lost, on an event loop whose connection is ready."""
-
-    async def main() -> None:
-        await ledger.aping()
-        proxy.arm()
-        await write()
-        # No aclose(): it would close the whole ledger, which the test uses
-        # again; this loop's connections close when they are collected.
-
-    return lose(proxy, lambda: asyncio.run(main()), arm=False)
-
-
-MODES = ["sync", "async"]
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_lost_reserve_reply_holds_nothing(
     mode: str, proxy: DroppingProxy, through: Ledger, direct: Ledger
@@ -462,7 +405,7 @@ def test_lost_reserve_reply_holds_nothing(
     if mode == "sync":
         error = lose(proxy, lambda: through.reserve(r))
     else:
-        error = lose_async(proxy, through, lambda: through.areserve(r))
+        error = lose_async(proxy, through, lambda: through.areserve(r), close=False)
     assert "same id" in str(error)
     assert direct.balances(["user", "global"]) == {"user": Balance(), "global": Balance()}
     assert direct.open_reservations() == []
@@ -470,61 +413,10 @@ def test_lost_reserve_reply_holds_nothing(
         direct.reserve(r)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_lost_settle_reply_charges_once(
-    mode: str, proxy: DroppingProxy, through: Ledger, direct: Ledger
-) -> None:
-    """A settle whose reply was lost charged once; its retry returns False and charges nothing."""
-    r = fresh()
-    assert through.reserve(r) is None
-    if mode == "sync":
-        lose(proxy, lambda: through.settle(r, 5, ("tally",)))
-    else:
-        lose_async(proxy, through, lambda: through.asettle(r, 5, ("tally",)))
-    expected = {"user": Balance(5, 0), "global": Balance(5, 0), "tally": Balance(5, 0)}
-    assert direct.balances(["user", "global", "tally"]) == expected
-    assert through.settle(r, 5, ("tally",)) is False
-    assert direct.balances(["user", "global", "tally"]) == expected
+class TestPostgresLostReplies(LostReplies):
+    """The lost-reply checks of every shared ledger, on PostgreSQL."""
 
-
-@pytest.mark.parametrize("mode", MODES)
-def test_lost_release_reply_releases_once(
-    mode: str, proxy: DroppingProxy, through: Ledger, direct: Ledger
-) -> None:
-    """A release whose reply was lost released; its retry returns False."""
-    r = fresh()
-    assert through.reserve(r) is None
-    if mode == "sync":
-        lose(proxy, lambda: through.release(r))
-    else:
-        lose_async(proxy, through, lambda: through.arelease(r))
-    assert direct.balances(["user"])["user"] == Balance()
-    assert through.release(r) is False
-    assert direct.open_reservations() == []
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_lost_add_reply_charges_once(
-    mode: str, proxy: DroppingProxy, through: Ledger, direct: Ledger
-) -> None:
-    """An add with an op id whose reply was lost charged once; its retry charges nothing."""
-    op = uuid.uuid4().hex
-    if mode == "sync":
-        lose(proxy, lambda: through.add(["user", "global"], 100, op_id=op))
-    else:
-        lose_async(proxy, through, lambda: through.aadd(["user", "global"], 100, op_id=op))
-    expected = {"user": Balance(100, 0), "global": Balance(100, 0)}
-    assert direct.balances(["user", "global"]) == expected
-    assert through.add(["user", "global"], 100, op_id=op) is False
-    assert direct.balances(["user", "global"]) == expected
-
-
-def test_lost_add_without_id_is_never_run_twice(
-    proxy: DroppingProxy, through: Ledger, direct: Ledger
-) -> None:
-    """An add without an op id and a lost reply ran once: the ledger never retries on its own."""
-    lose(proxy, lambda: through.add(["user"], 100))
-    assert direct.balances(["user"])["user"] == Balance(100, 0)
+    close_async = False
 
 
 # -- budget changes and idempotency ids ---------------------------------------------------
