@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._sdk_call import inside_sdk_call
-from ._wrappers import GuardSource, Wrapper, _run_async, _run_sync
+from ._wrappers import Describe, GuardSource, Invoke, Wrapper, _run_async, _run_sync, guarded_method
 
 __all__ = ["async_genai", "genai_arguments", "sync_genai"]
 
@@ -188,33 +187,40 @@ def _warn_unpriced(guard_of: GuardSource, operation: str) -> None:
     )
 
 
-def sync_genai(operation: str, streamed: bool = False) -> Callable[[GuardSource], Wrapper]:
-    """Return the maker of the wrapper of one request-sending ``Models`` method."""
-    kind = f"google.genai:{operation}"
+def _describe(operation: str, streamed: bool, send_now: bool) -> Describe:
+    """Return how the wrapper of one ``Models`` / ``AsyncModels`` method reads a call."""
     unpriced = operation in _UNPRICED
 
-    def make(guard_of: GuardSource) -> Wrapper:
-        def call_sync(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            if inside_sdk_call.get():
-                return wrapped(*args, **kwargs)
-            if unpriced:
-                _warn_unpriced(guard_of, operation)
+    def describe(
+        guard_of: GuardSource,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[dict[str, Any], Invoke]:
+        if unpriced:
+            _warn_unpriced(guard_of, operation)
+        if send_now:
 
             def invoke(_asked: dict[str, Any]) -> Any:
-                result = wrapped(*args, **kwargs)
-                return _send_now(result) if streamed else result
+                return _send_now(wrapped(*args, **kwargs))
 
-            described = genai_arguments(kwargs, streamed)
-            return _run_sync(guard_of, wrapped, described, invoke, False, kind)
+        else:
 
-        return call_sync
+            def invoke(_asked: dict[str, Any]) -> Any:
+                return wrapped(*args, **kwargs)
 
-    return make
+        return genai_arguments(kwargs, streamed), invoke
+
+    return describe
+
+
+def sync_genai(operation: str, streamed: bool = False) -> Callable[[GuardSource], Wrapper]:
+    """Return the maker of the wrapper of one request-sending ``Models`` method."""
+    return guarded_method(
+        _describe(operation, streamed, send_now=streamed),
+        _run_sync,
+        kind=f"google.genai:{operation}",
+    )
 
 
 def async_genai(operation: str, streamed: bool = False) -> Callable[[GuardSource], Wrapper]:
@@ -223,25 +229,8 @@ def async_genai(operation: str, streamed: bool = False) -> Callable[[GuardSource
     The async stream method is a coroutine that posts and then returns an
     async generator, so its request has left (or failed) when it returns.
     """
-    kind = f"google.genai:{operation}"
-    unpriced = operation in _UNPRICED
-
-    def make(guard_of: GuardSource) -> Wrapper:
-        def call_async(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            if inside_sdk_call.get():
-                return wrapped(*args, **kwargs)
-            if unpriced:
-                _warn_unpriced(guard_of, operation)
-            described = genai_arguments(kwargs, streamed)
-            return _run_async(
-                guard_of, wrapped, described, lambda _asked: wrapped(*args, **kwargs), False, kind
-            )
-
-        return call_async
-
-    return make
+    return guarded_method(
+        _describe(operation, streamed, send_now=False),
+        _run_async,
+        kind=f"google.genai:{operation}",
+    )

@@ -25,8 +25,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .._sdk_call import inside_sdk_call
-from ._wrappers import GuardSource, Wrapper, _run_async, _run_sync
+from ._wrappers import GuardSource, Invoke, Wrapper, _run_async, _run_sync, guarded_method
 
 __all__ = ["LITELLM_TARGETS", "LiteLLMTarget"]
 
@@ -40,84 +39,59 @@ class LiteLLMTarget(NamedTuple):
 
 
 class _Binder:
-    """Name the positional arguments of a call (``completion("gpt-4o", messages)``)."""
+    """Read a call, naming its positional arguments (``completion("gpt-4o", messages)``)."""
 
-    __slots__ = ("names",)
+    __slots__ = ("names", "wrapped")
 
     def __init__(self) -> None:
-        self.names: tuple[str, ...] | None = None
+        self.wrapped: Callable[..., Any] | None = None
+        self.names: tuple[str, ...] = ()
 
-    def described(
-        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
-        if not args:
-            return kwargs
-        names = self.names
-        if names is None:
-            try:
-                parameters = list(inspect.signature(wrapped).parameters.values())
-            except (TypeError, ValueError):
-                parameters = []
-            names = self.names = tuple(
-                p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            )
-        return {**dict(zip(names, args, strict=False)), **kwargs}
+    def describe(
+        self,
+        guard_of: GuardSource,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[dict[str, Any], Invoke]:
+        """Return the call's arguments by name, and how to send it (``Describe``)."""
+        described = kwargs
+        if args:
+            if wrapped is not self.wrapped:
+                try:
+                    parameters = list(inspect.signature(wrapped).parameters.values())
+                except (TypeError, ValueError):
+                    parameters = []
+                self.names = tuple(
+                    p.name
+                    for p in parameters
+                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                )
+                self.wrapped = wrapped
+            described = {**dict(zip(self.names, args, strict=False)), **kwargs}
+        return described, lambda asked: wrapped(*args, **_added(kwargs, described, asked))
+
+
+def _run_completion(
+    guard_of: GuardSource,
+    wrapped: Callable[..., Any],
+    described: dict[str, Any],
+    invoke: Invoke,
+    injects_usage: bool,
+    kind: str | None,
+) -> Any:
+    """Guard a sync entry point's call; ``completion(acompletion=True)`` returns a coroutine."""
+    if described.get("acompletion") is True:
+        return _run_async(guard_of, wrapped, described, invoke, injects_usage, kind)
+    return _run_sync(guard_of, wrapped, described, invoke, injects_usage, kind)
 
 
 def _sync(injects_usage: bool) -> Callable[[GuardSource], Wrapper]:
-    def make(guard_of: GuardSource) -> Wrapper:
-        binder = _Binder()
-
-        def call_sync(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            if inside_sdk_call.get():
-                return wrapped(*args, **kwargs)
-            described = binder.described(wrapped, args, kwargs)
-            run = _run_sync
-            if described.get("acompletion") is True:
-                # completion(acompletion=True) returns a coroutine: guard it as one.
-                run = _run_async
-            return run(
-                guard_of,
-                wrapped,
-                described,
-                lambda asked: wrapped(*args, **_added(kwargs, described, asked)),
-                injects_usage,
-            )
-
-        return call_sync
-
-    return make
+    return guarded_method(_Binder().describe, _run_completion, injects_usage)
 
 
 def _async(injects_usage: bool) -> Callable[[GuardSource], Wrapper]:
-    def make(guard_of: GuardSource) -> Wrapper:
-        binder = _Binder()
-
-        def call_async(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            if inside_sdk_call.get():
-                return wrapped(*args, **kwargs)
-            described = binder.described(wrapped, args, kwargs)
-            return _run_async(
-                guard_of,
-                wrapped,
-                described,
-                lambda asked: wrapped(*args, **_added(kwargs, described, asked)),
-                injects_usage,
-            )
-
-        return call_async
-
-    return make
+    return guarded_method(_Binder().describe, _run_async, injects_usage)
 
 
 def _added(

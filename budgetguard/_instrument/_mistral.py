@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from .._sdk_call import inside_sdk_call
-from ._wrappers import GuardSource, Wrapper, _run_async, _run_sync
+from ._wrappers import Describe, GuardSource, Invoke, Wrapper, _run_async, _run_sync, guarded_method
 
 __all__ = ["MISTRAL_TARGETS", "MistralTarget"]
 
@@ -56,50 +55,29 @@ def _streamed(kwargs: Mapping[str, Any], streamed: bool | None) -> bool:
     return streamed if streamed is not None else kwargs.get("stream") is True
 
 
+def _describe(streamed: bool | None) -> Describe:
+    """Return how a wrapper reads a call: streamed or not by its method, else by ``stream=True``."""
+
+    def describe(
+        guard_of: GuardSource,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[dict[str, Any], Invoke]:
+        return (
+            _described(kwargs, _streamed(kwargs, streamed)),
+            lambda _asked: wrapped(*args, **kwargs),
+        )
+
+    return describe
+
+
 def _sync(streamed: bool | None) -> Callable[[GuardSource], Wrapper]:
-    def make(guard_of: GuardSource) -> Wrapper:
-        def call_sync(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            if inside_sdk_call.get():
-                return wrapped(*args, **kwargs)
-            return _run_sync(
-                guard_of,
-                wrapped,
-                _described(kwargs, _streamed(kwargs, streamed)),
-                lambda _asked: wrapped(*args, **kwargs),
-                False,
-            )
-
-        return call_sync
-
-    return make
+    return guarded_method(_describe(streamed), _run_sync)
 
 
 def _async(streamed: bool | None) -> Callable[[GuardSource], Wrapper]:
-    def make(guard_of: GuardSource) -> Wrapper:
-        def call_async(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            if inside_sdk_call.get():
-                return wrapped(*args, **kwargs)
-            return _run_async(
-                guard_of,
-                wrapped,
-                _described(kwargs, _streamed(kwargs, streamed)),
-                lambda _asked: wrapped(*args, **kwargs),
-                False,
-            )
-
-        return call_async
-
-    return make
+    return guarded_method(_describe(streamed), _run_async)
 
 
 def _pairs(module: str, cls: str, once: str, streamed: str) -> tuple[MistralTarget, ...]:

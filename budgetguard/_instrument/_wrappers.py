@@ -31,10 +31,13 @@ from ..guard import BudgetGuard
 from ..scope import Scope, current_scope
 
 __all__ = [
+    "Describe",
+    "Run",
     "Wrapper",
     "async_method",
     "async_request",
     "async_stream_manager",
+    "guarded_method",
     "helper_stream_manager",
     "stream_manager",
     "sync_method",
@@ -305,6 +308,47 @@ def async_method(guard_of: GuardSource, injects_usage: bool) -> Wrapper:
         )
 
     return call_async
+
+
+# How a wrapper of one SDK sends its call through the guard: ``_run_sync`` or
+# ``_run_async`` (or a function choosing between them).
+Run = Callable[[GuardSource, Callable[..., Any], dict[str, Any], Invoke, bool, str | None], Any]
+
+# What a wrapper made by ``guarded_method`` learns of one call: the request as
+# keyword arguments (what the estimate reads), and how to send it.
+Describe = Callable[
+    [GuardSource, Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+    tuple[dict[str, Any], Invoke],
+]
+
+
+def guarded_method(
+    describe: Describe, run: Run, injects_usage: bool = False, kind: str | None = None
+) -> Callable[[GuardSource], Wrapper]:
+    """Return the maker of a wrapper that guards each call ``describe`` reads.
+
+    The wrapper passes a call made inside another instrumented one straight
+    through; any other goes to ``run`` with what ``describe(guard_of,
+    wrapped, args, kwargs)`` returns: the request as keyword arguments and
+    the function that sends it. The SDK modules (google-genai, mistralai,
+    LiteLLM) keep their own specifics in their ``describe`` and ``run``.
+    """
+
+    def make(guard_of: GuardSource) -> Wrapper:
+        def call(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if _inside.get():
+                return wrapped(*args, **kwargs)
+            described, invoke = describe(guard_of, wrapped, args, kwargs)
+            return run(guard_of, wrapped, described, invoke, injects_usage, kind)
+
+        return call
+
+    return make
 
 
 # What the SDKs' clients post to when they run a model, without the query
