@@ -17,6 +17,6 @@ python3 -m venv "$venv"
 echo "peers venv ready: $venv"
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as m
-for name in ("litellm", "tokencost", "budgetguard"):
+for name in ("litellm", "tokencost", "budgetguard-llm"):
     print(f"  {name} {m.version(name)}")
 PY
