@@ -5,7 +5,16 @@ periods. The guard turns budgets into keys (the window is part of the key, so
 a new period starts at zero with no background job) and amounts into units.
 
 Every operation below is atomic on its own: the memory backend holds one lock,
-SQLite runs one ``BEGIN IMMEDIATE`` transaction, Redis runs one Lua script.
+SQLite runs one ``BEGIN IMMEDIATE`` transaction, Redis runs one Lua script,
+PostgreSQL one function call.
+
+One reservation may hold several *kinds* of units at once (dollars on one key,
+tokens on another, a call slot on a third): each ``Hold`` names the ``unit``
+(an index, 0 to 15) of the amount that ``settle`` charges it, so one settle
+charges every key its own kind. A hold may be *soft* (``over``: it never
+refuses, and a hold that did not fit counts 1 on the ``over`` key) and may
+count part of an earlier window's spend (``prior`` and ``weight``: a sliding
+window). The ledger gives units no meaning; see ``Hold``.
 
 Faults: an exception at any point of an operation (``KeyboardInterrupt``,
 ``SystemExit``, ``asyncio.CancelledError``, a lost connection) leaves the
@@ -44,10 +53,17 @@ __all__ = [
     "check_idempotency_ttl",
     "check_op_id",
     "check_reservation",
+    "check_settle_amount",
     "check_units",
     "shielded",
     "shielded_reserve",
 ]
+
+
+#: Units a hold may name: ``Hold.unit`` is an index into settle's amounts, 0 to this.
+MAX_UNIT = 15
+#: ``Hold.weight`` is in millionths of the prior key's spend.
+WEIGHT_SCALE = 1_000_000
 
 
 class Hold(NamedTuple):
@@ -55,11 +71,30 @@ class Hold(NamedTuple):
 
     ``limit`` is the budget's limit in units, or ``None`` for a key that only
     counts (it can never refuse).
+
+    ``unit`` picks which of ``settle``'s amounts this key is charged (0 to
+    ``MAX_UNIT``). The ledger gives units no meaning; the guard's convention
+    is 0 dollars (cost units), 1 input tokens, 2 output tokens, 3 total
+    tokens, 4 requests (hold 1, settle 1) and 5 calls in flight (hold 1,
+    settle 0: the hold is the count, the settle only drops it).
+
+    ``over`` makes the hold *soft*: it never refuses. When it does not fit,
+    it is held anyway and 1 is added to the spend of the key ``over``, in the
+    same atomic step (a count of the calls that came when the budget had no
+    room: soft and shadow budgets).
+
+    ``prior`` and ``weight`` make a sliding window: ``floor(spent(prior) *
+    weight / WEIGHT_SCALE)`` of the previous window's key counts as used too.
+    The prior key is only read. Both are given or neither.
     """
 
     key: str
     limit: int | None
     amount: int
+    unit: int = 0
+    over: str | None = None
+    prior: str | None = None
+    weight: int = 0
 
 
 class Reservation(NamedTuple):
@@ -77,7 +112,11 @@ class Reservation(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Why a reservation was refused: the first hold that did not fit."""
+    """Why a reservation was refused: the first hard hold that did not fit.
+
+    ``prior`` is the part of the previous window's spend the hold counted
+    (0 unless the hold has a ``prior`` key).
+    """
 
     index: int
     key: str
@@ -85,6 +124,7 @@ class Refusal:
     spent: int
     reserved: int
     requested: int
+    prior: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,21 +197,38 @@ class Ledger(ABC):
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them.
 
-        A hold fits when ``spent + reserved + amount <= limit``; a hold of 0
-        on a key already at or over its limit does not fit either, so a spent
-        budget refuses calls with no estimate. Reservations past their expiry
-        are released first. Return ``None`` on success, else the first hold
-        that did not fit; a refusal changes nothing.
+        A hold fits when ``spent + reserved + prior_part + amount <= limit``
+        (``prior_part`` is ``floor(spent(prior) * weight / 1_000_000)``, 0
+        without a ``prior``); a hold of 0 on a key already at or over its
+        limit does not fit either, so a spent budget refuses calls with no
+        estimate. ``limit=None`` always fits. Every hold is checked against
+        the state before this reservation.
+
+        A hard hold (no ``over``) that does not fit refuses the reservation:
+        return the ``Refusal`` of the first such hold; nothing changes (no
+        hold, no ``over`` count). Otherwise every hold is held, and every soft
+        hold that did not fit adds 1 to the spend of its ``over`` key, in the
+        same atomic step; return ``None``. Reservations past their expiry are
+        released first.
         """
 
     @abstractmethod
-    def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
-        """Charge ``amount`` to every held key and every tally key; drop the holds.
+    def settle(
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
+    ) -> bool:
+        """Charge every held key and every tally key; drop the holds.
+
+        ``amount`` is one whole number of units, charged to every key, or a
+        sequence indexed by unit: a held key is charged ``amount[hold.unit]``
+        and every tally key ``amount[0]``. An amount of 0 charges nothing but
+        still drops the hold. A negative or non-integer amount, or a sequence
+        too short for some hold's unit, raises ``ValueError`` and changes
+        nothing.
 
         Idempotent per reservation id: the first call charges and returns
         ``True``, later calls change nothing and return ``False``. A
         reservation that expired or was released is still charged (the money
-        was spent), but its holds are not dropped twice.
+        was spent), each key by its unit, but its holds are not dropped twice.
         """
 
     @abstractmethod
@@ -251,7 +308,7 @@ class Ledger(ABC):
         return self.reserve(reservation)
 
     async def asettle(
-        self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
     ) -> bool:
         """Do ``settle`` without blocking the event loop."""
         return self.settle(reservation, amount, tallies)
@@ -297,7 +354,7 @@ class _ThreadedAsync(Ledger):
         )
 
     async def asettle(
-        self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
     ) -> bool:
         """Do ``settle`` in a worker thread, finished even if the caller gives up."""
         return await shielded(self, asyncio.to_thread(self.settle, reservation, amount, tallies))
@@ -436,11 +493,73 @@ def check_reservation(reservation: Reservation) -> None:
             f"reservation expiry must be a finite number of seconds, got {expires_at!r}"
         )
     for hold in reservation.holds:
+        if not isinstance(hold, tuple) or len(hold) != len(Hold._fields):
+            raise ValueError(f"a hold must be a Hold, got {hold!r}")
         if not isinstance(hold.key, str):
             raise ValueError(f"hold key must be a string, got {hold.key!r}")
         check_units(hold.amount, f"amount held on {hold.key!r}")
         if hold.limit is not None:
             check_units(hold.limit, f"limit of {hold.key!r}")
+        check_hold_extras(hold)
+
+
+def check_hold_extras(hold: Hold) -> None:
+    """Raise ``ValueError`` unless ``unit``, ``over``, ``prior`` and ``weight`` are well formed."""
+    unit, over, prior, weight = hold.unit, hold.over, hold.prior, hold.weight
+    if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit <= MAX_UNIT:
+        raise ValueError(
+            f"unit of the hold on {hold.key!r} must be a whole number from 0 to {MAX_UNIT}, "
+            f"got {unit!r}"
+        )
+    if over is not None and (not isinstance(over, str) or not over):
+        raise ValueError(
+            f"over of the hold on {hold.key!r} must be a non-empty key or None, got {over!r}"
+        )
+    if prior is not None and (not isinstance(prior, str) or not prior):
+        raise ValueError(
+            f"prior of the hold on {hold.key!r} must be a non-empty key or None, got {prior!r}"
+        )
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= WEIGHT_SCALE:
+        raise ValueError(
+            f"weight of the hold on {hold.key!r} must be a whole number of millionths "
+            f"from 0 to {WEIGHT_SCALE}, got {weight!r}"
+        )
+    if (prior is None) != (weight == 0):
+        raise ValueError(
+            f"prior and weight of the hold on {hold.key!r} go together: a prior key needs "
+            f"a weight above 0 and a weight needs a prior key, got prior={prior!r}, "
+            f"weight={weight!r}"
+        )
+
+
+def check_settle_amount(amount: object, holds: Sequence[Hold]) -> tuple[list[int], int]:
+    """Return what settle charges each hold of ``holds`` and each tally, from ``amount``.
+
+    ``amount`` is a whole number of units (charged to every key) or a
+    sequence of them indexed by unit (a hold is charged ``amount[hold.unit]``,
+    a tally ``amount[0]``). ``ValueError`` naming the problem otherwise.
+    """
+    if isinstance(amount, int) and not isinstance(amount, bool):
+        check_units(amount)
+        return [amount] * len(holds), amount
+    if isinstance(amount, str | bytes) or not isinstance(amount, Sequence):
+        raise ValueError(
+            f"amount must be a non-negative whole number of units or a sequence of them "
+            f"indexed by unit, got {amount!r}"
+        )
+    amounts = [check_units(each, f"amount of unit {unit}") for unit, each in enumerate(amount)]
+    if not amounts:
+        raise ValueError("amount must name at least unit 0 (what tallies are charged), got []")
+    charges: list[int] = []
+    for hold in holds:
+        unit = hold.unit
+        if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit < len(amounts):
+            raise ValueError(
+                f"amount has {len(amounts)} unit(s) but the hold on {hold.key!r} is charged "
+                f"unit {unit!r}"
+            )
+        charges.append(amounts[unit])
+    return charges, amounts[0]
 
 
 def budget_to_json(name: str, definition: Mapping[str, Any]) -> str:

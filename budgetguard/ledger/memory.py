@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..errors import ConfigurationError
 from .base import (
     TOMBSTONE_SECONDS,
+    WEIGHT_SCALE,
     Balance,
     BudgetChanges,
     Ledger,
@@ -23,9 +24,11 @@ from .base import (
     Reservation,
     budget_from_json,
     budget_to_json,
+    check_hold_extras,
     check_idempotency_ttl,
     check_op_id,
     check_reservation,
+    check_settle_amount,
     check_units,
 )
 
@@ -149,7 +152,8 @@ class MemoryLedger(Ledger):
             cells = self._cells
             found: list[_Cell] = []
             writes: list[list[Any]] = []  # [cell, 1, new reserved], one per distinct cell
-            for index, (key, limit, amount) in enumerate(holds):
+            overs: list[list[Any]] = []  # [cell, 0, new spent], one per distinct over key
+            for index, (key, limit, amount, unit, over, prior, weight) in enumerate(holds):
                 # Checked inline, as cheaply as Python allows: this runs on
                 # every guarded call (check_reservation words the error).
                 if type(amount) is not int or amount < 0:
@@ -159,7 +163,21 @@ class MemoryLedger(Ledger):
                     if type(key) is not str:
                         check_reservation(reservation)
                     cell = cells[key] = [0, 0]  # an empty cell changes no balance
-                if limit is not None:
+                if (
+                    over is not None
+                    or prior is not None
+                    or unit
+                    or weight
+                    or type(unit) is not int
+                    or type(weight) is not int
+                ):
+                    # Not the default hold (a unit, a soft hold, a sliding
+                    # window, or a malformed one): off the inline path.
+                    check_hold_extras(holds[index])
+                    refusal = self._fit(index, key, limit, amount, over, prior, weight, cell, overs)
+                    if refusal is not None:
+                        return refusal
+                elif limit is not None:
                     if type(limit) is not int or limit < 0:
                         check_reservation(reservation)
                     used = cell[0] + cell[1]
@@ -178,16 +196,22 @@ class MemoryLedger(Ledger):
             # a late one would leave an expired hold in place.
             if expires_at < self._next_sweep:
                 self._next_sweep = expires_at
+            if overs:
+                writes += overs
             writes.append([self._open, rid, (reservation, found)])
             _apply(writes)
             return None
 
         return self._locked(locked)
 
-    def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
-        """Charge ``amount`` to every held key and tally; drop the holds once."""
+    def settle(
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
+    ) -> bool:
+        """Charge every held key (by its unit) and tally; drop the holds once."""
         if type(amount) is not int or amount < 0:
-            check_units(amount)
+            # Amounts per unit (or a bad amount, which raises here).
+            charges, amount = check_settle_amount(amount, reservation.holds)
+            return self._locked(lambda: self._settle_units(reservation, charges, amount, tallies))
 
         def locked() -> bool:
             rid = reservation.id
@@ -202,7 +226,8 @@ class MemoryLedger(Ledger):
             # cell and index, planned inline (no call per key: the hot path).
             writes: list[list[Any]] = []
             if entry is not None:
-                for cell, (_, _, held) in zip(entry[1], reservation.holds, strict=True):
+                for cell, hold in zip(entry[1], reservation.holds, strict=True):
+                    held = hold.amount
                     for i in range(0, len(writes), 2):
                         if writes[i][0] is cell:  # a key held twice: [spent], [reserved]
                             writes[i][2] += amount
@@ -213,7 +238,7 @@ class MemoryLedger(Ledger):
                         writes.append([cell, 1, cell[1] - held])
                 charged: Iterable[str] = tallies
             else:  # expired or released: charge, but the holds are already gone
-                charged = chain([key for key, _, _ in reservation.holds], tallies)
+                charged = chain([hold.key for hold in reservation.holds], tallies)
             cells = self._cells
             for key in charged:
                 tally = cells.get(key)
@@ -231,6 +256,72 @@ class MemoryLedger(Ledger):
             return True
 
         return self._locked(locked)
+
+    def _settle_units(
+        self, reservation: Reservation, charges: list[int], tally: int, tallies: Sequence[str]
+    ) -> bool:
+        """Settle with ``charges[i]`` for hold ``i`` and ``tally`` for each tally (lock held)."""
+        rid = reservation.id
+        ended = self._ended
+        state = ended.get(rid)
+        if state is None:
+            state = self._ended_old.get(rid)
+        if state:
+            return False
+        entry = self._open.get(rid) if state is None else None
+        plan: _Plan = {}
+        if entry is not None:
+            for cell, hold, charge in zip(entry[1], reservation.holds, charges, strict=True):
+                _bump(plan, cell, 0, charge)
+                _bump(plan, cell, 1, -hold.amount)
+        else:  # expired or released: charge, but the holds are already gone
+            for hold, charge in zip(reservation.holds, charges, strict=True):
+                _bump(plan, self._cell(hold.key), 0, charge)
+        for key in tallies:
+            _bump(plan, self._cell(key), 0, tally)
+        _apply(chain(plan.values(), ((ended, rid, True),)))
+        self._open.pop(rid, None)
+        return True
+
+    def _fit(
+        self,
+        index: int,
+        key: str,
+        limit: int | None,
+        amount: int,
+        over: str | None,
+        prior: str | None,
+        weight: int,
+        cell: _Cell,
+        overs: list[list[Any]],
+    ) -> Refusal | None:
+        """Check one hold with a soft ``over`` or a ``prior`` window (lock held).
+
+        Return the refusal of a hard hold that does not fit; plan the ``over``
+        count of a soft one that does not fit (into ``overs``).
+        """
+        if limit is None:
+            return None
+        if type(limit) is not int or limit < 0:
+            check_units(limit, f"limit of {key!r}")
+        part = 0
+        if prior is not None:
+            prior_cell = self._cells.get(prior)
+            if prior_cell is not None:
+                part = prior_cell[0] * weight // WEIGHT_SCALE
+        used = cell[0] + cell[1] + part
+        if used + amount <= limit and (amount != 0 or used < limit):
+            return None
+        if over is None:
+            return Refusal(index, key, limit, cell[0], cell[1], amount, part)
+        counted = self._cell(over)
+        for write in overs:
+            if write[0] is counted:
+                write[2] += 1
+                break
+        else:
+            overs.append([counted, 0, counted[0] + 1])
+        return None
 
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
@@ -421,8 +512,8 @@ class MemoryLedger(Ledger):
         """Drop the holds of ``entry`` (if open) and record ``rid`` as released, in one step."""
         plan: _Plan = {}
         if entry is not None:
-            for cell, (_, _, held) in zip(entry[1], entry[0].holds, strict=True):
-                _bump(plan, cell, 1, -held)
+            for cell, hold in zip(entry[1], entry[0].holds, strict=True):
+                _bump(plan, cell, 1, -hold.amount)
         _apply(chain(plan.values(), ((self._ended, rid, False),)))
         self._open.pop(rid, None)
 

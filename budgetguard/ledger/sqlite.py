@@ -57,6 +57,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import ConfigurationError, StorageError
 from .base import (
     TOMBSTONE_SECONDS,
+    WEIGHT_SCALE,
     Balance,
     BudgetChanges,
     Hold,
@@ -68,6 +69,7 @@ from .base import (
     check_idempotency_ttl,
     check_op_id,
     check_reservation,
+    check_settle_amount,
     check_units,
 )
 
@@ -127,6 +129,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "INSERT INTO budget_meta (id, mark, version, floor)"
         " SELECT 1, lower(hex(randomblob(16))), 0, 0 WHERE EXISTS (SELECT 1 FROM budgets)",
+    ),
+    (
+        # Holds with a unit, a soft over key or a sliding window: the holds
+        # JSON of a reservation may now hold [key, limit, amount, unit, over,
+        # prior, weight] as well as [key, limit, amount]. Rows written before
+        # read as they are; the version number is what changes, so that an
+        # older budgetguard refuses a file it would misread.
+        "SELECT 1",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -220,7 +230,7 @@ class SQLiteLedger(_ThreadedAsync):
         """Hold every amount of ``reservation`` or none of them, in one transaction."""
         check_reservation(reservation)
         _check_fits(*(hold.amount for hold in reservation.holds))
-        holds_json = json.dumps([[h.key, h.limit, h.amount] for h in reservation.holds])
+        holds_json = json.dumps([_hold_row(hold) for hold in reservation.holds])
 
         def run(db: sqlite3.Connection) -> Refusal | None:
             used = db.execute(
@@ -234,6 +244,7 @@ class SQLiteLedger(_ThreadedAsync):
             self._expire(db, now)
             # Every hold is checked against the balances before this
             # reservation, then all are applied: the memory ledger's rule.
+            missed: list[str] = []  # the over keys of soft holds that did not fit
             for index, hold in enumerate(reservation.holds):
                 if hold.limit is None:
                     continue
@@ -241,16 +252,33 @@ class SQLiteLedger(_ThreadedAsync):
                     "SELECT spent, reserved FROM counters WHERE key = ?", (hold.key,)
                 ).fetchone()
                 spent, reserved = row if row is not None else (0, 0)
-                used_units = spent + reserved
+                part = 0
+                if hold.prior is not None:
+                    found = db.execute(
+                        "SELECT spent FROM counters WHERE key = ?", (hold.prior,)
+                    ).fetchone()
+                    if found is not None:
+                        part = found[0] * hold.weight // WEIGHT_SCALE
+                used_units = spent + reserved + part
                 if used_units + hold.amount > hold.limit or (
                     hold.amount == 0 and used_units >= hold.limit
                 ):
-                    return Refusal(index, hold.key, hold.limit, spent, reserved, hold.amount)
+                    if hold.over is None:
+                        return Refusal(
+                            index, hold.key, hold.limit, spent, reserved, hold.amount, part
+                        )
+                    missed.append(hold.over)
             db.executemany(
                 "INSERT INTO counters (key, reserved) VALUES (?, ?) ON CONFLICT (key)"
                 " DO UPDATE SET reserved = reserved + excluded.reserved",
                 [(hold.key, hold.amount) for hold in reservation.holds],
             )
+            if missed:
+                db.executemany(
+                    "INSERT INTO counters (key, spent) VALUES (?, 1) ON CONFLICT (key)"
+                    " DO UPDATE SET spent = spent + 1",
+                    [(key,) for key in missed],
+                )
             db.execute(
                 "INSERT INTO reservations (id, holds, expires_at) VALUES (?, ?, ?)",
                 (reservation.id, holds_json, float(reservation.expires_at)),
@@ -261,10 +289,12 @@ class SQLiteLedger(_ThreadedAsync):
 
         return self._transact(run)
 
-    def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
-        """Charge ``amount`` to every held key and tally; drop the holds once."""
-        check_units(amount)
-        _check_fits(amount)
+    def settle(
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
+    ) -> bool:
+        """Charge every held key (by its unit) and tally; drop the holds once."""
+        charges, tally = check_settle_amount(amount, reservation.holds)
+        _check_fits(*charges, tally)
 
         def run(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT settled FROM ended WHERE id = ?", (reservation.id,)).fetchone()
@@ -274,7 +304,10 @@ class SQLiteLedger(_ThreadedAsync):
             db.executemany(
                 "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
                 " DO UPDATE SET spent = spent + excluded.spent",
-                [(key, amount) for key in (*reservation.keys, *tallies)],
+                [
+                    *zip(reservation.keys, charges, strict=True),
+                    *((key, tally) for key in tallies),
+                ],
             )
             return True
 
@@ -372,9 +405,7 @@ class SQLiteLedger(_ThreadedAsync):
                 "SELECT id, holds, expires_at FROM reservations ORDER BY expires_at, id"
             ).fetchall()
         return [
-            Reservation(
-                rid, tuple(Hold(key, limit, amount) for key, limit, amount in json.loads(holds)), at
-            )
+            Reservation(rid, tuple(Hold(*row) for row in json.loads(holds)), at)
             for rid, holds, at in rows
         ]
 
@@ -665,11 +696,11 @@ class SQLiteLedger(_ThreadedAsync):
             holds = json.loads(row[0])
             db.executemany(
                 "UPDATE counters SET reserved = max(reserved - ?, 0) WHERE key = ?",
-                [(amount, key) for key, _limit, amount in holds],
+                [(hold[2], hold[0]) for hold in holds],
             )
             db.executemany(
                 "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
-                [(key,) for key, _limit, _amount in holds],
+                [(hold[0],) for hold in holds],
             )
         db.execute(
             "INSERT INTO ended (id, settled, at) VALUES (?, ?, ?) ON CONFLICT (id)"
@@ -793,6 +824,13 @@ def _positive(name: str, value: object, url: str) -> float:
             f"{name} must be a positive number of seconds, got {value!r} ({url!r})"
         )
     return number
+
+
+def _hold_row(hold: Hold) -> list[Any]:
+    """Return the JSON row of a hold: [key, limit, amount], with the rest if not defaults."""
+    if hold.unit == 0 and hold.over is None and hold.prior is None:
+        return [hold.key, hold.limit, hold.amount]
+    return list(hold)
 
 
 def _check_fits(*amounts: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from budgetguard.errors import ConfigurationError, StorageError
-from budgetguard.ledger import Balance, ledger_from_url
+from budgetguard.ledger import Balance, Hold, Reservation, ledger_from_url
 from budgetguard.ledger.sqlite import SCHEMA_VERSION, SQLiteLedger
 
 from .conftest import worker_env
@@ -36,9 +36,9 @@ def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_schema_is_versioned(tmp_path: Path) -> None:
     """A new file gets the current schema version in PRAGMA user_version, and WAL."""
     ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
-    assert ledger.schema_version == SCHEMA_VERSION == 3
+    assert ledger.schema_version == SCHEMA_VERSION == 4
     with sqlite3.connect(tmp_path / "a.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {
@@ -250,7 +250,7 @@ def test_version_1_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
         db.execute("INSERT INTO counters (key, spent, reserved) VALUES ('k', 42, 0)")
         db.execute("PRAGMA user_version = 1")
     ledger = SQLiteLedger(f"sqlite:///{path}")
-    assert ledger.schema_version == 3
+    assert ledger.schema_version == SCHEMA_VERSION
     assert ledger.balances(["k"])["k"] == Balance(42, 0)
     assert ledger.add(["k"], 1, op_id="once") is True
     assert ledger.add(["k"], 1, op_id="once") is False
@@ -269,3 +269,44 @@ def test_op_ids_are_pruned(tmp_path: Path) -> None:
     rows = ledger._connection().execute("SELECT count(*) FROM added").fetchone()
     assert rows == (1,)
     ledger.close()
+
+
+def test_version_3_file_is_upgraded_keeping_its_reservations(tmp_path: Path) -> None:
+    """A version 3 file (holds of [key, limit, amount]) upgrades; its open holds still end."""
+    from budgetguard.ledger.sqlite import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for migration in MIGRATIONS[:3]:
+            for statement in migration:
+                db.execute(statement)
+        # What version 3 wrote for an open reservation and an expired one.
+        db.execute("INSERT INTO counters (key, spent, reserved) VALUES ('k', 5, 7), ('g', 0, 3)")
+        db.execute(
+            "INSERT INTO reservations (id, holds, expires_at) VALUES"
+            """ ('open', '[["k", 100, 4], ["g", null, 3]]', 1e10),"""
+            """ ('late', '[["k", 100, 3]]', 1.0)"""
+        )
+        db.execute("PRAGMA user_version = 3")
+    ledger = SQLiteLedger(f"sqlite:///{path}")
+    assert ledger.schema_version == SCHEMA_VERSION == 4
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    assert ledger.open_reservations() == [
+        Reservation("open", (Hold("k", 100, 4), Hold("g", None, 3)), 1e10)
+    ]
+    assert ledger.balances(["k", "g"]) == {"k": Balance(5, 4), "g": Balance(0, 3)}
+    assert ledger.settle(ledger.open_reservations()[0], [2], ["t"]) is True
+    assert ledger.balances(["k", "g", "t"]) == {
+        "k": Balance(7, 0),
+        "g": Balance(2, 0),
+        "t": Balance(2, 0),
+    }
+    # New holds are written in the new form next to the old rows.
+    new = Reservation("new", (Hold("k", 100, 1, unit=3, over="o"),), 1e10)
+    assert ledger.reserve(new) is None
+    assert ledger.open_reservations() == [new]
+    ledger.close()
+    # And an older budgetguard would refuse the file: its version is above 3.
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] > 3
