@@ -29,7 +29,7 @@ from .budgets import DEFAULT, GLOBAL, Budget
 from .errors import ConfigurationError, StorageError
 from .events import ThresholdCrossing
 from .ledger import Hold, Reservation
-from .money import MONEY, from_units, to_decimal
+from .money import MONEY, to_decimal
 
 if TYPE_CHECKING:
     from ._call import Call
@@ -40,6 +40,7 @@ __all__ = ["FORECAST", "Alerts", "runs_out_at"]
 #: The threshold that stands for the forecast alert.
 FORECAST = Decimal(-1)
 
+_FULL = Decimal(1)
 # The share of a window that must have passed before a forecast is trusted.
 _FORECAST_AFTER = 0.1
 
@@ -125,11 +126,17 @@ class Alerts:
         name = budget.name
         if name == DEFAULT and user is not None:
             name = f"user:{user}"
-        for candidate in (name, budget.name, "global" if name == GLOBAL else "user", "*"):
+        kind = "user" if budget.kind == DEFAULT else budget.kind
+        found: tuple[Decimal, ...] = ()
+        for candidate in (name, budget.name, "global" if name == GLOBAL else kind, "*"):
             fractions = per_budget.get(candidate)
             if fractions is not None:
-                return fractions
-        return ()
+                found = fractions
+                break
+        if budget.mode == "soft" and _FULL not in found:
+            # A soft budget lets calls past its limit: it says so when they pass it.
+            found = (*found, _FULL)
+        return found
 
     def _claim(self, key: str, fraction: Decimal) -> bool:
         # One marker counter per budget window and threshold: the first
@@ -164,7 +171,7 @@ class Alerts:
             period=budget.period.label,
             fraction=fraction,
             limit=budget.limit,
-            spent=from_units(spent),
+            spent=budget.amount(spent),
             window=window,
             kind="threshold" if forecast is None else "forecast",
             runs_out_at=forecast,

@@ -14,6 +14,8 @@ key                                   what it counts
 ``t|u=<user>`` / ``t|m=<model>``      lifetime spend of one user / one model
 ``t|u=<user>|m=<model>``              lifetime spend of one user on one model
 ``d|<day>|u=<user>|m=<model>``        spend of one day (of the guard's time zone)
+``d|<day>|g=<tag key>=<value>``       spend of one day by the calls carrying a tag
+``x|<budget window key>``             calls a soft or shadow budget had no room for
 ``s|<scope id>``                      a ``budget_scope(limit=...)`` block's cap
 ``a|<window key>|<fraction>``         an alert marker: the threshold fired once
 ``o|#``                               users a ``BudgetManager`` ever created
@@ -42,11 +44,14 @@ __all__ = [
     "idle_user_tallies",
     "model_key",
     "model_prefix",
+    "over_key",
     "owner_of",
     "parse_tally",
     "place_key",
     "prunable_window",
     "scope_key",
+    "tag_day_key",
+    "tag_day_prefix",
     "tally_keys",
     "total_key",
     "unescape",
@@ -57,6 +62,7 @@ TOTAL = "t|"
 DAY = "d|"
 SCOPE = "s|"
 ALERT = "a|"
+OVER = "x|"
 MODEL = "|m="
 
 
@@ -106,7 +112,11 @@ def day_key(day: str, user: str | None, model: str | None) -> str:
 
 
 def tally_keys(
-    user: str | None, model: str | None, day: str, budget_keys: Iterable[str]
+    user: str | None,
+    model: str | None,
+    day: str,
+    budget_keys: Iterable[str],
+    tags: Iterable[tuple[str, str]] = (),
 ) -> tuple[str, ...]:
     """Return every counter a settled call adds to besides the budgets it held."""
     u = escape(user) if user is not None else ""
@@ -114,7 +124,23 @@ def tally_keys(
     found = [TOTAL, f"{TOTAL}u={u}", f"{TOTAL}m={m}", f"{TOTAL}u={u}{MODEL}{m}"]
     found.append(f"{DAY}{day}|u={u}{MODEL}{m}")
     found.extend(f"{key}{MODEL}{m}" for key in budget_keys)
+    found.extend(tag_day_key(day, key, value) for key, value in tags)
     return tuple(found)
+
+
+def tag_day_key(day: str, key: str, value: str) -> str:
+    """Return the tally of one day's spend by the calls tagged ``key=value``."""
+    return f"{DAY}{day}|g={escape(key)}={escape(value)}"
+
+
+def tag_day_prefix(day: str) -> str:
+    """Return the prefix of one day's tag tallies."""
+    return f"{DAY}{day}|g="
+
+
+def over_key(key: str) -> str:
+    """Return the counter of calls a soft or shadow budget's window had no room for."""
+    return OVER + key
 
 
 ORDER = "o|"
@@ -151,14 +177,14 @@ def parse_tally(text: str) -> dict[str, str | None]:
     found: dict[str, str | None] = {}
     for part in text.split("|"):
         name, _, value = part.partition("=")
-        field = {"u": "user", "m": "model"}.get(name)
+        field = {"u": "user", "m": "model", "g": "tag"}.get(name)
         if field is not None:
             found[field] = unescape(value) if value else None
     return found
 
 
 # (prefix, index of the window id among the key's |-separated parts)
-_WINDOWED = ((BUDGET, 2), (DAY, 1), (ALERT + BUDGET, 3))
+_WINDOWED = ((BUDGET, 2), (DAY, 1), (ALERT + BUDGET, 3), (OVER + BUDGET, 3))
 
 
 #: The prefix of every lifetime tally of one user (``t|u=<user>`` and per model).

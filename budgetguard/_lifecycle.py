@@ -29,7 +29,7 @@ from ._outbox import Pending
 from ._parts import GuardParts
 from ._plan import Holder, Plan
 from ._streams import guard_returned_stream
-from .budgets import DEFAULT, Budget
+from .budgets import Budget
 from .errors import (
     BudgetExceededError,
     EstimateMissingError,
@@ -39,8 +39,10 @@ from .errors import (
 from .events import CallOutcome
 from .ledger import Hold, Refusal, Reservation
 from .money import from_units, to_decimal, to_units
+from .pricing import lookup
 from .scope import Scope, current_user
 from .scope import _current as _scope_var
+from .telemetry import provider_name
 from .usage import StreamMeter, Usage
 
 __all__ = ["CallLifecycle", "OutcomeParts"]
@@ -92,8 +94,14 @@ class CallLifecycle(GuardParts):
         budgets: dict[str, Budget] | None = None,
         *,
         hooks: bool = True,
+        tokens: tuple[int, int, int] | None = None,
+        provider: str | None = None,
     ) -> _Opening:
-        """Decide who pays and what a call reserves (no ledger I/O)."""
+        """Decide who pays and what a call reserves (no ledger I/O).
+
+        ``tokens`` is the call's estimate in (input, output, all) tokens, reserved
+        on token budgets; ``provider`` who serves it (else read from ``kind``).
+        """
         if hooks:
             for hook in _hooks.active:
                 self._before_hook(hook, user, model)
@@ -127,11 +135,23 @@ class CallLifecycle(GuardParts):
                 else self._budgets()
             )
         now = self.clock()
-        plan = self._planner._plans.get(user)  # the hot path: no method call
-        if plan is None or not plan.since <= now < plan.until or plan.budgets is not budgets:
-            plan = self._planner.plan(user, now, budgets)
-        holds = plan._held if plan._held_units == units else plan.holds(units)
-        holders = plan.holders
+        planner = self._planner
+        if planner._index_of is budgets and not planner._keyed:
+            plan = planner._plans.get(user)  # the hot path: no method call
+            if plan is None or not plan.since <= now < plan.until or plan.budgets is not budgets:
+                plan = planner.plan(user, now, budgets)
+        else:  # budgets on tags, models or providers: the plan depends on those too
+            plan = planner.plan(user, now, budgets, tags, model, _provider(provider, kind, model))
+        if plan.simple and not (units == 0 and model is not None and _free(model)):
+            holds = plan._held if plan._held_units == units else plan.holds(units)
+            holders = plan.holders
+        else:
+            holds, holders = plan.holds_of(
+                _amounts(units, tokens),
+                now,
+                free=units == 0 and model is not None and _free(model),
+                inner=_current_call.get() is not None,
+            )
         if scope is not None and scope.caps:
             holds = tuple(Hold(c.key, c.limit_units, units) for c in scope.caps) + holds
             holders = tuple(Holder("scope", None, c) for c in scope.caps) + holders
@@ -175,7 +195,7 @@ class CallLifecycle(GuardParts):
         learned = self._learner.cost(opening.kind)
         if learned is None:
             return opening
-        holds = tuple(Hold(h.key, h.limit, learned) for h in opening.holds)
+        holds = tuple(h._replace(amount=learned) if h.unit == 0 else h for h in opening.holds)
         return opening._replace(units=learned, holds=holds, cold=False)
 
     def _opened(
@@ -212,13 +232,16 @@ class CallLifecycle(GuardParts):
         model: str | None = None,
         scope: Scope | None = None,
         kind: str | None = None,
+        tokens: tuple[int, int, int] | None = None,
+        provider: str | None = None,
     ) -> Call:
         """Reserve ``estimate`` on every budget that applies, or raise ``BudgetExceededError``.
 
         ``estimate`` is dollars (``Decimal``), ledger units (``int``) or
         ``None``: learned per ``kind`` under ``on_missing_estimate``.
+        ``tokens`` is what token budgets reserve: (input, output, all) tokens.
         """
-        opening = self._open(user, estimate, model, scope, kind)
+        opening = self._open(user, estimate, model, scope, kind, tokens=tokens, provider=provider)
         pilot = None
         if opening.cold:
             pilot, opening = self._wait_cold(opening)
@@ -250,6 +273,8 @@ class CallLifecycle(GuardParts):
         model: str | None = None,
         scope: Scope | None = None,
         kind: str | None = None,
+        tokens: tuple[int, int, int] | None = None,
+        provider: str | None = None,
     ) -> Call:
         """Do ``_begin`` without blocking the event loop on the ledger."""
         budgets = None
@@ -257,7 +282,9 @@ class CallLifecycle(GuardParts):
             # A shared ledger's budget definitions are due for a re-read:
             # do it in a thread, so the loop never waits on the network.
             budgets = await asyncio.to_thread(self._budgets)
-        opening = self._open(user, estimate, model, scope, kind, budgets)
+        opening = self._open(
+            user, estimate, model, scope, kind, budgets, tokens=tokens, provider=provider
+        )
         pilot = None
         if opening.cold:
             pilot, opening = await self._await_cold(opening)
@@ -337,22 +364,26 @@ class CallLifecycle(GuardParts):
     ) -> BudgetExceededError:
         holder = holders[refusal.index]
         budget = holder.budget
+        unit = "usd"
+        amount = from_units
         if holder.kind == "scope":
             name, period, resets = "scope", "this block", None
         else:
             assert budget is not None
             name, period, resets = budget.name, budget.period.label, budget.resets_at(self.clock())
-            if holder.kind == "user" and budget.name == DEFAULT:
-                name = f"default (user:{user})"
+            if holder.owner is not None and holder.owner != budget.name:
+                name = f"{budget.name} ({holder.owner})"  # "default (user:bob)"
+            unit, amount = budget.unit, budget.amount
         error = BudgetExceededError(
             budget=name,
             user=user,
-            limit=from_units(refusal.limit),
-            spent=from_units(refusal.spent),
-            reserved=from_units(refusal.reserved),
-            requested=from_units(refusal.requested),
-            period=period,
-            resets_at=resets,
+            limit=amount(refusal.limit),
+            spent=amount(refusal.spent + getattr(refusal, "prior", 0)),
+            reserved=amount(refusal.reserved),
+            requested=amount(refusal.requested),
+            period=None if unit == "concurrency" else period,
+            resets_at=None if unit == "concurrency" else resets,
+            unit=unit,
         )
         self._notify("call_refused", error, user=user, request_model=model)
         return error
@@ -447,7 +478,7 @@ class CallLifecycle(GuardParts):
     def _close(self, call: Call, ending: _Ending) -> None:
         """Write ``ending`` to the ledger, then report it."""
         try:
-            if self._write_end(call, ending) and self._alerts.thresholds:
+            if self._write_end(call, ending) and (self._alerts.thresholds or call.plan.soft):
                 self._alerts.check(call)
         except BaseException:
             self._ended(call, ending, quiet=True)
@@ -468,7 +499,7 @@ class CallLifecycle(GuardParts):
     async def _aclose(self, call: Call, ending: _Ending) -> None:
         """Do ``_close`` without blocking the event loop on the ledger."""
         try:
-            if await self._awrite_end(call, ending) and self._alerts.thresholds:
+            if await self._awrite_end(call, ending) and (self._alerts.thresholds or call.plan.soft):
                 # Reads the ledger (and may claim an alert marker): off the loop.
                 await asyncio.to_thread(self._alerts.check, call)
         except BaseException:
@@ -492,12 +523,12 @@ class CallLifecycle(GuardParts):
                 return False
             tallies = self._tally_keys(call, ending.model)
             if reservation.holds:
-                self.ledger.settle(reservation, units, tallies)
+                self.ledger.settle(reservation, _settled(call, ending.usage, units), tallies)
             else:
                 # No budget held: the settle is a direct charge, counted once per id.
                 self.ledger.add(tallies, units, op_id=reservation.id)
         except StorageError as error:
-            self._lost(error, call, reservation, units, tallies)
+            self._lost(error, call, reservation, units, tallies, ending.usage)
             return False
         return bool(units)
 
@@ -517,11 +548,11 @@ class CallLifecycle(GuardParts):
                 return False
             tallies = self._tally_keys(call, ending.model)
             if reservation.holds:
-                await self.ledger.asettle(reservation, units, tallies)
+                await self.ledger.asettle(reservation, _settled(call, ending.usage, units), tallies)
             else:
                 await self.ledger.aadd(tallies, units, op_id=reservation.id)
         except StorageError as error:
-            self._lost(error, call, reservation, units, tallies)
+            self._lost(error, call, reservation, units, tallies, ending.usage)
             return False
         return bool(units)
 
@@ -552,6 +583,7 @@ class CallLifecycle(GuardParts):
         reservation: Reservation,
         units: int | None,
         tallies: tuple[str, ...],
+        usage: Usage | None = None,
     ) -> None:
         """Keep a settle the ledger refused in the outbox; a failed release only logs.
 
@@ -564,7 +596,10 @@ class CallLifecycle(GuardParts):
         if units is None:
             logger.warning("could not release a reservation (it expires by itself): %s", error)
             return
-        if self._outbox.put(Pending(reservation.id, units, tallies, reservation, call.user)):
+        amounts = _settled(call, usage, units) if reservation.holds else units
+        if self._outbox.put(
+            Pending(reservation.id, units, tallies, reservation, call.user, amounts)
+        ):
             logger.error(
                 "could not record $%s for user %r in the ledger (%s); kept in the outbox, "
                 "written again on the next ledger operation",
@@ -755,3 +790,79 @@ def _on_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+# The ledger's unit of each budget unit (``budgets.UNITS``): dollars, input,
+# output and all tokens, requests, calls in flight.
+_INPUT, _OUTPUT, _TOKENS, _REQUESTS, _CONCURRENCY = 1, 2, 3, 4, 5
+
+
+def _amounts(units: int, tokens: tuple[int, int, int] | None) -> tuple[int, ...]:
+    """Return what a call reserves in every unit: its estimate, its tokens, 1 request, 1 call."""
+    if tokens is None:
+        return (units, 0, 0, 0, 1, 1)
+    return (units, *tokens, 1, 1)
+
+
+def _settled(call: Call, usage: Usage | None, units: int) -> int | tuple[int, ...]:
+    """Return what a settle charges: ``units`` alone, or one amount per unit.
+
+    Tokens come from the usage; with none, the tokens reserved stay spent
+    (as the estimate does for dollars), unless calls inside this one were
+    guarded and charged their own. A call counts one request, and frees
+    its place among the calls in flight.
+    """
+    reservation = call.reservation
+    if call.plan.simple or reservation is None:
+        return units
+    if call.has_inner:
+        return (units, 0, 0, 0, 0, 0)
+    if usage is not None:
+        given, written = usage.total_input_tokens, usage.total_output_tokens
+        return (units, given, written, given + written, 1, 0)
+    held = [0, 0, 0, 0]
+    for hold in reservation.holds:
+        if 0 < hold.unit < _REQUESTS:
+            held[hold.unit] = hold.amount
+    return (units, held[_INPUT], held[_OUTPUT], held[_TOKENS], 1, 0)
+
+
+# The SDK a guarded method belongs to (the top module of its kind), by the
+# name the GenAI conventions' registry gives its provider.
+_VENDORS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google": "gcp.gemini",
+    "botocore": "aws.bedrock",
+    "boto3": "aws.bedrock",
+    "mistralai": "mistral_ai",
+    "litellm": "litellm",
+}
+
+
+def _provider(provider: str | None, kind: str | None, model: str | None) -> str | None:
+    """Return who serves a call: the provider named, else the SDK of its kind, by model too."""
+    if provider is None and kind is not None:
+        provider = _VENDORS.get(kind.partition(".")[0])
+    return provider_name(provider, model)
+
+
+_PRICED_FIELDS = (
+    "input",
+    "output",
+    "cached_input",
+    "cache_write_5m",
+    "cache_write_1h",
+    "reasoning",
+    "input_audio",
+    "output_audio",
+    "input_image",
+)
+
+
+def _free(model: str) -> bool:
+    """Tell whether ``model`` is priced at zero (a local model): it never spends dollars."""
+    price = lookup(model)
+    if price is None or price.per_request or price.long_context or price.dated:
+        return False
+    return not any(getattr(price, name) for name in _PRICED_FIELDS)

@@ -47,12 +47,15 @@ class Pending(NamedTuple):
     keys: tuple[str, ...]  # the counters charged besides the reservation's holds
     reservation: Reservation | None  # a settle; None for a direct charge (``add``)
     user: str | None
+    #: What the settle charges per unit (tokens, requests...), when not ``units`` alone.
+    amounts: int | tuple[int, ...] | None = None
 
     def write(self, ledger: Ledger) -> None:
         """Write this charge once more (idempotent on its id)."""
         reservation = self.reservation
         if reservation is not None and reservation.holds:
-            ledger.settle(reservation, self.units, self.keys)
+            amounts = self.amounts if self.amounts is not None else self.units
+            ledger.settle(reservation, amounts, self.keys)
         else:
             ledger.add(self.keys, self.units, op_id=self.id)
 

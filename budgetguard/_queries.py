@@ -11,7 +11,7 @@ from typing import Any
 
 from . import _keys
 from ._parts import GuardParts
-from .budgets import DEFAULT, Budget, user_of
+from .budgets import BOOST, DEFAULT, Budget, user_of
 from .events import BudgetStatus
 from .money import MONEY, from_units
 from .periods import window_end_of
@@ -217,26 +217,39 @@ class BudgetQueries(GuardParts):
         self._alerts.forget([key])
 
     def budget_statuses(self) -> list[BudgetStatus]:
-        """Return every budget's state in its current window (for metrics and reports)."""
+        """Return every budget's state in its current window (for metrics and reports).
+
+        Budgets held for many subjects (the default budgets, per-value tag
+        budgets ``tag:k=*``) and boosts have no one window and are left out;
+        a boost in force shows as its budget's limit.
+        """
         now = self.clock()
         budgets = dict(self._budgets())  # a copy: other threads update it in place
-        keyed: list[tuple[str, Budget, str | None]] = []
+        keyed: list[tuple[str, Budget, str | None, Decimal]] = []
         for name, budget in sorted(budgets.items()):
-            if name == DEFAULT:
+            if budget.is_boost or budget.subject == DEFAULT or budget.subject.endswith("=*"):
                 continue
-            keyed.append((budget.key(now), budget, budget.user))
+            limit = budget.limit
+            boost = budgets.get(BOOST + name)
+            if boost is not None and boost.until is not None and now < boost.until.timestamp():
+                limit = boost.limit
+            keyed.append((budget.key(now), budget, budget.user, limit))
         if not keyed:
             return []
-        balances = self.ledger.balances([key for key, _, _ in keyed])
+        overs = [_keys.over_key(key) for key, budget, _, _ in keyed if budget.mode != "hard"]
+        balances = self.ledger.balances([key for key, _, _, _ in keyed] + overs)
         return [
             BudgetStatus(
                 name=budget.name,
                 user=user,
                 period=budget.period.label,
-                limit=budget.limit,
-                spent=from_units(balances[key].spent),
-                reserved=from_units(balances[key].reserved),
+                limit=limit,
+                spent=budget.amount(balances[key].spent),
+                reserved=budget.amount(balances[key].reserved),
                 resets_at=budget.resets_at(now),
+                unit=budget.unit,
+                mode=budget.mode,
+                over=balances[_keys.over_key(key)].spent if budget.mode != "hard" else 0,
             )
-            for key, budget, user in keyed
+            for key, budget, user, limit in keyed
         ]

@@ -37,7 +37,18 @@ class literal(str):  # lower case: reads as a marker in the decorator's argument
 class _Spec:
     """What one ``@budgeted(...)`` says, resolved once per decorated function."""
 
-    __slots__ = ("arguments", "cost", "estimate", "guard", "kind", "model", "user", "user_from")
+    __slots__ = (
+        "arguments",
+        "cost",
+        "estimate",
+        "guard",
+        "kind",
+        "model",
+        "tokens",
+        "tokens_from",
+        "user",
+        "user_from",
+    )
 
     def __init__(
         self,
@@ -47,8 +58,21 @@ class _Spec:
         cost: Callable[[Any], object] | None,
         model: str | None,
         guard: BudgetGuard | None,
+        tokens: object = None,
     ) -> None:
         self.guard = guard
+        #: What token budgets reserve: (input, output, total) tokens, or a callable giving it.
+        self.tokens: tuple[int, int, int] | None = None
+        self.tokens_from: Callable[..., tuple[int, int, int] | None] | None = None
+        if callable(tokens):
+            reckon = tokens
+
+            def tokens_from(*args: Any, **kwargs: Any) -> tuple[int, int, int] | None:
+                return token_estimate(reckon(*args, **kwargs))
+
+            self.tokens_from = tokens_from
+        else:
+            self.tokens = token_estimate(tokens)
         self.model = model
         self.cost = cost
         self.user = user
@@ -87,12 +111,14 @@ class _Spec:
     def _begin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """Start a call of the function: resolve who pays and reserve (sync shell)."""
         guard, user, estimate, model = self.resolve(instance, args, kwargs)
-        return guard._begin(user, estimate, model=model, kind=self.kind)
+        tokens = self.tokens if self.tokens_from is None else self.tokens_from(*args, **kwargs)
+        return guard._begin(user, estimate, model=model, kind=self.kind, tokens=tokens)
 
     async def _abegin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """Start a call of the function without blocking the event loop (async shell)."""
         guard, user, estimate, model = self.resolve(instance, args, kwargs)
-        return await guard._abegin(user, estimate, model=model, kind=self.kind)
+        tokens = self.tokens if self.tokens_from is None else self.tokens_from(*args, **kwargs)
+        return await guard._abegin(user, estimate, model=model, kind=self.kind, tokens=tokens)
 
 
 def _user_resolver(
@@ -189,6 +215,7 @@ def budgeted(
     cost: Callable[[Any], object] | None = None,
     model: str | None = None,
     guard: BudgetGuard | None = None,
+    tokens: object = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -201,6 +228,7 @@ def budgeted(
     cost: Callable[[Any], object] | None = None,
     model: str | None = None,
     guard: BudgetGuard | None = None,
+    tokens: object = None,
 ) -> Any:
     """Check the budgets before each call of the function and charge its cost after.
 
@@ -215,6 +243,9 @@ def budgeted(
     from ``cost(result)``, from the response's own usage priced by model, and
     from ``charge()`` calls made while the function runs. Works on plain and
     async functions, generators and async generators, methods and classmethods.
+    ``tokens`` is what token budgets reserve: an int (at most this many
+    tokens in all), an ``(input, output)`` pair, or a callable of the
+    arguments giving either; the tokens the response reports are charged.
     """
 
     def decorate(wrapped: Callable[..., Any]) -> Any:
@@ -223,7 +254,7 @@ def budgeted(
         function: Any = wrapped
         if isinstance(wrapped, (classmethod, staticmethod)):
             function = wrapped.__func__
-        spec = _Spec(function, user, estimate, cost, model, guard)
+        spec = _Spec(function, user, estimate, cost, model, guard, tokens)
         if inspect.isasyncgenfunction(function):
             return wrapt.FunctionWrapper(wrapped, _async_generator_wrapper(spec))
         if inspect.iscoroutinefunction(function):
@@ -245,7 +276,8 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         guard, user, estimate, model = spec.resolve(instance, args, kwargs)
-        call = guard._begin(user, estimate, model, None, spec.kind)
+        tokens = spec.tokens if spec.tokens_from is None else spec.tokens_from(*args, **kwargs)
+        call = guard._begin(user, estimate, model, None, spec.kind, tokens)
         # ``with call:`` inlined on the hottest path: set, then reset by token.
         token = _current_call.set(call)
         try:
@@ -445,3 +477,20 @@ async def _guarded_async_generator(
             raise
         finally:
             await _aend_generator(call, spec, seen)
+
+
+def token_estimate(value: object) -> tuple[int, int, int] | None:
+    """Turn ``tokens=`` (an int, an ``(input, output)`` pair or None) into (input, output, all)."""
+    if value is None:
+        return None
+    if type(value) is int and value >= 0:
+        return (value, value, value)
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(type(part) is int and part >= 0 for part in value)
+    ):
+        return (value[0], value[1], value[0] + value[1])
+    raise ValueError(
+        f"tokens must be a whole number of tokens or an (input, output) pair, got {value!r}"
+    )

@@ -85,6 +85,7 @@ class BudgetExceededError(BudgetGuardError):
         period: str | None = None,
         resets_at: datetime | None = None,
         message: str | None = None,
+        unit: str = "usd",
     ) -> None: ...
 
     def __init__(
@@ -101,6 +102,7 @@ class BudgetExceededError(BudgetGuardError):
         user: str | None = None,
         period: str | None = None,
         resets_at: datetime | None = None,
+        unit: str = "usd",
     ) -> None:
         ours = {
             "budget": budget,
@@ -144,6 +146,8 @@ class BudgetExceededError(BudgetGuardError):
         self.requested = requested
         self.period = period
         self.resets_at = resets_at
+        #: What the amounts count: ``usd`` (dollars), ``tokens``, ``requests``, ``concurrency``...
+        self.unit = unit
         #: The text of the error (LiteLLM's attribute; ``str(error)`` is the same).
         self.message = message or self._describe()
         super().__init__(self.message)
@@ -176,6 +180,19 @@ class BudgetExceededError(BudgetGuardError):
         who = f" for user {self.user!r}" if self.user is not None else ""
         period = f" ({self.period})" if self.period else ""
         resets = f"; resets at {self.resets_at.isoformat()}" if self.resets_at else ""
+        unit = getattr(self, "unit", "usd")
+        if unit == "concurrency":
+            return (
+                f"budget {self.budget}{who} exceeded: {self.limit} calls in flight at most, "
+                f"{self.reserved} running"
+            )
+        if unit != "usd":
+            what = unit.replace("_", " ")
+            return (
+                f"budget {self.budget}{period}{who} exceeded: limit {self.limit} {what}, "
+                f"used {self.spent}, reserved {self.reserved}, "
+                f"this call needs {self.requested}{resets}"
+            )
         return (
             f"budget {self.budget}{period}{who} exceeded: limit ${self.limit}, "
             f"spent ${self.spent}, reserved ${self.reserved}, "

@@ -53,13 +53,16 @@ class CallOutcome(NamedTuple):
 class BudgetStatus:
     """A budget's state in its current window, as the guard reads it from the ledger."""
 
-    name: str  # "global", "user:alice", "default"
+    name: str  # "global", "user:alice", "tag:team=search", "daily@user:alice", ...
     user: str | None
     period: str  # "daily", "monthly", "lifetime", "rolling:3600s" ...
     limit: Decimal
     spent: Decimal
     reserved: Decimal
     resets_at: datetime | None
+    unit: str = "usd"  # what limit, spent and reserved count: dollars, tokens, requests...
+    mode: str = "hard"  # "hard", "soft" or "shadow"
+    over: int = 0  # calls a soft or shadow budget had no room for in this window
 
     @property
     def remaining(self) -> Decimal:

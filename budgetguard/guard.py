@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +30,16 @@ from ._lifecycle import CallLifecycle, OutcomeParts, _Ending
 from ._outbox import DEFAULT_OUTBOX_SIZE, Outbox, Pending
 from ._plan import Planner
 from ._queries import BudgetQueries
-from .budgets import DEFAULT, GLOBAL, Budget, budget_name, user_of
+from .budgets import (
+    BOOST,
+    DEFAULT,
+    GLOBAL,
+    UNITS,
+    Budget,
+    budget_name,
+    labelled,
+    subject_name,
+)
 from .errors import (
     ConfigurationError,
     StorageError,
@@ -283,26 +292,117 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         period: object = None,
         tz: object = None,
         created_at: datetime | None = None,
+        tag: str | tuple[str, str] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        unit: str = "usd",
+        mode: str = "hard",
+        parent: str | None = None,
+        label: str | None = None,
+        sliding: bool = False,
     ) -> Budget:
         """Set the budget of ``user``, or with no user the global budget over all spend.
 
         ``period`` is ``"daily"``, ``"weekly"``, ``"monthly"``, ``"yearly"``,
         ``None`` (lifetime) or a ``timedelta`` (windows of that length from
         ``created_at``). Changing a limit keeps what was spent in the window.
+
+        Instead of a user, a budget may cap a ``tag`` (``"team=search"``;
+        ``"tenant=*"`` gives each value its own), a ``model`` pattern
+        (``"gpt-5*"``) or a ``provider``. ``unit`` counts ``usd`` (the
+        default), ``input_tokens``, ``output_tokens``, ``tokens``,
+        ``requests`` or ``concurrency`` (calls in flight); ``mode`` is
+        ``hard`` (refuse), ``soft`` (run and alert) or ``shadow`` (run and
+        count the calls it would have refused). ``label`` tells a subject's
+        budgets apart (a non-dollar unit is labelled by its unit unless
+        given one): ``$5 a day and $50 a month`` are two budgets, one
+        labelled. ``parent`` names a budget checked with this one in the
+        same reservation (org, then team, then user). ``sliding`` counts the
+        previous window's use by the share of it still within one period.
         """
         _check_user(user)
-        return self._store(budget_name(user), limit, period, tz, created_at)
+        subject = subject_name(user, tag=tag, model=model, provider=provider)
+        return self._store(
+            self._name_of(subject, label, unit), limit, period, tz, created_at,
+            unit=unit, mode=mode, parent=parent, sliding=sliding,
+        )  # fmt: skip
 
     def set_default_budget(
-        self, limit: object, *, period: object = None, tz: object = None
+        self,
+        limit: object,
+        *,
+        period: object = None,
+        tz: object = None,
+        unit: str = "usd",
+        mode: str = "hard",
+        parent: str | None = None,
+        label: str | None = None,
+        sliding: bool = False,
     ) -> Budget:
         """Give every user without a budget of their own this budget (each user separately)."""
-        return self._store(DEFAULT, limit, period, tz, None)
+        return self._store(
+            self._name_of(DEFAULT, label, unit), limit, period, tz, None,
+            unit=unit, mode=mode, parent=parent, sliding=sliding,
+        )  # fmt: skip
+
+    def boost_budget(
+        self,
+        limit: object,
+        *,
+        until: datetime | None = None,
+        duration: timedelta | float | None = None,
+        user: str | None = None,
+        tag: str | tuple[str, str] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        default: bool = False,
+        unit: str = "usd",
+        label: str | None = None,
+    ) -> Budget:
+        """Raise (or lower) a budget's limit until a time, leaving the budget itself as it is.
+
+        Give ``until`` (an aware datetime) or ``duration`` (a ``timedelta``
+        or seconds from now). Once it ends, the budget's own limit applies
+        again, with nothing to undo; a new boost replaces the last one.
+        """
+        _check_user(user)
+        subject = subject_name(user, tag=tag, model=model, provider=provider, default=default)
+        name = self._name_of(subject, label, unit)
+        base = self._known_budgets().get(name)
+        if base is None:
+            raise ValueError(f"there is no budget {name!r} to boost; set it first")
+        if (until is None) == (duration is None):
+            raise ValueError("give a boost either until= (a datetime) or duration=, not both")
+        if duration is not None:
+            seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not 0 < seconds < 1e10
+            ):
+                raise ValueError(f"duration must be a positive length of time, got {duration!r}")
+            until = datetime.fromtimestamp(self.clock() + seconds, timezone.utc)
+        return self._store(
+            BOOST + name, limit, base.period.to_json(), base.tz, None, unit=base.unit, until=until
+        )
+
+    @staticmethod
+    def _name_of(subject: str, label: str | None, unit: str) -> str:
+        if label is None and unit != "usd" and unit in UNITS:
+            label = unit
+        return labelled(label, subject)
 
     def _store(
-        self, name: str, limit: object, period: object, tz: object, created_at: datetime | None
+        self,
+        name: str,
+        limit: object,
+        period: object,
+        tz: object,
+        created_at: datetime | None,
+        **options: Any,
     ) -> Budget:
-        old = self._known_budgets().get(name)
+        known = self._known_budgets()
+        old = known.get(name)
         budget = Budget.create(
             limit,
             name=name,
@@ -315,12 +415,16 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 if old is not None
                 else datetime.fromtimestamp(self.clock(), timezone.utc)
             ),
+            **options,
         )
+        if budget.parent is not None:
+            _check_ancestry(name, budget.parent, known)
         most = self.ledger.max_units
         if most is not None and budget.limit_units > most:
+            shown = f"${from_units(most)}" if budget.unit == "usd" else f"{most} {budget.unit}"
             raise ValueError(
                 f"limit {limit!r} is more than the {self.ledger.url.partition(':')[0]} ledger "
-                f"holds exactly (${from_units(most)} at most); nothing was changed"
+                f"holds exactly ({shown} at most); nothing was changed"
             )
         self._guard_storage(self.ledger.put_budget, name, budget.to_dict())
         # Read back what changed since this guard last looked (this write,
@@ -342,28 +446,57 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                     raise
         return self._budget_defs
 
-    def get_budget(self, user: str | None = None) -> Budget | None:
-        """Return the budget set for ``user`` (or the global one), not the default."""
-        return self._budgets().get(budget_name(user))
+    def get_budget(
+        self,
+        user: str | None = None,
+        *,
+        tag: str | tuple[str, str] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        unit: str = "usd",
+        label: str | None = None,
+    ) -> Budget | None:
+        """Return the budget set for ``user`` (or the global one), not the default.
 
-    def get_default_budget(self) -> Budget | None:
+        ``tag``, ``model``, ``provider``, ``unit`` and ``label`` name the
+        other budgets, as in ``set_budget``.
+        """
+        subject = subject_name(user, tag=tag, model=model, provider=provider)
+        return self._budgets().get(self._name_of(subject, label, unit))
+
+    def get_default_budget(self, *, unit: str = "usd", label: str | None = None) -> Budget | None:
         """Return the default budget for users without one of their own."""
-        return self._budgets().get(DEFAULT)
+        return self._budgets().get(self._name_of(DEFAULT, label, unit))
 
     def budget_for(self, user: str | None) -> Budget | None:
-        """Return the budget that applies to ``user``: their own, else the default."""
+        """Return the dollar budget that applies to ``user``: their own, else the default."""
         budgets = self._budgets()
         if user is None:
             return budgets.get(GLOBAL)
         return budgets.get(budget_name(user)) or budgets.get(DEFAULT)
 
-    def delete_budget(self, user: str | None = None) -> bool:
-        """Delete the budget of ``user`` (or the global one); spend records stay."""
-        return self._delete(budget_name(user))
+    def delete_budget(
+        self,
+        user: str | None = None,
+        *,
+        tag: str | tuple[str, str] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        unit: str = "usd",
+        label: str | None = None,
+        boost: bool = False,
+    ) -> bool:
+        """Delete the budget of ``user`` (or the global one, or another subject's); spend stays.
 
-    def delete_default_budget(self) -> bool:
+        With ``boost=True``, delete only that budget's boost.
+        """
+        subject = subject_name(user, tag=tag, model=model, provider=provider)
+        name = self._name_of(subject, label, unit)
+        return self._delete(BOOST + name if boost else name)
+
+    def delete_default_budget(self, *, unit: str = "usd", label: str | None = None) -> bool:
         """Delete the default budget."""
-        return self._delete(DEFAULT)
+        return self._delete(self._name_of(DEFAULT, label, unit))
 
     def _delete(self, name: str) -> bool:
         deleted = bool(self._guard_storage(self.ledger.delete_budget, name))
@@ -509,10 +642,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
             return
         else:
             defs[name] = budget
-        if name in (GLOBAL, DEFAULT):
-            self._planner.forget()
-        else:
-            self._planner._plans.pop(user_of(name), None)
+        self._planner.changed(name)
 
     @staticmethod
     def _read_budget(name: str, data: Mapping[str, Any] | None) -> Budget | None:
@@ -946,3 +1076,23 @@ def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
 def _check_user(user: object) -> None:
     if user is not None and not isinstance(user, str):
         raise ValueError(f"user must be a str or None, not {type(user).__name__}")
+
+
+def _check_ancestry(name: str, parent: str, known: Mapping[str, Budget]) -> None:
+    """Refuse a parent that would make ``name`` its own ancestor."""
+    seen = {name}
+    current: str | None = parent
+    while current is not None:
+        if current in seen:
+            raise ValueError(
+                f"budget {name!r} cannot have parent {parent!r}: {current!r} would be "
+                "its own ancestor; nothing was changed"
+            )
+        seen.add(current)
+        above = known.get(current)
+        current = above.parent if above is not None else None
+    if parent == DEFAULT or parent.endswith("=*") or parent.startswith(BOOST):
+        raise ValueError(
+            f"parent {parent!r} is not one budget (a default or per-value budget has one "
+            "window per user or value); name a concrete budget"
+        )

@@ -5,7 +5,9 @@ Budgets are reported in their own windows (the current or the previous one).
 Breakdowns by user and model come from the tallies every settled call adds:
 lifetime tallies (``t|...``) for ``all``, and per-day tallies
 (``d|<YYYY-MM-DD>|u=<user>|m=<model>``) summed over the days of one calendar
-window for ``current`` and ``previous``. Those days are the days of the time
+window for ``current`` and ``previous``. The breakdown by tag sums the per-day
+tag tallies (``d|<day>|g=<key>=<value>``; for ``all``, every day the ledger
+still keeps). Those days are the days of the time
 zone of the guards that wrote them (UTC unless they were configured
 otherwise), so a breakdown window is a whole number of those days.
 """
@@ -19,8 +21,8 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Literal
 
-from ._keys import owner_of, parse_tally, unescape
-from .budgets import DEFAULT, GLOBAL, Budget, user_of
+from ._keys import over_key, owner_of, parse_tally, unescape
+from .budgets import DEFAULT, GLOBAL, Budget, labelled, split_name, user_of
 from .guard import BudgetGuard
 from .ledger import Balance
 from .money import from_units
@@ -44,6 +46,7 @@ BREAKDOWNS: dict[str, tuple[str, ...]] = {
     "model": ("model",),
     "user,model": ("user", "model"),
     "model,user": ("user", "model"),
+    "tag": ("tag",),
 }
 
 
@@ -59,6 +62,11 @@ class BudgetRow:
     spent: Decimal
     reserved: Decimal
     resets_at: datetime | None  # the window's end (for "previous": when it ended)
+    unit: str = "usd"  # what limit, spent and reserved count (dollars, tokens, requests...)
+    mode: str = "hard"
+    #: Calls a soft or shadow budget had no room for in this window (it let them run).
+    over: int = 0
+    subject: str | None = None  # the concrete subject: "tag:tenant=acme" for "tag:tenant=*"
 
     @property
     def remaining(self) -> Decimal:
@@ -76,11 +84,12 @@ class BudgetRow:
 
 @dataclass(frozen=True, slots=True)
 class SpendRow:
-    """Spend of one user, one model, or one user on one model."""
+    """Spend of one user, one model, one user on one model, or one tag."""
 
     user: str | None
     model: str | None
     spent: Decimal
+    tag: str | None = None  # "team=search", for the breakdown by tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +136,17 @@ def build_report(
     if period not in PERIODS:
         raise ValueError(f"unknown report period {period!r}; use one of {', '.join(PERIODS)}")
     for field in by:
-        if field not in ("user", "model"):
-            raise ValueError(f"cannot break spend down by {field!r}; use user and/or model")
+        if field not in ("user", "model", "tag"):
+            raise ValueError(f"cannot break spend down by {field!r}; use user and/or model, or tag")
+    if "tag" in by and len(by) > 1:
+        raise ValueError("spend by tag is a breakdown of its own: by=('tag',)")
     moment = guard.clock() if now is None else now
     budgets = {budget.name: budget for budget in guard.budgets()}
     rows = _budget_rows(guard, budgets, period, moment)
-    if period == "all":
+    if period == "all" and "tag" in by:
+        spend, total = _daily_spend(guard, tuple(by), None, guard.tz)
+        chosen, since, until = None, None, None
+    elif period == "all":
         spend, total = _lifetime_spend(guard, tuple(by))
         chosen, since, until = None, None, None
     else:
@@ -179,29 +193,45 @@ def _window_of(budget: Budget, period: ReportPeriod, now: float) -> Window:
 def _budget_rows(
     guard: BudgetGuard, budgets: dict[str, Budget], period: ReportPeriod, now: float
 ) -> tuple[BudgetRow, ...]:
-    """Return one row per budget window: explicit budgets, and users under the default."""
-    wanted: list[tuple[str, Budget, str | None, Window]] = []
+    """Return one row per budget window: explicit budgets, and the subjects of shared ones.
+
+    A default budget (``default``, ``daily@default``) charges each user on
+    keys named after them, and a per-value budget (``tag:tenant=*``) each
+    value: the ledger is scanned for the ones with spend in this window.
+    """
+    wanted: list[tuple[str, Budget, str | None, Window, str]] = []
+    shared: list[tuple[Budget, str, str]] = []  # (budget, key prefix, owner prefix)
     for name, budget in budgets.items():
-        if name == DEFAULT:
+        if budget.is_boost:
+            continue
+        label, subject = split_name(name)
+        if subject == DEFAULT:
+            owner = labelled(label, "user:")
+            shared.append((budget, "b|" + owner, owner))
+            continue
+        if subject.endswith("=*"):
+            owner = labelled(label, subject[:-1])
+            shared.append((budget, "b|" + owner, owner))
             continue
         window = _window_of(budget, period, now)
-        wanted.append((budget.key_for_window(window), budget, budget.user, window))
-    default = budgets.get(DEFAULT)
-    if default is not None:
-        window = _window_of(default, period, now)
-        # Users without a budget of their own are charged under the default
-        # budget, on keys named after them: find the ones with spend in this window.
-        for key in sorted(guard.ledger.scan("b|user:")):
+        wanted.append((budget.key_for_window(window), budget, budget.user, window, subject))
+    for budget, prefix, owner in shared:
+        window = _window_of(budget, period, now)
+        # Escaped owners: "b|daily@user:alice|2026-12-01" and the like.
+        for key in sorted(guard.ledger.scan(prefix)):
             parts = key.split("|")
             if len(parts) != 3 or parts[2] != window.id:
                 continue
             name = unescape(parts[1])
-            if name in budgets:
+            if name in budgets or not name.startswith(owner):
                 continue
-            wanted.append((key, default, user_of(name), window))
+            subject = split_name(name)[1]
+            wanted.append((key, budget, user_of(subject), window, subject))
     if not wanted:
         return ()
-    balances = guard.ledger.balances([key for key, _, _, _ in wanted])
+    keys = [key for key, *_ in wanted]
+    overs = [over_key(key) for key, budget, *_ in wanted if budget.mode != "hard"]
+    balances = guard.ledger.balances(keys + overs)
     rows = [
         BudgetRow(
             budget=budget.name,
@@ -209,13 +239,17 @@ def _budget_rows(
             period=budget.period.label,
             window=window.id,
             limit=budget.limit,
-            spent=from_units(balances.get(key, Balance()).spent),
-            reserved=from_units(balances.get(key, Balance()).reserved),
+            spent=budget.amount(balances.get(key, Balance()).spent),
+            reserved=budget.amount(balances.get(key, Balance()).reserved),
             resets_at=window.end,
+            unit=budget.unit,
+            mode=budget.mode,
+            over=balances.get(over_key(key), Balance()).spent if budget.mode != "hard" else 0,
+            subject=subject,
         )
-        for key, budget, user, window in wanted
+        for key, budget, user, window, subject in wanted
     ]
-    rows.sort(key=lambda row: (row.budget != GLOBAL, row.user or "", row.budget))
+    rows.sort(key=lambda row: (row.budget != GLOBAL, row.user or "", row.subject or "", row.budget))
     return tuple(rows)
 
 
@@ -225,8 +259,10 @@ def _rows(totals: dict[tuple[str | None, ...], int], by: tuple[str, ...]) -> tup
         if not units:
             continue
         named = dict(zip(by, values, strict=True))
-        rows.append(SpendRow(named.get("user"), named.get("model"), from_units(units)))
-    rows.sort(key=lambda row: (-row.spent, row.user or "", row.model or ""))
+        rows.append(
+            SpendRow(named.get("user"), named.get("model"), from_units(units), named.get("tag"))
+        )
+    rows.sort(key=lambda row: (-row.spent, row.user or "", row.model or "", row.tag or ""))
     return tuple(rows)
 
 
@@ -251,22 +287,31 @@ def _lifetime_spend(
 
 
 def _daily_spend(
-    guard: BudgetGuard, by: tuple[str, ...], window: Window, tz: tzinfo
+    guard: BudgetGuard, by: tuple[str, ...], window: Window | None, tz: tzinfo
 ) -> tuple[tuple[SpendRow, ...], Decimal]:
-    """Sum the per-day tallies of the days in ``window`` (days of ``tz``)."""
-    assert window.start is not None and window.end is not None
-    first = window.start.astimezone(tz).date().isoformat()
-    # The window ends at midnight: the last day in it is the one before.
-    last = (window.end.astimezone(tz) - timedelta(microseconds=1)).date().isoformat()
-    prefix = "d|" + _common_prefix(first, last)
+    """Sum the per-day tallies of the days in ``window`` (days of ``tz``; ``None``: every day)."""
+    if window is None:
+        first, last, prefix = "", "\uffff", "d|"
+    else:
+        assert window.start is not None and window.end is not None
+        first = window.start.astimezone(tz).date().isoformat()
+        # The window ends at midnight: the last day in it is the one before.
+        last = (window.end.astimezone(tz) - timedelta(microseconds=1)).date().isoformat()
+        prefix = "d|" + _common_prefix(first, last)
     totals: dict[tuple[str | None, ...], int] = defaultdict(int)
     total = 0
+    by_tag = by == ("tag",)
     for key, balance in guard.ledger.scan(prefix).items():
         day, _, rest = key[2:].partition("|")
         if not first <= day <= last:
             continue
+        if rest.startswith("g="):  # a tag tally: the same money as a user tally
+            if by_tag:
+                key_part, _, value = rest[2:].partition("=")
+                totals[(f"{unescape(key_part)}={unescape(value)}",)] += balance.spent
+            continue
         total += balance.spent
-        if by:
+        if by and not by_tag:
             parsed = parse_tally(rest)
             totals[tuple(parsed.get(field) for field in by)] += balance.spent
     return _rows(totals, by), from_units(total)

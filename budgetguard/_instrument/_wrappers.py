@@ -214,7 +214,9 @@ def _run_sync(
     if streamed and injects_usage:
         asked, hide = _ask_for_usage(described)
     # Refused here: BudgetExceededError before any request leaves.
-    call = guard._begin(request.user, request.estimate, model=request.model, kind=request.kind)
+    call = guard._begin(
+        request.user, request.estimate, model=request.model, kind=request.kind, provider=provider
+    )
     call.provider = provider
     token = _inside.set(True)
     try:
@@ -251,7 +253,7 @@ async def _run_async(
     if streamed and injects_usage:
         asked, hide = _ask_for_usage(described)
     call = await guard._abegin(
-        request.user, request.estimate, model=request.model, kind=request.kind
+        request.user, request.estimate, model=request.model, kind=request.kind, provider=provider
     )
     call.provider = provider
     token = _inside.set(True)
