@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -106,6 +107,7 @@ class CallLifecycle(GuardParts):
             for hook in _hooks.active:
                 self._before_hook(hook, user, model)
         cold = False
+        origin = kind  # the method called, which names its SDK (kind is the learning key)
         if estimate is None:
             units, kind, cold = self._learned_units(kind or "call", model)
         else:
@@ -141,7 +143,7 @@ class CallLifecycle(GuardParts):
             if plan is None or not plan.since <= now < plan.until or plan.budgets is not budgets:
                 plan = planner.plan(user, now, budgets)
         else:  # budgets on tags, models or providers: the plan depends on those too
-            plan = planner.plan(user, now, budgets, tags, model, _provider(provider, kind, model))
+            plan = planner.plan(user, now, budgets, tags, model, _provider(provider, origin, model))
         if plan.simple and not (units == 0 and model is not None and _free(model)):
             holds = plan._held if plan._held_units == units else plan.holds(units)
             holders = plan.holders
@@ -840,10 +842,15 @@ _VENDORS = {
 }
 
 
+_PACKAGE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _provider(provider: str | None, kind: str | None, model: str | None) -> str | None:
     """Return who serves a call: the provider named, else the SDK of its kind, by model too."""
     if provider is None and kind is not None:
-        provider = _VENDORS.get(kind.partition(".")[0])
+        # Kinds start with the SDK's package: "openai:/chat/completions", "google.genai...".
+        found = _PACKAGE.match(kind)
+        provider = _VENDORS.get(found.group()) if found is not None else None
     return provider_name(provider, model)
 
 
