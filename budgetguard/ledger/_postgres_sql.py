@@ -397,5 +397,154 @@ END
 $$;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Version 2: holds with a unit, a soft over key, or a sliding window (a prior
+# key counted at a weight), and settle amounts per hold. The new columns are
+# NULL for reservations whose holds are all plain (version 1's rows, and the
+# common case), so the hot path writes no more than before. The version 1
+# reserve and settle stay as overloads (their arguments differ), so a process
+# still running the older budgetguard keeps working until it restarts; open
+# changes its result columns, so it is replaced.
+_V2 = r"""
+ALTER TABLE __schema__.budgetguard_reservations
+    ADD COLUMN units smallint[],
+    ADD COLUMN overs text[],
+    ADD COLUMN priors text[],
+    ADD COLUMN weights integer[];
+
+-- Charge each key its own amount (amounts of a key named twice add up); rows locked.
+CREATE FUNCTION __schema__.budgetguard_charge_each(p_keys text[], p_amounts bigint[])
+RETURNS void LANGUAGE sql AS $$
+    UPDATE __schema__.budgetguard_counters c
+    SET spent = c.spent + d.total
+    FROM (SELECT h.k, sum(h.a) AS total FROM unnest(p_keys, p_amounts) AS h(k, a) GROUP BY h.k) d
+    WHERE c.key = d.k
+$$;
+
+-- status -1: the id was used before; 0: held; 1: refused at hold o_index
+-- (o_prior: the part of the prior window's spend it counted). A soft hold
+-- (p_overs[i] set) that does not fit is held anyway and adds 1 to the spent
+-- of p_overs[i]; a prior key (p_priors[i]) is only read, never locked.
+CREATE FUNCTION __schema__.budgetguard_reserve(
+    p_id text, p_keys text[], p_limits bigint[], p_amounts bigint[],
+    p_units smallint[], p_overs text[], p_priors text[], p_weights integer[],
+    p_expires double precision, p_now double precision, p_ttl double precision,
+    OUT o_status int, OUT o_index int, OUT o_spent bigint, OUT o_reserved bigint,
+    OUT o_prior bigint
+) LANGUAGE plpgsql AS $$
+DECLARE
+    now double precision := __schema__.budgetguard_now(p_now);
+    over_keys text[] := coalesce(array_remove(p_overs, NULL), '{}');
+    missed text[] := '{}';
+    spent_now bigint;
+    reserved_now bigint;
+    part bigint;
+BEGIN
+    INSERT INTO __schema__.budgetguard_reservations
+        (id, state, keys, limits, amounts, units, overs, priors, weights, expires_at)
+    VALUES (p_id, 0, p_keys, p_limits, p_amounts, p_units, p_overs, p_priors, p_weights,
+            p_expires)
+    ON CONFLICT (id) DO NOTHING;
+    IF NOT FOUND THEN
+        o_status := -1;
+        RETURN;
+    END IF;
+    PERFORM __schema__.budgetguard_expire(now, p_keys || over_keys, p_id);
+    -- Every hold is checked against the balances before this reservation.
+    FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
+        CONTINUE WHEN p_limits[i] IS NULL;
+        SELECT c.spent, c.reserved INTO spent_now, reserved_now
+        FROM __schema__.budgetguard_counters c WHERE c.key = p_keys[i];
+        part := 0;
+        IF p_priors[i] IS NOT NULL THEN
+            SELECT div(c.spent::numeric * p_weights[i], 1000000)::bigint INTO part
+            FROM __schema__.budgetguard_counters c WHERE c.key = p_priors[i];
+            part := coalesce(part, 0);
+        END IF;
+        IF spent_now::numeric + reserved_now + part + p_amounts[i] > p_limits[i]
+           OR (p_amounts[i] = 0 AND spent_now::numeric + reserved_now + part >= p_limits[i])
+        THEN
+            IF p_overs[i] IS NOT NULL THEN
+                missed := missed || p_overs[i];
+                CONTINUE;
+            END IF;
+            -- A refusal changes nothing: the id stays unused, no miss is counted.
+            DELETE FROM __schema__.budgetguard_reservations WHERE id = p_id;
+            DELETE FROM __schema__.budgetguard_counters c
+            WHERE c.key = ANY (p_keys || over_keys) AND c.spent = 0 AND c.reserved = 0;
+            o_status := 1;
+            o_index := i - 1;
+            o_spent := spent_now;
+            o_reserved := reserved_now;
+            o_prior := part;
+            RETURN;
+        END IF;
+    END LOOP;
+    PERFORM __schema__.budgetguard_hold(p_keys, p_amounts, 1);
+    IF cardinality(missed) > 0 THEN
+        PERFORM __schema__.budgetguard_charge(missed, 1);
+    END IF;
+    PERFORM __schema__.budgetguard_prune(now, p_ttl);
+    o_status := 0;
+END
+$$;
+
+-- Charge p_keys[i] p_charges[i] (the held keys by their units, then the
+-- tallies; zero charges left out by the caller). True if this call charged;
+-- false if the id was settled before.
+CREATE FUNCTION __schema__.budgetguard_settle(
+    p_id text, p_keys text[], p_charges bigint[], p_now double precision
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    now double precision := __schema__.budgetguard_now(p_now);
+    old_state smallint;
+    held_keys text[];
+    held_amounts bigint[];
+BEGIN
+    LOOP
+        SELECT r.state, r.keys, r.amounts INTO old_state, held_keys, held_amounts
+        FROM __schema__.budgetguard_reservations r WHERE r.id = p_id FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO __schema__.budgetguard_reservations
+            (id, state, keys, limits, amounts, expires_at, ended_at)
+        VALUES (p_id, 1, '{}', '{}', '{}', now, now) ON CONFLICT (id) DO NOTHING;
+        IF FOUND THEN  -- never reserved here: the money was still spent
+            old_state := NULL;
+            EXIT;
+        END IF;
+    END LOOP;
+    IF old_state = 1 THEN
+        RETURN false;
+    END IF;
+    IF old_state IS NOT NULL THEN
+        UPDATE __schema__.budgetguard_reservations SET state = 1, ended_at = now WHERE id = p_id;
+    END IF;
+    IF old_state IS DISTINCT FROM 0 THEN  -- released or expired: holds already dropped
+        held_keys := '{}';
+        held_amounts := '{}';
+    END IF;
+    PERFORM __schema__.budgetguard_lock(held_keys || p_keys);
+    PERFORM __schema__.budgetguard_hold(held_keys, held_amounts, -1);
+    PERFORM __schema__.budgetguard_charge_each(p_keys, p_charges);
+    RETURN true;
+END
+$$;
+
+DROP FUNCTION __schema__.budgetguard_open(double precision);
+CREATE FUNCTION __schema__.budgetguard_open(p_now double precision)
+RETURNS TABLE (
+    o_id text, o_keys text[], o_limits bigint[], o_amounts bigint[], o_expires double precision,
+    o_units smallint[], o_overs text[], o_priors text[], o_weights integer[]
+) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM __schema__.budgetguard_expire(__schema__.budgetguard_now(p_now), '{}', NULL);
+    RETURN QUERY
+        SELECT r.id::text, r.keys, r.limits, r.amounts, r.expires_at,
+               r.units, r.overs, r.priors, r.weights
+        FROM __schema__.budgetguard_reservations r WHERE r.state = 0
+        ORDER BY r.expires_at, r.id;
+END
+$$;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -153,6 +153,7 @@ class MemoryLedger(Ledger):
             found: list[_Cell] = []
             writes: list[list[Any]] = []  # [cell, 1, new reserved], one per distinct cell
             overs: list[list[Any]] = []  # [cell, 0, new spent], one per distinct over key
+            zero = 0  # Hold's default unit and weight
             for index, (key, limit, amount, unit, over, prior, weight) in enumerate(holds):
                 # Checked inline, as cheaply as Python allows: this runs on
                 # every guarded call (check_reservation words the error).
@@ -163,16 +164,11 @@ class MemoryLedger(Ledger):
                     if type(key) is not str:
                         check_reservation(reservation)
                     cell = cells[key] = [0, 0]  # an empty cell changes no balance
-                if (
-                    over is not None
-                    or prior is not None
-                    or unit
-                    or weight
-                    or type(unit) is not int
-                    or type(weight) is not int
-                ):
+                if over is not None or prior is not None or unit is not zero or weight is not zero:
                     # Not the default hold (a unit, a soft hold, a sliding
-                    # window, or a malformed one): off the inline path.
+                    # window, or a malformed one): off the inline path. An
+                    # identity test is the cheapest; an int 0 that is not
+                    # CPython's cached one merely takes the general path.
                     check_hold_extras(holds[index])
                     refusal = self._fit(index, key, limit, amount, over, prior, weight, cell, overs)
                     if refusal is not None:

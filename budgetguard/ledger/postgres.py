@@ -86,6 +86,7 @@ from .base import (
     budget_to_json,
     check_op_id,
     check_reservation,
+    check_settle_amount,
     check_units,
     shielded,
     shielded_reserve,
@@ -208,8 +209,10 @@ class PostgresLedger(Ledger):
         quoted = f'"{self.schema}"'
         self._sql = {
             "reserve": f"SELECT * FROM {quoted}.budgetguard_reserve("
-            "%s, %s::text[], %s::bigint[], %s::bigint[], %s::float8, %s::float8, %s::float8)",
-            "settle": f"SELECT {quoted}.budgetguard_settle(%s, %s::text[], %s::bigint, %s::float8)",
+            "%s, %s::text[], %s::bigint[], %s::bigint[], %s::int2[], %s::text[], %s::text[],"
+            " %s::int4[], %s::float8, %s::float8, %s::float8)",
+            "settle": f"SELECT {quoted}.budgetguard_settle("
+            "%s, %s::text[], %s::bigint[], %s::float8)",
             "release": f"SELECT {quoted}.budgetguard_release(%s, %s::float8)",
             "add": f"SELECT {quoted}.budgetguard_add("
             "%s::text[], %s::bigint, %s::text, %s::float8, %s::float8)",
@@ -267,8 +270,10 @@ class PostgresLedger(Ledger):
             raise
         return _refusal(reservation, row)
 
-    def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
-        """Charge ``amount`` to every held key and tally; drop the holds once."""
+    def settle(
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
+    ) -> bool:
+        """Charge every held key (by its unit) and tally; drop the holds once."""
         params = self._settle_params(reservation, amount, tallies)
         return bool(self._one("settle", params, action="settle")[0])
 
@@ -365,7 +370,7 @@ class PostgresLedger(Ledger):
         return _refusal(reservation, row)
 
     async def asettle(
-        self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
     ) -> bool:
         """Do ``settle`` on an async connection, finished even if the caller gives up."""
         params = self._settle_params(reservation, amount, tallies)
@@ -420,22 +425,45 @@ class PostgresLedger(Ledger):
         keys = _keys(reservation.keys)
         limits = [None if h.limit is None else _units(h.limit) for h in reservation.holds]
         amounts = [_units(h.amount) for h in reservation.holds]
+        holds = reservation.holds
+        plain = all(h.unit == 0 and h.over is None and h.prior is None for h in holds)
+        for h in holds:
+            for key in (h.over, h.prior):
+                if key is not None:
+                    _text(key, "key")
         return (
             reservation.id,
             keys,
             limits,
             amounts,
+            # All NULL for plain holds (the common case): nothing more to store.
+            None if plain else [h.unit for h in holds],
+            None if plain else [h.over for h in holds],
+            None if plain else [h.prior for h in holds],
+            None if plain else [h.weight for h in holds],
             float(reservation.expires_at),
             self._now(),
             self.idempotency_ttl,
         )
 
     def _settle_params(
-        self, reservation: Reservation, amount: int, tallies: Sequence[str]
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str]
     ) -> tuple[Any, ...]:
-        _units(amount)
-        keys = _keys((*reservation.keys, *tallies))
-        return (_text(reservation.id, "reservation id"), keys, amount, self._now())
+        charges, tally = check_settle_amount(amount, reservation.holds)
+        pairs = [*zip(reservation.keys, charges, strict=True), *((key, tally) for key in tallies)]
+        keys = _keys([key for key, _ in pairs])  # every key checked, charged or not
+        # A charge of 0 changes nothing: left out, so its counter is not even locked.
+        charged = [
+            (key, _units(charge))
+            for key, charge in zip(keys, (c for _, c in pairs), strict=True)
+            if charge
+        ]
+        return (
+            _text(reservation.id, "reservation id"),
+            [key for key, _ in charged],
+            [charge for _, charge in charged],
+            self._now(),
+        )
 
     def _add_params(self, keys: Sequence[str], amount: int, op_id: str | None) -> tuple[Any, ...]:
         _units(amount)
@@ -912,7 +940,9 @@ def _refusal(reservation: Reservation, row: tuple[Any, ...]) -> Refusal | None:
         index = int(row[1])
         hold = reservation.holds[index]
         assert hold.limit is not None  # only holds with a limit refuse
-        return Refusal(index, hold.key, hold.limit, int(row[2]), int(row[3]), hold.amount)
+        return Refusal(
+            index, hold.key, hold.limit, int(row[2]), int(row[3]), hold.amount, int(row[4] or 0)
+        )
     except (TypeError, IndexError) as error:
         raise StorageError(f"unexpected reply from PostgreSQL: {row!r:.120} ({error})") from None
 
@@ -929,17 +959,32 @@ def _balances(keys: list[str], rows: list[Any]) -> dict[str, Balance]:
 
 
 def _reservations(rows: list[Any]) -> list[Reservation]:
-    return [
-        Reservation(
-            rid,
-            tuple(
-                Hold(key, None if limit is None else int(limit), int(amount))
-                for key, limit, amount in zip(keys, limits, amounts, strict=True)
-            ),
-            float(expires_at),
+    found = []
+    for rid, keys, limits, amounts, expires_at, units, overs, priors, weights in rows:
+        n = len(keys)
+        holds = tuple(
+            Hold(
+                key,
+                None if limit is None else int(limit),
+                int(amount),
+                int(unit),
+                over,
+                prior,
+                int(weight),
+            )
+            for key, limit, amount, unit, over, prior, weight in zip(
+                keys,
+                limits,
+                amounts,
+                units or [0] * n,  # NULL: every hold plain (or written by version 1)
+                overs or [None] * n,
+                priors or [None] * n,
+                weights or [0] * n,
+                strict=True,
+            )
         )
-        for rid, keys, limits, amounts, expires_at in rows
-    ]
+        found.append(Reservation(rid, holds, float(expires_at)))
+    return found
 
 
 def _since(since: tuple[str, int] | None) -> dict[str, Any]:

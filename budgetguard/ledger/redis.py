@@ -94,6 +94,7 @@ from .base import (
     check_idempotency_ttl,
     check_op_id,
     check_reservation,
+    check_settle_amount,
     check_units,
     shielded,
     shielded_reserve,
@@ -163,7 +164,7 @@ end
 
 # ARGV: id, now ('' for the server's clock), expires_at (with the server's
 # clock: seconds from now), batch, idempotency_ttl, holds_json, n, then n
-# triples (key, limit or '', amount).
+# sextuples (key, limit or '', amount, over or '', prior or '', weight).
 _RESERVE = (
     _PRELUDE
     + """
@@ -184,38 +185,54 @@ forget_before(settled_key, now - tonumber(ARGV[5]))
 forget_before(released_key, now - tonumber(ARGV[5]))
 local n = tonumber(ARGV[7])
 -- Check every hold before changing anything: a refusal changes nothing.
+local missed = {}  -- the over keys of soft holds that did not fit
 for i = 0, n - 1 do
-  local key, limit = ARGV[8 + 3 * i], ARGV[9 + 3 * i]
+  local at = 8 + 6 * i
+  local key, limit = ARGV[at], ARGV[at + 1]
   if limit ~= '' then
     local spent = redis.call('HGET', spent_key, key) or '0'
     local reserved = redis.call('HGET', reserved_key, key) or '0'
-    local used = tonumber(spent) + tonumber(reserved)
-    local amount, cap = tonumber(ARGV[10 + 3 * i]), tonumber(limit)
+    local part = 0
+    if ARGV[at + 4] ~= '' then
+      -- floor(prior * weight / 10^6), exact: the prior's decimal digits split
+      -- in two, so no product leaves the integers a double holds exactly.
+      local prior = redis.call('HGET', spent_key, ARGV[at + 4]) or '0'
+      local weight = tonumber(ARGV[at + 5])
+      local high = tonumber(string.sub(prior, 1, -7)) or 0
+      local low = tonumber(string.sub(prior, -6))
+      part = high * weight + math.floor(low * weight / 1000000)
+    end
+    local used = tonumber(spent) + tonumber(reserved) + part
+    local amount, cap = tonumber(ARGV[at + 2]), tonumber(limit)
     if used + amount > cap or (amount == 0 and used >= cap) then
-      return {1, i, spent, reserved, more}
+      if ARGV[at + 3] == '' then return {1, i, spent, reserved, more, part} end
+      missed[#missed + 1] = ARGV[at + 3]
     end
   end
 end
 for i = 0, n - 1 do
-  local amount = ARGV[10 + 3 * i]
-  if amount ~= '0' then redis.call('HINCRBY', reserved_key, ARGV[8 + 3 * i], amount) end
+  local amount = ARGV[10 + 6 * i]
+  if amount ~= '0' then redis.call('HINCRBY', reserved_key, ARGV[8 + 6 * i], amount) end
 end
+for _, over in ipairs(missed) do redis.call('HINCRBY', spent_key, over, 1) end
 redis.call('HSET', holds_key, id, ARGV[6])
 redis.call('ZADD', open_key, string.format('%.17g', expiry), id)
 return {0}
 """
 )
 
-# ARGV: id, now, amount, then every key to charge.
+# ARGV: id, now, then pairs (key to charge, amount).
 _SETTLE = (
     _PRELUDE
     + """
-local id, now, amount = ARGV[1], now_of(ARGV[2]), ARGV[3]
+local id, now = ARGV[1], now_of(ARGV[2])
 if redis.call('ZSCORE', settled_key, id) then return 0 end
 unhold(id)
 redis.call('ZREM', released_key, id)
 redis.call('ZADD', settled_key, now, id)
-for i = 4, #ARGV do redis.call('HINCRBY', spent_key, ARGV[i], amount) end
+for i = 3, #ARGV, 2 do
+  if ARGV[i + 1] ~= '0' then redis.call('HINCRBY', spent_key, ARGV[i], ARGV[i + 1]) end
+end
 return 1
 """
 )
@@ -640,8 +657,10 @@ class RedisLedger(Ledger):
             if not self._retry_refusal(reply):
                 return self._reserve_result(reservation, reply)
 
-    def settle(self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()) -> bool:
-        """Charge ``amount`` to every held key and tally; drop the holds once."""
+    def settle(
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
+    ) -> bool:
+        """Charge every held key (by its unit) and tally; drop the holds once."""
         return _flag(self._run("settle", self._settle_args(reservation, amount, tallies)))
 
     def release(self, reservation: Reservation) -> bool:
@@ -793,7 +812,7 @@ class RedisLedger(Ledger):
                 return self._reserve_result(reservation, reply)
 
     async def asettle(
-        self, reservation: Reservation, amount: int, tallies: Sequence[str] = ()
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
     ) -> bool:
         """Do ``settle`` on the asyncio client, finished even if the caller gives up."""
         args = self._settle_args(reservation, amount, tallies)
@@ -837,10 +856,7 @@ class RedisLedger(Ledger):
 
     def _reserve_args(self, reservation: Reservation) -> list[Any]:
         check_reservation(reservation)
-        holds = [
-            [h.key, None if h.limit is None else _units(h.limit), _units(h.amount)]
-            for h in reservation.holds
-        ]
+        holds = [_hold_row(h) for h in reservation.holds]
         args: list[Any] = [
             reservation.id,
             self._now(),
@@ -854,8 +870,8 @@ class RedisLedger(Ledger):
             json.dumps(holds),
             len(holds),
         ]
-        for key, limit, amount in holds:
-            args += [key, "" if limit is None else limit, amount]
+        for h, row in zip(reservation.holds, holds, strict=True):
+            args += [row[0], row[1] or "", row[2], h.over or "", h.prior or "", h.weight]
         return args
 
     def _retry_refusal(self, reply: Any) -> bool:
@@ -876,7 +892,13 @@ class RedisLedger(Ledger):
                 hold = reservation.holds[index]
                 assert hold.limit is not None  # only holds with a limit refuse
                 found = Refusal(
-                    index, hold.key, hold.limit, int(reply[2]), int(reply[3]), hold.amount
+                    index,
+                    hold.key,
+                    hold.limit,
+                    int(reply[2]),
+                    int(reply[3]),
+                    hold.amount,
+                    int(reply[5]),
                 )
         except (TypeError, ValueError, IndexError) as error:
             raise self._bad_reply(reply, error) from None
@@ -885,15 +907,17 @@ class RedisLedger(Ledger):
         return found
 
     def _settle_args(
-        self, reservation: Reservation, amount: int, tallies: Sequence[str]
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str]
     ) -> list[Any]:
-        return [
-            reservation.id,
-            self._now(),
-            _units(amount),
-            *reservation.keys,
-            *tallies,
-        ]
+        charges, tally = check_settle_amount(amount, reservation.holds)
+        args: list[Any] = [reservation.id, self._now()]
+        for key, charge in zip(reservation.keys, charges, strict=True):
+            args += (key, _units(charge))
+        if tallies:
+            units = _units(tally)
+            for key in tallies:
+                args += (key, units)
+        return args
 
     def _add_args(self, keys: Sequence[str], amount: int, op_id: str | None) -> list[Any]:
         check_op_id(op_id)
@@ -1122,6 +1146,18 @@ def _units(amount: int) -> str:
     return str(amount)
 
 
+def _hold_row(hold: Hold) -> list[Any]:
+    """Return the JSON row of a hold: [key, limit, amount] as strings, then the rest if set."""
+    row: list[Any] = [
+        hold.key,
+        None if hold.limit is None else _units(hold.limit),
+        _units(hold.amount),
+    ]
+    if hold.unit or hold.over is not None or hold.prior is not None:
+        row += [hold.unit, hold.over, hold.prior, hold.weight]
+    return row
+
+
 def _glob(prefix: str) -> str:
     # Redis MATCH patterns are globs: escape their special characters.
     escaped = "".join("\\" + c if c in "*?[]\\^-" else c for c in prefix)
@@ -1207,8 +1243,8 @@ def _reservations(reply: Sequence[Any]) -> list[Reservation]:
     found = []
     for i in range(1, len(reply), 3):
         holds = tuple(
-            Hold(key, None if limit is None else int(limit), int(amount))
-            for key, limit, amount in json.loads(reply[i + 2])
+            Hold(key, None if limit is None else int(limit), int(amount), *rest)
+            for key, limit, amount, *rest in json.loads(reply[i + 2])
         )
         found.append(Reservation(reply[i], holds, float(reply[i + 1])))
     return found

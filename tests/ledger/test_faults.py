@@ -156,6 +156,82 @@ def test_interrupt_at_every_line_of_settle(pair: tuple[Ledger, Ledger]) -> None:
     assert at > 10
 
 
+def mixed() -> Reservation:
+    """Return a reservation of dollars, tokens, a soft hold that misses and a sliding window."""
+    return Reservation(
+        uuid.uuid4().hex,
+        (
+            Hold("user", LIMIT, 7),
+            Hold("tokens", LIMIT, 50, unit=3),
+            Hold("soft", 0, 1, unit=4, over="soft:over"),
+            Hold("window", LIMIT, 2, unit=1, prior="user", weight=500_000),
+        ),
+        FAR,
+    )
+
+
+def test_interrupt_at_every_line_of_a_mixed_reserve(pair: tuple[Ledger, Ledger]) -> None:
+    """An interrupt at any line of a reserve with a soft miss: holds and miss count go together."""
+    ledger, other = pair
+    keys = ["user", "tokens", "soft", "window"]
+    at = 0
+    took = 0  # reserves that held (their release dropped something)
+    while True:
+        at += 1
+        r = mixed()
+        tracer = interrupted(lambda r=r: ledger.reserve(r), at)  # type: ignore[misc]
+        if not tracer.fired:
+            break
+        writes_at_once(other, "probe")
+        took += ledger.release(r) is True
+        assert ledger.balances([*keys, "soft:over"]) == {
+            "user": Balance(100, 0),
+            "tokens": Balance(),
+            "soft": Balance(),
+            "window": Balance(),
+            "soft:over": Balance(took, 0),
+        }, f"after an interrupt at line event {at}"
+        assert ledger.open_reservations() == []
+    assert at > 10
+    assert ledger.open_reservations() == [r]
+    assert ledger.settle(r, [9, 2, 0, 60, 1]) is True
+    assert ledger.balances([*keys, "soft:over"]) == {
+        "user": Balance(109, 0),
+        "tokens": Balance(60, 0),
+        "soft": Balance(1, 0),
+        "window": Balance(2, 0),
+        "soft:over": Balance(took + 1, 0),
+    }
+
+
+def test_interrupt_at_every_line_of_a_settle_by_unit(pair: tuple[Ledger, Ledger]) -> None:
+    """An interrupt at any line of a settle per unit, then the retry: each key charged once."""
+    ledger, other = pair
+    at = 0
+    n = 0
+    amounts = (3, 1, 0, 40, 1)
+    while True:
+        at += 1
+        r = mixed()
+        assert ledger.reserve(r) is None
+        tracer = interrupted(lambda r=r: ledger.settle(r, amounts, ("tally",)), at)  # type: ignore[misc]
+        if tracer.fired:
+            writes_at_once(other, "probe")
+            ledger.settle(r, amounts, ("tally",))  # the retry: a no-op if the first one counted
+        n += 1
+        assert ledger.balances(["user", "tokens", "soft", "window", "tally"]) == {
+            "user": Balance(100 + 3 * n, 0),
+            "tokens": Balance(40 * n, 0),
+            "soft": Balance(n, 0),
+            "window": Balance(n, 0),
+            "tally": Balance(3 * n, 0),
+        }, f"after an interrupt at line event {at}"
+        assert ledger.open_reservations() == []
+        if not tracer.fired:
+            break
+    assert at > 10
+
+
 def test_interrupt_at_every_line_of_add(pair: tuple[Ledger, Ledger]) -> None:
     """KeyboardInterrupt at any line of add with an op id, then add again: charged once."""
     ledger, other = pair

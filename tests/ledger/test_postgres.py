@@ -71,8 +71,8 @@ def test_schema_is_versioned(postgres_url: str, opened: Callable[..., Ledger]) -
     """A new database gets budgetguard_schema at the current version; reopening keeps the data."""
     ledger = opened()
     assert isinstance(ledger, PostgresLedger)
-    assert ledger.schema_version == SCHEMA_VERSION == 1
-    assert sql(postgres_url, "SELECT id, version FROM public.budgetguard_schema") == [(1, 1)]
+    assert ledger.schema_version == SCHEMA_VERSION == 2
+    assert sql(postgres_url, "SELECT id, version FROM public.budgetguard_schema") == [(1, 2)]
     ledger.add(["k"], 3)
     again = opened()
     assert again.balances(["k"])["k"] == Balance(3, 0)
@@ -118,7 +118,7 @@ ledger.close()
 
 @pytest.mark.slow
 def test_migrations_raced_by_processes_run_once(postgres_url: str, tmp_path: Path) -> None:
-    """Six processes open an empty database at once: each sees version 1, tables made once."""
+    """Six processes open an empty database at once: each sees the last version, made once."""
     go = tmp_path / "go"
     url = postgres_url + "?schema=raced"
     children = [
@@ -137,8 +137,95 @@ def test_migrations_raced_by_processes_run_once(postgres_url: str, tmp_path: Pat
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
         assert out.strip() == str(SCHEMA_VERSION)
-    assert sql(postgres_url, "SELECT version FROM raced.budgetguard_schema") == [(1,)]
+    assert sql(postgres_url, "SELECT version FROM raced.budgetguard_schema") == [(SCHEMA_VERSION,)]
     assert sql(postgres_url, "SELECT count(*) FROM raced.budgetguard_budget_log") == [(1,)]
+
+
+def make_version_1(url: str, schema: str) -> None:
+    """Create a schema as budgetguard with schema version 1 left it (its one migration run)."""
+    from budgetguard.ledger._postgres_sql import MIGRATIONS
+
+    sql(url, f'CREATE SCHEMA "{schema}"')
+    sql(
+        url,
+        f'CREATE TABLE "{schema}".budgetguard_schema (id int PRIMARY KEY CHECK (id = 1),'
+        " version int NOT NULL, migrated_at timestamptz NOT NULL DEFAULT now())",
+    )
+    sql(url, MIGRATIONS[0].replace("__schema__", f'"{schema}"'))
+    sql(url, f'INSERT INTO "{schema}".budgetguard_schema (id, version) VALUES (1, 1)')
+
+
+def test_version_1_schema_is_upgraded_keeping_its_reservations(postgres_url: str) -> None:
+    """A version 1 schema with open holds upgrades; the old holds round-trip and end."""
+    make_version_1(postgres_url, "old")
+    # Written through version 1's own functions, as an older budgetguard would.
+    old_reserve = (
+        'SELECT o_status FROM "old".budgetguard_reserve(%s, %s::text[], %s::bigint[],'
+        " %s::bigint[], %s::float8, %s::float8, %s::float8)"
+    )
+    assert sql(
+        postgres_url, old_reserve, ("a", ["k", "g"], [100, None], [4, 3], FAR, None, 3600.0)
+    ) == [(0,)]
+    assert sql(postgres_url, old_reserve, ("b", ["k"], [100], [5], FAR, None, 3600.0)) == [(0,)]
+    ledger = ledger_from_url(postgres_url + "?schema=old")
+    try:
+        assert isinstance(ledger, PostgresLedger)
+        assert ledger.schema_version == SCHEMA_VERSION == 2
+        found = {r.id: r for r in ledger.open_reservations()}
+        assert found["a"].holds == (Hold("k", 100, 4), Hold("g", None, 3))
+        assert ledger.balances(["k", "g"]) == {"k": Balance(0, 9), "g": Balance(0, 3)}
+        assert ledger.settle(found["a"], [2], ["t"]) is True
+        assert ledger.balances(["k", "g", "t"]) == {
+            "k": Balance(2, 5),
+            "g": Balance(2, 0),
+            "t": Balance(2, 0),
+        }
+        # Version 1's settle still works for a process not yet restarted.
+        assert sql(
+            postgres_url,
+            'SELECT "old".budgetguard_settle(%s, %s::text[], %s::bigint, %s::float8)',
+            ("b", ["k"], 1, None),
+        ) == [(True,)]
+        assert ledger.balances(["k"])["k"] == Balance(3, 0)
+        new = Reservation("c", (Hold("k", 100, 1, unit=3, over="o", prior="p", weight=9),), FAR)
+        assert ledger.reserve(new) is None
+        assert ledger.open_reservations() == [new]
+    finally:
+        ledger.close()
+
+
+@pytest.mark.slow
+def test_migration_from_version_1_raced_by_processes_runs_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Six processes open a version 1 schema at once: it is upgraded once, all see version 2."""
+    make_version_1(postgres_url, "raced1")
+    go = tmp_path / "go"
+    url = postgres_url + "?schema=raced1"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE, url, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(),
+        )
+        for _ in range(6)
+    ]
+    time.sleep(1.0)  # every child imported and waiting
+    go.touch()
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        assert out.strip() == str(SCHEMA_VERSION)
+    assert sql(postgres_url, "SELECT version FROM raced1.budgetguard_schema") == [(SCHEMA_VERSION,)]
+    columns = sql(
+        postgres_url,
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raced1'"
+        " AND table_name = 'budgetguard_reservations' AND column_name IN"
+        " ('units', 'overs', 'priors', 'weights') ORDER BY 1",
+    )
+    assert columns == [("overs",), ("priors",), ("units",), ("weights",)]
 
 
 def test_a_pool_opens_at_most_pool_size_connections(

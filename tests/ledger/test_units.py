@@ -223,6 +223,15 @@ class TestSlidingWindows:
         assert ledger.reserve(reservation(hold)) == Refusal(0, "now", 10, 0, 0, 9, 2)
         assert ledger.reserve(reservation(hold._replace(amount=8))) is None
 
+    def test_prior_part_is_exact_for_a_large_spend(self, ledger: Ledger) -> None:
+        """The prior part of a spend of 2**50 units is floor(spent * weight / 10**6) exactly."""
+        spent, weight = 2**50 + 987_654_321, 333_333
+        part = spent * weight // 1_000_000
+        ledger.add(["prev"], spent)
+        hold = Hold("now", part + 10, 11, prior="prev", weight=weight)
+        assert ledger.reserve(reservation(hold)) == Refusal(0, "now", part + 10, 0, 0, 11, part)
+        assert ledger.reserve(reservation(hold._replace(amount=10))) is None
+
     def test_zero_hold_with_the_prior_part_at_the_limit_is_refused(self, ledger: Ledger) -> None:
         """A hold of 0 is refused when spent + reserved + the prior part reach the limit."""
         ledger.add(["prev"], 40)
