@@ -30,6 +30,7 @@ __all__ = ["Holder", "Plan", "Planner"]
 _DAY = Period("daily")
 _USD = 0
 _CONCURRENCY = UNITS.index("concurrency")
+_TOKEN_UNITS = ("input_tokens", "output_tokens", "tokens")
 _NO_TAGS: tuple[tuple[str, str], ...] = ()
 
 
@@ -165,7 +166,11 @@ class _Index:
         self.models: list[tuple[str, Budget]] = []
         self.providers: dict[str, list[Budget]] = {}
         self.boosts: dict[str, Budget] = {}
+        #: Whether some budget counts tokens: only then are a call's tokens estimated.
+        self.tokens = False
         for name, budget in budgets.items():
+            if budget.unit in _TOKEN_UNITS:
+                self.tokens = True
             if name.startswith(BOOST):
                 self.boosts[name[1:]] = budget
                 continue
@@ -210,6 +215,10 @@ class Planner:
             self._index_of = budgets
             self._keyed = bool(self._index.tags or self._index.models or self._index.providers)
         return self._index
+
+    def counts_tokens(self, budgets: dict[str, Budget]) -> bool:
+        """Tell whether some budget counts tokens (calls then estimate theirs)."""
+        return self.index(budgets).tokens
 
     def subject_key(
         self,

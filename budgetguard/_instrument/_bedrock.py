@@ -312,7 +312,14 @@ def bedrock_api_call(guard_of: GuardSource) -> Wrapper:
         kind = f"aws.bedrock:{operation}"
         request = _Request(guard, described, wrapped, kind, guard_of.deployments)
         # Refused here: BudgetExceededError before botocore builds the request.
-        call = guard._begin(request.user, request.estimate, model=request.model, kind=kind)
+        call = guard._begin(
+            request.user,
+            request.estimate,
+            model=request.model,
+            kind=kind,
+            tokens=request.tokens(guard),
+            provider="aws.bedrock",
+        )
         token = inside_sdk_call.set(True)
         try:
             result = wrapped(*args, **kwargs)

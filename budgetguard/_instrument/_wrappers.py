@@ -111,6 +111,21 @@ class _Request:
         outer = _current_call.get()
         self.user = outer.user if outer is not None else None
 
+    def tokens(self, guard: BudgetGuard) -> tuple[int, int, int] | None:
+        """Estimate the call's (input, output, all) tokens, where some budget counts tokens."""
+        if not guard._planner.counts_tokens(guard._budget_defs):
+            return None
+        from ..tokens import call_shape, count_tokens
+
+        shape = call_shape(self.kwargs)
+        if shape is None:
+            return None
+        given = count_tokens(shape.text_or_messages, shape.model)
+        written = shape.max_output_tokens
+        if written is None:
+            written = guard.default_output_tokens
+        return (given, written, given + written)
+
     def prompt_tokens(self) -> int:
         """Count the prompt's tokens (only needed when a stream reports no usage)."""
         from ..tokens import call_shape, count_tokens
@@ -215,7 +230,12 @@ def _run_sync(
         asked, hide = _ask_for_usage(described)
     # Refused here: BudgetExceededError before any request leaves.
     call = guard._begin(
-        request.user, request.estimate, model=request.model, kind=request.kind, provider=provider
+        request.user,
+        request.estimate,
+        model=request.model,
+        kind=request.kind,
+        provider=provider,
+        tokens=request.tokens(guard),
     )
     call.provider = provider
     token = _inside.set(True)
@@ -253,7 +273,12 @@ async def _run_async(
     if streamed and injects_usage:
         asked, hide = _ask_for_usage(described)
     call = await guard._abegin(
-        request.user, request.estimate, model=request.model, kind=request.kind, provider=provider
+        request.user,
+        request.estimate,
+        model=request.model,
+        kind=request.kind,
+        provider=provider,
+        tokens=request.tokens(guard),
     )
     call.provider = provider
     token = _inside.set(True)
@@ -481,7 +506,12 @@ def stream_manager(guard_of: GuardSource) -> Wrapper:
 
         def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
             call = guard._begin(
-                request.user, request.estimate, model=request.model, scope=scope, kind=request.kind
+                request.user,
+                request.estimate,
+                model=request.model,
+                scope=scope,
+                kind=request.kind,
+                tokens=request.tokens(guard),
             )
             return guard, call, request.prompt_tokens
 
@@ -502,7 +532,12 @@ def async_stream_manager(guard_of: GuardSource) -> Wrapper:
 
         async def open_call() -> tuple[BudgetGuard, Call, Callable[[], int]]:
             call = await guard._abegin(
-                request.user, request.estimate, model=request.model, scope=scope, kind=request.kind
+                request.user,
+                request.estimate,
+                model=request.model,
+                scope=scope,
+                kind=request.kind,
+                tokens=request.tokens(guard),
             )
             return guard, call, request.prompt_tokens
 

@@ -45,15 +45,27 @@ def test_model_budget_applies_to_instrumented_calls(guard: BudgetGuard, oai: ope
 def test_token_budget_is_charged_the_tokens_the_response_reports(
     guard: BudgetGuard, oai: openai.OpenAI
 ) -> None:
-    """A tokens-per-minute budget counts the usage of instrumented calls (1000 in, 500 out)."""
-    guard.set_budget(2000, user="alice", unit="tokens", period=60)
+    """Token budgets count the usage of instrumented calls (1000 in, 500 out each)."""
+    guard.set_budget(10_000, user="alice", unit="tokens", period=60)
     guard.set_budget(1500, user="alice", unit="output_tokens", period=60)
     with budget_scope("alice"):
-        oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-        statuses = {s.name: s for s in guard.budget_statuses()}
-        assert statuses["tokens@user:alice"].spent == 1500
-        assert statuses["output_tokens@user:alice"].spent == 500
-        oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # 1500 < 2000: fits
+        for _ in range(3):  # each reserves max_tokens=100 of output, and writes 500
+            oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
         with pytest.raises(BudgetExceededError) as refused:
-            oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
+    statuses = {s.name: s for s in guard.budget_statuses()}
+    assert statuses["tokens@user:alice"].spent == 4500
+    assert statuses["output_tokens@user:alice"].spent == 1500
+    assert refused.value.unit == "output_tokens"
+
+
+def test_instrumented_calls_reserve_their_estimated_tokens(
+    guard: BudgetGuard, oai: openai.OpenAI, llm: FakeLLM
+) -> None:
+    """A tokens budget reserves the prompt's tokens plus max_tokens before the call is sent."""
+    guard.set_budget(600, user="alice", unit="tokens", period=60)
+    with budget_scope("alice"), pytest.raises(BudgetExceededError) as refused:
+        oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=600)
     assert refused.value.unit == "tokens"
+    assert refused.value.requested > 600  # the prompt's tokens and the 600 it may write
+    assert llm.requests == []
