@@ -44,12 +44,15 @@ T = TypeVar("T")
 logger = logging.getLogger("budgetguard")
 
 __all__ = [
+    "MAX_UNIT",
+    "WEIGHT_SCALE",
     "Balance",
     "BudgetChanges",
     "Hold",
     "Ledger",
     "Refusal",
     "Reservation",
+    "check_hold_extras",
     "check_idempotency_ttl",
     "check_op_id",
     "check_reservation",

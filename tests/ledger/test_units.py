@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -286,7 +287,7 @@ class TestNewFieldsAtTheDoor:
         ],
     )
     def test_bad_fields_raise_naming_the_field(
-        self, ledger: Ledger, fields: dict[str, object], named: str
+        self, ledger: Ledger, fields: dict[str, Any], named: str
     ) -> None:
         """Each bad field is a ValueError naming it; nothing is held or counted."""
         ledger.add(["p"], 10)
