@@ -413,7 +413,7 @@ class CallLifecycle(GuardParts):
     def _ending(
         self,
         call: Call,
-        cost: Decimal | None,
+        cost: Decimal | int | None,
         model: str | None = None,
         usage: Usage | None = None,
         error: BaseException | None = None,
@@ -423,7 +423,8 @@ class CallLifecycle(GuardParts):
     ) -> _Ending:
         """Decide what ending ``call`` writes (no ledger I/O).
 
-        ``cost`` is what pricing found (``None``: nothing reported). Charges
+        ``cost`` is what pricing found, in dollars or (an ``int``) in ledger
+        units (``None``: nothing reported). Charges
         made with ``charge()`` during the call are added. A failed call with
         no known cost is released; a successful one follows ``on_missing_cost``.
         """
@@ -433,7 +434,7 @@ class CallLifecycle(GuardParts):
         if owed is None and not priced:
             owed = self._pricer.unpriced_error(usage, priced)
         if cost is not None:
-            units: int | None = to_units(cost) + call.charged
+            units: int | None = (cost if type(cost) is int else to_units(cost)) + call.charged
         elif call.charged or call.models or call.has_inner:
             units = call.charged
         elif error is not None:
@@ -461,10 +462,10 @@ class CallLifecycle(GuardParts):
         """Decide the ending of a call that returned ``result``."""
         if cost is not None:
             try:
-                amount = to_decimal(cost(result), "cost")
+                units = _cost_units(cost(result))
             except BaseException as failure:  # charge the estimate, then report
                 return self._ending(call, None, error=error, owed=failure)
-            return self._ending(call, amount, None, None, error)
+            return self._ending(call, units, None, None, error)
         found, usage, priced = self._pricer.of_result(call, result)
         return self._ending(call, found, usage=usage, error=error, priced=priced)
 
@@ -873,3 +874,20 @@ def _free(model: str) -> bool:
     if price is None or price.per_request or price.long_context or price.dated:
         return False
     return not any(getattr(price, name) for name in _PRICED_FIELDS)
+
+
+# Costs given as text ("0.0005") by cost= functions, in ledger units: parsing
+# a Decimal is the dearest step of a call that gives its cost (bounded).
+_TEXT_UNITS: dict[str, int] = {}
+
+
+def _cost_units(value: object) -> int:
+    """Return a ``cost=`` function's answer in ledger units (checked as ``to_decimal`` does)."""
+    if type(value) is str:
+        units = _TEXT_UNITS.get(value)
+        if units is None:
+            units = to_units(to_decimal(value, "cost"))
+            if len(_TEXT_UNITS) < 1024:
+                _TEXT_UNITS[value] = units
+        return units
+    return to_units(to_decimal(value, "cost"))

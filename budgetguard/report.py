@@ -329,7 +329,10 @@ def _reservations(guard: BudgetGuard) -> tuple[ReservationRow, ...]:
         ReservationRow(
             id=reservation.id,
             budgets=tuple(owner_of(hold.key) for hold in reservation.holds),
-            held=from_units(max((hold.amount for hold in reservation.holds), default=0)),
+            # Dollars only: token, request and concurrency holds count other units.
+            held=from_units(
+                max((hold.amount for hold in reservation.holds if hold.unit == 0), default=0)
+            ),
             expires_at=datetime.fromtimestamp(reservation.expires_at, timezone.utc),
         )
         for reservation in guard.ledger.open_reservations()
