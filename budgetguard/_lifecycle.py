@@ -434,7 +434,7 @@ class CallLifecycle(GuardParts):
         if owed is None and not priced:
             owed = self._pricer.unpriced_error(usage, priced)
         if cost is not None:
-            units: int | None = (cost if type(cost) is int else to_units(cost)) + call.charged
+            units: int | None = (cost if isinstance(cost, int) else to_units(cost)) + call.charged
         elif call.charged or call.models or call.has_inner:
             units = call.charged
         elif error is not None:

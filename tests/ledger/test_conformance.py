@@ -330,6 +330,18 @@ class TestAddAndRead:
         assert ledger.settle(r, 5)
         assert ledger.balances(["k"])["k"] == Balance(5, 0)
 
+    def test_settles_after_clearing_their_tallies_count_again(self, ledger: Ledger) -> None:
+        """Tallies cleared between two settles of the same tally keys count the second one."""
+        tallies = ("t|a", "t|b")
+        first, second = reservation(Hold("k", 100, 1)), reservation(Hold("k", 100, 1))
+        ledger.reserve(first)
+        ledger.settle(first, 5, tallies)
+        ledger.clear(list(tallies))
+        ledger.reserve(second)
+        ledger.settle(second, 3, tallies)
+        assert ledger.balances(list(tallies)) == {"t|a": Balance(3, 0), "t|b": Balance(3, 0)}
+        assert ledger.balances(["k"])["k"] == Balance(8, 0)
+
 
 class TestBudgets:
     """Budget definitions stored in the ledger."""
