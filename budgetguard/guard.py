@@ -728,9 +728,18 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         return self.record_spend(value, user=user, model=model)
 
     def record_spend(
-        self, amount: object, *, user: str | None = None, model: str | None = None
+        self,
+        amount: object,
+        *,
+        user: str | None = None,
+        model: str | None = None,
+        usage: Any = None,
     ) -> Decimal:
-        """Record spend that already happened against the current scope's budgets."""
+        """Record spend that already happened against the current scope's budgets.
+
+        Dollar budgets are charged ``amount``; request budgets one request;
+        token budgets the tokens of ``usage`` (a ``Usage``), where given.
+        """
         value = to_decimal(amount, "amount")
         scope = current_scope()
         opening = self._open(user, 0, model, scope, None, hooks=False)
@@ -746,8 +755,18 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         )
         units = to_units(value)
         tallies = self._tally_keys(call, model)
-        keys = (*(hold.key for hold in opening.holds), *tallies)
-        self._charge_once(keys, units, self._new_id("add"), opening.user)
+        # Each unit's keys are charged their own amount (a direct charge adds
+        # one amount to all its keys); calls in flight are not charged at all.
+        counts = (units, 0, 0, 0, 1)
+        if usage is not None:
+            given, written = usage.total_input_tokens, usage.total_output_tokens
+            counts = (units, given, written, given + written, 1)
+        for unit, count in enumerate(counts):
+            keys = tuple(hold.key for hold in opening.holds if hold.unit == unit)
+            if unit == 0:
+                keys += tallies
+            if keys and count:
+                self._charge_once(keys, count, self._new_id("add"), opening.user)
         if self._alerts.thresholds and units:
             self._alerts.check(call)
         self._tell(call, units, _Ending(units, model, None, None, True, False, None))
@@ -810,7 +829,7 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
                 f"cannot record a {type(response).__name__}: it carries no usage budgetguard reads"
             )
         cost, priced = self._pricer.price(usage, model)
-        self.record_spend(cost, user=user, model=usage.model or model)
+        self.record_spend(cost, user=user, model=usage.model or model, usage=usage)
         owed = self._pricer.unpriced_error(usage, priced)
         if owed is not None:
             raise owed

@@ -434,3 +434,18 @@ async def test_hundred_tasks_race_dollars_tokens_and_concurrency(guard: BudgetGu
     for wave, admissible in enumerate((25, 5, 0)):
         assert await _task_wave(guard) == admissible, f"wave {wave}"
     _check_counters(guard)
+
+
+def test_recorded_spend_charges_each_unit_its_own_amount(guard: BudgetGuard) -> None:
+    """record() charges dollars, one request and the response's tokens, each on its budgets."""
+    guard.set_budget("1", user="alice", period="monthly")
+    guard.set_budget(10, user="alice", unit="requests", period="daily")
+    guard.set_budget(10_000, user="alice", unit="tokens", period="daily")
+    guard.set_budget(2, user="alice", unit="concurrency")
+    guard.record(response(given=100, written=50), user="alice")
+    guard.record_spend("0.25", user="alice")
+    statuses = {s.name: s for s in guard.budget_statuses()}
+    assert statuses["requests@user:alice"].spent == 2
+    assert statuses["tokens@user:alice"].spent == 150
+    assert statuses["concurrency@user:alice"].spent == 0
+    assert statuses["user:alice"].spent == Decimal("0.25") + Decimal("0.000045")
