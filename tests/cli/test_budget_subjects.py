@@ -271,3 +271,15 @@ def test_report_by_tag_sums_the_spend_of_each_tag(
     assert main(["report", "--ledger", url, "--by", "tag"]) == 0
     table = capsys.readouterr().out
     assert "Spend by tag" in table and "tenant=acme" in table
+
+
+def test_the_default_budget_can_be_boosted_and_its_boost_deleted(
+    capsys: pytest.CaptureFixture[str], url: str, guard: BudgetGuard
+) -> None:
+    """boost --default raises every user's default limit for a while; delete --boost ends it."""
+    guard.set_default_budget("2", period="daily")
+    budgets(capsys, "boost", "--ledger", url, "--default", "--limit", "5", "--for", "1h")
+    assert [budget.limit for budget in guard.budgets() if budget.name == "+default"] == [5]
+    out = budgets(capsys, "delete", "--ledger", url, "--default", "--boost")
+    assert "deleted the boost of budget default" in out
+    assert [budget.name for budget in guard.budgets()] == ["default"]
