@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ._api import (
     aremaining,
     aspend,
+    boost_budget,
     budgets,
     delete_budget,
     delete_default_budget,
@@ -79,6 +80,7 @@ __all__ = [
     "aremaining",
     "arg",
     "aspend",
+    "boost_budget",
     "budget_scope",
     "budgeted",
     "budgets",

@@ -7,7 +7,7 @@ here is a ``BudgetGuard`` method too; multi-tenant apps call those.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,7 @@ from .budgets import Budget
 __all__ = [
     "aremaining",
     "aspend",
+    "boost_budget",
     "budgets",
     "delete_budget",
     "delete_default_budget",
@@ -40,24 +41,96 @@ def set_budget(
     period: object = None,
     tz: object = None,
     created_at: datetime | None = None,
+    tag: str | tuple[str, str] | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    unit: str = "usd",
+    mode: str = "hard",
+    parent: str | None = None,
+    label: str | None = None,
+    sliding: bool = False,
 ) -> Budget:
-    """Set the budget of ``user``, or with no user the global budget (default guard)."""
-    return default_guard().set_budget(limit, user=user, period=period, tz=tz, created_at=created_at)
+    """Set the budget of ``user``, a tag, a model or a provider, or the global one (default guard).
+
+    The keywords are those of :meth:`BudgetGuard.set_budget`.
+    """
+    return default_guard().set_budget(
+        limit, user=user, period=period, tz=tz, created_at=created_at,
+        tag=tag, model=model, provider=provider, unit=unit, mode=mode,
+        parent=parent, label=label, sliding=sliding,
+    )  # fmt: skip
 
 
-def set_default_budget(limit: object, *, period: object = None, tz: object = None) -> Budget:
+def set_default_budget(
+    limit: object,
+    *,
+    period: object = None,
+    tz: object = None,
+    unit: str = "usd",
+    mode: str = "hard",
+    parent: str | None = None,
+    label: str | None = None,
+    sliding: bool = False,
+) -> Budget:
     """Give every user without a budget of their own this budget (default guard)."""
-    return default_guard().set_default_budget(limit, period=period, tz=tz)
+    return default_guard().set_default_budget(
+        limit, period=period, tz=tz, unit=unit, mode=mode, parent=parent, label=label,
+        sliding=sliding,
+    )  # fmt: skip
 
 
-def get_budget(user: str | None = None) -> Budget | None:
-    """Return the budget of ``user`` or the global one (default guard)."""
-    return default_guard().get_budget(user)
+def boost_budget(
+    limit: object,
+    *,
+    until: datetime | None = None,
+    duration: timedelta | float | None = None,
+    user: str | None = None,
+    tag: str | tuple[str, str] | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    default: bool = False,
+    unit: str = "usd",
+    label: str | None = None,
+) -> Budget:
+    """Give a budget another limit until a time, the budget itself unchanged (default guard).
+
+    The keywords are those of :meth:`BudgetGuard.boost_budget`.
+    """
+    return default_guard().boost_budget(
+        limit, until=until, duration=duration, user=user, tag=tag, model=model,
+        provider=provider, default=default, unit=unit, label=label,
+    )  # fmt: skip
 
 
-def delete_budget(user: str | None = None) -> bool:
-    """Delete the budget of ``user`` or the global one (default guard)."""
-    return default_guard().delete_budget(user)
+def get_budget(
+    user: str | None = None,
+    *,
+    tag: str | tuple[str, str] | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    unit: str = "usd",
+    label: str | None = None,
+) -> Budget | None:
+    """Return the budget of ``user``, of another subject, or the global one (default guard)."""
+    return default_guard().get_budget(
+        user, tag=tag, model=model, provider=provider, unit=unit, label=label
+    )
+
+
+def delete_budget(
+    user: str | None = None,
+    *,
+    tag: str | tuple[str, str] | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    unit: str = "usd",
+    label: str | None = None,
+    boost: bool = False,
+) -> bool:
+    """Delete the budget of ``user`` (or another subject's), or only its boost (default guard)."""
+    return default_guard().delete_budget(
+        user, tag=tag, model=model, provider=provider, unit=unit, label=label, boost=boost
+    )
 
 
 def budgets() -> list[Budget]:
@@ -90,14 +163,14 @@ def record(response: Any, *, user: str | None = None, model: str | None = None) 
     return default_guard().record(response, user=user, model=model)
 
 
-def get_default_budget() -> Budget | None:
+def get_default_budget(*, unit: str = "usd", label: str | None = None) -> Budget | None:
     """Return the default budget for users without one of their own (default guard)."""
-    return default_guard().get_default_budget()
+    return default_guard().get_default_budget(unit=unit, label=label)
 
 
-def delete_default_budget() -> bool:
+def delete_default_budget(*, unit: str = "usd", label: str | None = None) -> bool:
     """Delete the default budget (default guard)."""
-    return default_guard().delete_default_budget()
+    return default_guard().delete_default_budget(unit=unit, label=label)
 
 
 def prune(before: datetime) -> int:

@@ -20,8 +20,15 @@ the instruments below, on a meter named ``budgetguard``:
 - ``gen_ai.client.operation.duration`` (histogram, s): the gen_ai attributes
   and ``error.type`` for calls that failed;
 - ``budgetguard.budget.limit`` / ``.spent`` / ``.reserved`` / ``.remaining``
-  (USD, gauges read from the ledger when a reader collects): by
-  ``budgetguard.budget`` (global, user, ...), ``budgetguard.period`` and user;
+  (USD, gauges read from the ledger when a reader collects), for dollar
+  budgets: by ``budgetguard.budget`` (``global``, ``user``, ``daily@user``,
+  ``default``, ``tag:team=search``, ``model:gpt-5*`` ...),
+  ``budgetguard.period``, ``budgetguard.unit``, ``budgetguard.mode`` and user;
+- ``budgetguard.quota.limit`` / ``.used`` / ``.reserved`` / ``.remaining``
+  (``{count}``, gauges): the same for budgets counted in tokens, requests or
+  calls in flight, ``budgetguard.unit`` saying which;
+- ``budgetguard.budget.over`` (``{call}``, gauge): calls a soft or shadow
+  budget had no room for in its current window (it let them run);
 - ``budgetguard.refusals``, ``budgetguard.unpriced``, ``budgetguard.alerts``,
   ``budgetguard.storage_errors`` (counters);
 - ``budgetguard.outbox.size`` (gauge, charges) and ``budgetguard.outbox.dropped``
@@ -36,10 +43,17 @@ Azure OpenAI, ``aws.bedrock``, ``gcp.gemini``, ...). Scope tags are exported,
 as ``budgetguard.tag.<key>``, only for the keys listed in ``tag_keys``, each
 with at most ``max_tag_values`` distinct values.
 
-A budget gauge never sums unrelated budgets: a per-user budget is exported
-only with its own user value, so with the user attribute off (or for users
-past the cap) per-user budgets have no gauge at all, and one series always
-reads as one budget's limit, spend or remainder.
+A budget gauge never sums unrelated budgets: one series is one budget. The
+``budgetguard.budget`` attribute is the budget's name with any user id taken
+out (``user:alice`` is ``user``, ``daily@user:alice`` is ``daily@user``);
+budgets of other subjects keep their whole name, since administrators set
+them and they are few. A per-user budget is exported only with its own user
+value, so with the user attribute off (or for users past the cap) per-user
+budgets have no gauge at all. Default budgets and per-value tag budgets
+(``tag:tenant=*``) have one window per user or value and no gauge. So the
+budget series number the budgets set for subjects other than users, plus
+at most ``max_users`` per labelled user budget. Refusals and alerts name
+budgets the same way (a per-value budget by its ``=*`` name).
 
 The user attribute is ``user.id`` (``user_attribute="raw"``) or ``user.hash``
 (``"hashed"``: HMAC-SHA256 with a salt, truncated), and absent by default. At
@@ -239,13 +253,27 @@ def _version() -> str:
         return ""
 
 
+_SUBJECTS = ("tag:", "model:", "provider:")
+
+
 def _budget_kind(name: str) -> str:
     """Return a budget's name without the user id it may embed ("user:alice" -> "user").
 
-    The guard names budgets "global", "user:<id>", "default (user:<id>)",
-    "scope"; the user is exported separately, under the user_attribute policy.
+    The guard names budgets "global", "user:<id>", "daily@user:<id>",
+    "tag:team=search", "default (user:<id>)", "tag:tenant=* (tag:tenant=acme)",
+    "scope"; what follows " (" names the concrete subject, which is left out
+    (users and tag values are unbounded). The user is exported separately,
+    under the user_attribute policy. Other subjects keep their whole name.
     """
-    return name.split(" (", 1)[0].split(":", 1)[0]
+    name = name.split(" (", 1)[0]
+    if name.startswith("user:"):
+        return "user"
+    if name.startswith(_SUBJECTS):
+        return name
+    label, at, subject = name.partition("@")
+    if at and subject.startswith("user:"):
+        return f"{label}@user"
+    return name
 
 
 def _model_items(model: _ModelKey) -> _Items:
@@ -412,8 +440,23 @@ class _Instruments:
                 f"budgetguard.budget.{field}",
                 [self._observe(methodcaller("_budget_points", field))],
                 unit="USD",
-                description=f"The {field} amount of each budget in its current window.",
+                description=f"The {field} amount of each dollar budget in its current window.",
             )
+        # Budgets of tokens, requests and calls in flight: one instrument per
+        # field, budgetguard.unit saying what it counts (see the module's doc).
+        for field in _QUOTA_FIELDS:
+            meter.create_observable_gauge(
+                f"budgetguard.quota.{field}",
+                [self._observe(methodcaller("_budget_points", field, quota=True))],
+                unit="{count}",
+                description=f"The {field} count of each budget of tokens, requests or calls "
+                "in flight, in its current window.",
+            )
+        meter.create_observable_gauge(
+            "budgetguard.budget.over", [self._observe(methodcaller("_over_points"))],
+            unit="{call}",
+            description="Calls a soft or shadow budget had no room for in its current window.",
+        )  # fmt: skip
 
     def discards(self) -> bool:
         """Return whether recording is a no-op because no SDK is configured."""
@@ -451,6 +494,14 @@ class _Instruments:
 
         return callback
 
+
+#: The quota gauges' fields and the BudgetStatus attribute each one reads.
+_QUOTA_FIELDS = {
+    "limit": "limit",
+    "used": "spent",
+    "reserved": "reserved",
+    "remaining": "remaining",
+}
 
 _SPEND_DESCRIPTION = "Money spent on LLM calls by this process."
 _TOKENS_DESCRIPTION = "Tokens used by LLM calls, by kind."
@@ -845,28 +896,53 @@ class Telemetry:
             return []
         return [({}, float(len(outbox) if field == "size" else outbox.dropped))]
 
-    def _budget_points(self, field: str) -> list[tuple[Attributes, float]]:
-        totals: dict[tuple[str, str, _UserLabel], Decimal] = {}
+    def _budget_points(self, field: str, *, quota: bool = False) -> list[tuple[Attributes, float]]:
+        """Return one point per budget of one field: dollar budgets, or (``quota``) the others."""
+        read = _QUOTA_FIELDS[field] if quota else field
+        return self._series(
+            f"quota.{field}" if quota else field,
+            lambda status: (status.unit != "usd") == quota,
+            lambda status: getattr(status, read),
+        )
+
+    def _over_points(self) -> list[tuple[Attributes, float]]:
+        """Return the calls each soft or shadow budget had no room for in its window."""
+        return self._series("over", lambda status: status.mode != "hard", lambda s: s.over)
+
+    def _series(
+        self,
+        reader: str,
+        wanted: Callable[[BudgetStatus], bool],
+        value: Callable[[BudgetStatus], Decimal | int],
+    ) -> list[tuple[Attributes, float]]:
+        totals: dict[tuple[str, str, str, str, _UserLabel], Decimal] = {}
         overflow = self._users.overflow
-        for status in self._statuses(field):
+        for status in self._statuses(reader):
+            if not wanted(status):
+                continue
             label = self._users.label(status.user)
             if status.user is not None and (label is None or label == overflow):
                 # A user's budget without its own user value (attribute off,
                 # or past the cap) would be summed with other users' budgets:
                 # a limit of $6 for a $1 and a $5 user means nothing.
                 continue
-            key = (_budget_kind(status.name), status.period, label)
-            totals[key] = totals.get(key, _ZERO) + getattr(status, field)
+            key = (_budget_kind(status.name), status.period, status.unit, status.mode, label)
+            totals[key] = totals.get(key, _ZERO) + value(status)
         points = []
-        for (budget, period, user), total in totals.items():
-            attributes: Attributes = {"budgetguard.budget": budget, "budgetguard.period": period}
+        for (budget, period, unit, mode, user), total in totals.items():
+            attributes: Attributes = {
+                "budgetguard.budget": budget,
+                "budgetguard.period": period,
+                "budgetguard.unit": unit,
+                "budgetguard.mode": mode,
+            }
             if user is not None:
                 attributes[user[0]] = user[1]
             points.append((attributes, float(total)))
         return points
 
     def _statuses(self, field: str) -> list[BudgetStatus]:
-        """Return the guard's budget statuses, read once per collection for all four gauges."""
+        """Return the guard's budget statuses, read once per collection for all the gauges."""
         guard = self._guard()
         if guard is None or self._closed:
             return []

@@ -32,22 +32,27 @@ def add_parser(commands: Subparsers) -> None:
         "show spend, limits, what is left, open reservations and reset times",
         "Report what a ledger holds: every budget in its window (limit, spent,\n"
         "reserved by calls in flight, remaining, when it resets), spend broken down\n"
-        "by user and/or model, and the reservations still open.\n\n"
+        "by user and/or model, or by tag, and the reservations still open. Limits in\n"
+        "dollars show as $, tokens, requests and calls in flight as counts; 'over' is\n"
+        "the calls a soft or shadow budget had no room for (it let them run).\n\n"
         "--period current|previous: budgets are shown in their own current or\n"
         "previous window (a monthly budget's month, a daily budget's day). The\n"
         "breakdown covers one calendar window (--calendar, default: the global\n"
         "budget's period, else monthly), summed from per-day tallies: days are those\n"
         "of the time zone of the applications that wrote the ledger (UTC unless they\n"
         "configured tz=), and --tz must match it.\n"
-        "--period all: the breakdown covers all time (lifetime tallies); budgets\n"
+        "--by tag sums the per-day tag tallies of calls made in a budget_scope(tags=...);\n"
+        "a call with two tags counts under each, so shares may add up past 100%.\n"
+        "--period all: the breakdown covers all time (lifetime tallies; by tag, every\n"
+        "day the ledger still keeps); budgets\n"
         "are shown in their current window.\n\n"
         "--format table (default) prints readable tables; csv prints one table, the\n"
         "breakdown when --by is given, else the budgets; json prints everything.\n"
-        "Amounts in csv and json are exact decimal strings in USD; tables round\n"
-        "them to $0.000001.",
-        "examples:\n"
+        "Amounts in csv and json are exact decimal strings (dollars, or counts for\n"
+        "tokens, requests and calls in flight); tables round dollars to $0.000001.",
         "  budgetguard report --ledger sqlite:///spend.db\n"
         "  budgetguard report --ledger sqlite:///spend.db --by user,model --period previous\n"
+        "  budgetguard report --ledger sqlite:///spend.db --by tag\n"
         "  budgetguard report --ledger redis://localhost:6379/0 --by model --format csv "
         "> spend.csv\n"
         "  budgetguard report --ledger sqlite:///spend.db --format json | jq .budgets",
@@ -64,8 +69,8 @@ def add_parser(commands: Subparsers) -> None:
         "--by",
         type=_by,
         default=None,
-        metavar="user|model|user,model",
-        help="break spend down by user, by model, or both (default: user)",
+        metavar="user|model|user,model|tag",
+        help="break spend down by user, by model, both, or by tag (default: user)",
     )
     report.add_argument(
         "--calendar",
@@ -89,7 +94,7 @@ def _by(text: str) -> tuple[str, ...]:
     found = BREAKDOWNS.get(text.replace(" ", "").lower())
     if found is None:
         raise argparse.ArgumentTypeError(
-            f"cannot break spend down by {text!r}; use user, model or user,model"
+            f"cannot break spend down by {text!r}; use user, model, user,model or tag"
         )
     return found
 
@@ -133,6 +138,10 @@ def _budget_rows(report: Any) -> tuple[list[str], list[list[object]]]:
         "remaining",
         "used",
         "resets_at",
+        "subject",
+        "unit",
+        "mode",
+        "over",
     ]
     rows: list[list[object]] = [
         [
@@ -146,6 +155,10 @@ def _budget_rows(report: Any) -> tuple[list[str], list[list[object]]]:
             plain(row.remaining),
             plain(row.used.quantize(Decimal("0.0001"))),
             iso(row.resets_at),
+            row.subject,
+            row.unit,
+            row.mode,
+            row.over,
         ]
         for row in report.budgets
     ]
@@ -193,6 +206,10 @@ def _report_json(report: Any) -> dict[str, object]:
                 "remaining": row.remaining,
                 "used": row.used.quantize(Decimal("0.0001")),
                 "resets_at": row.resets_at,
+                "subject": row.subject,
+                "unit": row.unit,
+                "mode": row.mode,
+                "over": row.over,
             }
             for row in report.budgets
         ],
@@ -215,16 +232,17 @@ def report_tables(report: Any, out: TextIO) -> None:
     if report.budgets:
         rows = [
             [
-                row.budget,
+                _shown_budget(row),
                 row.user or "-",
-                row.period,
+                row.period if row.unit != "concurrency" else "-",
                 row.window,
-                money(row.limit),
-                money(row.spent),
-                money(row.reserved),
-                money(row.remaining),
+                _amount(row.limit, row.unit),
+                _amount(row.spent, row.unit),
+                _amount(row.reserved, row.unit),
+                _amount(row.remaining, row.unit),
                 percent(row.used),
-                when(row.resets_at),
+                str(row.over) if row.mode != "hard" else "-",
+                when(row.resets_at) if row.unit != "concurrency" else "-",
             ]
             for row in report.budgets
         ]
@@ -235,15 +253,16 @@ def report_tables(report: Any, out: TextIO) -> None:
                 "user",
                 "period",
                 "window",
-                "limit $",
-                "spent $",
-                "reserved $",
-                "remaining $",
+                "limit",
+                "spent",
+                "reserved",
+                "remaining",
                 "used",
+                "over",
                 ends,
             ],
             rows,
-            numeric=[4, 5, 6, 7, 8],
+            numeric=[4, 5, 6, 7, 8, 9],
             out=out,
         )
     else:
@@ -262,6 +281,21 @@ def report_tables(report: Any, out: TextIO) -> None:
             print(f"  ... and {len(report.reservations) - 20} more", file=out)
     else:
         print("Open reservations (calls in flight): none", file=out)
+
+
+def _shown_budget(row: Any) -> str:
+    """Return a budget row's name, with its unit and mode when they are not the usual ones."""
+    name = str(row.budget)
+    if row.subject is not None and row.subject != name.rpartition("@")[2]:
+        name = f"{name} ({row.subject})"  # "tag:tenant=* (tag:tenant=acme)"
+    if row.mode != "hard":
+        name += f" [{row.mode}]"
+    return name
+
+
+def _amount(amount: Decimal, unit: str) -> str:
+    """Return ``$1.50`` for dollars, a plain count for tokens, requests and calls."""
+    return f"${money(amount)}" if unit == "usd" else plain(amount)
 
 
 def spend_table(report: Any, out: TextIO) -> None:

@@ -21,11 +21,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..budgets import BOOST, MODES, UNITS, Budget
 from ..compat import _json
 from ..compat._store import ProjectStore, UnknownUserError
 from ..errors import BudgetExceededError, BudgetGuardError, StorageError
 from ..guard import BudgetGuard
 from ..money import to_decimal
+from ..periods import CALENDAR_PERIODS
 from ..report import BREAKDOWNS, PERIODS, Report, build_report
 from . import _dashboard
 from ._body import BadRequest, parse_json
@@ -357,7 +359,10 @@ def _when(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def _report_data(report: Report) -> dict[str, Any]:
+def _report_data(report: Report, guard: BudgetGuard | None = None) -> dict[str, Any]:
+    """Return a report as the API's JSON; with ``guard``, each budget row's definition too."""
+    definitions = {budget.name: budget for budget in guard.budgets()} if guard is not None else {}
+    now = guard.clock() if guard is not None else 0.0
     return {
         "period": report.period,
         "by": list(report.by),
@@ -376,11 +381,19 @@ def _report_data(report: Report) -> dict[str, Any]:
                 "reserved": row.reserved,
                 "remaining": row.remaining,
                 "resets_at": _when(row.resets_at),
+                "subject": row.subject,
+                "unit": row.unit,
+                "mode": row.mode,
+                "over": row.over,
+                **_definition(definitions, row.budget, now),
             }
             for row in report.budgets
         ],
         "spend": [
-            {"user": row.user, "model": row.model, "spent": row.spent} for row in report.spend
+            {"tag": row.tag, "spent": row.spent}
+            if report.by == ("tag",)
+            else {"user": row.user, "model": row.model, "spent": row.spent}
+            for row in report.spend
         ],
         "reservations": [
             {
@@ -394,6 +407,25 @@ def _report_data(report: Report) -> dict[str, Any]:
     }
 
 
+def _definition(definitions: Mapping[str, Budget], name: str, now: float) -> dict[str, Any]:
+    """Return what a budget row adds from the budget's definition: label, parent, boost..."""
+    budget = definitions.get(name)
+    if budget is None:
+        return {}
+    boost = definitions.get(BOOST + name)
+    in_force = boost is not None and boost.until is not None and boost.until.timestamp() > now
+    return {
+        "label": budget.label,
+        "parent": budget.parent,
+        "sliding": budget.sliding,
+        "boost": (
+            {"limit": boost.limit, "until": _when(boost.until)}
+            if in_force and boost is not None
+            else None
+        ),
+    }
+
+
 def _report(service: _Service, request: dict[str, Any]) -> Any:
     unknown = sorted(set(request) - {"period", "by"})
     if unknown:
@@ -404,11 +436,12 @@ def _report(service: _Service, request: dict[str, Any]) -> Any:
         raise BadRequest(f"period must be one of {', '.join(PERIODS)}")
     if by not in BREAKDOWNS:
         raise BadRequest(f"by must be one of {', '.join(BREAKDOWNS)}")
-    return _report_data(build_report(service.guard, period=period, by=BREAKDOWNS[by]))
+    report = build_report(service.guard, period=period, by=BREAKDOWNS[by])
+    return _report_data(report, service.guard)
 
 
 def _budgets(service: _Service, request: dict[str, Any]) -> Any:
-    return _report_data(build_report(service.guard))["budgets"]
+    return _report_data(build_report(service.guard), service.guard)["budgets"]
 
 
 def _optional_user(request: Mapping[str, Any]) -> str | None:
@@ -418,15 +451,102 @@ def _optional_user(request: Mapping[str, Any]) -> str | None:
     return user
 
 
-def _put_budget(service: _Service, request: dict[str, Any]) -> Any:
-    user = _optional_user(request)
+#: What names a budget in a request body: at most one subject, and the budget's unit and label.
+_SUBJECT_FIELDS = ("user", "tag", "model", "provider")
+
+
+def _subject(request: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the keywords naming a budget (user=, tag=, ..., unit=, label=) from a body."""
+    found: dict[str, Any] = {}
+    for name in _SUBJECT_FIELDS:
+        value = request.get(name)
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise BadRequest(f"{name} must be a non-empty string or null")
+            found[name] = value
+    default = request.get("default", False)
+    if not isinstance(default, bool):
+        raise BadRequest("default must be true or false")
+    given = [*found, *(["default"] if default else [])]
+    if len(given) > 1:
+        raise BadRequest(f"a budget has one subject; got {' and '.join(given)}")
+    if default:
+        found["default"] = True
+    unit = request.get("unit", "usd")
+    if unit not in UNITS:
+        raise BadRequest(f"unit must be one of {', '.join(UNITS)}")
+    found["unit"] = unit
+    label = request.get("label")
+    if label is not None and not isinstance(label, str):
+        raise BadRequest("label must be a string or null")
+    found["label"] = label
+    return found
+
+
+def _period_of(request: Mapping[str, Any]) -> object:
     period = request.get("period")
-    if period is not None and not isinstance(period, str):
-        raise BadRequest("period must be daily, weekly, monthly, yearly or null (lifetime)")
+    if period is None or period in (*CALENDAR_PERIODS, "lifetime"):
+        return None if period == "lifetime" else period
+    if isinstance(period, int) and not isinstance(period, bool) and period > 0:
+        return period
+    raise BadRequest(
+        "period must be daily, weekly, monthly, yearly, lifetime, null (lifetime) "
+        "or a whole number of seconds"
+    )
+
+
+def _limit(request: Mapping[str, Any]) -> Decimal:
     limit = request.get("limit")
     if limit is None:
         raise BadRequest("limit is required")
-    service.guard.set_budget(_cost(limit), user=user, period=period)
+    if isinstance(limit, (str, int, Decimal)) and not isinstance(limit, bool):
+        return to_decimal(limit, "limit")
+    raise BadRequest("limit must be a decimal string or a number")
+
+
+def _put_budget(service: _Service, request: dict[str, Any]) -> Any:
+    subject = _subject(request)
+    mode = request.get("mode", "hard")
+    if mode not in MODES:
+        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
+    parent = request.get("parent")
+    if parent is not None and (not isinstance(parent, str) or not parent):
+        raise BadRequest("parent must be a budget name (global, user:alice, ...) or null")
+    sliding = request.get("sliding", False)
+    if not isinstance(sliding, bool):
+        raise BadRequest("sliding must be true or false")
+    options = {"period": _period_of(request), "mode": mode, "parent": parent, "sliding": sliding}
+    limit = _limit(request)
+    if subject.pop("default", False):
+        service.guard.set_default_budget(limit, **subject, **options)
+    else:
+        service.guard.set_budget(limit, **subject, **options)
+    return _budgets(service, {})
+
+
+def _boost_budget(service: _Service, request: dict[str, Any]) -> Any:
+    subject = _subject(request)
+    until, duration = request.get("until"), request.get("duration")
+    if (until is None) == (duration is None):
+        raise BadRequest("give a boost either until (a date-time) or duration (seconds)")
+    ends: dict[str, Any] = {}
+    if until is not None:
+        if not isinstance(until, str):
+            raise BadRequest("until must be an ISO 8601 date-time with an offset")
+        try:
+            moment = datetime.fromisoformat(until)
+        except ValueError:
+            raise BadRequest(f"until is not an ISO 8601 date-time: {until!r}") from None
+        if moment.tzinfo is None:
+            raise BadRequest("until needs an offset (Z or +01:00): a boost ends at one instant")
+        if moment.timestamp() <= service.guard.clock():
+            raise BadRequest(f"until {until} is already past")
+        ends["until"] = moment
+    else:
+        if isinstance(duration, bool) or not isinstance(duration, (int, Decimal)):
+            raise BadRequest("duration must be a number of seconds")
+        ends["duration"] = float(duration)
+    service.guard.boost_budget(_limit(request), **ends, **subject)
     return _budgets(service, {})
 
 
@@ -556,6 +676,7 @@ def create_app(guard: BudgetGuard, config: ServerConfig | None = None) -> ASGIAp
         route("/openapi.json", _openapi, ["GET"]),
         route("/v1/report", _report, ["GET"]),
         route("/v1/budgets", _budgets, ["GET"], PUT=_put_budget),
+        route("/v1/budgets/boost", _boost_budget, ["POST"]),
         route("/v1/spend", _add_spend, ["POST"]),
         route("/v1/reservations", _reserve, ["POST"]),
         route("/v1/reservations/{id}/settle", _settle, ["POST"]),

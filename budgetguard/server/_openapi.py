@@ -80,6 +80,8 @@ _RECORD = _object(
     ("total_budget", "current_cost", "model_cost"),
 )
 _USERS = {"type": "object", "additionalProperties": _RECORD}
+_UNITS = ["usd", "input_tokens", "output_tokens", "tokens", "requests", "concurrency"]
+_MODES = ["hard", "soft", "shadow"]
 _BUDGET_ROW = _object(
     {
         "budget": {"type": "string"},
@@ -91,9 +93,52 @@ _BUDGET_ROW = _object(
         "reserved": _NUMBER,
         "remaining": _NUMBER,
         "resets_at": _WHEN,
+        "subject": {
+            "type": ["string", "null"],
+            "description": "whose calls it caps: global, user:alice, tag:team=search, "
+            "model:gpt-5*, provider:openai (tag:tenant=acme for a tag:tenant=* budget)",
+        },
+        "label": {"type": ["string", "null"]},
+        "unit": {"enum": _UNITS, "description": "what limit, spent and reserved count"},
+        "mode": {"enum": _MODES},
+        "parent": {"type": ["string", "null"]},
+        "sliding": {"type": "boolean"},
+        "over": {
+            "type": "integer",
+            "description": "calls a soft or shadow budget had no room for in this window",
+        },
+        "boost": {
+            "oneOf": [
+                {"type": "null"},
+                _object({"limit": _NUMBER, "until": _WHEN}, ("limit", "until")),
+            ]
+        },
     },
     ("budget", "limit", "spent", "reserved", "remaining"),
 )
+#: What names one budget in a request: at most one subject (none: the global budget).
+_SUBJECT = {
+    "user": _NULLABLE_NAME,
+    "tag": {
+        "type": ["string", "null"],
+        "minLength": 1,
+        "description": "key=value (team=search); key=* gives each value its own budget",
+    },
+    "model": {"type": ["string", "null"], "minLength": 1, "description": "a pattern: gpt-5*"},
+    "provider": _NULLABLE_NAME,
+    "default": {"type": "boolean", "description": "the budget of each user without one"},
+    "unit": {"enum": _UNITS},
+    "label": {
+        "type": ["string", "null"],
+        "description": "which of the subject's budgets (daily); a non-dollar unit labels "
+        "its budget by default",
+    },
+}
+_LIMIT = {
+    "description": "dollars for unit usd (exact, as a decimal string or a number), "
+    "else a whole number of tokens, requests or calls",
+    "oneOf": _AMOUNT["oneOf"],
+}
 _BUDGETS = {"type": "array", "items": _BUDGET_ROW}
 _REFUSED = {
     "description": "the reservation does not fit a budget",
@@ -218,18 +263,50 @@ def openapi_document() -> dict[str, Any]:
         "/v1/budgets": {
             "get": _operation("List every budget in its current window", "read", _BUDGETS),
             "put": _operation(
-                "Set a user's budget, or the global one (user null)",
+                "Set a budget: a user's, a tag's, a model's, a provider's, the default, "
+                "or the global one (no subject)",
                 "admin",
                 _BUDGETS,
                 _object(
                     {
-                        "user": _NULLABLE_NAME,
-                        "limit": _AMOUNT,
-                        "period": {"enum": ["daily", "weekly", "monthly", "yearly", None]},
+                        **_SUBJECT,
+                        "limit": _LIMIT,
+                        "period": {
+                            "oneOf": [
+                                {"enum": ["daily", "weekly", "monthly", "yearly", "lifetime"]},
+                                {"type": "null"},
+                                {"type": "integer", "minimum": 1, "maximum": 3155760000},
+                            ],
+                            "description": "a calendar period, lifetime (null) or a window "
+                            "length in seconds",
+                        },
+                        "mode": {"enum": _MODES},
+                        "parent": _NULLABLE_NAME,
+                        "sliding": {"type": "boolean"},
                     },
                     ("limit",),
                 ),
             ),
+        },
+        "/v1/budgets/boost": {
+            "post": _operation(
+                "Give a budget another limit until a time; the budget itself stays as it is",
+                "admin",
+                _BUDGETS,
+                _object(
+                    {
+                        **_SUBJECT,
+                        "limit": _LIMIT,
+                        "until": {"type": ["string", "null"], "format": "date-time"},
+                        "duration": {
+                            "type": ["number", "null"],
+                            "exclusiveMinimum": 0,
+                            "description": "seconds from now (give until or duration)",
+                        },
+                    },
+                    ("limit",),
+                ),
+            )
         },
         "/v1/spend": {
             "post": _operation(
@@ -264,7 +341,7 @@ def openapi_document() -> dict[str, Any]:
                     {
                         "name": "by",
                         "in": "query",
-                        "schema": {"enum": ["user", "model", "user,model", "model,user"]},
+                        "schema": {"enum": ["user", "model", "user,model", "model,user", "tag"]},
                     },
                 ],
             )

@@ -292,6 +292,8 @@ def test_budget_gauges_never_sum_user_budgets(exported: ExportedMetrics) -> None
     assert dict(point.attributes) == {
         "budgetguard.budget": "global",
         "budgetguard.period": "monthly",
+        "budgetguard.unit": "usd",
+        "budgetguard.mode": "hard",
     }
     assert point.value == 100
     assert tel.user_attribute == "off"
