@@ -168,9 +168,11 @@ def get_default_budget(*, unit: str = "usd", label: str | None = None) -> Budget
     return default_guard().get_default_budget(unit=unit, label=label)
 
 
-def delete_default_budget(*, unit: str = "usd", label: str | None = None) -> bool:
-    """Delete the default budget (default guard)."""
-    return default_guard().delete_default_budget(unit=unit, label=label)
+def delete_default_budget(
+    *, unit: str = "usd", label: str | None = None, boost: bool = False
+) -> bool:
+    """Delete the default budget, or only its boost (default guard)."""
+    return default_guard().delete_default_budget(unit=unit, label=label, boost=boost)
 
 
 def prune(before: datetime) -> int:

@@ -7,8 +7,10 @@ model names are escaped (``%`` → ``%25``, ``|`` → ``%7C``) so that any id fi
 ====================================  ===========================================
 key                                   what it counts
 ====================================  ===========================================
-``b|<owner>|<window>``                a budget's spend and holds in one window;
-                                      ``<owner>`` is ``global`` or ``user:<id>``
+``b|<owner>|<window>``                a budget's use and holds in one window, in
+                                      its unit; ``<owner>`` is the concrete
+                                      budget name: ``global``, ``user:<id>``,
+                                      ``tag:<k>=<v>``, ``daily@user:<id>``, ...
 ``b|<owner>|<window>|m=<model>``      that window's spend on one model
 ``t|``                                lifetime spend of everyone
 ``t|u=<user>`` / ``t|m=<model>``      lifetime spend of one user / one model
@@ -26,7 +28,7 @@ Lifetime tallies are kept for ever, except that ``prune(before, lifetime=True)``
 sheds the ``t|u=<user>...`` tallies of users with no budget of their own and
 no ``d|`` day tally since ``before`` (``idle_user_tallies`` below).
 
-Window ids (``2026-12``, ``2026-W49``, ``2026-12-01``, ``f86400@...``, ``life``)
+Window ids (``2026-12``, ``2026-W49``, ``2026-12-01``, ``every86400s@...``, ``all``)
 come from ``periods.py``; resets are lazy because the window is in the key.
 An empty user or model field (``u=``, ``m=``) means "none".
 """

@@ -615,7 +615,7 @@ class CallLifecycle(GuardParts):
         """Return the counters a settled call adds to besides its budgets."""
         if model is None:
             model = call.request_model or (call.models[0] if call.models else None)
-        return call.plan.tally_keys(model)
+        return call.plan.tally_keys(model, call.tags)
 
     def _tell(self, call: Call, units: int, ending: _Ending) -> None:
         hooks = _hooks.active

@@ -31,7 +31,8 @@ _DAY = Period("daily")
 _USD = 0
 _CONCURRENCY = UNITS.index("concurrency")
 _TOKEN_UNITS = ("input_tokens", "output_tokens", "tokens")
-_NO_TAGS: tuple[tuple[str, str], ...] = ()
+#: The most tags of one call that get a day tally (``report --by tag``).
+_TALLIED_TAGS = 8
 
 
 class Holder(NamedTuple):
@@ -69,7 +70,6 @@ class Plan:
         "since",
         "slots",
         "soft",
-        "tags",
         "tallies",
         "until",
         "usd_keys",
@@ -85,7 +85,6 @@ class Plan:
         until: float,
         budgets: dict[str, Budget],
         day: str,
-        tags: tuple[tuple[str, str], ...] = _NO_TAGS,
     ) -> None:
         self.user = user
         self.slots = slots
@@ -96,12 +95,11 @@ class Plan:
         self.until = until
         self.budgets = budgets  # the definitions this plan was made from
         self.day = day
-        self.tags = tags
         # Dollar budgets only, hard, no sliding: the hot path builds holds from units alone.
         self.simple = all(s.unit == _USD and s.over is None and s.prior is None for s in slots)
         self.soft = any(s.over is not None for s in slots)
         self.usd_keys = tuple(s.key for s in slots if s.unit == _USD)
-        self.tallies: dict[str | None, tuple[str, ...]] = {}
+        self.tallies: dict[object, tuple[str, ...]] = {}
         self._held_units = -1
         self._held: tuple[Hold, ...] = ()
 
@@ -146,13 +144,23 @@ class Plan:
             holders.append(holder)
         return tuple(holds), tuple(holders)
 
-    def tally_keys(self, model: str | None) -> tuple[str, ...]:
-        """Return the counters a settled call adds to besides its budgets."""
-        keys = self.tallies.get(model)
+    def tally_keys(
+        self, model: str | None, tags: Mapping[str, str] | None = None
+    ) -> tuple[str, ...]:
+        """Return the counters a settled call adds to besides its budgets.
+
+        ``tags`` are the call's own (its scope's): the plan may serve calls
+        with other tags, which no budget looks at, so they are not the plan's.
+        """
+        found: object = model
+        if tags:
+            found = (model, tuple(sorted(tags.items()))[:_TALLIED_TAGS])
+        keys = self.tallies.get(found)
         if keys is None:
-            keys = _keys.tally_keys(self.user, model, self.day, self.usd_keys, self.tags)
-            if len(self.tallies) < 64:  # models per subject per day: bounded
-                self.tallies[model] = keys
+            tagged = found[1] if isinstance(found, tuple) else ()
+            keys = _keys.tally_keys(self.user, model, self.day, self.usd_keys, tagged)
+            if len(self.tallies) < 64:  # models (and tag sets) per subject per day: bounded
+                self.tallies[found] = keys
         return keys
 
 
@@ -330,10 +338,7 @@ class Planner:
             seen.add(slot.key)
             slots.append(slot)
             holders.append(Holder(kind, budget, None, labelled(budget.label, subject)))
-        tag_items = tuple(sorted(tags.items()))[:8]
-        plan = Plan(
-            user, tuple(slots), tuple(holders), bounds[0], bounds[1], budgets, day.id, tag_items
-        )
+        plan = Plan(user, tuple(slots), tuple(holders), bounds[0], bounds[1], budgets, day.id)
         if now >= self._next_sweep:
             # Every plan ends by the end of its day: sweeping once a day keeps
             # the cache to the subjects of the current day, with no cliff.

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import _keys
 from ._parts import GuardParts
-from .budgets import BOOST, DEFAULT, Budget, user_of
+from .budgets import DEFAULT, Budget, limit_at, user_of
 from .events import BudgetStatus
 from .money import MONEY, from_units
 from .periods import window_end_of
@@ -101,11 +101,13 @@ class BudgetQueries(GuardParts):
             # reservation expires: only the part above it is missing there.
             waiting = self._outbox.units_on([k for k, _ in keys], self.clock(), held=True)
         found: list[Decimal] = []
+        budgets, now = self._budgets(), self.clock()
         for key, budget in keys:
             balance = balances.get(key)
             used = (balance.spent + balance.reserved) if balance else 0
             used += waiting.get(key, 0)
-            found.append(max(Decimal(0), MONEY.subtract(budget.limit, from_units(used))))
+            limit = limit_at(budget, budgets, now)
+            found.append(max(Decimal(0), MONEY.subtract(limit, from_units(used))))
         return min(found)
 
     def spend_by_model(self, user: str | None = None) -> dict[str, Decimal]:
@@ -226,14 +228,10 @@ class BudgetQueries(GuardParts):
         now = self.clock()
         budgets = dict(self._budgets())  # a copy: other threads update it in place
         keyed: list[tuple[str, Budget, str | None, Decimal]] = []
-        for name, budget in sorted(budgets.items()):
+        for _, budget in sorted(budgets.items()):
             if budget.is_boost or budget.subject == DEFAULT or budget.subject.endswith("=*"):
                 continue
-            limit = budget.limit
-            boost = budgets.get(BOOST + name)
-            if boost is not None and boost.until is not None and now < boost.until.timestamp():
-                limit = boost.limit
-            keyed.append((budget.key(now), budget, budget.user, limit))
+            keyed.append((budget.key(now), budget, budget.user, limit_at(budget, budgets, now)))
         if not keyed:
             return []
         overs = [_keys.over_key(key) for key, budget, _, _ in keyed if budget.mode != "hard"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
@@ -50,6 +51,7 @@ __all__ = [
     "Budget",
     "budget_name",
     "escape",
+    "limit_at",
     "split_name",
     "subject_name",
     "unescape",
@@ -379,6 +381,14 @@ class Budget:
         if self.mode != "hard":
             extra += f", mode={self.mode!r}"
         return f"Budget({self.name!r}, limit={self.limit}, period={self.period.label!r}{extra})"
+
+
+def limit_at(budget: Budget, budgets: Mapping[str, Budget], now: float) -> Decimal:
+    """Return ``budget``'s limit at ``now``: its boost's while one is in force."""
+    boost = budgets.get(BOOST + budget.name)
+    if boost is not None and boost.until is not None and now < boost.until.timestamp():
+        return boost.limit
+    return budget.limit
 
 
 def _count(value: object, unit: str) -> Decimal:

@@ -494,9 +494,12 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         name = self._name_of(subject, label, unit)
         return self._delete(BOOST + name if boost else name)
 
-    def delete_default_budget(self, *, unit: str = "usd", label: str | None = None) -> bool:
-        """Delete the default budget."""
-        return self._delete(self._name_of(DEFAULT, label, unit))
+    def delete_default_budget(
+        self, *, unit: str = "usd", label: str | None = None, boost: bool = False
+    ) -> bool:
+        """Delete the default budget (with ``boost=True``, only its boost)."""
+        name = self._name_of(DEFAULT, label, unit)
+        return self._delete(BOOST + name if boost else name)
 
     def _delete(self, name: str) -> bool:
         deleted = bool(self._guard_storage(self.ledger.delete_budget, name))

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Literal
 
 from ._keys import over_key, owner_of, parse_tally, unescape
-from .budgets import DEFAULT, GLOBAL, Budget, labelled, split_name, user_of
+from .budgets import DEFAULT, GLOBAL, Budget, labelled, limit_at, split_name, user_of
 from .guard import BudgetGuard
 from .ledger import Balance
 from .money import from_units
@@ -238,7 +238,7 @@ def _budget_rows(
             user=user,
             period=budget.period.label,
             window=window.id,
-            limit=budget.limit,
+            limit=limit_at(budget, budgets, now) if period == "current" else budget.limit,
             spent=budget.amount(balances.get(key, Balance()).spent),
             reserved=budget.amount(balances.get(key, Balance()).reserved),
             resets_at=window.end,

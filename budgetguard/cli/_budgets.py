@@ -682,11 +682,10 @@ def _run_delete(args: argparse.Namespace) -> int:
     name = _name(args)
     subject = split_name(name)[1]
     with open_guard(args.ledger, must_exist=True) as guard:
-        if subject == DEFAULT and not args.boost:
-            deleted = guard.delete_default_budget(unit=args.unit, label=args.label)
-        elif subject == DEFAULT:
-            # The guard's delete_budget has no default=: the boost's name is the same rule.
-            deleted = guard._delete("+" + name)
+        if subject == DEFAULT:
+            deleted = guard.delete_default_budget(
+                unit=args.unit, label=args.label, boost=args.boost
+            )
         else:
             deleted = guard.delete_budget(
                 **_keywords(subject), unit=args.unit, label=args.label, boost=args.boost

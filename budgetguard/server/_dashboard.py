@@ -62,6 +62,11 @@ def _total(amounts: Iterable[Decimal]) -> Decimal:
     return total
 
 
+def _count(value: Decimal) -> str:
+    """Return a count of tokens, requests or calls with thousands separators (12,000)."""
+    return f"{int(value):,}"
+
+
 def _money(value: Decimal) -> str:
     """Return dollars with at least two and at most six decimals ($0.000123, $12.50)."""
     text = f"{value.quantize(Decimal('0.000001')):,.6f}".rstrip("0")
@@ -157,14 +162,16 @@ def _budgets_table(report: Report) -> str:
         return '<section><h2>Budgets</h2><p class="empty">No budget is set.</p></section>'
     rows = []
     for row in report.budgets:
+        # Dollars as money; tokens, requests and calls in flight as counts.
+        show = _money if row.unit == "usd" else _count
         rows.append(
             f'<tr data-budget="{escape(row.budget)}" data-user="{escape(row.user or "")}">'
             f"<td>{escape(row.budget)}</td><td>{escape(row.user or '—')}</td>"
             f"<td>{escape(row.period)}</td>"
-            f'<td class="n limit">{_money(row.limit)}</td>'
-            f'<td class="n spent">{_money(row.spent)}</td>'
-            f'<td class="n reserved">{_money(row.reserved)}</td>'
-            f'<td class="n remaining">{_money(row.remaining)}</td>'
+            f'<td class="n limit">{show(row.limit)}</td>'
+            f'<td class="n spent">{show(row.spent)}</td>'
+            f'<td class="n reserved">{show(row.reserved)}</td>'
+            f'<td class="n remaining">{show(row.remaining)}</td>'
             f"<td>{_bar(row.used)}</td><td>{escape(_when(row.resets_at))}</td></tr>"
         )
     return (

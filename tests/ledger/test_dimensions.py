@@ -449,3 +449,25 @@ def test_recorded_spend_charges_each_unit_its_own_amount(guard: BudgetGuard) -> 
     assert statuses["tokens@user:alice"].spent == 150
     assert statuses["concurrency@user:alice"].spent == 0
     assert statuses["user:alice"].spent == Decimal("0.25") + Decimal("0.000045")
+
+
+def test_tag_tallies_follow_each_calls_own_tags(guard: BudgetGuard) -> None:
+    """One user's calls under tags a, b, a: the report by tag gives a 2 cents, b 1 cent."""
+    from budgetguard.report import build_report
+
+    guard.set_budget("1", user="alice", period="monthly")
+    call = guard.budgeted(user="alice", estimate=CENT, cost=lambda _: CENT)(lambda: None)
+    for team in ("a", "b", "a"):
+        with guard.budget_scope(tags={"team": team}):
+            call()
+    spend = {row.tag: row.spent for row in build_report(guard, by=("tag",)).spend}
+    assert spend == {"team=a": Decimal("0.02"), "team=b": Decimal("0.01")}
+
+
+def test_remaining_counts_a_boost_in_force(guard: BudgetGuard) -> None:
+    """remaining() uses the boosted limit while the boost lasts."""
+    guard.set_budget("0.10", user="alice", period="monthly")
+    guard.boost_budget("0.25", user="alice", duration=3600)
+    assert guard.remaining("alice") == Decimal("0.25")
+    assert guard.delete_budget(user="alice", boost=True)
+    assert guard.remaining("alice") == Decimal("0.10")

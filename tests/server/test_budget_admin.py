@@ -138,12 +138,6 @@ def test_boosting_needs_an_admin_token(service: RunningServer) -> None:
     assert call(service.url + "/v1/budgets/boost", "POST", body, token=READ).status == 403
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_plan.py: a cached plan keeps the tags of the call that made it, and the cache "
-    "key leaves out tag keys no budget looks at, so later calls' tag tallies go to the "
-    "first call's tags",
-)
 def test_the_report_breaks_spend_down_by_tag(service: RunningServer) -> None:
     """GET /v1/report?by=tag gives one row per key=value with its spend."""
     guard = service.guard
