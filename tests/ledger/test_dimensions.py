@@ -471,3 +471,31 @@ def test_remaining_counts_a_boost_in_force(guard: BudgetGuard) -> None:
     assert guard.remaining("alice") == Decimal("0.25")
     assert guard.delete_budget(user="alice", boost=True)
     assert guard.remaining("alice") == Decimal("0.10")
+
+
+def test_a_failed_settle_keeps_every_units_amount_in_the_outbox() -> None:
+    """A settle the ledger refuses is written later with its tokens and request, not only $."""
+    from budgetguard.errors import StorageError
+    from budgetguard.ledger.memory import MemoryLedger
+
+    class Flaky(MemoryLedger):
+        fail = 1
+
+        def settle(self, reservation: Any, amount: Any, tallies: Any = ()) -> bool:
+            if self.fail:
+                self.fail -= 1
+                raise StorageError("the disk is full")
+            return super().settle(reservation, amount, tallies)
+
+    guard = BudgetGuard(Flaky(), metrics=False)
+    guard.set_budget(10_000, user="alice", unit="tokens", period="daily")
+    guard.set_budget(10, user="alice", unit="requests", period="daily")
+    call = guard.budgeted(user="alice", estimate=CENT)(lambda: response(given=100, written=50))
+    call()  # its settle fails: kept in the outbox
+    assert len(guard._outbox) == 1
+    call()  # the outbox is written first, then this call
+    statuses = {s.name: s for s in guard.budget_statuses()}
+    assert statuses["tokens@user:alice"].spent == 300
+    assert statuses["requests@user:alice"].spent == 2
+    assert statuses["tokens@user:alice"].reserved == 0
+    guard.close()
