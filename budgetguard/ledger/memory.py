@@ -19,6 +19,7 @@ from .base import (
     WEIGHT_SCALE,
     Balance,
     BudgetChanges,
+    Hold,
     Ledger,
     Refusal,
     Reservation,
@@ -143,64 +144,68 @@ class MemoryLedger(Ledger):
         ):
             check_reservation(reservation)
 
-        def locked() -> Refusal | None:
-            if rid in self._open or rid in self._ended or rid in self._ended_old:
-                raise ValueError(f"reservation id {rid!r} was used before")
-            now = self.clock()
-            if now >= self._next_sweep:
-                self._sweep(now)
-            if now >= self._rotate_at:
-                self._rotate(now)
-            cells = self._cells
-            found: list[_Cell] = []
-            writes: list[list[Any]] = []  # [cell, 1, new reserved], one per distinct cell
-            overs: list[list[Any]] = []  # [cell, 0, new spent], one per distinct over key
-            zero = 0  # Hold's default unit and weight
-            for index, (key, limit, amount, unit, over, prior, weight) in enumerate(holds):
-                # Checked inline, as cheaply as Python allows: this runs on
-                # every guarded call (check_reservation words the error).
-                if type(amount) is not int or amount < 0:
-                    check_reservation(reservation)
-                cell = cells.get(key)
-                if cell is None:
-                    if type(key) is not str:
-                        check_reservation(reservation)
-                    cell = cells[key] = [0, 0]  # an empty cell changes no balance
-                if over is not None or prior is not None or unit is not zero or weight is not zero:
-                    # Not the default hold (a unit, a soft hold, a sliding
-                    # window, or a malformed one): off the inline path. An
-                    # identity test is the cheapest; an int 0 that is not
-                    # CPython's cached one merely takes the general path.
-                    check_hold_extras(holds[index])
-                    refusal = self._fit(index, key, limit, amount, over, prior, weight, cell, overs)
-                    if refusal is not None:
-                        return refusal
-                elif limit is not None:
-                    if type(limit) is not int or limit < 0:
-                        check_reservation(reservation)
-                    used = cell[0] + cell[1]
-                    if used + amount > limit or (amount == 0 and used >= limit):
-                        return Refusal(index, key, limit, cell[0], cell[1], amount)
-                found.append(cell)
-                # Planned inline (no call per hold: this is the hot path); a
-                # key held twice adds up in one write.
-                for write in writes:
-                    if write[0] is cell:
-                        write[2] += amount
-                        break
-                else:
-                    writes.append([cell, 1, cell[1] + amount])
-            # Lowered before the holds exist: an early sweep finds nothing,
-            # a late one would leave an expired hold in place.
-            if expires_at < self._next_sweep:
-                self._next_sweep = expires_at
-            if overs:
-                writes += overs
-            writes.append([self._open, rid, (reservation, found)])
-            _apply(writes)
-            return None
+        # One line on purpose (see _locked): the lock is released whatever happens.
+        with self._lock: return self._reserve(reservation, rid, holds, expires_at)  # noqa: E701  # fmt: skip
 
-        return self._locked(locked)
+    def _reserve(
+        self, reservation: Reservation, rid: str, holds: tuple[Hold, ...], expires_at: float
+    ) -> Refusal | None:
+        """Do ``reserve`` (the lock held)."""
+        if rid in self._open or rid in self._ended or rid in self._ended_old:
+            raise ValueError(f"reservation id {rid!r} was used before")
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        if now >= self._rotate_at:
+            self._rotate(now)
+        cells = self._cells
+        found: list[_Cell] = []
+        writes: list[list[Any]] = []  # [cell, 1, new reserved], one per distinct cell
+        overs: list[list[Any]] = []  # [cell, 0, new spent], one per distinct over key
+        zero = 0  # Hold's default unit and weight
+        for index, (key, limit, amount, unit, over, prior, weight) in enumerate(holds):
+            # Checked inline, as cheaply as Python allows: this runs on
+            # every guarded call (check_reservation words the error).
+            if type(amount) is not int or amount < 0:
+                check_reservation(reservation)
+            cell = cells.get(key)
+            if cell is None:
+                if type(key) is not str:
+                    check_reservation(reservation)
+                cell = cells[key] = [0, 0]  # an empty cell changes no balance
+            if over is not None or prior is not None or unit is not zero or weight is not zero:
+                # Not the default hold (a unit, a soft hold, a sliding
+                # window, or a malformed one): off the inline path. An
+                # identity test is the cheapest; an int 0 that is not
+                # CPython's cached one merely takes the general path.
+                check_hold_extras(holds[index])
+                refusal = self._fit(index, key, limit, amount, over, prior, weight, cell, overs)
+                if refusal is not None:
+                    return refusal
+            elif limit is not None:
+                if type(limit) is not int or limit < 0:
+                    check_reservation(reservation)
+                used = cell[0] + cell[1]
+                if used + amount > limit or (amount == 0 and used >= limit):
+                    return Refusal(index, key, limit, cell[0], cell[1], amount)
+            found.append(cell)
+            # Planned inline (no call per hold: this is the hot path); a
+            # key held twice adds up in one write.
+            for write in writes:
+                if write[0] is cell:
+                    write[2] += amount
+                    break
+            else:
+                writes.append([cell, 1, cell[1] + amount])
+        # Lowered before the holds exist: an early sweep finds nothing,
+        # a late one would leave an expired hold in place.
+        if expires_at < self._next_sweep:
+            self._next_sweep = expires_at
+        if overs:
+            writes += overs
+        writes.append([self._open, rid, (reservation, found)])
+        _apply(writes)
+        return None
 
     def settle(
         self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
@@ -211,70 +216,69 @@ class MemoryLedger(Ledger):
             charges, amount = check_settle_amount(amount, reservation.holds)
             return self._locked(lambda: self._settle_units(reservation, charges, amount, tallies))
 
-        def locked() -> bool:
-            rid = reservation.id
-            ended = self._ended
-            state = ended.get(rid)
-            if state is None:
-                state = self._ended_old.get(rid)
-            if state:
-                return False
-            entry = self._open.get(rid) if state is None else None
-            if entry is not None and type(tallies) is tuple:
-                # The common case: distinct held keys and tallies, the tallies'
-                # cells known from an earlier settle (a plan settles the same
-                # tallies every call). One list built in C, no search.
-                known = self._tally_cells.get(tallies)
-                if known is None:
-                    known = self._tally_entry(tallies)
-                held_cells = entry[1]
-                if known and len(held_cells) < 4:
-                    ids = [id(cell) for cell in held_cells]
-                    if len(set(ids)) == len(ids) and known[1].isdisjoint(ids):
-                        planned: list[list[Any]] = [
-                            [cell, 0, cell[0] + amount] for cell in known[0]
-                        ]
-                        for cell, hold in zip(held_cells, reservation.holds, strict=True):
-                            planned.append([cell, 0, cell[0] + amount])
-                            planned.append([cell, 1, cell[1] - hold.amount])
-                        planned.append([ended, rid, True])
-                        _apply(planned)
-                        self._open.pop(rid, None)
-                        return True
-            # [cell, 0, new spent] and [cell, 1, new reserved], one per distinct
-            # cell and index, planned inline (no call per key: the hot path).
-            writes: list[list[Any]] = []
-            if entry is not None:
-                for cell, hold in zip(entry[1], reservation.holds, strict=True):
-                    held = hold.amount
-                    for i in range(0, len(writes), 2):
-                        if writes[i][0] is cell:  # a key held twice: [spent], [reserved]
-                            writes[i][2] += amount
-                            writes[i + 1][2] -= held
-                            break
-                    else:
-                        writes.append([cell, 0, cell[0] + amount])
-                        writes.append([cell, 1, cell[1] - held])
-                charged: Iterable[str] = tallies
-            else:  # expired or released: charge, but the holds are already gone
-                charged = chain([hold.key for hold in reservation.holds], tallies)
-            cells = self._cells
-            for key in charged:
-                tally = cells.get(key)
-                if tally is None:
-                    tally = cells[key] = [0, 0]  # an empty cell changes no balance
-                for write in writes:
-                    if write[0] is tally and write[1] == 0:
-                        write[2] += amount
+        with self._lock: return self._settle(reservation, amount, tallies)  # noqa: E701  # fmt: skip
+
+    def _settle(self, reservation: Reservation, amount: int, tallies: Sequence[str]) -> bool:
+        """Do ``settle`` with one amount for every key (the lock held)."""
+        rid = reservation.id
+        ended = self._ended
+        state = ended.get(rid)
+        if state is None:
+            state = self._ended_old.get(rid)
+        if state:
+            return False
+        entry = self._open.get(rid) if state is None else None
+        if entry is not None and type(tallies) is tuple:
+            # The common case: distinct held keys and tallies, the tallies'
+            # cells known from an earlier settle (a plan settles the same
+            # tallies every call). One list built in C, no search.
+            known = self._tally_cells.get(tallies)
+            if known is None:
+                known = self._tally_entry(tallies)
+            held_cells = entry[1]
+            if known and len(held_cells) < 4:
+                ids = [id(cell) for cell in held_cells]
+                if len(set(ids)) == len(ids) and known[1].isdisjoint(ids):
+                    planned: list[list[Any]] = [[cell, 0, cell[0] + amount] for cell in known[0]]
+                    for cell, hold in zip(held_cells, reservation.holds, strict=True):
+                        planned.append([cell, 0, cell[0] + amount])
+                        planned.append([cell, 1, cell[1] - hold.amount])
+                    planned.append([ended, rid, True])
+                    _apply(planned)
+                    self._open.pop(rid, None)
+                    return True
+        # [cell, 0, new spent] and [cell, 1, new reserved], one per distinct
+        # cell and index, planned inline (no call per key: the hot path).
+        writes: list[list[Any]] = []
+        if entry is not None:
+            for cell, hold in zip(entry[1], reservation.holds, strict=True):
+                held = hold.amount
+                for i in range(0, len(writes), 2):
+                    if writes[i][0] is cell:  # a key held twice: [spent], [reserved]
+                        writes[i][2] += amount
+                        writes[i + 1][2] -= held
                         break
                 else:
-                    writes.append([tally, 0, tally[0] + amount])
-            writes.append([ended, rid, True])
-            _apply(writes)
-            self._open.pop(rid, None)
-            return True
-
-        return self._locked(locked)
+                    writes.append([cell, 0, cell[0] + amount])
+                    writes.append([cell, 1, cell[1] - held])
+            charged: Iterable[str] = tallies
+        else:  # expired or released: charge, but the holds are already gone
+            charged = chain([hold.key for hold in reservation.holds], tallies)
+        cells = self._cells
+        for key in charged:
+            tally = cells.get(key)
+            if tally is None:
+                tally = cells[key] = [0, 0]  # an empty cell changes no balance
+            for write in writes:
+                if write[0] is tally and write[1] == 0:
+                    write[2] += amount
+                    break
+            else:
+                writes.append([tally, 0, tally[0] + amount])
+        writes.append([ended, rid, True])
+        _apply(writes)
+        self._open.pop(rid, None)
+        return True
 
     def _settle_units(
         self, reservation: Reservation, charges: list[int], tally: int, tallies: Sequence[str]
