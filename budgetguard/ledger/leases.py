@@ -1,0 +1,852 @@
+"""Budget leases: spend a slice of a shared budget at memory speed.
+
+``LeasedLedger(inner)`` wraps a shared ledger (Redis, SQLite, PostgreSQL) and
+fulfils the same contract. For a budget key it takes a *slice* in one round
+trip: an inner reservation (a *lease*) holding ``S`` units on that key. Calls
+are then admitted against the slice locally, with no round trip, as long as
+``local holds + local unspent... `` — precisely: ``held + spent + amount <= S``
+for every key with a limit, where ``held`` are this process's open holds under
+the lease and ``spent`` what its settled calls charged to it. What a slice
+does not use is returned: a lease ends by settling its inner reservation with
+exactly what was spent from it, which charges the real spend and drops the
+``S`` hold in one idempotent write.
+
+Slices shrink as a budget nears its limit: a new lease first asks for
+``max(amount, limit * slice_fraction)``; refused, it asks for
+``max(amount, remaining // 4)`` (the refusal says what remains); refused
+again, the call goes to the inner ledger exactly as without leases. A call
+that the inner ledger's numbers show cannot fit at all is refused at once.
+
+**The bound.** The shared ledger holds every slice for as long as it is
+leased, so admissions across all processes never exceed a limit except by
+calls whose cost overruns their own estimate: the same bound as without
+leases. A budget can refuse early, by at most the unused slices of other
+processes, until they return them: within ``flush`` seconds while they run
+(idle or busy), within ``ttl`` seconds when they crashed.
+
+**A crashed holder.** A lease expires ``ttl`` seconds after it was taken and
+the shared ledger releases it, *uncharged*: the spend its process made since
+its last flush (at most one slice per key, at most ``flush`` seconds of
+calls) is not charged. Charging it instead would need the shared ledger to
+settle an expired reservation on its own, which the contract has no way to
+say. Calls are admitted under a lease only during the first half of its
+``ttl``, so a call in flight keeps its hold in the shared ledger for at least
+``ttl / 2`` seconds; a call still running after that may lose it.
+
+**What this process reads.** ``balances`` and ``scan`` add this process's
+unflushed spend and count its local holds in place of its leased slices, so
+``spend()`` and ``remaining()`` read here are exact. Other processes see this
+process's spend when it flushes: when a slice runs out, every ``flush``
+seconds (checked on each operation and by a daemon thread when the process is
+idle), at ``close()`` and at exit. A flush that fails (the storage is down)
+keeps what it had to write, with the same ids, for the next try: a charge is
+never lost nor doubled.
+
+What is passed through unchanged to the inner ledger (exact, one round trip as
+before): reservations with a soft hold (``over``), a sliding window
+(``prior``), a key held twice, or more than 16 keys with a limit; and every
+call once the slices could not be had. Budget definitions, ``clear`` and
+``ping`` go to the inner ledger too.
+
+Processes and threads: a forked child drops its parent's leases, holds and
+unflushed spend (they stay the parent's to flush). One lock guards the local
+state; it is never held across an inner call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+from ..errors import ConfigurationError, StorageError
+from .base import (
+    IDEMPOTENCY_TTL,
+    MAX_UNIT,
+    Balance,
+    BudgetChanges,
+    Hold,
+    Ledger,
+    Refusal,
+    Reservation,
+    check_op_id,
+    check_reservation,
+    check_settle_amount,
+    check_units,
+)
+
+__all__ = ["LeasedLedger"]
+
+logger = logging.getLogger("budgetguard")
+T = TypeVar("T")
+
+#: A lease holds each of its keys under its own unit, so one settle charges each its spend.
+MAX_LEASE_KEYS = MAX_UNIT + 1
+
+# How many leases one reserve asks the inner ledger for before it falls back
+# to passing the call through.
+_ATTEMPTS = 4
+
+
+class _Lease:
+    """One inner reservation holding a slice of each of its keys (hold ``i`` is unit ``i``)."""
+
+    __slots__ = (
+        "expires_at",
+        "held",
+        "inner",
+        "keys",
+        "limits",
+        "retired",
+        "sizes",
+        "spent",
+        "usable_until",
+    )
+
+    def __init__(self, inner: Reservation, limits: dict[str, int], usable_until: float) -> None:
+        self.inner = inner
+        self.keys = tuple(hold.key for hold in inner.holds)
+        self.sizes = {hold.key: hold.amount for hold in inner.holds}
+        self.limits = limits
+        self.held = dict.fromkeys(self.keys, 0)
+        self.spent = dict.fromkeys(self.keys, 0)
+        self.expires_at = inner.expires_at
+        self.usable_until = usable_until
+        #: No new holds: the lease is returned once its holds end.
+        self.retired = False
+
+    def drained(self) -> bool:
+        return not any(self.held.values())
+
+
+class _Local:
+    """A reservation admitted locally: per hold, its key, amount and lease (None: no limit)."""
+
+    __slots__ = ("parts", "reservation")
+
+    def __init__(
+        self, reservation: Reservation, parts: list[tuple[str, int, _Lease | None]]
+    ) -> None:
+        self.reservation = reservation
+        self.parts = parts
+
+
+class _Need:
+    """What a reserve needs from the inner ledger: slices of ``holds`` (index, hold)."""
+
+    __slots__ = ("holds",)
+
+    def __init__(self, holds: list[tuple[int, Hold]]) -> None:
+        self.holds = holds
+
+
+_PASS = object()  # the reservation goes to the inner ledger as it is
+
+# Every LeasedLedger alive, to drop leases in a forked child and flush at exit.
+_LIVE: weakref.WeakSet[LeasedLedger] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for ledger in list(_LIVE):
+        ledger._forget_after_fork()
+
+
+def _at_exit() -> None:
+    for ledger in list(_LIVE):
+        try:
+            ledger.flush_now()
+        except Exception as error:  # at exit there is nobody left to raise to
+            logger.warning("could not flush %r at exit: %s", ledger, error)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_at_exit)
+
+
+def _number(value: object, name: str, *, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low < value < high:
+        bound = f"above {low:g}" + (f" and below {high:g}" if high < math.inf else "")
+        raise ConfigurationError(f"{name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+class LeasedLedger(Ledger):
+    """Admit calls against slices of a shared ledger's budgets, locally.
+
+    ``slice_fraction``: the slice a lease asks for first, as a fraction of the
+    budget's limit (at least the amount asked). ``ttl``: seconds a lease is
+    held by the inner ledger if it is never returned (a crashed process).
+    ``flush``: seconds after which leases are returned and tally charges
+    written, at most ``ttl / 4``. ``background``: run a daemon thread that
+    flushes an idle process (off: only operations and ``close`` flush).
+    """
+
+    def __init__(
+        self,
+        inner: Ledger,
+        *,
+        slice_fraction: float = 0.01,
+        ttl: float = 120.0,
+        flush: float = 1.0,
+        background: bool = True,
+    ) -> None:
+        if not isinstance(inner, Ledger) or isinstance(inner, LeasedLedger):
+            raise ConfigurationError(
+                f"LeasedLedger wraps a ledger (not a leased one), got {inner!r}"
+            )
+        self.slice_fraction = _number(slice_fraction, "slice_fraction", low=0.0, high=1.0 + 1e-12)
+        self.ttl = _number(ttl, "ttl", low=0.0)
+        self.flush = _number(flush, "flush", low=0.0)
+        if self.flush > self.ttl / 4:
+            raise ConfigurationError(
+                f"flush ({flush!r}s) must be at most a quarter of ttl ({ttl!r}s): a lease "
+                "must be returned well before the shared ledger lets it expire"
+            )
+        super().__init__(inner.url, clock=inner.clock)
+        self.inner = inner
+        self.shared = inner.shared  # type: ignore[misc]
+        self.max_units = inner.max_units  # type: ignore[misc]
+        self.idempotency_ttl = float(getattr(inner, "idempotency_ttl", IDEMPOTENCY_TTL))
+        #: Inner operations this ledger made (reserve, settle, add, ...), for benchmarks.
+        self.inner_operations = 0
+        self._background = background
+        self._lock = threading.Lock()
+        self._reset_state()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        return f"LeasedLedger({self.inner!r})"
+
+    def _reset_state(self) -> None:
+        self._current: dict[str, _Lease] = {}  # key -> the lease admitting new holds on it
+        self._leases: list[_Lease] = []  # every lease not yet returned
+        self._returning: list[_Lease] = []  # retired and drained: to return
+        self._open: dict[str, _Local] = {}
+        self._passed: set[str] = set()  # ids reserved on the inner ledger directly
+        self._ended: dict[str, bool] = {}  # id -> settled (True) or released/expired
+        self._ended_old: dict[str, bool] = {}
+        self._free_held: dict[str, int] = {}  # local holds on keys without a limit
+        self._pending: dict[str, int] = {}  # unflushed charges of keys without a lease
+        self._outgoing: list[tuple[str, tuple[str, ...], int]] = []  # (op_id, keys, amount)
+        self._next_sweep = math.inf
+        self._next_flush = time.monotonic() + self.flush
+        self._rotate_at = self.clock() + self.idempotency_ttl
+
+    def _forget_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._reset_state()
+        self._thread = None
+        self._wake = threading.Event()
+
+    def _start_thread(self) -> None:
+        # Started by the first lease, so a ledger never used costs no thread.
+        if self._background and self._thread is None and not self._closed:
+            ref = weakref.ref(self)
+            wake = self._wake
+            period = self.flush
+
+            def run() -> None:
+                while not wake.wait(period):
+                    ledger = ref()
+                    if ledger is None or ledger._closed:
+                        return
+                    try:
+                        ledger._flush_if_due()
+                    except Exception as error:  # kept for the next try
+                        logger.warning("budget lease flush failed, will retry: %s", error)
+                    del ledger
+
+            self._thread = threading.Thread(target=run, name="budgetguard-leases", daemon=True)
+            self._thread.start()
+
+    # -- the hot path ---------------------------------------------------------
+
+    def reserve(self, reservation: Reservation) -> Refusal | None:
+        """Hold every amount of ``reservation`` or none of them (locally when a slice has room)."""
+        check_reservation(reservation)
+        shrink: dict[str, int] = {}
+        for _ in range(_ATTEMPTS):
+            outcome = self._locked(lambda: self._admit(reservation))
+            self._flush_work(quiet=True)
+            if outcome is None:
+                return None
+            if outcome is _PASS:
+                return self._pass(reservation)
+            assert isinstance(outcome, _Need)
+            lease = self._lease_for(outcome, shrink)
+            self.inner_operations += 1
+            refusal = self.inner.reserve(lease.inner)
+            if refusal is None:
+                self._locked(partial(self._install, lease))
+                continue
+            answer = self._shrink(outcome, refusal, shrink)
+            if answer is _PASS:
+                break
+            if isinstance(answer, Refusal):
+                return answer
+        return self._pass(reservation)
+
+    async def areserve(self, reservation: Reservation) -> Refusal | None:
+        """Do ``reserve``; only the inner operations are awaited."""
+        check_reservation(reservation)
+        shrink: dict[str, int] = {}
+        for _ in range(_ATTEMPTS):
+            outcome = self._locked(lambda: self._admit(reservation))
+            await self._aflush_work(quiet=True)
+            if outcome is None:
+                return None
+            if outcome is _PASS:
+                return await self._apass(reservation)
+            assert isinstance(outcome, _Need)
+            lease = self._lease_for(outcome, shrink)
+            self.inner_operations += 1
+            refusal = await self.inner.areserve(lease.inner)
+            if refusal is None:
+                self._locked(partial(self._install, lease))
+                continue
+            answer = self._shrink(outcome, refusal, shrink)
+            if answer is _PASS:
+                break
+            if isinstance(answer, Refusal):
+                return answer
+        return await self._apass(reservation)
+
+    def _pass(self, reservation: Reservation) -> Refusal | None:
+        self.inner_operations += 1
+        refusal = self.inner.reserve(reservation)
+        if refusal is None:
+            self._locked(lambda: self._passed.add(reservation.id))
+        return refusal
+
+    async def _apass(self, reservation: Reservation) -> Refusal | None:
+        self.inner_operations += 1
+        refusal = await self.inner.areserve(reservation)
+        if refusal is None:
+            self._locked(lambda: self._passed.add(reservation.id))
+        return refusal
+
+    def settle(
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
+    ) -> bool:
+        """Charge a reservation once: locally if it was admitted here, else on the inner ledger."""
+        charges, tally = check_settle_amount(amount, reservation.holds)
+        _check_keys(tallies)
+        where = self._locked(lambda: self._settle_local(reservation, charges, tally, tallies))
+        if where is None:
+            self._flush_work(quiet=True)
+            return True
+        if where is False:
+            return False
+        self.inner_operations += 1
+        done = self.inner.settle(reservation, amount, tallies)
+        self._locked(lambda: self._end(reservation.id, True))
+        return done
+
+    async def asettle(
+        self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
+    ) -> bool:
+        """Do ``settle``; only the inner operations are awaited."""
+        charges, tally = check_settle_amount(amount, reservation.holds)
+        _check_keys(tallies)
+        where = self._locked(lambda: self._settle_local(reservation, charges, tally, tallies))
+        if where is None:
+            await self._aflush_work(quiet=True)
+            return True
+        if where is False:
+            return False
+        self.inner_operations += 1
+        done = await self.inner.asettle(reservation, amount, tallies)
+        self._locked(lambda: self._end(reservation.id, True))
+        return done
+
+    def release(self, reservation: Reservation) -> bool:
+        """Drop the holds of a reservation without charging; ``False`` if already ended."""
+        where = self._locked(lambda: self._release_local(reservation))
+        if where is not None:
+            self._flush_work(quiet=True)
+            return where
+        self.inner_operations += 1
+        done = self.inner.release(reservation)
+        self._locked(lambda: self._end(reservation.id, False))
+        return done
+
+    async def arelease(self, reservation: Reservation) -> bool:
+        """Do ``release``; only the inner operation is awaited."""
+        where = self._locked(lambda: self._release_local(reservation))
+        if where is not None:
+            await self._aflush_work(quiet=True)
+            return where
+        self.inner_operations += 1
+        done = await self.inner.arelease(reservation)
+        self._locked(lambda: self._end(reservation.id, False))
+        return done
+
+    def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Charge ``amount`` to every key on the inner ledger (at once, not leased)."""
+        check_units(amount)
+        check_op_id(op_id)
+        self.inner_operations += 1
+        return self.inner.add(keys, amount, op_id=op_id)
+
+    async def aadd(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
+        """Do ``add`` on the inner ledger without blocking the event loop."""
+        check_units(amount)
+        check_op_id(op_id)
+        self.inner_operations += 1
+        return await self.inner.aadd(keys, amount, op_id=op_id)
+
+    # -- reading and administration -------------------------------------------
+
+    def balances(self, keys: Sequence[str]) -> dict[str, Balance]:
+        """Return the balances of the inner ledger as this process's own calls leave them."""
+        self._flush_work(quiet=True)
+        found = self.inner.balances(keys)
+        return self._locked(lambda: {key: self._adjust(key, found[key]) for key in keys})
+
+    async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
+        """Do ``balances`` without blocking the event loop."""
+        await self._aflush_work(quiet=True)
+        found = await self.inner.abalances(keys)
+        return self._locked(lambda: {key: self._adjust(key, found[key]) for key in keys})
+
+    def scan(self, prefix: str) -> dict[str, Balance]:
+        """Return every key starting with ``prefix`` that holds anything, as seen here."""
+        self._flush_work(quiet=True)
+        found = self.inner.scan(prefix)
+
+        def locked() -> dict[str, Balance]:
+            keys = set(found)
+            keys.update(key for key in self._local_keys() if key.startswith(prefix))
+            result = {}
+            for key in sorted(keys):
+                balance = self._adjust(key, found.get(key, Balance()))
+                if balance.spent or balance.reserved:
+                    result[key] = balance
+            return result
+
+        return self._locked(locked)
+
+    def clear(self, keys: Sequence[str]) -> None:
+        """Forget the spend of the given keys on the inner ledger (flushed first)."""
+        self.flush_now()
+        self.inner.clear(keys)
+
+    def open_reservations(self) -> list[Reservation]:
+        """Return the reservations admitted here or passed through that are still open."""
+        inner = self.inner.open_reservations()
+
+        def locked() -> list[Reservation]:
+            self._sweep(self.clock())
+            leases = {lease.inner.id for lease in self._leases}
+            mine = [entry.reservation for entry in self._open.values()]
+            return mine + [r for r in inner if r.id not in leases]
+
+        return self._locked(locked)
+
+    def put_budget(self, name: str, definition: Mapping[str, Any]) -> None:
+        """Store a budget definition on the inner ledger."""
+        self.inner.put_budget(name, definition)
+
+    def get_budget(self, name: str) -> dict[str, Any] | None:
+        """Return a budget definition from the inner ledger."""
+        return self.inner.get_budget(name)
+
+    def delete_budget(self, name: str) -> bool:
+        """Delete a budget definition on the inner ledger."""
+        return self.inner.delete_budget(name)
+
+    def list_budgets(self) -> dict[str, dict[str, Any]]:
+        """Return every budget definition of the inner ledger."""
+        return self.inner.list_budgets()
+
+    def budget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Return the inner ledger's budget changes."""
+        return self.inner.budget_changes(since)
+
+    async def abudget_changes(self, since: tuple[str, int] | None) -> BudgetChanges:
+        """Do ``budget_changes`` without blocking the event loop."""
+        return await self.inner.abudget_changes(since)
+
+    def ping(self) -> None:
+        """Check that the inner ledger answers."""
+        self.inner.ping()
+
+    async def aping(self) -> None:
+        """Do ``ping`` without blocking the event loop."""
+        await self.inner.aping()
+
+    def flush_now(self) -> None:
+        """Return every lease without holds and write every unflushed charge now.
+
+        Leases with calls in flight are retired and returned when those end.
+        Raise ``StorageError`` if the inner ledger fails; what was not
+        written is kept for the next flush.
+        """
+        self._locked(self._retire_all)
+        self._flush_work(force=True)
+
+    async def aflush_now(self) -> None:
+        """Do ``flush_now`` without blocking the event loop."""
+        self._locked(self._retire_all)
+        await self._aflush_work(force=True)
+
+    def close(self) -> None:
+        """Flush, stop the flushing thread, and close the inner ledger."""
+        if self._closed:
+            return
+        try:
+            self.flush_now()
+        finally:
+            self._closed = True
+            self._wake.set()
+            _LIVE.discard(self)
+            self.inner.close()
+
+    async def aclose(self) -> None:
+        """Do ``close`` without blocking the event loop."""
+        if self._closed:
+            return
+        try:
+            await self.aflush_now()
+        finally:
+            self._closed = True
+            self._wake.set()
+            _LIVE.discard(self)
+            await self.inner.aclose()
+
+    # -- local steps (lock held) -------------------------------------------------
+
+    def _locked(self, operation: Callable[[], T]) -> T:
+        # One line, as in memory.py: no line between acquiring and the body.
+        with self._lock: return operation()  # noqa: E701  # fmt: skip
+
+    def _admit(self, reservation: Reservation) -> object:
+        """Admit ``reservation`` against the slices, or say what it needs (lock held).
+
+        Return ``None`` (admitted), ``_PASS`` (not leasable) or a ``_Need``.
+        """
+        rid, holds, expires_at = reservation
+        if rid in self._open or rid in self._ended or rid in self._ended_old or rid in self._passed:
+            raise ValueError(f"reservation id {rid!r} was used before")
+        now = self.clock()
+        self._housekeeping(now)
+        limited = 0
+        keys: set[str] = set()
+        for hold in holds:
+            if hold.over is not None or hold.prior is not None or hold.key in keys:
+                return _PASS
+            keys.add(hold.key)
+            if hold.limit is not None:
+                limited += 1
+        if limited > MAX_LEASE_KEYS:
+            return _PASS
+        lacking: list[tuple[int, Hold]] = []
+        parts: list[tuple[str, int, _Lease | None]] = []
+        for index, hold in enumerate(holds):
+            key, limit, amount = hold.key, hold.limit, hold.amount
+            if limit is None:
+                parts.append((key, amount, None))
+                continue
+            lease = self._current.get(key)
+            if lease is not None and (
+                lease.retired or lease.limits[key] != limit or now >= lease.usable_until
+            ):
+                self._retire(lease)
+                lease = None
+            if lease is not None:
+                used = lease.held[key] + lease.spent[key]
+                size = lease.sizes[key]
+                if used + amount <= size and (amount or used < size):
+                    parts.append((key, amount, lease))
+                    continue
+                self._retire(lease)  # the slice ran out: return it, take another
+            lacking.append((index, hold))
+        if lacking:
+            return _Need(lacking)
+        for key, amount, owner in parts:
+            if owner is None:
+                self._free_held[key] = self._free_held.get(key, 0) + amount
+            else:
+                owner.held[key] += amount
+        self._open[rid] = _Local(reservation, parts)
+        if self._thread is None:
+            self._start_thread()
+        if expires_at < self._next_sweep:
+            self._next_sweep = expires_at
+        return None
+
+    def _lease_for(self, need: _Need, shrink: Mapping[str, int]) -> _Lease:
+        """Build the lease to ask for: a slice of every key in ``need``."""
+        now = self.clock()
+        holds = []
+        limits = {}
+        for unit, (_, hold) in enumerate(need.holds):
+            assert hold.limit is not None
+            size = shrink.get(hold.key)
+            if size is None:
+                size = max(hold.amount, min(hold.limit, int(hold.limit * self.slice_fraction)))
+            holds.append(Hold(hold.key, hold.limit, size, unit))
+            limits[hold.key] = hold.limit
+        inner = Reservation(f"lease-{uuid.uuid4().hex}", tuple(holds), now + self.ttl)
+        return _Lease(inner, limits, now + self.ttl / 2)
+
+    def _install(self, lease: _Lease) -> None:
+        self._leases.append(lease)
+        for key in lease.keys:
+            old = self._current.get(key)
+            if old is not None:
+                self._retire(old)
+            self._current[key] = lease
+        self._start_thread()
+
+    def _shrink(self, need: _Need, refusal: Refusal, shrink: dict[str, int]) -> object:
+        """After a lease was refused: the caller's refusal, ``None`` to ask again, or ``_PASS``."""
+        index, hold = need.holds[refusal.index]
+        remaining = refusal.limit - refusal.spent - refusal.reserved - refusal.prior
+        amount = hold.amount
+        if amount > remaining or (amount == 0 and remaining <= 0):
+            # Even the exact amount does not fit in the state the inner ledger saw.
+            return self._locked(lambda: self._refusal(index, hold, refusal))
+        if hold.key in shrink:  # refused at the smaller slice too: pass the call through
+            return _PASS
+        shrink[hold.key] = max(amount, remaining // 4)
+        return None
+
+    def _refusal(self, index: int, hold: Hold, refusal: Refusal) -> Refusal:
+        seen = self._adjust(hold.key, Balance(refusal.spent, refusal.reserved))
+        return Refusal(
+            index, hold.key, refusal.limit, seen.spent, seen.reserved, hold.amount, refusal.prior
+        )
+
+    def _settle_local(
+        self, reservation: Reservation, charges: list[int], tally: int, tallies: Sequence[str]
+    ) -> bool | None:
+        """Settle a reservation admitted here: ``None`` done, ``False`` ended, ``True`` inner."""
+        self._housekeeping(self.clock())
+        rid = reservation.id
+        state = self._ended.get(rid, self._ended_old.get(rid))
+        if state:
+            return False
+        entry = self._open.pop(rid, None) if state is None else None
+        if entry is None:
+            return True  # passed through, released, expired or never seen: the inner charges
+        pending = self._pending
+        for (key, amount, lease), charge in zip(entry.parts, charges, strict=True):
+            if lease is None:
+                self._free_held[key] -= amount
+                if not self._free_held[key]:
+                    del self._free_held[key]
+                if charge:
+                    pending[key] = pending.get(key, 0) + charge
+            else:
+                lease.held[key] -= amount
+                lease.spent[key] += charge
+                if lease.retired and lease.drained():
+                    self._returning.append(lease)
+        if tally:
+            for key in tallies:
+                pending[key] = pending.get(key, 0) + tally
+        self._ended[rid] = True
+        return None
+
+    def _release_local(self, reservation: Reservation) -> bool | None:
+        """Release a reservation admitted here: its answer, or ``None`` for the inner ledger."""
+        self._housekeeping(self.clock())
+        rid = reservation.id
+        if rid in self._ended or rid in self._ended_old:
+            return False
+        entry = self._open.pop(rid, None)
+        if entry is None:
+            return None
+        self._drop(entry)
+        self._ended[rid] = False
+        return True
+
+    def _drop(self, entry: _Local) -> None:
+        for key, amount, lease in entry.parts:
+            if lease is None:
+                self._free_held[key] -= amount
+                if not self._free_held[key]:
+                    del self._free_held[key]
+            else:
+                lease.held[key] -= amount
+                if lease.retired and lease.drained():
+                    self._returning.append(lease)
+
+    def _end(self, rid: str, settled: bool) -> None:
+        self._passed.discard(rid)
+        if settled or rid not in self._ended:
+            self._ended[rid] = settled
+
+    def _retire(self, lease: _Lease) -> None:
+        if lease.retired:
+            return
+        lease.retired = True
+        for key in lease.keys:
+            if self._current.get(key) is lease:
+                del self._current[key]
+        if lease.drained():
+            self._returning.append(lease)
+
+    def _retire_all(self) -> None:
+        for lease in list(self._current.values()):
+            self._retire(lease)
+        self._take_pending()
+
+    def _take_pending(self) -> None:
+        """Move unflushed charges into writes with their ids (equal amounts share one add)."""
+        if not self._pending:
+            return
+        groups: dict[int, list[str]] = {}
+        for key, amount in self._pending.items():
+            groups.setdefault(amount, []).append(key)
+        self._outgoing.extend(
+            (f"lease-add-{uuid.uuid4().hex}", tuple(keys), amount)
+            for amount, keys in groups.items()
+        )
+        self._pending = {}
+
+    def _housekeeping(self, now: float) -> None:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        if now >= self._rotate_at:
+            self._ended_old, self._ended = self._ended, {}
+            self._rotate_at = now + self.idempotency_ttl
+        if time.monotonic() >= self._next_flush:
+            self._next_flush = time.monotonic() + self.flush
+            self._retire_all()
+
+    def _sweep(self, now: float) -> None:
+        earliest = math.inf
+        for rid, entry in list(self._open.items()):
+            expires_at = entry.reservation.expires_at
+            if expires_at <= now:
+                del self._open[rid]
+                self._drop(entry)
+                self._ended[rid] = False
+            elif expires_at < earliest:
+                earliest = expires_at
+        self._next_sweep = earliest
+
+    def _local_keys(self) -> Iterable[str]:
+        for lease in self._leases:
+            yield from lease.keys
+        yield from self._free_held
+        yield from self._pending
+        for _, keys, _ in self._outgoing:
+            yield from keys
+
+    def _adjust(self, key: str, balance: Balance) -> Balance:
+        """Return ``balance`` (the inner ledger's) as this process's own calls leave it."""
+        spent, reserved = balance.spent, balance.reserved
+        now = self.clock()
+        for lease in self._leases:
+            if key in lease.sizes:
+                spent += lease.spent[key]
+                reserved += lease.held[key]
+                if now < lease.expires_at:  # still held by the inner ledger
+                    reserved -= lease.sizes[key]
+        spent += self._pending.get(key, 0)
+        for _, keys, amount in self._outgoing:
+            spent += amount * keys.count(key)
+        reserved += self._free_held.get(key, 0)
+        return Balance(spent, max(reserved, 0))
+
+    # -- flushing ------------------------------------------------------------------
+
+    def _flush_if_due(self) -> None:
+        def locked() -> None:
+            if time.monotonic() >= self._next_flush:
+                self._next_flush = time.monotonic() + self.flush
+                self._retire_all()
+
+        self._locked(locked)
+        self._flush_work()
+
+    def _work(self, force: bool) -> tuple[list[_Lease], list[tuple[str, tuple[str, ...], int]]]:
+        """Return the leases to return and the adds to write now (lock held)."""
+        if force:
+            self._take_pending()
+        return list(self._returning), list(self._outgoing)
+
+    def _flush_work(self, force: bool = False, *, quiet: bool = False) -> None:
+        """Return drained leases and write unflushed charges.
+
+        ``quiet``: on the way of an operation that succeeded locally, a
+        storage error is logged and the writes kept for the next flush.
+        """
+        if not self._returning and not self._outgoing and not force:
+            return
+        try:
+            self._flush_writes(force)
+        except StorageError as error:
+            if not quiet:
+                raise
+            logger.warning("budget lease flush failed, will retry: %s", error)
+
+    async def _aflush_work(self, force: bool = False, *, quiet: bool = False) -> None:
+        """Do ``_flush_work`` without blocking the event loop."""
+        if not self._returning and not self._outgoing and not force:
+            return
+        try:
+            await self._aflush_writes(force)
+        except StorageError as error:
+            if not quiet:
+                raise
+            logger.warning("budget lease flush failed, will retry: %s", error)
+
+    def _flush_writes(self, force: bool) -> None:
+        leases, adds = self._locked(lambda: self._work(force))
+        for lease in leases:
+            self.inner_operations += 1
+            self.inner.settle(lease.inner, self._charges(lease))
+            self._locked(partial(self._returned, lease))
+        for add in adds:
+            op_id, keys, amount = add
+            self.inner_operations += 1
+            self.inner.add(keys, amount, op_id=op_id)
+            self._locked(partial(self._written, add))
+
+    async def _aflush_writes(self, force: bool) -> None:
+        leases, adds = self._locked(lambda: self._work(force))
+        for lease in leases:
+            self.inner_operations += 1
+            await self.inner.asettle(lease.inner, self._charges(lease))
+            self._locked(partial(self._returned, lease))
+        for add in adds:
+            op_id, keys, amount = add
+            self.inner_operations += 1
+            await self.inner.aadd(keys, amount, op_id=op_id)
+            self._locked(partial(self._written, add))
+
+    def _charges(self, lease: _Lease) -> list[int]:
+        # A drained, retired lease gains no holds: its spend no longer changes,
+        # so a retry (after a lost reply) settles the same amounts under the same id.
+        return [lease.spent[key] for key in lease.keys]
+
+    def _returned(self, lease: _Lease) -> None:
+        if lease in self._returning:
+            self._returning.remove(lease)
+        if lease in self._leases:
+            self._leases.remove(lease)
+
+    def _written(self, add: tuple[str, tuple[str, ...], int]) -> None:
+        if add in self._outgoing:
+            self._outgoing.remove(add)
+
+
+def _check_keys(keys: Sequence[str]) -> None:
+    if isinstance(keys, str) or not all(isinstance(key, str) for key in keys):
+        raise ValueError(f"tallies must be a sequence of keys, got {keys!r}")
