@@ -93,7 +93,7 @@ MAX_LEASE_KEYS = MAX_UNIT + 1
 
 # How many leases one reserve asks the inner ledger for before it falls back
 # to passing the call through.
-_ATTEMPTS = 4
+_ATTEMPTS = 6
 
 
 class _Lease:
@@ -105,6 +105,7 @@ class _Lease:
         "inner",
         "keys",
         "limits",
+        "queued",
         "retired",
         "sizes",
         "spent",
@@ -122,29 +123,36 @@ class _Lease:
         self.usable_until = usable_until
         #: No new holds: the lease is returned once its holds end.
         self.retired = False
+        #: Retired and drained: on the list of leases to return.
+        self.queued = False
+
+    def room(self, key: str) -> int:
+        return self.sizes[key] - self.held[key] - self.spent[key]
 
     def drained(self) -> bool:
         return not any(self.held.values())
 
 
 class _Local:
-    """A reservation admitted locally: per hold, its key, amount and lease (None: no limit)."""
+    """A reservation admitted here: per hold, its key, amount and the slices it took."""
 
     __slots__ = ("parts", "reservation")
 
     def __init__(
-        self, reservation: Reservation, parts: list[tuple[str, int, _Lease | None]]
+        self,
+        reservation: Reservation,
+        parts: list[tuple[str, int, tuple[tuple[_Lease, int], ...]]],
     ) -> None:
         self.reservation = reservation
         self.parts = parts
 
 
 class _Need:
-    """What a reserve needs from the inner ledger: slices of ``holds`` (index, hold)."""
+    """What a reserve needs from the inner ledger: slices for ``holds`` (index, hold, missing)."""
 
     __slots__ = ("holds",)
 
-    def __init__(self, holds: list[tuple[int, Hold]]) -> None:
+    def __init__(self, holds: list[tuple[int, Hold, int]]) -> None:
         self.holds = holds
 
 
@@ -230,7 +238,7 @@ class LeasedLedger(Ledger):
         return f"LeasedLedger({self.inner!r})"
 
     def _reset_state(self) -> None:
-        self._current: dict[str, _Lease] = {}  # key -> the lease admitting new holds on it
+        self._usable: dict[str, list[_Lease]] = {}  # key -> leases admitting new holds on it
         self._leases: list[_Lease] = []  # every lease not yet returned
         self._returning: list[_Lease] = []  # retired and drained: to return
         self._open: dict[str, _Local] = {}
@@ -276,7 +284,7 @@ class LeasedLedger(Ledger):
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them (locally when a slice has room)."""
         check_reservation(reservation)
-        shrink: dict[str, int] = {}
+        caps: dict[str, int] = {}
         for _ in range(_ATTEMPTS):
             outcome = self._locked(lambda: self._admit(reservation))
             self._flush_work(quiet=True)
@@ -285,13 +293,13 @@ class LeasedLedger(Ledger):
             if outcome is _PASS:
                 return self._pass(reservation)
             assert isinstance(outcome, _Need)
-            lease = self._lease_for(outcome, shrink)
+            lease = self._lease_for(outcome, caps)
             self.inner_operations += 1
             refusal = self.inner.reserve(lease.inner)
             if refusal is None:
                 self._locked(partial(self._install, lease))
                 continue
-            answer = self._shrink(outcome, refusal, shrink)
+            answer = self._shrink(outcome, refusal, caps)
             if answer is _PASS:
                 break
             if isinstance(answer, Refusal):
@@ -301,7 +309,7 @@ class LeasedLedger(Ledger):
     async def areserve(self, reservation: Reservation) -> Refusal | None:
         """Do ``reserve``; only the inner operations are awaited."""
         check_reservation(reservation)
-        shrink: dict[str, int] = {}
+        caps: dict[str, int] = {}
         for _ in range(_ATTEMPTS):
             outcome = self._locked(lambda: self._admit(reservation))
             await self._aflush_work(quiet=True)
@@ -310,13 +318,13 @@ class LeasedLedger(Ledger):
             if outcome is _PASS:
                 return await self._apass(reservation)
             assert isinstance(outcome, _Need)
-            lease = self._lease_for(outcome, shrink)
+            lease = self._lease_for(outcome, caps)
             self.inner_operations += 1
             refusal = await self.inner.areserve(lease.inner)
             if refusal is None:
                 self._locked(partial(self._install, lease))
                 continue
-            answer = self._shrink(outcome, refusal, shrink)
+            answer = self._shrink(outcome, refusal, caps)
             if answer is _PASS:
                 break
             if isinstance(answer, Refusal):
@@ -413,13 +421,13 @@ class LeasedLedger(Ledger):
         """Return the balances of the inner ledger as this process's own calls leave them."""
         self._flush_work(quiet=True)
         found = self.inner.balances(keys)
-        return self._locked(lambda: {key: self._adjust(key, found[key]) for key in keys})
+        return self._locked(partial(self._adjust_all, keys, found))
 
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` without blocking the event loop."""
         await self._aflush_work(quiet=True)
         found = await self.inner.abalances(keys)
-        return self._locked(lambda: {key: self._adjust(key, found[key]) for key in keys})
+        return self._locked(partial(self._adjust_all, keys, found))
 
     def scan(self, prefix: str) -> dict[str, Balance]:
         """Return every key starting with ``prefix`` that holds anything, as seen here."""
@@ -427,6 +435,7 @@ class LeasedLedger(Ledger):
         found = self.inner.scan(prefix)
 
         def locked() -> dict[str, Balance]:
+            self._housekeeping(self.clock())
             keys = set(found)
             keys.update(key for key in self._local_keys() if key.startswith(prefix))
             result = {}
@@ -552,34 +561,41 @@ class LeasedLedger(Ledger):
                 limited += 1
         if limited > MAX_LEASE_KEYS:
             return _PASS
-        lacking: list[tuple[int, Hold]] = []
-        parts: list[tuple[str, int, _Lease | None]] = []
+        lacking: list[tuple[int, Hold, int]] = []
+        parts: list[tuple[str, int, tuple[tuple[_Lease, int], ...]]] = []
         for index, hold in enumerate(holds):
             key, limit, amount = hold.key, hold.limit, hold.amount
             if limit is None:
-                parts.append((key, amount, None))
+                parts.append((key, amount, ()))
                 continue
-            lease = self._current.get(key)
-            if lease is not None and (
-                lease.retired or lease.limits[key] != limit or now >= lease.usable_until
-            ):
-                self._retire(lease)
-                lease = None
-            if lease is not None:
-                used = lease.held[key] + lease.spent[key]
-                size = lease.sizes[key]
-                if used + amount <= size and (amount or used < size):
-                    parts.append((key, amount, lease))
+            # A hold may take its units from several slices of its key: what
+            # this process leased is one pool, so it never refuses while its
+            # own slices have room.
+            takes: list[tuple[_Lease, int]] = []
+            missing = amount
+            for lease in list(self._usable.get(key, ())):
+                if lease.limits[key] != limit or now >= lease.usable_until:
+                    self._retire(lease)
                     continue
-                self._retire(lease)  # the slice ran out: return it, take another
-            lacking.append((index, hold))
+                room = lease.room(key)
+                if room <= 0:
+                    self._retire(lease)  # the slice ran out: returned once its calls end
+                    continue
+                if missing or not takes:
+                    take = min(room, missing)
+                    takes.append((lease, take))
+                    missing -= take
+            if missing or not takes:  # a hold of 0 fits where some slice has room
+                lacking.append((index, hold, missing))
+            else:
+                parts.append((key, amount, tuple(takes)))
         if lacking:
             return _Need(lacking)
-        for key, amount, owner in parts:
-            if owner is None:
+        for key, amount, takes_ in parts:
+            if not takes_:
                 self._free_held[key] = self._free_held.get(key, 0) + amount
-            else:
-                owner.held[key] += amount
+            for lease, take in takes_:
+                lease.held[key] += take
         self._open[rid] = _Local(reservation, parts)
         if self._thread is None:
             self._start_thread()
@@ -587,42 +603,63 @@ class LeasedLedger(Ledger):
             self._next_sweep = expires_at
         return None
 
-    def _lease_for(self, need: _Need, shrink: Mapping[str, int]) -> _Lease:
-        """Build the lease to ask for: a slice of every key in ``need``."""
+    def _lease_for(self, need: _Need, caps: Mapping[str, int]) -> _Lease:
+        """Build the lease to ask for: a slice of every key in ``need``.
+
+        A slice is ``limit * slice_fraction``, or the cap a refusal set, and
+        at least what the hold is missing (at least 1).
+        """
         now = self.clock()
         holds = []
         limits = {}
-        for unit, (_, hold) in enumerate(need.holds):
-            assert hold.limit is not None
-            size = shrink.get(hold.key)
+        for unit, (_, hold, missing) in enumerate(need.holds):
+            limit = hold.limit
+            assert limit is not None
+            size = caps.get(hold.key)
             if size is None:
-                size = max(hold.amount, min(hold.limit, int(hold.limit * self.slice_fraction)))
-            holds.append(Hold(hold.key, hold.limit, size, unit))
-            limits[hold.key] = hold.limit
+                size = min(limit, int(limit * self.slice_fraction))
+            holds.append(Hold(hold.key, limit, max(missing, size, 1), unit))
+            limits[hold.key] = limit
         inner = Reservation(f"lease-{uuid.uuid4().hex}", tuple(holds), now + self.ttl)
         return _Lease(inner, limits, now + self.ttl / 2)
 
     def _install(self, lease: _Lease) -> None:
         self._leases.append(lease)
         for key in lease.keys:
-            old = self._current.get(key)
-            if old is not None:
-                self._retire(old)
-            self._current[key] = lease
+            self._usable.setdefault(key, []).append(lease)
         self._start_thread()
 
-    def _shrink(self, need: _Need, refusal: Refusal, shrink: dict[str, int]) -> object:
-        """After a lease was refused: the caller's refusal, ``None`` to ask again, or ``_PASS``."""
-        index, hold = need.holds[refusal.index]
+    def _shrink(self, need: _Need, refusal: Refusal, caps: dict[str, int]) -> object:
+        """After a lease was refused: the caller's refusal, ``None`` to ask again, or ``_PASS``.
+
+        Refused when the hold cannot fit even with this process's own unused
+        slices: what it is missing now exceeds what the inner ledger had left.
+        """
+        index, hold, _ = need.holds[refusal.index]
         remaining = refusal.limit - refusal.spent - refusal.reserved - refusal.prior
-        amount = hold.amount
-        if amount > remaining or (amount == 0 and remaining <= 0):
-            # Even the exact amount does not fit in the state the inner ledger saw.
-            return self._locked(lambda: self._refusal(index, hold, refusal))
-        if hold.key in shrink:  # refused at the smaller slice too: pass the call through
-            return _PASS
-        shrink[hold.key] = max(amount, remaining // 4)
-        return None
+
+        def locked() -> object:
+            slices = self._usable.get(hold.key, ())
+            if hold.amount == 0:
+                if any(lease.room(hold.key) > 0 for lease in slices):
+                    return None  # a slice of this process has room now
+                if remaining <= 0:
+                    return self._refusal(index, hold, refusal)
+            else:
+                missing = hold.amount
+                for lease in slices:
+                    missing -= max(0, min(lease.room(hold.key), missing))
+                if not missing:
+                    return None
+                if missing > remaining:
+                    return self._refusal(index, hold, refusal)
+            cap = caps.get(hold.key)
+            if cap == 0:  # refused at the exact amount too: pass the call through
+                return _PASS
+            caps[hold.key] = 0 if cap is not None else remaining // 4
+            return None
+
+        return self._locked(locked)
 
     def _refusal(self, index: int, hold: Hold, refusal: Refusal) -> Refusal:
         seen = self._adjust(hold.key, Balance(refusal.spent, refusal.reserved))
@@ -643,18 +680,18 @@ class LeasedLedger(Ledger):
         if entry is None:
             return True  # passed through, released, expired or never seen: the inner charges
         pending = self._pending
-        for (key, amount, lease), charge in zip(entry.parts, charges, strict=True):
-            if lease is None:
-                self._free_held[key] -= amount
-                if not self._free_held[key]:
-                    del self._free_held[key]
+        for (key, amount, takes), charge in zip(entry.parts, charges, strict=True):
+            if not takes:
+                self._unhold(key, amount)
                 if charge:
                     pending[key] = pending.get(key, 0) + charge
-            else:
-                lease.held[key] -= amount
-                lease.spent[key] += charge
-                if lease.retired and lease.drained():
-                    self._returning.append(lease)
+                continue
+            takes[0][0].spent[key] += charge  # the whole charge on one slice
+            for lease, take in takes:
+                lease.held[key] -= take
+                if lease.room(key) <= 0:
+                    self._retire(lease)  # the slice ran out
+                self._maybe_return(lease)
         if tally:
             for key in tallies:
                 pending[key] = pending.get(key, 0) + tally
@@ -675,15 +712,24 @@ class LeasedLedger(Ledger):
         return True
 
     def _drop(self, entry: _Local) -> None:
-        for key, amount, lease in entry.parts:
-            if lease is None:
-                self._free_held[key] -= amount
-                if not self._free_held[key]:
-                    del self._free_held[key]
-            else:
-                lease.held[key] -= amount
-                if lease.retired and lease.drained():
-                    self._returning.append(lease)
+        for key, amount, takes in entry.parts:
+            if not takes:
+                self._unhold(key, amount)
+            for lease, take in takes:
+                lease.held[key] -= take
+                self._maybe_return(lease)
+
+    def _unhold(self, key: str, amount: int) -> None:
+        left = self._free_held[key] - amount
+        if left:
+            self._free_held[key] = left
+        else:
+            del self._free_held[key]
+
+    def _maybe_return(self, lease: _Lease) -> None:
+        if lease.retired and not lease.queued and lease.drained():
+            lease.queued = True
+            self._returning.append(lease)
 
     def _end(self, rid: str, settled: bool) -> None:
         self._passed.discard(rid)
@@ -695,13 +741,15 @@ class LeasedLedger(Ledger):
             return
         lease.retired = True
         for key in lease.keys:
-            if self._current.get(key) is lease:
-                del self._current[key]
-        if lease.drained():
-            self._returning.append(lease)
+            usable = self._usable.get(key)
+            if usable is not None and lease in usable:
+                usable.remove(lease)
+                if not usable:
+                    del self._usable[key]
+        self._maybe_return(lease)
 
     def _retire_all(self) -> None:
-        for lease in list(self._current.values()):
+        for lease in list(self._leases):
             self._retire(lease)
         self._take_pending()
 
@@ -747,6 +795,10 @@ class LeasedLedger(Ledger):
         yield from self._pending
         for _, keys, _ in self._outgoing:
             yield from keys
+
+    def _adjust_all(self, keys: Sequence[str], found: Mapping[str, Balance]) -> dict[str, Balance]:
+        self._housekeeping(self.clock())
+        return {key: self._adjust(key, found[key]) for key in keys}
 
     def _adjust(self, key: str, balance: Balance) -> Balance:
         """Return ``balance`` (the inner ledger's) as this process's own calls leave it."""
