@@ -56,6 +56,7 @@ state; it is never held across an inner call.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -63,7 +64,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -106,7 +107,9 @@ class _Lease:
         "keys",
         "limits",
         "queued",
+        "renewal",
         "retired",
+        "rolling",
         "sizes",
         "spent",
         "usable_until",
@@ -125,6 +128,9 @@ class _Lease:
         self.retired = False
         #: Retired and drained: on the list of leases to return.
         self.queued = False
+        #: Being moved onto a new inner reservation (its calls run long).
+        self.rolling = False
+        self.renewal: Reservation | None = None
 
     def room(self, key: str) -> int:
         return self.sizes[key] - self.held[key] - self.spent[key]
@@ -248,6 +254,8 @@ class LeasedLedger(Ledger):
         self._free_held: dict[str, int] = {}  # local holds on keys without a limit
         self._pending: dict[str, int] = {}  # unflushed charges of keys without a lease
         self._outgoing: list[tuple[str, tuple[str, ...], int]] = []  # (op_id, keys, amount)
+        self._rolls: list[_Lease] = []  # busy leases to move onto a new inner reservation
+        self._old: list[tuple[Reservation, list[int]]] = []  # rolled-over reservations to return
         self._next_sweep = math.inf
         self._next_flush = time.monotonic() + self.flush
         self._rotate_at = self.clock() + self.idempotency_ttl
@@ -459,6 +467,7 @@ class LeasedLedger(Ledger):
         def locked() -> list[Reservation]:
             self._sweep(self.clock())
             leases = {lease.inner.id for lease in self._leases}
+            leases.update(old.id for old, _ in self._old)
             mine = [entry.reservation for entry in self._open.values()]
             return mine + [r for r in inner if r.id not in leases]
 
@@ -727,7 +736,7 @@ class LeasedLedger(Ledger):
             del self._free_held[key]
 
     def _maybe_return(self, lease: _Lease) -> None:
-        if lease.retired and not lease.queued and lease.drained():
+        if lease.retired and not lease.queued and not lease.rolling and lease.drained():
             lease.queued = True
             self._returning.append(lease)
 
@@ -773,8 +782,7 @@ class LeasedLedger(Ledger):
             self._ended_old, self._ended = self._ended, {}
             self._rotate_at = now + self.idempotency_ttl
         if time.monotonic() >= self._next_flush:
-            self._next_flush = time.monotonic() + self.flush
-            self._retire_all()
+            self._tick()
 
     def _sweep(self, now: float) -> None:
         earliest = math.inf
@@ -810,6 +818,12 @@ class LeasedLedger(Ledger):
                 reserved += lease.held[key]
                 if now < lease.expires_at:  # still held by the inner ledger
                     reserved -= lease.sizes[key]
+        for old, charges in self._old:
+            for hold, charge in zip(old.holds, charges, strict=True):
+                if hold.key == key:
+                    spent += charge
+                    if now < old.expires_at:
+                        reserved -= hold.amount
         spent += self._pending.get(key, 0)
         for _, keys, amount in self._outgoing:
             spent += amount * keys.count(key)
@@ -821,28 +835,68 @@ class LeasedLedger(Ledger):
     def _flush_if_due(self) -> None:
         def locked() -> None:
             if time.monotonic() >= self._next_flush:
-                self._next_flush = time.monotonic() + self.flush
-                self._retire_all()
+                self._tick()
 
         self._locked(locked)
         self._flush_work()
 
-    def _work(self, force: bool) -> tuple[list[_Lease], list[tuple[str, tuple[str, ...], int]]]:
-        """Return the leases to return and the adds to write now (lock held)."""
+    def _tick(self) -> None:
+        """Every ``flush`` seconds: retire every lease, roll the busy ones over (lock held).
+
+        A lease retired at an earlier tick that still has calls in flight is
+        rolled over: the held amounts move to a new inner reservation and the
+        old one is returned with its spend. So spend reaches the shared ledger
+        within two ticks however long calls run, and a call's hold outlives
+        the lease's ``ttl`` as long as this process runs.
+        """
+        now = time.monotonic()
+        self._next_flush = now + self.flush
+        for lease in self._leases:
+            if lease.retired and not lease.rolling and not lease.drained():
+                lease.rolling = True
+                self._rolls.append(lease)
+        self._retire_all()
+
+    def _work(self, force: bool) -> list[tuple[str, Any]]:
+        """Return the writes to make now, in order (lock held)."""
         if force:
             self._take_pending()
-        return list(self._returning), list(self._outgoing)
+        return (
+            [("roll", lease) for lease in self._rolls]
+            + [("old", old) for old in self._old]
+            + [("return", lease) for lease in self._returning]
+            + [("add", add) for add in self._outgoing]
+        )
+
+    def _busy(self) -> bool:
+        return bool(self._returning or self._outgoing or self._old or self._rolls)
 
     def _flush_work(self, force: bool = False, *, quiet: bool = False) -> None:
-        """Return drained leases and write unflushed charges.
+        """Make the writes due: roll-overs, returns of leases, unflushed charges.
 
         ``quiet``: on the way of an operation that succeeded locally, a
         storage error is logged and the writes kept for the next flush.
         """
-        if not self._returning and not self._outgoing and not force:
+        if not force and not self._busy():
             return
         try:
-            self._flush_writes(force)
+            for kind, item in self._passes(force):
+                if kind == "roll":
+                    renewal = self._locked(partial(self._renewal, item))
+                    if renewal is not None:
+                        self.inner_operations += 1
+                        # "used before": an earlier try whose reply was lost holds it.
+                        with contextlib.suppress(ValueError):
+                            self.inner.reserve(renewal)
+                        self._locked(partial(self._rolled, item, renewal))
+                    continue
+                self.inner_operations += 1
+                if kind == "add":
+                    self.inner.add(item[1], item[2], op_id=item[0])
+                else:
+                    reservation, charges = self._returnable(kind, item)
+                    self.inner.settle(reservation, charges)
+                self._locked(partial(self._written, kind, item))
         except StorageError as error:
             if not quiet:
                 raise
@@ -850,53 +904,92 @@ class LeasedLedger(Ledger):
 
     async def _aflush_work(self, force: bool = False, *, quiet: bool = False) -> None:
         """Do ``_flush_work`` without blocking the event loop."""
-        if not self._returning and not self._outgoing and not force:
+        if not force and not self._busy():
             return
         try:
-            await self._aflush_writes(force)
+            for kind, item in self._passes(force):
+                if kind == "roll":
+                    renewal = self._locked(partial(self._renewal, item))
+                    if renewal is not None:
+                        self.inner_operations += 1
+                        # "used before": an earlier try whose reply was lost holds it.
+                        with contextlib.suppress(ValueError):
+                            await self.inner.areserve(renewal)
+                        self._locked(partial(self._rolled, item, renewal))
+                    continue
+                self.inner_operations += 1
+                if kind == "add":
+                    await self.inner.aadd(item[1], item[2], op_id=item[0])
+                else:
+                    reservation, charges = self._returnable(kind, item)
+                    await self.inner.asettle(reservation, charges)
+                self._locked(partial(self._written, kind, item))
         except StorageError as error:
             if not quiet:
                 raise
             logger.warning("budget lease flush failed, will retry: %s", error)
 
-    def _flush_writes(self, force: bool) -> None:
-        leases, adds = self._locked(lambda: self._work(force))
-        for lease in leases:
-            self.inner_operations += 1
-            self.inner.settle(lease.inner, self._charges(lease))
-            self._locked(partial(self._returned, lease))
-        for add in adds:
-            op_id, keys, amount = add
-            self.inner_operations += 1
-            self.inner.add(keys, amount, op_id=op_id)
-            self._locked(partial(self._written, add))
+    def _passes(self, force: bool) -> Iterator[tuple[str, Any]]:
+        # A roll-over queues the return of the reservation it replaced: a
+        # second pass makes it at once.
+        for _ in range(2):
+            work = self._locked(lambda: self._work(force))
+            if not work:
+                return
+            yield from work
 
-    async def _aflush_writes(self, force: bool) -> None:
-        leases, adds = self._locked(lambda: self._work(force))
-        for lease in leases:
-            self.inner_operations += 1
-            await self.inner.asettle(lease.inner, self._charges(lease))
-            self._locked(partial(self._returned, lease))
-        for add in adds:
-            op_id, keys, amount = add
-            self.inner_operations += 1
-            await self.inner.aadd(keys, amount, op_id=op_id)
-            self._locked(partial(self._written, add))
-
-    def _charges(self, lease: _Lease) -> list[int]:
+    def _returnable(self, kind: str, item: Any) -> tuple[Reservation, list[int]]:
+        if kind == "old":
+            return item  # type: ignore[no-any-return]
         # A drained, retired lease gains no holds: its spend no longer changes,
         # so a retry (after a lost reply) settles the same amounts under the same id.
-        return [lease.spent[key] for key in lease.keys]
+        lease: _Lease = item
+        return lease.inner, [lease.spent[key] for key in lease.keys]
 
-    def _returned(self, lease: _Lease) -> None:
-        if lease in self._returning:
-            self._returning.remove(lease)
-        if lease in self._leases:
-            self._leases.remove(lease)
+    def _renewal(self, lease: _Lease) -> Reservation | None:
+        """Return the reservation that takes over the holds of a busy lease (lock held).
 
-    def _written(self, add: tuple[str, tuple[str, ...], int]) -> None:
-        if add in self._outgoing:
-            self._outgoing.remove(add)
+        Kept on the lease until it is in place, so a retry after a lost reply
+        asks for the same id (and a second hold is never made).
+        """
+        if lease.renewal is None and (lease.drained() or lease not in self._leases):
+            lease.rolling = False
+            if lease in self._rolls:
+                self._rolls.remove(lease)
+            self._maybe_return(lease)
+            return None
+        if lease.renewal is None:
+            holds = tuple(
+                Hold(key, None, lease.held[key], unit) for unit, key in enumerate(lease.keys)
+            )
+            lease.renewal = Reservation(f"lease-{uuid.uuid4().hex}", holds, self.clock() + self.ttl)
+        return lease.renewal
+
+    def _rolled(self, lease: _Lease, renewal: Reservation) -> None:
+        """Move ``lease`` onto ``renewal``; queue its old reservation's return (lock held)."""
+        if lease in self._rolls:
+            self._rolls.remove(lease)
+        lease.rolling = False
+        lease.renewal = None
+        self._old.append((lease.inner, [lease.spent[key] for key in lease.keys]))
+        lease.inner = renewal
+        lease.sizes = {hold.key: hold.amount for hold in renewal.holds}
+        lease.spent = dict.fromkeys(lease.keys, 0)
+        lease.expires_at = renewal.expires_at
+        self._maybe_return(lease)  # its last call may have ended meanwhile
+
+    def _written(self, kind: str, item: Any) -> None:
+        if kind == "add":
+            if item in self._outgoing:
+                self._outgoing.remove(item)
+        elif kind == "old":
+            if item in self._old:
+                self._old.remove(item)
+        else:
+            if item in self._returning:
+                self._returning.remove(item)
+            if item in self._leases:
+                self._leases.remove(item)
 
 
 def _check_keys(keys: Sequence[str]) -> None:

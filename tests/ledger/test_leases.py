@@ -47,11 +47,25 @@ def inner(make_ledger: Callable[..., Ledger]) -> Ledger:
 
 
 @pytest.fixture
-def leases(inner: Ledger) -> Iterator[LeasedLedger]:
+def make_leased(inner: Ledger) -> Iterator[Callable[..., LeasedLedger]]:
+    """Return a factory of leased ledgers over ``inner`` (no thread), closed at the end."""
+    opened: list[LeasedLedger] = []
+
+    def make(over: Ledger | None = None, **options: object) -> LeasedLedger:
+        options.setdefault("background", False)
+        ledger = LeasedLedger(over or inner, **options)  # type: ignore[arg-type]
+        opened.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in opened:
+        ledger.close()
+
+
+@pytest.fixture
+def leases(make_leased: Callable[..., LeasedLedger]) -> LeasedLedger:
     """Return a leased ledger over ``inner`` (slices of a quarter of a limit, no thread)."""
-    ledger = LeasedLedger(inner, slice_fraction=0.25, background=False)
-    yield ledger
-    ledger.flush_now()
+    return make_leased(slice_fraction=0.25)
 
 
 class TestContract:
@@ -182,10 +196,12 @@ class TestContract:
         assert leases.settle(soft, 5) and leases.settle(sliding, 6)
         assert inner.balances(["user", "win"]) == {"user": Balance(5, 0), "win": Balance(6, 0)}
 
-    def test_slices_shrink_near_the_limit(self, inner: Ledger) -> None:
+    def test_slices_shrink_near_the_limit(
+        self, inner: Ledger, make_leased: Callable[..., LeasedLedger]
+    ) -> None:
         """A second holder gets a quarter of what is left, then what it misses; never more."""
-        first = LeasedLedger(inner, slice_fraction=0.6, background=False)
-        second = LeasedLedger(inner, slice_fraction=0.6, background=False)
+        first = make_leased(slice_fraction=0.6)
+        second = make_leased(slice_fraction=0.6)
         assert first.reserve(reservation(Hold("user", 100, 10))) is None  # a slice of 60
         assert second.reserve(reservation(Hold("user", 100, 10))) is None  # 40 left: 10
         assert inner.balances(["user"])["user"] == Balance(0, 70)
@@ -249,6 +265,35 @@ class TestContract:
             "count": Balance(3, 0),
         }
         assert inner.open_reservations() == []
+
+
+def test_long_calls_keep_their_hold_and_spend_is_flushed(
+    inner: Ledger, clock: Clock, make_leased: Callable[..., LeasedLedger]
+) -> None:
+    """A call running past the lease's ttl keeps its hold; the spend around it is flushed."""
+    leases = make_leased(slice_fraction=0.5, ttl=1.0, flush=0.05)
+    long = reservation(Hold("user", 100, 10))
+    short = reservation(Hold("user", 100, 10))
+    assert leases.reserve(long) is None and leases.reserve(short) is None
+    assert leases.settle(short, 7)
+
+    def ticks(count: int) -> None:
+        for _ in range(count):
+            time.sleep(0.06)
+            leases.balances(["user"])  # the tick plans the writes...
+            leases.balances(["user"])  # ...the next operation makes them
+
+    ticks(2)  # retired, then rolled over: the unused slice and the short call's spend go back
+    assert inner.balances(["user"])["user"] == Balance(7, 10)
+    for _ in range(3):
+        clock.advance(0.6)  # past the first lease's ttl, then the next one's
+        ticks(2)
+        assert inner.balances(["user"])["user"] == Balance(7, 10)
+    assert leases.balances(["user"])["user"] == Balance(7, 10)
+    assert leases.settle(long, 9)
+    leases.flush_now()
+    assert inner.balances(["user"])["user"] == Balance(16, 0)
+    assert inner.open_reservations() == []
 
 
 def test_bad_options_are_configuration_errors(inner: Ledger) -> None:
@@ -316,9 +361,11 @@ def test_killed_holder_is_returned_uncharged_after_ttl(inner: Ledger) -> None:
         later.close()
 
 
-def test_fork_drops_the_parents_leases(inner: Ledger) -> None:
+def test_fork_drops_the_parents_leases(
+    inner: Ledger, make_leased: Callable[..., LeasedLedger]
+) -> None:
     """A forked child holds none of its parent's leases or spend; each flushes its own."""
-    ledger = LeasedLedger(inner, slice_fraction=0.5, background=False)
+    ledger = make_leased(slice_fraction=0.5)
     for _ in range(3):
         r = reservation(Hold("user", 100 * CENT, CENT))
         assert ledger.reserve(r) is None
@@ -366,11 +413,11 @@ def proxied(ledger_url: str, clock: Clock) -> Iterator[tuple[DroppingProxy, Ledg
 
 
 def test_lost_flush_replies_are_retried_without_double_counting(
-    proxied: tuple[DroppingProxy, Ledger, Ledger],
+    proxied: tuple[DroppingProxy, Ledger, Ledger], make_leased: Callable[..., LeasedLedger]
 ) -> None:
     """A flush whose reply was lost is kept and retried under the same ids: charged once."""
     proxy, through, direct = proxied
-    leases = LeasedLedger(through, slice_fraction=0.5, background=False)
+    leases = make_leased(through, slice_fraction=0.5)
     r = reservation(Hold("user", 1000, 10))
     assert leases.reserve(r) is None
     assert leases.settle(r, 8, ("tally",))
