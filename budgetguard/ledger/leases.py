@@ -1,56 +1,65 @@
-"""Budget leases: spend a slice of a shared budget at memory speed.
+"""Budget leases: spend slices of a shared budget at memory speed.
 
 ``LeasedLedger(inner)`` wraps a shared ledger (Redis, SQLite, PostgreSQL) and
 fulfils the same contract. For a budget key it takes a *slice* in one round
-trip: an inner reservation (a *lease*) holding ``S`` units on that key. Calls
-are then admitted against the slice locally, with no round trip, as long as
-``local holds + local unspent... `` — precisely: ``held + spent + amount <= S``
-for every key with a limit, where ``held`` are this process's open holds under
-the lease and ``spent`` what its settled calls charged to it. What a slice
-does not use is returned: a lease ends by settling its inner reservation with
-exactly what was spent from it, which charges the real spend and drops the
-``S`` hold in one idempotent write.
+trip: an inner reservation (a *lease*) holding ``S`` units on that key (one
+lease holds the slices of every key a call lacks room on, all or nothing).
+Calls are then admitted locally, with no round trip, while the slices of
+this process have room: ``held + spent + amount <= S`` summed over its
+slices of each key with a limit, where ``held`` are the holds of its open
+calls and ``spent`` what its settled calls charged. A lease is returned by
+settling its inner reservation with exactly what was spent from it, which
+charges the real spend and drops the ``S`` hold in one idempotent write.
 
-Slices shrink as a budget nears its limit: a new lease first asks for
-``max(amount, limit * slice_fraction)``; refused, it asks for
-``max(amount, remaining // 4)`` (the refusal says what remains); refused
-again, the call goes to the inner ledger exactly as without leases. A call
-that the inner ledger's numbers show cannot fit at all is refused at once.
+Slices shrink as a budget nears its limit: a lease first asks for ``limit *
+slice_fraction``; refused, for a quarter of what the refusal says is left;
+refused again, for exactly what the call lacks; then the call goes to the
+inner ledger as it is (today's exact behaviour). Every slice is at least
+what the call lacks. A call that cannot fit even with this process's own
+unused slices is refused at once, with the numbers this process sees.
 
 **The bound.** The shared ledger holds every slice for as long as it is
 leased, so admissions across all processes never exceed a limit except by
 calls whose cost overruns their own estimate: the same bound as without
-leases. A budget can refuse early, by at most the unused slices of other
-processes, until they return them: within ``flush`` seconds while they run
-(idle or busy), within ``ttl`` seconds when they crashed.
+leases. A budget can refuse early by at most the unused slices of *other*
+processes (never by this process's own), until they return them: within
+``2 * flush`` seconds while they run, idle or busy, and ``ttl`` seconds after
+they crashed.
 
-**A crashed holder.** A lease expires ``ttl`` seconds after it was taken and
-the shared ledger releases it, *uncharged*: the spend its process made since
-its last flush (at most one slice per key, at most ``flush`` seconds of
-calls) is not charged. Charging it instead would need the shared ledger to
-settle an expired reservation on its own, which the contract has no way to
-say. Calls are admitted under a lease only during the first half of its
-``ttl``, so a call in flight keeps its hold in the shared ledger for at least
-``ttl / 2`` seconds; a call still running after that may lose it.
+**Returning.** Every ``flush`` seconds (checked on each operation with a
+monotonic clock, and by a daemon thread while the process is idle) every
+lease stops admitting; one without calls in flight is returned at once, one
+with calls in flight is *rolled over* at the next tick: the held amounts
+move to a new inner reservation (without a limit: they were admitted
+already) and the old one is returned with its spend. A slice that runs out
+is returned as soon as its calls end; ``close()`` and exit return the rest.
+Charges of keys without a limit and of tallies are written with ``add``
+under an ``op_id`` (keys with equal amounts in one write). A write that
+fails is kept, with the same id, for the next flush: never lost, never
+doubled. As long as the process reaches the shared ledger at least once per
+``ttl``, a call keeps its hold there for as long as its reservation lasts.
+
+**A crashed holder.** Its leases expire ``ttl`` seconds after they were
+taken or last rolled over, and the shared ledger releases them
+*uncharged*: the spend the process made since its last flush (what its calls
+spent in its last ``2 * flush`` seconds at most, and at most its slices plus
+those calls' overruns) is not charged. Charging it instead would need the
+shared ledger to charge an expired reservation on its own, which the
+contract has no way to say.
 
 **What this process reads.** ``balances`` and ``scan`` add this process's
-unflushed spend and count its local holds in place of its leased slices, so
-``spend()`` and ``remaining()`` read here are exact. Other processes see this
-process's spend when it flushes: when a slice runs out, every ``flush``
-seconds (checked on each operation and by a daemon thread when the process is
-idle), at ``close()`` and at exit. A flush that fails (the storage is down)
-keeps what it had to write, with the same ids, for the next try: a charge is
-never lost nor doubled.
+unflushed spend and count its local holds in place of its slices, so
+``spend()`` and ``remaining()`` read here are exact (a read that races this
+process's own flush in another thread may be off by that flush until it
+ends). Other processes see the spend within ``2 * flush`` seconds.
 
-What is passed through unchanged to the inner ledger (exact, one round trip as
-before): reservations with a soft hold (``over``), a sliding window
-(``prior``), a key held twice, or more than 16 keys with a limit; and every
-call once the slices could not be had. Budget definitions, ``clear`` and
-``ping`` go to the inner ledger too.
+Passed through unchanged to the inner ledger: reservations with a soft hold
+(``over``), a sliding window (``prior``), a key held twice, or more than 16
+keys with a limit; ``add``; budget definitions, ``clear`` and ``ping``.
 
 Processes and threads: a forked child drops its parent's leases, holds and
-unflushed spend (they stay the parent's to flush). One lock guards the local
-state; it is never held across an inner call.
+unflushed spend (they stay the parent's to return). One lock guards the
+local state; it is never held across an inner call.
 """
 
 from __future__ import annotations
@@ -295,7 +304,12 @@ class LeasedLedger(Ledger):
         caps: dict[str, int] = {}
         for _ in range(_ATTEMPTS):
             outcome = self._locked(lambda: self._admit(reservation))
-            self._flush_work(quiet=True)
+            try:
+                self._flush_work(quiet=True)
+            except BaseException:  # interrupted or cancelled: the caller never learns of it
+                if outcome is None:
+                    self._locked(partial(self._release_local, reservation))
+                raise
             if outcome is None:
                 return None
             if outcome is _PASS:
@@ -303,7 +317,15 @@ class LeasedLedger(Ledger):
             assert isinstance(outcome, _Need)
             lease = self._lease_for(outcome, caps)
             self.inner_operations += 1
-            refusal = self.inner.reserve(lease.inner)
+            try:
+                refusal = self.inner.reserve(lease.inner)
+            except StorageError:
+                # The lease may be held (a lost reply): give it back if the
+                # storage answers, else it expires after ttl.
+                with contextlib.suppress(StorageError):
+                    self.inner_operations += 1
+                    self.inner.release(lease.inner)
+                raise
             if refusal is None:
                 self._locked(partial(self._install, lease))
                 continue
@@ -320,7 +342,12 @@ class LeasedLedger(Ledger):
         caps: dict[str, int] = {}
         for _ in range(_ATTEMPTS):
             outcome = self._locked(lambda: self._admit(reservation))
-            await self._aflush_work(quiet=True)
+            try:
+                await self._aflush_work(quiet=True)
+            except BaseException:  # interrupted or cancelled: the caller never learns of it
+                if outcome is None:
+                    self._locked(partial(self._release_local, reservation))
+                raise
             if outcome is None:
                 return None
             if outcome is _PASS:
@@ -328,7 +355,15 @@ class LeasedLedger(Ledger):
             assert isinstance(outcome, _Need)
             lease = self._lease_for(outcome, caps)
             self.inner_operations += 1
-            refusal = await self.inner.areserve(lease.inner)
+            try:
+                refusal = await self.inner.areserve(lease.inner)
+            except StorageError:
+                # The lease may be held (a lost reply): give it back if the
+                # storage answers, else it expires after ttl.
+                with contextlib.suppress(StorageError):
+                    self.inner_operations += 1
+                    await self.inner.arelease(lease.inner)
+                raise
             if refusal is None:
                 self._locked(partial(self._install, lease))
                 continue
