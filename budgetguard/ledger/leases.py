@@ -300,7 +300,7 @@ class LeasedLedger(Ledger):
 
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them (locally when a slice has room)."""
-        check_reservation(reservation)
+        _check(reservation)
         caps: dict[str, int] = {}
         for _ in range(_ATTEMPTS):
             outcome = self._locked(lambda: self._admit(reservation))
@@ -338,7 +338,7 @@ class LeasedLedger(Ledger):
 
     async def areserve(self, reservation: Reservation) -> Refusal | None:
         """Do ``reserve``; only the inner operations are awaited."""
-        check_reservation(reservation)
+        _check(reservation)
         caps: dict[str, int] = {}
         for _ in range(_ATTEMPTS):
             outcome = self._locked(lambda: self._admit(reservation))
@@ -617,11 +617,12 @@ class LeasedLedger(Ledger):
             # own slices have room.
             takes: list[tuple[_Lease, int]] = []
             missing = amount
-            for lease in list(self._usable.get(key, ())):
+            usable = self._usable.get(key)
+            for lease in tuple(usable) if usable else ():
                 if lease.limits[key] != limit or now >= lease.usable_until:
                     self._retire(lease)
                     continue
-                room = lease.room(key)
+                room = lease.sizes[key] - lease.held[key] - lease.spent[key]
                 if room <= 0:
                     self._retire(lease)  # the slice ran out: returned once its calls end
                     continue
@@ -732,10 +733,11 @@ class LeasedLedger(Ledger):
                 continue
             takes[0][0].spent[key] += charge  # the whole charge on one slice
             for lease, take in takes:
-                lease.held[key] -= take
-                if lease.room(key) <= 0:
+                held = lease.held[key] = lease.held[key] - take
+                if lease.sizes[key] - held - lease.spent[key] <= 0:
                     self._retire(lease)  # the slice ran out
-                self._maybe_return(lease)
+                if lease.retired:
+                    self._maybe_return(lease)
         if tally:
             for key in tallies:
                 pending[key] = pending.get(key, 0) + tally
@@ -1025,6 +1027,38 @@ class LeasedLedger(Ledger):
                 self._returning.remove(item)
             if item in self._leases:
                 self._leases.remove(item)
+
+
+_NUMBERS = frozenset((int, float))
+
+
+def _check(reservation: Reservation) -> None:
+    """Raise ``ValueError`` unless ``reservation`` is well formed (the usual shape: inline)."""
+    rid, holds, expires_at = reservation
+    if (
+        type(rid) is str
+        and rid
+        and type(expires_at) in _NUMBERS
+        and -math.inf < expires_at < math.inf
+    ):
+        for hold in holds:
+            if (
+                type(hold) is not Hold
+                or type(hold.key) is not str
+                or type(hold.amount) is not int
+                or hold.amount < 0
+                or (hold.limit is not None and (type(hold.limit) is not int or hold.limit < 0))
+                or type(hold.unit) is not int
+                or hold.unit
+                or hold.over is not None
+                or hold.prior is not None
+                or type(hold.weight) is not int
+                or hold.weight
+            ):
+                break
+        else:
+            return
+    check_reservation(reservation)
 
 
 def _check_keys(keys: Sequence[str]) -> None:

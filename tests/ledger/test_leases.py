@@ -147,6 +147,25 @@ class TestContract:
             with pytest.raises(ValueError, match="used before"):
                 leases.reserve(r)
 
+    @pytest.mark.parametrize(
+        "hold",
+        [Hold("k", 100, -1), Hold("k", 100, 1.5), Hold("k", -1, 1), Hold("k", 100, 1, unit=99)],  # type: ignore[arg-type]
+    )
+    def test_bad_input_raises_and_changes_nothing(
+        self, leases: LeasedLedger, inner: Ledger, hold: Hold
+    ) -> None:
+        """A malformed hold, expiry or amount raises ValueError; nothing is held or leased."""
+        with pytest.raises(ValueError):
+            leases.reserve(reservation(hold))
+        with pytest.raises(ValueError, match="expiry"):
+            leases.reserve(reservation(Hold("k", 100, 1), expires_at=float("nan")))
+        r = reservation(Hold("k", 100, 1))
+        assert leases.reserve(r) is None
+        with pytest.raises(ValueError):
+            leases.settle(r, -3)
+        assert leases.balances(["k"])["k"] == Balance(0, 1)
+        assert inner.open_reservations()[0].holds[0].amount == 25  # the one lease, nothing else
+
     def test_release_and_settle_after_release(self, leases: LeasedLedger, inner: Ledger) -> None:
         """Release frees the hold once; a settle after it still charges, once."""
         r = reservation(Hold("user", 100, 30))
