@@ -9,11 +9,12 @@ Part 1 starts a private ``redis-server`` (unless ``--redis-url``) and runs
 ``--processes`` processes, each making guarded calls (``@budgeted`` with an
 estimate, a global budget that never runs out) for ``--seconds``, through
 ``BudgetGuard(ledger="redis://...")`` and through
-``BudgetGuard(ledger=LeasedLedger(RedisLedger(...)))``. It prints calls per
+``BudgetGuard(ledger=LeasedLedger(RedisLedger(...)))``, and for reference
+with a ``memory://`` ledger in each process (nothing shared). It prints calls per
 second (all processes together), the CPU time of a call in the calling
-process, and Redis commands per call (``INFO commandstats``; every command
-the ledger sends is one script or one read, so commands are round trips
-here).
+process, and Redis round trips per call (every operation the Redis ledger is
+asked for, by the guard or by the leases, counted in the process: each is one
+script or one read).
 
 Part 2 simulates ``--hosts`` hosts sharing one budget in this process: each
 host a ``LeasedLedger`` over one shared inner ledger (``memory://``: its
@@ -31,6 +32,7 @@ key per ``flush`` seconds (a return, a roll-over) to these figures.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import shutil
@@ -41,6 +43,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,9 +84,10 @@ def child(url: str, leases: str, seconds: str, go: str) -> None:
     """Make guarded calls until the time is up; print calls, CPU seconds, inner operations."""
     from budgetguard.guard import BudgetGuard
 
-    ledger: str | Ledger = url
-    if leases == "1":
-        ledger = LeasedLedger(ledger_from_url(url))
+    logging.getLogger("budgetguard").setLevel(logging.ERROR)  # persistence is off: known
+    redis_ledger = ledger_from_url(url if leases != "memory" else "memory://")
+    trips = count_round_trips(redis_ledger)
+    ledger = LeasedLedger(redis_ledger) if leases == "1" else redis_ledger
     guard = BudgetGuard(ledger=ledger)
 
     @guard.budgeted(estimate="0.01", user="alice")
@@ -93,6 +97,7 @@ def child(url: str, leases: str, seconds: str, go: str) -> None:
     call()  # connect, load the scripts, read the budgets
     while not os.path.exists(go):
         time.sleep(0.001)
+    trips_before = trips[0]
     calls = 0
     cpu = time.process_time()
     stop = time.perf_counter() + float(seconds)
@@ -101,24 +106,43 @@ def child(url: str, leases: str, seconds: str, go: str) -> None:
             call()
         calls += 100
     cpu = time.process_time() - cpu
-    operations = ledger.inner_operations if isinstance(ledger, LeasedLedger) else -1
+    operations = trips[0] - trips_before
     guard.ledger.close()
     print(calls, cpu, operations, flush=True)
 
 
-def commands(url: str) -> int:
-    """Return how many commands the Redis server has run (INFO itself not counted)."""
-    import redis
+#: What a ledger sends to its server, one round trip each on Redis (one script or one read).
+OPERATIONS = (
+    "reserve",
+    "settle",
+    "release",
+    "add",
+    "balances",
+    "scan",
+    "open_reservations",
+    "get_budget",
+    "list_budgets",
+    "budget_changes",
+    "put_budget",
+    "ping",
+)
 
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",))
+
+def count_round_trips(ledger: Ledger) -> list[int]:
+    """Count every operation ``ledger`` is asked for from now on; return the counter."""
+    counter = [0]
+    for name in OPERATIONS:
+        method = getattr(ledger, name)
+
+        def counted(*args: object, _method: Any = method, **kwargs: object) -> Any:
+            counter[0] += 1
+            return _method(*args, **kwargs)
+
+        setattr(ledger, name, counted)
+    return counter
 
 
-def redis_run(url: str, processes: int, leases: bool, seconds: float) -> dict[str, float]:
+def redis_run(url: str, processes: int, leases: str, seconds: float) -> dict[str, float]:
     """Run the guarded-call processes once; return the figures."""
     from budgetguard.guard import BudgetGuard
 
@@ -129,13 +153,12 @@ def redis_run(url: str, processes: int, leases: bool, seconds: float) -> dict[st
         go = os.path.join(directory, "go")
         env = dict(os.environ)
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-        argv = [sys.executable, __file__, "--child", url, "1" if leases else "0", str(seconds), go]
+        argv = [sys.executable, __file__, "--child", url, leases, str(seconds), go]
         children = [
             subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
             for _ in range(processes)
         ]
         time.sleep(1.5 + 0.2 * processes)  # imports and connections, before the start
-        before = commands(url)
         Path(go).touch()
         results = []
         for process in children:
@@ -144,13 +167,11 @@ def redis_run(url: str, processes: int, leases: bool, seconds: float) -> dict[st
                 raise SystemExit(f"a benchmark process failed ({process.returncode})")
             calls, cpu, operations = out.split()
             results.append((int(calls), float(cpu), int(operations)))
-        after = commands(url)
     calls = sum(r[0] for r in results)
     return {
         "calls/s": calls / seconds,
         "cpu_us": 1e6 * sum(r[1] for r in results) / calls,
-        "commands/call": (after - before) / calls,
-        "inner ops/call": (sum(r[2] for r in results) / calls) if leases else float("nan"),
+        "trips/call": sum(r[2] for r in results) / calls,
     }
 
 
@@ -228,6 +249,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000, help="calls per simulated host")
     parser.add_argument("--skip-redis", action="store_true")
     args = parser.parse_args()
+    logging.getLogger("budgetguard").setLevel(logging.ERROR)  # persistence is off: known
 
     if not args.skip_redis:
         with tempfile.TemporaryDirectory() as directory:
@@ -238,17 +260,21 @@ def main() -> None:
             try:
                 print(f"## Redis, {args.processes} processes, {args.seconds:g} s each run")
                 print()
-                print("| ledger | calls/s | CPU µs per call | Redis commands per call |")
+                print("| ledger | guarded calls/s | CPU µs per call | Redis round trips per call |")
                 print("|---|---|---|---|")
-                for leases in (False, True):
+                names = {
+                    "0": "`redis://`",
+                    "1": "`LeasedLedger(redis://)`",
+                    "memory": "`memory://` in each process (no sharing: the floor)",
+                }
+                for leases, name in names.items():
                     import redis
 
                     redis.Redis.from_url(url).flushdb()
                     got = redis_run(url, args.processes, leases, args.seconds)
-                    name = "LeasedLedger(redis)" if leases else "redis"
                     print(
                         f"| {name} | {got['calls/s']:,.0f} | {got['cpu_us']:.1f} | "
-                        f"{got['commands/call']:.4f} |"
+                        f"{got['trips/call']:.4f} |"
                     )
             finally:
                 if server is not None:
