@@ -272,10 +272,8 @@ def main() -> None:
 
                     redis.Redis.from_url(url).flushdb()
                     got = redis_run(url, args.processes, leases, args.seconds)
-                    print(
-                        f"| {name} | {got['calls/s']:,.0f} | {got['cpu_us']:.1f} | "
-                        f"{got['trips/call']:.4f} |"
-                    )
+                    trips = f"{got['trips/call']:.4f}" if leases != "memory" else "none"
+                    print(f"| {name} | {got['calls/s']:,.0f} | {got['cpu_us']:.1f} | {trips} |")
             finally:
                 if server is not None:
                     server.terminate()

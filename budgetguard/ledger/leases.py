@@ -540,6 +540,11 @@ class LeasedLedger(Ledger):
         """Do ``ping`` without blocking the event loop."""
         await self.inner.aping()
 
+    def check_durability(self) -> list[str]:
+        """Return the inner ledger's durability problems (Redis), or none."""
+        check = getattr(self.inner, "check_durability", None)
+        return list(check()) if callable(check) else []
+
     def flush_now(self) -> None:
         """Return every lease without holds and write every unflushed charge now.
 
