@@ -376,17 +376,19 @@ class LeasedLedger(Ledger):
 
     def _pass(self, reservation: Reservation) -> Refusal | None:
         self.inner_operations += 1
-        refusal = self.inner.reserve(reservation)
-        if refusal is None:
-            self._locked(lambda: self._passed.add(reservation.id))
-        return refusal
+        return self._passed_through(reservation, self.inner.reserve(reservation))
 
     async def _apass(self, reservation: Reservation) -> Refusal | None:
         self.inner_operations += 1
-        refusal = await self.inner.areserve(reservation)
+        return self._passed_through(reservation, await self.inner.areserve(reservation))
+
+    def _passed_through(self, reservation: Reservation, refusal: Refusal | None) -> Refusal | None:
+        """Remember a reservation held by the inner ledger; word a refusal as seen here."""
         if refusal is None:
             self._locked(lambda: self._passed.add(reservation.id))
-        return refusal
+            return None
+        hold = reservation.holds[refusal.index]
+        return self._locked(lambda: self._refusal(refusal.index, hold, refusal))
 
     def settle(
         self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()

@@ -12,6 +12,7 @@ Usage: ``python _worker.py MODE URL [ARGS...]`` where MODE is
   with estimate 0.01; print how many ran.
 - ``lease-race URL N AMOUNT LIMIT FRACTION GO_FILE``: ``race`` through a
   ``LeasedLedger`` (slices of FRACTION of the limit), closed at the end.
+- ``lease-guard URL N GO_FILE``: ``guard`` with the guard's ledger leased.
 - ``lease-hang URL AMOUNT LIMIT FRACTION TTL FLUSHED UNFLUSHED``: through a
   ``LeasedLedger`` with leases of TTL seconds, settle FLUSHED calls and flush,
   then UNFLUSHED more; print ``ready`` and wait to be killed.
@@ -110,6 +111,29 @@ def lease_race(url: str, n: str, amount: str, limit: str, fraction: str, go: str
     print(won, flush=True)
 
 
+def lease_guard(url: str, n: str, go: str) -> None:
+    """Make N budgeted calls through a BudgetGuard over budget leases; print how many ran."""
+    from budgetguard import BudgetExceededError
+    from budgetguard.guard import BudgetGuard
+    from budgetguard.ledger import LeasedLedger
+
+    ledger = LeasedLedger(ledger_from_url(url), slice_fraction=0.1)
+    bg = BudgetGuard(ledger=ledger)
+    ran = 0
+
+    @bg.budgeted(estimate="0.01")
+    def call() -> None:
+        nonlocal ran
+        ran += 1
+
+    wait_for(go)
+    for _ in range(int(n)):
+        with contextlib.suppress(BudgetExceededError):
+            call()
+    ledger.close()
+    print(ran, flush=True)
+
+
 def lease_hang(
     url: str, amount: str, limit: str, fraction: str, ttl: str, flushed: str, unflushed: str
 ) -> None:
@@ -147,6 +171,7 @@ if __name__ == "__main__":
         "crash": crash,
         "guard": guard,
         "lease-race": lease_race,
+        "lease-guard": lease_guard,
         "lease-hang": lease_hang,
     }
     modes[sys.argv[1]](*sys.argv[2:])

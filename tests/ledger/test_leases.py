@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -355,6 +358,46 @@ def test_four_processes_never_pass_the_limit(inner: Ledger, tmp_path: Path) -> N
         assert later.open_reservations() == []
     finally:
         later.close()
+
+
+@pytest.mark.slow
+def test_four_guarded_processes_never_pass_the_limit(inner: Ledger, tmp_path: Path) -> None:
+    """4 processes × 50 guarded calls (estimate 0.01) over leases against 0.37: at most 37."""
+    from budgetguard.guard import BudgetGuard
+
+    bg = BudgetGuard(ledger=inner.url)
+    bg.set_budget("0.37")
+    go = tmp_path / "go"
+    children = [spawn("lease-guard", inner.url, "50", str(go)) for _ in range(4)]
+    time.sleep(1.0)
+    go.touch()
+    ran = sum(int(out) for out in outputs(children))
+    assert 0 < ran <= 37
+    assert bg.spend() == Decimal(ran) / 100
+    assert bg.ledger.open_reservations() == []
+    bg.ledger.close()
+
+
+def test_threads_race_one_small_limit(leases: LeasedLedger, inner: Ledger) -> None:
+    """100 threads race a limit that fits 7 through one leased ledger: at most 7; spend exact."""
+    barrier = threading.Barrier(100)
+
+    def attempt(_: int) -> bool:
+        barrier.wait()
+        r = reservation(Hold("user", 70, 10), Hold("g", None, 10))
+        if leases.reserve(r) is not None:
+            return False
+        return leases.settle(r, 10)
+
+    with ThreadPoolExecutor(100) as pool:
+        won = sum(pool.map(attempt, range(100)))
+    assert 0 < won <= 7
+    leases.flush_now()
+    assert inner.balances(["user", "g"]) == {
+        "user": Balance(10 * won, 0),
+        "g": Balance(10 * won, 0),
+    }
+    assert inner.open_reservations() == []
 
 
 @pytest.mark.slow
