@@ -257,7 +257,7 @@ class LeasedLedger(Ledger):
         self._leases: list[_Lease] = []  # every lease not yet returned
         self._returning: list[_Lease] = []  # retired and drained: to return
         self._open: dict[str, _Local] = {}
-        self._passed: set[str] = set()  # ids reserved on the inner ledger directly
+        self._passed: dict[str, float] = {}  # ids reserved on the inner ledger -> expiry
         self._ended: dict[str, bool] = {}  # id -> settled (True) or released/expired
         self._ended_old: dict[str, bool] = {}
         self._free_held: dict[str, int] = {}  # local holds on keys without a limit
@@ -385,7 +385,7 @@ class LeasedLedger(Ledger):
     def _passed_through(self, reservation: Reservation, refusal: Refusal | None) -> Refusal | None:
         """Remember a reservation held by the inner ledger; word a refusal as seen here."""
         if refusal is None:
-            self._locked(lambda: self._passed.add(reservation.id))
+            self._locked(partial(self._passed.__setitem__, reservation.id, reservation.expires_at))
             return None
         hold = reservation.holds[refusal.index]
         return self._locked(lambda: self._refusal(refusal.index, hold, refusal))
@@ -785,7 +785,7 @@ class LeasedLedger(Ledger):
             self._returning.append(lease)
 
     def _end(self, rid: str, settled: bool) -> None:
-        self._passed.discard(rid)
+        self._passed.pop(rid, None)
         if settled or rid not in self._ended:
             self._ended[rid] = settled
 
@@ -825,6 +825,8 @@ class LeasedLedger(Ledger):
         if now >= self._rotate_at:
             self._ended_old, self._ended = self._ended, {}
             self._rotate_at = now + self.idempotency_ttl
+            # Passed-through reservations nobody ended: the inner ledger expired them.
+            self._passed = {rid: at for rid, at in self._passed.items() if at > now}
         if time.monotonic() >= self._next_flush:
             self._tick()
 
