@@ -1071,5 +1071,8 @@ def _check(reservation: Reservation) -> None:
 
 
 def _check_keys(keys: Sequence[str]) -> None:
-    if isinstance(keys, str) or not all(isinstance(key, str) for key in keys):
-        raise ValueError(f"tallies must be a sequence of keys, got {keys!r}")
+    if isinstance(keys, str):
+        raise ValueError(f"tallies must be a sequence of keys, not one string: {keys!r}")
+    for key in keys:
+        if type(key) is not str and not isinstance(key, str):
+            raise ValueError(f"tallies must be a sequence of keys, got {keys!r}")
