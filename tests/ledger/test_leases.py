@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,7 +29,7 @@ from budgetguard.ledger import (
     ledger_from_url,
 )
 
-from ._proxy import DroppingProxy
+from ._proxy import CuttableProxy, DroppingProxy, ForwardingProxy
 from .conftest import Clock
 from .test_processes import outputs, spawn
 
@@ -457,21 +458,66 @@ def test_fork_drops_the_parents_leases(
 # -- faults ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def proxied(ledger_url: str, clock: Clock) -> Iterator[tuple[DroppingProxy, Ledger, Ledger]]:
-    """Return a proxy that can lose replies, a ledger through it and one direct (Redis, PG)."""
+def _through(
+    ledger_url: str, clock: Clock, kind: type[ForwardingProxy]
+) -> Iterator[tuple[Any, Ledger, Ledger]]:
     if ledger_url.startswith("sqlite"):
-        pytest.skip("SQLite has no connection to lose a reply on")
+        pytest.skip("SQLite has no connection to cut or lose a reply on")
     parts = urlsplit(ledger_url)
     assert parts.hostname is not None and parts.port is not None
-    proxy = DroppingProxy(parts.hostname, parts.port)
+    proxy = kind(parts.hostname, parts.port)
     through_url = ledger_url.replace(f":{parts.port}/", f":{proxy.port}/", 1)
-    through = ledger_from_url(through_url, clock=clock)
+    options: dict[str, Any] = {"clock": clock}
+    if ledger_url.startswith("redis"):
+        options["socket_timeout"] = 2.0
+    through = ledger_from_url(through_url, **options)
     direct = ledger_from_url(ledger_url, clock=clock)
     yield proxy, through, direct
     through.close()
     direct.close()
     proxy.close()
+
+
+@pytest.fixture
+def proxied(ledger_url: str, clock: Clock) -> Iterator[tuple[DroppingProxy, Ledger, Ledger]]:
+    """Return a proxy that can lose replies, a ledger through it and one direct (Redis, PG)."""
+    yield from _through(ledger_url, clock, DroppingProxy)
+
+
+@pytest.fixture
+def cuttable(ledger_url: str, clock: Clock) -> Iterator[tuple[CuttableProxy, Ledger, Ledger]]:
+    """Return a proxy that can cut the storage off, a ledger through it and one direct."""
+    yield from _through(ledger_url, clock, CuttableProxy)
+
+
+def test_storage_outage_admits_within_slices_and_flushes_later(
+    cuttable: tuple[CuttableProxy, Ledger, Ledger], make_leased: Callable[..., LeasedLedger]
+) -> None:
+    """The storage down: calls within a slice still run, a new slice is a StorageError; the
+    spend reaches the ledger, once, when it is back."""
+    proxy, through, direct = cuttable
+    leases = make_leased(through, slice_fraction=0.5)
+    first = reservation(Hold("user", 100, 10))
+    assert leases.reserve(first) is None  # a slice of 50, taken while the storage is up
+    proxy.down()
+    try:
+        for _ in range(4):
+            r = reservation(Hold("user", 100, 10), Hold("count", None, 1, unit=1))
+            assert leases.reserve(r) is None
+            assert leases.settle(r, [10, 1])
+        with pytest.raises(StorageError):
+            leases.reserve(reservation(Hold("user", 100, 10)))  # the slice is full
+        with pytest.raises(StorageError):
+            leases.flush_now()
+    finally:
+        proxy.restore()
+    assert leases.settle(first, 10)
+    leases.flush_now()
+    assert direct.balances(["user", "count"]) == {
+        "user": Balance(50, 0),
+        "count": Balance(4, 0),
+    }
+    assert direct.open_reservations() == []
 
 
 def test_lost_flush_replies_are_retried_without_double_counting(
