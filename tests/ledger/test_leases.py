@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +32,7 @@ from budgetguard.ledger import (
 )
 
 from ._proxy import CuttableProxy, DroppingProxy, ForwardingProxy
-from .conftest import Clock
+from .conftest import Clock, worker_env
 from .test_processes import outputs, spawn
 
 pytestmark = pytest.mark.shared_only
@@ -421,6 +423,36 @@ def test_killed_holder_is_returned_uncharged_after_ttl(inner: Ledger) -> None:
         assert later.open_reservations() == []
     finally:
         now.close()
+        later.close()
+
+
+@pytest.mark.slow
+def test_exit_returns_the_leases(inner: Ledger) -> None:
+    """A process that exits without close() returns its leases with their spend (atexit)."""
+    code = (
+        "import sys, time, uuid\n"
+        "from budgetguard.ledger import Hold, LeasedLedger, Reservation, ledger_from_url\n"
+        "ledger = LeasedLedger(ledger_from_url(sys.argv[1]), slice_fraction=0.5)\n"
+        "for _ in range(3):\n"
+        "    r = Reservation(uuid.uuid4().hex, (Hold('user', 100, 10),), time.time() + 60)\n"
+        "    assert ledger.reserve(r) is None and ledger.settle(r, 7, ('tally',))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, inner.url],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    later = ledger_from_url(inner.url)
+    try:
+        assert later.balances(["user", "tally"]) == {
+            "user": Balance(21, 0),
+            "tally": Balance(21, 0),
+        }
+        assert later.open_reservations() == []
+    finally:
         later.close()
 
 
