@@ -14,14 +14,17 @@ from urllib.parse import urlsplit
 from .._dist import install_hint
 from ..errors import ConfigurationError
 from .base import Balance, BudgetChanges, Hold, Ledger, Refusal, Reservation
+from .leases import LeasedLedger
 
 __all__ = [
     "Balance",
     "BudgetChanges",
     "Hold",
+    "LeasedLedger",
     "Ledger",
     "Refusal",
     "Reservation",
+    "leased",
     "ledger_from_url",
     "register_backend",
 ]
@@ -80,3 +83,19 @@ def ledger_from_url(url: str | Ledger, **options: Any) -> Ledger:
         ) from error
     cls: type[Ledger] = getattr(module, class_name)
     return cls(url, **options)
+
+
+def leased(ledger: str | Ledger, **options: Any) -> LeasedLedger:
+    """Wrap a shared ledger (or its URL) in budget leases: see ``LeasedLedger``.
+
+    ``options`` are ``LeasedLedger``'s (``slice_fraction``, ``ttl``, ``flush``,
+    ``background``). A ledger that is not shared (``memory://``) gains nothing
+    from leases and is refused.
+    """
+    inner = ledger_from_url(ledger)
+    if not inner.shared:
+        raise ConfigurationError(
+            f"leases share a budget between processes; {inner.url!r} is private to one "
+            "process: use it without leases"
+        )
+    return LeasedLedger(inner, **options)

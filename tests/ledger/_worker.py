@@ -10,6 +10,12 @@ Usage: ``python _worker.py MODE URL [ARGS...]`` where MODE is
   id, and leaving one reservation open (expiring after TTL seconds) each round.
 - ``guard URL N GO_FILE``: N calls of a function budgeted by ``BudgetGuard``
   with estimate 0.01; print how many ran.
+- ``lease-race URL N AMOUNT LIMIT FRACTION GO_FILE``: ``race`` through a
+  ``LeasedLedger`` (slices of FRACTION of the limit), closed at the end.
+- ``lease-guard URL N GO_FILE``: ``guard`` with the guard's ledger leased.
+- ``lease-hang URL AMOUNT LIMIT FRACTION TTL FLUSHED UNFLUSHED``: through a
+  ``LeasedLedger`` with leases of TTL seconds, settle FLUSHED calls and flush,
+  then UNFLUSHED more; print ``ready`` and wait to be killed.
 """
 
 from __future__ import annotations
@@ -87,6 +93,85 @@ def guard(url: str, n: str, go: str) -> None:
     print(ran, flush=True)
 
 
+def lease_race(url: str, n: str, amount: str, limit: str, fraction: str, go: str) -> None:
+    """Reserve and settle N times through budget leases; print how many got through."""
+    from budgetguard.ledger import LeasedLedger
+
+    ledger = LeasedLedger(ledger_from_url(url), slice_fraction=float(fraction))
+    wait_for(go)
+    won = 0
+    for _ in range(int(n)):
+        r = Reservation(
+            uuid.uuid4().hex, (Hold("user", int(limit), int(amount)),), time.time() + 60
+        )
+        if ledger.reserve(r) is None:
+            assert ledger.settle(r, int(amount), ("tally",))
+            won += 1
+    ledger.close()
+    print(won, flush=True)
+
+
+def lease_guard(url: str, n: str, go: str) -> None:
+    """Make N budgeted calls through a BudgetGuard over budget leases; print how many ran."""
+    from budgetguard import BudgetExceededError
+    from budgetguard.guard import BudgetGuard
+    from budgetguard.ledger import LeasedLedger
+
+    ledger = LeasedLedger(ledger_from_url(url), slice_fraction=0.1)
+    bg = BudgetGuard(ledger=ledger)
+    ran = 0
+
+    @bg.budgeted(estimate="0.01")
+    def call() -> None:
+        nonlocal ran
+        ran += 1
+
+    wait_for(go)
+    for _ in range(int(n)):
+        with contextlib.suppress(BudgetExceededError):
+            call()
+    ledger.close()
+    print(ran, flush=True)
+
+
+def lease_hang(
+    url: str, amount: str, limit: str, fraction: str, ttl: str, flushed: str, unflushed: str
+) -> None:
+    """Spend through a lease, flush part of it, spend more, then wait to be killed."""
+    from budgetguard.ledger import LeasedLedger
+
+    ledger = LeasedLedger(
+        ledger_from_url(url),
+        slice_fraction=float(fraction),
+        ttl=float(ttl),
+        flush=float(ttl) / 4,
+        background=False,
+    )
+
+    def calls(count: int) -> None:
+        for _ in range(count):
+            r = Reservation(
+                uuid.uuid4().hex, (Hold("user", int(limit), int(amount)),), time.time() + 60
+            )
+            assert ledger.reserve(r) is None
+            assert ledger.settle(r, int(amount))
+
+    calls(int(flushed))
+    ledger.flush_now()
+    calls(int(unflushed))
+    print("ready", flush=True)
+    while True:
+        time.sleep(1)
+
+
 if __name__ == "__main__":
-    modes = {"race": race, "settle": settle, "crash": crash, "guard": guard}
+    modes = {
+        "race": race,
+        "settle": settle,
+        "crash": crash,
+        "guard": guard,
+        "lease-race": lease_race,
+        "lease-guard": lease_guard,
+        "lease-hang": lease_hang,
+    }
     modes[sys.argv[1]](*sys.argv[2:])
