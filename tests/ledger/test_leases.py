@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from budgetguard import BudgetExceededError, BudgetGuard
 from budgetguard.errors import ConfigurationError, StorageError
 from budgetguard.ledger import (
     Balance,
@@ -584,3 +585,31 @@ def test_lost_flush_replies_are_retried_without_double_counting(
         ["user", "count", "tally"]
     )
     assert direct.open_reservations() == []
+
+
+def test_a_guard_takes_leases_when_asked(ledger_url: str) -> None:
+    """BudgetGuard(leases=True) admits exactly what the budget fits, charged once."""
+    guard = BudgetGuard(ledger_url, metrics=False, leases={"flush": 0.05})
+    try:
+        assert type(guard.ledger).__name__ == "LeasedLedger"
+        guard.set_budget("0.37", user="alice", period="monthly")
+        call = guard.budgeted(user="alice", estimate="0.01", cost=lambda _: "0.01")(lambda: 1)
+        ran = 0
+        for _ in range(50):
+            try:
+                call()
+            except BudgetExceededError:
+                continue
+            ran += 1
+        assert ran == 37
+        assert guard.spend("alice") == Decimal("0.37")
+    finally:
+        guard.close()
+
+
+def test_leases_are_refused_on_a_private_ledger() -> None:
+    """leases= on memory:// names the problem at the door."""
+    with pytest.raises(ConfigurationError, match="private to one process"):
+        BudgetGuard("memory://", metrics=False, leases=True)
+    with pytest.raises(ConfigurationError, match="leases must be True"):
+        BudgetGuard("memory://", metrics=False, leases="yes")
