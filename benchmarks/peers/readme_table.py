@@ -130,20 +130,26 @@ def _charge_rows(charge: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _loopback_rows(loopback: dict[str, Any]) -> list[tuple[str, str, str]]:
-    us = loopback["us_per_call"]
+    wall = loopback["us_per_call"]
+    cpu = loopback["cpu_us_per_call"]
 
     def against(name: str, bare: str) -> str:
-        return f"{us[name]:,.0f} µs, {us[name] / us[bare]:.2f}× bare"
+        return (
+            f"CPU {cpu[name]:,.0f} µs, {cpu[name] / cpu[bare]:.2f}× bare; "
+            f"wall {wall[name]:,.0f} µs, {wall[name] / wall[bare]:.2f}×"
+        )
+
+    def base(name: str) -> str:
+        return f"client CPU {cpu[name]:,.0f} µs, wall {wall[name]:,.0f} µs a call"
 
     return [
         (
-            f"openai `chat.completions.create` on a loopback server (bare: "
-            f"{us['openai bare']:,.0f} µs)",
+            f"openai `chat.completions.create` on a loopback server (bare: {base('openai bare')})",
             f"instrumented: {against('openai + budgetguard', 'openai bare')}",
             f"OpenLLMetry's instrumentation: {against('openai + OpenLLMetry', 'openai bare')}",
         ),
         (
-            f"LangChain `ChatOpenAI.invoke`, same server (bare: {us['ChatOpenAI bare']:,.0f} µs)",
+            f"LangChain `ChatOpenAI.invoke`, same server (bare: {base('ChatOpenAI bare')})",
             f"instrumented: {against('ChatOpenAI + budgetguard', 'ChatOpenAI bare')}",
             "`get_openai_callback()` (counts, no budget): "
             + against("ChatOpenAI + get_openai_callback", "ChatOpenAI bare"),
