@@ -4,6 +4,8 @@ Run (after ``bash benchmarks/peers/setup.sh``, which makes /tmp/peers-venv)::
 
     LITELLM_LOCAL_MODEL_COST_MAP=True /tmp/peers-venv/bin/python benchmarks/peers/compare.py
 
+(``run_all.py`` runs these same measurements through ``measure()``, beside the others.)
+
 Three measurements, every tool on the same calls (gpt-4o-mini chat completions
 with seeded token counts; LiteLLM ``ModelResponse`` objects, which budgetguard
 reads as they are; tokencost is given their token counts):
@@ -285,14 +287,8 @@ def _short(amount: Decimal) -> str:
     return text if len(text) <= 24 else text[:23] + "…"
 
 
-def main() -> None:
-    """Run every measurement and print the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--calls", type=int, default=5000, help="calls per timing run")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
-    options = parser.parse_args()
-
+def measure(calls: int = 5000, repeats: int = 3, seed: int = 1) -> dict[str, Any]:
+    """Run the three measurements; return their figures (JSON-ready: floats, ints, strings)."""
     import importlib.metadata as metadata
 
     import litellm
@@ -303,9 +299,8 @@ def main() -> None:
     # Our distribution's name: the index's "budgetguard" is another project.
     names = (DISTRIBUTION, "litellm", "tokencost")
     versions = {name: metadata.version(name) for name in names}
-    print(f"python {sys.version.split()[0]}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
-    plain = responses(options.calls, options.seed)
+    plain = responses(calls, seed)
     wrapped = [litellm.ModelResponse(**r) for r in plain]
     huge = Decimal(10**6)
     work = tempfile.mkdtemp(prefix="peers-bench-")
@@ -338,33 +333,29 @@ def main() -> None:
         ("tokencost + dict", lambda: TokencostTool(huge), plain),
     ]  # fmt: skip
 
-    print(f"\n1+2. {options.calls} gpt-4o-mini calls, one thread, check + charge per call")
-    print(f"{'tool':<26}{'us/call':>10}  {'total charged':>26}  {'exact total':>22}  drift")
-    for label, make, calls in makers:
-        microseconds, tool = per_call_us(make, calls, options.repeats)
+    per_call: dict[str, dict[str, Any]] = {}
+    for label, make, batch in makers:
+        microseconds, tool = per_call_us(make, batch, repeats)
         key = "budgetguard" if label.startswith("budgetguard") else label
         expected = exact_total(plain, *prices[key])
         got = tool.total()
-        drift = got - expected
-        print(
-            f"{label:<26}{microseconds:>10.1f}  {_short(got):>26}  {expected!s:>22}  "
-            f"{float(drift):+.1e}"
-        )
+        per_call[label] = {
+            "us_per_call": microseconds,
+            "total": str(got),
+            "exact": str(expected),
+            "drift": float(got - expected),
+        }
         tool.close()
 
-    print("\n2b. 100,000 charges of $0.000001 (exactly $0.1)")
-    for name, total in micro_charges(100_000).items():
-        print(f"{name:<26}{_short(total):>26}  off by {float(total - Decimal('0.1')):+.1e}")
+    micro = {
+        name: {"total": str(total), "drift": float(total - Decimal("0.1"))}
+        for name, total in micro_charges(100_000).items()
+    }
 
     call = plain[0]
     cost = exact_total([call], *prices["budgetguard"])
     fits = 40
     limit = cost * fits
-    print(
-        f"\n3. {THREADS} threads x 10 attempts, {LATENCY * 1000:.0f} ms per call, "
-        f"budget fits exactly {fits} calls (${limit})"
-    )
-    print(f"{'tool':<26}{'admitted':>9}{'overspend':>11}{'errors':>8}  final total")
     racers: list[tuple[str, Callable[[], Any], Any]] = [
         ("budgetguard (memory://)", lambda: BudgetGuardTool("memory://", limit, cost), wrapped[0]),
         ("budgetguard (sqlite)",
@@ -372,9 +363,66 @@ def main() -> None:
         ("litellm BudgetManager", lambda: LiteLLMTool(limit), wrapped[0]),
         ("tokencost + dict", lambda: TokencostTool(limit), call),
     ]  # fmt: skip
+    raced: dict[str, dict[str, Any]] = {}
     for label, make, response in racers:
         admitted, errors, total = race(make, response, attempts=10)
-        print(f"{label:<26}{admitted:>9}{admitted - fits:>+11}{errors:>8}  {_short(total)}")
+        raced[label] = {
+            "admitted": admitted,
+            "overspend": admitted - fits,
+            "errors": errors,
+            "total": str(total),
+        }
+    return {
+        "versions": versions,
+        "calls": calls,
+        "repeats": repeats,
+        "per_call": per_call,
+        "micro_charges": micro,
+        "race": {
+            "threads": THREADS,
+            "attempts": 10,
+            "latency_ms": LATENCY * 1000,
+            "fits": fits,
+            "limit": str(limit),
+            "tools": raced,
+        },
+    }
+
+
+def main() -> None:
+    """Run every measurement and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--calls", type=int, default=5000, help="calls per timing run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    options = parser.parse_args()
+    found = measure(options.calls, options.repeats, options.seed)
+    versions = found["versions"]
+    print(f"python {sys.version.split()[0]}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+
+    print(f"\n1+2. {options.calls} gpt-4o-mini calls, one thread, check + charge per call")
+    print(f"{'tool':<26}{'us/call':>10}  {'total charged':>26}  {'exact total':>22}  drift")
+    for label, row in found["per_call"].items():
+        print(
+            f"{label:<26}{row['us_per_call']:>10.1f}  {_short(Decimal(row['total'])):>26}  "
+            f"{row['exact']:>22}  {row['drift']:+.1e}"
+        )
+
+    print("\n2b. 100,000 charges of $0.000001 (exactly $0.1)")
+    for name, row in found["micro_charges"].items():
+        print(f"{name:<26}{_short(Decimal(row['total'])):>26}  off by {row['drift']:+.1e}")
+
+    race_found = found["race"]
+    print(
+        f"\n3. {THREADS} threads x 10 attempts, {LATENCY * 1000:.0f} ms per call, "
+        f"budget fits exactly {race_found['fits']} calls (${race_found['limit']})"
+    )
+    print(f"{'tool':<26}{'admitted':>9}{'overspend':>11}{'errors':>8}  final total")
+    for label, row in race_found["tools"].items():
+        print(
+            f"{label:<26}{row['admitted']:>9}{row['overspend']:>+11}{row['errors']:>8}  "
+            f"{_short(Decimal(row['total']))}"
+        )
 
 
 if __name__ == "__main__":
