@@ -112,6 +112,9 @@ WORKLOADS = {"pairs": _pairs, "guarded": _guarded, "limits": _limits}
 
 def worker(kind: str, url: str, threads: int, seconds: float, go: str) -> None:
     """Run ``kind`` on ``threads`` threads for ``seconds`` after ``go`` exists; print JSON."""
+    import logging
+
+    logging.getLogger("budgetguard").setLevel(logging.ERROR)  # the server has no persistence
     trips = _count_round_trips()
     one, close = WORKLOADS[kind](url)
     for _ in range(50):  # warm up: connections, scripts loaded
@@ -121,6 +124,7 @@ def worker(kind: str, url: str, threads: int, seconds: float, go: str) -> None:
         time.sleep(0.0005)
     counts = [0] * threads
     trips_before = trips[0]
+    cpu = time.process_time()
     start = time.perf_counter()
     stop = start + seconds
 
@@ -137,9 +141,11 @@ def worker(kind: str, url: str, threads: int, seconds: float, go: str) -> None:
     for thread in pool:
         thread.join()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     sent = trips[0] - trips_before
     close()
-    print(json.dumps({"calls": sum(counts), "seconds": elapsed, "round_trips": sent}), flush=True)
+    result = {"calls": sum(counts), "seconds": elapsed, "round_trips": sent, "cpu": cpu}
+    print(json.dumps(result), flush=True)
 
 
 # -- the parent: a private server, children, the table ---------------------------------------
@@ -186,14 +192,16 @@ def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("redis-server did not start")
 
 
-def commands_run(port: int) -> int:
-    """Return every command Redis has run (scripts' inner ones included), INFO excepted."""
+def server_counts(port: int) -> tuple[int, float]:
+    """Return the commands Redis ran (scripts' inner ones included, INFO excepted) and its CPU s."""
     import redis
 
     admin = redis.Redis(port=port)
     stats = admin.info("commandstats")
+    cpu = admin.info("cpu")
     admin.close()
-    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    commands = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    return commands, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def measure(
@@ -218,7 +226,7 @@ def measure(
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise SystemExit(f"{kind} worker failed to start")
-        before = commands_run(port)
+        before, server_cpu = server_counts(port)
         Path(go).touch()
         results = []
         for child in children:
@@ -226,7 +234,7 @@ def measure(
             if child.returncode != 0:
                 raise SystemExit(f"{kind} worker failed")
             results.append(json.loads(out.strip().splitlines()[-1]))
-        after = commands_run(port)
+        after, server_cpu_after = server_counts(port)
     calls = sum(r["calls"] for r in results)
     rate = sum(r["calls"] / r["seconds"] for r in results)
     # The close() of each child (which writes what it still queues) is inside the delta.
@@ -234,6 +242,8 @@ def measure(
         "rate": rate,
         "round_trips": sum(r["round_trips"] for r in results) / calls,
         "commands": (after - before) / calls,
+        "client_us": 1e6 * sum(r["cpu"] for r in results) / calls,
+        "server_us": 1e6 * (server_cpu_after - server_cpu) / calls,
     }
 
 
@@ -243,6 +253,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--before", type=Path, help="an older checkout to measure too")
     parser.add_argument("--delays", default="0,0.005", help="settle_delay values (this tree)")
+    parser.add_argument("--rounds", type=int, default=3, help="best of this many rounds")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
@@ -263,28 +274,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="budgetguard-bench-") as directory:
         server, port = start_redis(directory)
         base = f"redis://127.0.0.1:{port}/0"
-        table: list[tuple[str, list[dict[str, float]]]] = []
+        # Rounds interleave every workload, and each cell keeps its best round:
+        # on a shared machine other load only ever slows a run down.
+        best: dict[tuple[int, int], dict[str, float]] = {}
         try:
-            for label, kind, code, query in runs:
-                row = [
-                    measure(kind, base + query, code, threads, processes, options.seconds, port)
-                    for _, threads, processes in shapes
-                ]
-                table.append((label, row))
+            for _ in range(options.rounds):
+                for i, (_, kind, code, query) in enumerate(runs):
+                    for j, (_, threads, processes) in enumerate(shapes):
+                        url = base + query
+                        got = measure(kind, url, code, threads, processes, options.seconds, port)
+                        kept = best.get((i, j))
+                        if kept is None or got["rate"] > kept["rate"]:
+                            best[i, j] = got
         finally:
             server.terminate()
             server.wait()
 
+    table = [(run[0], [best[i, j] for j in range(len(shapes))]) for i, run in enumerate(runs)]
     limits_row = table[-1][1]
     out = sys.stdout
     out.write(
-        f"Calls per second on one private redis-server ({options.seconds:g}s each, "
-        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}); "
-        "in brackets: limits' rate / this rate\n\n"
+        f"Calls per second on one private redis-server ({options.seconds:g}s each, best of "
+        f"{options.rounds} interleaved rounds, {os.cpu_count()} CPUs, Python "
+        f"{sys.version.split()[0]}); in brackets: limits' rate / this rate\n\n"
     )
     header = " | ".join(f"{name:>20}" for name, _, _ in shapes)
-    out.write(f"| {'workload':<30} | {header} | trips/call | cmds/call |\n")
-    out.write(f"|{'-' * 32}|" + "|".join("-" * 22 for _ in shapes) + "|------------|-----------|\n")
+    out.write(f"| {'workload':<30} | {header} | trips/call | cmds/call | client µs | server µs |\n")
+    out.write(
+        f"|{'-' * 32}|"
+        + "|".join("-" * 22 for _ in shapes)
+        + "|------------|-----------|-----------|-----------|\n"
+    )
     for label, row in table:
         cells = " | ".join(
             f"{r['rate']:>11,.0f} ({limits['rate'] / r['rate']:>4.2f}x)"
@@ -293,11 +313,14 @@ def main() -> None:
         # Per-call counts from the 1-thread run (the 8-thread one carries more per trip).
         out.write(
             f"| {label:<30} | {cells} | {row[0]['round_trips']:>10.2f} | "
-            f"{row[0]['commands']:>9.1f} |\n"
+            f"{row[0]['commands']:>9.1f} | {row[0]['client_us']:>9.1f} | "
+            f"{row[0]['server_us']:>9.1f} |\n"
         )
     out.write(
         "\ntrips/call: requests sent per call (a pipeline is one); cmds/call: commands Redis "
-        "ran per call, scripts' inner commands included (1-thread run).\n"
+        "ran per call, scripts' inner commands included; client µs / server µs: CPU time per "
+        "call of the calling process and of redis-server (less sensitive to other load than "
+        "rates). All four from the 1-thread run.\n"
     )
 
 

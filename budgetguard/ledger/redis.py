@@ -1265,10 +1265,7 @@ class RedisLedger(Ledger):
                 conn.disconnect()
             link.dirty = True
             self._fresh(conn)
-            if len(commands) == 1:
-                conn.send_command(*commands[0], check_health=False)
-            else:
-                conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            conn.send_packed_command([_packed(commands)], check_health=False)
             for _ in commands:
                 try:
                     replies.append(
@@ -1327,10 +1324,7 @@ class RedisLedger(Ledger):
                 await conn.disconnect(nowait=True)
             link.dirty = True
             await self._afresh(conn)
-            if len(commands) == 1:
-                await conn.send_command(*commands[0], check_health=False)
-            else:
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            await conn.send_packed_command([_packed(commands)], check_health=False)
             for _ in commands:
                 try:
                     replies.append(
@@ -1599,6 +1593,28 @@ def _positive(name: str, value: object, default: float, url: str) -> float:
             f"{name} must be a positive number of seconds, got {value!r} ({url})"
         )
     return number
+
+
+def _packed(commands: Sequence[Sequence[Any]]) -> bytes:
+    """Encode commands in RESP, as redis-py would, at a fraction of its cost.
+
+    Arguments are strings (UTF-8), bytes, or numbers (their ``repr``); a
+    reserve + settle sends about fifty, so this is on the hot path.
+    """
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, bytes):
+                data = arg
+            elif isinstance(arg, int | float) and not isinstance(arg, bool):
+                data = repr(arg).encode()
+            else:
+                raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r:.80}")
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _settle_delay(value: object, url: str) -> float:
