@@ -11,8 +11,37 @@ plus options of the ledger's own, as query parameters or keyword arguments:
 ``idempotency_ttl`` (seconds for which settled and released reservation ids
 and add op ids are remembered, so a retry counts once; default 3600, at least
 60; ``ended_ttl`` is its older name) and ``timeout`` (the deadline of one
-operation in seconds, default 5). Every other query parameter
-(``ssl_cert_reqs``, ...) goes to redis-py.
+operation in seconds, default 5) and ``settle_delay`` (below; default 0).
+Every other query parameter (``ssl_cert_reqs``, ...) goes to redis-py.
+
+Settles that ride along (``settle_delay`` > 0, at most 1 s): ``settle`` and
+``asettle`` queue the settle in this process and return; it is sent in the
+same round trip as the next command of any thread (usually the next call's
+reserve: one round trip per call instead of two), or by a daemon thread once
+it has waited ``settle_delay`` seconds. The rules:
+
+- A queued settle is idempotent by its reservation id: a round trip that
+  carried it and lost its reply leaves it queued, and it is sent again with
+  the same id (the script ignores a settled id), so it never charges twice.
+- Its hold stays in Redis until it lands: other processes admit against the
+  hold, never against room the settle has not yet made.
+- Reads of this process (``balances``, ``scan``, ``open_reservations``,
+  budget reads) carry every queued settle, in flight ones included, before
+  the read in the same round trip: the process reads its own writes.
+  ``close()`` and interpreter exit write the queue (settles after that are
+  written at once); ``release`` and every other write carry it too, in order.
+- A crash loses the settles still queued: those of the last
+  ``settle_delay`` seconds, plus any whose write was failing. Their holds
+  expire after the reservation's time to live, uncharged.
+- A forked child starts with an empty queue: the parent's queue is the
+  parent's to send.
+- ``settle`` returns ``True`` once queued, ``False`` when the same id is
+  still queued or was written from this process's queue recently (the last
+  10,000); an id ended by another process is known only to Redis.
+- A batch that fails stays queued (at most 10,000 settles), carried by every
+  later command and retried by the daemon thread (backing off to once a
+  second); until a batch lands, new settles are written at once, so their
+  failures reach the caller (the guard's outbox) as without the option.
 
 Faults: the ledger drives redis-py's connections itself, one per thread (and
 a few per event loop), and never lets redis-py retry a command: a script
@@ -702,13 +731,15 @@ class RedisLedger(Ledger):
     """Keep spend in Redis, one Lua script per operation, shared by every host.
 
     Options (keyword arguments, or query parameters for ``prefix``,
-    ``idempotency_ttl`` and ``timeout``): ``prefix`` namespaces the keys;
+    ``idempotency_ttl``, ``timeout`` and ``settle_delay``): ``prefix`` namespaces the keys;
     ``timeout`` seconds one operation may take before it is reported as a
     ``StorageError`` (default 5; ``socket_timeout`` is the older name);
     ``idempotency_ttl`` seconds for which ended ids are remembered (default
     3600, at least 60; ``ended_ttl`` is the older name); ``clock`` a clock of
     the caller's instead of the server's ``TIME`` (tests); ``expire_batch``
-    expired reservations released per call (default 100). Other keyword
+    expired reservations released per call (default 100); ``settle_delay``
+    seconds a settle may wait in this process for a command to carry it
+    (default 0: written at once; see the module's docstring). Other keyword
     arguments go to redis-py's connections.
     """
 
