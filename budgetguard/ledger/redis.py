@@ -689,9 +689,14 @@ def _flush_loop(ref: weakref.ref[RedisLedger], queue: _Queue, delay: float) -> N
         due = queue.due_in(delay)
         del ledger  # never keep the ledger alive while waiting
         if due is None:
+            if queue.final:  # closed, or the process is exiting: settles go at once now
+                with queue.lock:
+                    queue.flusher = None
+                return
             continue
         if due > 0 or backoff:
             time.sleep(max(due, backoff))
+            backoff = 0.0 if queue.final else backoff
             continue
         ledger = ref()
         if ledger is None:
@@ -1050,6 +1055,10 @@ class RedisLedger(Ledger):
                     error,
                 )
             queue.wake.set()
+            flusher = queue.flusher
+            if flusher is not None and flusher is not threading.current_thread():
+                # It stops once nothing waits; its connection is closed below.
+                flusher.join(self.timeout)
         with self._links_lock:
             links = list(self._links)
         for link in links:
