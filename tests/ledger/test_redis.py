@@ -236,3 +236,21 @@ def test_durability_check_names_eviction_and_missing_persistence(redis_url: str)
     assert any("persistence is off" in p for p in problems) != persistent
     assert not any("maxmemory-policy" in p for p in ledger.check_durability())
     ledger.close()
+
+
+def test_commands_are_encoded_as_redis_py_would(redis_url: str) -> None:
+    """The ledger's own RESP encoder sends the bytes redis-py's encoder would send."""
+    import redis.connection
+
+    conn = redis.connection.Connection()
+    commands = [
+        ("EVALSHA", "ab" * 20, 6, "{bg}:spent", "ключ", 1.5, 10**15, b"raw"),
+        ("PING",),
+    ]
+    assert redis_ledger._packed(commands) == b"".join(conn.pack_commands(commands))
+    head = redis_ledger._Encoded.of("EVALSHA", "ab" * 20, 2, "k1", "k2")
+    assert redis_ledger._packed([(head, "x", 3)]) == redis_ledger._packed(
+        [("EVALSHA", "ab" * 20, 2, "k1", "k2", "x", 3)]
+    )
+    with pytest.raises(TypeError, match="cannot send NoneType"):
+        redis_ledger._packed([("GET", None)])
