@@ -242,12 +242,13 @@ def test_commands_are_encoded_as_redis_py_would(redis_url: str) -> None:
     """The ledger's own RESP encoder sends the bytes redis-py's encoder would send."""
     import redis.connection
 
-    conn = redis.connection.Connection()
+    conn = redis.connection.Connection()  # type: ignore[no-untyped-call]
     commands = [
         ("EVALSHA", "ab" * 20, 6, "{bg}:spent", "ключ", 1.5, 10**15, b"raw"),
         ("PING",),
     ]
-    assert redis_ledger._packed(commands) == b"".join(conn.pack_commands(commands))
+    packed = conn.pack_commands(commands)  # type: ignore[no-untyped-call]
+    assert redis_ledger._packed(commands) == b"".join(packed)
     head = redis_ledger._Encoded.of("EVALSHA", "ab" * 20, 2, "k1", "k2")
     assert redis_ledger._packed([(head, "x", 3)]) == redis_ledger._packed(
         [("EVALSHA", "ab" * 20, 2, "k1", "k2", "x", 3)]
