@@ -139,7 +139,7 @@ T = TypeVar("T")
 _DEFAULT_SOCKET_TIMEOUT = 5.0
 #: The longest settle_delay: a crash loses at most this much of settles.
 _MAX_SETTLE_DELAY = 1.0
-#: Settles and releases queued at most; past it, or while a batch fails, they are written at once.
+#: Settles queued at most; past it, or while a batch fails, settles are written at once.
 _MAX_QUEUED = 10_000
 #: Ids of settles written from the queue that a repeat in this process is told of (False).
 _REMEMBERED = 10_000
@@ -1284,7 +1284,11 @@ class RedisLedger(Ledger):
             except BaseException:
                 self._queue.done(token, ok=False)
                 raise
-            if self._landed(token, replies[0]) or carry != "all":
+            ran = self._landed(token, replies[0])
+            if ran is None:
+                with suppress(StorageError):
+                    self._exchange([("SCRIPT", "LOAD", _END)], deadline)
+            if ran or carry != "all":
                 break
             # The batch did not run (NOSCRIPT; its script is loaded now) and a
             # read must see it: read again, carrying it.
@@ -1348,7 +1352,11 @@ class RedisLedger(Ledger):
             except BaseException:
                 self._queue.done(token, ok=False)
                 raise
-            if self._landed(token, replies[0]) or carry != "all":
+            ran = self._landed(token, replies[0])
+            if ran is None:
+                with suppress(StorageError):
+                    await self._aexchange([("SCRIPT", "LOAD", _END)], deadline)
+            if ran or carry != "all":
                 break
         if isinstance(replies[1], self._redis.exceptions.ResponseError):
             raise self._storage_error(replies[1]) from replies[1]
@@ -1415,20 +1423,20 @@ class RedisLedger(Ledger):
             command += (entry.id, len(entry.args), *entry.args)
         return command
 
-    def _landed(self, token: int, reply: Any) -> bool:
+    def _landed(self, token: int, reply: Any) -> bool | None:
         """Acknowledge carried entries by the reply of their batch, or queue them again.
 
-        Return whether the batch ran.
+        Return whether the batch ran; ``None`` when it did not because Redis
+        lacks its script (NOSCRIPT): the caller loads it, and the next
+        command carries the batch.
         """
         if isinstance(reply, list):
             self._queue.done(token, ok=True)
             return True
-        error = reply if isinstance(reply, BaseException) else None
-        missing = isinstance(error, self._redis.exceptions.NoScriptError)
+        missing = isinstance(reply, self._redis.exceptions.NoScriptError)
         self._queue.done(token, ok=False, failing=not missing)
-        if missing:  # the batch did not run: load its script; the next command carries it
-            with suppress(StorageError):
-                self._exchange([("SCRIPT", "LOAD", _END)], None)
+        if missing:
+            return None
         else:
             logger.warning(
                 "Redis ledger %s: queued settles were not written (%r); retried, and settles "
@@ -1461,7 +1469,9 @@ class RedisLedger(Ledger):
         except BaseException:
             self._queue.done(token, ok=False)
             raise
-        self._landed(token, replies[0])
+        if self._landed(token, replies[0]) is None:
+            with suppress(StorageError):
+                self._exchange([("SCRIPT", "LOAD", _END)], None)
         if not isinstance(replies[0], list):
             raise StorageError(
                 f"Redis did not take the queued settles at {self.safe_url}: {replies[0]!r:.200}"

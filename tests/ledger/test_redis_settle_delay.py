@@ -481,3 +481,45 @@ def test_a_forked_child_never_sends_its_parents_queue(redis_url: str, direct: Le
     assert ledger.balances(["user"])["user"] == Balance(5, 0)
     ledger.close()
     assert direct.balances(["user"])["user"] == Balance(5, 0)
+
+
+def test_a_flushed_script_cache_never_loses_a_queued_settle(redis_url: str, direct: Ledger) -> None:
+    """NOSCRIPT on a carried batch: it is loaded and sent again; reads still see it."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    ledger = RedisLedger(delayed(redis_url, 1.0))
+    try:
+        r = fresh(7)
+        assert ledger.reserve(r) is None
+        ledger.settle(r, 5)
+        admin.script_flush()
+        assert ledger.balances(["user"])["user"] == Balance(5, 0)
+        again = fresh(7)
+        assert ledger.reserve(again) is None
+        ledger.settle(again, 1)
+        admin.script_flush()
+        assert ledger.reserve(fresh(1)) is None  # both scripts reloaded, the settle carried
+        assert direct.balances(["user"])["user"] == Balance(6, 1)
+    finally:
+        ledger.close()
+        admin.close()
+
+
+async def test_async_reads_see_a_queued_settle_after_noscript(
+    redis_url: str, direct: Ledger
+) -> None:
+    """The asyncio client reloads the batch script too and reads its own writes."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    ledger = RedisLedger(delayed(redis_url, 1.0))
+    try:
+        r = fresh(7)
+        assert await ledger.areserve(r) is None
+        await ledger.asettle(r, 5)
+        admin.script_flush()
+        assert await ledger.abalances(["user"]) == {"user": Balance(5, 0)}
+    finally:
+        await ledger.aclose()
+        admin.close()
