@@ -97,14 +97,19 @@ def test_redact_hides_passwords() -> None:
 
 
 def test_ended_ids_are_pruned(redis_url: str) -> None:
-    """Ended reservation ids are forgotten after ended_ttl on the ledger's clock."""
+    """Settled and released ids are forgotten after ended_ttl on the ledger's clock."""
     now = [1000.0]
     ledger = RedisLedger(redis_url + "?ended_ttl=60", clock=lambda: now[0])
     for i in range(5):
         ledger.settle(Reservation(f"r{i}", (Hold("k", None, 1),), 2000), 1)
+    for i in range(3):
+        ledger.release(Reservation(f"x{i}", (Hold("k", None, 1),), 2000))
     now[0] += 61
+    # Each reserve forgets old settled ids, each release old released ones.
     ledger.reserve(Reservation("fresh", (Hold("k", None, 1),), 5000))
     assert client(redis_url).zcard("{bg}:settled") == 0  # type: ignore[attr-defined]
+    ledger.release(Reservation("gone", (Hold("k", None, 1),), 5000))
+    assert client(redis_url).zrange("{bg}:released", 0, -1) == ["gone"]  # type: ignore[attr-defined]
 
 
 def test_interrupt_between_send_and_reply_never_desyncs(redis_url: str) -> None:
@@ -159,7 +164,7 @@ def test_reply_of_the_wrong_shape_is_a_storage_error(redis_url: str) -> None:
     from budgetguard.errors import StorageError
 
     ledger = RedisLedger(redis_url)
-    ledger._run = lambda name, args, deadline=None: "OK"  # type: ignore[method-assign]
+    ledger._run = lambda name, args, deadline=None, carry="new": "OK"  # type: ignore[method-assign]
     with pytest.raises(StorageError, match="unexpected reply"):
         ledger.settle(Reservation("r", (Hold("k", 100, 5),), time.time() + 60), 1)
     with pytest.raises(StorageError, match="unexpected reply"):
@@ -231,3 +236,22 @@ def test_durability_check_names_eviction_and_missing_persistence(redis_url: str)
     assert any("persistence is off" in p for p in problems) != persistent
     assert not any("maxmemory-policy" in p for p in ledger.check_durability())
     ledger.close()
+
+
+def test_commands_are_encoded_as_redis_py_would(redis_url: str) -> None:
+    """The ledger's own RESP encoder sends the bytes redis-py's encoder would send."""
+    import redis.connection
+
+    conn = redis.connection.Connection()  # type: ignore[no-untyped-call]
+    commands = [
+        ("EVALSHA", "ab" * 20, 6, "{bg}:spent", "ключ", 1.5, 10**15, b"raw"),
+        ("PING",),
+    ]
+    packed = conn.pack_commands(commands)  # type: ignore[no-untyped-call]
+    assert redis_ledger._packed(commands) == b"".join(packed)
+    head = redis_ledger._Encoded.of("EVALSHA", "ab" * 20, 2, "k1", "k2")
+    assert redis_ledger._packed([(head, "x", 3)]) == redis_ledger._packed(
+        [("EVALSHA", "ab" * 20, 2, "k1", "k2", "x", 3)]
+    )
+    with pytest.raises(TypeError, match="cannot send NoneType"):
+        redis_ledger._packed([("GET", None)])
