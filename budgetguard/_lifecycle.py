@@ -41,6 +41,7 @@ from .events import CallOutcome
 from .ledger import Hold, Refusal, Reservation
 from .money import from_units, to_decimal, to_units
 from .pricing import lookup
+from .pricing._price import TOKEN_PRICE_FIELDS
 from .scope import Scope, current_user
 from .scope import _current as _scope_var
 from .telemetry import provider_name
@@ -855,25 +856,12 @@ def _provider(provider: str | None, kind: str | None, model: str | None) -> str 
     return provider_name(provider, model)
 
 
-_PRICED_FIELDS = (
-    "input",
-    "output",
-    "cached_input",
-    "cache_write_5m",
-    "cache_write_1h",
-    "reasoning",
-    "input_audio",
-    "output_audio",
-    "input_image",
-)
-
-
 def _free(model: str) -> bool:
     """Tell whether ``model`` is priced at zero (a local model): it never spends dollars."""
     price = lookup(model)
     if price is None or price.per_request or price.long_context or price.dated:
         return False
-    return not any(getattr(price, name) for name in _PRICED_FIELDS)
+    return not any(getattr(price, name) for name in TOKEN_PRICE_FIELDS)
 
 
 # Costs given as text ("0.0005") by cost= functions, in ledger units: parsing

@@ -7,23 +7,14 @@ import difflib
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ..pricing._price import TOKEN_PRICE_FIELDS
 from ._common import EXIT_OK, CommandError, add_command, add_format
 from ._output import cell, plain, print_csv, print_json, print_table
 
 if TYPE_CHECKING:
     from ._common import Subparsers
 
-_PRICE_FIELDS = (
-    "input",
-    "output",
-    "cached_input",
-    "cache_write_5m",
-    "cache_write_1h",
-    "reasoning",
-    "input_audio",
-    "output_audio",
-    "input_image",
-)
+_PRICE_FIELDS = TOKEN_PRICE_FIELDS
 
 
 def add_parser(commands: Subparsers) -> None:
