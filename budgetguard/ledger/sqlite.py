@@ -49,9 +49,10 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigurationError, StorageError
@@ -145,6 +146,29 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # a float, so amounts are kept well below it.
 _MAX_UNITS = 2**62
 _SYNCHRONOUS = ("full", "normal", "extra")
+
+
+#: Operations run in one transaction at most (group commit).
+_BATCH = 64
+#: Seconds a queued caller sleeps before looking again if no one woke it
+#: (a leader interrupted before it could): nobody is left waiting for long.
+_POLL = 0.05
+_QUEUED, _TAKEN, _DONE, _ABANDONED = "queued", "taken", "done", "abandoned"
+
+
+class _Op(Generic[T]):
+    """One write waiting in (or taken from) the queue of a ledger's group commit."""
+
+    __slots__ = ("body", "deadline", "outcome", "state", "wake")
+
+    def __init__(self, body: Callable[[sqlite3.Connection], T], deadline: float) -> None:
+        self.body = body
+        self.deadline = deadline  # time.monotonic() by which it must be done
+        self.state = _QUEUED
+        #: (failed, value or exception), once run; None if not run or rolled back.
+        self.outcome: tuple[bool, Any] | None = None
+        #: Set when answered, or when it may lead; made once its caller waits.
+        self.wake: threading.Event | None = None
 
 
 class _Connection:
@@ -499,7 +523,10 @@ class SQLiteLedger(_ThreadedAsync):
         # through fork must not be used (SQLite forbids it), only forgotten.
         self._pid = os.getpid()
         self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # held by the leader of a batch
+        self._queue_lock = threading.Lock()  # guards the queue and the states of its operations
+        self._queue: deque[_Op[Any]] = deque()
+        self._company = False  # the last batch held more than one operation
         self._registry_lock = threading.Lock()
         self._holders: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
@@ -572,33 +599,164 @@ class SQLiteLedger(_ThreadedAsync):
             logger.info("SQLite ledger %s migrated to schema version %d", self.path, number + 1)
 
     def _transact(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction within this operation's deadline."""
-        deadline = time.monotonic() + self.timeout
+        """Run ``body`` in a ``BEGIN IMMEDIATE`` transaction within this operation's deadline.
+
+        Group commit: the operation joins this process's queue of writes;
+        one thread at a time (the leader, holding the write lock) runs every
+        queued operation, up to ``_BATCH``, in one transaction, and each
+        caller gets its own operation's outcome once that transaction has
+        committed. A caller alone leads at once: nobody waits for company.
+        """
+        op: _Op[T] = _Op(body, time.monotonic() + self.timeout)
         try:
             db = self._connection()
-            # The ``with`` statements below are on one line on purpose: since
-            # PEP 626 the exit of a ``with`` block counts as a new line of
-            # the statement, and an interrupt delivered there (by a trace
-            # function, for one) would skip ``__exit__``: the lock would stay
-            # held and the transaction open. On one line there is no such
-            # line, and both exits are C code.
-            with self._write_lock: return self._locked(db, body, deadline)  # noqa: E701  # fmt: skip
-        except sqlite3.Error as error:
-            raise self._failed("write", error) from error
+            with self._queue_lock: self._queue.append(op)  # noqa: E701  # fmt: skip
+            while op.state is not _DONE:
+                if not self._write_lock.locked():
+                    # One line on purpose: since PEP 626 the exit of a
+                    # ``with`` block counts as a line of its own, and an
+                    # interrupt delivered there (by a trace function, for
+                    # one) would skip ``__exit__`` and keep the lock held.
+                    with self._write_lock: self._lead(db, op)  # noqa: E701  # fmt: skip
+                    self._nudge()
+                    continue
+                wake = op.wake
+                if wake is None:
+                    # Made only when there is company to wait for. The leader
+                    # marks an operation done, then sets its wake if it has
+                    # one; this sets the wake, then looks at the state again.
+                    op.wake = threading.Event()
+                    continue
+                left = op.deadline - time.monotonic()
+                if left <= 0 and self._abandon(op):
+                    raise StorageError(self._late("write"))
+                wake.wait(min(max(left, 0.001), _POLL))
+                wake.clear()
+        except BaseException as error:
+            # Not run if still queued (its caller gives up); if a batch holds
+            # it, that batch's outcome stands: commit or not, all or nothing.
+            self._abandon(op)
+            self._nudge()
+            if isinstance(error, sqlite3.Error):
+                raise self._failed("write", error) from error
+            raise
+        return self._outcome(op)
 
-    def _locked(
-        self, db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], deadline: float
-    ) -> T:
+    def _outcome(self, op: _Op[T]) -> T:
+        assert op.outcome is not None  # DONE means answered
+        failed, value = op.outcome
+        if failed:
+            if isinstance(value, sqlite3.Error):
+                raise StorageError(self._describe("write", value)) from value
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _abandon(self, op: _Op[Any]) -> bool:
+        """Take ``op`` out of the queue if no batch has taken it; say whether it was."""
+        with self._queue_lock: return self._unqueue(op)  # noqa: E701  # fmt: skip
+
+    def _unqueue(self, op: _Op[Any]) -> bool:
+        if op.state is not _QUEUED:
+            return False
+        op.state = _ABANDONED
+        with suppress(ValueError):  # a batch interrupted while taking it holds it
+            self._queue.remove(op)
+        return True
+
+    def _nudge(self) -> None:
+        """Wake the first queued caller, so that it leads the next batch."""
+        try:
+            wake = self._queue[0].wake
+        except IndexError:  # nobody waits
+            return
+        if wake is not None:
+            wake.set()
+
+    def _lead(self, db: sqlite3.Connection, own: _Op[Any]) -> None:
+        """Run the queued operations (``own`` among them if still queued) in one transaction."""
+        batch: list[_Op[Any]] = []
+        failure: BaseException | None = None
+        try:
+            if self._company:
+                # The last batch had company: let the callers that are a step
+                # from their next write join this one (as PostgreSQL's
+                # commit_delay does, for no longer than a switch of threads).
+                time.sleep(0)
+            with self._queue_lock: self._take(batch)  # noqa: E701  # fmt: skip
+            self._company = len(batch) > 1
+            self._run(db, batch)
+        except Exception as error:
+            failure = error  # every operation of the batch that has no outcome gets it
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            # Every caller of the batch must be answered (or its operation
+            # queued again), even if an interrupt lands in the first pass:
+            # then a second one, idempotent, finishes the work.
+            answered = False
+            try:
+                with self._queue_lock: self._answer(batch, own, failure)  # noqa: E701  # fmt: skip
+                answered = True
+            finally:
+                if not answered:
+                    with self._queue_lock: self._answer(batch, own, failure)  # noqa: E701  # fmt: skip
+
+    def _take(self, batch: list[_Op[Any]]) -> None:
+        queue = self._queue
+        while queue and len(batch) < _BATCH:
+            batch.append(queue.popleft())
+        for op in batch:
+            op.state = _TAKEN
+
+    def _run(self, db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+        now = time.monotonic()
+        live: list[_Op[Any]] = []
+        for op in batch:
+            if op.deadline <= now:
+                op.outcome = (True, StorageError(self._late("write")))
+            else:
+                live.append(op)
+        if not live:
+            return
         _heal(db)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise StorageError(self._late("write"))
-        # What is left of this operation's deadline, not a fresh timeout:
-        # waits must not add up along the queue of writers.
+        # What is left of the earliest deadline in the batch, not a fresh
+        # timeout: waits must not add up along the queue of writers.
+        left = (live[0].deadline if len(live) == 1 else min(op.deadline for op in live)) - now
         self._busy(db, max(1, int(left * 1000)))
-        # ``with db`` ends the transaction in C: COMMIT after the body, or
-        # ROLLBACK on any exception, KeyboardInterrupt included.
-        with db: return _begin(db, body)  # noqa: E701  # fmt: skip
+        try:
+            # ``with db`` ends the transaction in C: COMMIT after the
+            # operations, or ROLLBACK on any exception, interrupts included.
+            with db: _apply(db, live)  # noqa: E701  # fmt: skip
+        except BaseException:
+            for op in live:
+                op.outcome = None  # rolled back: nothing of the batch was written
+            raise
+
+    def _answer(self, batch: list[_Op[Any]], own: _Op[Any], failure: BaseException | None) -> None:
+        """Give every operation of ``batch`` its outcome, or queue it again if it did not run."""
+        interrupted = not isinstance(failure, Exception)
+        again: list[_Op[Any]] = []
+        for op in batch:
+            if op.state is _DONE or op.state is _ABANDONED:
+                continue
+            if op.outcome is None and interrupted:
+                # The leader was interrupted before this operation committed:
+                # nothing of it was written. Its own caller gets the
+                # interrupt; the others' operations go back to the queue.
+                if op is own:
+                    op.state = _ABANDONED
+                elif op.state is _TAKEN or op not in self._queue:
+                    again.append(op)
+                continue
+            if op.outcome is None:
+                op.outcome = (True, failure)
+            op.state = _DONE
+            if op is not own and op.wake is not None:
+                op.wake.set()
+        for op in reversed(again):
+            op.state = _QUEUED
+            self._queue.appendleft(op)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -762,9 +920,28 @@ def _idempotency_ttl(
     return check_idempotency_ttl(raw, repr(url), name)
 
 
-def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+def _apply(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+    """Run the operations of ``batch`` in the transaction, each all or nothing."""
     db.execute("BEGIN IMMEDIATE")
-    return body(db)
+    if len(batch) == 1:  # alone: the transaction is the operation's own
+        op = batch[0]
+        op.outcome = (False, op.body(db))
+        return
+    for op in batch:
+        # A savepoint per operation: one that fails (a reused id, say) is
+        # undone alone, and the others of the batch still commit.
+        db.execute("SAVEPOINT operation")
+        try:
+            value = op.body(db)
+        except Exception as error:
+            if not db.in_transaction:
+                raise  # SQLite ended the whole transaction (a full disk, an I/O error)
+            db.execute("ROLLBACK TO operation")
+            db.execute("RELEASE operation")
+            op.outcome = (True, error)
+        else:
+            db.execute("RELEASE operation")
+            op.outcome = (False, value)
 
 
 def _read_only_file_system(path: str) -> bool:

@@ -1,0 +1,168 @@
+"""Measure SQLite group commit: pairs/s and guarded calls/s, before and after, in one run.
+
+Run from the repository root::
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/sqlite_group_commit.py \\
+        [--before e1a0506] [--seconds 3]
+
+For each of ``synchronous=full`` and ``synchronous=normal``, on 1 and 8
+threads: reserve + settle pairs per second straight on the ledger (a user and
+a global hold, a tally at settle, as the guard does), and guarded calls per
+second (``BudgetGuard(ledger)`` with a monthly and a per-user budget and a
+``@budgeted(user=..., estimate=..., cost=...)`` function that does nothing).
+``--before REV`` also loads ``budgetguard/ledger/sqlite.py`` as it was at git
+revision ``REV`` (the ledger without group commit) and measures it in the
+same run, interleaved with the current one, so the ratios hold on a noisy
+machine. Each figure is the median of ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import budgetguard as bg  # noqa: E402
+from budgetguard.ledger import Hold, Ledger, Reservation  # noqa: E402
+from budgetguard.ledger.sqlite import SQLiteLedger  # noqa: E402
+
+LIMIT = 2**52  # never refuses: the benchmark measures the path that succeeds
+
+
+def load_before(revision: str) -> type[Ledger]:
+    """Return SQLiteLedger as it was at ``revision``, imported beside the current one."""
+    source = subprocess.run(
+        ["git", "show", f"{revision}:budgetguard/ledger/sqlite.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    name = "budgetguard.ledger._sqlite_before"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "budgetguard.ledger"
+    sys.modules[name] = module
+    exec(compile(source, f"{revision}:budgetguard/ledger/sqlite.py", "exec"), module.__dict__)
+    ledger_class: type[Ledger] = module.SQLiteLedger
+    return ledger_class
+
+
+def pair(ledger: Ledger) -> None:
+    """Reserve on a user and a global budget, then settle with a tally, as the guard does."""
+    r = Reservation(
+        uuid.uuid4().hex,
+        (Hold("user:alice:2026-01", LIMIT, 1000), Hold("global:2026-01", LIMIT, 1000)),
+        time.time() + 300,
+    )
+    if ledger.reserve(r) is not None:
+        raise RuntimeError("benchmark reservation refused")
+    ledger.settle(r, 900, ("model:gpt-4o:2026-01",))
+
+
+def guarded(ledger: Ledger) -> Callable[[], None]:
+    """Return a guarded function on ``ledger``: a monthly and a per-user budget, exact cost."""
+    guard = bg.BudgetGuard(ledger, metrics=False)
+    guard.set_budget("1000000", period="monthly")
+    guard.set_budget("1000000", user="alice", period="daily")
+
+    @guard.budgeted(user="alice", estimate="0.001", cost=lambda result: "0.0009")
+    def call() -> None:
+        return None
+
+    return call
+
+
+def rate(work: Callable[[], None], threads: int, seconds: float) -> float:
+    """Return calls of ``work`` per second with ``threads`` threads."""
+    for _ in range(20):  # warm up: connections open, pages cached
+        work()
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def loop(index: int) -> None:
+        n = 0
+        while time.perf_counter() < stop:
+            work()
+            n += 1
+        counts[index] = n
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    """Measure every combination and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", help="git revision of the ledger to compare with")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    options = parser.parse_args()
+    versions: list[tuple[str, type[Ledger]]] = [("now", SQLiteLedger)]
+    if options.before:
+        versions.insert(0, (f"before ({options.before})", load_before(options.before)))
+
+    figures: dict[tuple[str, str, str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="budgetguard-bench-") as directory:
+        for repeat in range(options.repeats):
+            for mode in ("full", "normal"):
+                for what in ("pairs", "guarded calls"):
+                    for threads in (1, 8):
+                        for label, ledger_class in versions:
+                            path = os.path.join(directory, f"{label[:3]}-{mode}-{repeat}.db")
+                            ledger = ledger_class(f"sqlite:///{path}?synchronous={mode.upper()}")
+                            work = (
+                                (lambda ledger=ledger: pair(ledger))
+                                if what == "pairs"
+                                else guarded(ledger)
+                            )
+                            figure = rate(work, threads, options.seconds)
+                            ledger.close()
+                            figures.setdefault((mode, what, label, threads), []).append(figure)
+
+    out = sys.stdout
+    out.write(
+        f"SQLite ledger, per second, median of {options.repeats} runs of {options.seconds:g}s "
+        f"({os.cpu_count()} CPUs, Python {sys.version.split()[0]}, SQLite "
+        f"{__import__('sqlite3').sqlite_version})\n\n"
+    )
+    header = "| synchronous | measure | ledger | 1 thread | 8 threads |"
+    out.write(header + "\n|---|---|---|---:|---:|\n")
+    for mode in ("full", "normal"):
+        for what in ("pairs", "guarded calls"):
+            for label, _ in versions:
+                one = statistics.median(figures[(mode, what, label, 1)])
+                eight = statistics.median(figures[(mode, what, label, 8)])
+                out.write(f"| {mode} | {what} | {label} | {one:,.0f} | {eight:,.0f} |\n")
+            if options.before:
+                ratios = [
+                    statistics.median(figures[(mode, what, "now", n)])
+                    / statistics.median(figures[(mode, what, versions[0][0], n)])
+                    for n in (1, 8)
+                ]
+                out.write(
+                    f"| {mode} | {what} | ratio now / before | {ratios[0]:.2f}× "
+                    f"| {ratios[1]:.2f}× |\n"
+                )
+
+
+if __name__ == "__main__":
+    main()
