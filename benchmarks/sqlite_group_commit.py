@@ -73,17 +73,24 @@ def pair(ledger: Ledger) -> None:
     ledger.settle(r, 900, ("model:gpt-4o:2026-01",))
 
 
+def pairs(ledger: Ledger) -> Callable[[], None]:
+    """Return one reserve + settle pair on ``ledger``, as a function of nothing."""
+    return lambda: pair(ledger)
+
+
 def guarded(ledger: Ledger) -> Callable[[], None]:
     """Return a guarded function on ``ledger``: a monthly and a per-user budget, exact cost."""
     guard = bg.BudgetGuard(ledger, metrics=False)
     guard.set_budget("1000000", period="monthly")
     guard.set_budget("1000000", user="alice", period="daily")
 
-    @guard.budgeted(user="alice", estimate="0.001", cost=lambda result: "0.0009")
     def call() -> None:
         return None
 
-    return call
+    wrapped: Callable[[], None] = guard.budgeted(
+        user="alice", estimate="0.001", cost=lambda result: "0.0009"
+    )(call)
+    return wrapped
 
 
 def rate(work: Callable[[], None], threads: int, seconds: float) -> float:
@@ -129,11 +136,7 @@ def main() -> None:
                         for label, ledger_class in versions:
                             path = os.path.join(directory, f"{label[:3]}-{mode}-{repeat}.db")
                             ledger = ledger_class(f"sqlite:///{path}?synchronous={mode.upper()}")
-                            work = (
-                                (lambda ledger=ledger: pair(ledger))
-                                if what == "pairs"
-                                else guarded(ledger)
-                            )
+                            work = pairs(ledger) if what == "pairs" else guarded(ledger)
                             figure = rate(work, threads, options.seconds)
                             ledger.close()
                             figures.setdefault((mode, what, label, threads), []).append(figure)

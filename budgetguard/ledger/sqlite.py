@@ -167,8 +167,27 @@ class _Op(Generic[T]):
         self.state = _QUEUED
         #: (failed, value or exception), once run; None if not run or rolled back.
         self.outcome: tuple[bool, Any] | None = None
-        #: Set when answered, or when it may lead; made once its caller waits.
-        self.wake: threading.Event | None = None
+        #: Released when answered, or when it may lead; made once its caller waits.
+        self.wake: threading.Lock | None = None
+
+
+def _armed_wake() -> threading.Lock:
+    """Return a wake for a waiting caller: a lock held until someone releases it.
+
+    A plain lock rather than ``threading.Event``: releasing it is one C call,
+    so an interrupt in the thread that wakes cannot leave it half set (an
+    ``Event`` is Python code around a ``Condition`` whose lock it could keep).
+    """
+    wake = threading.Lock()
+    wake.acquire()
+    return wake
+
+
+def _wake_up(wake: threading.Lock | None) -> None:
+    """Release ``wake`` if it is held; waking twice is waking once."""
+    if wake is not None and wake.locked():
+        with suppress(RuntimeError):  # another thread released it first
+            wake.release()
 
 
 class _Connection:
@@ -619,19 +638,22 @@ class SQLiteLedger(_ThreadedAsync):
                     # one) would skip ``__exit__`` and keep the lock held.
                     with self._write_lock: self._lead(db, op)  # noqa: E701  # fmt: skip
                     self._nudge()
-                    continue
+                    if op.state is not _TAKEN:  # else a batch holds it: wait, do not spin
+                        continue
                 wake = op.wake
                 if wake is None:
                     # Made only when there is company to wait for. The leader
-                    # marks an operation done, then sets its wake if it has
-                    # one; this sets the wake, then looks at the state again.
-                    op.wake = threading.Event()
+                    # marks an operation done, then wakes it if it has a
+                    # wake; this gives it one, then looks at the state again.
+                    op.wake = _armed_wake()
                     continue
                 left = op.deadline - time.monotonic()
                 if left <= 0 and self._abandon(op):
                     raise StorageError(self._late("write"))
-                wake.wait(min(max(left, 0.001), _POLL))
-                wake.clear()
+                # Past its deadline but taken into a batch: that batch is
+                # about to end (its wait for SQLite's lock ends by the
+                # earliest deadline in it), and its outcome stands.
+                wake.acquire(timeout=min(left, _POLL) if left > 0 else _POLL)
         except BaseException as error:
             # Not run if still queued (its caller gives up); if a batch holds
             # it, that batch's outcome stands: commit or not, all or nothing.
@@ -669,38 +691,37 @@ class SQLiteLedger(_ThreadedAsync):
             wake = self._queue[0].wake
         except IndexError:  # nobody waits
             return
-        if wake is not None:
-            wake.set()
+        _wake_up(wake)
 
     def _lead(self, db: sqlite3.Connection, own: _Op[Any]) -> None:
         """Run the queued operations (``own`` among them if still queued) in one transaction."""
         batch: list[_Op[Any]] = []
         failure: BaseException | None = None
+        answered = False
+        # Every caller of the batch must be answered (or its operation queued
+        # again) whatever line an interrupt lands on, in the inner ``finally``
+        # too: then the outer one answers again (answering is idempotent).
         try:
-            if self._company:
-                # The last batch had company: let the callers that are a step
-                # from their next write join this one (as PostgreSQL's
-                # commit_delay does, for no longer than a switch of threads).
-                time.sleep(0)
-            with self._queue_lock: self._take(batch)  # noqa: E701  # fmt: skip
-            self._company = len(batch) > 1
-            self._run(db, batch)
-        except Exception as error:
-            failure = error  # every operation of the batch that has no outcome gets it
-        except BaseException as error:
-            failure = error
-            raise
-        finally:
-            # Every caller of the batch must be answered (or its operation
-            # queued again), even if an interrupt lands in the first pass:
-            # then a second one, idempotent, finishes the work.
-            answered = False
             try:
+                if self._company:
+                    # The last batch had company: let the callers that are a
+                    # step from their next write join this one (as
+                    # PostgreSQL's commit_delay does, for one switch of threads).
+                    time.sleep(0)
+                with self._queue_lock: self._take(batch)  # noqa: E701  # fmt: skip
+                self._company = len(batch) > 1
+                self._run(db, batch)
+            except Exception as error:
+                failure = error  # every operation of the batch that has no outcome gets it
+            except BaseException as error:
+                failure = error
+                raise
+            finally:
                 with self._queue_lock: self._answer(batch, own, failure)  # noqa: E701  # fmt: skip
                 answered = True
-            finally:
-                if not answered:
-                    with self._queue_lock: self._answer(batch, own, failure)  # noqa: E701  # fmt: skip
+        finally:
+            if not answered:
+                with self._queue_lock: self._answer(batch, own, failure)  # noqa: E701  # fmt: skip
 
     def _take(self, batch: list[_Op[Any]]) -> None:
         queue = self._queue
@@ -752,8 +773,8 @@ class SQLiteLedger(_ThreadedAsync):
             if op.outcome is None:
                 op.outcome = (True, failure)
             op.state = _DONE
-            if op is not own and op.wake is not None:
-                op.wake.set()
+            if op is not own:
+                _wake_up(op.wake)
         for op in reversed(again):
             op.state = _QUEUED
             self._queue.appendleft(op)
