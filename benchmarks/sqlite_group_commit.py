@@ -116,23 +116,42 @@ def rate(work: Callable[[], None], threads: int, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - start)
 
 
+def fsync_ms(directory: str, count: int = 100) -> float:
+    """Return the median milliseconds of one small write + fsync in ``directory``."""
+    times = []
+    fd = os.open(os.path.join(directory, "fsync-probe"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(fd, b"x" * 100)
+            os.fsync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+    return statistics.median(times) * 1000
+
+
 def main() -> None:
     """Measure every combination and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="git revision of the ledger to compare with")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--threads", default="1,8", help="comma-separated thread counts")
     options = parser.parse_args()
+    counts = [int(n) for n in options.threads.split(",")]
     versions: list[tuple[str, type[Ledger]]] = [("now", SQLiteLedger)]
     if options.before:
         versions.insert(0, (f"before ({options.before})", load_before(options.before)))
 
     figures: dict[tuple[str, str, str, int], list[float]] = {}
+    fsyncs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="budgetguard-bench-") as directory:
         for repeat in range(options.repeats):
+            fsyncs.append(fsync_ms(directory))
             for mode in ("full", "normal"):
                 for what in ("pairs", "guarded calls"):
-                    for threads in (1, 8):
+                    for threads in counts:
                         for label, ledger_class in versions:
                             path = os.path.join(directory, f"{label[:3]}-{mode}-{repeat}.db")
                             ledger = ledger_class(f"sqlite:///{path}?synchronous={mode.upper()}")
@@ -147,24 +166,36 @@ def main() -> None:
         f"({os.cpu_count()} CPUs, Python {sys.version.split()[0]}, SQLite "
         f"{__import__('sqlite3').sqlite_version})\n\n"
     )
-    header = "| synchronous | measure | ledger | 1 thread | 8 threads |"
-    out.write(header + "\n|---|---|---|---:|---:|\n")
+
+    def median(mode: str, what: str, label: str, threads: int) -> float:
+        return statistics.median(figures[(mode, what, label, threads)])
+
+    heads = " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in counts)
+    out.write(f"| synchronous | measure | ledger | {heads} |\n")
+    out.write("|---|---|---|" + "---:|" * len(counts) + "\n")
     for mode in ("full", "normal"):
         for what in ("pairs", "guarded calls"):
             for label, _ in versions:
-                one = statistics.median(figures[(mode, what, label, 1)])
-                eight = statistics.median(figures[(mode, what, label, 8)])
-                out.write(f"| {mode} | {what} | {label} | {one:,.0f} | {eight:,.0f} |\n")
-            if options.before:
-                ratios = [
-                    statistics.median(figures[(mode, what, "now", n)])
-                    / statistics.median(figures[(mode, what, versions[0][0], n)])
-                    for n in (1, 8)
-                ]
-                out.write(
-                    f"| {mode} | {what} | ratio now / before | {ratios[0]:.2f}× "
-                    f"| {ratios[1]:.2f}× |\n"
+                cells = " | ".join(
+                    f"{statistics.median(figures[(mode, what, label, n)]):,.0f}" for n in counts
                 )
+                out.write(f"| {mode} | {what} | {label} | {cells} |\n")
+            if options.before:
+                before = versions[0][0]
+                cells = " | ".join(
+                    f"{median(mode, what, 'now', n) / median(mode, what, before, n):.2f}×"
+                    for n in counts
+                )
+                out.write(f"| {mode} | {what} | ratio now / before | {cells} |\n")
+    fsync = statistics.median(fsyncs)
+    out.write(
+        f"\nfsync of a small write in the same directory: {fsync:.2f} ms (median; "
+        f"{min(fsyncs):.2f}–{max(fsyncs):.2f} over the repeats). With T threads at most T "
+        "writes share one commit, and a guarded call is two writes (reserve, settle), so "
+        "synchronous=full allows at most about T / (2 × fsync) guarded calls per second: "
+        + ", ".join(f"{n / (2 * fsync / 1000):,.0f} for {n}" for n in counts)
+        + ".\n"
+    )
 
 
 if __name__ == "__main__":

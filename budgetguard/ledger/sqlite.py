@@ -18,25 +18,43 @@ fsync; with WAL a committed transaction still survives the process being
 killed (it is in the OS page cache), but the last ones may be lost if the
 machine itself goes down.
 
-Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction, so processes
-queue on SQLite's write lock and a check can never be separated from its
-charge. Each thread has its own connection; writers of one process also queue
-on a lock, so they wait in order rather than in SQLite's sleeping busy handler.
+Concurrency: every write runs in a ``BEGIN IMMEDIATE`` transaction, so
+processes queue on SQLite's write lock and a check can never be separated
+from its charge. Each thread has its own connection.
+
+Group commit: the writes of one process's threads join one queue, in order.
+A thread that finds no batch running leads: it takes every queued write (up
+to 64) and runs them in one transaction, each in its own savepoint, so one
+that fails (a reused reservation id) is undone alone while the others commit;
+a write sees the writes before it in its batch. Every caller returns only
+after the transaction holding its write has committed (with ``synchronous=
+full``, one fsync then covers the whole batch) and gets its own write's
+outcome. A thread alone leads at once (no waiting for company, no savepoint:
+its transaction is its write's); other processes still queue on SQLite's lock.
 
 Bounded waits: every operation has one deadline, ``timeout`` seconds (default
-30) from its start, whatever the queue in front of it. A writer that gets the
-in-process lock sets SQLite's busy timeout to what is left of its own
-deadline, and gives up at once if nothing is left; since every writer ahead
-of it in the queue started earlier and gives up by its own (earlier)
-deadline, no writer waits much longer than ``timeout``. A deadline that
-passes is a ``StorageError``.
+30) from its start, whatever the queue in front of it. A write still queued
+when its deadline passes is taken out and never runs: ``StorageError``. A
+batch sets SQLite's busy timeout to what is left of the earliest deadline in
+it and drops the writes already late; if the lock is not free by then, every
+write of the batch gets a ``StorageError`` and none ran. A write already
+taken into a running batch when its deadline passes keeps that batch's
+outcome (committed or not); its caller waits for it, no longer than the
+batch, whose wait for the lock is bounded by that same deadline.
 
 Faults: the transaction is ``with connection:``, whose exit (``COMMIT``, or
 ``ROLLBACK`` on any exception, ``KeyboardInterrupt`` included) runs in C, so
 an interrupt cannot land between the last statement and the end of the
 transaction; a connection found inside a transaction (a ``COMMIT`` that
-failed) is rolled back before its next use. ``mmap_size`` is 0, so a file on
-a disk that fails or turns read-only gives an error, not a ``SIGBUS``.
+failed) is rolled back before its next use. An interrupt (``KeyboardInterrupt``,
+``SystemExit`` from a signal handler) in a leader rolls its batch back and
+puts the other callers' writes back at the head of the queue, where the next
+leader runs them; the interrupted caller's own write did not run. An
+interrupt in a waiting caller takes its write out of the queue (it never
+runs), or, if a batch already holds it, leaves that batch's outcome standing.
+Either way every other caller is answered and no lock stays held.
+``mmap_size`` is 0, so a file on a disk that fails or turns read-only gives
+an error, not a ``SIGBUS``.
 """
 
 from __future__ import annotations
