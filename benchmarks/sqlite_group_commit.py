@@ -78,9 +78,10 @@ def pairs(ledger: Ledger) -> Callable[[], None]:
     return lambda: pair(ledger)
 
 
-def guarded(ledger: Ledger) -> Callable[[], None]:
+def guarded(ledger: Ledger, guards: list[bg.BudgetGuard]) -> Callable[[], None]:
     """Return a guarded function on ``ledger``: a monthly and a per-user budget, exact cost."""
     guard = bg.BudgetGuard(ledger, metrics=False)
+    guards.append(guard)
     guard.set_budget("1000000", period="monthly")
     guard.set_budget("1000000", user="alice", period="daily")
 
@@ -155,8 +156,11 @@ def main() -> None:
                         for label, ledger_class in versions:
                             path = os.path.join(directory, f"{label[:3]}-{mode}-{repeat}.db")
                             ledger = ledger_class(f"sqlite:///{path}?synchronous={mode.upper()}")
-                            work = pairs(ledger) if what == "pairs" else guarded(ledger)
+                            guards: list[bg.BudgetGuard] = []
+                            work = pairs(ledger) if what == "pairs" else guarded(ledger, guards)
                             figure = rate(work, threads, options.seconds)
+                            for guard in guards:
+                                guard.close()
                             ledger.close()
                             figures.setdefault((mode, what, label, threads), []).append(figure)
 
