@@ -642,18 +642,47 @@ class SQLiteLedger(_ThreadedAsync):
         one thread at a time (the leader, holding the write lock) runs every
         queued operation, up to ``_BATCH``, in one transaction, and each
         caller gets its own operation's outcome once that transaction has
-        committed. A caller alone leads at once: nobody waits for company.
+        committed. A caller alone runs at once, its write in a transaction
+        of its own: nobody waits for company.
         """
-        op: _Op[T] = _Op(body, time.monotonic() + self.timeout)
+        deadline = time.monotonic() + self.timeout
         try:
             db = self._connection()
+            if not self._queue and not self._write_lock.locked():
+                # One line on purpose: since PEP 626 the exit of a ``with``
+                # block counts as a line of its own, and an interrupt
+                # delivered there (by a trace function, for one) would skip
+                # ``__exit__`` and keep the lock held.
+                with self._write_lock: result = self._alone(db, body, deadline)  # noqa: E701  # fmt: skip
+                self._nudge()  # callers that came meanwhile: one of them leads next
+                return result
+        except BaseException as error:
+            self._nudge()
+            if isinstance(error, sqlite3.Error):
+                raise self._failed("write", error) from error
+            raise
+        return self._queued(db, _Op(body, deadline))
+
+    def _alone(
+        self, db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], deadline: float
+    ) -> T:
+        _heal(db)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StorageError(self._late("write"))
+        # What is left of this operation's deadline, not a fresh timeout:
+        # waits must not add up along the queue of writers.
+        self._busy(db, max(1, int(left * 1000)))
+        # ``with db`` ends the transaction in C: COMMIT after the body, or
+        # ROLLBACK on any exception, KeyboardInterrupt included.
+        with db: return _begin(db, body)  # noqa: E701  # fmt: skip
+
+    def _queued(self, db: sqlite3.Connection, op: _Op[T]) -> T:
+        """Join the queue with ``op``; lead a batch or wait for one to answer."""
+        try:
             with self._queue_lock: self._queue.append(op)  # noqa: E701  # fmt: skip
             while op.state is not _DONE:
                 if not self._write_lock.locked():
-                    # One line on purpose: since PEP 626 the exit of a
-                    # ``with`` block counts as a line of its own, and an
-                    # interrupt delivered there (by a trace function, for
-                    # one) would skip ``__exit__`` and keep the lock held.
                     with self._write_lock: self._lead(db, op)  # noqa: E701  # fmt: skip
                     self._nudge()
                     if op.state is not _TAKEN:  # else a batch holds it: wait, do not spin
@@ -705,9 +734,12 @@ class SQLiteLedger(_ThreadedAsync):
 
     def _nudge(self) -> None:
         """Wake the first queued caller, so that it leads the next batch."""
+        queue = self._queue
+        if not queue:  # nobody waits (the common case alone: no exception raised)
+            return
         try:
-            wake = self._queue[0].wake
-        except IndexError:  # nobody waits
+            wake = queue[0].wake
+        except IndexError:  # taken by a leader meanwhile
             return
         _wake_up(wake)
 
@@ -957,6 +989,11 @@ def _idempotency_ttl(
         )
     name, raw = next(iter(given.items()), ("idempotency_ttl", None))
     return check_idempotency_ttl(raw, repr(url), name)
+
+
+def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    db.execute("BEGIN IMMEDIATE")
+    return body(db)
 
 
 def _apply(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
