@@ -12,8 +12,8 @@ second (``BudgetGuard(ledger)`` with a monthly and a per-user budget and a
 ``@budgeted(user=..., estimate=..., cost=...)`` function that does nothing).
 ``--before REV`` also loads ``budgetguard/ledger/sqlite.py`` as it was at git
 revision ``REV`` (the ledger without group commit) and measures it in the
-same run, interleaved with the current one, so the ratios hold on a noisy
-machine. Each figure is the median of ``--repeats`` runs.
+same run, interleaved with the current one (in alternating order), so the
+ratios hold on a noisy machine. Each figure is the median of ``--repeats`` runs.
 """
 
 from __future__ import annotations
@@ -153,7 +153,10 @@ def main() -> None:
             for mode in ("full", "normal"):
                 for what in ("pairs", "guarded calls"):
                     for threads in counts:
-                        for label, ledger_class in versions:
+                        # The order alternates between repeats: a file or a
+                        # disk cache warmed by the first must not favour either.
+                        order = versions if repeat % 2 == 0 else versions[::-1]
+                        for label, ledger_class in order:
                             path = os.path.join(directory, f"{label[:3]}-{mode}-{repeat}.db")
                             ledger = ledger_class(f"sqlite:///{path}?synchronous={mode.upper()}")
                             guards: list[bg.BudgetGuard] = []

@@ -29,8 +29,10 @@ that fails (a reused reservation id) is undone alone while the others commit;
 a write sees the writes before it in its batch. Every caller returns only
 after the transaction holding its write has committed (with ``synchronous=
 full``, one fsync then covers the whole batch) and gets its own write's
-outcome. A thread alone leads at once (no waiting for company, no savepoint:
-its transaction is its write's); other processes still queue on SQLite's lock.
+outcome. A thread that finds nobody queued and no batch running skips the
+queue: its write runs at once in a transaction of its own, as without group
+commit (no waiting for company). Other processes still queue on SQLite's
+lock: each process batches its own threads.
 
 Bounded waits: every operation has one deadline, ``timeout`` seconds (default
 30) from its start, whatever the queue in front of it. A write still queued
