@@ -173,6 +173,9 @@ _BATCH = 64
 #: Seconds a queued caller sleeps before looking again if no one woke it
 #: (a leader interrupted before it could): nobody is left waiting for long.
 _POLL = 0.05
+#: Whether a leader whose last batch had company yields once before taking
+#: the next batch (see ``_lead``).
+_COMMIT_DELAY = True
 _QUEUED, _TAKEN, _DONE, _ABANDONED = "queued", "taken", "done", "abandoned"
 
 
@@ -755,7 +758,7 @@ class SQLiteLedger(_ThreadedAsync):
         # too: then the outer one answers again (answering is idempotent).
         try:
             try:
-                if self._company:
+                if self._company and _COMMIT_DELAY:
                     # The last batch had company: let the callers that are a
                     # step from their next write join this one (as
                     # PostgreSQL's commit_delay does, for one switch of threads).
