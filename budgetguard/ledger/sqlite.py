@@ -18,25 +18,45 @@ fsync; with WAL a committed transaction still survives the process being
 killed (it is in the OS page cache), but the last ones may be lost if the
 machine itself goes down.
 
-Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction, so processes
-queue on SQLite's write lock and a check can never be separated from its
-charge. Each thread has its own connection; writers of one process also queue
-on a lock, so they wait in order rather than in SQLite's sleeping busy handler.
+Concurrency: every write runs in a ``BEGIN IMMEDIATE`` transaction, so
+processes queue on SQLite's write lock and a check can never be separated
+from its charge. Each thread has its own connection.
+
+Group commit: the writes of one process's threads join one queue, in order.
+A thread that finds no batch running leads: it takes every queued write (up
+to 64) and runs them in one transaction, each in its own savepoint, so one
+that fails (a reused reservation id) is undone alone while the others commit;
+a write sees the writes before it in its batch. Every caller returns only
+after the transaction holding its write has committed (with ``synchronous=
+full``, one fsync then covers the whole batch) and gets its own write's
+outcome. A thread that finds nobody queued and no batch running skips the
+queue: its write runs at once in a transaction of its own, as without group
+commit (no waiting for company). Other processes still queue on SQLite's
+lock: each process batches its own threads.
 
 Bounded waits: every operation has one deadline, ``timeout`` seconds (default
-30) from its start, whatever the queue in front of it. A writer that gets the
-in-process lock sets SQLite's busy timeout to what is left of its own
-deadline, and gives up at once if nothing is left; since every writer ahead
-of it in the queue started earlier and gives up by its own (earlier)
-deadline, no writer waits much longer than ``timeout``. A deadline that
-passes is a ``StorageError``.
+30) from its start, whatever the queue in front of it. A write still queued
+when its deadline passes is taken out and never runs: ``StorageError``. A
+batch sets SQLite's busy timeout to what is left of the earliest deadline in
+it and drops the writes already late; if the lock is not free by then, every
+write of the batch gets a ``StorageError`` and none ran. A write already
+taken into a running batch when its deadline passes keeps that batch's
+outcome (committed or not); its caller waits for it, no longer than the
+batch, whose wait for the lock is bounded by that same deadline.
 
 Faults: the transaction is ``with connection:``, whose exit (``COMMIT``, or
 ``ROLLBACK`` on any exception, ``KeyboardInterrupt`` included) runs in C, so
 an interrupt cannot land between the last statement and the end of the
 transaction; a connection found inside a transaction (a ``COMMIT`` that
-failed) is rolled back before its next use. ``mmap_size`` is 0, so a file on
-a disk that fails or turns read-only gives an error, not a ``SIGBUS``.
+failed) is rolled back before its next use. An interrupt (``KeyboardInterrupt``,
+``SystemExit`` from a signal handler) in a leader rolls its batch back and
+puts the other callers' writes back at the head of the queue, where the next
+leader runs them; the interrupted caller's own write did not run. An
+interrupt in a waiting caller takes its write out of the queue (it never
+runs), or, if a batch already holds it, leaves that batch's outcome standing.
+Either way every other caller is answered and no lock stays held.
+``mmap_size`` is 0, so a file on a disk that fails or turns read-only gives
+an error, not a ``SIGBUS``.
 """
 
 from __future__ import annotations
@@ -49,9 +69,10 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigurationError, StorageError
@@ -145,6 +166,51 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # a float, so amounts are kept well below it.
 _MAX_UNITS = 2**62
 _SYNCHRONOUS = ("full", "normal", "extra")
+
+
+#: Operations run in one transaction at most (group commit).
+_BATCH = 64
+#: Seconds a queued caller sleeps before looking again if no one woke it
+#: (a leader interrupted before it could): nobody is left waiting for long.
+_POLL = 0.05
+#: Whether a leader whose last batch had company yields once before taking
+#: the next batch (see ``_lead``).
+_COMMIT_DELAY = True
+_QUEUED, _TAKEN, _DONE, _ABANDONED = "queued", "taken", "done", "abandoned"
+
+
+class _Op(Generic[T]):
+    """One write waiting in (or taken from) the queue of a ledger's group commit."""
+
+    __slots__ = ("body", "deadline", "outcome", "state", "wake")
+
+    def __init__(self, body: Callable[[sqlite3.Connection], T], deadline: float) -> None:
+        self.body = body
+        self.deadline = deadline  # time.monotonic() by which it must be done
+        self.state = _QUEUED
+        #: (failed, value or exception), once run; None if not run or rolled back.
+        self.outcome: tuple[bool, Any] | None = None
+        #: Released when answered, or when it may lead; made once its caller waits.
+        self.wake: threading.Lock | None = None
+
+
+def _armed_wake() -> threading.Lock:
+    """Return a wake for a waiting caller: a lock held until someone releases it.
+
+    A plain lock rather than ``threading.Event``: releasing it is one C call,
+    so an interrupt in the thread that wakes cannot leave it half set (an
+    ``Event`` is Python code around a ``Condition`` whose lock it could keep).
+    """
+    wake = threading.Lock()
+    wake.acquire()
+    return wake
+
+
+def _wake_up(wake: threading.Lock | None) -> None:
+    """Release ``wake`` if it is held; waking twice is waking once."""
+    if wake is not None and wake.locked():
+        with suppress(RuntimeError):  # another thread released it first
+            wake.release()
 
 
 class _Connection:
@@ -499,7 +565,10 @@ class SQLiteLedger(_ThreadedAsync):
         # through fork must not be used (SQLite forbids it), only forgotten.
         self._pid = os.getpid()
         self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # held by the leader of a batch
+        self._queue_lock = threading.Lock()  # guards the queue and the states of its operations
+        self._queue: deque[_Op[Any]] = deque()
+        self._company = False  # the last batch held more than one operation
         self._registry_lock = threading.Lock()
         self._holders: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
@@ -572,21 +641,34 @@ class SQLiteLedger(_ThreadedAsync):
             logger.info("SQLite ledger %s migrated to schema version %d", self.path, number + 1)
 
     def _transact(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction within this operation's deadline."""
+        """Run ``body`` in a ``BEGIN IMMEDIATE`` transaction within this operation's deadline.
+
+        Group commit: the operation joins this process's queue of writes;
+        one thread at a time (the leader, holding the write lock) runs every
+        queued operation, up to ``_BATCH``, in one transaction, and each
+        caller gets its own operation's outcome once that transaction has
+        committed. A caller alone runs at once, its write in a transaction
+        of its own: nobody waits for company.
+        """
         deadline = time.monotonic() + self.timeout
         try:
             db = self._connection()
-            # The ``with`` statements below are on one line on purpose: since
-            # PEP 626 the exit of a ``with`` block counts as a new line of
-            # the statement, and an interrupt delivered there (by a trace
-            # function, for one) would skip ``__exit__``: the lock would stay
-            # held and the transaction open. On one line there is no such
-            # line, and both exits are C code.
-            with self._write_lock: return self._locked(db, body, deadline)  # noqa: E701  # fmt: skip
-        except sqlite3.Error as error:
-            raise self._failed("write", error) from error
+            if not self._queue and not self._write_lock.locked():
+                # One line on purpose: since PEP 626 the exit of a ``with``
+                # block counts as a line of its own, and an interrupt
+                # delivered there (by a trace function, for one) would skip
+                # ``__exit__`` and keep the lock held.
+                with self._write_lock: result = self._alone(db, body, deadline)  # noqa: E701  # fmt: skip
+                self._nudge()  # callers that came meanwhile: one of them leads next
+                return result
+        except BaseException as error:
+            self._nudge()
+            if isinstance(error, sqlite3.Error):
+                raise self._failed("write", error) from error
+            raise
+        return self._queued(db, _Op(body, deadline))
 
-    def _locked(
+    def _alone(
         self, db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], deadline: float
     ) -> T:
         _heal(db)
@@ -599,6 +681,158 @@ class SQLiteLedger(_ThreadedAsync):
         # ``with db`` ends the transaction in C: COMMIT after the body, or
         # ROLLBACK on any exception, KeyboardInterrupt included.
         with db: return _begin(db, body)  # noqa: E701  # fmt: skip
+
+    def _queued(self, db: sqlite3.Connection, op: _Op[T]) -> T:
+        """Join the queue with ``op``; lead a batch or wait for one to answer."""
+        try:
+            with self._queue_lock: self._queue.append(op)  # noqa: E701  # fmt: skip
+            while op.state is not _DONE:
+                if not self._write_lock.locked():
+                    with self._write_lock: self._lead(db, op)  # noqa: E701  # fmt: skip
+                    self._nudge()
+                    if op.state is not _TAKEN:  # else a batch holds it: wait, do not spin
+                        continue
+                wake = op.wake
+                if wake is None:
+                    # Made only when there is company to wait for. The leader
+                    # marks an operation done, then wakes it if it has a
+                    # wake; this gives it one, then looks at the state again.
+                    op.wake = _armed_wake()
+                    continue
+                left = op.deadline - time.monotonic()
+                if left <= 0 and self._abandon(op):
+                    raise StorageError(self._late("write"))
+                # Past its deadline but taken into a batch: that batch is
+                # about to end (its wait for SQLite's lock ends by the
+                # earliest deadline in it), and its outcome stands.
+                wake.acquire(timeout=min(left, _POLL) if left > 0 else _POLL)
+        except BaseException as error:
+            # Not run if still queued (its caller gives up); if a batch holds
+            # it, that batch's outcome stands: commit or not, all or nothing.
+            self._abandon(op)
+            self._nudge()
+            if isinstance(error, sqlite3.Error):
+                raise self._failed("write", error) from error
+            raise
+        return self._outcome(op)
+
+    def _outcome(self, op: _Op[T]) -> T:
+        assert op.outcome is not None  # DONE means answered
+        failed, value = op.outcome
+        if failed:
+            if isinstance(value, sqlite3.Error):
+                raise StorageError(self._describe("write", value)) from value
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _abandon(self, op: _Op[Any]) -> bool:
+        """Take ``op`` out of the queue if no batch has taken it; say whether it was."""
+        with self._queue_lock: return self._unqueue(op)  # noqa: E701  # fmt: skip
+
+    def _unqueue(self, op: _Op[Any]) -> bool:
+        if op.state is not _QUEUED:
+            return False
+        op.state = _ABANDONED
+        with suppress(ValueError):  # a batch interrupted while taking it holds it
+            self._queue.remove(op)
+        return True
+
+    def _nudge(self) -> None:
+        """Wake the first queued caller, so that it leads the next batch."""
+        queue = self._queue
+        if not queue:  # nobody waits (the common case alone: no exception raised)
+            return
+        try:
+            wake = queue[0].wake
+        except IndexError:  # taken by a leader meanwhile
+            return
+        _wake_up(wake)
+
+    def _lead(self, db: sqlite3.Connection, own: _Op[Any]) -> None:
+        """Run the queued operations (``own`` among them if still queued) in one transaction."""
+        batch: list[_Op[Any]] = []
+        failure: BaseException | None = None
+        answered = False
+        # Every caller of the batch must be answered (or its operation queued
+        # again) whatever line an interrupt lands on, in the inner ``finally``
+        # too: then the outer one answers again (answering is idempotent).
+        try:
+            try:
+                if self._company and _COMMIT_DELAY:
+                    # The last batch had company: let the callers that are a
+                    # step from their next write join this one (as
+                    # PostgreSQL's commit_delay does, for one switch of threads).
+                    time.sleep(0)
+                with self._queue_lock: self._take(batch)  # noqa: E701  # fmt: skip
+                self._company = len(batch) > 1
+                self._run(db, batch)
+            except Exception as error:
+                failure = error  # every operation of the batch that has no outcome gets it
+            except BaseException as error:
+                failure = error
+                raise
+            finally:
+                with self._queue_lock: self._answer(batch, own, failure)  # noqa: E701  # fmt: skip
+                answered = True
+        finally:
+            if not answered:
+                with self._queue_lock: self._answer(batch, own, failure)  # noqa: E701  # fmt: skip
+
+    def _take(self, batch: list[_Op[Any]]) -> None:
+        queue = self._queue
+        while queue and len(batch) < _BATCH:
+            batch.append(queue.popleft())
+        for op in batch:
+            op.state = _TAKEN
+
+    def _run(self, db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+        now = time.monotonic()
+        live: list[_Op[Any]] = []
+        for op in batch:
+            if op.deadline <= now:
+                op.outcome = (True, StorageError(self._late("write")))
+            else:
+                live.append(op)
+        if not live:
+            return
+        _heal(db)
+        # What is left of the earliest deadline in the batch, not a fresh
+        # timeout: waits must not add up along the queue of writers.
+        left = (live[0].deadline if len(live) == 1 else min(op.deadline for op in live)) - now
+        self._busy(db, max(1, int(left * 1000)))
+        try:
+            # ``with db`` ends the transaction in C: COMMIT after the
+            # operations, or ROLLBACK on any exception, interrupts included.
+            with db: _apply(db, live)  # noqa: E701  # fmt: skip
+        except BaseException:
+            for op in live:
+                op.outcome = None  # rolled back: nothing of the batch was written
+            raise
+
+    def _answer(self, batch: list[_Op[Any]], own: _Op[Any], failure: BaseException | None) -> None:
+        """Give every operation of ``batch`` its outcome, or queue it again if it did not run."""
+        interrupted = not isinstance(failure, Exception)
+        again: list[_Op[Any]] = []
+        for op in batch:
+            if op.state is _DONE or op.state is _ABANDONED:
+                continue
+            if op.outcome is None and interrupted:
+                # The leader was interrupted before this operation committed:
+                # nothing of it was written. Its own caller gets the
+                # interrupt; the others' operations go back to the queue.
+                if op is own:
+                    op.state = _ABANDONED
+                elif op.state is _TAKEN or op not in self._queue:
+                    again.append(op)
+                continue
+            if op.outcome is None:
+                op.outcome = (True, failure)
+            op.state = _DONE
+            if op is not own:
+                _wake_up(op.wake)
+        for op in reversed(again):
+            op.state = _QUEUED
+            self._queue.appendleft(op)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -765,6 +999,30 @@ def _idempotency_ttl(
 def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
     db.execute("BEGIN IMMEDIATE")
     return body(db)
+
+
+def _apply(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+    """Run the operations of ``batch`` in the transaction, each all or nothing."""
+    db.execute("BEGIN IMMEDIATE")
+    if len(batch) == 1:  # alone: the transaction is the operation's own
+        op = batch[0]
+        op.outcome = (False, op.body(db))
+        return
+    for op in batch:
+        # A savepoint per operation: one that fails (a reused id, say) is
+        # undone alone, and the others of the batch still commit.
+        db.execute("SAVEPOINT operation")
+        try:
+            value = op.body(db)
+        except Exception as error:
+            if not db.in_transaction:
+                raise  # SQLite ended the whole transaction (a full disk, an I/O error)
+            db.execute("ROLLBACK TO operation")
+            db.execute("RELEASE operation")
+            op.outcome = (True, error)
+        else:
+            db.execute("RELEASE operation")
+            op.outcome = (False, value)
 
 
 def _read_only_file_system(path: str) -> bool:
