@@ -18,7 +18,6 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -483,13 +482,13 @@ def with_web_search_calls(found: Usage, response: Any) -> Usage:
     if not isinstance(output, (list, tuple)):
         return found
     calls = sum(1 for item in output if _get(item, "type") == "web_search_call")
-    return replace(found, web_search_requests=calls) if calls else found
+    return found.replace(web_search_requests=calls) if calls else found
 
 
 def with_service_tier(found: Usage, response: Any, usage: Any) -> Usage:
     """Return ``found`` noting the service tier ``response`` or its ``usage`` block reports."""
     tier = _service_tier(response, _view(usage))
-    return found if tier is None else replace(found, service_tier=tier)
+    return found if tier is None else found.replace(service_tier=tier)
 
 
 def _from_usage_block(usage: Any, response: Any) -> Usage | None:
@@ -546,7 +545,7 @@ def with_reported_cost(found: Usage, response: Any, usage: Any) -> Usage:
         litellm = _litellm_cost(response)
         if litellm is not None:
             amount = _money(litellm, "response_cost")
-            return replace(found, reported_cost=amount, cost_reporter="litellm")
+            return found.replace(reported_cost=amount, cost_reporter="litellm")
         usage = _view(usage)
         cost = _get(usage, "cost")
         if cost is None:
@@ -558,7 +557,7 @@ def with_reported_cost(found: Usage, response: Any, usage: Any) -> Usage:
                 amount += _money(upstream, "cost_details.upstream_inference_cost")
         # LiteLLM puts its own figure there in a stream's last chunk.
         reporter = "litellm" if _vendor_of(response) == "litellm" else "openrouter"
-        return replace(found, reported_cost=amount, cost_reporter=reporter)
+        return found.replace(reported_cost=amount, cost_reporter=reporter)
     except UnreadableUsage as error:
         _warn_unreadable(f"{error}; pricing the call from its tokens instead")
         return found
@@ -585,7 +584,7 @@ def _normalise_block(usage: Any, response: Any) -> Usage | None:
         if kind == "response" or _has(usage, "input_tokens_details"):
             found = from_responses_usage(usage, model=model)
             if _vendor_of(response) == "mistralai":  # Mistral's Responses API
-                found = replace(found, provider="mistral_ai")
+                found = found.replace(provider="mistral_ai")
             return with_web_search_calls(found, response)
         provider = "anthropic"
         if _vendor_of(response) == "litellm":
