@@ -79,6 +79,12 @@ def _paths() -> dict[str, Callable[[], object]]:
         return to_units(cost)
 
     paths: dict[str, Callable[[], object]] = {"decimal": decimal}
+    paths["extract"] = lambda: extract_usage(response)
+    usage = extract_usage(response)
+    assert usage is not None
+    price_units = getattr(pricer, "price_units", None)
+    if price_units is not None:
+        paths["price"] = lambda: price_units(usage, "gpt-4o")
     units_of_result = getattr(pricer, "units_of_result", None)
     if units_of_result is not None:
         paths["units"] = lambda: units_of_result(call, response)[0]

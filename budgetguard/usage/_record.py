@@ -158,8 +158,7 @@ class Usage(_Slots):
         reported_cost: Decimal | None = None,
         cost_reporter: str | None = None,
     ) -> Usage:
-        # Spelled out rather than looped over: this runs once per call. A
-        # bitwise or of ints is negative exactly when one of them is.
+        # Spelled out rather than looped over: this runs once per call.
         if (
             input_tokens.__class__ is not int
             or cached_input_tokens.__class__ is not int
@@ -171,19 +170,16 @@ class Usage(_Slots):
             or output_audio_tokens.__class__ is not int
             or input_image_tokens.__class__ is not int
             or web_search_requests.__class__ is not int
-            or (
-                input_tokens
-                | cached_input_tokens
-                | cache_write_5m_tokens
-                | cache_write_1h_tokens
-                | output_tokens
-                | reasoning_tokens
-                | input_audio_tokens
-                | output_audio_tokens
-                | input_image_tokens
-                | web_search_requests
-            )
-            < 0
+            or input_tokens < 0
+            or cached_input_tokens < 0
+            or cache_write_5m_tokens < 0
+            or cache_write_1h_tokens < 0
+            or output_tokens < 0
+            or reasoning_tokens < 0
+            or input_audio_tokens < 0
+            or output_audio_tokens < 0
+            or input_image_tokens < 0
+            or web_search_requests < 0
         ):
             _reject_counts(
                 (
@@ -201,30 +197,26 @@ class Usage(_Slots):
             )
         if reported_cost is not None:
             _check_cost(reported_cost)
-        # Filled in through a writable twin of the same layout, then turned into
-        # a Usage: plain slot stores, where a frozen dataclass pays for one
-        # object.__setattr__ call per field.
-        usage: Any = _new(_Filling)
-        usage.input_tokens = input_tokens
-        usage.cached_input_tokens = cached_input_tokens
-        usage.cache_write_5m_tokens = cache_write_5m_tokens
-        usage.cache_write_1h_tokens = cache_write_1h_tokens
-        usage.output_tokens = output_tokens
-        usage.reasoning_tokens = reasoning_tokens
-        usage.input_audio_tokens = input_audio_tokens
-        usage.output_audio_tokens = output_audio_tokens
-        usage.input_image_tokens = input_image_tokens
-        usage.web_search_requests = web_search_requests
-        usage.model = model
-        usage.provider = provider
-        usage.operation = operation
-        usage.estimated = estimated
-        usage.service_tier = service_tier
-        usage.reported_cost = reported_cost
-        usage.cost_reporter = cost_reporter
-        # A subclass that adds storage of its own cannot take this layout: TypeError.
-        usage.__class__ = cls
-        return usage  # type: ignore[no-any-return]
+        return _filled(
+            input_tokens,
+            cached_input_tokens,
+            cache_write_5m_tokens,
+            cache_write_1h_tokens,
+            output_tokens,
+            reasoning_tokens,
+            input_audio_tokens,
+            output_audio_tokens,
+            input_image_tokens,
+            web_search_requests,
+            model,
+            provider,
+            operation,
+            estimated,
+            service_tier,
+            reported_cost,
+            cost_reporter,
+            cls,
+        )
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -326,6 +318,57 @@ class Usage(_Slots):
             reported_cost=self.reported_cost + other.reported_cost if both else None,  # type: ignore[operator]
             cost_reporter=(self.cost_reporter or other.cost_reporter) if both else None,
         )
+
+
+def _filled(
+    input_tokens: int,
+    cached_input_tokens: int,
+    cache_write_5m_tokens: int,
+    cache_write_1h_tokens: int,
+    output_tokens: int,
+    reasoning_tokens: int,
+    input_audio_tokens: int,
+    output_audio_tokens: int,
+    input_image_tokens: int,
+    web_search_requests: int,
+    model: str | None,
+    provider: str | None,
+    operation: str | None,
+    estimated: bool,
+    service_tier: str | None,
+    reported_cost: Decimal | None,
+    cost_reporter: str | None,
+    cls: type[Usage] = Usage,
+) -> Usage:
+    """Build a ``Usage`` from figures already checked: non-negative ints, a valid cost.
+
+    The extractors call this directly, with counts that went through their
+    own checks, skipping the type call and the public constructor's checks.
+    """
+    # Filled in through a writable twin of the same layout, then turned into
+    # a Usage: plain slot stores, where a frozen dataclass pays for one
+    # object.__setattr__ call per field.
+    usage: Any = _new(_Filling)
+    usage.input_tokens = input_tokens
+    usage.cached_input_tokens = cached_input_tokens
+    usage.cache_write_5m_tokens = cache_write_5m_tokens
+    usage.cache_write_1h_tokens = cache_write_1h_tokens
+    usage.output_tokens = output_tokens
+    usage.reasoning_tokens = reasoning_tokens
+    usage.input_audio_tokens = input_audio_tokens
+    usage.output_audio_tokens = output_audio_tokens
+    usage.input_image_tokens = input_image_tokens
+    usage.web_search_requests = web_search_requests
+    usage.model = model
+    usage.provider = provider
+    usage.operation = operation
+    usage.estimated = estimated
+    usage.service_tier = service_tier
+    usage.reported_cost = reported_cost
+    usage.cost_reporter = cost_reporter
+    # A subclass that adds storage of its own cannot take this layout: TypeError.
+    usage.__class__ = cls
+    return usage  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
