@@ -380,7 +380,7 @@ class CallLifecycle(GuardParts):
     def _ending(
         self,
         call: Call,
-        cost: Decimal | None,
+        cost: Decimal | int | None,
         model: str | None = None,
         usage: Usage | None = None,
         error: BaseException | None = None,
@@ -400,7 +400,7 @@ class CallLifecycle(GuardParts):
         if owed is None and not priced:
             owed = self._pricer.unpriced_error(usage, priced)
         if cost is not None:
-            units: int | None = to_units(cost) + call.charged
+            units: int | None = (cost if isinstance(cost, int) else to_units(cost)) + call.charged
         elif call.charged or call.models or call.has_inner:
             units = call.charged
         elif error is not None:
@@ -432,7 +432,7 @@ class CallLifecycle(GuardParts):
             except BaseException as failure:  # charge the estimate, then report
                 return self._ending(call, None, error=error, owed=failure)
             return self._ending(call, amount, None, None, error)
-        found, usage, priced = self._pricer.of_result(call, result)
+        found, usage, priced = self._pricer.units_of_result(call, result)
         return self._ending(call, found, usage=usage, error=error, priced=priced)
 
     def _ending_of_stream(
