@@ -152,19 +152,29 @@ def integer_total(usage: Usage, prepared: UnitPrice) -> int | None:
     ``None`` means the Decimal path would round inside the sum: price such a
     call with it, to charge exactly what it charges.
     """
-    total = (
-        usage.input_tokens * prepared.input
-        + usage.cached_input_tokens * prepared.cached_input
-        + usage.cache_write_5m_tokens * prepared.cache_write_5m
-        + usage.cache_write_1h_tokens * prepared.cache_write_1h
-        + usage.output_tokens * prepared.output
-        + usage.reasoning_tokens * prepared.reasoning
-        + usage.input_audio_tokens * prepared.input_audio
-        + usage.output_audio_tokens * prepared.output_audio
-        + usage.input_image_tokens * prepared.input_image
-        + usage.web_search_requests * prepared.web_search
-        + prepared.call
-    )
+    # Most calls fill three or four of the ten buckets: a zero costs a test,
+    # not a multiplication and an addition of Python ints.
+    total = prepared.call
+    if n := usage.input_tokens:
+        total += n * prepared.input
+    if n := usage.cached_input_tokens:
+        total += n * prepared.cached_input
+    if n := usage.cache_write_5m_tokens:
+        total += n * prepared.cache_write_5m
+    if n := usage.cache_write_1h_tokens:
+        total += n * prepared.cache_write_1h
+    if n := usage.output_tokens:
+        total += n * prepared.output
+    if n := usage.reasoning_tokens:
+        total += n * prepared.reasoning
+    if n := usage.input_audio_tokens:
+        total += n * prepared.input_audio
+    if n := usage.output_audio_tokens:
+        total += n * prepared.output_audio
+    if n := usage.input_image_tokens:
+        total += n * prepared.input_image
+    if n := usage.web_search_requests:
+        total += n * prepared.web_search
     if total >= prepared.limit:
         return None
     scale = prepared.scale

@@ -230,16 +230,13 @@ _PROVIDER_BY_MODEL_PREFIX = (
 )
 
 
-def _azure_filtered(view: Any) -> bool:
-    """Tell an Azure OpenAI answer (read through ``_fields``) by its content filter results."""
-    if view.get("prompt_filter_results") is not None:
-        return True
-    choices = view.get("choices")
-    return bool(choices) and _get(choices[0], "content_filter_results") is not None
-
-
 def _openai_shaped_provider(vendor: str, view: Any, model: str | None) -> str:
-    if _azure_filtered(view):
+    """Name the provider of an OpenAI-shaped response (read through ``_fields``)."""
+    # Azure OpenAI answers carry content filter results; OpenAI sends none.
+    if view.get("prompt_filter_results") is not None:
+        return "azure.ai.openai"
+    choices = view.get("choices")
+    if choices and _fields(choices[0]).get("content_filter_results") is not None:
         return "azure.ai.openai"
     if vendor in ("openai", "litellm", "mistralai"):
         return "mistral_ai" if vendor == "mistralai" else vendor
@@ -266,39 +263,57 @@ def from_openai_usage(
     ``prompt_tokens``; reasoning and audio are inside ``completion_tokens``.
     """
     # The hot path of every OpenAI-shaped call: each block read once as a
-    # mapping, a count that is a plain int taken as it is (anything else goes
-    # through _int), one Usage built positionally.
+    # mapping, a count that is absent or a plain int taken as it is (anything
+    # else goes through _int), one Usage built positionally.
     usage = _fields(usage)
     get = usage.get
     prompt = get("prompt_tokens")
-    if prompt.__class__ is not int or prompt < 0:
+    if prompt is None:
+        prompt = 0
+    elif prompt.__class__ is not int or prompt < 0:
         prompt = _int(prompt, "prompt_tokens")
     completion = get("completion_tokens")
-    if completion.__class__ is not int or completion < 0:
+    if completion is None:
+        completion = 0
+    elif completion.__class__ is not int or completion < 0:
         completion = _int(completion, "completion_tokens")
 
     details = _fields(get("prompt_tokens_details"))
     cached = details.get("cached_tokens")
-    if cached.__class__ is not int or cached < 0:
+    if cached is None:
+        cached = 0
+    elif cached.__class__ is not int or cached < 0:
         cached = _int(cached, "cached_tokens")
     cache_write = details.get("cache_write_tokens")
-    if cache_write.__class__ is not int or cache_write < 0:
+    if cache_write is None:
+        cache_write = 0
+    elif cache_write.__class__ is not int or cache_write < 0:
         cache_write = _int(cache_write, "cache_write_tokens")
     audio_in = details.get("audio_tokens")
-    if audio_in.__class__ is not int or audio_in < 0:
+    if audio_in is None:
+        audio_in = 0
+    elif audio_in.__class__ is not int or audio_in < 0:
         audio_in = _int(audio_in, "audio_tokens")
     image_in = details.get("image_tokens")
-    if image_in.__class__ is not int or image_in < 0:
+    if image_in is None:
+        image_in = 0
+    elif image_in.__class__ is not int or image_in < 0:
         image_in = _int(image_in, "image_tokens")
     if not cached:
         # DeepSeek reports its cache hits beside, not inside, the details.
-        cached = _int(get("prompt_cache_hit_tokens"), "prompt_cache_hit_tokens")
+        found = get("prompt_cache_hit_tokens")
+        if found is not None:
+            cached = _int(found, "prompt_cache_hit_tokens")
     if not cached:
         # LiteLLM normalises Anthropic-style cache reads under this name; it
         # still counts them inside prompt_tokens.
-        cached = _int(get("cache_read_input_tokens"), "cache_read_input_tokens")
+        found = get("cache_read_input_tokens")
+        if found is not None:
+            cached = _int(found, "cache_read_input_tokens")
     if not cache_write:
-        cache_write = _int(get("cache_creation_input_tokens"), "cache_creation_input_tokens")
+        found = get("cache_creation_input_tokens")
+        if found is not None:
+            cache_write = _int(found, "cache_creation_input_tokens")
     # LiteLLM splits Anthropic's cache writes by lifetime in
     # prompt_tokens_details.cache_creation_token_details (or passes Anthropic's
     # own cache_creation through): 1-hour writes cost more than 5-minute ones.
@@ -311,10 +326,14 @@ def from_openai_usage(
 
     out_details = _fields(get("completion_tokens_details"))
     reasoning = out_details.get("reasoning_tokens")
-    if reasoning.__class__ is not int or reasoning < 0:
+    if reasoning is None:
+        reasoning = 0
+    elif reasoning.__class__ is not int or reasoning < 0:
         reasoning = _int(reasoning, "reasoning_tokens")
     audio_out = out_details.get("audio_tokens")
-    if audio_out.__class__ is not int or audio_out < 0:
+    if audio_out is None:
+        audio_out = 0
+    elif audio_out.__class__ is not int or audio_out < 0:
         audio_out = _int(audio_out, "audio_tokens")
 
     # Every count is a non-negative int by now (cache_write >= write_1h): no
