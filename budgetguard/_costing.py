@@ -15,8 +15,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .errors import UnknownModelError
-from .money import MONEY, to_decimal
-from .pricing import cost_of, lookup
+from .money import MONEY, to_decimal, to_units
+from .pricing import cost_of, default_table, lookup, price_units
 from .tokens import call_shape, count_tokens, projected_cost
 from .usage import StreamMeter, Usage, extract_usage
 
@@ -191,6 +191,47 @@ class Pricer:
                 "Register a price with budgetguard.register_model(...)",
             )
             return self.fallback_cost(usage.total_input_tokens, usage.total_output_tokens), False
+
+    def price_units(self, usage: Usage, model: str | None = None) -> tuple[int, bool]:
+        """Return what ``price`` returns, in whole ledger units: the hot path, in integers.
+
+        The units are exactly ``to_units`` of ``price``'s cost (rounded up),
+        under the same rules for reported costs and unknown models.
+        """
+        name = usage.model or model
+        if usage.reported_cost is not None and self.reported_cost == "use":
+            cost, priced = self.price(usage, model)
+            return to_units(cost), priced
+        found = default_table().lookup(name) if name else None
+        if found is None:
+            cost, priced = self.price(usage, model)  # the rules for a model with no price
+            return to_units(cost), priced
+        # The clock is read only for a model with dated prices.
+        return price_units(usage, found, at=self.clock() if found.dated else None), True
+
+    def units_of_result(self, call: Call, result: Any) -> tuple[int | None, Usage | None, bool]:
+        """Return ``of_result`` with the cost in whole ledger units (``price_units``)."""
+        if call.has_inner or result is None or isinstance(result, _PLAIN):
+            return None, None, True
+        usage = extract_usage(result)
+        if usage is None:
+            return None, None, True
+        units, priced = self.price_units(usage, call.request_model)
+        return units, usage, priced
+
+    def units_of_stream(
+        self, call: Call, meter: StreamMeter | None
+    ) -> tuple[int | None, Usage | None, bool]:
+        """Return ``of_stream`` with the cost in whole ledger units (``price_units``)."""
+        if call.has_inner:
+            return None, None, True
+        usage = meter.usage() if meter is not None else None
+        if usage is None:
+            return None, None, True
+        if usage.model is None and call.request_model is not None:
+            usage = usage.with_model(call.request_model)
+        units, priced = self.price_units(usage, call.request_model)
+        return units, usage, priced
 
     def of_result(self, call: Call, result: Any) -> tuple[Decimal | None, Usage | None, bool]:
         """Return (cost, usage, priced) of a response; cost ``None`` if it reports no usage."""

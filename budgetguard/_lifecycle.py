@@ -467,14 +467,14 @@ class CallLifecycle(GuardParts):
             except BaseException as failure:  # charge the estimate, then report
                 return self._ending(call, None, error=error, owed=failure)
             return self._ending(call, units, None, None, error)
-        found, usage, priced = self._pricer.of_result(call, result)
+        found, usage, priced = self._pricer.units_of_result(call, result)
         return self._ending(call, found, usage=usage, error=error, priced=priced)
 
     def _ending_of_stream(
         self, call: Call, meter: StreamMeter | None, error: BaseException | None = None
     ) -> _Ending:
         """Decide the ending of a streamed call from what its chunks carried."""
-        found, usage, priced = self._pricer.of_stream(call, meter)
+        found, usage, priced = self._pricer.units_of_stream(call, meter)
         return self._ending(call, found, usage=usage, error=error, priced=priced)
 
     # -- the lifecycle: the shells that end a call ----------------------------------------

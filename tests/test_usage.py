@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
+import re
+from decimal import Decimal
 from typing import Any
 
 import anthropic.types
@@ -454,3 +459,77 @@ def test_budgeted_function_returning_a_langchain_message_is_charged() -> None:
     # gpt-4o-mini: 1000 × 0.15 / 1e6 + 500 × 0.6 / 1e6
     assert guard.spend("alice") == Decimal("0.00045")
     guard.close()
+
+
+def test_usage_is_immutable() -> None:
+    """A Usage refuses assignment and deletion of any field, like the frozen dataclass it was."""
+    usage = Usage(input_tokens=5, model="gpt-4o")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        usage.input_tokens = 6  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del usage.model  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        usage.extra = 1  # type: ignore[attr-defined]
+    assert usage.input_tokens == 5 and usage.model == "gpt-4o"
+
+
+def test_usage_compares_hashes_and_prints_by_fields() -> None:
+    """Equal fields make equal, equally hashed Usages; the repr names every field."""
+    one = Usage(3, 4, model="m", reported_cost=Decimal("0.5"), cost_reporter="litellm")
+    two = Usage(
+        input_tokens=3,
+        cached_input_tokens=4,
+        model="m",
+        reported_cost=Decimal("0.5"),
+        cost_reporter="litellm",
+    )
+    assert one == two and hash(one) == hash(two)
+    assert one != Usage(3, 4, model="other", reported_cost=Decimal("0.5"), cost_reporter="litellm")
+    assert one != (3, 4)
+    assert repr(Usage(output_tokens=2)) == (
+        "Usage(input_tokens=0, cached_input_tokens=0, cache_write_5m_tokens=0, "
+        "cache_write_1h_tokens=0, output_tokens=2, reasoning_tokens=0, input_audio_tokens=0, "
+        "output_audio_tokens=0, input_image_tokens=0, web_search_requests=0, model=None, "
+        "provider=None, operation=None, estimated=False, service_tier=None, "
+        "reported_cost=None, cost_reporter=None)"
+    )
+
+
+def test_usage_copies_pickles_and_answers_dataclass_helpers() -> None:
+    """pickle, copy, dataclasses.replace/fields/asdict and match all see the same fields."""
+    usage = Usage(10, output_tokens=7, model="m", service_tier="flex", estimated=True)
+    assert pickle.loads(pickle.dumps(usage)) == usage
+    assert copy.copy(usage) == usage and copy.deepcopy(usage) == usage
+    changed = dataclasses.replace(usage, model="n")
+    assert changed == usage.replace(model="n") == usage.with_model("n")
+    assert changed.model == "n" and changed.input_tokens == 10 and usage.model == "m"
+    assert [f.name for f in dataclasses.fields(Usage)][:2] == [
+        "input_tokens",
+        "cached_input_tokens",
+    ]
+    assert dataclasses.asdict(usage)["service_tier"] == "flex"
+    match usage:
+        case Usage(10, output_tokens=7):
+            pass
+        case _:
+            pytest.fail("positional and keyword patterns match the fields")
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        usage.replace(colour="red")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"input_tokens": -1}, "Usage.input_tokens must be a non-negative int, got -1"),
+        ({"web_search_requests": True}, "Usage.web_search_requests must be a non-negative int"),
+        ({"output_tokens": 1.0}, "Usage.output_tokens must be a non-negative int, got 1.0"),
+        ({"reasoning_tokens": -(2**70)}, "Usage.reasoning_tokens must be a non-negative int"),
+        ({"reported_cost": Decimal("NaN")}, "reported_cost must be a finite, non-negative"),
+        ({"reported_cost": Decimal(-1)}, "reported_cost must be a finite, non-negative"),
+        ({"reported_cost": 0.5}, "reported_cost must be a finite, non-negative"),
+    ],
+)
+def test_usage_rejects_bad_counts_naming_the_field(arguments: dict[str, Any], message: str) -> None:
+    """A negative, boolean or non-int count, or a bad reported cost, raises naming the field."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Usage(**arguments)

@@ -19,7 +19,7 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
-from ._cost import SERVICE_TIERS, cost_of, price_usage
+from ._cost import SERVICE_TIERS, cost_of, price_units, price_usage
 from ._price import Cost, DatedPrice, LongContextTier, ModelPrice, parse_price
 from ._table import PriceTable, normalise_model_name
 
@@ -36,6 +36,7 @@ __all__ = [
     "lookup",
     "normalise_model_name",
     "parse_price",
+    "price_units",
     "price_usage",
     "register_model",
 ]

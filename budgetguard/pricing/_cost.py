@@ -7,14 +7,15 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, UnknownModelError
-from ..money import MONEY
+from ..money import MONEY, to_units
 from ._price import Cost, ModelPrice
+from ._units import integer_total
 
 if TYPE_CHECKING:
     from ..usage import Usage
     from ._table import PriceTable
 
-__all__ = ["SERVICE_TIERS", "cost_of", "price_usage"]
+__all__ = ["SERVICE_TIERS", "cost_of", "price_units", "price_usage"]
 
 
 def _default_table() -> PriceTable:
@@ -106,6 +107,42 @@ def price_usage(
         estimated=usage.estimated,
         tier=tier,
     )
+
+
+def price_units(
+    usage: Usage, price: ModelPrice, *, tier: str | None = None, at: float | None = None
+) -> int:
+    """Return what ``price_usage`` charges the ledger: its total in whole units, rounded up.
+
+    The same prices, fallbacks, tiers, long-context bands, dated prices and
+    fees, and exactly the same result as ``to_units(price_usage(...).total)``,
+    but in integers (``ModelPrice.unit_price``), without building a ``Cost``.
+    """
+    base = price
+    if price.dated:
+        # One instant for both paths, should this call end on the Decimal one.
+        at = time.time() if at is None else at
+        price = price.at(at)
+    if tier is None:
+        tier = usage.service_tier or "standard"
+    if tier == "standard":
+        p = price
+    else:
+        if tier not in SERVICE_TIERS and tier not in price.service_tiers:
+            raise ConfigurationError(
+                f"unknown service tier {tier!r}; use one of {sorted(SERVICE_TIERS)}"
+            )
+        p = price.service_tiers.get(tier) or price
+    if p.long_context:
+        p = p.for_input(usage.total_input_tokens)
+    # A tier or band carries its model's fees in every table budgetguard
+    # builds; one built by hand with fees of its own takes the Decimal path,
+    # whose fallbacks between the two sets of fees are the rule.
+    if p is price or p.per_request is price.per_request:
+        units = integer_total(usage, p.unit_price)
+        if units is not None:
+            return units
+    return to_units(price_usage(usage, base, tier=tier, at=at).total)
 
 
 def cost_of(

@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from functools import cached_property
 from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
 from ..money import MONEY, to_decimal
+from ._units import UnitPrice, prepare
 
 __all__ = [
     "TOKEN_PRICE_FIELDS",
@@ -130,6 +132,15 @@ class ModelPrice:
             if total_input_tokens > tier.above_input_tokens:
                 return tier.price
         return self
+
+    @cached_property
+    def unit_price(self) -> UnitPrice:
+        """Return these prices (this tier and band, no lookup) as whole units per token.
+
+        Prepared on first use and kept: pricing a call is then integer
+        arithmetic (``pricing.price_units``).
+        """
+        return prepare(self)
 
 
 @dataclass(frozen=True)

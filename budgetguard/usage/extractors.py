@@ -18,11 +18,11 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import replace
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import Any
 
-from ._record import Usage
+from ._record import Usage, _filled
 
 logger = logging.getLogger("budgetguard")
 
@@ -44,13 +44,31 @@ __all__ = [
 ]
 
 
+# Per class: whether it is a pydantic model, and the top-level module it comes
+# from. Reading either off a pydantic class goes through its metaclass's
+# __getattr__ hook, a few hundred nanoseconds, on every response.
+_PYDANTIC: dict[type, bool] = {}
+_VENDOR: dict[type, str] = {}
+_CLASSES_KEPT = 1024  # classes are few; a program that makes them by the thousand gets a reset
+
+
+def _is_pydantic(cls: type) -> bool:
+    found = _PYDANTIC.get(cls)
+    if found is None:
+        found = getattr(cls, "__pydantic_fields__", None) is not None
+        if len(_PYDANTIC) >= _CLASSES_KEPT:
+            _PYDANTIC.clear()
+        _PYDANTIC[cls] = found
+    return found
+
+
 def _get(obj: Any, key: str) -> Any:
     """Return ``obj[key]`` for mappings, ``obj.key`` otherwise, ``None`` when absent."""
     if type(obj) is dict:
         return obj.get(key)
     if obj is None:
         return None
-    if getattr(type(obj), "__pydantic_fields__", None) is not None:
+    if _is_pydantic(type(obj)):
         # Pydantic models keep fields in __dict__ and unknown keys in
         # __pydantic_extra__. Reading them directly avoids getattr's miss path,
         # which raises and catches an AttributeError: microseconds per miss.
@@ -69,10 +87,44 @@ def _view(obj: Any) -> Any:
     """Return a dict of a pydantic model's fields (cheap to read many keys from), else ``obj``."""
     if type(obj) is dict or obj is None:
         return obj
-    if getattr(type(obj), "__pydantic_fields__", None) is not None:
+    if _is_pydantic(type(obj)):
         extra = obj.__pydantic_extra__
         return {**obj.__dict__, **extra} if extra else obj.__dict__
     return obj
+
+
+class _Attributes:
+    """Read an object that is neither a mapping nor a pydantic model by its attributes."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def get(self, key: str) -> Any:
+        return getattr(self._obj, key, None)
+
+
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+def _fields(obj: Any) -> Any:
+    """Return something whose ``.get(key)`` is ``_get(obj, key)``: the cheap way to read many keys.
+
+    A dict is itself, a pydantic model the dict of its fields, ``None`` an
+    empty mapping, any other object a reader of its attributes.
+    """
+    cls = type(obj)  # obj.__class__ would go through a pydantic model's __getattr__ hook
+    if cls is dict:
+        return obj
+    if obj is None:
+        return _NOTHING
+    if _PYDANTIC.get(cls) or _is_pydantic(cls):
+        extra = obj.__pydantic_extra__
+        return {**obj.__dict__, **extra} if extra else obj.__dict__
+    if isinstance(obj, (Mapping, _Attributes)):
+        return obj  # already a view, or read as one
+    return _Attributes(obj)
 
 
 class UnreadableUsage(ValueError):
@@ -131,10 +183,15 @@ def _has(obj: Any, key: str) -> bool:
 
 
 def _model(response: Any) -> str | None:
-    model = _get(response, "model")
+    return _model_in(_fields(response))
+
+
+def _model_in(view: Any) -> str | None:
+    """Return the model a response (read through ``_fields``) names."""
+    model = view.get("model")
     if isinstance(model, str) and model:
         return model
-    outputs = _get(response, "outputs")
+    outputs = view.get("outputs")
     if isinstance(outputs, (list, tuple)):
         # A mistralai ConversationResponse names the model on each output entry.
         for entry in reversed(outputs):
@@ -146,7 +203,14 @@ def _model(response: Any) -> str | None:
 
 def _vendor_of(obj: Any) -> str:
     """Return the top-level module of ``obj``'s class ("openai", "litellm", "builtins", ...)."""
-    return type(obj).__module__.partition(".")[0]
+    cls = type(obj)
+    vendor = _VENDOR.get(cls)
+    if vendor is None:
+        vendor = cls.__module__.partition(".")[0]
+        if len(_VENDOR) >= _CLASSES_KEPT:
+            _VENDOR.clear()
+        _VENDOR[cls] = vendor
+    return vendor
 
 
 # Model-name prefixes that identify the vendor of an OpenAI-shaped response that is
@@ -166,18 +230,14 @@ _PROVIDER_BY_MODEL_PREFIX = (
 )
 
 
-def _azure_filtered(response: Any) -> bool:
-    """Tell an Azure OpenAI answer by its content filter results (OpenAI sends none)."""
-    if _get(response, "prompt_filter_results") is not None:
-        return True
-    choices = _get(response, "choices")
-    return bool(choices) and _get(choices[0], "content_filter_results") is not None
-
-
-def _openai_shaped_provider(response: Any, model: str | None) -> str:
-    if _azure_filtered(response):
+def _openai_shaped_provider(vendor: str, view: Any, model: str | None) -> str:
+    """Name the provider of an OpenAI-shaped response (read through ``_fields``)."""
+    # Azure OpenAI answers carry content filter results; OpenAI sends none.
+    if view.get("prompt_filter_results") is not None:
         return "azure.ai.openai"
-    vendor = _vendor_of(response)
+    choices = view.get("choices")
+    if choices and _fields(choices[0]).get("content_filter_results") is not None:
+        return "azure.ai.openai"
     if vendor in ("openai", "litellm", "mistralai"):
         return "mistral_ai" if vendor == "mistralai" else vendor
     if model:
@@ -194,6 +254,7 @@ def from_openai_usage(
     model: str | None = None,
     provider: str | None = "openai",
     operation: str | None = None,
+    service_tier: str | None = None,
 ) -> Usage:
     """Normalise an OpenAI-style usage block (``prompt_tokens`` / ``completion_tokens``).
 
@@ -201,51 +262,100 @@ def from_openai_usage(
     and LiteLLM. Cache reads, cache writes, audio and image tokens are inside
     ``prompt_tokens``; reasoning and audio are inside ``completion_tokens``.
     """
-    usage = _view(usage)
-    prompt = _count(usage, "prompt_tokens")
-    completion = _count(usage, "completion_tokens")
+    # The hot path of every OpenAI-shaped call: each block read once as a
+    # mapping, a count that is absent or a plain int taken as it is (anything
+    # else goes through _int), one Usage built positionally.
+    usage = _fields(usage)
+    get = usage.get
+    prompt = get("prompt_tokens")
+    if prompt is None:
+        prompt = 0
+    elif prompt.__class__ is not int or prompt < 0:
+        prompt = _int(prompt, "prompt_tokens")
+    completion = get("completion_tokens")
+    if completion is None:
+        completion = 0
+    elif completion.__class__ is not int or completion < 0:
+        completion = _int(completion, "completion_tokens")
 
-    details = _view(_get(usage, "prompt_tokens_details"))
-    cached = _count(details, "cached_tokens")
-    cache_write = _count(details, "cache_write_tokens")
-    audio_in = _count(details, "audio_tokens")
-    image_in = _count(details, "image_tokens")
+    details = _fields(get("prompt_tokens_details"))
+    cached = details.get("cached_tokens")
+    if cached is None:
+        cached = 0
+    elif cached.__class__ is not int or cached < 0:
+        cached = _int(cached, "cached_tokens")
+    cache_write = details.get("cache_write_tokens")
+    if cache_write is None:
+        cache_write = 0
+    elif cache_write.__class__ is not int or cache_write < 0:
+        cache_write = _int(cache_write, "cache_write_tokens")
+    audio_in = details.get("audio_tokens")
+    if audio_in is None:
+        audio_in = 0
+    elif audio_in.__class__ is not int or audio_in < 0:
+        audio_in = _int(audio_in, "audio_tokens")
+    image_in = details.get("image_tokens")
+    if image_in is None:
+        image_in = 0
+    elif image_in.__class__ is not int or image_in < 0:
+        image_in = _int(image_in, "image_tokens")
     if not cached:
         # DeepSeek reports its cache hits beside, not inside, the details.
-        cached = _count(usage, "prompt_cache_hit_tokens")
+        found = get("prompt_cache_hit_tokens")
+        if found is not None:
+            cached = _int(found, "prompt_cache_hit_tokens")
     if not cached:
         # LiteLLM normalises Anthropic-style cache reads under this name; it
         # still counts them inside prompt_tokens.
-        cached = _count(usage, "cache_read_input_tokens")
+        found = get("cache_read_input_tokens")
+        if found is not None:
+            cached = _int(found, "cache_read_input_tokens")
     if not cache_write:
-        cache_write = _count(usage, "cache_creation_input_tokens")
+        found = get("cache_creation_input_tokens")
+        if found is not None:
+            cache_write = _int(found, "cache_creation_input_tokens")
     # LiteLLM splits Anthropic's cache writes by lifetime in
     # prompt_tokens_details.cache_creation_token_details (or passes Anthropic's
     # own cache_creation through): 1-hour writes cost more than 5-minute ones.
-    split = _get(details, "cache_creation_token_details")
+    split = details.get("cache_creation_token_details")
     if split is None:
-        split = _get(usage, "cache_creation")
+        split = get("cache_creation")
     write_1h = _count(split, "ephemeral_1h_input_tokens") if split is not None else 0
     if write_1h:
         cache_write = max(cache_write, write_1h + _count(split, "ephemeral_5m_input_tokens"))
 
-    out_details = _view(_get(usage, "completion_tokens_details"))
-    reasoning = _count(out_details, "reasoning_tokens")
-    audio_out = _count(out_details, "audio_tokens")
+    out_details = _fields(get("completion_tokens_details"))
+    reasoning = out_details.get("reasoning_tokens")
+    if reasoning is None:
+        reasoning = 0
+    elif reasoning.__class__ is not int or reasoning < 0:
+        reasoning = _int(reasoning, "reasoning_tokens")
+    audio_out = out_details.get("audio_tokens")
+    if audio_out is None:
+        audio_out = 0
+    elif audio_out.__class__ is not int or audio_out < 0:
+        audio_out = _int(audio_out, "audio_tokens")
 
-    return Usage(
-        input_tokens=max(prompt - cached - cache_write - audio_in - image_in, 0),
-        cached_input_tokens=cached,
-        cache_write_5m_tokens=cache_write - write_1h,
-        cache_write_1h_tokens=write_1h,
-        output_tokens=max(completion - reasoning - audio_out, 0),
-        reasoning_tokens=reasoning,
-        input_audio_tokens=audio_in,
-        output_audio_tokens=audio_out,
-        input_image_tokens=image_in,
-        model=model,
-        provider=provider,
-        operation=operation,
+    # Every count is a non-negative int by now (cache_write >= write_1h): no
+    # need for the public constructor's checks.
+    return _filled(
+        max(prompt - cached - cache_write - audio_in - image_in, 0),  # input_tokens
+        cached,  # cached_input_tokens
+        cache_write - write_1h,  # cache_write_5m_tokens
+        write_1h,  # cache_write_1h_tokens
+        max(completion - reasoning - audio_out, 0),  # output_tokens
+        reasoning,  # reasoning_tokens
+        audio_in,  # input_audio_tokens
+        audio_out,  # output_audio_tokens
+        image_in,  # input_image_tokens
+        0,  # web_search_requests
+        model,
+        provider,
+        operation,
+        False,  # estimated
+        service_tier,
+        None,  # reported_cost
+        None,  # cost_reporter
     )
 
 
@@ -443,17 +553,17 @@ def from_cohere_usage(usage: Any, *, model: str | None = None) -> Usage:
     )
 
 
-def _openai_operation(response: Any) -> str | None:
-    kind = _get(response, "object")
+def _openai_operation(view: Any) -> str | None:
+    kind = view.get("object")
     if kind == "chat.completion" or kind == "chat.completion.chunk":
         return "chat"
     if kind == "text_completion":
         return "text_completion"
     if kind == "list" or kind == "embedding":
         return "embeddings"
-    if _has(response, "choices"):
+    if view.get("choices") is not None:
         return "chat"
-    if isinstance(_get(response, "data"), (list, tuple)):
+    if isinstance(view.get("data"), (list, tuple)):
         return "embeddings"
     return None
 
@@ -465,12 +575,16 @@ _TIERS = {"flex": "flex", "priority": "priority", "batch": "batch"}
 
 def _service_tier(response: Any, usage: Any) -> str | None:
     """Return the service tier a response says it was served in (OpenAI: on the
-    response; Anthropic: in the usage block), or ``None`` for the standard tier."""
-    for where in (response, usage):
-        tier = _get(where, "service_tier")
-        if isinstance(tier, str):
-            return _TIERS.get(tier.lower())
-    return None
+    response; Anthropic: in the usage block), or ``None`` for the standard tier.
+
+    Both are read through ``_fields``.
+    """
+    tier = response.get("service_tier")
+    if not isinstance(tier, str):
+        tier = usage.get("service_tier")
+        if not isinstance(tier, str):
+            return None
+    return _TIERS.get(tier.lower())
 
 
 def with_web_search_calls(found: Usage, response: Any) -> Usage:
@@ -483,21 +597,32 @@ def with_web_search_calls(found: Usage, response: Any) -> Usage:
     if not isinstance(output, (list, tuple)):
         return found
     calls = sum(1 for item in output if _get(item, "type") == "web_search_call")
-    return replace(found, web_search_requests=calls) if calls else found
+    return found.replace(web_search_requests=calls) if calls else found
 
 
 def with_service_tier(found: Usage, response: Any, usage: Any) -> Usage:
     """Return ``found`` noting the service tier ``response`` or its ``usage`` block reports."""
-    tier = _service_tier(response, _view(usage))
-    return found if tier is None else replace(found, service_tier=tier)
+    tier = _service_tier(_fields(response), _fields(usage))
+    return found if tier is None else found.replace(service_tier=tier)
 
 
-def _from_usage_block(usage: Any, response: Any) -> Usage | None:
-    """Pick the right normaliser for a ``usage`` block; note its tier and any reported cost."""
-    found = _normalise_block(usage, response)
+def _from_usage_block(usage: Any, response: Any, view: Any = _NOTHING) -> Usage | None:
+    """Pick the right normaliser for a ``usage`` block; note its tier and any reported cost.
+
+    ``view`` is ``_fields(response)``, when the caller has it already.
+    """
+    block = _fields(usage)
+    if response is None:
+        vendor = ""
+    else:
+        vendor = _vendor_of(response)
+        if view is _NOTHING:
+            view = _fields(response)
+    # The tier goes into the one Usage built, not a copy of it.
+    found = _normalise_block(usage, block, response, vendor, view, _service_tier(view, block))
     if found is None:
         return None
-    return with_reported_cost(with_service_tier(found, response, usage), response, usage)
+    return _with_reported_cost(found, response, block, vendor)
 
 
 def _money(value: Any, field: str) -> Decimal:
@@ -521,6 +646,10 @@ def _litellm_cost(response: Any) -> Any:
     """Return LiteLLM's ``response._hidden_params["response_cost"]``, or ``None``."""
     if response is None or _vendor_of(response) != "litellm":
         return None
+    return _hidden_cost(response)
+
+
+def _hidden_cost(response: Any) -> Any:
     try:
         hidden = getattr(response, "_hidden_params", None)
     except Exception:  # a property of a foreign object: no cost, not a crash
@@ -542,56 +671,71 @@ def with_reported_cost(found: Usage, response: Any, usage: Any) -> Usage:
     A reported cost that is not a finite, non-negative number is left out,
     with a warning: the call is then priced from its tokens.
     """
+    vendor = _vendor_of(response) if response is not None else ""
+    return _with_reported_cost(found, response, _fields(usage), vendor)
+
+
+def _with_reported_cost(found: Usage, response: Any, usage: Any, vendor: str) -> Usage:
+    """Do ``with_reported_cost`` on a usage block read through ``_fields``.
+
+    ``vendor`` is ``_vendor_of(response)`` (``""`` for no response).
+    """
     try:
-        litellm = _litellm_cost(response)
+        litellm = _hidden_cost(response) if vendor == "litellm" else None
         if litellm is not None:
             amount = _money(litellm, "response_cost")
-            return replace(found, reported_cost=amount, cost_reporter="litellm")
-        usage = _view(usage)
-        cost = _get(usage, "cost")
+            return found.replace(reported_cost=amount, cost_reporter="litellm")
+        cost = usage.get("cost")
         if cost is None:
             return found
         amount = _money(cost, "cost")
-        if _get(usage, "is_byok") is True:
-            upstream = _get(_get(usage, "cost_details"), "upstream_inference_cost")
+        if usage.get("is_byok") is True:
+            upstream = _get(usage.get("cost_details"), "upstream_inference_cost")
             if upstream is not None:
                 amount += _money(upstream, "cost_details.upstream_inference_cost")
         # LiteLLM puts its own figure there in a stream's last chunk.
-        reporter = "litellm" if _vendor_of(response) == "litellm" else "openrouter"
-        return replace(found, reported_cost=amount, cost_reporter=reporter)
+        reporter = "litellm" if vendor == "litellm" else "openrouter"
+        return found.replace(reported_cost=amount, cost_reporter=reporter)
     except UnreadableUsage as error:
         _warn_unreadable(f"{error}; pricing the call from its tokens instead")
         return found
 
 
-def _normalise_block(usage: Any, response: Any) -> Usage | None:
-    """Pick the right normaliser for a ``usage`` block by the fields it carries."""
-    model = _model(response)
-    usage = _view(usage)
-    if _has(usage, "prompt_tokens") or _has(usage, "completion_tokens"):
-        operation = _openai_operation(response)
+def _normalise_block(
+    usage: Any, block: Any, response: Any, vendor: str, view: Any, tier: str | None
+) -> Usage | None:
+    """Pick the right normaliser for a ``usage`` block by the fields it carries.
+
+    ``block`` and ``view`` are ``usage`` and the response read through
+    ``_fields``, ``vendor`` is the response's (``_vendor_of``); the result
+    notes the service ``tier``.
+    """
+    model = _model_in(view)
+    get = block.get
+    if get("prompt_tokens") is not None or get("completion_tokens") is not None:
         return from_openai_usage(
-            usage,
+            block,
             model=model,
-            provider=_openai_shaped_provider(response, model),
-            operation=operation,
+            provider=_openai_shaped_provider(vendor, view, model),
+            operation=_openai_operation(view),
+            service_tier=tier,
         )
-    if _has(usage, "inputTokens") or _has(usage, "outputTokens"):
-        return from_bedrock_usage(usage, model=model)
-    if _has(usage, "billed_units") or _has(usage, "tokens"):
-        return from_cohere_usage(usage, model=model)
-    if _has(usage, "input_tokens") or _has(usage, "output_tokens"):
-        kind = _get(response, "object")
-        if kind == "response" or _has(usage, "input_tokens_details"):
+    if get("inputTokens") is not None or get("outputTokens") is not None:
+        found = from_bedrock_usage(usage, model=model)
+    elif get("billed_units") is not None or get("tokens") is not None:
+        found = from_cohere_usage(usage, model=model)
+    elif get("input_tokens") is not None or get("output_tokens") is not None:
+        if view.get("object") == "response" or get("input_tokens_details") is not None:
             found = from_responses_usage(usage, model=model)
-            if _vendor_of(response) == "mistralai":  # Mistral's Responses API
-                found = replace(found, provider="mistral_ai")
-            return with_web_search_calls(found, response)
-        provider = "anthropic"
-        if _vendor_of(response) == "litellm":
-            provider = "litellm"
-        return from_anthropic_usage(usage, model=model, provider=provider)
-    return None
+            if vendor == "mistralai":  # Mistral's Responses API
+                found = found.replace(provider="mistral_ai")
+            found = with_web_search_calls(found, response)
+        else:
+            provider = "litellm" if vendor == "litellm" else "anthropic"
+            found = from_anthropic_usage(usage, model=model, provider=provider)
+    else:
+        return None
+    return found if tier is None else found.replace(service_tier=tier)
 
 
 def _warn_unreadable(message: str) -> None:
@@ -631,22 +775,23 @@ def read_usage(response: object) -> Usage | None:
         return None
     if type(response) is dict and "usageMetadata" in response:
         response = gemini_rest_to_sdk(response)
-    metadata = _get(response, "usage_metadata")
+    view = _fields(response)
+    metadata = view.get("usage_metadata")
     if metadata is not None:
         if _has(metadata, "input_tokens") or _has(metadata, "output_tokens"):
             return from_langchain_usage(metadata, model=_langchain_model(response))
-        return from_gemini_usage(metadata, model=_model(response) or _gemini_version(response))
-    usage = _get(response, "usage")
+        return from_gemini_usage(metadata, model=_model_in(view) or _gemini_version(response))
+    usage = view.get("usage")
     if usage is not None:
-        return _from_usage_block(usage, response)
+        return _from_usage_block(usage, response, view)
     # A Responses stream event or a wrapper that nests the response.
-    inner = _get(response, "response")
+    inner = view.get("response")
     if inner is not None and inner is not response and _has(inner, "usage"):
         return read_usage(inner)
     # Cohere v1 keeps its billed units under ``meta``.
-    meta = _get(response, "meta")
+    meta = view.get("meta")
     if meta is not None and _has(meta, "billed_units"):
-        return from_cohere_usage(meta, model=_model(response))
+        return from_cohere_usage(meta, model=_model_in(view))
     # Last, a bare usage block handed over on its own.
     return _from_bare_block(response)
 

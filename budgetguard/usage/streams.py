@@ -25,7 +25,6 @@ from the text seen, with ``estimated=True``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 from ._record import Usage
@@ -143,7 +142,7 @@ class StreamAccumulator:
         usage = self._usage
         if usage is not None:
             if usage.model is None and self._model is not None:
-                usage = replace(usage, model=self._model)
+                usage = usage.replace(model=self._model)
             return usage
         if not self.chunks and prompt_tokens is None:
             return None
@@ -206,7 +205,7 @@ class MistralStream(OpenAIChatStream):
             if kind == "conversation.response.done":
                 usage = read_usage(data)
                 if usage is not None:
-                    self._usage = replace(usage, provider=self.provider)
+                    self._usage = usage.replace(provider=self.provider)
             elif kind == "message.output.delta":
                 self._note_text(_get(data, "content"))
             elif kind.startswith("response."):
@@ -214,14 +213,14 @@ class MistralStream(OpenAIChatStream):
                 if _get(_get(data, "response"), "usage") is not None:
                     usage = read_usage(data)
                     if usage is not None:
-                        self._usage = replace(usage, provider=self.provider)
+                        self._usage = usage.replace(provider=self.provider)
                 if kind.endswith(".delta"):
                     self._note_text(_get(data, "delta"))
             self._note_model(_get(data, "model"))
             return
         super()._add(data)
         if self._usage is not None and self._usage.provider != self.provider:
-            self._usage = replace(self._usage, provider=self.provider)
+            self._usage = self._usage.replace(provider=self.provider)
 
 
 class OpenAIResponsesStream(StreamAccumulator):
