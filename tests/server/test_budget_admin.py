@@ -76,7 +76,10 @@ def test_a_boost_raises_the_limit_until_it_ends(service: RunningServer) -> None:
     )
     assert reply.status == 200, reply.json()
     (row,) = reply.json()["data"]
-    assert Decimal(str(row["limit"])) == 10  # the report's row shows the budget's own limit
+    # The row's limit is the one in force (its remaining and use follow it); the
+    # boost is listed beside it, and the budget's own definition is kept.
+    assert Decimal(str(row["limit"])) == 25
+    assert service.guard.get_budget(tag="team=search").limit == 10  # type: ignore[union-attr]
     assert row["boost"]["limit"] == 25
     assert datetime.fromisoformat(row["boost"]["until"]) == until
     statuses = {status.name: status for status in service.guard.budget_statuses()}
