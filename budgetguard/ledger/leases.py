@@ -64,6 +64,7 @@ local state; it is never held across an inner call.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import logging
@@ -243,6 +244,12 @@ class LeasedLedger(Ledger):
         self.inner_operations = 0
         self._background = background
         self._lock = threading.Lock()
+        # One lease taken at a time per process (threads) and per event loop
+        # (tasks): a caller that finds one being taken waits for it, then
+        # tries this process's slices again, so a process never refuses a call
+        # its own slices (taken a moment before, by another caller) have room for.
+        self._acquiring = threading.Lock()
+        self._aacquiring: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._reset_state()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -271,6 +278,8 @@ class LeasedLedger(Ledger):
 
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._acquiring = threading.Lock()
+        self._aacquiring = weakref.WeakKeyDictionary()
         self._reset_state()
         self._thread = None
         self._wake = threading.Event()
@@ -302,7 +311,8 @@ class LeasedLedger(Ledger):
         """Hold every amount of ``reservation`` or none of them (locally when a slice has room)."""
         _check(reservation)
         caps: dict[str, int] = {}
-        for _ in range(_ATTEMPTS):
+        attempts = 0
+        while attempts < _ATTEMPTS:
             outcome = self._locked(lambda: self._admit(reservation))
             try:
                 self._flush_work(quiet=True)
@@ -315,20 +325,36 @@ class LeasedLedger(Ledger):
             if outcome is _PASS:
                 return self._pass(reservation)
             assert isinstance(outcome, _Need)
-            lease = self._lease_for(outcome, caps)
-            self.inner_operations += 1
-            try:
-                refusal = self.inner.reserve(lease.inner)
-            except StorageError:
-                # The lease may be held (a lost reply): give it back if the
-                # storage answers, else it expires after ttl.
-                with contextlib.suppress(StorageError):
-                    self.inner_operations += 1
-                    self.inner.release(lease.inner)
-                raise
-            if refusal is None:
-                self._locked(partial(self._install, lease))
+            if not self._acquiring.acquire(blocking=False):
+                # Another thread is taking a lease: wait for it, then look again.
+                self._acquiring.acquire(timeout=self.ttl)
+                self._acquiring.release()
                 continue
+            attempts += 1
+            try:
+                # Taken meanwhile by the thread before: this process may have room now.
+                outcome = self._locked(lambda: self._admit(reservation))
+                if outcome is None:
+                    return None
+                if outcome is _PASS:
+                    return self._pass(reservation)
+                assert isinstance(outcome, _Need)
+                lease = self._lease_for(outcome, caps)
+                self.inner_operations += 1
+                try:
+                    refusal = self.inner.reserve(lease.inner)
+                except StorageError:
+                    # The lease may be held (a lost reply): give it back if the
+                    # storage answers, else it expires after ttl.
+                    with contextlib.suppress(StorageError):
+                        self.inner_operations += 1
+                        self.inner.release(lease.inner)
+                    raise
+                if refusal is None:
+                    self._locked(partial(self._install, lease))
+                    continue
+            finally:
+                self._acquiring.release()
             answer = self._shrink(outcome, refusal, caps)
             if answer is _PASS:
                 break
@@ -340,7 +366,8 @@ class LeasedLedger(Ledger):
         """Do ``reserve``; only the inner operations are awaited."""
         _check(reservation)
         caps: dict[str, int] = {}
-        for _ in range(_ATTEMPTS):
+        attempts = 0
+        while attempts < _ATTEMPTS:
             outcome = self._locked(lambda: self._admit(reservation))
             try:
                 await self._aflush_work(quiet=True)
@@ -353,26 +380,49 @@ class LeasedLedger(Ledger):
             if outcome is _PASS:
                 return await self._apass(reservation)
             assert isinstance(outcome, _Need)
-            lease = self._lease_for(outcome, caps)
-            self.inner_operations += 1
-            try:
-                refusal = await self.inner.areserve(lease.inner)
-            except StorageError:
-                # The lease may be held (a lost reply): give it back if the
-                # storage answers, else it expires after ttl.
-                with contextlib.suppress(StorageError):
-                    self.inner_operations += 1
-                    await self.inner.arelease(lease.inner)
-                raise
-            if refusal is None:
-                self._locked(partial(self._install, lease))
+            acquiring = self._task_lock()
+            if acquiring.locked():
+                # Another task is taking a lease: wait for it, then look again.
+                async with acquiring:
+                    pass
                 continue
+            attempts += 1
+            async with acquiring:
+                # Taken meanwhile by the task before: this process may have room now.
+                outcome = self._locked(lambda: self._admit(reservation))
+                if outcome is None:
+                    return None
+                if outcome is _PASS:
+                    return await self._apass(reservation)
+                assert isinstance(outcome, _Need)
+                lease = self._lease_for(outcome, caps)
+                self.inner_operations += 1
+                try:
+                    refusal = await self.inner.areserve(lease.inner)
+                except StorageError:
+                    # The lease may be held (a lost reply): give it back if the
+                    # storage answers, else it expires after ttl.
+                    with contextlib.suppress(StorageError):
+                        self.inner_operations += 1
+                        await self.inner.arelease(lease.inner)
+                    raise
+                if refusal is None:
+                    self._locked(partial(self._install, lease))
+                    continue
             answer = self._shrink(outcome, refusal, caps)
             if answer is _PASS:
                 break
             if isinstance(answer, Refusal):
                 return answer
         return await self._apass(reservation)
+
+    def _task_lock(self) -> asyncio.Lock:
+        """Return the lock of lease-taking for the running event loop's tasks."""
+        loop = asyncio.get_running_loop()
+        lock = self._aacquiring.get(loop)
+        if lock is None:
+            lock = self._aacquiring[loop] = asyncio.Lock()
+        return lock
 
     def _pass(self, reservation: Reservation) -> Refusal | None:
         self.inner_operations += 1

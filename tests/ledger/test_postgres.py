@@ -228,6 +228,33 @@ def test_migration_from_version_1_raced_by_processes_runs_once(
     assert columns == [("overs",), ("priors",), ("units",), ("weights",)]
 
 
+def test_connects_interrupted_while_their_tracebacks_live_leak_no_slot(
+    postgres_url: str, opened: Callable[..., Ledger]
+) -> None:
+    """More interrupted connects than pool_size, their errors kept: the pool still serves."""
+    ledger = opened(postgres_url + "?pool_size=2&timeout=3")
+    assert isinstance(ledger, PostgresLedger)
+    kept: list[BaseException] = []  # what a test runner or a logger keeps: the tracebacks
+    real = ledger._connect
+    failing = [5]
+
+    def connect() -> Any:
+        if failing[0]:
+            failing[0] -= 1
+            raise KeyboardInterrupt
+        return real()
+
+    ledger._connect = connect  # type: ignore[method-assign]
+    ledger._pool = None
+    for _ in range(5):
+        try:
+            ledger.ping()
+        except KeyboardInterrupt as error:
+            kept.append(error)
+    ledger.ping()  # StorageError (no free slot within timeout=3) if the slots leaked
+    assert len(kept) == 5
+
+
 def test_a_pool_opens_at_most_pool_size_connections(
     postgres_url: str, opened: Callable[..., Ledger]
 ) -> None:
