@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import gc
 import logging
 import os
 import re
@@ -811,20 +810,20 @@ class _Connections:
             except IndexError:
                 slot = None
             if slot is not None:
+                conn = None
                 try:
                     conn = self._connect()
+                    self.slot_of[conn] = slot
+                    return conn
                 except BaseException:
-                    del slot  # back to the free list now, not when the traceback goes
+                    # Interrupted half way: close what was opened and put the
+                    # slot back now, not when the traceback is collected.
+                    if conn is not None:
+                        self.drop(conn)
+                    del slot
                     raise
-                self.slot_of[conn] = slot
-                return conn
-            self.reclaim()
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
-
-    def reclaim(self) -> None:
-        """Free the slots of lost connections (see ``_reclaim``)."""
-        _reclaim(self)
 
     def give(self, conn: Any) -> None:
         """Take back a connection whose whole reply was read."""
@@ -887,14 +886,18 @@ class _AsyncConnections:
             except IndexError:
                 slot = None
             if slot is not None:
+                conn = None
                 try:
                     conn = await asyncio.wait_for(self._connect(), left(deadline))
+                    self.slot_of[conn] = slot
+                    return conn
                 except BaseException:
-                    del slot  # back to the free list now, not when the traceback goes
+                    # Interrupted or cancelled half way: close what was opened
+                    # and put the slot back now, not when the traceback goes.
+                    if conn is not None:
+                        await self.drop(conn)
+                    del slot
                     raise
-                self.slot_of[conn] = slot
-                return conn
-            _reclaim(self)
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
 
@@ -920,26 +923,6 @@ class _AsyncConnections:
             except IndexError:
                 return
             await self.drop(conn)
-
-
-# How often, at most, a pool with no free slot collects garbage to find the
-# slots of connections that were lost half way.
-_RECLAIM_EVERY = 0.5
-_reclaimed_at = [float("-inf")]
-
-
-def _reclaim(pool: object) -> None:
-    """Collect garbage, at most every ``_RECLAIM_EVERY`` seconds, when no slot is free.
-
-    A connection lost half way (an interrupt while it connected or ran)
-    gives its slot back when it is collected; an exception's traceback can
-    keep it alive in a reference cycle until the cyclic collector runs, and
-    a pool that waits for a slot must not wait for that.
-    """
-    now = time.monotonic()
-    if now - _reclaimed_at[0] >= _RECLAIM_EVERY:
-        _reclaimed_at[0] = now
-        gc.collect()
 
 
 def _healthy(conn: Any) -> bool:
