@@ -939,13 +939,30 @@ def _healthy(conn: Any) -> bool:
         pgconn = conn.pgconn
         if pgconn.transaction_status != 0:  # not IDLE
             return False
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
         # The server said something to an idle connection: almost always that
         # it ended it (rarely a notice or a setting change, for which
         # dropping the connection costs one reconnect).
-        return not readable
+        return not _readable(pgconn.socket)
     except Exception:
         return False
+
+
+def _readable(fd: int) -> bool:
+    """Tell whether a socket has something to read, now, without waiting.
+
+    ``poll`` rather than ``select``: ``select`` refuses descriptors past
+    ``FD_SETSIZE`` (1024), which a busy process reaches, and every
+    connection would then look broken and be opened again on every call.
+    """
+    if _POLL is None:  # Windows: no poll
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+    poller = _POLL()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+_POLL = getattr(select, "poll", None)
 
 
 def _refusal(reservation: Reservation, row: tuple[Any, ...]) -> Refusal | None:

@@ -228,6 +228,35 @@ def test_migration_from_version_1_raced_by_processes_runs_once(
     assert columns == [("overs",), ("priors",), ("units",), ("weights",)]
 
 
+def test_connections_past_descriptor_1024_are_reused(
+    postgres_url: str, opened: Callable[..., Ledger]
+) -> None:
+    """A busy process's sockets pass fd 1024 (select's limit): idle connections are reused."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this process may open {hard} files at most")
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        ledger = opened(postgres_url)
+        assert isinstance(ledger, PostgresLedger)
+        ledger.ping()
+        pool = ledger._pool
+        assert pool is not None and len(pool.idle) == 1
+        (conn,) = pool.idle
+        assert conn.pgconn.socket > 1024
+        ledger.ping()
+        assert list(pool.idle) == [conn]  # the same connection again, not a new one
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_connects_interrupted_while_their_tracebacks_live_leak_no_slot(
     postgres_url: str, opened: Callable[..., Ledger]
 ) -> None:
