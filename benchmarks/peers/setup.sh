@@ -31,7 +31,7 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet -e "$root[redis,tokens]"
 # limits caps redis-py below 8 (limits[redis] 5.x: redis<8), and budgetguard's
 # Redis ledger fails on redis-py 7.4 (it calls read_response(timeout=), which
-# redis-py 8 has), hence redis>=8.0 above, whatever budgetguard[redis] says:
+# redis-py 8 has), hence redis>=8.0 above, whatever budgetguard-llm[redis] says:
 # limits gets an environment of its own, with the redis-py it declares, and
 # run_all.py drives it there against the same redis-server.
 python3 -m venv "$venv-limits"
