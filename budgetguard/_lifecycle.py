@@ -145,17 +145,17 @@ class CallLifecycle(GuardParts):
                 plan = planner.plan(user, now, budgets)
         else:  # budgets on tags, models or providers: the plan depends on those too
             plan = planner.plan(user, now, budgets, tags, model, _provider(provider, origin, model))
-        if plan.simple and not (units == 0 and model is not None and _free(model)):
+        # A call known to cost nothing (its model is priced at zero) holds
+        # nothing on dollar budgets: a spent one must not refuse it.
+        free = units == 0 and model is not None and _free(model)
+        if plan.simple and not free:
             holds = plan._held if plan._held_units == units else plan.holds(units)
             holders = plan.holders
         else:
             holds, holders = plan.holds_of(
-                _amounts(units, tokens),
-                now,
-                free=units == 0 and model is not None and _free(model),
-                inner=_current_call.get() is not None,
+                _amounts(units, tokens), now, free=free, inner=_current_call.get() is not None
             )
-        if scope is not None and scope.caps:
+        if scope is not None and scope.caps and not free:  # scope caps count dollars
             holds = tuple(Hold(c.key, c.limit_units, units) for c in scope.caps) + holds
             holders = tuple(Holder("scope", None, c) for c in scope.caps) + holders
             for capped in scope.caps:

@@ -268,13 +268,16 @@ def test_zero_cost_calls_are_not_refused_by_a_spent_dollar_budget(guard: BudgetG
     """A model priced at zero (a local model) runs when the dollar budget is spent."""
     register_model("test-local-free-model", input=0, output=0)
     guard.set_budget("0.01", user="alice", period="monthly")
-    guard.set_budget(2, user="alice", unit="requests", period="daily")
+    guard.set_budget(4, user="alice", unit="requests", period="daily")  # record_spend counts one
     paid = guard.budgeted(user="alice", estimate=CENT, cost=lambda _: CENT)(lambda: None)
     free = guard.budgeted(
         user="alice", model="test-local-free-model", estimate=0, cost=lambda _: 0
     )(lambda: None)
     paid()
     assert runs(paid, 1) == 0
+    with guard.budget_scope("alice", limit="0.01"):  # a spent scope cap counts dollars too
+        guard.record_spend("0.01")
+        free()
     free()  # the dollar budget is spent, but this call costs nothing...
     with pytest.raises(BudgetExceededError) as refused:
         free()  # ... while its requests limit still counts it
