@@ -502,3 +502,31 @@ def test_a_failed_settle_keeps_every_units_amount_in_the_outbox() -> None:
     assert statuses["requests@user:alice"].spent == 2
     assert statuses["tokens@user:alice"].reserved == 0
     guard.close()
+
+
+async def test_concurrency_holds_for_as_long_as_a_generator_runs(guard: BudgetGuard) -> None:
+    """Sync and async generators hold their place until they end, and free it then."""
+    guard.set_budget(1, user="alice", unit="concurrency")
+    plain = guard.budgeted(user="alice", estimate=CENT, cost=lambda _: CENT)(lambda: None)
+
+    @guard.budgeted(user="alice", estimate=CENT)
+    def numbers() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    @guard.budgeted(user="alice", estimate=CENT)
+    async def letters() -> Any:
+        yield "a"
+        yield "b"
+
+    running = numbers()
+    assert next(running) == 1
+    assert runs(plain, 1) == 0  # the generator still runs
+    assert list(running) == [2]
+    assert runs(plain, 1) == 1
+    streaming = letters()
+    assert await streaming.__anext__() == "a"
+    assert runs(plain, 1) == 0
+    assert [x async for x in streaming] == ["b"]
+    assert runs(plain, 1) == 1
+    assert guard.ledger.open_reservations() == []
