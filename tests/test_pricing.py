@@ -853,12 +853,25 @@ def test_anthropic_usage_reads_the_tier_it_was_served_in() -> None:
         ("ft:gpt-4o-2024-08-06:acme:support:B1c2D3e4", "ft:gpt-4o"),
         ("ft:gpt-3.5-turbo-0125:acme::xyz", "ft:gpt-3.5-turbo-"),
         ("gpt-4o-mini-2024-07-18.ft-0123456789abcdef", "gpt-4o-mini-2024-07-18.ft-"),
+        ("ft:gpt-4.1-2025-04-14:acme::abc123", "ft:gpt-4.1-2025-04-14"),
+        ("ft:gpt-4.1-mini-2025-04-14:acme:support:x1", "ft:gpt-4.1-mini-2025-04-14"),
+        ("ft:gpt-4.1-nano-2025-04-14:acme::x2", "ft:gpt-4.1-nano-2025-04-14"),
+        ("ft:o4-mini-2025-04-16:acme::x3", "ft:o4-mini-2025-04-16"),
+        ("ft:gpt-4-0613:acme::x4", "ft:gpt-4-0613"),
     ],
 )
 def test_fine_tuned_models_are_priced_at_their_base_fine_tune_price(model: str, entry: str) -> None:
     """Price a fine-tune's full name at the table's fine-tune entry of its base model."""
     found = lookup(model)
     assert found is not None and found.model == entry
+
+
+def test_fine_tunes_of_gpt_4_1_cost_more_than_their_base() -> None:
+    """A gpt-4.1 fine-tune is charged its fine-tune price ($3/$12 per 1M), not gpt-4.1's ($2/$8)."""
+    base, tuned = lookup("gpt-4.1-2025-04-14"), lookup("ft:gpt-4.1-2025-04-14:acme::abc123")
+    assert base is not None and (base.input, base.output) == (D(2), D(8))
+    assert tuned is not None and (tuned.input, tuned.output) == (D(3), D(12))
+    assert tuned.cached_input == D("0.75") and tuned.max_output_tokens == 32768
 
 
 def test_fine_tune_of_an_unpriced_base_stays_unknown() -> None:

@@ -105,3 +105,32 @@ def test_azure_deployment_is_estimated_as_the_model_it_serves(llm: FakeLLM) -> N
         uninstrument()
         client.close()
         own.close()
+
+
+def test_azure_deployment_is_charged_at_the_model_the_response_names(llm: FakeLLM) -> None:
+    """A deployment mapped to gpt-4o but answered by gpt-4o-mini is charged gpt-4o-mini's price."""
+    from budgetguard import instrument, uninstrument
+
+    client = openai.AzureOpenAI(
+        api_key="test", azure_endpoint=llm.url, api_version="2024-10-21", max_retries=0
+    )
+    own = BudgetGuard(metrics=False)
+    try:
+        instrument(own, deployments={"my-gpt": "gpt-4o"})
+        with budget_scope("alice"):
+            stream = client.chat.completions.create(
+                model="my-gpt", messages=MESSAGES, max_tokens=500, stream=True
+            )
+            list(stream)
+            reply = client.chat.completions.create(
+                model="my-gpt", messages=MESSAGES, max_tokens=500
+            )
+        assert reply.model == "gpt-4o-mini-2024-07-18"
+        # gpt-4o-mini, 1000 input and 500 output tokens, twice; at gpt-4o's
+        # $2.50/$10 per 1M it would be 0.0075 each.
+        assert own.spend("alice") == Decimal("0.00045") * 2
+        assert own.ledger.open_reservations() == []
+    finally:
+        uninstrument()
+        client.close()
+        own.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Iterator
 from decimal import Decimal
@@ -116,11 +117,18 @@ def test_byok_adds_the_upstream_inference_cost(server: VendorServer, client: ope
     assert guard.spend("alice") == Decimal("0.00047")
 
 
-def test_cost_far_from_the_table_warns_once(server: VendorServer, client: openai.OpenAI) -> None:
-    """A reported cost more than a quarter off the table's is charged, with a warning."""
-    with pytest.warns(RuntimeWarning, match=r"reports a cost of \$0.002 .*table says \$0.00045"):
+def test_cost_far_from_the_table_warns_once(
+    server: VendorServer, client: openai.OpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reported cost more than a quarter off the table's is charged, with a logged warning."""
+    with (
+        caplog.at_level(logging.WARNING, logger="budgetguard"),
+        pytest.warns(RuntimeWarning, match=r"reports a cost of \$0.002 .*table says \$0.00045"),
+    ):
         guard, _ = run(server, client, {"cost": 0.002})
     assert guard.spend("alice") == Decimal("0.002")
+    logged = [r.getMessage() for r in caplog.records if r.name == "budgetguard"]
+    assert sum("reports a cost of $0.002" in message for message in logged) == 1
 
 
 def test_cost_close_to_the_table_does_not_warn(server: VendorServer, client: openai.OpenAI) -> None:
