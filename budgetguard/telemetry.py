@@ -53,7 +53,12 @@ budgets have no gauge at all. Default budgets and per-value tag budgets
 (``tag:tenant=*``) have one window per user or value and no gauge. So the
 budget series number the budgets set for subjects other than users, plus
 at most ``max_users`` per labelled user budget. Refusals and alerts name
-budgets the same way (a per-value budget by its ``=*`` name).
+budgets the same way (a per-value budget by its ``=*`` name). Guards that
+share one MeterProvider never add their budget gauges together either: guards
+on one shared ledger report its budgets once, and where guards on different
+ledgers report budgets of the same name, each series carries
+``budgetguard.ledger`` (the ledger's URL without password; ``memory://#<n>``
+for a guard's own memory ledger).
 
 The user attribute is ``user.id`` (``user_attribute="raw"``) or ``user.hash``
 (``"hashed"``: HMAC-SHA256 with a salt, truncated), and absent by default. At
@@ -81,6 +86,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.metadata
+import itertools
 import logging
 import sys
 import threading
@@ -438,7 +444,7 @@ class _Instruments:
         for field in ("limit", "spent", "reserved", "remaining"):
             meter.create_observable_gauge(
                 f"budgetguard.budget.{field}",
-                [self._observe(methodcaller("_budget_points", field))],
+                [self._observe(methodcaller("_budget_points", field), budgets=True)],
                 unit="USD",
                 description=f"The {field} amount of each dollar budget in its current window.",
             )
@@ -447,13 +453,14 @@ class _Instruments:
         for field in _QUOTA_FIELDS:
             meter.create_observable_gauge(
                 f"budgetguard.quota.{field}",
-                [self._observe(methodcaller("_budget_points", field, quota=True))],
+                [self._observe(methodcaller("_budget_points", field, quota=True), budgets=True)],
                 unit="{count}",
                 description=f"The {field} count of each budget of tokens, requests or calls "
                 "in flight, in its current window.",
             )
         meter.create_observable_gauge(
-            "budgetguard.budget.over", [self._observe(methodcaller("_over_points"))],
+            "budgetguard.budget.over",
+            [self._observe(methodcaller("_over_points"), budgets=True)],
             unit="{call}",
             description="Calls a soft or shadow budget had no room for in its current window.",
         )  # fmt: skip
@@ -475,13 +482,18 @@ class _Instruments:
             self._members.discard(telemetry)
 
     def _observe(
-        self, points: Callable[[Telemetry], Iterable[tuple[Attributes, float]]]
+        self,
+        points: Callable[[Telemetry], Iterable[tuple[Attributes, float]]],
+        *,
+        budgets: bool = False,
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             with self._members_lock:
                 members = list(self._members)
             if len(members) == 1:
                 return [Observation(value, attributes) for attributes, value in points(members[0])]
+            if budgets:
+                return _budget_observations(members, points)
             # Several guards share the instruments: one observation per
             # attribute set, or the SDK would keep only the last.
             merged: dict[tuple[tuple[str, AttributeValue], ...], tuple[Attributes, float]] = {}
@@ -493,6 +505,36 @@ class _Instruments:
             return [Observation(value, attributes) for attributes, value in merged.values()]
 
         return callback
+
+
+def _budget_observations(
+    members: list[Telemetry], points: Callable[[Telemetry], Iterable[tuple[Attributes, float]]]
+) -> list[Observation]:
+    """Return budget gauge points of several guards on one provider, never added together.
+
+    Guards on one shared ledger (the same URL) read the same budgets: each
+    series is reported once. Guards on different ledgers have different
+    budgets even where the names agree (each its own ``global``): where their
+    series would meet, each carries ``budgetguard.ledger`` naming its ledger.
+    """
+    by_ledger: dict[str, dict[_Items, tuple[Attributes, float]]] = {}
+    for member in sorted(members, key=attrgetter("_sequence")):
+        # The first guard of a ledger speaks for it: the others read the same rows.
+        by_ledger.setdefault(member._ledger_label(), dict(
+            (tuple(sorted(attributes.items())), (attributes, value))
+            for attributes, value in points(member)
+        ))  # fmt: skip
+    seen: dict[_Items, int] = {}
+    for series in by_ledger.values():
+        for key in series:
+            seen[key] = seen.get(key, 0) + 1
+    observations = []
+    for label, series in by_ledger.items():
+        for key, (attributes, value) in series.items():
+            if seen[key] > 1:
+                attributes = {**attributes, "budgetguard.ledger": label}
+            observations.append(Observation(value, attributes))
+    return observations
 
 
 #: The quota gauges' fields and the BudgetStatus attribute each one reads.
@@ -517,6 +559,8 @@ _EVENTS = (
 # instruments with it.
 _instruments: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
 _instruments_lock = threading.Lock()
+# Numbers each Telemetry in order of creation (names a guard's own ledger).
+_sequence = itertools.count(1)
 
 
 def _is_proxy(provider: Any) -> bool:
@@ -632,10 +676,20 @@ class Telemetry:
         self._snapshot_lock = threading.Lock()
         if latest_conventions is None:
             latest_conventions = _latest_conventions()
+        self._sequence = next(_sequence)
         self._instruments = _instruments_for(meter_provider, aggregate, latest_conventions)
         # 0 when closed or with aggregate=False: every call takes _overflow.
         self._max_pending = _MAX_PENDING if aggregate else 0
         self._instruments.join(self)
+
+    def _ledger_label(self) -> str:
+        """Name this guard's ledger: its URL (no password) if shared, else one per guard."""
+        ledger = getattr(self._guard(), "ledger", None)
+        url = getattr(ledger, "safe_url", None) or getattr(ledger, "url", None)
+        if isinstance(url, str) and getattr(ledger, "shared", False):
+            return url
+        # A memory ledger (or a guard with none) is this guard's own.
+        return f"{url if isinstance(url, str) else 'guard'}#{self._sequence}"
 
     @property
     def user_attribute(self) -> UserAttribute:

@@ -416,7 +416,7 @@ def test_threshold_crossings_are_counted(exported: ExportedMetrics) -> None:
 
 
 def test_two_telemetries_on_one_provider_are_summed(exported: ExportedMetrics) -> None:
-    """Two guards on one MeterProvider both report: shared series add up, none is dropped."""
+    """Two guards on one MeterProvider both report: counters add up, budgets stay apart."""
     guards = [
         StubGuard([status("global", None, "10", "1")]),
         StubGuard([status("global", None, "20", "2")]),
@@ -427,11 +427,19 @@ def test_two_telemetries_on_one_provider_are_summed(exported: ExportedMetrics) -
     second.call_refused(refusal(), user="alice", request_model=None)
     (spend,) = exported.points("budgetguard.spend")
     assert spend.value == pytest.approx(0.3)
-    assert exported.value("budgetguard.budget.limit") == 30
+    # Two guards' global budgets are two budgets: never one series of $30.
+    limits = sorted(
+        (p.value, p.attributes["budgetguard.ledger"])
+        for p in exported.points("budgetguard.budget.limit")
+    )
+    assert [value for value, _ in limits] == [10, 20]
+    assert limits[0][1] != limits[1][1]
     assert exported.value("budgetguard.refusals") == 1
     assert exported.count("gen_ai.client.operation.duration") == 2
     second.shutdown()
-    assert exported.value("budgetguard.budget.limit") == 10
+    (limit,) = exported.points("budgetguard.budget.limit")
+    assert limit.value == 10
+    assert "budgetguard.ledger" not in limit.attributes
     assert exported.value("budgetguard.spend") == pytest.approx(0.1)
 
 
