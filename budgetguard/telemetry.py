@@ -35,9 +35,15 @@ the instruments below, on a meter named ``budgetguard``:
   (counter, charges): settles the ledger could not take, waiting in this
   process to be written again, and those dropped because the outbox was full.
 
-Model names are bounded too: the first ``max_models`` distinct request and
-response models seen keep their names, every later one is ``"_other"`` (a
-cumulative series must keep its attributes, so the set is fixed once full).
+Model names are bounded too: the ``max_models`` request and response models
+seen most keep their names, every other one is ``"_other"``. The first ones
+seen take the places; a model later seen more than twice as often as the
+least seen named one takes that one's place: the displaced model's series
+end, its later calls count under ``_other``, and the newcomer's series start
+then (its earlier calls stay in ``_other``), so no cumulative series ever
+goes down. Histograms (and, with ``aggregate=False``, every instrument) keep
+the series they recorded, so they can hold a few more model names than
+``max_models`` over a long run.
 Providers are named as in the conventions' registry (``azure.ai.openai`` for
 Azure OpenAI, ``aws.bedrock``, ``gcp.gemini``, ...). Scope tags are exported,
 as ``budgetguard.tag.<key>``, only for the keys listed in ``tag_keys``, each
@@ -320,6 +326,70 @@ class _Capped:
             if len(self._values) >= self._limit:
                 return self._values.get(value, OVERFLOW_VALUE)
             return self._values.setdefault(value, value)
+
+
+class _TopNames:
+    """Name the ``limit`` values of an attribute seen most; map the others to _other.
+
+    The first ``limit`` distinct values take the places. From then on every
+    other value is counted too (at most ``4 * limit + 16`` of them: when that
+    many are counted, the less seen half is forgotten, so memory stays
+    bounded), and one seen more than twice as often as the least seen named
+    value takes its place. Counts only grow, so each change needs a newcomer
+    to double the count it displaces: a few changes in a process's life, no
+    flapping between two values. A displaced value is listed in ``retired``
+    for the Telemetry to end its series; its later calls count under
+    ``_other``. The newcomer's series starts when it is named (its earlier
+    calls stay in ``_other``), so every cumulative series only grows.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._named: dict[str, int] = {}  # named value -> calls since it was named
+        self._counted: dict[str, int] = {}  # other values -> calls since they were counted
+        self._room = 4 * limit + 16
+        self._floor = 0  # at most the least count among the named values
+        self.retired: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        with self._lock:
+            named = self._named
+            count = named.get(value)
+            if count is not None:
+                named[value] = count + 1
+                return value
+            if len(named) < self._limit:
+                named[value] = 1
+                return value
+            if not self._limit:
+                return OVERFLOW_VALUE
+            counted = self._counted
+            seen = counted.get(value, 0) + 1
+            if seen == 1 and len(counted) >= self._room:
+                # Keep the more seen half: a value seen often stays counted.
+                kept = sorted(counted.items(), key=lambda item: item[1])[len(counted) // 2 :]
+                self._counted = counted = dict(kept)
+            counted[value] = seen
+            if seen > 2 * self._floor:
+                least = min(named, key=named.__getitem__)
+                self._floor = named[least]
+                if seen > 2 * self._floor:
+                    del named[least], counted[value]
+                    named[value] = seen
+                    counted[least] = self._floor
+                    self.retired.append(least)
+                    self._floor = min(named.values())
+                    return value
+            return OVERFLOW_VALUE
+
+    def take_retired(self) -> set[str]:
+        """Return the values displaced since the last call, and forget them."""
+        with self._lock:
+            retired, self.retired = set(self.retired), []
+        return retired
 
 
 class _UserLabels:
@@ -654,7 +724,7 @@ class Telemetry:
         except TypeError:
             self._guard = lambda: guard
         self._users = _UserLabels(user_attribute, user_salt, max_users)
-        self._models = _Capped(max_models)
+        self._models = _TopNames(max_models)
         self._tags = tuple(
             (key, f"budgetguard.tag.{key}", _Capped(max_tag_values))
             for key in dict.fromkeys(tag_keys)
@@ -735,6 +805,7 @@ class Telemetry:
                 if scope is not None:
                     items.extend(self._tag_items(scope.tags))
             self._count("refusals", tuple(items))
+            self._end_retired_models()
         except Exception:
             _log.exception("budgetguard telemetry failed to record a refusal")
 
@@ -837,12 +908,41 @@ class Telemetry:
             for token_key, count in tokens.items():
                 instruments.tokens.add(count, self._token_attributes_for(token_key))
             if not instruments.latest:
+                self._end_retired_models()
                 return
         with self._lock:
             for key, cost in spend.items():
                 self._spend[key] = MONEY.add(self._spend.get(key, _ZERO), cost)
             for token_key, count in tokens.items():
                 self._tokens[token_key] = self._tokens.get(token_key, 0) + count
+        self._end_retired_models()
+
+    def _end_retired_models(self) -> None:
+        """End the series of models that more used ones displaced from the named ones."""
+        if not self._models.retired:
+            return
+        retired = self._models.take_retired()
+
+        def keeps(model: _ModelKey) -> bool:
+            return model[1] not in retired and model[2] not in retired
+
+        def keeps_items(items: _Items) -> bool:
+            return not any(name == "gen_ai.request.model" and value in retired
+                           for name, value in items)  # fmt: skip
+
+        with self._lock:
+            self._spend = {key: value for key, value in self._spend.items() if keeps(key[0])}
+            self._tokens = {key: value for key, value in self._tokens.items() if keeps(key[0][0])}
+            for event in ("refusals", "unpriced"):
+                counts = self._events[event]  # changed in place: _count holds it
+                for items in [items for items in counts if not keeps_items(items)]:
+                    del counts[items]
+        # The attribute caches are rebuilt as needed; histograms keep what they recorded.
+        self._call_attributes = {k: v for k, v in self._call_attributes.items() if keeps(k[0])}
+        self._token_attributes = {k: v for k, v in self._token_attributes.items() if keeps(k[0][0])}
+        self._histogram_attributes = {
+            k: v for k, v in self._histogram_attributes.items() if keeps(k[1])
+        }
 
     def _describe(self, outcome: CallOutcome) -> tuple[_CallKey, tuple[int, ...] | None]:
         """Return a call's series key and its token counts (None without usage)."""
