@@ -685,3 +685,15 @@ def test_latest_conventions_count_tokens_by_modality(
     assert exported.value(f"{prefix}.output_tokens", text) == 100
     assert exported.value(f"{prefix}.reasoning.output_tokens", text) == 20
     assert "gen_ai.client.token.usage" not in exported.names()
+
+
+@pytest.mark.parametrize("opt_in", ["", "http", "gen_ai_latest_experimental_not"])
+def test_released_conventions_without_the_opt_in(
+    exported: ExportedMetrics, monkeypatch: pytest.MonkeyPatch, opt_in: str
+) -> None:
+    """Without gen_ai_latest_experimental listed, the released token histogram is exported alone."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", opt_in)
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider)
+    tel.call_ended(outcome(usage=Usage(input_tokens=700, output_tokens=80)))
+    assert exported.value("gen_ai.client.token.usage", {"gen_ai.token.type": "input"}) == 700
+    assert not [name for name in exported.names() if name.startswith("gen_ai.client.inference")]
