@@ -22,7 +22,7 @@ another context, still lands on the span opened for it. For each call that ran:
   span do not overwrite each other).
 
 A refused call is a ``budgetguard.refused`` event, with the budget, its
-period and the amounts, on the current span (or a span of its own, in error,
+period, its unit and the amounts, on the current span (or a span of its own, in error,
 with ``own_spans=True``).
 
 Cost attributes follow the draft GenAI cost convention
@@ -144,6 +144,8 @@ class Spans:
             return
         event: dict[str, Any] = {
             "budgetguard.budget": _kind(error.budget),
+            # The amounts below are in this unit: dollars, tokens, requests or calls.
+            "budgetguard.unit": getattr(error, "unit", "usd"),
             "budgetguard.limit": float(error.limit),
             "budgetguard.spent": float(error.spent),
             "budgetguard.reserved": float(error.reserved),

@@ -35,9 +35,15 @@ the instruments below, on a meter named ``budgetguard``:
   (counter, charges): settles the ledger could not take, waiting in this
   process to be written again, and those dropped because the outbox was full.
 
-Model names are bounded too: the first ``max_models`` distinct request and
-response models seen keep their names, every later one is ``"_other"`` (a
-cumulative series must keep its attributes, so the set is fixed once full).
+Model names are bounded too: the ``max_models`` request and response models
+seen most keep their names, every other one is ``"_other"``. The first ones
+seen take the places; a model later seen more than twice as often as the
+least seen named one takes that one's place: the displaced model's series
+end, its later calls count under ``_other``, and the newcomer's series start
+then (its earlier calls stay in ``_other``), so no cumulative series ever
+goes down. Histograms (and, with ``aggregate=False``, every instrument) keep
+the series they recorded, so they can hold a few more model names than
+``max_models`` over a long run.
 Providers are named as in the conventions' registry (``azure.ai.openai`` for
 Azure OpenAI, ``aws.bedrock``, ``gcp.gemini``, ...). Scope tags are exported,
 as ``budgetguard.tag.<key>``, only for the keys listed in ``tag_keys``, each
@@ -53,7 +59,12 @@ budgets have no gauge at all. Default budgets and per-value tag budgets
 (``tag:tenant=*``) have one window per user or value and no gauge. So the
 budget series number the budgets set for subjects other than users, plus
 at most ``max_users`` per labelled user budget. Refusals and alerts name
-budgets the same way (a per-value budget by its ``=*`` name).
+budgets the same way (a per-value budget by its ``=*`` name). Guards that
+share one MeterProvider never add their budget gauges together either: guards
+on one shared ledger report its budgets once, and where guards on different
+ledgers report budgets of the same name, each series carries
+``budgetguard.ledger`` (the ledger's URL without password; ``memory://#<n>``
+for a guard's own memory ledger).
 
 The user attribute is ``user.id`` (``user_attribute="raw"``) or ``user.hash``
 (``"hashed"``: HMAC-SHA256 with a salt, truncated), and absent by default. At
@@ -81,6 +92,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.metadata
+import itertools
 import logging
 import sys
 import threading
@@ -316,6 +328,70 @@ class _Capped:
             return self._values.setdefault(value, value)
 
 
+class _TopNames:
+    """Name the ``limit`` values of an attribute seen most; map the others to _other.
+
+    The first ``limit`` distinct values take the places. From then on every
+    other value is counted too (at most ``4 * limit + 16`` of them: when that
+    many are counted, the less seen half is forgotten, so memory stays
+    bounded), and one seen more than twice as often as the least seen named
+    value takes its place. Counts only grow, so each change needs a newcomer
+    to double the count it displaces: a few changes in a process's life, no
+    flapping between two values. A displaced value is listed in ``retired``
+    for the Telemetry to end its series; its later calls count under
+    ``_other``. The newcomer's series starts when it is named (its earlier
+    calls stay in ``_other``), so every cumulative series only grows.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._named: dict[str, int] = {}  # named value -> calls since it was named
+        self._counted: dict[str, int] = {}  # other values -> calls since they were counted
+        self._room = 4 * limit + 16
+        self._floor = 0  # at most the least count among the named values
+        self.retired: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        with self._lock:
+            named = self._named
+            count = named.get(value)
+            if count is not None:
+                named[value] = count + 1
+                return value
+            if len(named) < self._limit:
+                named[value] = 1
+                return value
+            if not self._limit:
+                return OVERFLOW_VALUE
+            counted = self._counted
+            seen = counted.get(value, 0) + 1
+            if seen == 1 and len(counted) >= self._room:
+                # Keep the more seen half: a value seen often stays counted.
+                kept = sorted(counted.items(), key=lambda item: item[1])[len(counted) // 2 :]
+                self._counted = counted = dict(kept)
+            counted[value] = seen
+            if seen > 2 * self._floor:
+                least = min(named, key=named.__getitem__)
+                self._floor = named[least]
+                if seen > 2 * self._floor:
+                    del named[least], counted[value]
+                    named[value] = seen
+                    counted[least] = self._floor
+                    self.retired.append(least)
+                    self._floor = min(named.values())
+                    return value
+            return OVERFLOW_VALUE
+
+    def take_retired(self) -> set[str]:
+        """Return the values displaced since the last call, and forget them."""
+        with self._lock:
+            retired, self.retired = set(self.retired), []
+        return retired
+
+
 class _UserLabels:
     """Turn user ids into bounded, optionally hashed attribute values."""
 
@@ -438,7 +514,7 @@ class _Instruments:
         for field in ("limit", "spent", "reserved", "remaining"):
             meter.create_observable_gauge(
                 f"budgetguard.budget.{field}",
-                [self._observe(methodcaller("_budget_points", field))],
+                [self._observe(methodcaller("_budget_points", field), budgets=True)],
                 unit="USD",
                 description=f"The {field} amount of each dollar budget in its current window.",
             )
@@ -447,13 +523,14 @@ class _Instruments:
         for field in _QUOTA_FIELDS:
             meter.create_observable_gauge(
                 f"budgetguard.quota.{field}",
-                [self._observe(methodcaller("_budget_points", field, quota=True))],
+                [self._observe(methodcaller("_budget_points", field, quota=True), budgets=True)],
                 unit="{count}",
                 description=f"The {field} count of each budget of tokens, requests or calls "
                 "in flight, in its current window.",
             )
         meter.create_observable_gauge(
-            "budgetguard.budget.over", [self._observe(methodcaller("_over_points"))],
+            "budgetguard.budget.over",
+            [self._observe(methodcaller("_over_points"), budgets=True)],
             unit="{call}",
             description="Calls a soft or shadow budget had no room for in its current window.",
         )  # fmt: skip
@@ -475,13 +552,18 @@ class _Instruments:
             self._members.discard(telemetry)
 
     def _observe(
-        self, points: Callable[[Telemetry], Iterable[tuple[Attributes, float]]]
+        self,
+        points: Callable[[Telemetry], Iterable[tuple[Attributes, float]]],
+        *,
+        budgets: bool = False,
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             with self._members_lock:
                 members = list(self._members)
             if len(members) == 1:
                 return [Observation(value, attributes) for attributes, value in points(members[0])]
+            if budgets:
+                return _budget_observations(members, points)
             # Several guards share the instruments: one observation per
             # attribute set, or the SDK would keep only the last.
             merged: dict[tuple[tuple[str, AttributeValue], ...], tuple[Attributes, float]] = {}
@@ -493,6 +575,36 @@ class _Instruments:
             return [Observation(value, attributes) for attributes, value in merged.values()]
 
         return callback
+
+
+def _budget_observations(
+    members: list[Telemetry], points: Callable[[Telemetry], Iterable[tuple[Attributes, float]]]
+) -> list[Observation]:
+    """Return budget gauge points of several guards on one provider, never added together.
+
+    Guards on one shared ledger (the same URL) read the same budgets: each
+    series is reported once. Guards on different ledgers have different
+    budgets even where the names agree (each its own ``global``): where their
+    series would meet, each carries ``budgetguard.ledger`` naming its ledger.
+    """
+    by_ledger: dict[str, dict[_Items, tuple[Attributes, float]]] = {}
+    for member in sorted(members, key=attrgetter("_sequence")):
+        # The first guard of a ledger speaks for it: the others read the same rows.
+        by_ledger.setdefault(member._ledger_label(), dict(
+            (tuple(sorted(attributes.items())), (attributes, value))
+            for attributes, value in points(member)
+        ))  # fmt: skip
+    seen: dict[_Items, int] = {}
+    for series in by_ledger.values():
+        for key in series:
+            seen[key] = seen.get(key, 0) + 1
+    observations = []
+    for label, series in by_ledger.items():
+        for key, (attributes, value) in series.items():
+            if seen[key] > 1:
+                attributes = {**attributes, "budgetguard.ledger": label}
+            observations.append(Observation(value, attributes))
+    return observations
 
 
 #: The quota gauges' fields and the BudgetStatus attribute each one reads.
@@ -517,6 +629,8 @@ _EVENTS = (
 # instruments with it.
 _instruments: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
 _instruments_lock = threading.Lock()
+# Numbers each Telemetry in order of creation (names a guard's own ledger).
+_sequence = itertools.count(1)
 
 
 def _is_proxy(provider: Any) -> bool:
@@ -610,7 +724,7 @@ class Telemetry:
         except TypeError:
             self._guard = lambda: guard
         self._users = _UserLabels(user_attribute, user_salt, max_users)
-        self._models = _Capped(max_models)
+        self._models = _TopNames(max_models)
         self._tags = tuple(
             (key, f"budgetguard.tag.{key}", _Capped(max_tag_values))
             for key in dict.fromkeys(tag_keys)
@@ -632,10 +746,20 @@ class Telemetry:
         self._snapshot_lock = threading.Lock()
         if latest_conventions is None:
             latest_conventions = _latest_conventions()
+        self._sequence = next(_sequence)
         self._instruments = _instruments_for(meter_provider, aggregate, latest_conventions)
         # 0 when closed or with aggregate=False: every call takes _overflow.
         self._max_pending = _MAX_PENDING if aggregate else 0
         self._instruments.join(self)
+
+    def _ledger_label(self) -> str:
+        """Name this guard's ledger: its URL (no password) if shared, else one per guard."""
+        ledger = getattr(self._guard(), "ledger", None)
+        url = getattr(ledger, "safe_url", None) or getattr(ledger, "url", None)
+        if isinstance(url, str) and getattr(ledger, "shared", False):
+            return url
+        # A memory ledger (or a guard with none) is this guard's own.
+        return f"{url if isinstance(url, str) else 'guard'}#{self._sequence}"
 
     @property
     def user_attribute(self) -> UserAttribute:
@@ -681,6 +805,7 @@ class Telemetry:
                 if scope is not None:
                     items.extend(self._tag_items(scope.tags))
             self._count("refusals", tuple(items))
+            self._end_retired_models()
         except Exception:
             _log.exception("budgetguard telemetry failed to record a refusal")
 
@@ -783,12 +908,41 @@ class Telemetry:
             for token_key, count in tokens.items():
                 instruments.tokens.add(count, self._token_attributes_for(token_key))
             if not instruments.latest:
+                self._end_retired_models()
                 return
         with self._lock:
             for key, cost in spend.items():
                 self._spend[key] = MONEY.add(self._spend.get(key, _ZERO), cost)
             for token_key, count in tokens.items():
                 self._tokens[token_key] = self._tokens.get(token_key, 0) + count
+        self._end_retired_models()
+
+    def _end_retired_models(self) -> None:
+        """End the series of models that more used ones displaced from the named ones."""
+        if not self._models.retired:
+            return
+        retired = self._models.take_retired()
+
+        def keeps(model: _ModelKey) -> bool:
+            return model[1] not in retired and model[2] not in retired
+
+        def keeps_items(items: _Items) -> bool:
+            return not any(name == "gen_ai.request.model" and value in retired
+                           for name, value in items)  # fmt: skip
+
+        with self._lock:
+            self._spend = {key: value for key, value in self._spend.items() if keeps(key[0])}
+            self._tokens = {key: value for key, value in self._tokens.items() if keeps(key[0][0])}
+            for event in ("refusals", "unpriced"):
+                counts = self._events[event]  # changed in place: _count holds it
+                for items in [items for items in counts if not keeps_items(items)]:
+                    del counts[items]
+        # The attribute caches are rebuilt as needed; histograms keep what they recorded.
+        self._call_attributes = {k: v for k, v in self._call_attributes.items() if keeps(k[0])}
+        self._token_attributes = {k: v for k, v in self._token_attributes.items() if keeps(k[0][0])}
+        self._histogram_attributes = {
+            k: v for k, v in self._histogram_attributes.items() if keeps(k[1])
+        }
 
     def _describe(self, outcome: CallOutcome) -> tuple[_CallKey, tuple[int, ...] | None]:
         """Return a call's series key and its token counts (None without usage)."""

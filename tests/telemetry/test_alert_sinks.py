@@ -126,7 +126,7 @@ def test_webhook_is_signed_and_carries_the_alert(receiver: Receiver) -> None:
 
 
 def test_alert_arrives_once_the_receiver_is_back() -> None:
-    """A receiver down for a while gets the alert, once, after it comes back."""
+    """A receiver down for a while gets the alert, signed and whole, once, after it comes back."""
     port = free_port()
     sink = WebhookSink(
         f"http://127.0.0.1:{port}/hook",
@@ -135,13 +135,30 @@ def test_alert_arrives_once_the_receiver_is_back() -> None:
         max_backoff=0.2,
         max_attempts=50,
     )
+    failed = threading.Semaphore(0)
+    attempt = sink._attempt
+
+    def counted(alert: ThresholdCrossing) -> tuple[bool, str]:
+        retry, reason = attempt(alert)
+        if retry:
+            failed.release()
+        return retry, reason
+
+    sink._attempt = counted  # type: ignore[method-assign]
     sink(crossing())
-    time.sleep(0.5)  # several attempts fail: nobody listens
+    for _ in range(3):  # nobody listens: three attempts fail before the receiver starts
+        assert failed.acquire(timeout=5)
     receiver = Receiver(port)
     try:
         assert receiver.received.wait(5)
         assert sink.flush(5)
-        assert len(receiver.requests) == 1
+        ((headers, body),) = receiver.requests
+        timestamp = headers["X-Budgetguard-Timestamp"]
+        expected = hmac.new(SECRET.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        assert headers["X-Budgetguard-Signature"] == f"sha256={expected.hexdigest()}"
+        payload = json.loads(body)
+        assert payload["id"] == headers["Idempotency-Key"] == "user:alice|2026-12|0.8"
+        assert (payload["threshold"], payload["limit"], payload["spent"]) == ("0.8", "1.00", "0.85")
     finally:
         sink.close()
         receiver.stop()

@@ -134,12 +134,34 @@ def test_a_refusal_is_an_event_with_the_budget(
     assert dict(event.attributes or {}) == {
         "budgetguard.budget": "global",
         "budgetguard.period": "daily",
+        "budgetguard.unit": "usd",
         "budgetguard.limit": 1.0,
         "budgetguard.spent": 0.0,
         "budgetguard.reserved": 0.0,
         "budgetguard.requested": 2.0,
     }
     assert dict(span.attributes or {})["budgetguard.outcome"] == "refused"
+
+
+def test_a_refusal_by_a_requests_budget_says_its_unit(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A refusal by a budget of requests names that budget and counts in requests, not dollars."""
+    guard = guard_with(Spans(tracer_provider=provider, latest=False))
+    guard.set_budget(1, user="alice", unit="requests", period="daily")
+    call = guard.budgeted(user="alice", model="gpt-4o", estimate="0.01")(lambda: None)
+    call()
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("GET /answer"), pytest.raises(BudgetExceededError):
+        call()
+    (span,) = exporter.get_finished_spans()
+    (event,) = [event for event in span.events if event.name == "budgetguard.refused"]
+    attributes = dict(event.attributes or {})
+    assert (attributes["budgetguard.budget"], attributes["budgetguard.unit"]) == (
+        "requests@user",
+        "requests",
+    )
+    assert (attributes["budgetguard.limit"], attributes["budgetguard.spent"]) == (1.0, 1.0)
 
 
 def test_a_refusal_alone_is_a_span_in_error(

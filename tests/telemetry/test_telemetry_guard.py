@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,7 +191,13 @@ def test_two_guards_side_by_side(exported: ExportedMetrics) -> None:
     priced_call(first)("a", "0.25")
     priced_call(second)("b", "0.50")
     assert exported.value("budgetguard.spend") == pytest.approx(0.75)
-    assert exported.value("budgetguard.budget.limit") == 30
+    # Each guard's memory ledger holds its own global budget: two series, not one of $30.
+    limits = {
+        p.attributes["budgetguard.ledger"]: p.value
+        for p in exported.points("budgetguard.budget.limit")
+    }
+    assert sorted(limits.values()) == [10, 20]
+    assert all(label.startswith("memory://#") for label in limits)
     with metrics_reader() as other:
         third = BudgetGuard(meter_provider=other.meter_provider)
         priced_call(third)("c", "2")
@@ -199,6 +206,26 @@ def test_two_guards_side_by_side(exported: ExportedMetrics) -> None:
     second.close()
     assert exported.value("budgetguard.spend") == pytest.approx(0.25)
     assert exported.value("budgetguard.budget.limit") == 10
+
+
+def test_two_guards_on_one_shared_ledger_report_its_budgets_once(
+    exported: ExportedMetrics, tmp_path: Path
+) -> None:
+    """Guards on one SQLite file read the same budgets: each gauge is one series, not doubled."""
+    url = f"sqlite:///{tmp_path / 'spend.db'}"
+    first = BudgetGuard(url, meter_provider=exported.meter_provider)
+    second = BudgetGuard(url, meter_provider=exported.meter_provider)
+    first.set_budget("10", period="daily")
+    second.set_budget("10", period="daily")
+    priced_call(first)("a", "0.25")
+    priced_call(second)("b", "0.50")
+    assert exported.value("budgetguard.spend") == pytest.approx(0.75)
+    (limit,) = exported.points("budgetguard.budget.limit")
+    assert (limit.value, "budgetguard.ledger" in limit.attributes) == (10, False)
+    (spent,) = exported.points("budgetguard.budget.spent")
+    assert spent.value == pytest.approx(0.75)
+    first.close()
+    second.close()
 
 
 def test_metrics_off_exports_nothing(exported: ExportedMetrics) -> None:

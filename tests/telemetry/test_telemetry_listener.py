@@ -324,6 +324,58 @@ def test_model_names_are_capped(exported: ExportedMetrics) -> None:
     assert values == pytest.approx({"ft:model-0": 0.01, "ft:model-1": 0.01, "_other": 0.48})
 
 
+def call_to(model: str, cost: str = "0.01", usage: object = None) -> CallOutcome:
+    """Build the CallOutcome of one call to ``model``."""
+    return CallOutcome(None, Decimal(cost), 0.1, request_model=model, usage=usage)
+
+
+def spend_by_model(exported: ExportedMetrics) -> dict[str, float]:
+    """Return the exported spend of each request model."""
+    return {
+        str(p.attributes["gen_ai.request.model"]): round(p.value, 6)
+        for p in exported.points("budgetguard.spend")
+    }
+
+
+def test_a_model_seen_most_takes_a_place_from_one_seen_least(exported: ExportedMetrics) -> None:
+    """Past the cap, a model seen more than twice as often as a named one is named instead."""
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider, max_models=2)
+    tel.call_ended(call_to("ft:once-a"))
+    tel.call_ended(call_to("ft:once-b"))
+    for _ in range(2):
+        tel.call_ended(call_to("gpt-4o"))
+    assert spend_by_model(exported) == {"ft:once-a": 0.01, "ft:once-b": 0.01, "_other": 0.02}
+    for _ in range(8):  # the third call is named; once-a, the first least seen, gives way
+        tel.call_ended(call_to("gpt-4o"))
+    # Every series only grew: gpt-4o's starts when it is named, once-a's ends.
+    assert spend_by_model(exported) == {"ft:once-b": 0.01, "gpt-4o": 0.08, "_other": 0.02}
+    tel.call_ended(call_to("ft:once-a"))
+    assert spend_by_model(exported) == {"ft:once-b": 0.01, "gpt-4o": 0.08, "_other": 0.03}
+
+
+def test_twenty_thousand_models_keep_the_top_ones_and_few_series(
+    exported: ExportedMetrics,
+) -> None:
+    """20,000 one-off names, then two busy models too: the busy two are named, series stay few."""
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider, max_models=5)
+    usage = Usage(input_tokens=10, output_tokens=5)
+    for index in range(20_000):
+        tel.call_ended(call_to(f"ft:one-off-{index}", "0.001", usage))
+        if index >= 100 and index % 10 == 0:  # the places are long taken by one-offs
+            tel.call_ended(call_to("gpt-4o", "0.001", usage))
+            tel.call_ended(call_to("claude-sonnet-4-5", "0.001", usage))
+        if index % 1000 == 999:
+            exported.points("budgetguard.spend")  # a reader collects now and then
+    spend = spend_by_model(exported)
+    named = {f"ft:one-off-{index}" for index in (2, 3, 4)} | {"gpt-4o", "claude-sonnet-4-5"}
+    assert set(spend) == named | {"_other"}
+    assert spend["gpt-4o"] == spend["claude-sonnet-4-5"] == pytest.approx(1.988)
+    # The histograms also keep the two one-offs the busy models displaced.
+    histogram = exported.points("gen_ai.client.token.usage")
+    models = {str(p.attributes["gen_ai.request.model"]) for p in histogram}
+    assert models == set(spend) | {"ft:one-off-0", "ft:one-off-1"}
+
+
 @pytest.mark.parametrize(
     ("provider", "model", "expected"),
     [
@@ -416,7 +468,7 @@ def test_threshold_crossings_are_counted(exported: ExportedMetrics) -> None:
 
 
 def test_two_telemetries_on_one_provider_are_summed(exported: ExportedMetrics) -> None:
-    """Two guards on one MeterProvider both report: shared series add up, none is dropped."""
+    """Two guards on one MeterProvider both report: counters add up, budgets stay apart."""
     guards = [
         StubGuard([status("global", None, "10", "1")]),
         StubGuard([status("global", None, "20", "2")]),
@@ -427,11 +479,19 @@ def test_two_telemetries_on_one_provider_are_summed(exported: ExportedMetrics) -
     second.call_refused(refusal(), user="alice", request_model=None)
     (spend,) = exported.points("budgetguard.spend")
     assert spend.value == pytest.approx(0.3)
-    assert exported.value("budgetguard.budget.limit") == 30
+    # Two guards' global budgets are two budgets: never one series of $30.
+    limits = sorted(
+        (p.value, p.attributes["budgetguard.ledger"])
+        for p in exported.points("budgetguard.budget.limit")
+    )
+    assert [value for value, _ in limits] == [10, 20]
+    assert limits[0][1] != limits[1][1]
     assert exported.value("budgetguard.refusals") == 1
     assert exported.count("gen_ai.client.operation.duration") == 2
     second.shutdown()
-    assert exported.value("budgetguard.budget.limit") == 10
+    (limit,) = exported.points("budgetguard.budget.limit")
+    assert limit.value == 10
+    assert "budgetguard.ledger" not in limit.attributes
     assert exported.value("budgetguard.spend") == pytest.approx(0.1)
 
 
@@ -625,3 +685,15 @@ def test_latest_conventions_count_tokens_by_modality(
     assert exported.value(f"{prefix}.output_tokens", text) == 100
     assert exported.value(f"{prefix}.reasoning.output_tokens", text) == 20
     assert "gen_ai.client.token.usage" not in exported.names()
+
+
+@pytest.mark.parametrize("opt_in", ["", "http", "gen_ai_latest_experimental_not"])
+def test_released_conventions_without_the_opt_in(
+    exported: ExportedMetrics, monkeypatch: pytest.MonkeyPatch, opt_in: str
+) -> None:
+    """Without gen_ai_latest_experimental listed, the released token histogram is exported alone."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", opt_in)
+    tel = Telemetry(StubGuard(), meter_provider=exported.meter_provider)
+    tel.call_ended(outcome(usage=Usage(input_tokens=700, output_tokens=80)))
+    assert exported.value("gen_ai.client.token.usage", {"gen_ai.token.type": "input"}) == 700
+    assert not [name for name in exported.names() if name.startswith("gen_ai.client.inference")]
