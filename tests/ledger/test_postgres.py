@@ -482,6 +482,105 @@ def test_a_held_lock_gives_a_timeout_error_and_changes_nothing(
     assert ledger.open_reservations() == []
 
 
+@pytest.mark.parametrize("operation", ["areserve", "asettle", "aadd"])
+async def test_an_async_operation_on_a_held_lock_ends_at_timeout_and_changes_nothing(
+    postgres_url: str, opened: Callable[..., Ledger], operation: str
+) -> None:
+    """The async connections carry the deadline too: a held row ends the call, nothing moved."""
+    import psycopg
+
+    ledger = opened(timeout=0.5)
+    r = fresh()
+    await ledger.aadd(["user", "global"], 10)
+    holder = psycopg.connect(postgres_url)
+    holder.execute("SELECT 1 FROM public.budgetguard_counters WHERE key = 'user' FOR UPDATE")
+    calls: dict[str, Callable[[], Any]] = {
+        "areserve": lambda: ledger.areserve(r),
+        "asettle": lambda: ledger.asettle(r, 3),
+        "aadd": lambda: ledger.aadd(["user"], 3, op_id="held"),
+    }
+    try:
+        with pytest.raises(StorageError, match=r"timeout=0\.5s") as caught:
+            # wait_for only so that a missing deadline fails the test instead of hanging it.
+            await asyncio.wait_for(calls[operation](), 30)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "rolled it back" in str(caught.value)
+    assert await ledger.abalances(["user", "global"]) == {
+        "user": Balance(10, 0),
+        "global": Balance(10, 0),
+    }
+    assert ledger.open_reservations() == []
+    await ledger.aclose()
+
+
+def test_a_wait_for_a_pooled_connection_ends_at_timeout(opened: Callable[..., Ledger]) -> None:
+    """Every connection of the pool busy: the next operation gives up at timeout=, then works."""
+    ledger = opened(timeout=0.3, pool_size=1)
+    assert isinstance(ledger, PostgresLedger)
+    ledger.ping()
+    pool = ledger._sync_pool()
+    busy = pool.take(ledger._left, time.monotonic() + 5)  # the pool's only connection
+    caught: list[BaseException] = []
+    waiter = threading.Thread(
+        target=lambda: _catch(caught, lambda: ledger.add(["k"], 1, op_id="waited"))
+    )
+    try:
+        waiter.start()
+        waiter.join(30)  # only so that an unbounded wait fails instead of hanging
+        assert not waiter.is_alive(), "the wait for a pooled connection was not bounded"
+    finally:
+        pool.give(busy)
+    assert len(caught) == 1 and isinstance(caught[0], StorageError)
+    assert "did not answer within timeout=0.3s" in str(caught[0])
+    assert ledger.add(["k"], 1, op_id="waited") is True  # the one that gave up wrote nothing
+    assert ledger.balances(["k"])["k"] == Balance(1, 0)
+
+
+async def test_an_async_wait_for_a_pooled_connection_ends_at_timeout(
+    opened: Callable[..., Ledger],
+) -> None:
+    """The async twin: the loop's only connection busy, the next call gives up at timeout=."""
+    ledger = opened(timeout=0.3, pool_size=1)
+    assert isinstance(ledger, PostgresLedger)
+    await ledger.aping()
+    pool = ledger._async_pool()
+    busy = await pool.take(ledger._left, time.monotonic() + 5)
+    try:
+        with pytest.raises(StorageError, match=r"did not answer within timeout=0\.3s"):
+            await asyncio.wait_for(ledger.aadd(["k"], 1, op_id="waited"), 30)
+    finally:
+        await pool.give(busy)
+    assert await ledger.aadd(["k"], 1, op_id="waited") is True
+    assert await ledger.abalances(["k"]) == {"k": Balance(1, 0)}
+    await ledger.aclose()
+
+
+async def test_async_operations_use_async_connections_and_no_thread(
+    opened: Callable[..., Ledger],
+) -> None:
+    """Every a-method runs on psycopg's AsyncConnection in the loop: no thread, no sync pool."""
+    import psycopg
+
+    ledger = opened()
+    assert isinstance(ledger, PostgresLedger)
+    threads = set(threading.enumerate())
+    r = fresh()
+    assert await ledger.areserve(r) is None
+    assert await ledger.asettle(r, 4) is True
+    assert await ledger.arelease(fresh()) is False
+    assert await ledger.aadd(["k"], 2, op_id="native") is True
+    assert await ledger.abalances(["user", "k"]) == {"user": Balance(4, 0), "k": Balance(2, 0)}
+    assert (await ledger.abudget_changes(None)).full
+    await ledger.aping()
+    assert set(threading.enumerate()) == threads
+    assert ledger._pool is None  # the synchronous pool was never opened
+    pool = ledger._async_pool()
+    assert pool.idle and all(isinstance(c, psycopg.AsyncConnection) for c in pool.idle)
+    await ledger.aclose()
+
+
 def test_a_server_that_never_answers_is_a_storage_error(silent_server: int) -> None:
     """A server that accepts and never answers: the connect gives up (connect_timeout)."""
     with pytest.raises(StorageError, match="cannot reach PostgreSQL"):
