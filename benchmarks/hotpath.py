@@ -10,7 +10,9 @@ Instruction counts do not depend on the machine's load, unlike times. Cases:
 - ``cost=``: the function gives its cost (``cost=lambda r: "0.0005"``);
 - ``auto-priced``: it returns an OpenAI-shaped chat completion, read and priced;
 - ``ledger only``: one memory-ledger reserve and settle with seven tallies,
-  as a guarded call makes them.
+  as a guarded call makes them;
+- ``cost=, sqlite``: the ``cost=`` case on a SQLite file (the client's side:
+  Python, the sqlite3 module and SQLite's own C code; no fsync wait).
 
 ``--before DIR`` counts a checkout of an earlier revision (its ``budgetguard``
 package) in the same run. Needs ``valgrind``.
@@ -31,12 +33,16 @@ CALL = """
 import sys
 import budgetguard as bg
 n, mode = int(sys.argv[1]), sys.argv[2]
-guard = bg.BudgetGuard("memory://", metrics=False)
+url = "memory://"
+if mode == "sqlite":  # a fresh SQLite file (synchronous=normal: no fsync wait)
+    import tempfile
+    url = f"sqlite:///{tempfile.mkdtemp()}/hot.db?synchronous=normal"
+guard = bg.BudgetGuard(url, metrics=False)
 guard.set_budget("1000000", user="alice", period="monthly")
 guard.set_budget("10000000", period="monthly")
 RESPONSE = {"object": "chat.completion", "model": "gpt-4o-mini",
             "usage": {"prompt_tokens": 100, "completion_tokens": 50}}
-if mode == "cost":
+if mode in ("cost", "sqlite"):
     call = guard.budgeted(user="alice", estimate="0.001", cost=lambda r: "0.0005")(lambda: None)
 else:
     call = guard.budgeted(user="alice", estimate="0.001")(lambda: RESPONSE)
@@ -59,7 +65,12 @@ for reservation in [Reservation(f"r{i}", holds, expires) for i in range(n + 2)]:
     ledger.settle(reservation, 500, tallies)
 """
 
-CASES = (("cost=", CALL, "cost"), ("auto-priced", CALL, "usage"), ("ledger only", LEDGER, "-"))
+CASES = (
+    ("cost=", CALL, "cost"),
+    ("auto-priced", CALL, "usage"),
+    ("ledger only", LEDGER, "-"),
+    ("cost=, sqlite", CALL, "sqlite"),
+)
 
 
 def instructions(script: Path, calls: int, mode: str, path: str) -> int:
@@ -103,12 +114,12 @@ def main() -> None:
     here = str(Path(__file__).resolve().parents[1])
     trees = [("now", here)] + ([("before", args.before)] if args.before else [])
     with tempfile.TemporaryDirectory() as scratch:
-        print(f"{'case':<14}" + "".join(f"{name:>12}" for name, _ in trees))
+        print(f"{'case':<16}" + "".join(f"{name:>12}" for name, _ in trees))
         for label, text, mode in CASES:
             script = Path(scratch) / f"{mode}.py"
             script.write_text(text)
             counts = [per_call(script, mode, path, args.calls) for _, path in trees]
-            print(f"{label:<14}" + "".join(f"{count:>12,}" for count in counts))
+            print(f"{label:<16}" + "".join(f"{count:>12,}" for count in counts))
 
 
 if __name__ == "__main__":

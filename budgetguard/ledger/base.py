@@ -481,8 +481,36 @@ def check_op_id(op_id: object) -> None:
         raise ValueError(f"op_id must be a non-empty string or None, got {op_id!r}")
 
 
+#: A hold's ``unit, over, prior, weight`` when it is a plain dollar hold.
+_PLAIN_EXTRAS = (0, None, None, 0)
+_NUMBERS = frozenset((int, float))
+_INF = float("inf")
+
+
 def check_reservation(reservation: Reservation) -> None:
     """Raise ``ValueError`` unless every hold of ``reservation`` is well formed."""
+    # The common shape passes with exact-type tests only (every shared
+    # ledger runs this once per call); anything else gets the full checks,
+    # which word the error.
+    rid: object = None
+    holds: tuple[Hold, ...] = ()
+    expires_at: float = _INF
+    if type(reservation) is Reservation:
+        rid, holds, expires_at = reservation
+    if type(rid) is str and rid and type(expires_at) in _NUMBERS and -_INF < expires_at < _INF:
+        for hold in holds:
+            if (
+                type(hold) is not Hold
+                or type(hold[0]) is not str
+                or type(hold[2]) is not int
+                or hold[2] < 0
+                or (hold[1] is not None and (type(hold[1]) is not int or hold[1] < 0))
+            ):
+                break
+            if hold[3:] != _PLAIN_EXTRAS:
+                check_hold_extras(hold)
+        else:
+            return
     if not isinstance(reservation.id, str) or not reservation.id:
         raise ValueError(f"reservation id must be a non-empty string, got {reservation.id!r}")
     expires_at = reservation.expires_at
@@ -542,6 +570,8 @@ def check_settle_amount(amount: object, holds: Sequence[Hold]) -> tuple[list[int
     sequence of them indexed by unit (a hold is charged ``amount[hold.unit]``,
     a tally ``amount[0]``). ``ValueError`` naming the problem otherwise.
     """
+    if type(amount) is int and amount >= 0:
+        return [amount] * len(holds), amount
     if isinstance(amount, int) and not isinstance(amount, bool):
         check_units(amount)
         return [amount] * len(holds), amount

@@ -145,7 +145,11 @@ class MemoryLedger(Ledger):
             check_reservation(reservation)
 
         # One line on purpose (see _locked): the lock is released whatever happens.
-        with self._lock: return self._reserve(reservation, rid, holds, expires_at)  # noqa: E701  # fmt: skip
+        try:
+            with self._lock: return self._reserve(reservation, rid, holds, expires_at)  # noqa: E701  # fmt: skip
+        except (TypeError, ValueError):
+            check_reservation(reservation)  # a hold of the wrong shape: say which
+            raise
 
     def _reserve(
         self, reservation: Reservation, rid: str, holds: tuple[Hold, ...], expires_at: float

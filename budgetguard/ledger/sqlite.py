@@ -61,6 +61,7 @@ an error, not a ``SIGBUS``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -165,6 +166,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # SQLite integers are signed 64-bit; a sum past this would silently turn into
 # a float, so amounts are kept well below it.
 _MAX_UNITS = 2**62
+_INF_TIME = float("inf")
 _SYNCHRONOUS = ("full", "normal", "extra")
 
 
@@ -287,6 +289,7 @@ class SQLiteLedger(_ThreadedAsync):
                 "known: timeout, busy_timeout, synchronous, idempotency_ttl, ended_ttl"
             )
         self._closed = False
+        self._forget_at = -_INF_TIME  # when ended and added ids are next forgotten (_forget)
         self._reset_connections()
         self._open_database()
 
@@ -334,11 +337,7 @@ class SQLiteLedger(_ThreadedAsync):
                             index, hold.key, hold.limit, spent, reserved, hold.amount, part
                         )
                     missed.append(hold.over)
-            db.executemany(
-                "INSERT INTO counters (key, reserved) VALUES (?, ?) ON CONFLICT (key)"
-                " DO UPDATE SET reserved = reserved + excluded.reserved",
-                [(hold.key, hold.amount) for hold in reservation.holds],
-            )
+            _charge(db, [(hold.key, hold.amount) for hold in reservation.holds], "reserved")
             if missed:
                 db.executemany(
                     "INSERT INTO counters (key, spent) VALUES (?, 1) ON CONFLICT (key)"
@@ -349,8 +348,7 @@ class SQLiteLedger(_ThreadedAsync):
                 "INSERT INTO reservations (id, holds, expires_at) VALUES (?, ?, ?)",
                 (reservation.id, holds_json, float(reservation.expires_at)),
             )
-            db.execute("DELETE FROM ended WHERE at < ?", (now - self.idempotency_ttl,))
-            db.execute("DELETE FROM added WHERE at < ?", (now - self.idempotency_ttl,))
+            self._forget(db, now)
             return None
 
         return self._transact(run)
@@ -363,18 +361,37 @@ class SQLiteLedger(_ThreadedAsync):
         _check_fits(*charges, tally)
 
         def run(db: sqlite3.Connection) -> bool:
-            row = db.execute("SELECT settled FROM ended WHERE id = ?", (reservation.id,)).fetchone()
+            rid = reservation.id
+            row = db.execute("SELECT settled FROM ended WHERE id = ?", (rid,)).fetchone()
             if row is not None and row[0]:
                 return False
-            self._end(db, reservation.id, settled=True)
-            db.executemany(
-                "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
-                " DO UPDATE SET spent = spent + excluded.spent",
-                [
-                    *zip(reservation.keys, charges, strict=True),
-                    *((key, tally) for key in tallies),
-                ],
-            )
+            found = db.execute("SELECT holds FROM reservations WHERE id = ?", (rid,)).fetchone()
+            held = json.loads(found[0]) if found is not None else None
+            if held is not None and len(held) == len(charges):
+                # Open: each held key's charge and dropped hold in one write.
+                db.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+                db.executemany(
+                    "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
+                    " DO UPDATE SET spent = spent + excluded.spent,"
+                    " reserved = max(reserved - ?, 0)",
+                    [
+                        (hold[0], charge, hold[2])
+                        for hold, charge in zip(held, charges, strict=True)
+                    ],
+                )
+                empty = [
+                    (hold[0],) for hold, charge in zip(held, charges, strict=True) if not charge
+                ]
+                if empty:  # nothing charged: the key may hold nothing now
+                    db.executemany(
+                        "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
+                        empty,
+                    )
+                self._mark_ended(db, rid, settled=True)
+            else:  # expired or released (holds gone), or a reservation unlike its own
+                self._end(db, rid, settled=True)
+                _charge(db, list(zip(reservation.keys, charges, strict=True)))
+            _charge(db, [(key, tally) for key in tallies])
             return True
 
         return self._transact(run)
@@ -936,11 +953,26 @@ class SQLiteLedger(_ThreadedAsync):
                 "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
                 [(hold[0],) for hold in holds],
             )
+        self._mark_ended(db, reservation_id, settled=settled)
+
+    def _mark_ended(self, db: sqlite3.Connection, reservation_id: str, *, settled: bool) -> None:
         db.execute(
             "INSERT INTO ended (id, settled, at) VALUES (?, ?, ?) ON CONFLICT (id)"
             " DO UPDATE SET settled = excluded.settled, at = excluded.at",
             (reservation_id, int(settled), self.clock()),
         )
+
+    def _forget(self, db: sqlite3.Connection, now: float) -> None:
+        """Forget ended and added ids past ``idempotency_ttl``, at most once a second.
+
+        An id is so remembered at least ``idempotency_ttl`` seconds and at
+        most one more; a clock that went back starts the second again.
+        """
+        if self._forget_at - 1.0 <= now < self._forget_at:
+            return
+        self._forget_at = now + 1.0
+        db.execute("DELETE FROM ended WHERE at < ?", (now - self.idempotency_ttl,))
+        db.execute("DELETE FROM added WHERE at < ?", (now - self.idempotency_ttl,))
 
 
 def _next_version(db: sqlite3.Connection) -> int:
@@ -1089,6 +1121,25 @@ def _hold_row(hold: Hold) -> list[Any]:
     if hold.unit == 0 and hold.over is None and hold.prior is None:
         return [hold.key, hold.limit, hold.amount]
     return list(hold)
+
+
+def _charge(db: sqlite3.Connection, rows: list[tuple[str, int]], column: str = "spent") -> None:
+    """Add each ``(key, amount)`` to the key's ``column``: one statement per 200 rows.
+
+    A key twice in one statement adds up (SQLite applies the rows in order).
+    """
+    for start in range(0, len(rows), 200):
+        chunk = rows[start : start + 200]
+        db.execute(_charge_sql(len(chunk), column), [value for row in chunk for value in row])
+
+
+@functools.lru_cache(maxsize=128)
+def _charge_sql(rows: int, column: str) -> str:
+    return (
+        f"INSERT INTO counters (key, {column}) VALUES "
+        + ", ".join(["(?, ?)"] * rows)
+        + f" ON CONFLICT (key) DO UPDATE SET {column} = {column} + excluded.{column}"
+    )
 
 
 def _check_fits(*amounts: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -489,6 +490,31 @@ class TestDoor:
         with pytest.raises(ValueError, match="expiry"):
             ledger.reserve(r)
         assert ledger.balances(["k"])["k"] == Balance()
+        assert ledger.open_reservations() == []
+
+    @pytest.mark.parametrize(
+        ("hold", "named"),
+        [
+            (Hold(5, 100, 1), "key"),  # type: ignore[arg-type]
+            (Hold("k", -1, 1), "limit"),
+            (Hold("k", True, 1), "limit"),
+            (Hold("k", 1.5, 1), "limit"),  # type: ignore[arg-type]
+            (Hold("k", 100, 1, unit=-1), "unit"),
+            (Hold("k", 100, 1, unit=True), "unit"),
+            (Hold("k", 100, 1, over=""), "over"),
+            (Hold("k", 100, 1, prior="p"), "weight"),
+            (Hold("k", 100, 1, weight=5), "prior"),
+            (("k", 100, 1), "Hold"),
+        ],
+    )
+    def test_malformed_hold_raises_naming_it_and_holds_nothing(
+        self, ledger: Ledger, hold: Hold, named: str
+    ) -> None:
+        """A hold of the wrong shape raises ValueError naming what is wrong; nothing is held."""
+        good = Hold("g", 100, 1)
+        with pytest.raises(ValueError, match=named):
+            ledger.reserve(Reservation("r", (good, hold), time.time() + 60))
+        assert ledger.balances(["g", "k"]) == {"g": Balance(), "k": Balance()}
         assert ledger.open_reservations() == []
 
     def test_amounts_up_to_max_units_are_exact_and_larger_refused(self, ledger: Ledger) -> None:
