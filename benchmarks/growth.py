@@ -17,7 +17,8 @@ For each backend (``memory``, ``sqlite``, ``redis``, ``postgresql``):
 - **a call with N user budgets defined**: ``--budgets`` user budgets are
   written, then one user's guarded calls run for ``--seconds``; the
   median, 99th percentile and worst call show the cost of re-reading the
-  budget definitions (every ``budget_cache_ttl`` on a shared ledger);
+  budget definitions (every ``budget_cache_ttl`` on a shared ledger),
+  beside the median of the same call with one budget defined;
 - **set_budget**: the time of one ``guard.set_budget`` with 1,000 budgets
   defined and with ``--budgets`` defined (the mean of 200 each): equal
   times mean it costs the same however many exist.
@@ -264,6 +265,7 @@ def main() -> None:
     backends = args.backends.split(",")
     grown: dict[str, dict[str, float]] = {}
     costs: dict[str, dict[str, Any]] = {}
+    baseline: dict[str, float] = {}  # median µs of the same call with one budget defined
     setting: dict[str, dict[int, float]] = {}
     counts = (1000, args.budgets)
     with (
@@ -291,13 +293,18 @@ def main() -> None:
             grown[backend] = growth(backend, fresh(backend, "growth"), args.calls, args.users)
             print(f"{backend}: growth measured", file=sys.stderr)
         for backend in backends:
-            if backend == "memory":
-                # A memory ledger lives in one guard: write the budgets through it.
-                costs[backend] = _memory_cost(args.budgets, args.seconds)
-            else:
-                url = fresh(backend, "budgets")
-                took = write_budgets(url, args.budgets)
-                costs[backend] = {**call_cost(url, args.seconds), "write": took}
+            for count in (1, args.budgets):  # the same call with one budget, the baseline
+                if backend == "memory":
+                    # A memory ledger lives in one guard: write the budgets through it.
+                    found = _memory_cost(count, args.seconds)
+                else:
+                    url = fresh(backend, f"budgets{count}")
+                    took = write_budgets(url, count)
+                    found = {**call_cost(url, args.seconds), "write": took}
+                if count == 1:
+                    baseline[backend] = found["median"]
+                else:
+                    costs[backend] = found
             print(f"{backend}: call cost measured", file=sys.stderr)
         for backend in backends:
             url = fresh(backend, "set_budget")
@@ -315,12 +322,15 @@ def main() -> None:
             f"| {found['after_prune']:,.0f} |"
         )
     print(f"\none guarded call with {args.budgets:,} user budgets defined ({args.seconds:g} s)\n")
-    print("| backend | calls | median µs | p99 µs | worst µs | writing the budgets |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| backend | calls | median µs | p99 µs | worst µs | median µs, 1 budget "
+        "| writing the budgets |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for backend, found in costs.items():
         print(
             f"| {backend} | {found['calls']:,} | {found['median']:,.0f} | {found['p99']:,.0f} "
-            f"| {found['worst']:,.0f} | {found['write']:.1f} s |"
+            f"| {found['worst']:,.0f} | {baseline[backend]:,.0f} | {found['write']:.1f} s |"
         )
     print("\none set_budget (µs, mean of 200) with this many budgets defined\n")
     print("| backend | " + " | ".join(f"{count:,} budgets" for count in counts) + " | ratio |")
