@@ -4,7 +4,7 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/growth.py [--calls 5000] [--users 5000] [--budgets 100000]
 
-For each backend (``memory``, ``sqlite``, ``redis``):
+For each backend (``memory``, ``sqlite``, ``redis``, ``postgresql``):
 
 - **bytes per call**: ``--calls`` guarded calls by one user with a budget of
   their own (the growth is what the ledger keeps per call: ended reservation
@@ -17,15 +17,21 @@ For each backend (``memory``, ``sqlite``, ``redis``):
 - **a call with N user budgets defined**: ``--budgets`` user budgets are
   written, then one user's guarded calls run for ``--seconds``; the
   median, 99th percentile and worst call show the cost of re-reading the
-  budget definitions (every ``budget_cache_ttl`` on a shared ledger).
+  budget definitions (every ``budget_cache_ttl`` on a shared ledger),
+  beside the median of the same call with one budget defined;
+- **set_budget**: the time of one ``guard.set_budget`` with 1,000 budgets
+  defined and with ``--budgets`` defined (the mean of 200 each): equal
+  times mean it costs the same however many exist.
 
 Growth is measured with ``tracemalloc`` (memory: the whole process), the
 pages in use after a WAL checkpoint (SQLite: the file itself shrinks only
 with ``VACUUM``) and ``INFO memory``
-``used_memory`` (Redis). Without ``--redis-url`` a private ``redis-server``
-is started on a free port (no persistence). Budgets are written through the
-ledger's ``put_budget``, one by one, so the script runs the same whatever
-``set_budget`` costs.
+``used_memory`` (Redis) and the size of the ledger's tables and indexes
+after ``VACUUM FULL``, in a schema of its own (PostgreSQL). Without ``--redis-url`` a private
+``redis-server`` is started on a free port (no persistence); without
+``--postgres-url`` a private cluster (``initdb``, as in ``ledger.py``).
+Budgets are written through the ledger's ``put_budget``, one by one, so the
+script runs the same whatever ``set_budget`` costs.
 """
 
 from __future__ import annotations
@@ -116,6 +122,26 @@ class Meter:
             finally:
                 db.close()
             return int((pages - free) * size)
+        if self.backend == "postgresql":
+            import psycopg
+
+            server, _, query = self.url.partition("?schema=")
+            with psycopg.connect(server, autocommit=True) as db:
+                tables = [
+                    f'"{query}"."{row[0]}"'
+                    for row in db.execute(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = %s", (query,)
+                    )
+                ]
+                total = 0
+                for table in tables:
+                    # Live rows and their indexes: dead ones are space for reuse.
+                    db.execute(f"VACUUM FULL {table}")
+                    found = db.execute(
+                        "SELECT pg_total_relation_size(%s::regclass)", (table,)
+                    ).fetchone()
+                    total += int(found[0]) if found else 0
+            return total
         import redis
 
         client = redis.Redis.from_url(self.url)
@@ -170,8 +196,7 @@ def growth(backend: str, url: str, calls_n: int, users_n: int) -> dict[str, floa
 
 def write_budgets(url: str, count: int) -> float:
     """Store ``count`` user budgets through the ledger; return the seconds it took."""
-    if url.startswith("sqlite:"):
-        url += "?synchronous=normal"  # no fsync per budget: only the writing is faster
+    url += _no_fsync(url)  # no fsync per budget: only the writing is faster
     guard = BudgetGuard(url, metrics=False)
     budget = Budget.create("1000000", name="user:x", period="monthly")
     definition = budget.to_dict()
@@ -181,6 +206,26 @@ def write_budgets(url: str, count: int) -> float:
     took = time.perf_counter() - start
     guard.close()
     return took
+
+
+def set_budget_cost(url: str, counts: tuple[int, ...], repeats: int = 200) -> dict[int, float]:
+    """Return the mean µs of one ``set_budget`` once each of ``counts`` budgets is defined."""
+    guard = BudgetGuard(url, metrics=False)
+    definition = Budget.create("1000000", name="user:x", period="monthly").to_dict()
+    found: dict[int, float] = {}
+    defined = 0
+    for count in counts:
+        while defined < count:  # the filling is not timed
+            guard.ledger.put_budget(budget_name(f"filler-{defined:07d}"), definition)
+            defined += 1
+        guard._budgets(refresh=True)
+        start = time.perf_counter()
+        for index in range(repeats):
+            guard.set_budget("1000000", user=f"timed-{count}-{index}", period="monthly")
+        found[count] = (time.perf_counter() - start) / repeats * 1e6
+        defined += repeats
+    guard.close()
+    return found
 
 
 def call_cost(url: str, seconds: float) -> dict[str, float]:
@@ -212,14 +257,21 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--redis-url", help="a Redis database to FLUSH and use")
-    parser.add_argument("--backends", default="memory,sqlite,redis")
+    parser.add_argument(
+        "--postgres-url", help="a PostgreSQL database to use (schemas growth_* are created)"
+    )
+    parser.add_argument("--backends", default="memory,sqlite,redis,postgresql")
     args = parser.parse_args()
     backends = args.backends.split(",")
     grown: dict[str, dict[str, float]] = {}
     costs: dict[str, dict[str, Any]] = {}
+    baseline: dict[str, float] = {}  # median µs of the same call with one budget defined
+    setting: dict[str, dict[int, float]] = {}
+    counts = (1000, args.budgets)
     with (
         tempfile.TemporaryDirectory(prefix="budgetguard-growth-") as directory,
         _redis(args.redis_url, directory, "redis" in backends) as redis_url,
+        _postgres(args.postgres_url, directory, "postgresql" in backends) as postgres_url,
     ):
 
         def fresh(backend: str, name: str) -> str:
@@ -227,6 +279,9 @@ def main() -> None:
                 return "memory://"
             if backend == "sqlite":
                 return f"sqlite:///{directory}/{name}.db"
+            if backend == "postgresql":
+                assert postgres_url is not None
+                return f"{postgres_url}?schema=growth_{name}"  # a new schema each time
             import redis
 
             client = redis.Redis.from_url(redis_url)
@@ -238,14 +293,24 @@ def main() -> None:
             grown[backend] = growth(backend, fresh(backend, "growth"), args.calls, args.users)
             print(f"{backend}: growth measured", file=sys.stderr)
         for backend in backends:
-            if backend == "memory":
-                # A memory ledger lives in one guard: write the budgets through it.
-                costs[backend] = _memory_cost(args.budgets, args.seconds)
-            else:
-                url = fresh(backend, "budgets")
-                took = write_budgets(url, args.budgets)
-                costs[backend] = {**call_cost(url, args.seconds), "write": took}
+            for count in (1, args.budgets):  # the same call with one budget, the baseline
+                if backend == "memory":
+                    # A memory ledger lives in one guard: write the budgets through it.
+                    found = _memory_cost(count, args.seconds)
+                else:
+                    url = fresh(backend, f"budgets{count}")
+                    took = write_budgets(url, count)
+                    found = {**call_cost(url, args.seconds), "write": took}
+                if count == 1:
+                    baseline[backend] = found["median"]
+                else:
+                    costs[backend] = found
             print(f"{backend}: call cost measured", file=sys.stderr)
+        for backend in backends:
+            url = fresh(backend, "set_budget")
+            # One fsync per write would hide what set_budget itself costs.
+            setting[backend] = set_budget_cost(url + _no_fsync(url), counts)
+            print(f"{backend}: set_budget measured", file=sys.stderr)
     print(f"growth: {args.calls:,} calls by one user, {args.users:,} distinct users\n")
     print(
         "| backend | bytes per call | bytes per distinct user | per user after a lifetime prune |"
@@ -257,13 +322,31 @@ def main() -> None:
             f"| {found['after_prune']:,.0f} |"
         )
     print(f"\none guarded call with {args.budgets:,} user budgets defined ({args.seconds:g} s)\n")
-    print("| backend | calls | median µs | p99 µs | worst µs | writing the budgets |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| backend | calls | median µs | p99 µs | worst µs | median µs, 1 budget "
+        "| writing the budgets |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for backend, found in costs.items():
         print(
             f"| {backend} | {found['calls']:,} | {found['median']:,.0f} | {found['p99']:,.0f} "
-            f"| {found['worst']:,.0f} | {found['write']:.1f} s |"
+            f"| {found['worst']:,.0f} | {baseline[backend]:,.0f} | {found['write']:.1f} s |"
         )
+    print("\none set_budget (µs, mean of 200) with this many budgets defined\n")
+    print("| backend | " + " | ".join(f"{count:,} budgets" for count in counts) + " | ratio |")
+    print("|---|" + "---:|" * (len(counts) + 1))
+    for backend, times in setting.items():
+        cells = " | ".join(f"{times[count]:,.0f}" for count in counts)
+        print(f"| {backend} | {cells} | {times[counts[-1]] / times[counts[0]]:.2f} |")
+
+
+def _no_fsync(url: str) -> str:
+    """Return the query to add to ``url`` so that its writes skip the fsync."""
+    if url.startswith("sqlite:"):
+        return "?synchronous=normal"
+    if url.startswith("postgresql:"):
+        return "&options=-c%20synchronous_commit%3Doff"
+    return ""
 
 
 @contextmanager
@@ -273,6 +356,21 @@ def _redis(url: str | None, directory: str, wanted: bool) -> Iterator[str | None
         return
     with private_redis(directory) as started:
         yield started
+
+
+@contextmanager
+def _postgres(url: str | None, directory: str, wanted: bool) -> Iterator[str | None]:
+    if url is not None or not wanted:
+        yield url
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ledger import start_postgres  # benchmarks/ledger.py
+
+    stop, started = start_postgres(directory)
+    try:
+        yield started
+    finally:
+        stop()
 
 
 def _memory_cost(budgets: int, seconds: float) -> dict[str, Any]:

@@ -175,9 +175,14 @@ def delete_default_budget(
     return default_guard().delete_default_budget(unit=unit, label=label, boost=boost)
 
 
-def prune(before: datetime) -> int:
-    """Delete the counters of windows that ended before ``before`` (default guard)."""
-    return default_guard().prune(before)
+def prune(before: datetime, *, lifetime: bool = False) -> int:
+    """Delete the counters of windows that ended before ``before`` (default guard).
+
+    A ``before`` in the future is refused with ``ValueError`` (never
+    clamped): a window that has not ended is never pruned. ``lifetime=True``
+    also deletes idle users' lifetime tallies; see ``BudgetGuard.prune``.
+    """
+    return default_guard().prune(before, lifetime=lifetime)
 
 
 async def aspend(user: str | None = None, *, model: str | None = None) -> Decimal:

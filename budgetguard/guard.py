@@ -126,8 +126,11 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
     lost its data (its mark gone or changed) is a storage failure that
     ``on_storage_error`` handles, until this guard sets a budget again.
     ``clock``: seconds since the epoch, for windows and expiry (tests);
-    without it a Redis ledger opened from a URL expires holds by the
-    server's clock.
+    without it a guard on a Redis ledger takes both from the server's
+    clock: this host's clock plus the offset Redis's ``TIME`` shows,
+    measured when the guard is built and about every minute by the
+    background reader, so a host whose clock is off neither expires
+    others' holds nor charges another day's window.
     ``outside_scope``: ``"global"`` charges calls made outside any
     ``budget_scope`` (and without ``user=``) to the global budget only;
     ``"refuse"`` refuses them.
@@ -213,6 +216,16 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         if isinstance(ledger, str):
             # Without clock= the ledger keeps its own time (Redis: the server's clock).
             ledger = ledger_from_url(ledger, clock=clock) if clock else ledger_from_url(ledger)
+        timekeeper = getattr(ledger, "inner", ledger)  # a leased ledger: the shared one
+        if clock is None and getattr(timekeeper, "server_time", False):
+            # Windows and expiry by the server's clock (Redis): this host's
+            # clock plus the offset measured now and about every minute.
+            self.clock = timekeeper.clock
+            self._server_clock: Any = timekeeper
+            _sync_clock(timekeeper)
+        else:
+            self._server_clock = None
+        self._clock_synced_at = time.monotonic()
         if leases is not None and leases is not False:
             ledger = _leased(ledger, leases)
         self.ledger = ledger
@@ -1007,10 +1020,28 @@ def _read_budgets_in_background(
         if guard is None or reads.stopped or guard._budget_reads is not reads:
             return
         try:
-            guard._load_budgets(False, time.monotonic(), background=True)
+            now = time.monotonic()
+            guard._load_budgets(False, now, background=True)
+            if guard._server_clock is not None and now - guard._clock_synced_at >= (
+                CLOCK_SYNC_INTERVAL
+            ):
+                guard._clock_synced_at = now
+                _sync_clock(guard._server_clock)
         except Exception:  # the reader must outlive any one failure
             logger.exception("budgetguard: re-reading the budget definitions failed")
         del guard
+
+
+#: Seconds between two measurements of a server clock's offset.
+CLOCK_SYNC_INTERVAL = 60.0
+
+
+def _sync_clock(ledger: Any) -> None:
+    """Measure the offset of the ledger's server clock; keep the last one if it fails."""
+    try:
+        ledger.sync_clock()
+    except StorageError as error:
+        logger.debug("could not read the ledger server's clock: %s", error)
 
 
 def _check_durability_once(ledger: Ledger) -> None:

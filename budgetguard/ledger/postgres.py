@@ -237,9 +237,16 @@ class PostgresLedger(Ledger):
                                  OR %(version)s::bigint > log.version) AS full
                              FROM log)
                 SELECT ask.mark, ask.version, ask.full, b.name, b.definition
-                FROM ask LEFT JOIN {quoted}.budgetguard_budgets b
-                  ON CASE WHEN ask.full THEN b.definition IS NOT NULL
-                          ELSE b.version > %(version)s::bigint END
+                FROM ask LEFT JOIN LATERAL (
+                    -- Two branches, each gated by ask.full, so that an
+                    -- incremental read walks the version index over what
+                    -- changed, not every definition (set_budget stays O(1)).
+                    SELECT a.name, a.definition FROM {quoted}.budgetguard_budgets a
+                    WHERE ask.full AND a.definition IS NOT NULL
+                    UNION ALL
+                    SELECT c.name, c.definition FROM {quoted}.budgetguard_budgets c
+                    WHERE NOT ask.full AND c.version > %(version)s::bigint
+                ) b ON true
                 ORDER BY b.name""",
             "ping": "SELECT 1",
             "schema_version": f"SELECT version FROM {quoted}.budgetguard_schema WHERE id = 1",

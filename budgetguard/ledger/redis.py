@@ -85,8 +85,11 @@ Time comes from the server: without ``clock=`` the scripts read ``TIME``, and
 a reservation's expiry is sent as its time to live (measured on the client's
 clock, so a client's skew does not matter), so hosts whose clocks disagree
 never expire each other's holds early. With an explicit ``clock=`` (tests
-that move time) its time is passed to the scripts instead. Window ids
-(daily, monthly keys) are the guard's, from its own clock.
+that move time) its time is passed to the scripts instead. Without
+``clock=``, ``clock()`` itself is the server's time, read as this host's
+clock plus the offset ``sync_clock()`` measured with ``TIME``; a guard
+measures it when built and about every minute, and cuts its windows (daily,
+monthly keys) by it, so a skewed host charges the same window as the others.
 Expired reservations are released lazily, at most ``expire_batch`` per
 script call; reads that must see every expiry call again until none is left.
 """
@@ -769,6 +772,11 @@ class RedisLedger(Ledger):
         super().__init__(url, clock=clock or time.time)
         #: True when the scripts take the time from the server's clock (no clock= given).
         self.server_time = clock is None
+        #: This host's clock, and how far the server's is ahead of it (``sync_clock``).
+        self._host_clock: Callable[[], float] = time.time
+        self.clock_offset = 0.0
+        if self.server_time:
+            self.clock = self._server_clock
         self.safe_url = redact(url)
         redis = _import_redis()
         parts = urlsplit(url)
@@ -1005,6 +1013,28 @@ class RedisLedger(Ledger):
     def ping(self) -> None:
         """Check that Redis answers."""
         self._execute("PING")
+
+    def sync_clock(self) -> float:
+        """Measure how far the server's clock is ahead of this host's (``TIME``); return it.
+
+        Without ``clock=``, ``clock()`` is this host's time plus that
+        offset, so that a guard's windows (today, this month) and
+        expiry times are the server's, whatever this host's clock says.
+        A guard measures it when built and about every minute after.
+        """
+        before = self._host_clock()
+        reply = self._execute("TIME", carry="")
+        after = self._host_clock()
+        try:
+            seconds, micros = (int(part) for part in reply)
+        except (TypeError, ValueError) as error:
+            raise self._bad_reply(reply, error) from None
+        self.clock_offset = seconds + micros / 1e6 - (before + after) / 2
+        return self.clock_offset
+
+    def _server_clock(self) -> float:
+        """Return the server's time: this host's clock plus the offset last measured."""
+        return self._host_clock() + self.clock_offset
 
     def check_durability(self) -> list[str]:
         """Return (and log as warnings) the server settings that can lose budgets or spend.

@@ -11,6 +11,7 @@ same id changes nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -108,3 +109,27 @@ def test_charge_outside_a_call_counts_once_when_its_reply_is_lost(
     assert proxy.dropped == 1
     truth = BudgetGuard(direct, metrics=False)
     assert truth.spend("alice") == Decimal("1.00")
+
+
+def test_budget_manager_update_cost_counts_once_when_its_reply_is_lost(
+    proxy: DroppingProxy, through: Ledger, direct: Ledger, tmp_path: Path
+) -> None:
+    """BudgetManager.update_cost (and the service's /update_cost, its store) charges once."""
+    from budgetguard import BudgetGuard, BudgetManager
+
+    manager = BudgetManager(
+        "lost", guard=BudgetGuard(through, metrics=False), path=tmp_path / "a.json"
+    )
+    manager.create_budget(10, "alice")
+    manager.create_budget(10, "bob")
+    call = {"model": "gpt-4o", "input_text": "hello there", "output_text": "general kenobi"}
+    manager.update_cost(user="bob", **call)  # every script loaded; the cost of one update
+    once = manager.get_current_cost("bob")
+    assert once > 0
+    proxy.arm()
+    manager.update_cost(user="alice", **call)
+    assert proxy.dropped == 1
+    truth = BudgetManager(
+        "lost", guard=BudgetGuard(direct, metrics=False), path=tmp_path / "b.json"
+    )
+    assert truth.get_current_cost("alice") == once

@@ -354,27 +354,45 @@ def test_a_forked_child_does_not_write_its_parents_outbox(outage: Outage) -> Non
 
 def test_the_outbox_is_written_at_interpreter_exit(outage: Outage, tmp_path: Path) -> None:
     """A process that never calls close() writes its waiting charges as it exits."""
-    if not outage.sqlite:
-        pytest.skip("the child process needs a ledger it can take down by itself")
+    if outage.sqlite:
+        # Another connection of the child's own holds the write lock.
+        setup = f"""
+            import sqlite3
+            url = {outage.url!r}
+            blocker = sqlite3.connect({outage.path!r}, isolation_level=None)
+            down = lambda: blocker.execute("BEGIN IMMEDIATE")
+            up = lambda: blocker.execute("ROLLBACK")
+            """
+    else:
+        # The child's own proxy between it and the server, cut while the call runs.
+        parts = urlsplit(outage.truth)
+        user = f"{parts.username}@" if parts.username else ""
+        setup = f"""
+            import sys
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            from _proxy import CuttableProxy
+            proxy = CuttableProxy({parts.hostname!r}, {parts.port!r})
+            url = f"{parts.scheme}://{user}127.0.0.1:{{proxy.port}}{parts.path}?timeout=2"
+            down, up = proxy.down, proxy.restore
+            """
     script = tmp_path / "child.py"
     script.write_text(
-        textwrap.dedent(
+        textwrap.dedent(setup)
+        + textwrap.dedent(
             f"""
-            import sqlite3
             from budgetguard import BudgetGuard
 
-            guard = BudgetGuard({outage.url!r}, metrics=False)
+            guard = BudgetGuard(url, metrics=False)
             guard.set_budget("10", user="alice")
-            blocker = sqlite3.connect({outage.path!r}, isolation_level=None)
 
             @guard.budgeted(user="alice", estimate="1", cost=lambda _: {COST!r})
             def call():
-                blocker.execute("BEGIN IMMEDIATE")
+                down()
                 return "ran"
 
             assert call() == "ran"
             assert len(guard._outbox) == 1
-            blocker.execute("ROLLBACK")
+            up()
             # no close(): the atexit hook writes it
             """
         )

@@ -705,6 +705,46 @@ def test_put_budget_writes_one_row(postgres_url: str, opened: Callable[..., Ledg
     assert rows["b7"] == 51 and rows["b8"] == 9 and rows["b49"] == 50
 
 
+def test_an_incremental_budget_read_touches_only_what_changed(
+    postgres_url: str, opened: Callable[..., Ledger]
+) -> None:
+    """With 20,000 definitions, reading the one that changed reads a few rows, not all."""
+    import json
+
+    ledger = opened()
+    ledger.put_budget("first", {"limit": "1"})
+    sql(
+        postgres_url,
+        "INSERT INTO public.budgetguard_budgets (name, definition, version, changed_at) "
+        "SELECT 'filler-' || i, '{\"limit\": \"1\"}', 1, 0 FROM generate_series(1, 20000) i",
+    )
+    sql(postgres_url, "ANALYZE public.budgetguard_budgets")
+    seen = ledger.budget_changes(None)
+    assert seen.full and len(seen.changed) == 20001
+    ledger.put_budget("changed", {"limit": "2"})
+    changes = ledger.budget_changes((seen.mark, seen.version))
+    assert not changes.full and list(changes.changed) == ["changed"]
+    import psycopg
+
+    query = ledger._sql["budget_changes"]  # type: ignore[attr-defined]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        explained = conn.execute(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {query}",
+            {"mark": seen.mark, "version": seen.version},
+        ).fetchone()
+    assert explained is not None
+    plan = explained[0] if isinstance(explained[0], list) else json.loads(explained[0])
+    read = 0
+    nodes = [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", ()))
+        if node.get("Relation Name") == "budgetguard_budgets" and node.get("Actual Loops"):
+            read += node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+        read += node.get("Rows Removed by Join Filter", 0)
+    assert read < 100, f"the incremental read went through {read} rows"
+
+
 def test_old_tombstones_are_pruned_and_old_readers_reload(
     postgres_url: str, opened: Callable[..., Ledger]
 ) -> None:

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from budgetguard import BudgetGuard
+from budgetguard import BudgetExceededError, BudgetGuard
 from budgetguard.ledger import Ledger
 
 from .conftest import Clock
@@ -65,7 +65,28 @@ def test_prune_refuses_a_future_date_and_keeps_todays_spend(
     guard = BudgetGuard(make_ledger(), metrics=False)
     guard.set_budget("1", user="alice", period="daily")
     guard.record_spend("1", user="alice")
+    call = guard.budgeted(user="alice", estimate="0.5", cost=lambda result: "0.5")(lambda: None)
+    with pytest.raises(BudgetExceededError):
+        call()
     now = datetime.fromtimestamp(guard.clock(), timezone.utc)
     with pytest.raises(ValueError, match="future"):
         guard.prune(now + timedelta(days=3))
+    with pytest.raises(ValueError, match="future"):
+        guard.prune(now + timedelta(days=3), lifetime=True)
     assert guard.spend("alice") == Decimal(1)
+    with pytest.raises(BudgetExceededError):
+        call()
+
+
+def test_module_prune_refuses_a_future_date_too(make_ledger: Callable[..., Ledger]) -> None:
+    """budgetguard.prune (the default guard) refuses a future date and passes lifetime= on."""
+    from datetime import timedelta
+
+    import budgetguard as bg
+
+    bg.configure(ledger=make_ledger(), metrics=False)
+    bg.charge("1", user="alice")
+    with pytest.raises(ValueError, match="future"):
+        bg.prune(datetime.now(timezone.utc) + timedelta(days=3), lifetime=True)
+    assert bg.spend(user="alice") == Decimal(1)
+    assert bg.prune(datetime.now(timezone.utc), lifetime=True) == 0

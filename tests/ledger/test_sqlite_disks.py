@@ -207,3 +207,40 @@ def test_corrupted_file_is_a_clear_storage_error(tmp_path: Path) -> None:
     assert errors, "the damage went unnoticed"
     assert all(str(path) in e for e in errors)
     assert any("corrupt" in e for e in errors), errors
+
+
+def test_a_settle_on_a_full_disk_is_charged_once_space_is_back(small_disk: Path) -> None:
+    """A guarded call whose settle meets a full disk runs, waits in the outbox, is charged later."""
+    from decimal import Decimal
+
+    from budgetguard import BudgetGuard
+
+    url = f"sqlite:///{small_disk / 'spend.db'}?timeout=5"
+    guard = BudgetGuard(url, metrics=False)
+    guard.set_budget("10", user="alice")
+    other = SQLiteLedger(url)  # uses up what the file has left once the disk is full
+    filler: list[Path] = []
+
+    @guard.budgeted(user="alice", estimate="1", cost=lambda _: "0.25")
+    def call() -> str:
+        filler.append(fill(small_disk))
+        for index in range(20_000):
+            try:
+                settle_one(other, index)
+            except StorageError:
+                break
+        else:
+            raise AssertionError("the disk never filled up")
+        return "ran"
+
+    assert call() == "ran"
+    assert len(guard._outbox) == 1
+    filler[0].unlink()
+    assert guard.spend("alice") == Decimal("0.25")  # written first, then read
+    assert len(guard._outbox) == 0
+    guard.close()
+    other.close()
+    reader = BudgetGuard(url, metrics=False)
+    assert reader.spend("alice") == Decimal("0.25")
+    assert reader.ledger.open_reservations() == []
+    reader.close()
