@@ -309,7 +309,7 @@ class LeasedLedger(Ledger):
 
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them (locally when a slice has room)."""
-        _check(reservation)
+        check_reservation(reservation)
         caps: dict[str, int] = {}
         attempts = 0
         while attempts < _ATTEMPTS:
@@ -364,7 +364,7 @@ class LeasedLedger(Ledger):
 
     async def areserve(self, reservation: Reservation) -> Refusal | None:
         """Do ``reserve``; only the inner operations are awaited."""
-        _check(reservation)
+        check_reservation(reservation)
         caps: dict[str, int] = {}
         attempts = 0
         while attempts < _ATTEMPTS:
@@ -1086,38 +1086,6 @@ class LeasedLedger(Ledger):
                 self._returning.remove(item)
             if item in self._leases:
                 self._leases.remove(item)
-
-
-_NUMBERS = frozenset((int, float))
-
-
-def _check(reservation: Reservation) -> None:
-    """Raise ``ValueError`` unless ``reservation`` is well formed (the usual shape: inline)."""
-    rid, holds, expires_at = reservation
-    if (
-        type(rid) is str
-        and rid
-        and type(expires_at) in _NUMBERS
-        and -math.inf < expires_at < math.inf
-    ):
-        for hold in holds:
-            if (
-                type(hold) is not Hold
-                or type(hold.key) is not str
-                or type(hold.amount) is not int
-                or hold.amount < 0
-                or (hold.limit is not None and (type(hold.limit) is not int or hold.limit < 0))
-                or type(hold.unit) is not int
-                or hold.unit
-                or hold.over is not None
-                or hold.prior is not None
-                or type(hold.weight) is not int
-                or hold.weight
-            ):
-                break
-        else:
-            return
-    check_reservation(reservation)
 
 
 def _check_keys(keys: Sequence[str]) -> None:
