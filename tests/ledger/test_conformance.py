@@ -117,6 +117,35 @@ class TestReserve:
             ledger.settle(r, amount)  # type: ignore[arg-type]
         assert ledger.balances(["k"])["k"] == Balance(0, 1)
 
+    def test_the_very_same_holds_again_and_again(self, ledger: Ledger) -> None:
+        """One holds tuple reserved call after call (as a plan's): held, refused and charged right.
+
+        A ledger that remembers what it found for holds it saw (memory://
+        keeps the tallies' cells) must not, after a ``clear``, write to what
+        it forgot.
+        """
+        holds = (Hold("k", 9, 4), Hold("g", None, 4))
+        tallies = ("t",)
+        first = Reservation("s1", holds, FAR)
+        assert ledger.reserve(first) is None
+        assert ledger.settle(first, 3, tallies)
+        ledger.clear(["k", "g", "t"])
+        after_clear = Reservation("s2", holds, FAR)
+        assert ledger.reserve(after_clear) is None
+        assert ledger.balances(["k", "g"]) == {"k": Balance(0, 4), "g": Balance(0, 4)}
+        assert ledger.settle(after_clear, 3, tallies)
+        assert not ledger.settle(after_clear, 3, tallies)  # once
+        third = Reservation("s3", holds, FAR)
+        assert ledger.reserve(third) is None
+        assert ledger.settle(third, 3, tallies)
+        assert ledger.balances(["k", "g", "t"]) == {
+            "k": Balance(6, 0),
+            "g": Balance(6, 0),
+            "t": Balance(6, 0),
+        }
+        assert ledger.reserve(Reservation("s4", holds, FAR)) == Refusal(0, "k", 9, 6, 0, 4)
+        assert ledger.open_reservations() == []
+
     def test_open_reservations_round_trip(self, ledger: Ledger) -> None:
         """open_reservations returns the reservation as it was reserved."""
         r = reservation(Hold("a", 100, 5), Hold("b", None, 7), expires_at=FAR + 0.5)

@@ -72,8 +72,19 @@ def writes_at_once(other: Ledger, key: str) -> None:
     assert done == [True], "another connection could not write: a lock was left held"
 
 
-def fresh(amount: int = 7) -> Reservation:
-    """Return a reservation on the user and global keys with a new id."""
+#: The holds every reservation of ``fresh(same=True)`` shares, as a guard's
+#: calls share their plan's (what a ledger caches for holds it saw is then
+#: in play too).
+SAME_HOLDS = (Hold("user", LIMIT, 7), Hold("global", None, 7))
+
+
+def fresh(amount: int = 7, *, same: bool = False) -> Reservation:
+    """Return a reservation on the user and global keys with a new id.
+
+    ``same``: with the very holds tuple of every other such reservation.
+    """
+    if same and amount == 7:
+        return Reservation(uuid.uuid4().hex, SAME_HOLDS, FAR)
     return Reservation(
         uuid.uuid4().hex, (Hold("user", LIMIT, amount), Hold("global", None, amount)), FAR
     )
@@ -104,14 +115,19 @@ def pair(ledger_url: str, make_ledger: Callable[..., Ledger]) -> tuple[Ledger, L
     return ledger, other
 
 
-def test_interrupt_at_every_line_of_reserve(pair: tuple[Ledger, Ledger]) -> None:
+@pytest.mark.parametrize("same", [False, True], ids=["new-holds", "same-holds"])
+def test_interrupt_at_every_line_of_reserve(pair: tuple[Ledger, Ledger], same: bool) -> None:
     """KeyboardInterrupt at any line of reserve, then release: nothing held, totals exact."""
     ledger, other = pair
+    if same:  # holds seen before: the path of every call after a plan's first
+        warm = fresh(same=True)
+        assert ledger.reserve(warm) is None
+        assert ledger.release(warm)
     probes = 0
     at = 0
     while True:
         at += 1
-        r = fresh()
+        r = fresh(same=same)
         tracer = interrupted(lambda r=r: ledger.reserve(r), at)  # type: ignore[misc]
         if not tracer.fired:
             break
@@ -131,19 +147,21 @@ def test_interrupt_at_every_line_of_reserve(pair: tuple[Ledger, Ledger]) -> None
     assert ledger.balances(["user", "global"]) == {"user": Balance(105, 0), "global": Balance(5, 0)}
 
 
-def test_interrupt_at_every_line_of_settle(pair: tuple[Ledger, Ledger]) -> None:
+@pytest.mark.parametrize("same", [False, True], ids=["new-holds", "same-holds"])
+def test_interrupt_at_every_line_of_settle(pair: tuple[Ledger, Ledger], same: bool) -> None:
     """KeyboardInterrupt at any line of settle, then settle again: charged exactly once."""
     ledger, other = pair
     at = 0
     charged = 0
+    tallies = ("tally",)  # one tuple, as a plan's: memory:// remembers its cells
     while True:
         at += 1
-        r = fresh()
+        r = fresh(same=same)
         assert ledger.reserve(r) is None
-        tracer = interrupted(lambda r=r: ledger.settle(r, 3, ("tally",)), at)  # type: ignore[misc]
+        tracer = interrupted(lambda r=r: ledger.settle(r, 3, tallies), at)  # type: ignore[misc]
         if tracer.fired:
             writes_at_once(other, "probe")
-            ledger.settle(r, 3, ("tally",))  # the retry: a no-op if the first one counted
+            ledger.settle(r, 3, tallies)  # the retry: a no-op if the first one counted
         charged += 3
         assert ledger.balances(["user", "global", "tally"]) == {
             "user": Balance(100 + charged, 0),
