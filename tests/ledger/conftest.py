@@ -21,6 +21,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -398,6 +399,20 @@ def worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def python_child(*args: str) -> subprocess.Popen[str]:
+    """Start ``python *args`` (a script, or ``-c CODE ...``) with budgetguard importable.
+
+    Its stdout and stderr are captured as text.
+    """
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=worker_env(),
+    )
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from budgetguard.ledger._postgres_sql import SCHEMA_VERSION
 from budgetguard.ledger.postgres import PostgresLedger
 
 from ._proxy import FAR, MODES, DroppingProxy, LostReplies, fresh, lose, lose_async
-from .conftest import PostgresServer, free_port, worker_env
+from .conftest import PostgresServer, free_port, python_child, worker_env
 
 pytestmark = pytest.mark.postgres
 
@@ -121,16 +121,7 @@ def test_migrations_raced_by_processes_run_once(postgres_url: str, tmp_path: Pat
     """Six processes open an empty database at once: each sees the last version, made once."""
     go = tmp_path / "go"
     url = postgres_url + "?schema=raced"
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", MIGRATE, url, str(go)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_env(),
-        )
-        for _ in range(6)
-    ]
+    children = [python_child("-c", MIGRATE, url, str(go)) for _ in range(6)]
     time.sleep(1.0)  # every child imported and waiting
     go.touch()
     for child in children:
@@ -202,16 +193,7 @@ def test_migration_from_version_1_raced_by_processes_runs_once(
     make_version_1(postgres_url, "raced1")
     go = tmp_path / "go"
     url = postgres_url + "?schema=raced1"
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", MIGRATE, url, str(go)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_env(),
-        )
-        for _ in range(6)
-    ]
+    children = [python_child("-c", MIGRATE, url, str(go)) for _ in range(6)]
     time.sleep(1.0)  # every child imported and waiting
     go.touch()
     for child in children:

@@ -17,7 +17,7 @@ import pytest
 from budgetguard.errors import ConfigurationError, StorageError
 from budgetguard.ledger import Balance, Hold, Ledger, Reservation, ledger_from_url
 
-from .conftest import RedisServer, free_port, worker_env
+from .conftest import RedisServer, free_port, python_child, worker_env
 
 WORKER = str(Path(__file__).with_name("_worker.py"))
 CENT = 10_000_000  # 0.01 dollar in nano-dollar units
@@ -25,13 +25,7 @@ CENT = 10_000_000  # 0.01 dollar in nano-dollar units
 
 def spawn(*args: str) -> subprocess.Popen[str]:
     """Start the worker script in a new Python process."""
-    return subprocess.Popen(
-        [sys.executable, WORKER, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=worker_env(),
-    )
+    return python_child(WORKER, *args)
 
 
 def outputs(children: list[subprocess.Popen[str]]) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -11,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import worker_env
+from .conftest import python_child
 
 # Each process: a guard on the shared ledger with the same budgets and
 # thresholds, waiting for the go file, then 25 charges of one cent for alice.
@@ -39,16 +37,7 @@ guard.close()
 def test_each_alert_is_sent_once_across_processes(ledger_url: str, tmp_path: Path) -> None:
     """4 processes spend $1 of one ledger together: each threshold of each budget fires once."""
     go = tmp_path / "go"
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, ledger_url, str(go)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_env(),
-        )
-        for _ in range(4)
-    ]
+    children = [python_child("-c", CHILD, ledger_url, str(go)) for _ in range(4)]
     time.sleep(0.5)  # let every child import and connect before the start
     go.touch()
     fired: Counter[tuple[str, str]] = Counter()
