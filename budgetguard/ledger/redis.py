@@ -1638,6 +1638,8 @@ def redact_text(text: str) -> str:
 
 
 def _units(amount: int) -> str:
+    if type(amount) is int and 0 <= amount < _MAX_UNITS:
+        return str(amount)  # the usual amount, without a call (seven a guarded call)
     check_units(amount)
     if amount >= _MAX_UNITS:
         raise ValueError(

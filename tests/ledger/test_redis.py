@@ -246,12 +246,17 @@ def test_commands_are_encoded_as_redis_py_would(redis_url: str) -> None:
     commands = [
         ("EVALSHA", "ab" * 20, 6, "{bg}:spent", "ключ", 1.5, 10**15, b"raw"),
         ("PING",),
+        # Text only, as the scripts' arguments are, with non-ASCII and empty ones.
+        ("EVALSHA", "ab" * 20, "2", "{bg}:spent", "ключ", "", "1.5", "😀", "10"),
     ]
     packed = conn.pack_commands(commands)  # type: ignore[no-untyped-call]
     assert redis_ledger._packed(commands) == b"".join(packed)
     head = redis_ledger._Encoded.of("EVALSHA", "ab" * 20, 2, "k1", "k2")
     assert redis_ledger._packed([(head, "x", 3)]) == redis_ledger._packed(
         [("EVALSHA", "ab" * 20, 2, "k1", "k2", "x", 3)]
+    )
+    assert redis_ledger._packed([(head, "x", "ключ")]) == redis_ledger._packed(
+        [("EVALSHA", "ab" * 20, 2, "k1", "k2", "x", "ключ")]
     )
     with pytest.raises(TypeError, match="cannot send NoneType"):
         redis_ledger._packed([("GET", None)])
