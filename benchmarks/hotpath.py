@@ -12,7 +12,9 @@ Instruction counts do not depend on the machine's load, unlike times. Cases:
 - ``ledger only``: one memory-ledger reserve and settle with seven tallies,
   as a guarded call makes them;
 - ``cost=, sqlite``: the ``cost=`` case on a SQLite file (the client's side:
-  Python, the sqlite3 module and SQLite's own C code; no fsync wait).
+  Python, the sqlite3 module and SQLite's own C code; no fsync wait);
+- ``cost=, redis`` (with ``--redis-url``): the ``cost=`` case on that Redis,
+  counting this process only (redis-py, and hiredis when installed).
 
 ``--before DIR`` counts a checkout of an earlier revision (its ``budgetguard``
 package) in the same run. Needs ``valgrind``.
@@ -37,12 +39,18 @@ url = "memory://"
 if mode == "sqlite":  # a fresh SQLite file (synchronous=normal: no fsync wait)
     import tempfile
     url = f"sqlite:///{tempfile.mkdtemp()}/hot.db?synchronous=normal"
+elif mode == "redis":  # --redis-url (the process's side: Python, redis-py, hiredis if installed)
+    import logging, os
+    logging.disable(logging.WARNING)  # a test server without persistence is expected
+    url = os.environ["HOTPATH_REDIS_URL"]
+    import redis
+    redis.Redis.from_url(url).flushdb()  # every run (and tree) starts on an empty database
 guard = bg.BudgetGuard(url, metrics=False)
 guard.set_budget("1000000", user="alice", period="monthly")
-guard.set_budget("10000000", period="monthly")
+guard.set_budget("5000000", period="monthly")
 RESPONSE = {"object": "chat.completion", "model": "gpt-4o-mini",
             "usage": {"prompt_tokens": 100, "completion_tokens": 50}}
-if mode in ("cost", "sqlite"):
+if mode in ("cost", "sqlite", "redis"):
     call = guard.budgeted(user="alice", estimate="0.001", cost=lambda r: "0.0005")(lambda: None)
 else:
     call = guard.budgeted(user="alice", estimate="0.001")(lambda: RESPONSE)
@@ -108,6 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", help="a checkout of an earlier revision, to count beside")
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument(
+        "--redis-url", help="also count the cost= call on this Redis (its database is emptied)"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is needed: apt-get install -y valgrind")
@@ -115,8 +126,12 @@ def main() -> None:
     trees = [("now", here)] + ([("before", args.before)] if args.before else [])
     with tempfile.TemporaryDirectory() as scratch:
         print(f"{'case':<16}" + "".join(f"{name:>12}" for name, _ in trees))
-        for label, text, mode in CASES:
-            script = Path(scratch) / f"{mode}.py"
+        cases = CASES
+        if args.redis_url:
+            os.environ["HOTPATH_REDIS_URL"] = args.redis_url
+            cases += (("cost=, redis", CALL, "redis"),)
+        for label, text, mode in cases:
+            script = Path(scratch) / f"case_{mode}.py"  # not redis.py: it would shadow redis-py
             script.write_text(text)
             counts = [per_call(script, mode, path, args.calls) for _, path in trees]
             print(f"{label:<16}" + "".join(f"{count:>12,}" for count in counts))
