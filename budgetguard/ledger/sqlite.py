@@ -365,31 +365,8 @@ class SQLiteLedger(_ThreadedAsync):
             row = db.execute("SELECT settled FROM ended WHERE id = ?", (rid,)).fetchone()
             if row is not None and row[0]:
                 return False
-            found = db.execute("SELECT holds FROM reservations WHERE id = ?", (rid,)).fetchone()
-            held = json.loads(found[0]) if found is not None else None
-            if held is not None and len(held) == len(charges):
-                # Open: each held key's charge and dropped hold in one write.
-                db.execute("DELETE FROM reservations WHERE id = ?", (rid,))
-                db.executemany(
-                    "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
-                    " DO UPDATE SET spent = spent + excluded.spent,"
-                    " reserved = max(reserved - ?, 0)",
-                    [
-                        (hold[0], charge, hold[2])
-                        for hold, charge in zip(held, charges, strict=True)
-                    ],
-                )
-                empty = [
-                    (hold[0],) for hold, charge in zip(held, charges, strict=True) if not charge
-                ]
-                if empty:  # nothing charged: the key may hold nothing now
-                    db.executemany(
-                        "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
-                        empty,
-                    )
-                self._mark_ended(db, rid, settled=True)
-            else:  # expired or released (holds gone), or a reservation unlike its own
-                self._end(db, rid, settled=True)
+            if not self._end(db, rid, settled=True, charges=charges):
+                # Expired or released (its holds gone): charge the keys all the same.
                 _charge(db, list(zip(reservation.keys, charges, strict=True)))
             _charge(db, [(key, tally) for key in tallies])
             return True
@@ -935,32 +912,55 @@ class SQLiteLedger(_ThreadedAsync):
 
             self._transact(run)
 
-    def _end(self, db: sqlite3.Connection, reservation_id: str, *, settled: bool) -> None:
-        """Drop the holds of an open reservation (if it is open) and record how it ended."""
+    def _end(
+        self,
+        db: sqlite3.Connection,
+        reservation_id: str,
+        *,
+        settled: bool,
+        charges: Sequence[int] | None = None,
+    ) -> bool:
+        """Drop the holds of an open reservation (if it is open) and record how it ended.
+
+        With ``charges`` (one per hold), each held key is charged in the same
+        write that drops its hold; return whether it was (the reservation was
+        open, with as many holds).
+        """
         # SELECT then DELETE rather than DELETE ... RETURNING, which needs
         # SQLite 3.35 (2021); the transaction makes the pair atomic.
         row = db.execute(
             "SELECT holds FROM reservations WHERE id = ?", (reservation_id,)
         ).fetchone()
+        charged = False
         if row is not None:
             db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
             holds = json.loads(row[0])
-            db.executemany(
-                "UPDATE counters SET reserved = max(reserved - ?, 0) WHERE key = ?",
-                [(hold[2], hold[0]) for hold in holds],
-            )
-            db.executemany(
-                "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
-                [(hold[0],) for hold in holds],
-            )
-        self._mark_ended(db, reservation_id, settled=settled)
-
-    def _mark_ended(self, db: sqlite3.Connection, reservation_id: str, *, settled: bool) -> None:
+            if charges is not None and len(charges) == len(holds):
+                db.executemany(
+                    "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
+                    " DO UPDATE SET spent = spent + excluded.spent,"
+                    " reserved = max(reserved - ?, 0)",
+                    [(h[0], charge, h[2]) for h, charge in zip(holds, charges, strict=True)],
+                )
+                # A key charged something holds something: only the others may be empty.
+                holds = [h for h, charge in zip(holds, charges, strict=True) if not charge]
+                charged = True
+            else:
+                db.executemany(
+                    "UPDATE counters SET reserved = max(reserved - ?, 0) WHERE key = ?",
+                    [(hold[2], hold[0]) for hold in holds],
+                )
+            if holds:
+                db.executemany(
+                    "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
+                    [(hold[0],) for hold in holds],
+                )
         db.execute(
             "INSERT INTO ended (id, settled, at) VALUES (?, ?, ?) ON CONFLICT (id)"
             " DO UPDATE SET settled = excluded.settled, at = excluded.at",
             (reservation_id, int(settled), self.clock()),
         )
+        return charged
 
     def _forget(self, db: sqlite3.Connection, now: float) -> None:
         """Forget ended and added ids past ``idempotency_ttl``, at most once a second.
