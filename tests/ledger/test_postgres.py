@@ -432,67 +432,63 @@ def _catch(into: list[BaseException], call: Callable[[], object]) -> None:
         into.append(error)
 
 
-@pytest.mark.parametrize("operation", ["reserve", "settle", "add", "clear"])
-def test_a_held_lock_gives_a_timeout_error_and_changes_nothing(
-    postgres_url: str, opened: Callable[..., Ledger], operation: str
-) -> None:
-    """Another connection holds the counter row: the operation ends at timeout=, nothing moved."""
+#: The balances before and after an operation that a held row stopped.
+UNMOVED = {"user": Balance(10, 0), "global": Balance(10, 0)}
+
+
+@pytest.fixture
+def held_row(postgres_url: str, opened: Callable[..., Ledger]) -> Iterator[Ledger]:
+    """Return a ledger (``timeout=0.5``) holding ``UNMOVED``, its ``user`` row locked elsewhere.
+
+    Reads are not blocked by the lock (they see the last committed rows).
+    """
     import psycopg
 
     ledger = opened(timeout=0.5)
-    r = fresh()
     ledger.add(["user", "global"], 10)
     holder = psycopg.connect(postgres_url)
     holder.execute("SELECT 1 FROM public.budgetguard_counters WHERE key = 'user' FOR UPDATE")
+    yield ledger
+    holder.rollback()
+    holder.close()
+
+
+@pytest.mark.parametrize("operation", ["reserve", "settle", "add", "clear"])
+def test_a_held_lock_gives_a_timeout_error_and_changes_nothing(
+    held_row: Ledger, operation: str
+) -> None:
+    """Another connection holds the counter row: the operation ends at timeout=, nothing moved."""
+    ledger, r = held_row, fresh()
     calls: dict[str, Callable[[], object]] = {
         "reserve": lambda: ledger.reserve(r),
         "settle": lambda: ledger.settle(r, 3),
         "add": lambda: ledger.add(["user"], 3, op_id="held"),
         "clear": lambda: ledger.clear(["user"]),
     }
-    try:
-        with pytest.raises(StorageError, match=r"timeout=0\.5s") as caught:
-            calls[operation]()
-    finally:
-        holder.rollback()
-        holder.close()
+    with pytest.raises(StorageError, match=r"timeout=0\.5s") as caught:
+        calls[operation]()
     assert "rolled it back" in str(caught.value)  # the server's timeout ended it
-    assert ledger.balances(["user", "global"]) == {
-        "user": Balance(10, 0),
-        "global": Balance(10, 0),
-    }
+    assert ledger.balances(["user", "global"]) == UNMOVED
     assert ledger.open_reservations() == []
 
 
 @pytest.mark.parametrize("operation", ["areserve", "asettle", "aadd"])
 async def test_an_async_operation_on_a_held_lock_ends_at_timeout_and_changes_nothing(
-    postgres_url: str, opened: Callable[..., Ledger], operation: str
+    held_row: Ledger, operation: str
 ) -> None:
     """The async connections carry the deadline too: a held row ends the call, nothing moved."""
-    import psycopg
-
-    ledger = opened(timeout=0.5)
-    r = fresh()
-    await ledger.aadd(["user", "global"], 10)
-    holder = psycopg.connect(postgres_url)
-    holder.execute("SELECT 1 FROM public.budgetguard_counters WHERE key = 'user' FOR UPDATE")
+    ledger, r = held_row, fresh()
+    assert await ledger.abalances(["user", "global"]) == UNMOVED  # this loop's pool is open
     calls: dict[str, Callable[[], Any]] = {
         "areserve": lambda: ledger.areserve(r),
         "asettle": lambda: ledger.asettle(r, 3),
         "aadd": lambda: ledger.aadd(["user"], 3, op_id="held"),
     }
-    try:
-        with pytest.raises(StorageError, match=r"timeout=0\.5s") as caught:
-            # wait_for only so that a missing deadline fails the test instead of hanging it.
-            await asyncio.wait_for(calls[operation](), 30)
-    finally:
-        holder.rollback()
-        holder.close()
+    with pytest.raises(StorageError, match=r"timeout=0\.5s") as caught:
+        # wait_for only so that a missing deadline fails the test instead of hanging it.
+        await asyncio.wait_for(calls[operation](), 30)
     assert "rolled it back" in str(caught.value)
-    assert await ledger.abalances(["user", "global"]) == {
-        "user": Balance(10, 0),
-        "global": Balance(10, 0),
-    }
+    assert await ledger.abalances(["user", "global"]) == UNMOVED
     assert ledger.open_reservations() == []
     await ledger.aclose()
 
