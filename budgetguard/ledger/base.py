@@ -481,8 +481,6 @@ def check_op_id(op_id: object) -> None:
         raise ValueError(f"op_id must be a non-empty string or None, got {op_id!r}")
 
 
-#: A hold's ``unit, over, prior, weight`` when it is a plain dollar hold.
-_PLAIN_EXTRAS = (0, None, None, 0)
 _NUMBERS = frozenset((int, float))
 _INF = float("inf")
 
@@ -507,8 +505,16 @@ def check_reservation(reservation: Reservation) -> None:
                 or (hold[1] is not None and (type(hold[1]) is not int or hold[1] < 0))
             ):
                 break
-            if hold[3:] != _PLAIN_EXTRAS:
-                check_hold_extras(hold)
+            unit, weight = hold[3], hold[6]
+            if (
+                type(unit) is not int
+                or unit
+                or hold[4] is not None
+                or hold[5] is not None
+                or type(weight) is not int
+                or weight
+            ):
+                check_hold_extras(hold)  # not a plain hold (or False, 0.0...): every check
         else:
             return
     if not isinstance(reservation.id, str) or not reservation.id:

@@ -530,6 +530,9 @@ class TestDoor:
             (Hold("k", 1.5, 1), "limit"),  # type: ignore[arg-type]
             (Hold("k", 100, 1, unit=-1), "unit"),
             (Hold("k", 100, 1, unit=True), "unit"),
+            (Hold("k", 100, 1, unit=False), "unit"),  # equal to 0, yet not a unit
+            (Hold("k", 100, 1, unit=0.0), "unit"),  # type: ignore[arg-type]
+            (Hold("k", 100, 1, prior="p", weight=True), "weight"),
             (Hold("k", 100, 1, over=""), "over"),
             (Hold("k", 100, 1, prior="p"), "weight"),
             (Hold("k", 100, 1, weight=5), "prior"),
