@@ -286,20 +286,24 @@ def test_a_full_outbox_drops_loudly_and_counts(
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     guard = make_guard(outage, metrics=True, meter_provider=provider, outbox_size=2)
-    started = threading.Barrier(3)
+    # The three calls and this thread: the ledger goes down only once every
+    # call has its reservation's answer. (Seeing three open reservations in
+    # the ledger was not enough: a reply still on its way through the proxy
+    # was cut with it, and that call failed before it ran.)
+    started = threading.Barrier(4, timeout=60)
     release = threading.Event()
 
     @guard.budgeted(user="alice", estimate="1", cost=lambda _: COST)
     def call() -> str:
-        started.wait()  # all three reserved before the ledger goes down
-        release.wait()
+        started.wait()
+        assert release.wait(timeout=60)
         return "ran"
 
     threads = [threading.Thread(target=call) for _ in range(3)]
     for thread in threads:
         thread.start()
-    while len(guard.ledger.open_reservations()) < 3:
-        pass
+    started.wait()
+    assert len(guard.ledger.open_reservations()) == 3
     outage.down()
     with caplog.at_level(logging.ERROR, logger="budgetguard"):
         release.set()
