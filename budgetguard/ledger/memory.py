@@ -47,6 +47,12 @@ _Cell = list[int]
 _Plan = dict[tuple[int, int], list[Any]]
 # An ended reservation id, or ("add", op_id) for a direct charge.
 _EndedId = str | tuple[str, str]
+# A reservation's holds seen before, when they are the common kind (one or
+# two distinct keys, hard dollar limits, the same amount > 0): the holds
+# tuple, then per key its cell and limit, then the amount, then the cells.
+_Hot = tuple[Any, ...]
+# A settle seen before: (tallies, holds, writer, tally cells, held cells, amount held).
+_HotSettle = tuple[Any, ...]
 
 
 def _bump(plan: _Plan, cell: _Cell, index: int, delta: int) -> None:
@@ -118,6 +124,11 @@ class MemoryLedger(Ledger):
         self._cells: dict[str, _Cell] = {}
         # Tuples of tally keys -> their cells and the cells' ids (see _tally_entry).
         self._tally_cells: dict[Sequence[str], tuple[list[_Cell], frozenset[int]] | None] = {}
+        # id(holds) -> _Hot, and id(tallies) -> _HotSettle: the hot path's
+        # cells looked up once (see _hot_reserve, _hot_settle). ``clear``
+        # empties both when it drops a cell; bounded.
+        self._hot: dict[int, _Hot] = {}
+        self._hot_settles: dict[int, _HotSettle] = {}
         self._open: dict[str, tuple[Reservation, list[_Cell]]] = {}
         self._next_sweep = float("inf")
         # id -> settled?, in two generations: _ended, and _ended_old before it.
@@ -143,6 +154,9 @@ class MemoryLedger(Ledger):
             or not -_INF < expires_at < _INF
         ):
             check_reservation(reservation)
+        hot = self._hot.get(id(holds))
+        if hot is not None and hot[0] is holds:  # these very holds, checked before
+            with self._lock: return self._hot_reserve(reservation, rid, hot, expires_at)  # noqa: E701  # fmt: skip
 
         # One line on purpose (see _locked): the lock is released whatever happens.
         try:
@@ -209,6 +223,68 @@ class MemoryLedger(Ledger):
             writes += overs
         writes.append([self._open, rid, (reservation, found)])
         _apply(writes)
+        if not overs and 0 < len(holds) < 3:
+            self._remember_hot(holds, found)
+        return None
+
+    def _remember_hot(self, holds: tuple[Hold, ...], cells: list[_Cell]) -> None:
+        """Keep the cells of ``holds`` if they are the common kind (lock held; see ``_Hot``)."""
+        amount = holds[0].amount
+        if type(holds) is not tuple or len({id(cell) for cell in cells}) != len(cells):
+            return
+        for _key, limit, held, unit, over, prior, weight in holds:
+            if (
+                type(held) is not int
+                or held != amount
+                or held <= 0
+                or (limit is not None and type(limit) is not int)
+                or unit != 0
+                or over is not None
+                or prior is not None
+                or weight != 0
+            ):
+                return
+        if len(self._hot) >= 4096:
+            self._hot = {}
+        limits = [_INF if hold.limit is None else hold.limit for hold in holds]  # None: no limit
+        if len(cells) == 1:
+            self._hot[id(holds)] = (holds, cells[0], limits[0], amount, cells)
+        else:
+            self._hot[id(holds)] = (holds, cells[0], limits[0], cells[1], limits[1], amount, cells)
+
+    def _hot_reserve(
+        self, reservation: Reservation, rid: str, hot: _Hot, expires_at: float
+    ) -> Refusal | None:
+        """Do ``_reserve`` for holds seen before (the lock held): no search, two stores.
+
+        The writes are one line of stores, with no call between them, so no
+        interrupt lands half way (see ``_apply``). A hold with no room takes
+        the general path, which words the refusal.
+        """
+        opened = self._open
+        if rid in opened or rid in self._ended or rid in self._ended_old:
+            raise ValueError(f"reservation id {rid!r} was used before")
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        if now >= self._rotate_at:
+            self._rotate(now)
+        if len(hot) == 5:
+            _, cell, limit, amount, cells = hot
+            held = cell[1] + amount
+            if cell[0] + held > limit:
+                return self._reserve(reservation, rid, reservation.holds, expires_at)
+            if expires_at < self._next_sweep:
+                self._next_sweep = expires_at
+            cell[1], opened[rid] = held, (reservation, cells)  # one step
+            return None
+        _, first, first_limit, second, second_limit, amount, cells = hot
+        held, other = first[1] + amount, second[1] + amount
+        if first[0] + held > first_limit or second[0] + other > second_limit:
+            return self._reserve(reservation, rid, reservation.holds, expires_at)
+        if expires_at < self._next_sweep:
+            self._next_sweep = expires_at
+        first[1], second[1], opened[rid] = held, other, (reservation, cells)  # one step
         return None
 
     def settle(
@@ -233,6 +309,11 @@ class MemoryLedger(Ledger):
             return False
         entry = self._open.get(rid) if state is None else None
         if entry is not None and type(tallies) is tuple:
+            hot = self._hot_settles.get(id(tallies))
+            if hot is None or hot[0] is not tallies or hot[1] is not reservation.holds:
+                hot = self._hot_settle_of(reservation.holds, entry[1], tallies)
+            if hot is not None and hot[4] is entry[1]:
+                return self._hot_settle(rid, amount, hot)
             # The common case: distinct held keys and tallies, the tallies'
             # cells known from an earlier settle (a plan settles the same
             # tallies every call). One list built in C, no search.
@@ -281,6 +362,34 @@ class MemoryLedger(Ledger):
                 writes.append([tally, 0, tally[0] + amount])
         writes.append([ended, rid, True])
         _apply(writes)
+        self._open.pop(rid, None)
+        return True
+
+    def _hot_settle_of(
+        self, holds: tuple[Hold, ...], cells: list[_Cell], tallies: tuple[str, ...]
+    ) -> _HotSettle | None:
+        """Plan the settles of ``holds`` with ``tallies`` once, if both are the common kind."""
+        hot = self._hot.get(id(holds))
+        if hot is None or hot[0] is not holds or hot[-1] is not cells:
+            return None
+        known = self._tally_cells.get(tallies)
+        if known is None:
+            known = self._tally_entry(tallies)
+        if not known or not known[1].isdisjoint(map(id, cells)):
+            return None
+        tally_cells = known[0]
+        if len(tally_cells) > 32:
+            return None
+        if len(self._hot_settles) >= 4096:
+            self._hot_settles = {}
+        write = _settle_writer(len(tally_cells), len(cells))
+        found = (tallies, holds, write, tally_cells, cells, holds[0].amount)
+        self._hot_settles[id(tallies)] = found
+        return found
+
+    def _hot_settle(self, rid: str, amount: int, hot: _HotSettle) -> bool:
+        """Do ``_settle`` for holds and tallies seen before (the lock held), in one step."""
+        hot[2](hot[3], hot[4], amount, hot[5], self._ended, rid)
         self._open.pop(rid, None)
         return True
 
@@ -422,7 +531,8 @@ class MemoryLedger(Ledger):
                 if cell[1]:
                     cell[0] = 0  # an open reservation still points at this cell
                 else:
-                    self._tally_cells = {}  # they may point at this cell
+                    # The caches of cells may point at this one.
+                    self._tally_cells, self._hot, self._hot_settles = {}, {}, {}
                     del self._cells[key]
 
         return self._locked(locked)
@@ -612,6 +722,46 @@ class MemoryLedger(Ledger):
             elif expires_at < earliest:
                 earliest = expires_at
         self._next_sweep = earliest
+
+
+_SettleWriter = Callable[[list[_Cell], list[_Cell], int, int, dict[_EndedId, bool], str], None]
+_WRITERS: dict[tuple[int, int], _SettleWriter] = {}
+
+
+def _settle_writer(tallies: int, holds: int) -> _SettleWriter:
+    """Return a function settling ``holds`` held cells and ``tallies`` tally cells in one step.
+
+    Made once per shape from source, as ``collections.namedtuple`` makes its
+    methods: every write is a target of one assignment, with no call between
+    them, so no interrupt (a signal, a trace function) lands half way and the
+    writes cost a store each. What it does for 2 tallies and 1 hold::
+
+        def write(t, c, amount, held, ended, rid):
+            t0, t1 = t
+            c0, = c
+            t0[0], t1[0], c0[0], c0[1], ended[rid] = (
+                t0[0] + amount, t1[0] + amount, c0[0] + amount, c0[1] - held, True)
+    """
+    found = _WRITERS.get((tallies, holds))
+    if found is not None:
+        return found
+    t = [f"t{i}" for i in range(tallies)]
+    c = [f"c{i}" for i in range(holds)]
+    targets = [f"{name}[0]" for name in t]
+    values = [f"{name}[0] + amount" for name in t]
+    for name in c:
+        targets += (f"{name}[0]", f"{name}[1]")
+        values += (f"{name}[0] + amount", f"{name}[1] - held")
+    lines = ["def write(t, c, amount, held, ended, rid):"]
+    if t:
+        lines.append(f"    {', '.join(t)}, = t")
+    lines.append(f"    {', '.join(c)}, = c")
+    lines.append(f"    {', '.join(targets)}, ended[rid] = {', '.join(values)}, True")
+    namespace: dict[str, Any] = {}
+    exec("\n".join(lines), namespace)  # our own source, made from two counts
+    writer: _SettleWriter = namespace["write"]
+    _WRITERS[(tallies, holds)] = writer
+    return writer
 
 
 def _balance(cell: _Cell | None) -> Balance:
