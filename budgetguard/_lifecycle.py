@@ -268,6 +268,116 @@ class CallLifecycle(GuardParts):
             return Call(self, user, reservation, plan, holders, units, model, tags, kind, pilot)  # type: ignore[arg-type]
         return self._opened(opening, reservation, refusal, pilot)
 
+    def _run(
+        self,
+        user: str | None,
+        units: int,
+        model: str | None,
+        kind: str | None,
+        cost: Callable[[Any], object] | None,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run ``wrapped`` as one guarded call with a known estimate of ``units``.
+
+        The steps of ``_begin``, ``with call:`` and ``_complete`` in one frame
+        for the case most calls are: a user's plan of dollar budgets, nothing
+        to learn, no scope caps, no hooks. Whatever else a call has takes those
+        steps themselves (the same code every other entry point runs).
+        """
+        scope = _scope_var.get()
+        plan = None
+        if (
+            units
+            and not _hooks.active
+            and (scope is None or not scope.caps)
+            and not self._outbox.pending
+            and self._planner._index_of is self._budget_defs
+            and not self._planner._keyed
+            and time.monotonic() - self._budgets_loaded_at < self.budget_cache_ttl
+        ):
+            tags = _NO_TAGS
+            if scope is not None:
+                tags = scope.tags
+                if user is None:
+                    user = scope.user
+            now = self.clock()
+            plan = self._planner._plans.get(user)
+            if (
+                plan is None
+                or not plan.simple
+                or not plan.since <= now < plan.until
+                or plan.budgets is not self._budget_defs
+                or (user is None and scope is None and self.outside_scope == "refuse")
+            ):
+                plan = None
+        if plan is None:  # the general steps
+            call = self._begin(user, units, model, None, kind)
+        else:
+            holds = plan._held if plan._held_units == units else plan.holds(units)
+            reservation: Reservation = _new(
+                Reservation,
+                (f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl),
+            )
+            holders = plan.holders
+            try:
+                refusal = self.ledger.reserve(reservation)
+            except StorageError as error:
+                opening = _new(
+                    _Opening, (user, units, model, plan, holders, holds, tags, None, False, now)
+                )
+                refusal, call = None, self._storage_down(error, opening, None)
+            if refusal is not None:
+                raise self._refused(refusal, holders, user, model)
+            else:
+                # self is the BudgetGuard this class is a part of.
+                call = Call(self, user, reservation, plan, holders, units, model, tags)  # type: ignore[arg-type]
+        # ``with call:`` inlined: set, then reset by token.
+        token = _current_call.set(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            _current_call.reset(token)
+            self._finish(call, None, error=error)
+            raise
+        _current_call.reset(token)
+        if (
+            plan is None
+            or cost is None
+            or call.reservation is None
+            or call.charged
+            or call.has_inner
+            or call.parent is not None
+        ):
+            return self._complete(call, result, cost)
+        try:
+            spent = _cost_units(cost(result))
+        except BaseException as failure:  # charge the estimate, then report
+            self._close(call, self._ending(call, None, owed=failure))
+            return result
+        # ``_close`` and ``_write_end`` of a settle, inlined.
+        ending = _new(_Ending, (spent, None, None, None, True, False, None))
+        tallies = plan.tallies.get(model) if not tags else None
+        if tallies is None:
+            tallies = plan.tally_keys(model, tags)
+        try:
+            if self._outbox.pending:
+                self._flush_outbox()
+            try:
+                self.ledger.settle(call.reservation, spent, tallies)
+            except StorageError as error:
+                self._lost(error, call, call.reservation, spent, tallies)
+            else:
+                if spent and self._alerts.thresholds:
+                    self._alerts.check(call)
+        except BaseException:
+            self._ended(call, ending, quiet=True)
+            raise
+        if self._listeners:
+            self._tell(call, spent, ending)
+        return result
+
     async def _abegin(
         self,
         user: str | None,

@@ -276,6 +276,8 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         guard, user, estimate, model = spec.resolve(instance, args, kwargs)
+        if type(estimate) is int and spec.tokens is None and spec.tokens_from is None:
+            return guard._run(user, estimate, model, spec.kind, spec.cost, wrapped, args, kwargs)
         tokens = spec.tokens if spec.tokens_from is None else spec.tokens_from(*args, **kwargs)
         call = guard._begin(user, estimate, model, None, spec.kind, tokens)
         # ``with call:`` inlined on the hottest path: set, then reset by token.
