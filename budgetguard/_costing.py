@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import UnknownModelError
 from .money import MONEY, to_decimal, to_units
 from .pricing import cost_of, default_table, lookup, price_units
-from .tokens import call_shape, count_tokens, projected_cost
+from .tokens import call_shape, count_tokens
 from .usage import StreamMeter, Usage, extract_usage
 
 if TYPE_CHECKING:
@@ -126,6 +126,28 @@ class Pricer:
         choices. A model with no price is refused here under
         ``on_unknown_model="raise"``, before any money is spent.
         """
+        found = self._estimate(arguments)
+        if found is None:
+            return None
+        cost, model = found
+        if isinstance(cost, Usage):
+            return cost_of(cost, at=self.clock()).total, model
+        return cost, model
+
+    def estimate_units(self, arguments: Mapping[str, Any]) -> tuple[int, str] | None:
+        """Return ``estimate`` in whole ledger units (``to_units`` of it), priced in integers."""
+        found = self._estimate(arguments)
+        if found is None:
+            return None
+        cost, model = found
+        if not isinstance(cost, Usage):
+            return to_units(cost), model
+        price = lookup(model)
+        assert price is not None  # _estimate gives a Usage only for a model with a price
+        return price_units(cost, price, at=self.clock() if price.dated else None), model
+
+    def _estimate(self, arguments: Mapping[str, Any]) -> tuple[Decimal | Usage, str] | None:
+        """Do ``estimate``: the tokens a priced model's call projects, else its cost."""
         model = arguments.get("model")
         if not isinstance(model, str):
             if not isinstance(arguments.get("modelId"), str):
@@ -153,9 +175,10 @@ class Pricer:
                 return Decimal(0), shape.model
             tokens = count_tokens(shape.text_or_messages, shape.model)
             return self.fallback_cost(tokens, output), shape.model
-        return projected_cost(
-            shape.model, shape.text_or_messages, output, at=self.clock(), capped=False
-        ), shape.model
+        # What tokens.projected_cost prices (capped above already).
+        tokens = count_tokens(shape.text_or_messages, shape.model)
+        usage = Usage(input_tokens=tokens, output_tokens=output, model=shape.model, estimated=True)
+        return usage, shape.model
 
     def fallback_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Return what tokens of a model with no price cost at the fallback price."""

@@ -96,7 +96,7 @@ class _Spec:
         if estimate is None:
             if self.arguments.relevant:
                 arguments = self.arguments.read(args, kwargs, instance is not None)
-                found = guard.estimate_call(arguments)
+                found = guard._estimate_units(arguments)
                 if found is not None:
                     return guard, user, found[0], model or found[1]
                 if model is None:

@@ -723,6 +723,10 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
         """Return the projected cost and model of an LLM call from its arguments, or ``None``."""
         return self._pricer.estimate(arguments)
 
+    def _estimate_units(self, arguments: Mapping[str, Any]) -> tuple[int, str] | None:
+        """Return ``estimate_call`` in whole ledger units (what a reservation holds)."""
+        return self._pricer.estimate_units(arguments)
+
     def price(self, usage: Any, model: str | None = None) -> tuple[Decimal, bool]:
         """Return the exact cost of ``usage`` and whether its model had a price."""
         return self._pricer.price(usage, model)

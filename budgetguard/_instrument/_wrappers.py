@@ -95,7 +95,7 @@ class _Request:
             # The response names that model itself, and the cost is read from it.
             given = {**given, "model": deployments[named]}
         self.kwargs = given
-        found = guard.estimate_call(given)
+        found = guard._estimate_units(given)
         if found is not None:
             self.estimate: Decimal | int | None = found[0]
             self.model: str | None = found[1]
