@@ -41,6 +41,7 @@ class _Spec:
         "arguments",
         "cost",
         "estimate",
+        "fixed",
         "guard",
         "kind",
         "model",
@@ -84,6 +85,13 @@ class _Spec:
             self.estimate: object = estimate
         else:
             self.estimate = to_units(to_decimal(estimate, "estimate"))
+        #: The call's estimate and model are known before its arguments are read.
+        self.fixed = (
+            type(self.estimate) is int
+            and self.tokens is None
+            and self.tokens_from is None
+            and (model is not None or not self.arguments.relevant)
+        )
 
     def resolve(
         self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -275,6 +283,12 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
     def call_sync(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        if spec.fixed:  # a known estimate, no tokens, a model known without the arguments
+            guard = spec.guard if spec.guard is not None else guard_for(None)
+            user_from = spec.user_from
+            user = user_from(instance, args, kwargs) if user_from is not None else None
+            units: Any = spec.estimate  # an int: what fixed says
+            return guard._run(user, units, spec.model, spec.kind, spec.cost, wrapped, args, kwargs)
         guard, user, estimate, model = spec.resolve(instance, args, kwargs)
         if type(estimate) is int and spec.tokens is None and spec.tokens_from is None:
             return guard._run(user, estimate, model, spec.kind, spec.cost, wrapped, args, kwargs)

@@ -313,7 +313,10 @@ class MemoryLedger(Ledger):
             if hot is None or hot[0] is not tallies or hot[1] is not reservation.holds:
                 hot = self._hot_settle_of(reservation.holds, entry[1], tallies)
             if hot is not None and hot[4] is entry[1]:
-                return self._hot_settle(rid, amount, hot)
+                # Seen before: one generated assignment makes every write.
+                hot[2](hot[3], hot[4], amount, hot[5], ended, rid)
+                self._open.pop(rid, None)
+                return True
             # The common case: distinct held keys and tallies, the tallies'
             # cells known from an earlier settle (a plan settles the same
             # tallies every call). One list built in C, no search.
@@ -386,12 +389,6 @@ class MemoryLedger(Ledger):
         found = (tallies, holds, write, tally_cells, cells, holds[0].amount)
         self._hot_settles[id(tallies)] = found
         return found
-
-    def _hot_settle(self, rid: str, amount: int, hot: _HotSettle) -> bool:
-        """Do ``_settle`` for holds and tallies seen before (the lock held), in one step."""
-        hot[2](hot[3], hot[4], amount, hot[5], self._ended, rid)
-        self._open.pop(rid, None)
-        return True
 
     def _settle_units(
         self, reservation: Reservation, charges: list[int], tally: int, tallies: Sequence[str]
