@@ -357,7 +357,6 @@ class CallLifecycle(GuardParts):
             self._close(call, self._ending(call, None, owed=failure))
             return result
         # ``_close`` and ``_write_end`` of a settle, inlined.
-        ending = _new(_Ending, (spent, None, None, None, True, False, None))
         tallies = plan.tallies.get(model) if not tags else None
         if tallies is None:
             tallies = plan.tally_keys(model, tags)
@@ -372,10 +371,11 @@ class CallLifecycle(GuardParts):
                 if spent and self._alerts.thresholds:
                     self._alerts.check(call)
         except BaseException:
+            ending = _new(_Ending, (spent, None, None, None, True, False, None))
             self._ended(call, ending, quiet=True)
             raise
         if self._listeners:
-            self._tell(call, spent, ending)
+            self._tell(call, spent, _new(_Ending, (spent, None, None, None, True, False, None)))
         return result
 
     async def _abegin(
