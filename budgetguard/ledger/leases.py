@@ -24,7 +24,22 @@ calls whose cost overruns their own estimate: the same bound as without
 leases. A budget can refuse early by at most the unused slices of *other*
 processes (never by this process's own), until they return them: within
 ``2 * flush`` seconds while they run, idle or busy, and ``ttl`` seconds after
-they crashed.
+they crashed; a process that remembers a refusal (below) sees the room at
+most ``flush`` seconds later still.
+
+**Remembered refusals.** A lease refused because the budget is spent (what
+a call lacks beyond this process's own slices exceeds what the shared
+ledger has left, other holders' slices counted as used) is remembered for
+that key and limit until the next tick, at most ``flush`` seconds: a call
+on the key that still lacks more than was left is refused here, with the
+numbers of that refusal, and no round trip. Calls that fit this process's
+own slices are admitted as before, one lacking no more than was left asks
+the shared ledger, and a key is forgotten at once when its limit differs
+(a changed budget; a new window is a new key), when this process returns a
+slice of it or ends a passed-through reservation on it, and on
+``flush_now()``. So a spent budget costs the shared ledger at most one
+refused lease per key per ``flush`` seconds in each process, and room that
+others return is admitted here within ``flush`` seconds.
 
 **Returning.** Every ``flush`` seconds (checked on each operation with a
 monotonic clock, and by a daemon thread while the process is idle) every
@@ -272,6 +287,9 @@ class LeasedLedger(Ledger):
         self._outgoing: list[tuple[str, tuple[str, ...], int]] = []  # (op_id, keys, amount)
         self._rolls: list[_Lease] = []  # busy leases to move onto a new inner reservation
         self._old: list[tuple[Reservation, list[int]]] = []  # rolled-over reservations to return
+        # key -> (limit, what the inner ledger had left, the refusal seen): a
+        # lease refused because the budget is spent, remembered until the next tick.
+        self._refused: dict[str, tuple[int, int, Refusal]] = {}
         self._next_sweep = math.inf
         self._next_flush = time.monotonic() + self.flush
         self._rotate_at = self.clock() + self.idempotency_ttl
@@ -324,6 +342,8 @@ class LeasedLedger(Ledger):
                 return None
             if outcome is _PASS:
                 return self._pass(reservation)
+            if isinstance(outcome, Refusal):
+                return outcome  # refused since the last tick: answered from memory
             assert isinstance(outcome, _Need)
             if not self._acquiring.acquire(blocking=False):
                 # Another thread is taking a lease: wait for it, then look again.
@@ -338,6 +358,8 @@ class LeasedLedger(Ledger):
                     return None
                 if outcome is _PASS:
                     return self._pass(reservation)
+                if isinstance(outcome, Refusal):
+                    return outcome  # refused since the last tick: answered from memory
                 assert isinstance(outcome, _Need)
                 lease = self._lease_for(outcome, caps)
                 self.inner_operations += 1
@@ -379,6 +401,8 @@ class LeasedLedger(Ledger):
                 return None
             if outcome is _PASS:
                 return await self._apass(reservation)
+            if isinstance(outcome, Refusal):
+                return outcome  # refused since the last tick: answered from memory
             assert isinstance(outcome, _Need)
             acquiring = self._task_lock()
             if acquiring.locked():
@@ -394,6 +418,8 @@ class LeasedLedger(Ledger):
                     return None
                 if outcome is _PASS:
                     return await self._apass(reservation)
+                if isinstance(outcome, Refusal):
+                    return outcome  # refused since the last tick: answered from memory
                 assert isinstance(outcome, _Need)
                 lease = self._lease_for(outcome, caps)
                 self.inner_operations += 1
@@ -454,7 +480,7 @@ class LeasedLedger(Ledger):
             return False
         self.inner_operations += 1
         done = self.inner.settle(reservation, amount, tallies)
-        self._locked(lambda: self._end(reservation.id, True))
+        self._locked(lambda: self._end(reservation, True))
         return done
 
     async def asettle(
@@ -471,7 +497,7 @@ class LeasedLedger(Ledger):
             return False
         self.inner_operations += 1
         done = await self.inner.asettle(reservation, amount, tallies)
-        self._locked(lambda: self._end(reservation.id, True))
+        self._locked(lambda: self._end(reservation, True))
         return done
 
     def release(self, reservation: Reservation) -> bool:
@@ -482,7 +508,7 @@ class LeasedLedger(Ledger):
             return where
         self.inner_operations += 1
         done = self.inner.release(reservation)
-        self._locked(lambda: self._end(reservation.id, False))
+        self._locked(lambda: self._end(reservation, False))
         return done
 
     async def arelease(self, reservation: Reservation) -> bool:
@@ -493,7 +519,7 @@ class LeasedLedger(Ledger):
             return where
         self.inner_operations += 1
         done = await self.inner.arelease(reservation)
-        self._locked(lambda: self._end(reservation.id, False))
+        self._locked(lambda: self._end(reservation, False))
         return done
 
     def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
@@ -692,6 +718,24 @@ class LeasedLedger(Ledger):
             else:
                 parts.append((key, amount, tuple(takes)))
         if lacking:
+            refused = self._refused
+            if refused:
+                for index, hold, missing in lacking:
+                    known = refused.get(hold.key)
+                    # Refused since the last tick with this limit, and what is
+                    # missing still exceeds what the inner ledger had left.
+                    if known is not None and known[0] == hold.limit:
+                        _, remaining, seen = known
+                        if missing > remaining or remaining <= 0:
+                            return Refusal(
+                                index,
+                                hold.key,
+                                seen.limit,
+                                seen.spent,
+                                seen.reserved,
+                                hold.amount,
+                                seen.prior,
+                            )
             return _Need(lacking)
         for key, amount, takes_ in parts:
             if not takes_:
@@ -746,7 +790,7 @@ class LeasedLedger(Ledger):
                 if any(lease.room(hold.key) > 0 for lease in slices):
                     return None  # a slice of this process has room now
                 if remaining <= 0:
-                    return self._refusal(index, hold, refusal)
+                    return self._remember(index, hold, refusal, remaining)
             else:
                 missing = hold.amount
                 for lease in slices:
@@ -754,7 +798,7 @@ class LeasedLedger(Ledger):
                 if not missing:
                     return None
                 if missing > remaining:
-                    return self._refusal(index, hold, refusal)
+                    return self._remember(index, hold, refusal, remaining)
             cap = caps.get(hold.key)
             if cap == 0:  # refused at the exact amount too: pass the call through
                 return _PASS
@@ -762,6 +806,13 @@ class LeasedLedger(Ledger):
             return None
 
         return self._locked(locked)
+
+    def _remember(self, index: int, hold: Hold, refusal: Refusal, remaining: int) -> Refusal:
+        """Return the caller's refusal; remember it for ``hold``'s key until the next tick."""
+        seen = self._refusal(index, hold, refusal)
+        assert hold.limit is not None
+        self._refused[hold.key] = (hold.limit, remaining, seen)
+        return seen
 
     def _refusal(self, index: int, hold: Hold, refusal: Refusal) -> Refusal:
         seen = self._adjust(hold.key, Balance(refusal.spent, refusal.reserved))
@@ -834,7 +885,9 @@ class LeasedLedger(Ledger):
             lease.queued = True
             self._returning.append(lease)
 
-    def _end(self, rid: str, settled: bool) -> None:
+    def _end(self, reservation: Reservation, settled: bool) -> None:
+        rid = reservation.id
+        self._forget_refusals(hold.key for hold in reservation.holds)  # room may be back
         self._passed.pop(rid, None)
         if settled or rid not in self._ended:
             self._ended[rid] = settled
@@ -851,7 +904,13 @@ class LeasedLedger(Ledger):
                     del self._usable[key]
         self._maybe_return(lease)
 
+    def _forget_refusals(self, keys: Iterable[str]) -> None:
+        if self._refused:
+            for key in keys:
+                self._refused.pop(key, None)
+
     def _retire_all(self) -> None:
+        self._refused.clear()  # remembered refusals last until the next tick or flush
         for lease in list(self._leases):
             self._retire(lease)
         self._take_pending()
@@ -1081,7 +1140,9 @@ class LeasedLedger(Ledger):
         elif kind == "old":
             if item in self._old:
                 self._old.remove(item)
+            self._forget_refusals(hold.key for hold in item[0].holds)  # its unused slice is free
         else:
+            self._forget_refusals(item.keys)  # its unused slice is free
             if item in self._returning:
                 self._returning.remove(item)
             if item in self._leases:
