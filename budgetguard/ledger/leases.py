@@ -335,8 +335,8 @@ class LeasedLedger(Ledger):
         check_reservation(reservation)
         # Admitted in a slice with nothing to flush, the common case: one lock, no closure.
         with self._lock: outcome = self._admit(reservation)  # noqa: E701  # fmt: skip
-        if outcome is None and not self._busy():
-            return None
+        if outcome is None and not (self._returning or self._outgoing or self._old or self._rolls):
+            return None  # nothing to flush (the test of _busy, without a call)
         caps: dict[str, int] = {}
         attempts = 0
         while attempts < _ATTEMPTS:
@@ -400,8 +400,8 @@ class LeasedLedger(Ledger):
         """Do ``reserve``; only the inner operations are awaited."""
         check_reservation(reservation)
         with self._lock: outcome = self._admit(reservation)  # noqa: E701  # fmt: skip
-        if outcome is None and not self._busy():
-            return None
+        if outcome is None and not (self._returning or self._outgoing or self._old or self._rolls):
+            return None  # nothing to flush (the test of _busy, without a call)
         caps: dict[str, int] = {}
         attempts = 0
         while attempts < _ATTEMPTS:
@@ -488,11 +488,14 @@ class LeasedLedger(Ledger):
         self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
     ) -> bool:
         """Charge a reservation once: locally if it was admitted here, else on the inner ledger."""
-        charges, tally = check_settle_amount(amount, reservation.holds)
+        if type(amount) is int and amount >= 0:  # one amount for every key, the common case
+            charges, tally = [amount] * len(reservation.holds), amount
+        else:
+            charges, tally = check_settle_amount(amount, reservation.holds)
         _check_keys(tallies)
         with self._lock: where = self._settle_local(reservation, charges, tally, tallies)  # noqa: E701  # fmt: skip
         if where is None:
-            if self._busy():
+            if self._returning or self._outgoing or self._old or self._rolls:
                 self._flush_work(quiet=True)
             return True
         if where is False:
