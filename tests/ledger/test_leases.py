@@ -698,6 +698,33 @@ def test_a_guard_takes_leases_when_asked(ledger_url: str) -> None:
         guard.close()
 
 
+def test_a_guard_refuses_a_spent_budget_locally_until_it_is_raised(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused guarded calls of a spent budget ask no shared ledger; a raised limit runs again."""
+    guard = BudgetGuard(ledger_url, metrics=False, leases={"flush": 60.0, "ttl": 240.0})
+    try:
+        guard.set_budget("0.05", user="alice", period="monthly")
+        call = guard.budgeted(user="alice", estimate="0.01", cost=lambda _: "0.01")(lambda: 1)
+        for _ in range(5):
+            call()
+        with pytest.raises(BudgetExceededError):
+            call()  # the first refusal asks the shared ledger
+        assert isinstance(guard.ledger, LeasedLedger)
+        operations = count_operations(guard.ledger.inner, monkeypatch)
+        for _ in range(20):
+            with pytest.raises(BudgetExceededError):
+                call()
+        assert operations[0] == 0
+        guard.set_budget("0.10", user="alice", period="monthly")
+        for _ in range(5):
+            call()
+        assert operations[0] > 0
+        assert guard.spend("alice") == Decimal("0.10")
+    finally:
+        guard.close()
+
+
 def test_leases_are_refused_on_a_private_ledger() -> None:
     """leases= on memory:// names the problem at the door."""
     with pytest.raises(ConfigurationError, match="private to one process"):
