@@ -38,8 +38,9 @@ the shared ledger, and a key is forgotten at once when its limit differs
 (a changed budget; a new window is a new key), when this process returns a
 slice of it or ends a passed-through reservation on it, and on
 ``flush_now()``. So a spent budget costs the shared ledger at most one
-refused lease per key per ``flush`` seconds in each process, and room that
-others return is admitted here within ``flush`` seconds.
+refused lease (asked for at up to three sizes) per key per ``flush``
+seconds in each process, and one more after each slice it returns; room
+that others return is admitted here within ``flush`` seconds.
 
 **Returning.** Every ``flush`` seconds (checked on each operation with a
 monotonic clock, and by a daemon thread while the process is idle) every
