@@ -3,7 +3,14 @@
 Run from the repository root::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/leases.py [--seconds 3] [--processes 8]
-        [--redis-url redis://...] [--hosts 1000] [--calls 1000]
+        [--redis-url redis://...] [--hosts 1000] [--calls 1000] [--before DIR] [--callgrind]
+
+``--before DIR`` runs every case on an older checkout too (its ``budgetguard``
+package), case by case next to this tree's, in the same run. ``--callgrind``
+adds the CPU instructions of one guarded call (memory ledger, and leased
+Redis with every call admitted in a slice), counted by callgrind as
+``(instructions of N calls - instructions of 0 calls) / N``: unlike times,
+they do not depend on the machine's load.
 
 Part 1 starts a private ``redis-server`` (unless ``--redis-url``) and runs
 ``--processes`` processes, each making guarded calls (``@budgeted`` with an
@@ -32,9 +39,11 @@ key per ``flush`` seconds (a return, a roll-over) to these figures.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -45,10 +54,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The code tree whose budgetguard this process imports: this one, or --before's.
+sys.path.insert(0, os.environ.get("LEASES_BENCH_TREE") or str(Path(__file__).resolve().parents[1]))
 
 from budgetguard.ledger import Hold, LeasedLedger, Ledger, Reservation, ledger_from_url
 from budgetguard.ledger.memory import MemoryLedger
+
+HERE = Path(__file__).resolve().parents[1]
 
 # -- part 1: Redis, several processes ---------------------------------------------------
 
@@ -142,7 +154,17 @@ def count_round_trips(ledger: Ledger) -> list[int]:
     return counter
 
 
-def redis_run(url: str, processes: int, leases: str, seconds: float) -> dict[str, float]:
+def tree_env(tree: Path) -> dict[str, str]:
+    """Return the environment of a child process that imports ``tree``'s budgetguard."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree)
+    env["LEASES_BENCH_TREE"] = str(tree)
+    return env
+
+
+def redis_run(
+    url: str, processes: int, leases: str, seconds: float, tree: Path = HERE
+) -> dict[str, float]:
     """Run the guarded-call processes once; return the figures."""
     from budgetguard.guard import BudgetGuard
 
@@ -151,8 +173,7 @@ def redis_run(url: str, processes: int, leases: str, seconds: float) -> dict[str
     setup.ledger.close()
     with tempfile.TemporaryDirectory() as directory:
         go = os.path.join(directory, "go")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+        env = tree_env(tree)
         argv = [sys.executable, __file__, "--child", url, leases, str(seconds), go]
         children = [
             subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
@@ -240,6 +261,62 @@ def simulate(
     }
 
 
+def simulate_in(
+    tree: Path, hosts: int, calls: int, limit_calls: int, leases: bool
+) -> dict[str, float]:
+    """Run ``simulate`` in a child process importing ``tree``'s budgetguard."""
+    argv = [sys.executable, __file__, "--simulate", str(hosts), str(calls), str(limit_calls)]
+    argv.append("1" if leases else "0")
+    done = subprocess.run(argv, capture_output=True, text=True, env=tree_env(tree), check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"a simulation failed:\n{done.stderr}")
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+# -- callgrind: instructions of one guarded call ------------------------------------------
+
+
+def count_calls(mode: str, url: str, n: str) -> None:
+    """Make N guarded calls (after a warm-up) on the memory ledger or leased ``url``."""
+    from budgetguard.guard import BudgetGuard
+
+    logging.getLogger("budgetguard").setLevel(logging.ERROR)
+    if mode == "memory":
+        guard = BudgetGuard(ledger="memory://")
+        guard.set_budget("1000000")
+    else:
+        # Every call admitted in a slice: no flush within the run (that is the
+        # per-call share; a flush adds about 3 round trips per flush seconds).
+        inner = ledger_from_url(url)
+        ledger = LeasedLedger(inner, ttl=4 * 3600, flush=3600, background=False)
+        guard = BudgetGuard(ledger=ledger)
+
+    @guard.budgeted(estimate="0.01", user="alice")
+    def call() -> None:
+        pass
+
+    for _ in range(200):
+        call()
+    for _ in range(int(n)):
+        call()
+
+
+def instructions(tree: Path, mode: str, url: str, calls: int) -> float:
+    """Return callgrind's instructions per guarded call, N calls minus 0 calls."""
+    counts = []
+    for n in (0, calls):
+        argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        argv += [sys.executable, __file__, "--count", mode, url, str(n)]
+        env = tree_env(tree)
+        env["PYTHONHASHSEED"] = "0"
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if done.returncode != 0 or found is None:
+            raise SystemExit(f"callgrind failed:\n{done.stderr[-2000:]}")
+        counts.append(int(found.group(1)))
+    return (counts[1] - counts[0]) / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -248,8 +325,13 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=1000, help="calls per simulated host")
     parser.add_argument("--skip-redis", action="store_true")
+    parser.add_argument("--before", type=Path, help="an older checkout to run beside this one")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions too")
     args = parser.parse_args()
     logging.getLogger("budgetguard").setLevel(logging.ERROR)  # persistence is off: known
+    trees = [("", HERE)]
+    if args.before is not None:
+        trees.append((", before", args.before.resolve()))
 
     if not args.skip_redis:
         with tempfile.TemporaryDirectory() as directory:
@@ -267,13 +349,38 @@ def main() -> None:
                     "1": "`LeasedLedger(redis://)`",
                     "memory": "`memory://` in each process (no sharing: the floor)",
                 }
-                for leases, name in names.items():
-                    import redis
+                import redis
 
-                    redis.Redis.from_url(url).flushdb()
-                    got = redis_run(url, args.processes, leases, args.seconds)
-                    trips = f"{got['trips/call']:.4f}" if leases != "memory" else "none"
-                    print(f"| {name} | {got['calls/s']:,.0f} | {got['cpu_us']:.1f} | {trips} |")
+                for leases, name in names.items():
+                    for label, tree in trees:
+                        redis.Redis.from_url(url).flushdb()
+                        got = redis_run(url, args.processes, leases, args.seconds, tree)
+                        trips = f"{got['trips/call']:.4f}" if leases != "memory" else "none"
+                        print(
+                            f"| {name}{label} | {got['calls/s']:,.0f} | {got['cpu_us']:.1f} "
+                            f"| {trips} |",
+                            flush=True,
+                        )
+                if args.callgrind:
+                    print()
+                    print("## Instructions per guarded call (callgrind, 2,000 calls)")
+                    print()
+                    print("| ledger | instructions per call |")
+                    print("|---|---|")
+                    for mode, name in (
+                        ("memory", "`memory://`"),
+                        ("leased", "`LeasedLedger(redis://)`, admitted in a slice"),
+                    ):
+                        for label, tree in trees:
+                            redis.Redis.from_url(url).flushdb()
+                            if mode == "leased":
+                                from budgetguard.guard import BudgetGuard
+
+                                setup = BudgetGuard(ledger=url)
+                                setup.set_budget("1000000")
+                                setup.ledger.close()
+                            count = instructions(tree, mode, url, 2000)
+                            print(f"| {name}{label} | {count:,.0f} |", flush=True)
             finally:
                 if server is not None:
                     server.terminate()
@@ -288,26 +395,34 @@ def main() -> None:
         "| inner ops | per call | per admitted call | µs per call |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for label, limit_calls in (("room for every call", calls * 2), ("runs out", calls * 3 // 5)):
+    for budget, limit_calls in (("room for every call", calls * 2), ("runs out", calls * 3 // 5)):
         figures = {}
-        for leases in (False, True):
-            got = simulate(args.hosts, args.calls, limit_calls, leases)
-            figures[leases] = got
-            name = "LeasedLedger" if leases else "no leases"
+        for leases, label, tree in [(False, "", HERE)] + [(True, lb, t) for lb, t in trees]:
+            got = simulate_in(tree, args.hosts, args.calls, limit_calls, leases)
+            figures[label if leases else None] = got
+            name = f"LeasedLedger{label}" if leases else "no leases"
             print(
-                f"| {label} | {name} | {got['admitted']:,} | {limit_calls:,} | "
+                f"| {budget} | {name} | {got['admitted']:,} | {limit_calls:,} | "
                 f"{got['spent']:,} ≤ {got['limit']:,} | {got['ops']:,} | "
-                f"{got['ops/call']:.4f} | {got['ops/admitted']:.4f} | {got['us/call']:.1f} |"
+                f"{got['ops/call']:.4f} | {got['ops/admitted']:.4f} | {got['us/call']:.1f} |",
+                flush=True,
             )
-        ratio = figures[False]["ops/call"] / figures[True]["ops/call"]
-        admitted = figures[False]["ops/admitted"] / figures[True]["ops/admitted"]
-        print(
-            f"| {label} | **fall with leases** | | | | | **{ratio:.0f}×** | **{admitted:.0f}×** | |"
-        )
+        for label, _ in trees:
+            ratio = figures[None]["ops/call"] / figures[label]["ops/call"]
+            admitted = figures[None]["ops/admitted"] / figures[label]["ops/admitted"]
+            print(
+                f"| {budget} | **fall with leases{label}** | | | | "
+                f"| **{ratio:.0f}×** | **{admitted:.0f}×** | |"
+            )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--simulate":
+        hosts, calls, limit_calls, leases = (int(value) for value in sys.argv[2:6])
+        print(json.dumps(simulate(hosts, calls, limit_calls, bool(leases))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--count":
+        count_calls(*sys.argv[2:])
     else:
         main()

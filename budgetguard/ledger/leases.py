@@ -24,7 +24,23 @@ calls whose cost overruns their own estimate: the same bound as without
 leases. A budget can refuse early by at most the unused slices of *other*
 processes (never by this process's own), until they return them: within
 ``2 * flush`` seconds while they run, idle or busy, and ``ttl`` seconds after
-they crashed.
+they crashed; a process that remembers a refusal (below) sees the room at
+most ``flush`` seconds later still.
+
+**Remembered refusals.** A lease refused because the budget is spent (what
+a call lacks beyond this process's own slices exceeds what the shared
+ledger has left, other holders' slices counted as used) is remembered for
+that key and limit until the next tick, at most ``flush`` seconds: a call
+on the key that still lacks more than was left is refused here, with the
+numbers of that refusal, and no round trip. Calls that fit this process's
+own slices are admitted as before, one lacking no more than was left asks
+the shared ledger, and a key is forgotten at once when its limit differs
+(a changed budget; a new window is a new key), when this process returns a
+slice of it or ends a passed-through reservation on it, and on
+``flush_now()``. So a spent budget costs the shared ledger at most one
+refused lease (asked for at up to three sizes) per key per ``flush``
+seconds in each process, and one more after each slice it returns; room
+that others return is admitted here within ``flush`` seconds.
 
 **Returning.** Every ``flush`` seconds (checked on each operation with a
 monotonic clock, and by a daemon thread while the process is idle) every
@@ -173,6 +189,7 @@ class _Need:
 
 
 _PASS = object()  # the reservation goes to the inner ledger as it is
+_AGAIN = object()  # look at this process's slices again
 
 # Every LeasedLedger alive, to drop leases in a forked child and flush at exit.
 _LIVE: weakref.WeakSet[LeasedLedger] = weakref.WeakSet()
@@ -269,12 +286,19 @@ class LeasedLedger(Ledger):
         self._ended_old: dict[str, bool] = {}
         self._free_held: dict[str, int] = {}  # local holds on keys without a limit
         self._pending: dict[str, int] = {}  # unflushed charges of keys without a lease
+        # Unflushed tally charges by the tuple of keys a settle named: one
+        # write per call, spread over the keys when taken (or read).
+        self._tallied: dict[tuple[str, ...], int] = {}
         self._outgoing: list[tuple[str, tuple[str, ...], int]] = []  # (op_id, keys, amount)
         self._rolls: list[_Lease] = []  # busy leases to move onto a new inner reservation
         self._old: list[tuple[Reservation, list[int]]] = []  # rolled-over reservations to return
+        # key -> (limit, what the inner ledger had left, the refusal seen): a
+        # lease refused because the budget is spent, remembered until the next tick.
+        self._refused: dict[str, tuple[int, int, Refusal]] = {}
         self._next_sweep = math.inf
         self._next_flush = time.monotonic() + self.flush
         self._rotate_at = self.clock() + self.idempotency_ttl
+        self._next_due = self._rotate_at  # the earlier of the two: housekeeping is due
 
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -310,10 +334,15 @@ class LeasedLedger(Ledger):
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them (locally when a slice has room)."""
         check_reservation(reservation)
+        # Admitted in a slice with nothing to flush, the common case: one lock, no closure.
+        with self._lock: outcome = self._admit(reservation)  # noqa: E701  # fmt: skip
+        if outcome is None and not (self._returning or self._outgoing or self._old or self._rolls):
+            return None  # nothing to flush (the test of _busy, without a call)
         caps: dict[str, int] = {}
         attempts = 0
         while attempts < _ATTEMPTS:
-            outcome = self._locked(lambda: self._admit(reservation))
+            if outcome is _AGAIN:
+                outcome = self._locked(lambda: self._admit(reservation))
             try:
                 self._flush_work(quiet=True)
             except BaseException:  # interrupted or cancelled: the caller never learns of it
@@ -324,7 +353,10 @@ class LeasedLedger(Ledger):
                 return None
             if outcome is _PASS:
                 return self._pass(reservation)
+            if isinstance(outcome, Refusal):
+                return outcome  # refused since the last tick: answered from memory
             assert isinstance(outcome, _Need)
+            need, outcome = outcome, _AGAIN
             if not self._acquiring.acquire(blocking=False):
                 # Another thread is taking a lease: wait for it, then look again.
                 self._acquiring.acquire(timeout=self.ttl)
@@ -333,13 +365,16 @@ class LeasedLedger(Ledger):
             attempts += 1
             try:
                 # Taken meanwhile by the thread before: this process may have room now.
-                outcome = self._locked(lambda: self._admit(reservation))
-                if outcome is None:
+                again = self._locked(lambda: self._admit(reservation))
+                if again is None:
                     return None
-                if outcome is _PASS:
+                if again is _PASS:
                     return self._pass(reservation)
-                assert isinstance(outcome, _Need)
-                lease = self._lease_for(outcome, caps)
+                if isinstance(again, Refusal):
+                    return again
+                assert isinstance(again, _Need)
+                need = again
+                lease = self._lease_for(need, caps)
                 self.inner_operations += 1
                 try:
                     refusal = self.inner.reserve(lease.inner)
@@ -355,7 +390,7 @@ class LeasedLedger(Ledger):
                     continue
             finally:
                 self._acquiring.release()
-            answer = self._shrink(outcome, refusal, caps)
+            answer = self._shrink(need, refusal, caps)
             if answer is _PASS:
                 break
             if isinstance(answer, Refusal):
@@ -365,10 +400,14 @@ class LeasedLedger(Ledger):
     async def areserve(self, reservation: Reservation) -> Refusal | None:
         """Do ``reserve``; only the inner operations are awaited."""
         check_reservation(reservation)
+        with self._lock: outcome = self._admit(reservation)  # noqa: E701  # fmt: skip
+        if outcome is None and not (self._returning or self._outgoing or self._old or self._rolls):
+            return None  # nothing to flush (the test of _busy, without a call)
         caps: dict[str, int] = {}
         attempts = 0
         while attempts < _ATTEMPTS:
-            outcome = self._locked(lambda: self._admit(reservation))
+            if outcome is _AGAIN:
+                outcome = self._locked(lambda: self._admit(reservation))
             try:
                 await self._aflush_work(quiet=True)
             except BaseException:  # interrupted or cancelled: the caller never learns of it
@@ -379,7 +418,10 @@ class LeasedLedger(Ledger):
                 return None
             if outcome is _PASS:
                 return await self._apass(reservation)
+            if isinstance(outcome, Refusal):
+                return outcome  # refused since the last tick: answered from memory
             assert isinstance(outcome, _Need)
+            need, outcome = outcome, _AGAIN
             acquiring = self._task_lock()
             if acquiring.locked():
                 # Another task is taking a lease: wait for it, then look again.
@@ -389,13 +431,16 @@ class LeasedLedger(Ledger):
             attempts += 1
             async with acquiring:
                 # Taken meanwhile by the task before: this process may have room now.
-                outcome = self._locked(lambda: self._admit(reservation))
-                if outcome is None:
+                again = self._locked(lambda: self._admit(reservation))
+                if again is None:
                     return None
-                if outcome is _PASS:
+                if again is _PASS:
                     return await self._apass(reservation)
-                assert isinstance(outcome, _Need)
-                lease = self._lease_for(outcome, caps)
+                if isinstance(again, Refusal):
+                    return again
+                assert isinstance(again, _Need)
+                need = again
+                lease = self._lease_for(need, caps)
                 self.inner_operations += 1
                 try:
                     refusal = await self.inner.areserve(lease.inner)
@@ -409,7 +454,7 @@ class LeasedLedger(Ledger):
                 if refusal is None:
                     self._locked(partial(self._install, lease))
                     continue
-            answer = self._shrink(outcome, refusal, caps)
+            answer = self._shrink(need, refusal, caps)
             if answer is _PASS:
                 break
             if isinstance(answer, Refusal):
@@ -444,17 +489,21 @@ class LeasedLedger(Ledger):
         self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
     ) -> bool:
         """Charge a reservation once: locally if it was admitted here, else on the inner ledger."""
-        charges, tally = check_settle_amount(amount, reservation.holds)
+        if type(amount) is int and amount >= 0:  # one amount for every key, the common case
+            charges, tally = [amount] * len(reservation.holds), amount
+        else:
+            charges, tally = check_settle_amount(amount, reservation.holds)
         _check_keys(tallies)
-        where = self._locked(lambda: self._settle_local(reservation, charges, tally, tallies))
+        with self._lock: where = self._settle_local(reservation, charges, tally, tallies)  # noqa: E701  # fmt: skip
         if where is None:
-            self._flush_work(quiet=True)
+            if self._returning or self._outgoing or self._old or self._rolls:
+                self._flush_work(quiet=True)
             return True
         if where is False:
             return False
         self.inner_operations += 1
         done = self.inner.settle(reservation, amount, tallies)
-        self._locked(lambda: self._end(reservation.id, True))
+        self._locked(lambda: self._end(reservation, True))
         return done
 
     async def asettle(
@@ -471,7 +520,7 @@ class LeasedLedger(Ledger):
             return False
         self.inner_operations += 1
         done = await self.inner.asettle(reservation, amount, tallies)
-        self._locked(lambda: self._end(reservation.id, True))
+        self._locked(lambda: self._end(reservation, True))
         return done
 
     def release(self, reservation: Reservation) -> bool:
@@ -482,7 +531,7 @@ class LeasedLedger(Ledger):
             return where
         self.inner_operations += 1
         done = self.inner.release(reservation)
-        self._locked(lambda: self._end(reservation.id, False))
+        self._locked(lambda: self._end(reservation, False))
         return done
 
     async def arelease(self, reservation: Reservation) -> bool:
@@ -493,7 +542,7 @@ class LeasedLedger(Ledger):
             return where
         self.inner_operations += 1
         done = await self.inner.arelease(reservation)
-        self._locked(lambda: self._end(reservation.id, False))
+        self._locked(lambda: self._end(reservation, False))
         return done
 
     def add(self, keys: Sequence[str], amount: int, *, op_id: str | None = None) -> bool:
@@ -645,36 +694,46 @@ class LeasedLedger(Ledger):
     def _admit(self, reservation: Reservation) -> object:
         """Admit ``reservation`` against the slices, or say what it needs (lock held).
 
-        Return ``None`` (admitted), ``_PASS`` (not leasable) or a ``_Need``.
+        Return ``None`` (admitted), ``_PASS`` (not leasable), a ``Refusal``
+        (remembered) or a ``_Need``.
         """
         rid, holds, expires_at = reservation
         if rid in self._open or rid in self._ended or rid in self._ended_old or rid in self._passed:
             raise ValueError(f"reservation id {rid!r} was used before")
         now = self.clock()
-        self._housekeeping(now)
-        limited = 0
-        keys: set[str] = set()
-        for hold in holds:
-            if hold.over is not None or hold.prior is not None or hold.key in keys:
+        if now >= self._next_due or time.monotonic() >= self._next_flush:
+            self._housekeeping(now)
+        if len(holds) > 1:
+            keys = {hold[0] for hold in holds}
+            limited = sum(hold[1] is not None for hold in holds)
+            if len(keys) < len(holds) or limited > MAX_LEASE_KEYS:
                 return _PASS
-            keys.add(hold.key)
-            if hold.limit is not None:
-                limited += 1
-        if limited > MAX_LEASE_KEYS:
-            return _PASS
-        lacking: list[tuple[int, Hold, int]] = []
+        lacking: list[tuple[int, Hold, int]] | None = None
         parts: list[tuple[str, int, tuple[tuple[_Lease, int], ...]]] = []
+        usable_leases = self._usable
         for index, hold in enumerate(holds):
-            key, limit, amount = hold.key, hold.limit, hold.amount
+            key, limit, amount, _, over, prior, _ = hold
+            if over is not None or prior is not None:
+                return _PASS
             if limit is None:
                 parts.append((key, amount, ()))
                 continue
+            usable = usable_leases.get(key)
+            if usable:
+                # The first usable slice with room enough, most often the only one.
+                lease = usable[0]
+                if (
+                    lease.limits[key] == limit
+                    and now < lease.usable_until
+                    and lease.sizes[key] - lease.held[key] - lease.spent[key] >= max(amount, 1)
+                ):
+                    parts.append((key, amount, ((lease, amount),)))
+                    continue
             # A hold may take its units from several slices of its key: what
             # this process leased is one pool, so it never refuses while its
             # own slices have room.
             takes: list[tuple[_Lease, int]] = []
             missing = amount
-            usable = self._usable.get(key)
             for lease in tuple(usable) if usable else ():
                 if lease.limits[key] != limit or now >= lease.usable_until:
                     self._retire(lease)
@@ -688,14 +747,17 @@ class LeasedLedger(Ledger):
                     takes.append((lease, take))
                     missing -= take
             if missing or not takes:  # a hold of 0 fits where some slice has room
+                if lacking is None:
+                    lacking = []
                 lacking.append((index, hold, missing))
             else:
                 parts.append((key, amount, tuple(takes)))
-        if lacking:
-            return _Need(lacking)
+        if lacking is not None:
+            return self._lacking(lacking)
+        free_held = self._free_held
         for key, amount, takes_ in parts:
             if not takes_:
-                self._free_held[key] = self._free_held.get(key, 0) + amount
+                free_held[key] = free_held.get(key, 0) + amount
             for lease, take in takes_:
                 lease.held[key] += take
         self._open[rid] = _Local(reservation, parts)
@@ -703,7 +765,31 @@ class LeasedLedger(Ledger):
             self._start_thread()
         if expires_at < self._next_sweep:
             self._next_sweep = expires_at
+            if expires_at < self._next_due:
+                self._next_due = expires_at
         return None
+
+    def _lacking(self, lacking: list[tuple[int, Hold, int]]) -> object:
+        """Return what a reserve that lacks room needs, or its remembered refusal (lock held)."""
+        refused = self._refused
+        if refused:
+            for index, hold, missing in lacking:
+                known = refused.get(hold.key)
+                # Refused since the last tick with this limit, and what is
+                # missing still exceeds what the inner ledger had left.
+                if known is not None and known[0] == hold.limit:
+                    _, remaining, seen = known
+                    if missing > remaining or remaining <= 0:
+                        return Refusal(
+                            index,
+                            hold.key,
+                            seen.limit,
+                            seen.spent,
+                            seen.reserved,
+                            hold.amount,
+                            seen.prior,
+                        )
+        return _Need(lacking)
 
     def _lease_for(self, need: _Need, caps: Mapping[str, int]) -> _Lease:
         """Build the lease to ask for: a slice of every key in ``need``.
@@ -746,7 +832,7 @@ class LeasedLedger(Ledger):
                 if any(lease.room(hold.key) > 0 for lease in slices):
                     return None  # a slice of this process has room now
                 if remaining <= 0:
-                    return self._refusal(index, hold, refusal)
+                    return self._remember(index, hold, refusal, remaining)
             else:
                 missing = hold.amount
                 for lease in slices:
@@ -754,7 +840,7 @@ class LeasedLedger(Ledger):
                 if not missing:
                     return None
                 if missing > remaining:
-                    return self._refusal(index, hold, refusal)
+                    return self._remember(index, hold, refusal, remaining)
             cap = caps.get(hold.key)
             if cap == 0:  # refused at the exact amount too: pass the call through
                 return _PASS
@@ -762,6 +848,13 @@ class LeasedLedger(Ledger):
             return None
 
         return self._locked(locked)
+
+    def _remember(self, index: int, hold: Hold, refusal: Refusal, remaining: int) -> Refusal:
+        """Return the caller's refusal; remember it for ``hold``'s key until the next tick."""
+        seen = self._refusal(index, hold, refusal)
+        assert hold.limit is not None
+        self._refused[hold.key] = (hold.limit, remaining, seen)
+        return seen
 
     def _refusal(self, index: int, hold: Hold, refusal: Refusal) -> Refusal:
         seen = self._adjust(hold.key, Balance(refusal.spent, refusal.reserved))
@@ -773,14 +866,15 @@ class LeasedLedger(Ledger):
         self, reservation: Reservation, charges: list[int], tally: int, tallies: Sequence[str]
     ) -> bool | None:
         """Settle a reservation admitted here: ``None`` done, ``False`` ended, ``True`` inner."""
-        self._housekeeping(self.clock())
+        now = self.clock()
+        if now >= self._next_due or time.monotonic() >= self._next_flush:
+            self._housekeeping(now)
         rid = reservation.id
-        state = self._ended.get(rid, self._ended_old.get(rid))
-        if state:
-            return False
-        entry = self._open.pop(rid, None) if state is None else None
+        entry = self._open.pop(rid, None)
         if entry is None:
-            return True  # passed through, released, expired or never seen: the inner charges
+            # Settled before: False. Passed through, released, expired or never
+            # seen: True, the inner ledger answers.
+            return not self._ended.get(rid, self._ended_old.get(rid))
         pending = self._pending
         for (key, amount, takes), charge in zip(entry.parts, charges, strict=True):
             if not takes:
@@ -788,7 +882,14 @@ class LeasedLedger(Ledger):
                 if charge:
                     pending[key] = pending.get(key, 0) + charge
                 continue
-            takes[0][0].spent[key] += charge  # the whole charge on one slice
+            lease = takes[0][0]
+            lease.spent[key] += charge  # the whole charge on one slice
+            if len(takes) == 1:
+                held = lease.held[key] = lease.held[key] - takes[0][1]
+                if lease.retired or lease.sizes[key] - held - lease.spent[key] <= 0:
+                    self._retire(lease)  # the slice ran out
+                    self._maybe_return(lease)
+                continue
             for lease, take in takes:
                 held = lease.held[key] = lease.held[key] - take
                 if lease.sizes[key] - held - lease.spent[key] <= 0:
@@ -796,8 +897,10 @@ class LeasedLedger(Ledger):
                 if lease.retired:
                     self._maybe_return(lease)
         if tally:
-            for key in tallies:
-                pending[key] = pending.get(key, 0) + tally
+            if type(tallies) is not tuple:
+                tallies = tuple(tallies)
+            tallied = self._tallied
+            tallied[tallies] = tallied.get(tallies, 0) + tally
         self._ended[rid] = True
         return None
 
@@ -834,7 +937,9 @@ class LeasedLedger(Ledger):
             lease.queued = True
             self._returning.append(lease)
 
-    def _end(self, rid: str, settled: bool) -> None:
+    def _end(self, reservation: Reservation, settled: bool) -> None:
+        rid = reservation.id
+        self._forget_refusals(hold.key for hold in reservation.holds)  # room may be back
         self._passed.pop(rid, None)
         if settled or rid not in self._ended:
             self._ended[rid] = settled
@@ -851,14 +956,25 @@ class LeasedLedger(Ledger):
                     del self._usable[key]
         self._maybe_return(lease)
 
+    def _forget_refusals(self, keys: Iterable[str]) -> None:
+        if self._refused:
+            for key in keys:
+                self._refused.pop(key, None)
+
     def _retire_all(self) -> None:
+        self._refused.clear()  # remembered refusals last until the next tick or flush
         for lease in list(self._leases):
             self._retire(lease)
         self._take_pending()
 
     def _take_pending(self) -> None:
         """Move unflushed charges into writes with their ids (equal amounts share one add)."""
-        if not self._pending:
+        pending = self._pending
+        for keys, tally in self._tallied.items():
+            for key in keys:
+                pending[key] = pending.get(key, 0) + tally
+        self._tallied = {}
+        if not pending:
             return
         groups: dict[int, list[str]] = {}
         for key, amount in self._pending.items():
@@ -877,6 +993,7 @@ class LeasedLedger(Ledger):
             self._rotate_at = now + self.idempotency_ttl
             # Passed-through reservations nobody ended: the inner ledger expired them.
             self._passed = {rid: at for rid, at in self._passed.items() if at > now}
+            self._next_due = min(self._next_sweep, self._rotate_at)
         if time.monotonic() >= self._next_flush:
             self._tick()
 
@@ -891,12 +1008,15 @@ class LeasedLedger(Ledger):
             elif expires_at < earliest:
                 earliest = expires_at
         self._next_sweep = earliest
+        self._next_due = min(earliest, self._rotate_at)
 
     def _local_keys(self) -> Iterable[str]:
         for lease in self._leases:
             yield from lease.keys
         yield from self._free_held
         yield from self._pending
+        for keys in self._tallied:
+            yield from keys
         for _, keys, _ in self._outgoing:
             yield from keys
 
@@ -921,6 +1041,8 @@ class LeasedLedger(Ledger):
                     if now < old.expires_at:
                         reserved -= hold.amount
         spent += self._pending.get(key, 0)
+        for keys, tally in self._tallied.items():
+            spent += tally * keys.count(key)
         for _, keys, amount in self._outgoing:
             spent += amount * keys.count(key)
         reserved += self._free_held.get(key, 0)
@@ -1081,7 +1203,9 @@ class LeasedLedger(Ledger):
         elif kind == "old":
             if item in self._old:
                 self._old.remove(item)
+            self._forget_refusals(hold.key for hold in item[0].holds)  # its unused slice is free
         else:
+            self._forget_refusals(item.keys)  # its unused slice is free
             if item in self._returning:
                 self._returning.remove(item)
             if item in self._leases:

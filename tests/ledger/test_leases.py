@@ -322,6 +322,97 @@ def test_long_calls_keep_their_hold_and_spend_is_flushed(
     assert inner.open_reservations() == []
 
 
+#: What a leased ledger can ask of the shared ledger it wraps.
+OPERATIONS = ("reserve", "settle", "release", "add", "balances", "scan", "open_reservations")
+
+
+def count_operations(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count every operation ``ledger`` is asked for from now on; return the counter."""
+    counter = [0]
+    for name in OPERATIONS:
+        method = getattr(ledger, name)
+
+        def counted(*args: object, _method: Any = method, **kwargs: object) -> Any:
+            counter[0] += 1
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(ledger, name, counted)
+    return counter
+
+
+def test_refusals_are_answered_here_until_room_may_be_back(
+    inner: Ledger,
+    make_ledger: Callable[..., Ledger],
+    make_leased: Callable[..., LeasedLedger],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spent budget's refusal is remembered: no shared operation until limit or room changes."""
+    holder = make_leased(slice_fraction=0.5, ttl=240.0, flush=60.0)
+    mine = make_ledger()  # late's own connection: its operations alone are counted
+    late = make_leased(mine, slice_fraction=0.5, ttl=240.0, flush=60.0)
+    held = reservation(Hold("user", 100, 10))
+    assert holder.reserve(held) is None  # a slice of 50
+    first = reservation(Hold("user", 100, 10))
+    assert late.reserve(first) is None  # the other 50
+    assert late.settle(first, 10)  # 40 left in late's slice, none on the shared ledger
+    operations = count_operations(mine, monkeypatch)
+    refusal = late.reserve(reservation(Hold("user", 100, 45), Hold("g", None, 45)))
+    assert refusal == Refusal(0, "user", 100, 10, 50 + 0, 45)
+    assert operations[0] == 1  # the lease it asked for, refused
+    for amount in (45, 41, 100):
+        again = late.reserve(reservation(Hold("user", 100, amount), Hold("g", None, amount)))
+        assert again == Refusal(0, "user", 100, 10, 50, amount)
+    assert operations[0] == 1  # answered from memory
+    # What fits this process's own slice is admitted as before, still locally.
+    fits = reservation(Hold("user", 100, 40))
+    assert late.reserve(fits) is None and late.release(fits)
+    assert operations[0] == 1
+    # Another process returning its slice is seen here at the next flush, not before.
+    assert holder.settle(held, 5)
+    holder.flush_now()  # 45 of holder's slice back on the shared ledger
+    assert late.reserve(reservation(Hold("user", 100, 45))) is not None
+    assert operations[0] == 1
+    late.flush_now()  # a flush forgets every refusal (and returns late's slice)
+    after = reservation(Hold("user", 100, 45))
+    assert late.reserve(after) is None and late.settle(after, 45)
+    assert operations[0] > 1
+    # Spent again (40 left): a raised limit is a new question for the shared ledger.
+    assert late.reserve(reservation(Hold("user", 100, 45))) is not None
+    seen = operations[0]
+    assert late.reserve(reservation(Hold("user", 100, 45))) is not None
+    assert operations[0] == seen
+    raised = reservation(Hold("user", 200, 45))
+    assert late.reserve(raised) is None and late.settle(raised, 45)
+    assert operations[0] > seen
+    late.flush_now()
+    assert inner.balances(["user"])["user"] == Balance(10 + 5 + 45 + 45, 0)
+
+
+def test_refused_budget_admits_again_after_a_flush_period(
+    inner: Ledger,
+    make_ledger: Callable[..., Ledger],
+    make_leased: Callable[..., LeasedLedger],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slices another process returns are admissible here once ``flush`` seconds have passed."""
+    holder = make_leased(slice_fraction=0.6, ttl=1.0, flush=0.05)
+    mine = make_ledger()  # late's own connection: its operations alone are counted
+    late = make_leased(mine, slice_fraction=0.6, ttl=1.0, flush=0.05)
+    held = reservation(Hold("user", 100, 10))
+    assert holder.reserve(held) is None  # a slice of 60: 40 left
+    assert late.reserve(reservation(Hold("user", 100, 50))) is not None
+    assert holder.release(held)
+    holder.flush_now()  # the slice of 60 is back
+    operations = count_operations(mine, monkeypatch)
+    time.sleep(0.06)  # one flush period: the refusal is forgotten at the next operation
+    admitted = reservation(Hold("user", 100, 50))
+    assert late.reserve(admitted) is None
+    assert operations[0] >= 1
+    assert late.settle(admitted, 50)
+    late.flush_now()
+    assert inner.balances(["user"])["user"] == Balance(50, 0)
+
+
 def test_bad_options_are_configuration_errors(inner: Ledger) -> None:
     """Options that cannot work raise ConfigurationError naming them; memory:// is refused."""
     for options in (
@@ -603,6 +694,33 @@ def test_a_guard_takes_leases_when_asked(ledger_url: str) -> None:
             ran += 1
         assert ran == 37
         assert guard.spend("alice") == Decimal("0.37")
+    finally:
+        guard.close()
+
+
+def test_a_guard_refuses_a_spent_budget_locally_until_it_is_raised(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused guarded calls of a spent budget ask no shared ledger; a raised limit runs again."""
+    guard = BudgetGuard(ledger_url, metrics=False, leases={"flush": 60.0, "ttl": 240.0})
+    try:
+        guard.set_budget("0.05", user="alice", period="monthly")
+        call = guard.budgeted(user="alice", estimate="0.01", cost=lambda _: "0.01")(lambda: 1)
+        for _ in range(5):
+            call()
+        with pytest.raises(BudgetExceededError):
+            call()  # the first refusal asks the shared ledger
+        assert isinstance(guard.ledger, LeasedLedger)
+        operations = count_operations(guard.ledger.inner, monkeypatch)
+        for _ in range(20):
+            with pytest.raises(BudgetExceededError):
+                call()
+        assert operations[0] == 0
+        guard.set_budget("0.10", user="alice", period="monthly")
+        for _ in range(5):
+            call()
+        assert operations[0] > 0
+        assert guard.spend("alice") == Decimal("0.10")
     finally:
         guard.close()
 
