@@ -307,6 +307,7 @@ class CallLifecycle(GuardParts):
             if (
                 plan is None
                 or not plan.simple
+                or not plan.keys  # no budget applies: the general steps charge, not reserve
                 or not plan.since <= now < plan.until
                 or plan.budgets is not self._budget_defs
                 or (user is None and scope is None and self.outside_scope == "refuse")
@@ -344,38 +345,51 @@ class CallLifecycle(GuardParts):
         _current_call.reset(token)
         if (
             plan is None
-            or cost is None
             or call.reservation is None
             or call.charged
             or call.has_inner
             or call.parent is not None
         ):
             return self._complete(call, result, cost)
-        try:
-            spent = _cost_units(cost(result))
-        except BaseException as failure:  # charge the estimate, then report
-            self._close(call, self._ending(call, None, owed=failure))
-            return result
+        if cost is not None:
+            try:
+                spent = _cost_units(cost(result))
+            except BaseException as failure:  # charge the estimate, then report
+                self._close(call, self._ending(call, None, owed=failure))
+                return result
+            ending = None
+        else:
+            proxy = guard_returned_stream(call, result)
+            if proxy is not None:
+                return proxy
+            ending = self._ending_of_result(call, result, None)
+            if ending.units is None or ending.owed is not None:
+                self._close(call, ending)  # a release, or an error to raise once written
+                return result
+            spent, model = ending.units, ending.model
         # ``_close`` and ``_write_end`` of a settle, inlined.
         tallies = plan.tallies.get(model) if not tags else None
         if tallies is None:
             tallies = plan.tally_keys(model, tags)
+        if ending is None:
+            ending = _new(_Ending, (spent, None, None, None, True, False, None))
         try:
             if self._outbox.pending:
                 self._flush_outbox()
             try:
                 self.ledger.settle(call.reservation, spent, tallies)
             except StorageError as error:
-                self._lost(error, call, call.reservation, spent, tallies)
+                self._lost(error, call, call.reservation, spent, tallies, ending.usage)
             else:
                 if spent and self._alerts.thresholds:
                     self._alerts.check(call)
         except BaseException:
-            ending = _new(_Ending, (spent, None, None, None, True, False, None))
             self._ended(call, ending, quiet=True)
             raise
-        if self._listeners:
-            self._tell(call, spent, _new(_Ending, (spent, None, None, None, True, False, None)))
+        if ending.usage is not None:
+            self._ended(call, ending)  # learns what the model wrote, then tells
+        elif self._listeners:
+            self._tell(call, spent, ending)
         return result
 
     async def _abegin(
