@@ -623,6 +623,8 @@ class _Queue:
         #: Set by close() and at exit: settles from then on are written at once.
         self.final = False
         self.wake = threading.Event()
+        #: The flusher found nothing waiting and waits for ``wake``: the next put sets it.
+        self.parked = True
         self.flusher: threading.Thread | None = None
         self._tokens = itertools.count()
 
@@ -637,7 +639,13 @@ class _Queue:
                 return False
             self.ids.add(entry.id)
             self.waiting.append(entry)
-        self.wake.set()
+            # Wake the flusher only when it is parked: a flusher that is
+            # sleeping until an entry is due looks again by itself, and a wake
+            # per settle would cost a thread switch per call (the next
+            # command usually carries the settle before the flusher runs).
+            parked, self.parked = self.parked, False
+        if parked:
+            self.wake.set()
         return True
 
     def take(self, *, everything: bool) -> tuple[int, list[_Ending]] | None:
@@ -677,6 +685,7 @@ class _Queue:
         with self.lock:
             if not self.waiting:
                 self.wake.clear()
+                self.parked = True
                 return None
             return self.waiting[0].queued + delay - time.monotonic()
 
@@ -684,6 +693,7 @@ class _Queue:
 def _flush_loop(ref: weakref.ref[RedisLedger], queue: _Queue, delay: float) -> None:
     """Write queued settles that waited ``delay`` seconds for a command to carry them."""
     backoff = 0.0
+    lingered = False
     while True:
         queue.wake.wait(1.0)
         ledger = ref()
@@ -696,7 +706,16 @@ def _flush_loop(ref: weakref.ref[RedisLedger], queue: _Queue, delay: float) -> N
                 with queue.lock:
                     queue.flusher = None
                 return
+            # Woken by a settle that the next command carried first (the usual
+            # case): look again in ``delay`` rather than be woken by the next
+            # settle, and park (wait for ``wake``) only when the second look
+            # finds nothing either, so that a busy process wakes this thread
+            # about once per ``delay``, not once per call.
+            lingered = not lingered
+            if lingered:
+                time.sleep(delay)
             continue
+        lingered = False
         if due > 0 or backoff:
             time.sleep(max(due, backoff))
             backoff = 0.0 if queue.final else backoff
