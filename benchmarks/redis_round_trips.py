@@ -6,14 +6,15 @@ Run from the repository root::
         [--before /path/to/an/older/checkout] [--delays 0,0.005]
 
 For every code tree (this one, and ``--before`` if given) and every
-``settle_delay`` it prints reserve + settle pairs per second and guarded
-calls per second (a ``BudgetGuard`` on the Redis ledger, ``@budgeted`` with a
-user, an estimate and a ``cost=``), on 1 and 8 threads of one process and on
-4 processes, then round trips and Redis commands per call; beside them
-``limits``' ``FixedWindowRateLimiter.hit`` on the same server (``pip install
-'limits[redis]'``: a benchmark-only dependency; ``--limits-python`` runs it
-with another interpreter, such as ``/tmp/peers-venv-limits/bin/python``
-from ``benchmarks/peers/setup.sh``, since ``limits`` needs redis-py below 8).
+``settle_delay`` (``--delays``, for both trees) it prints reserve + settle
+pairs per second and guarded calls per second (a ``BudgetGuard`` on the
+Redis ledger, ``@budgeted`` with a user, an estimate and a ``cost=``), on 1
+and 8 threads of one process and on 4 processes, then round trips and Redis
+commands per call; beside them ``limits``' ``FixedWindowRateLimiter.hit`` on
+the same server (``pip install 'limits[redis]'``: a benchmark-only
+dependency; ``--limits-python`` runs it with another interpreter, such as
+``/tmp/peers-venv-limits/bin/python`` from ``benchmarks/peers/setup.sh``,
+since ``limits`` needs redis-py below 8).
 
 Every measurement runs in its own child process (``PYTHONPATH`` set to the
 code tree measured), so an older checkout is measured with its own code.
@@ -277,10 +278,13 @@ def main() -> None:
 
     shapes = [("1 thread", 1, 1), ("8 threads", 8, 1), ("4 processes", 1, 4)]
     runs: list[tuple[str, str, Path, str]] = []  # (label, kind, code, url query)
+    delays = options.delays.split(",")
     if options.before is not None:
-        for kind in ("pairs", "guarded"):
-            runs.append((f"{kind}, before", kind, options.before.resolve(), ""))
-    for delay in options.delays.split(","):
+        for delay in delays:  # the older tree with the same settle_delay values
+            for kind in ("pairs", "guarded"):
+                label = f"{kind}, before, delay={delay}"
+                runs.append((label, kind, options.before.resolve(), f"?settle_delay={delay}"))
+    for delay in delays:
         for kind in ("pairs", "guarded"):
             runs.append((f"{kind}, settle_delay={delay}", kind, ROOT, f"?settle_delay={delay}"))
     runs.append(("limits fixed window", "limits", ROOT, ""))
