@@ -6,12 +6,15 @@ Run from the repository root::
         [--before /path/to/an/older/checkout] [--delays 0,0.005]
 
 For every code tree (this one, and ``--before`` if given) and every
-``settle_delay`` it prints reserve + settle pairs per second and guarded
-calls per second (a ``BudgetGuard`` on the Redis ledger, ``@budgeted`` with a
-user, an estimate and a ``cost=``), on 1 and 8 threads of one process and on
-4 processes, then round trips and Redis commands per call; beside them
-``limits``' ``FixedWindowRateLimiter.hit`` on the same server (``pip install
-'limits[redis]'``: a benchmark-only dependency).
+``settle_delay`` (``--delays``, for both trees) it prints reserve + settle
+pairs per second and guarded calls per second (a ``BudgetGuard`` on the
+Redis ledger, ``@budgeted`` with a user, an estimate and a ``cost=``), on 1
+and 8 threads of one process and on 4 processes, then round trips and Redis
+commands per call; beside them ``limits``' ``FixedWindowRateLimiter.hit`` on
+the same server (``pip install 'limits[redis]'``: a benchmark-only
+dependency; ``--limits-python`` runs it with another interpreter, such as
+``/tmp/peers-venv-limits/bin/python`` from ``benchmarks/peers/setup.sh``,
+since ``limits`` needs redis-py below 8).
 
 Every measurement runs in its own child process (``PYTHONPATH`` set to the
 code tree measured), so an older checkout is measured with its own code.
@@ -205,7 +208,14 @@ def server_counts(port: int) -> tuple[int, float]:
 
 
 def measure(
-    kind: str, url: str, code: Path, threads: int, processes: int, seconds: float, port: int
+    kind: str,
+    url: str,
+    code: Path,
+    threads: int,
+    processes: int,
+    seconds: float,
+    port: int,
+    python: str = sys.executable,
 ) -> dict[str, float]:
     """Run ``processes`` children of ``threads`` threads each; return calls/s and counts."""
     env = dict(os.environ)
@@ -214,7 +224,7 @@ def measure(
         go = os.path.join(scratch, "go")
         children = [
             subprocess.Popen(
-                [sys.executable, str(HERE), "--worker", kind, url, str(threads), str(seconds), go],
+                [python, str(HERE), "--worker", kind, url, str(threads), str(seconds), go],
                 stdout=subprocess.PIPE,
                 text=True,
                 env=env,
@@ -254,6 +264,11 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="an older checkout to measure too")
     parser.add_argument("--delays", default="0,0.005", help="settle_delay values (this tree)")
     parser.add_argument("--rounds", type=int, default=5, help="best of this many rounds")
+    parser.add_argument(
+        "--limits-python",
+        default=sys.executable,
+        help="the interpreter that runs limits (it needs redis-py < 8)",
+    )
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
@@ -263,10 +278,13 @@ def main() -> None:
 
     shapes = [("1 thread", 1, 1), ("8 threads", 8, 1), ("4 processes", 1, 4)]
     runs: list[tuple[str, str, Path, str]] = []  # (label, kind, code, url query)
+    delays = options.delays.split(",")
     if options.before is not None:
-        for kind in ("pairs", "guarded"):
-            runs.append((f"{kind}, before", kind, options.before.resolve(), ""))
-    for delay in options.delays.split(","):
+        for delay in delays:  # the older tree with the same settle_delay values
+            for kind in ("pairs", "guarded"):
+                label = f"{kind}, before, delay={delay}"
+                runs.append((label, kind, options.before.resolve(), f"?settle_delay={delay}"))
+    for delay in delays:
         for kind in ("pairs", "guarded"):
             runs.append((f"{kind}, settle_delay={delay}", kind, ROOT, f"?settle_delay={delay}"))
     runs.append(("limits fixed window", "limits", ROOT, ""))
@@ -282,7 +300,10 @@ def main() -> None:
                 for i, (_, kind, code, query) in enumerate(runs):
                     for j, (_, threads, processes) in enumerate(shapes):
                         url = base + query
-                        got = measure(kind, url, code, threads, processes, options.seconds, port)
+                        python = options.limits_python if kind == "limits" else sys.executable
+                        got = measure(
+                            kind, url, code, threads, processes, options.seconds, port, python
+                        )
                         kept = best.setdefault((i, j), got)
                         # The best of each figure: the highest rate, the least CPU.
                         kept["rate"] = max(kept["rate"], got["rate"])

@@ -205,8 +205,10 @@ local function expire(now, batch, ttl)
   return 0
 end
 
--- Settle `id`: charge ARGV[first], ARGV[first + 1], ... (key, amount pairs up
--- to `last`) and drop its holds; 0 if it was settled before. The id is marked
+-- Settle `id` and drop its holds; 0 if it was settled before. ARGV[first ..
+-- last] says what it charges: the number of charged holds, their (key,
+-- amount) pairs, then the tallies' amount and the tally keys (a guarded call
+-- has several tallies, all of one amount: it is sent once). The id is marked
 -- and checked in one step (ZADD NX). An id also in the released set (its hold
 -- expired or was released first) stays there: every check asks both sets.
 -- Old settled ids are forgotten by reserve (each call settles at most once),
@@ -214,8 +216,13 @@ end
 local function settle(id, now, first, last)
   if redis.call('ZADD', settled_key, 'NX', now, id) == 0 then return 0 end
   unhold(id)
-  for i = first, last, 2 do
+  local tally = first + 1 + 2 * tonumber(ARGV[first])
+  for i = first + 1, tally - 1, 2 do
     if ARGV[i + 1] ~= '0' then redis.call('HINCRBY', spent_key, ARGV[i], ARGV[i + 1]) end
+  end
+  local units = ARGV[tally]
+  if units ~= '0' then
+    for i = tally + 1, last do redis.call('HINCRBY', spent_key, ARGV[i], units) end
   end
   return 1
 end
@@ -237,8 +244,11 @@ end
 """
 
 # ARGV: id, now ('' for the server's clock), expires_at (with the server's
-# clock: seconds from now), batch, idempotency_ttl, holds_json, n, then n
-# sextuples (key, limit or '', amount, over or '', prior or '', weight).
+# clock: seconds from now), batch, idempotency_ttl, holds_json: the rows
+# [key, limit or null, amount] (amounts as strings), followed by
+# [unit, over or null, prior or null, weight] when any is set. The holds are
+# sent once, as the JSON the open reservation keeps (decoding it here costs
+# Redis less than a dozen more arguments, and the client less to build).
 _RESERVE = (
     _PRELUDE
     + """
@@ -256,16 +266,22 @@ if redis.call('HEXISTS', holds_key, id) == 1 or redis.call('ZSCORE', settled_key
 end
 local more = expire(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 forget_before(settled_key, now - tonumber(ARGV[5]))
-local n = tonumber(ARGV[7])
+local rows = cjson.decode(ARGV[6])
+local n = #rows
+-- JSON null (cjson.null) and a row without the optional part both read as nil.
+local function given(value)
+  if value == cjson.null then return nil end
+  return value
+end
 -- Read every counter the checks need in two commands: the held keys with a
 -- limit, and the prior keys of sliding windows.
 local wanted, slot = {}, {}
 for i = 0, n - 1 do
-  local at = 8 + 6 * i
-  if ARGV[at + 1] ~= '' then
-    wanted[#wanted + 1] = ARGV[at]
+  local row = rows[i + 1]
+  if given(row[2]) then
+    wanted[#wanted + 1] = row[1]
     slot[i] = #wanted
-    if ARGV[at + 4] ~= '' then wanted[#wanted + 1] = ARGV[at + 4] end
+    if given(row[6]) then wanted[#wanted + 1] = row[6] end
   end
 end
 local spents, reserveds = {}, {}
@@ -276,33 +292,33 @@ end
 -- Check every hold before changing anything: a refusal changes nothing.
 local missed = {}  -- the over keys of soft holds that did not fit
 for i = 0, n - 1 do
-  local at = 8 + 6 * i
-  local limit = ARGV[at + 1]
-  if limit ~= '' then
+  local row = rows[i + 1]
+  local limit = given(row[2])
+  if limit then
     local s = slot[i]
     local spent = spents[s] or '0'
     local reserved = reserveds[s] or '0'
     local part = 0
-    if ARGV[at + 4] ~= '' then
+    if given(row[6]) then
       -- floor(prior * weight / 10^6), exact: the prior's decimal digits split
       -- in two, so no product leaves the integers a double holds exactly.
       local prior = spents[s + 1] or '0'
-      local weight = tonumber(ARGV[at + 5])
+      local weight = tonumber(row[7])
       local high = tonumber(string.sub(prior, 1, -7)) or 0
       local low = tonumber(string.sub(prior, -6))
       part = high * weight + math.floor(low * weight / 1000000)
     end
     local used = tonumber(spent) + tonumber(reserved) + part
-    local amount, cap = tonumber(ARGV[at + 2]), tonumber(limit)
+    local amount, cap = tonumber(row[3]), tonumber(limit)
     if used + amount > cap or (amount == 0 and used >= cap) then
-      if ARGV[at + 3] == '' then return {1, i, spent, reserved, more, part} end
-      missed[#missed + 1] = ARGV[at + 3]
+      local over = given(row[5])
+      if not over then return {1, i, spent, reserved, more, part} end
+      missed[#missed + 1] = over
     end
   end
 end
-for i = 0, n - 1 do
-  local amount = ARGV[10 + 6 * i]
-  if amount ~= '0' then redis.call('HINCRBY', reserved_key, ARGV[8 + 6 * i], amount) end
+for _, row in ipairs(rows) do
+  if row[3] ~= '0' then redis.call('HINCRBY', reserved_key, row[1], row[3]) end
 end
 for _, over in ipairs(missed) do redis.call('HINCRBY', spent_key, over, 1) end
 redis.call('HSET', holds_key, id, ARGV[6])
@@ -311,7 +327,7 @@ return {0}
 """
 )
 
-# ARGV: id, now, idempotency_ttl, then pairs (key to charge, amount).
+# ARGV: id, now, idempotency_ttl, then what it charges (see settle() above).
 _SETTLE = (
     _PRELUDE
     + """
@@ -328,7 +344,8 @@ return release(ARGV[1], now_of(ARGV[2]), tonumber(ARGV[3]))
 )
 
 # Settles queued in the client (settle_delay), in their order. ARGV: now,
-# then per settle: id, the number of ARGV that follow (key, amount pairs).
+# then per settle: id, the number of ARGV that follow (what it charges, as
+# for _SETTLE).
 # Returns one 0/1 per settle.
 _END = (
     _PRELUDE
@@ -623,6 +640,8 @@ class _Queue:
         #: Set by close() and at exit: settles from then on are written at once.
         self.final = False
         self.wake = threading.Event()
+        #: The flusher found nothing waiting and waits for ``wake``: the next put sets it.
+        self.parked = True
         self.flusher: threading.Thread | None = None
         self._tokens = itertools.count()
 
@@ -637,7 +656,13 @@ class _Queue:
                 return False
             self.ids.add(entry.id)
             self.waiting.append(entry)
-        self.wake.set()
+            # Wake the flusher only when it is parked: a flusher that is
+            # sleeping until an entry is due looks again by itself, and a wake
+            # per settle would cost a thread switch per call (the next
+            # command usually carries the settle before the flusher runs).
+            parked, self.parked = self.parked, False
+        if parked:
+            self.wake.set()
         return True
 
     def take(self, *, everything: bool) -> tuple[int, list[_Ending]] | None:
@@ -677,6 +702,7 @@ class _Queue:
         with self.lock:
             if not self.waiting:
                 self.wake.clear()
+                self.parked = True
                 return None
             return self.waiting[0].queued + delay - time.monotonic()
 
@@ -684,6 +710,7 @@ class _Queue:
 def _flush_loop(ref: weakref.ref[RedisLedger], queue: _Queue, delay: float) -> None:
     """Write queued settles that waited ``delay`` seconds for a command to carry them."""
     backoff = 0.0
+    lingered = False
     while True:
         queue.wake.wait(1.0)
         ledger = ref()
@@ -696,7 +723,16 @@ def _flush_loop(ref: weakref.ref[RedisLedger], queue: _Queue, delay: float) -> N
                 with queue.lock:
                     queue.flusher = None
                 return
+            # Woken by a settle that the next command carried first (the usual
+            # case): look again in ``delay`` rather than be woken by the next
+            # settle, and park (wait for ``wake``) only when the second look
+            # finds nothing either, so that a busy process wakes this thread
+            # about once per ``delay``, not once per call.
+            lingered = not lingered
+            if lingered:
+                time.sleep(delay)
             continue
+        lingered = False
         if due > 0 or backoff:
             time.sleep(max(due, backoff))
             backoff = 0.0 if queue.final else backoff
@@ -1182,12 +1218,9 @@ class RedisLedger(Ledger):
             if self.server_time
             else repr(float(reservation.expires_at)),
             self.expire_batch,
-            repr(self.idempotency_ttl),
+            self._ttl,
             json.dumps(holds),
-            len(holds),
         ]
-        for h, row in zip(reservation.holds, holds, strict=True):
-            args += [row[0], row[1] or "", row[2], h.over or "", h.prior or "", h.weight]
         return args
 
     def _retry_refusal(self, reply: Any) -> bool:
@@ -1226,13 +1259,11 @@ class RedisLedger(Ledger):
         self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str]
     ) -> list[Any]:
         charges, tally = check_settle_amount(amount, reservation.holds)
-        args: list[Any] = [reservation.id, self._now(), self._ttl]
+        args: list[Any] = [reservation.id, self._now(), self._ttl, len(charges)]
         for key, charge in zip(reservation.keys, charges, strict=True):
             args += (key, _units(charge))
-        if tallies:
-            units = _units(tally)
-            for key in tallies:
-                args += (key, units)
+        args.append(_units(tally) if tallies else "0")
+        args += tallies
         return args
 
     def _add_args(self, keys: Sequence[str], amount: int, op_id: str | None) -> list[Any]:
@@ -1702,25 +1733,31 @@ def _packed(commands: Sequence[Sequence[Any]]) -> bytes:
     this is on the hot path.
     """
     out: list[bytes] = []
+    append = out.append
     for command in commands:
         count = len(command)
         head = command[0] if command else None
-        if isinstance(head, _Encoded):
+        if type(head) is _Encoded:
             count += head.arity - 1
-        out.append(b"*%d\r\n" % count)
+        append(b"*%d\r\n" % count)
         for arg in command:
-            if isinstance(arg, str):
+            kind = type(arg)
+            if kind is str:  # nearly every argument: one test, not four
                 data = arg.encode()
-            elif isinstance(arg, _Encoded):
-                out.append(arg)
+            elif kind is _Encoded:
+                append(arg)
                 continue
+            elif kind is bytes:
+                data = arg
+            elif isinstance(arg, str):
+                data = arg.encode()
             elif isinstance(arg, bytes):
                 data = arg
             elif isinstance(arg, int | float) and not isinstance(arg, bool):
                 data = repr(arg).encode()
             else:
                 raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r:.80}")
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+            append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
 

@@ -30,7 +30,7 @@ import pytest
 
 from budgetguard.errors import ConfigurationError, StorageError
 from budgetguard.ledger import Balance, Hold, Ledger, Reservation, ledger_from_url
-from budgetguard.ledger.redis import RedisLedger
+from budgetguard.ledger.redis import RedisLedger, _Ending, _Queue
 
 from . import test_conformance as conformance
 from ._proxy import FAR, CuttableProxy, DroppingProxy, fresh, lose
@@ -183,6 +183,53 @@ def test_the_flusher_writes_a_settle_nobody_carries(redis_url: str, direct: Ledg
     assert ledger.settle(r, 5) is True
     wait_until(lambda: direct.balances(["user"])["user"] == Balance(5, 0))
     ledger.close()
+
+
+def test_a_busy_process_does_not_wake_the_flusher_once_per_settle(
+    redis_url: str, direct: Ledger
+) -> None:
+    """Settles the next reserve carries leave the flusher asleep: not one wake per call."""
+    delay = 0.005
+    ledger = RedisLedger(delayed(redis_url, delay))
+    queue = ledger._queue
+    looks = [0]
+    real = queue.due_in
+
+    def counting(delay: float) -> float | None:
+        looks[0] += 1
+        return real(delay)
+
+    queue.due_in = counting  # type: ignore[method-assign]
+    start = time.monotonic()
+    for _ in range(2000):
+        r = Reservation(uuid.uuid4().hex, (Hold("user", None, 2),), FAR)
+        assert ledger.reserve(r) is None
+        assert ledger.settle(r, 1) is True
+    ledger.close()
+    periods = (time.monotonic() - start) / delay
+    # While settles flow the flusher looks two or three times per
+    # settle_delay; woken by every settle (which the next reserve had already
+    # carried) it looked once per call. Not a speed assert: the bound grows
+    # with the time the loop took.
+    assert looks[0] <= 5 * periods + 10, (looks[0], periods)
+    assert direct.balances(["user"])["user"] == Balance(2000, 0)
+
+
+def test_only_a_parked_flusher_is_woken_by_a_settle() -> None:
+    """A put wakes the flusher only once it found the queue empty, not on every settle."""
+    queue = _Queue()
+    assert queue.put(_Ending("a", (), time.monotonic())) is True
+    assert queue.wake.is_set()  # the flusher starts parked
+    queue.wake.clear()  # the flusher woke, and sleeps until "a" is due
+    assert queue.due_in(1.0) is not None
+    assert queue.put(_Ending("b", (), time.monotonic())) is True
+    assert not queue.wake.is_set()  # no wake for "b": the flusher looks again by itself
+    carried = queue.take(everything=False)
+    assert carried is not None
+    queue.done(carried[0], ok=True)
+    assert queue.due_in(1.0) is None  # nothing waits: the flusher parks
+    assert queue.put(_Ending("c", (), time.monotonic())) is True
+    assert queue.wake.is_set()
 
 
 def test_close_writes_the_queue(redis_url: str, direct: Ledger) -> None:
