@@ -286,36 +286,12 @@ class CallLifecycle(GuardParts):
         to learn, no scope caps, no hooks. Whatever else a call has takes those
         steps themselves (the same code every other entry point runs).
         """
-        scope = _scope_var.get()
-        plan = None
-        if (
-            units
-            and not _hooks.active
-            and (scope is None or not scope.caps)
-            and not self._outbox.pending
-            and self._planner._index_of is self._budget_defs
-            and not self._planner._keyed
-            and time.monotonic() - self._budgets_loaded_at < self.budget_cache_ttl
-        ):
-            tags = _NO_TAGS
-            if scope is not None:
-                tags = scope.tags
-                if user is None:
-                    user = scope.user
-            now = self.clock()
-            plan = self._planner._plans.get(user)
-            if (
-                plan is None
-                or not plan.simple
-                or not plan.keys  # no budget applies: the general steps charge, not reserve
-                or not plan.since <= now < plan.until
-                or plan.budgets is not self._budget_defs
-                or (user is None and scope is None and self.outside_scope == "refuse")
-            ):
-                plan = None
-        if plan is None:  # the general steps
+        found = self._simple_plan(user, units)
+        if found is None:  # the general steps
             call = self._begin(user, units, model, None, kind)
+            plan = None
         else:
+            plan, user, tags, now = found
             holds = plan._held if plan._held_units == units else plan.holds(units)
             reservation: Reservation = _new(
                 Reservation,
@@ -347,6 +323,7 @@ class CallLifecycle(GuardParts):
             plan is None
             or call.reservation is None
             or call.charged
+            or call.models
             or call.has_inner
             or call.parent is not None
         ):
@@ -366,7 +343,7 @@ class CallLifecycle(GuardParts):
             if ending.units is None or ending.owed is not None:
                 self._close(call, ending)  # a release, or an error to raise once written
                 return result
-            spent, model = ending.units, ending.model
+            spent, model = ending.units, ending.model or model
         # ``_close`` and ``_write_end`` of a settle, inlined.
         tallies = plan.tallies.get(model) if not tags else None
         if tallies is None:
@@ -383,6 +360,127 @@ class CallLifecycle(GuardParts):
             else:
                 if spent and self._alerts.thresholds:
                     self._alerts.check(call)
+        except BaseException:
+            self._ended(call, ending, quiet=True)
+            raise
+        if ending.usage is not None:
+            self._ended(call, ending)  # learns what the model wrote, then tells
+        elif self._listeners:
+            self._tell(call, spent, ending)
+        return result
+
+    def _simple_plan(
+        self, user: str | None, units: int
+    ) -> tuple[Plan, str | None, Mapping[str, str], float] | None:
+        """Return (plan, user, tags, now) of a call ``_run`` may make in one frame, else None.
+
+        That is a call with an estimate, no hooks, no scope caps, nothing in
+        the outbox, budget definitions fresh and on users only, and a current
+        plan of dollar budgets for its user.
+        """
+        scope = _scope_var.get()
+        planner = self._planner
+        if (
+            not units
+            or _hooks.active
+            or (scope is not None and scope.caps)
+            or self._outbox.pending
+            or planner._index_of is not self._budget_defs
+            or planner._keyed
+            or time.monotonic() - self._budgets_loaded_at >= self.budget_cache_ttl
+        ):
+            return None
+        tags = _NO_TAGS
+        if scope is not None:
+            tags = scope.tags
+            if user is None:
+                user = scope.user
+        elif user is None and self.outside_scope == "refuse":
+            return None
+        now = self.clock()
+        plan = planner._plans.get(user)
+        if (
+            plan is None
+            or not plan.simple
+            or not plan.keys  # no budget applies: the general steps charge, not reserve
+            or not plan.since <= now < plan.until
+            or plan.budgets is not self._budget_defs
+        ):
+            return None
+        return plan, user, tags, now
+
+    async def _arun(
+        self,
+        user: str | None,
+        units: int,
+        model: str | None,
+        kind: str | None,
+        cost: Callable[[Any], object] | None,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Do ``_run`` for a coroutine function: the ledger awaited, never blocking the loop."""
+        found = self._simple_plan(user, units)
+        if found is None:  # the general steps
+            call = await self._abegin(user, units, model=model, kind=kind)
+            plan = None
+        else:
+            plan, user, tags, now = found
+            holds = plan._held if plan._held_units == units else plan.holds(units)
+            reservation: Reservation = _new(
+                Reservation,
+                (f"{self._id_prefix}{next(self._ids)}", holds, now + self.reservation_ttl),
+            )
+            try:
+                refusal = await self.ledger.areserve(reservation)
+            except StorageError as error:
+                decided = (user, units, model, plan, plan.holders, holds, tags, None, False, now)
+                opening = _new(_Opening, decided)
+                refusal, call = None, self._storage_down(error, opening, None)
+            if refusal is not None:
+                raise self._refused(refusal, plan.holders, user, model)
+            else:
+                # self is the BudgetGuard this class is a part of.
+                call = Call(self, user, reservation, plan, plan.holders, units, model, tags)  # type: ignore[arg-type]
+        try:
+            with call:
+                result = await wrapped(*args, **kwargs)
+        except BaseException as error:  # CancelledError included: release
+            await self._afinish(call, None, error=error)
+            raise
+        if (
+            plan is None
+            or call.reservation is None
+            or call.charged
+            or call.models
+            or call.has_inner
+            or call.parent is not None
+        ):
+            return await self._acomplete(call, result, cost)
+        if cost is None:
+            proxy = guard_returned_stream(call, result)
+            if proxy is not None:
+                return proxy
+        ending = self._ending_of_result(call, result, cost)
+        spent = ending.units
+        if spent is None or ending.owed is not None:
+            await self._aclose(call, ending)  # a release, or an error to raise once written
+            return result
+        model = ending.model or model
+        tallies = plan.tallies.get(model) if not tags else None
+        if tallies is None:
+            tallies = plan.tally_keys(model, tags)
+        try:
+            if self._outbox.pending:
+                await asyncio.to_thread(self._flush_outbox)
+            try:
+                await self.ledger.asettle(call.reservation, spent, tallies)
+            except StorageError as error:
+                self._lost(error, call, call.reservation, spent, tallies, ending.usage)
+            else:
+                if spent and self._alerts.thresholds:
+                    await asyncio.to_thread(self._alerts.check, call)
         except BaseException:
             self._ended(call, ending, quiet=True)
             raise

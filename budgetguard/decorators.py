@@ -313,7 +313,21 @@ def _async_wrapper(spec: _Spec) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         async def run() -> Any:
-            call = await spec._abegin(instance, args, kwargs)
+            if spec.fixed:  # as call_sync
+                guard = spec.guard if spec.guard is not None else guard_for(None)
+                user_from = spec.user_from
+                user = user_from(instance, args, kwargs) if user_from is not None else None
+                units: Any = spec.estimate
+                return await guard._arun(
+                    user, units, spec.model, spec.kind, spec.cost, wrapped, args, kwargs
+                )
+            guard, user, estimate, model = spec.resolve(instance, args, kwargs)
+            if type(estimate) is int and spec.tokens is None and spec.tokens_from is None:
+                return await guard._arun(
+                    user, estimate, model, spec.kind, spec.cost, wrapped, args, kwargs
+                )
+            tokens = spec.tokens if spec.tokens_from is None else spec.tokens_from(*args, **kwargs)
+            call = await guard._abegin(user, estimate, model=model, kind=spec.kind, tokens=tokens)
             try:
                 with call:
                     result = await wrapped(*args, **kwargs)

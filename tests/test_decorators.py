@@ -802,3 +802,36 @@ def test_unrelated_literal_user_stays_a_literal(guard: BudgetGuard) -> None:
 
     answer("hi")
     assert guard.spend("alice") == Decimal("0.01")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_estimate_callable_is_asked_once_per_call(kind: str) -> None:
+    guard = BudgetGuard("memory://", metrics=False)
+    guard.set_budget("10", user="alice")
+    asked: list[str] = []
+
+    def estimate(prompt: str) -> str:
+        asked.append(prompt)
+        return "0.01"
+
+    if kind == "sync":
+
+        @guard.budgeted(user="alice", estimate=estimate, cost=lambda r: "0.002")
+        def call(prompt: str) -> str:
+            return prompt
+
+        for prompt in ("a", "b"):
+            call(prompt)
+    else:
+
+        @guard.budgeted(user="alice", estimate=estimate, cost=lambda r: "0.002")
+        async def acall(prompt: str) -> str:
+            return prompt
+
+        async def both() -> None:
+            for prompt in ("a", "b"):
+                await acall(prompt)
+
+        asyncio.run(both())
+    assert asked == ["a", "b"]
+    assert guard.spend("alice") == Decimal("0.004")
