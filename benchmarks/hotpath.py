@@ -8,6 +8,7 @@ interpreter's start-up and imports cancel out, with ``PYTHONHASHSEED=0``.
 Instruction counts do not depend on the machine's load, unlike times. Cases:
 
 - ``cost=``: the function gives its cost (``cost=lambda r: "0.0005"``);
+- ``cost=, async``: the same as a coroutine function, awaited in one event loop;
 - ``auto-priced``: it returns an OpenAI-shaped chat completion, read and priced;
 - ``ledger only``: one memory-ledger reserve and settle with seven tallies,
   as a guarded call makes them;
@@ -50,6 +51,16 @@ guard.set_budget("1000000", user="alice", period="monthly")
 guard.set_budget("5000000", period="monthly")
 RESPONSE = {"object": "chat.completion", "model": "gpt-4o-mini",
             "usage": {"prompt_tokens": 100, "completion_tokens": 50}}
+if mode == "async":  # a coroutine function, awaited n times in one event loop
+    import asyncio
+    async def answer():
+        return None
+    acall = guard.budgeted(user="alice", estimate="0.001", cost=lambda r: "0.0005")(answer)
+    async def calls(count):
+        for _ in range(count):
+            await acall()
+    asyncio.run(calls(n + 2))
+    raise SystemExit
 if mode in ("cost", "sqlite", "redis"):
     call = guard.budgeted(user="alice", estimate="0.001", cost=lambda r: "0.0005")(lambda: None)
 else:
@@ -75,6 +86,7 @@ for reservation in [Reservation(f"r{i}", holds, expires) for i in range(n + 2)]:
 
 CASES = (
     ("cost=", CALL, "cost"),
+    ("cost=, async", CALL, "async"),
     ("auto-priced", CALL, "usage"),
     ("ledger only", LEDGER, "-"),
     ("cost=, sqlite", CALL, "sqlite"),
