@@ -31,8 +31,11 @@ after the transaction holding its write has committed (with ``synchronous=
 full``, one fsync then covers the whole batch) and gets its own write's
 outcome. A thread that finds nobody queued and no batch running skips the
 queue: its write runs at once in a transaction of its own, as without group
-commit (no waiting for company). Other processes still queue on SQLite's
-lock: each process batches its own threads.
+commit (no waiting for company), unless the last batch had company: then it
+leads a batch, which yields once before taking the queue, so that the callers
+that batch has just answered, a step from their next write, share its commit
+instead of queueing behind a commit of one write. Other processes still queue
+on SQLite's lock: each process batches its own threads.
 
 Bounded waits: every operation has one deadline, ``timeout`` seconds (default
 30) from its start, whatever the queue in front of it. A write still queued
@@ -691,12 +694,14 @@ class SQLiteLedger(_ThreadedAsync):
         queued operation, up to ``_BATCH``, in one transaction, and each
         caller gets its own operation's outcome once that transaction has
         committed. A caller alone runs at once, its write in a transaction
-        of its own: nobody waits for company.
+        of its own: nobody waits for company. After a batch that had
+        company, the next caller leads a batch even if nobody is queued yet
+        (see ``_lead``): those just answered are about to write again.
         """
         deadline = time.monotonic() + self.timeout
         try:
             db = self._connection()
-            if not self._queue and not self._write_lock.locked():
+            if not self._queue and not self._write_lock.locked() and not self._company:
                 # One line on purpose: since PEP 626 the exit of a ``with``
                 # block counts as a line of its own, and an interrupt
                 # delivered there (by a trace function, for one) would skip
