@@ -41,7 +41,8 @@ Bounded waits: every operation has one deadline, ``timeout`` seconds (default
 30) from its start, whatever the queue in front of it. A write still queued
 when its deadline passes is taken out and never runs: ``StorageError``. A
 batch sets SQLite's busy timeout to what is left of the earliest deadline in
-it and drops the writes already late; if the lock is not free by then, every
+it (or up to a sixteenth less, so that one setting serves many batches) and
+drops the writes already late; if the lock is not free by then, every
 write of the batch gets a ``StorageError`` and none ran. A write already
 taken into a running batch when its deadline passes keeps that batch's
 outcome (committed or not); its caller waits for it, no longer than the
@@ -334,7 +335,7 @@ class SQLiteLedger(_ThreadedAsync):
         """Hold every amount of ``reservation`` or none of them, in one transaction."""
         check_reservation(reservation)
         _check_fits(*(hold.amount for hold in reservation.holds))
-        holds_json = json.dumps([_hold_row(hold) for hold in reservation.holds])
+        holds_json = _holds_json(reservation.holds)
 
         rid = reservation.id
         holds = reservation.holds
@@ -892,8 +893,14 @@ class SQLiteLedger(_ThreadedAsync):
             yield db
 
     def _busy(self, db: sqlite3.Connection, milliseconds: int) -> None:
-        """Set this thread's connection's busy timeout, if it is not that already."""
-        if getattr(self._local, "busy_ms", None) != milliseconds:
+        """Set this thread's connection's busy timeout to ``milliseconds``, or nearly.
+
+        A timeout already set is kept if it is no longer than ``milliseconds``
+        and at most a sixteenth shorter: each new value is a PRAGMA to
+        prepare (its text differs), and a batch's deadline moves on every time.
+        """
+        current = getattr(self._local, "busy_ms", None)
+        if current is None or not milliseconds - (milliseconds >> 4) <= current <= milliseconds:
             db.execute(f"PRAGMA busy_timeout = {milliseconds}")
             self._local.busy_ms = milliseconds
 
@@ -1123,9 +1130,29 @@ def _apply(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
         op = batch[0]
         op.outcome = (False, op.body(db))
         return
+    # Optimistic: the operations run one after another in one savepoint of
+    # the batch, not one each (two statements per batch, not per write).
+    # If one fails (a reused id, say), the batch so far is undone and run
+    # again with a savepoint per operation, so that the failing one is undone
+    # alone and the others still commit.
+    db.execute("SAVEPOINT batch")
     for op in batch:
-        # A savepoint per operation: one that fails (a reused id, say) is
-        # undone alone, and the others of the batch still commit.
+        try:
+            value = op.body(db)
+        except Exception:
+            if not db.in_transaction:
+                raise  # SQLite ended the whole transaction (a full disk, an I/O error)
+            db.execute("ROLLBACK TO batch")
+            db.execute("RELEASE batch")
+            _apply_each(db, batch)
+            return
+        op.outcome = (False, value)
+    db.execute("RELEASE batch")
+
+
+def _apply_each(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+    """Run every operation of ``batch`` in a savepoint of its own (one may fail alone)."""
+    for op in batch:
         db.execute("SAVEPOINT operation")
         try:
             value = op.body(db)
@@ -1197,6 +1224,26 @@ def _positive(name: str, value: object, url: str) -> float:
             f"{name} must be a positive number of seconds, got {value!r} ({url!r})"
         )
     return number
+
+
+def _holds_json(holds: Sequence[Hold]) -> str:
+    """Return the JSON of a reservation's holds, as ``json.dumps`` of their rows writes it.
+
+    Plain holds (checked by ``check_reservation``: a str key, int amounts)
+    are written by hand, the rest by ``json.dumps``.
+    """
+    parts = []
+    for hold in holds:
+        key, limit, amount, unit, over, prior, _ = hold
+        if unit != 0 or over is not None or prior is not None:
+            return json.dumps([_hold_row(hold) for hold in holds])
+        parts.append(
+            f"[{_json_string(key)}, {'null' if limit is None else int(limit)}, {int(amount)}]"
+        )
+    return "[" + ", ".join(parts) + "]"
+
+
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _hold_row(hold: Hold) -> list[Any]:
