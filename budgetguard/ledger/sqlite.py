@@ -406,7 +406,9 @@ class SQLiteLedger(_ThreadedAsync):
         _check_fits(*charges, tally)
 
         rid = reservation.id
-        tally_rows = [(key, tally) for key in tallies]
+        # What reserve wrote for these holds: if the row holds that, its
+        # holds are these, and need no parsing.
+        written = (_holds_json(reservation.holds), reservation.holds)
 
         def run(db: sqlite3.Connection) -> bool:
             # One read: whether it was settled before, and its holds if open.
@@ -417,11 +419,11 @@ class SQLiteLedger(_ThreadedAsync):
             ).fetchone()
             if settled:
                 return False
-            if not self._finish(db, rid, holds, settled=True, charges=charges):
+            if not self._finish(db, rid, holds, settled=True, charges=charges, written=written):
                 # Expired or released (its holds gone): charge the keys all the same.
                 _charge(db, list(zip(reservation.keys, charges, strict=True)))
-            if tally_rows:
-                _charge(db, tally_rows)
+            if tallies:
+                _charge_all(db, tallies, tally)
             return True
 
         return self._transact(run)
@@ -1016,15 +1018,21 @@ class SQLiteLedger(_ThreadedAsync):
         *,
         settled: bool,
         charges: Sequence[int] | None = None,
+        written: tuple[str, Sequence[Hold]] | None = None,
     ) -> bool:
         """Do what ``_end`` does, given the reservation's holds JSON read in this transaction.
 
-        ``held`` is None when the reservation is not open.
+        ``held`` is None when the reservation is not open. ``written`` is a
+        JSON text and the holds it stands for, used instead of parsing
+        ``held`` when it is that text.
         """
         charged = False
         if held is not None:
             db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
-            holds = json.loads(held)
+            # A Hold is the row it was written from: key, limit, amount, ...
+            holds: Sequence[Sequence[Any]] = (
+                written[1] if written is not None and held == written[0] else json.loads(held)
+            )
             if charges is not None and len(charges) == len(holds):
                 db.executemany(
                     "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
@@ -1261,6 +1269,22 @@ def _charge(db: sqlite3.Connection, rows: list[tuple[str, int]], column: str = "
     for start in range(0, len(rows), 200):
         chunk = rows[start : start + 200]
         db.execute(_charge_sql(len(chunk), column), [value for row in chunk for value in row])
+
+
+def _charge_all(db: sqlite3.Connection, keys: Sequence[str], amount: int) -> None:
+    """Add ``amount`` to the spend of every key of ``keys``: one statement per 200 keys."""
+    for start in range(0, len(keys), 200):
+        chunk = keys[start : start + 200]
+        db.execute(_charge_all_sql(len(chunk)), (amount, *chunk))
+
+
+@functools.lru_cache(maxsize=128)
+def _charge_all_sql(rows: int) -> str:
+    return (
+        "INSERT INTO counters (key, spent) VALUES "
+        + ", ".join([f"(?{row + 2}, ?1)" for row in range(rows)])
+        + " ON CONFLICT (key) DO UPDATE SET spent = spent + excluded.spent"
+    )
 
 
 @functools.lru_cache(maxsize=128)

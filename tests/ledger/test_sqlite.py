@@ -371,3 +371,12 @@ def test_hold_that_fits_once_expired_holds_end_is_admitted_within_the_second(
     refusal = ledger.reserve(Reservation("big", (Hold("k", 10, 3),), 2000.0))
     assert refusal is not None and (refusal.spent, refusal.reserved) == (0, 8)
     ledger.close()
+
+
+def test_settle_drops_the_holds_the_file_records(tmp_path: Path) -> None:
+    """A settle given other holds for a reservation id drops what the file holds for it."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    assert ledger.reserve(Reservation("r", (Hold("a", 100, 4), Hold("b", None, 6)), 1e10)) is None
+    assert ledger.settle(Reservation("r", (Hold("a", 100, 1), Hold("b", None, 1)), 1e10), 2)
+    assert ledger.balances(["a", "b"]) == {"a": Balance(2, 0), "b": Balance(2, 0)}
+    ledger.close()
