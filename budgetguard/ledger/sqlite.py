@@ -419,11 +419,20 @@ class SQLiteLedger(_ThreadedAsync):
             ).fetchone()
             if settled:
                 return False
-            if not self._finish(db, rid, holds, settled=True, charges=charges, written=written):
+            if not self._finish(
+                db,
+                rid,
+                holds,
+                settled=True,
+                charges=charges,
+                written=written,
+                tallies=tallies,
+                tally=tally,
+            ):
                 # Expired or released (its holds gone): charge the keys all the same.
                 _charge(db, list(zip(reservation.keys, charges, strict=True)))
-            if tallies:
-                _charge_all(db, tallies, tally)
+                if tallies:
+                    _charge_all(db, tallies, tally)
             return True
 
         return self._transact(run)
@@ -1019,12 +1028,15 @@ class SQLiteLedger(_ThreadedAsync):
         settled: bool,
         charges: Sequence[int] | None = None,
         written: tuple[str, Sequence[Hold]] | None = None,
+        tallies: Sequence[str] = (),
+        tally: int = 0,
     ) -> bool:
         """Do what ``_end`` does, given the reservation's holds JSON read in this transaction.
 
         ``held`` is None when the reservation is not open. ``written`` is a
         JSON text and the holds it stands for, used instead of parsing
-        ``held`` when it is that text.
+        ``held`` when it is that text. When the holds are charged, each key
+        of ``tallies`` is charged ``tally`` too (else not at all).
         """
         charged = False
         if held is not None:
@@ -1034,14 +1046,41 @@ class SQLiteLedger(_ThreadedAsync):
                 written[1] if written is not None and held == written[0] else json.loads(held)
             )
             if charges is not None and len(charges) == len(holds):
-                db.executemany(
-                    "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
-                    " DO UPDATE SET spent = spent + excluded.spent,"
-                    " reserved = max(reserved - ?, 0)",
-                    [(h[0], charge, h[2]) for h, charge in zip(holds, charges, strict=True)],
-                )
-                # A key charged something holds something: only the others may be empty.
-                holds = [h for h, charge in zip(holds, charges, strict=True) if not charge]
+                keys = [h[0] for h in holds]
+                if (
+                    keys
+                    and len({*keys, *tallies}) == len(keys) + len(tallies)
+                    and 3 * len(keys) + len(tallies) < 999
+                ):
+                    # Every key once: one statement charges the holds and the
+                    # tallies and drops the holds.
+                    db.execute(
+                        _settle_sql(len(keys), len(tallies)),
+                        [
+                            *(
+                                v
+                                for h, c in zip(holds, charges, strict=True)
+                                for v in (h[0], c, h[2])
+                            ),
+                            *((tally, *tallies) if tallies else ()),
+                        ],
+                    )
+                else:
+                    db.executemany(
+                        "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
+                        " DO UPDATE SET spent = spent + excluded.spent,"
+                        " reserved = max(reserved - ?, 0)",
+                        [(h[0], charge, h[2]) for h, charge in zip(holds, charges, strict=True)],
+                    )
+                    if tallies:
+                        _charge_all(db, tallies, tally)
+                # A key charged something holds something: only the others may
+                # be empty (and a tally's key keeps its row, as a tally's does).
+                holds = [
+                    h
+                    for h, charge in zip(holds, charges, strict=True)
+                    if not charge and h[0] not in tallies
+                ]
                 charged = True
             else:
                 db.executemany(
@@ -1269,6 +1308,25 @@ def _charge(db: sqlite3.Connection, rows: list[tuple[str, int]], column: str = "
     for start in range(0, len(rows), 200):
         chunk = rows[start : start + 200]
         db.execute(_charge_sql(len(chunk), column), [value for row in chunk for value in row])
+
+
+@functools.lru_cache(maxsize=128)
+def _settle_sql(holds: int, tallies: int) -> str:
+    """Return the charge of a settle: ``holds`` distinct held keys, then ``tallies`` others.
+
+    Parameters: key, charge and held amount of each hold, then the tally's
+    amount and the tally keys. A held key is charged its charge and drops its
+    held amount (never below 0); a tally key is charged the tally.
+    """
+    rows = [f"(?{3 * i + 1}, ?{3 * i + 2})" for i in range(holds)]
+    rows += [f"(?{3 * holds + 2 + j}, ?{3 * holds + 1})" for j in range(tallies)]
+    drops = " ".join(f"WHEN ?{3 * i + 1} THEN ?{3 * i + 3}" for i in range(holds))
+    return (
+        "INSERT INTO counters (key, spent) VALUES "
+        + ", ".join(rows)
+        + " ON CONFLICT (key) DO UPDATE SET spent = spent + excluded.spent,"
+        + f" reserved = max(reserved - CASE key {drops} ELSE 0 END, 0)"
+    )
 
 
 def _charge_all(db: sqlite3.Connection, keys: Sequence[str], amount: int) -> None:

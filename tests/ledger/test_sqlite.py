@@ -380,3 +380,26 @@ def test_settle_drops_the_holds_the_file_records(tmp_path: Path) -> None:
     assert ledger.settle(Reservation("r", (Hold("a", 100, 1), Hold("b", None, 1)), 1e10), 2)
     assert ledger.balances(["a", "b"]) == {"a": Balance(2, 0), "b": Balance(2, 0)}
     ledger.close()
+
+
+def test_settle_charges_each_hold_and_tally_in_one_write(tmp_path: Path) -> None:
+    """A settle drops each hold's own amount, charges each key its unit and each tally once."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    r = Reservation("r", (Hold("a", 100, 4), Hold("b", 100, 6, unit=1), Hold("c", None, 5)), 1e10)
+    assert ledger.reserve(Reservation("other", (Hold("a", 100, 2),), 1e10)) is None
+    assert ledger.reserve(r) is None
+    assert ledger.settle(r, [3, 0], ["t", "u"]) is True
+    assert ledger.balances(["a", "b", "c", "t", "u"]) == {
+        "a": Balance(3, 2),  # the other reservation still holds its 2
+        "b": Balance(0, 0),
+        "c": Balance(3, 0),
+        "t": Balance(3, 0),
+        "u": Balance(3, 0),
+    }
+    assert ledger.scan("b") == {}  # a key left with nothing is dropped
+    # A tally on a held key, and a key held twice: each still counts once per entry.
+    twice = Reservation("twice", (Hold("k", 100, 4), Hold("k", 100, 1)), 1e10)
+    assert ledger.reserve(twice) is None
+    assert ledger.settle(twice, 2, ["k"]) is True
+    assert ledger.balances(["k"]) == {"k": Balance(6, 0)}
+    ledger.close()
