@@ -31,14 +31,18 @@ after the transaction holding its write has committed (with ``synchronous=
 full``, one fsync then covers the whole batch) and gets its own write's
 outcome. A thread that finds nobody queued and no batch running skips the
 queue: its write runs at once in a transaction of its own, as without group
-commit (no waiting for company). Other processes still queue on SQLite's
-lock: each process batches its own threads.
+commit (no waiting for company), unless the last batch had company: then it
+leads a batch, which yields once before taking the queue, so that the callers
+that batch has just answered, a step from their next write, share its commit
+instead of queueing behind a commit of one write. Other processes still queue
+on SQLite's lock: each process batches its own threads.
 
 Bounded waits: every operation has one deadline, ``timeout`` seconds (default
 30) from its start, whatever the queue in front of it. A write still queued
 when its deadline passes is taken out and never runs: ``StorageError``. A
 batch sets SQLite's busy timeout to what is left of the earliest deadline in
-it and drops the writes already late; if the lock is not free by then, every
+it (or up to a sixteenth less, so that one setting serves many batches) and
+drops the writes already late; if the lock is not free by then, every
 write of the batch gets a ``StorageError`` and none ran. A write already
 taken into a running batch when its deadline passes keeps that batch's
 outcome (committed or not); its caller waits for it, no longer than the
@@ -159,6 +163,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # read as they are; the version number is what changes, so that an
         # older budgetguard refuses a file it would misread.
         "SELECT 1",
+    ),
+    (
+        # The tables keyed by an id keep their rows in the id's own B-tree
+        # (WITHOUT ROWID): a write of a reservation, an ended id or an op id
+        # updates one B-tree fewer (no rowid table beside the id's index),
+        # so a transaction writes fewer pages. Rows are copied as they are.
+        """CREATE TABLE reservations_v5 (
+            id TEXT PRIMARY KEY,
+            holds TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO reservations_v5 (id, holds, expires_at)"
+        " SELECT id, holds, expires_at FROM reservations WHERE id IS NOT NULL",
+        "DROP TABLE reservations",
+        "ALTER TABLE reservations_v5 RENAME TO reservations",
+        "CREATE INDEX reservations_by_expiry ON reservations (expires_at)",
+        """CREATE TABLE ended_v5 (
+            id TEXT PRIMARY KEY,
+            settled INTEGER NOT NULL,
+            at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO ended_v5 (id, settled, at)"
+        " SELECT id, settled, at FROM ended WHERE id IS NOT NULL",
+        "DROP TABLE ended",
+        "ALTER TABLE ended_v5 RENAME TO ended",
+        "CREATE INDEX ended_by_time ON ended (at)",
+        "CREATE TABLE added_v5 (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID",
+        "INSERT INTO added_v5 (id, at) SELECT id, at FROM added WHERE id IS NOT NULL",
+        "DROP TABLE added",
+        "ALTER TABLE added_v5 RENAME TO added",
+        "CREATE INDEX added_by_time ON added (at)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -290,6 +325,7 @@ class SQLiteLedger(_ThreadedAsync):
             )
         self._closed = False
         self._forget_at = -_INF_TIME  # when ended and added ids are next forgotten (_forget)
+        self._expire_at = -_INF_TIME  # when a reserve next ends expired reservations
         self._reset_connections()
         self._open_database()
 
@@ -299,45 +335,54 @@ class SQLiteLedger(_ThreadedAsync):
         """Hold every amount of ``reservation`` or none of them, in one transaction."""
         check_reservation(reservation)
         _check_fits(*(hold.amount for hold in reservation.holds))
-        holds_json = json.dumps([_hold_row(hold) for hold in reservation.holds])
+        holds_json = _holds_json(reservation.holds)
+
+        rid = reservation.id
+        holds = reservation.holds
+        # One read gives whether the id was used and what every limited hold
+        # is checked against: the same SQL text for the same shape of holds,
+        # so it stays prepared in the connection's statement cache.
+        read_sql = _check_sql(
+            tuple(0 if h.limit is None else 1 if h.prior is None else 2 for h in holds)
+        )
+        read_args = [rid]
+        for hold in holds:
+            if hold.limit is not None:
+                read_args.append(hold.key)
+                if hold.prior is not None:
+                    read_args.append(hold.prior)
+        charges = [(hold.key, hold.amount) for hold in holds]
+        expires_at = float(reservation.expires_at)
 
         def run(db: sqlite3.Connection) -> Refusal | None:
-            used = db.execute(
-                "SELECT EXISTS (SELECT 1 FROM reservations WHERE id = ?)"
-                " OR EXISTS (SELECT 1 FROM ended WHERE id = ?)",
-                (reservation.id, reservation.id),
-            ).fetchone()[0]
-            if used:
-                raise ValueError(f"reservation id {reservation.id!r} was used before")
             now = self.clock()
-            self._expire(db, now)
-            # Every hold is checked against the balances before this
-            # reservation, then all are applied: the memory ledger's rule.
+            # Expired reservations are released once a second, and at once
+            # whenever a hold would not fit: releasing only frees units, so
+            # what fits is the same as if every reserve released them first.
+            expired = self._expire_if_time(db, now)
+            row = db.execute(read_sql, read_args).fetchone()
+            if row[0]:
+                raise ValueError(f"reservation id {rid!r} was used before")
+            found = _fit(holds, row)
+            if found is not None and not expired and self._expire(db, now):
+                found = _fit(holds, db.execute(read_sql, read_args).fetchone())
             missed: list[str] = []  # the over keys of soft holds that did not fit
-            for index, hold in enumerate(reservation.holds):
-                if hold.limit is None:
-                    continue
-                row = db.execute(
-                    "SELECT spent, reserved FROM counters WHERE key = ?", (hold.key,)
-                ).fetchone()
-                spent, reserved = row if row is not None else (0, 0)
-                part = 0
-                if hold.prior is not None:
-                    found = db.execute(
-                        "SELECT spent FROM counters WHERE key = ?", (hold.prior,)
-                    ).fetchone()
-                    if found is not None:
-                        part = found[0] * hold.weight // WEIGHT_SCALE
-                used_units = spent + reserved + part
-                if used_units + hold.amount > hold.limit or (
-                    hold.amount == 0 and used_units >= hold.limit
-                ):
-                    if hold.over is None:
-                        return Refusal(
-                            index, hold.key, hold.limit, spent, reserved, hold.amount, part
-                        )
-                    missed.append(hold.over)
-            _charge(db, [(hold.key, hold.amount) for hold in reservation.holds], "reserved")
+            if found is not None:
+                index, missed = found
+                if index >= 0:
+                    hold = holds[index]
+                    spent, reserved = db.execute(
+                        "SELECT spent, reserved FROM counters WHERE key = ?", (hold.key,)
+                    ).fetchone() or (0, 0)
+                    part = 0
+                    if hold.prior is not None:
+                        prior = db.execute(
+                            "SELECT spent FROM counters WHERE key = ?", (hold.prior,)
+                        ).fetchone()
+                        if prior is not None:
+                            part = prior[0] * hold.weight // WEIGHT_SCALE
+                    return Refusal(index, hold.key, hold.limit, spent, reserved, hold.amount, part)  # type: ignore[arg-type]
+            _charge(db, charges, "reserved")
             if missed:
                 db.executemany(
                     "INSERT INTO counters (key, spent) VALUES (?, 1) ON CONFLICT (key)"
@@ -346,7 +391,7 @@ class SQLiteLedger(_ThreadedAsync):
                 )
             db.execute(
                 "INSERT INTO reservations (id, holds, expires_at) VALUES (?, ?, ?)",
-                (reservation.id, holds_json, float(reservation.expires_at)),
+                (rid, holds_json, expires_at),
             )
             self._forget(db, now)
             return None
@@ -360,15 +405,34 @@ class SQLiteLedger(_ThreadedAsync):
         charges, tally = check_settle_amount(amount, reservation.holds)
         _check_fits(*charges, tally)
 
+        rid = reservation.id
+        # What reserve wrote for these holds: if the row holds that, its
+        # holds are these, and need no parsing.
+        written = (_holds_json(reservation.holds), reservation.holds)
+
         def run(db: sqlite3.Connection) -> bool:
-            rid = reservation.id
-            row = db.execute("SELECT settled FROM ended WHERE id = ?", (rid,)).fetchone()
-            if row is not None and row[0]:
+            # One read: whether it was settled before, and its holds if open.
+            settled, holds = db.execute(
+                "SELECT (SELECT settled FROM ended WHERE id = ?1),"
+                " (SELECT holds FROM reservations WHERE id = ?1)",
+                (rid,),
+            ).fetchone()
+            if settled:
                 return False
-            if not self._end(db, rid, settled=True, charges=charges):
+            if not self._finish(
+                db,
+                rid,
+                holds,
+                settled=True,
+                charges=charges,
+                written=written,
+                tallies=tallies,
+                tally=tally,
+            ):
                 # Expired or released (its holds gone): charge the keys all the same.
                 _charge(db, list(zip(reservation.keys, charges, strict=True)))
-            _charge(db, [(key, tally) for key in tallies])
+                if tallies:
+                    _charge_all(db, tallies, tally)
             return True
 
         return self._transact(run)
@@ -642,12 +706,14 @@ class SQLiteLedger(_ThreadedAsync):
         queued operation, up to ``_BATCH``, in one transaction, and each
         caller gets its own operation's outcome once that transaction has
         committed. A caller alone runs at once, its write in a transaction
-        of its own: nobody waits for company.
+        of its own: nobody waits for company. After a batch that had
+        company, the next caller leads a batch even if nobody is queued yet
+        (see ``_lead``): those just answered are about to write again.
         """
         deadline = time.monotonic() + self.timeout
         try:
             db = self._connection()
-            if not self._queue and not self._write_lock.locked():
+            if not self._queue and not self._write_lock.locked() and not self._company:
                 # One line on purpose: since PEP 626 the exit of a ``with``
                 # block counts as a line of its own, and an interrupt
                 # delivered there (by a trace function, for one) would skip
@@ -838,8 +904,14 @@ class SQLiteLedger(_ThreadedAsync):
             yield db
 
     def _busy(self, db: sqlite3.Connection, milliseconds: int) -> None:
-        """Set this thread's connection's busy timeout, if it is not that already."""
-        if getattr(self._local, "busy_ms", None) != milliseconds:
+        """Set this thread's connection's busy timeout to ``milliseconds``, or nearly.
+
+        A timeout already set is kept if it is no longer than ``milliseconds``
+        and at most a sixteenth shorter: each new value is a PRAGMA to
+        prepare (its text differs), and a batch's deadline moves on every time.
+        """
+        current = getattr(self._local, "busy_ms", None)
+        if current is None or not milliseconds - (milliseconds >> 4) <= current <= milliseconds:
             db.execute(f"PRAGMA busy_timeout = {milliseconds}")
             self._local.busy_ms = milliseconds
 
@@ -890,12 +962,25 @@ class SQLiteLedger(_ThreadedAsync):
             hint = "SQLite reported an error"
         return f"cannot {action} the SQLite ledger {self.path}: {hint} ({text})"
 
-    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+    def _expire(self, db: sqlite3.Connection, now: float) -> bool:
+        """End every reservation expired by ``now``; return whether there was one."""
         rows = db.execute(
             "SELECT id FROM reservations WHERE expires_at <= ? ORDER BY expires_at", (now,)
         ).fetchall()
         for (reservation_id,) in rows:
             self._end(db, reservation_id, settled=False)
+        return bool(rows)
+
+    def _expire_if_time(self, db: sqlite3.Connection, now: float) -> bool:
+        """End the expired reservations at most once a second; return whether it ran.
+
+        A clock that went back starts the second again, as in ``_forget``.
+        """
+        if self._expire_at - 1.0 <= now < self._expire_at:
+            return False
+        self._expire_at = now + 1.0
+        self._expire(db, now)
+        return True
 
     def _expire_if_due(self) -> None:
         # Reads stay read-only unless something has expired, so a balance
@@ -931,19 +1016,71 @@ class SQLiteLedger(_ThreadedAsync):
         row = db.execute(
             "SELECT holds FROM reservations WHERE id = ?", (reservation_id,)
         ).fetchone()
+        held = row[0] if row is not None else None
+        return self._finish(db, reservation_id, held, settled=settled, charges=charges)
+
+    def _finish(
+        self,
+        db: sqlite3.Connection,
+        reservation_id: str,
+        held: str | None,
+        *,
+        settled: bool,
+        charges: Sequence[int] | None = None,
+        written: tuple[str, Sequence[Hold]] | None = None,
+        tallies: Sequence[str] = (),
+        tally: int = 0,
+    ) -> bool:
+        """Do what ``_end`` does, given the reservation's holds JSON read in this transaction.
+
+        ``held`` is None when the reservation is not open. ``written`` is a
+        JSON text and the holds it stands for, used instead of parsing
+        ``held`` when it is that text. When the holds are charged, each key
+        of ``tallies`` is charged ``tally`` too (else not at all).
+        """
         charged = False
-        if row is not None:
+        if held is not None:
             db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
-            holds = json.loads(row[0])
+            # A Hold is the row it was written from: key, limit, amount, ...
+            holds: Sequence[Sequence[Any]] = (
+                written[1] if written is not None and held == written[0] else json.loads(held)
+            )
             if charges is not None and len(charges) == len(holds):
-                db.executemany(
-                    "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
-                    " DO UPDATE SET spent = spent + excluded.spent,"
-                    " reserved = max(reserved - ?, 0)",
-                    [(h[0], charge, h[2]) for h, charge in zip(holds, charges, strict=True)],
-                )
-                # A key charged something holds something: only the others may be empty.
-                holds = [h for h, charge in zip(holds, charges, strict=True) if not charge]
+                keys = [h[0] for h in holds]
+                if (
+                    keys
+                    and len({*keys, *tallies}) == len(keys) + len(tallies)
+                    and 3 * len(keys) + len(tallies) < 999
+                ):
+                    # Every key once: one statement charges the holds and the
+                    # tallies and drops the holds.
+                    db.execute(
+                        _settle_sql(len(keys), len(tallies)),
+                        [
+                            *(
+                                v
+                                for h, c in zip(holds, charges, strict=True)
+                                for v in (h[0], c, h[2])
+                            ),
+                            *((tally, *tallies) if tallies else ()),
+                        ],
+                    )
+                else:
+                    db.executemany(
+                        "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
+                        " DO UPDATE SET spent = spent + excluded.spent,"
+                        " reserved = max(reserved - ?, 0)",
+                        [(h[0], charge, h[2]) for h, charge in zip(holds, charges, strict=True)],
+                    )
+                    if tallies:
+                        _charge_all(db, tallies, tally)
+                # A key charged something holds something: only the others may
+                # be empty (and a tally's key keeps its row, as a tally's does).
+                holds = [
+                    h
+                    for h, charge in zip(holds, charges, strict=True)
+                    if not charge and h[0] not in tallies
+                ]
                 charged = True
             else:
                 db.executemany(
@@ -1040,9 +1177,29 @@ def _apply(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
         op = batch[0]
         op.outcome = (False, op.body(db))
         return
+    # Optimistic: the operations run one after another in one savepoint of
+    # the batch, not one each (two statements per batch, not per write).
+    # If one fails (a reused id, say), the batch so far is undone and run
+    # again with a savepoint per operation, so that the failing one is undone
+    # alone and the others still commit.
+    db.execute("SAVEPOINT batch")
     for op in batch:
-        # A savepoint per operation: one that fails (a reused id, say) is
-        # undone alone, and the others of the batch still commit.
+        try:
+            value = op.body(db)
+        except Exception:
+            if not db.in_transaction:
+                raise  # SQLite ended the whole transaction (a full disk, an I/O error)
+            db.execute("ROLLBACK TO batch")
+            db.execute("RELEASE batch")
+            _apply_each(db, batch)
+            return
+        op.outcome = (False, value)
+    db.execute("RELEASE batch")
+
+
+def _apply_each(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+    """Run every operation of ``batch`` in a savepoint of its own (one may fail alone)."""
+    for op in batch:
         db.execute("SAVEPOINT operation")
         try:
             value = op.body(db)
@@ -1116,6 +1273,26 @@ def _positive(name: str, value: object, url: str) -> float:
     return number
 
 
+def _holds_json(holds: Sequence[Hold]) -> str:
+    """Return the JSON of a reservation's holds, as ``json.dumps`` of their rows writes it.
+
+    Plain holds (checked by ``check_reservation``: a str key, int amounts)
+    are written by hand, the rest by ``json.dumps``.
+    """
+    parts = []
+    for hold in holds:
+        key, limit, amount, unit, over, prior, _ = hold
+        if unit != 0 or over is not None or prior is not None:
+            return json.dumps([_hold_row(hold) for hold in holds])
+        parts.append(
+            f"[{_json_string(key)}, {'null' if limit is None else int(limit)}, {int(amount)}]"
+        )
+    return "[" + ", ".join(parts) + "]"
+
+
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
 def _hold_row(hold: Hold) -> list[Any]:
     """Return the JSON row of a hold: [key, limit, amount], with the rest if not defaults."""
     if hold.unit == 0 and hold.over is None and hold.prior is None:
@@ -1134,12 +1311,96 @@ def _charge(db: sqlite3.Connection, rows: list[tuple[str, int]], column: str = "
 
 
 @functools.lru_cache(maxsize=128)
+def _settle_sql(holds: int, tallies: int) -> str:
+    """Return the charge of a settle: ``holds`` distinct held keys, then ``tallies`` others.
+
+    Parameters: key, charge and held amount of each hold, then the tally's
+    amount and the tally keys. A held key is charged its charge and drops its
+    held amount (never below 0); a tally key is charged the tally.
+    """
+    rows = [f"(?{3 * i + 1}, ?{3 * i + 2})" for i in range(holds)]
+    rows += [f"(?{3 * holds + 2 + j}, ?{3 * holds + 1})" for j in range(tallies)]
+    drops = " ".join(f"WHEN ?{3 * i + 1} THEN ?{3 * i + 3}" for i in range(holds))
+    return (
+        "INSERT INTO counters (key, spent) VALUES "
+        + ", ".join(rows)
+        + " ON CONFLICT (key) DO UPDATE SET spent = spent + excluded.spent,"
+        + f" reserved = max(reserved - CASE key {drops} ELSE 0 END, 0)"
+    )
+
+
+def _charge_all(db: sqlite3.Connection, keys: Sequence[str], amount: int) -> None:
+    """Add ``amount`` to the spend of every key of ``keys``: one statement per 200 keys."""
+    for start in range(0, len(keys), 200):
+        chunk = keys[start : start + 200]
+        db.execute(_charge_all_sql(len(chunk)), (amount, *chunk))
+
+
+@functools.lru_cache(maxsize=128)
+def _charge_all_sql(rows: int) -> str:
+    return (
+        "INSERT INTO counters (key, spent) VALUES "
+        + ", ".join([f"(?{row + 2}, ?1)" for row in range(rows)])
+        + " ON CONFLICT (key) DO UPDATE SET spent = spent + excluded.spent"
+    )
+
+
+@functools.lru_cache(maxsize=128)
 def _charge_sql(rows: int, column: str) -> str:
     return (
         f"INSERT INTO counters (key, {column}) VALUES "
         + ", ".join(["(?, ?)"] * rows)
         + f" ON CONFLICT (key) DO UPDATE SET {column} = {column} + excluded.{column}"
     )
+
+
+@functools.lru_cache(maxsize=128)
+def _check_sql(shape: tuple[int, ...]) -> str:
+    """Return the read of a reserve: whether its id was used, then what its limited holds use.
+
+    ``shape`` has one entry per hold: 0 for no limit, 1 for a limit, 2 for a
+    limit with a prior key. The row holds the used flag, then for each
+    limited hold its key's ``spent + reserved`` (and its prior key's spent,
+    or NULL where that key holds nothing).
+    """
+    columns = [
+        "EXISTS (SELECT 1 FROM reservations WHERE id = ?1)"
+        " OR EXISTS (SELECT 1 FROM ended WHERE id = ?1)"
+    ]
+    for kind in shape:
+        if kind:
+            columns.append("coalesce((SELECT spent + reserved FROM counters WHERE key = ?), 0)")
+        if kind == 2:
+            columns.append("(SELECT spent FROM counters WHERE key = ?)")
+    return "SELECT " + ", ".join(columns)
+
+
+def _fit(holds: Sequence[Hold], row: Sequence[Any]) -> tuple[int, list[str]] | None:
+    """Check every hold against the balances of ``row`` (see ``_check_sql``).
+
+    Return None if every hold fits; else the index of the first hard hold
+    that does not (-1 if none) and the over keys of the soft holds that did
+    not fit before it.
+    """
+    missed: list[str] = []
+    column = 1
+    for index, hold in enumerate(holds):
+        limit = hold.limit
+        if limit is None:
+            continue
+        used = row[column]
+        column += 1
+        if hold.prior is not None:
+            prior = row[column]
+            column += 1
+            if prior is not None:
+                used += prior * hold.weight // WEIGHT_SCALE
+        amount = hold.amount
+        if used + amount > limit or (amount == 0 and used >= limit):
+            if hold.over is None:
+                return index, missed
+            missed.append(hold.over)
+    return (-1, missed) if missed else None
 
 
 def _check_fits(*amounts: int) -> None:

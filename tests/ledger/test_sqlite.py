@@ -36,9 +36,9 @@ def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_schema_is_versioned(tmp_path: Path) -> None:
     """A new file gets the current schema version in PRAGMA user_version, and WAL."""
     ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
-    assert ledger.schema_version == SCHEMA_VERSION == 4
+    assert ledger.schema_version == SCHEMA_VERSION == 5
     with sqlite3.connect(tmp_path / "a.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {
@@ -289,9 +289,9 @@ def test_version_3_file_is_upgraded_keeping_its_reservations(tmp_path: Path) -> 
         )
         db.execute("PRAGMA user_version = 3")
     ledger = SQLiteLedger(f"sqlite:///{path}")
-    assert ledger.schema_version == SCHEMA_VERSION == 4
+    assert ledger.schema_version == SCHEMA_VERSION == 5
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)
     assert ledger.open_reservations() == [
         Reservation("open", (Hold("k", 100, 4), Hold("g", None, 3)), 1e10)
     ]
@@ -310,3 +310,96 @@ def test_version_3_file_is_upgraded_keeping_its_reservations(tmp_path: Path) -> 
     # And an older budgetguard would refuse the file: its version is above 3.
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] > 3
+
+
+def test_version_4_file_is_upgraded_keeping_every_id(tmp_path: Path) -> None:
+    """A version 4 file upgrades; its open holds, ended ids and charge op ids all still count."""
+    from budgetguard.ledger.sqlite import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for migration in MIGRATIONS[:4]:
+            for statement in migration:
+                db.execute(statement)
+        # What version 4 wrote: an open reservation, a settled one, a charge op id.
+        db.execute("INSERT INTO counters (key, spent, reserved) VALUES ('k', 5, 4)")
+        db.execute(
+            "INSERT INTO reservations (id, holds, expires_at) VALUES"
+            """ ('open', '[["k", 100, 4]]', 1e10)"""
+        )
+        db.execute("INSERT INTO ended (id, settled, at) VALUES ('done', 1, 1e10)")
+        db.execute("INSERT INTO added (id, at) VALUES ('charged', 1e10)")
+        db.execute("PRAGMA user_version = 4")
+    ledger = SQLiteLedger(f"sqlite:///{path}", clock=lambda: 1e9)
+    assert ledger.schema_version == SCHEMA_VERSION
+    with sqlite3.connect(path) as db:
+        tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        indexes = {
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+    for table in ("reservations", "ended", "added"):
+        assert "WITHOUT ROWID" in tables[table]
+    assert {"reservations_by_expiry", "ended_by_time", "added_by_time"} <= indexes
+    assert ledger.open_reservations() == [Reservation("open", (Hold("k", 100, 4),), 1e10)]
+    # The settled id stays settled, the op id stays used, the open hold still ends.
+    assert ledger.settle(Reservation("done", (Hold("k", 100, 4),), 1e10), 3) is False
+    with pytest.raises(ValueError, match="used before"):
+        ledger.reserve(Reservation("done", (Hold("k", 100, 1),), 1e10))
+    assert ledger.add(["k"], 1, op_id="charged") is False
+    assert ledger.settle(ledger.open_reservations()[0], 2) is True
+    assert ledger.balances(["k"]) == {"k": Balance(7, 0)}
+    ledger.close()
+
+
+def test_hold_that_fits_once_expired_holds_end_is_admitted_within_the_second(
+    tmp_path: Path,
+) -> None:
+    """A reserve that fits only without expired holds ends them first, even between the sweeps."""
+    now = [1000.0]
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}", clock=lambda: now[0])
+    assert ledger.reserve(Reservation("old", (Hold("k", 10, 8),), 1000.5)) is None
+    assert ledger.reserve(Reservation("soft-old", (Hold("s", 10, 8),), 1000.5)) is None
+    now[0] = 1000.6  # expired, and less than a second after the last sweep
+    assert ledger.reserve(Reservation("new", (Hold("k", 10, 8),), 2000.0)) is None
+    assert ledger.reserve(Reservation("soft", (Hold("s", 10, 8, over="o"),), 2000.0)) is None
+    assert ledger.balances(["k", "s", "o"]) == {
+        "k": Balance(0, 8),
+        "s": Balance(0, 8),
+        "o": Balance(0, 0),
+    }
+    # The refusal of a hold that does not fit even so reports the balance after the sweep.
+    refusal = ledger.reserve(Reservation("big", (Hold("k", 10, 3),), 2000.0))
+    assert refusal is not None and (refusal.spent, refusal.reserved) == (0, 8)
+    ledger.close()
+
+
+def test_settle_drops_the_holds_the_file_records(tmp_path: Path) -> None:
+    """A settle given other holds for a reservation id drops what the file holds for it."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    assert ledger.reserve(Reservation("r", (Hold("a", 100, 4), Hold("b", None, 6)), 1e10)) is None
+    assert ledger.settle(Reservation("r", (Hold("a", 100, 1), Hold("b", None, 1)), 1e10), 2)
+    assert ledger.balances(["a", "b"]) == {"a": Balance(2, 0), "b": Balance(2, 0)}
+    ledger.close()
+
+
+def test_settle_charges_each_hold_and_tally_in_one_write(tmp_path: Path) -> None:
+    """A settle drops each hold's own amount, charges each key its unit and each tally once."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    r = Reservation("r", (Hold("a", 100, 4), Hold("b", 100, 6, unit=1), Hold("c", None, 5)), 1e10)
+    assert ledger.reserve(Reservation("other", (Hold("a", 100, 2),), 1e10)) is None
+    assert ledger.reserve(r) is None
+    assert ledger.settle(r, [3, 0], ["t", "u"]) is True
+    assert ledger.balances(["a", "b", "c", "t", "u"]) == {
+        "a": Balance(3, 2),  # the other reservation still holds its 2
+        "b": Balance(0, 0),
+        "c": Balance(3, 0),
+        "t": Balance(3, 0),
+        "u": Balance(3, 0),
+    }
+    assert ledger.scan("b") == {}  # a key left with nothing is dropped
+    # A tally on a held key, and a key held twice: each still counts once per entry.
+    twice = Reservation("twice", (Hold("k", 100, 4), Hold("k", 100, 1)), 1e10)
+    assert ledger.reserve(twice) is None
+    assert ledger.settle(twice, 2, ["k"]) is True
+    assert ledger.balances(["k"]) == {"k": Balance(6, 0)}
+    ledger.close()

@@ -235,6 +235,21 @@ def test_a_caller_alone_never_waits_for_company(
     assert not [s for s in statements if "SAVEPOINT" in s.upper()]
 
 
+def test_first_caller_after_a_batch_with_company_leads_the_next_batch(
+    make: Callable[..., SQLiteLedger], batches: list[int]
+) -> None:
+    """After a batch of several writes the next caller leads a batch; once alone, it goes alone."""
+    ledger = make()
+    ledger._company = True  # as after a batch of several callers' writes
+    batches.clear()
+    r = hold("user", 100, 5)
+    assert ledger.reserve(r) is None  # led a batch (of its own write only: nobody came)
+    assert batches == [1]
+    assert ledger.settle(r, 3) is True  # that batch had no company: alone again
+    assert batches == [1]
+    assert ledger.balances(["user"])["user"] == Balance(3, 0)
+
+
 def test_queued_caller_gives_up_at_its_deadline_and_runs_nothing(
     make: Callable[..., SQLiteLedger], batches: list[int], no_polling: None
 ) -> None:
