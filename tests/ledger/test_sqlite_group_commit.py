@@ -335,7 +335,9 @@ def test_interrupted_leader_at_every_line_leaves_no_caller_waiting(
         if not tracer.fired:
             break
     assert at > 20  # the leader's path really ran line by line
-    assert led > at // 2  # mostly this thread led (followers may lead once nudged)
+    # This thread led the batch of all four at many line events (a follower
+    # may lead once nudged, more often on a loaded machine: how often is no guarantee).
+    assert led >= 10
     assert ledger.balances(["probe"])["probe"] == Balance(probes, 0)
 
 
