@@ -567,7 +567,8 @@ class BudgetGuard(CallLifecycle, BudgetQueries):
             if background:
                 # Once per outage: the calls themselves report the ledger's state.
                 reads = self._budget_reads
-                log = logger.debug if reads.failing else logger.warning
+                # A read cut short by close() is no outage worth a warning.
+                log = logger.debug if reads.failing or reads.stopped else logger.warning
                 reads.failing = True
                 log("could not re-read the budget definitions: %s", error)
                 return self._budget_defs
