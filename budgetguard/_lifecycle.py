@@ -300,14 +300,14 @@ class CallLifecycle(GuardParts):
             holders = plan.holders
             try:
                 refusal = self.ledger.reserve(reservation)
-            except StorageError as error:
+            except StorageError as error:  # fail_open: a call with no reservation
                 opening = _new(
                     _Opening, (user, units, model, plan, holders, holds, tags, None, False, now)
                 )
-                refusal, call = None, self._storage_down(error, opening, None)
-            if refusal is not None:
-                raise self._refused(refusal, holders, user, model)
+                call = self._storage_down(error, opening, None)
             else:
+                if refusal is not None:
+                    raise self._refused(refusal, holders, user, model)
                 # self is the BudgetGuard this class is a part of.
                 call = Call(self, user, reservation, plan, holders, units, model, tags)  # type: ignore[arg-type]
         # ``with call:`` inlined: set, then reset by token.
@@ -434,13 +434,13 @@ class CallLifecycle(GuardParts):
             )
             try:
                 refusal = await self.ledger.areserve(reservation)
-            except StorageError as error:
+            except StorageError as error:  # fail_open: a call with no reservation
                 decided = (user, units, model, plan, plan.holders, holds, tags, None, False, now)
                 opening = _new(_Opening, decided)
-                refusal, call = None, self._storage_down(error, opening, None)
-            if refusal is not None:
-                raise self._refused(refusal, plan.holders, user, model)
+                call = self._storage_down(error, opening, None)
             else:
+                if refusal is not None:
+                    raise self._refused(refusal, plan.holders, user, model)
                 # self is the BudgetGuard this class is a part of.
                 call = Call(self, user, reservation, plan, plan.holders, units, model, tags)  # type: ignore[arg-type]
         try:

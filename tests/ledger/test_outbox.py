@@ -28,7 +28,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from budgetguard import BudgetGuard, ConfigurationError
+from budgetguard import BudgetGuard, ConfigurationError, StorageError
 
 from ._proxy import CuttableProxy, DroppingProxy
 from .conftest import worker_env
@@ -413,3 +413,66 @@ def test_outbox_size_must_be_a_whole_number(size: object, ledger_url: str) -> No
     """A bad outbox_size is refused when the guard is built, naming the value."""
     with pytest.raises(ConfigurationError, match="outbox_size"):
         BudgetGuard(ledger_url, outbox_size=size, metrics=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("steps", ["one-frame", "general"])
+def test_a_reserve_that_fails_follows_the_policy_on_every_path(
+    outage: Outage, monkeypatch: pytest.MonkeyPatch, policy: str, kind: str, steps: str
+) -> None:
+    """fail_closed refuses before the call runs, fail_open runs it unchecked; then charging resumes.
+
+    ``steps``: the one-frame path of a common call (definitions fresh), or the
+    general steps (``budget_cache_ttl=0`` re-reads them every call).
+    """
+    ttl = 0 if steps == "general" else 3600
+    guard = make_guard(outage, on_storage_error=policy, budget_cache_ttl=ttl)
+    general: list[int] = []
+    begin, abegin = guard._begin, guard._abegin
+
+    def counted_begin(*args: Any, **kwargs: Any) -> Any:
+        general.append(1)
+        return begin(*args, **kwargs)
+
+    async def counted_abegin(*args: Any, **kwargs: Any) -> Any:
+        general.append(1)
+        return await abegin(*args, **kwargs)
+
+    monkeypatch.setattr(guard, "_begin", counted_begin)
+    monkeypatch.setattr(guard, "_abegin", counted_abegin)
+    ran: list[int] = []
+    if kind == "sync":
+
+        @guard.budgeted(user="alice", estimate="1", cost=lambda _: COST)
+        def sync_call() -> None:
+            ran.append(1)
+
+        def call() -> None:
+            sync_call()
+    else:
+
+        @guard.budgeted(user="alice", estimate="1", cost=lambda _: COST)
+        async def async_call() -> None:
+            ran.append(1)
+
+        def call() -> None:
+            asyncio.run(async_call())
+
+    call()  # warm: definitions read, the plan made
+    general.clear()
+    outage.down()
+    try:
+        if policy == "fail_closed":
+            with pytest.raises(StorageError):
+                call()
+            assert ran == [1]  # refused before it ran
+        else:
+            call()
+            assert ran == [1, 1]  # ran unchecked, charged nothing
+        assert (len(general) > 0) == (steps == "general")  # the path under test was taken
+    finally:
+        outage.up()
+    call()
+    guard.close()
+    assert truth(outage) == Decimal(COST) * 2
