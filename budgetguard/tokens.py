@@ -292,13 +292,25 @@ def _fetch_in_background(name: str) -> None:
     threading.Thread(target=fetch, name=f"budgetguard-tokenizer-{name}", daemon=True).start()
 
 
+# Model name -> the encoding it counts with (a pure function of the name;
+# names are few, a program that makes them by the thousand gets a reset).
+_encoding_names: dict[str, str] = {}
+_NAMES_KEPT = 4096
+
+
 def encoding_for(model: str) -> tiktoken.Encoding | None:
     """Return the tiktoken ``Encoding`` to count ``model``'s tokens with, loaded offline.
 
     OpenAI models get their own encoding; any other model gets ``o200k_base``
     as an approximation. ``None`` when no vocabulary is available offline.
     """
-    return _get_encoding(encoding_name_for(model) or "o200k_base")
+    name = _encoding_names.get(model)
+    if name is None:
+        name = encoding_name_for(model) or "o200k_base"
+        if len(_encoding_names) >= _NAMES_KEPT:
+            _encoding_names.clear()
+        _encoding_names[model] = name
+    return _get_encoding(name)
 
 
 #: budgetguard's own directory: frames in it are not the caller's.
@@ -337,13 +349,45 @@ def _warn_estimate() -> None:
         logger.warning(ESTIMATE_WARNING)
 
 
+class _Counted:
+    """The token counts of texts one encoding has counted lately, by text.
+
+    A conversation sends its whole history again on every turn: each text is
+    encoded once, and counting a prompt costs what its new messages cost.
+    At most ``chars`` characters of text are kept; past that, all are
+    forgotten at once (one step, safe under threads).
+    """
+
+    __slots__ = ("chars", "counts")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.chars = 0
+
+
+#: Characters of counted text remembered per encoding, at most.
+COUNTED_CHARS_KEPT = 1 << 21
+_counted: dict[tiktoken.Encoding, _Counted] = {}
+
+
 def _count_text(text: str, encoding: tiktoken.Encoding | None) -> int:
     if not text:
         return 0
     if encoding is None:
         return math.ceil(len(text) / 4)
-    # Special-token strings in user text are ordinary text to the API.
-    return len(encoding.encode_ordinary(text))
+    counted = _counted.get(encoding)
+    if counted is None:
+        counted = _counted.setdefault(encoding, _Counted())
+    found = counted.counts.get(text)
+    if found is None:
+        # Special-token strings in user text are ordinary text to the API.
+        found = len(encoding.encode_ordinary(text))
+        if type(text) is str:  # a subclass may compare equal to text it is not
+            counted.chars += len(text)
+            if counted.chars > COUNTED_CHARS_KEPT:
+                counted.counts, counted.chars = {}, len(text)
+            counted.counts[text] = found
+    return found
 
 
 def _content_parts(content: Any) -> tuple[list[str], int]:
@@ -418,6 +462,20 @@ def count_tokens(text_or_messages: str | Sequence[Mapping[str, Any]], model: str
     total = 0
     messages = 0
     for message in text_or_messages:
+        if type(message) is dict:
+            # The common message, {"role": ..., "content": "..."}, read inline;
+            # any other kind is read by _message_fields.
+            role, content = message.get("role"), message.get("content")
+            if (
+                type(content) is str
+                and type(role) is str
+                and "tool_calls" not in message
+                and "name" not in message
+            ):
+                messages += 1
+                total += TOKENS_PER_MESSAGE + _count_text(role, encoding)
+                total += _count_text(content, encoding)
+                continue
         if isinstance(message, str):
             total += _count_text(message, encoding)
             continue
@@ -447,12 +505,12 @@ def _as_messages(value: Any) -> list[Mapping[str, Any]] | str | None:
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, Mapping):
+    if type(value) is not list and isinstance(value, Mapping):
         return [value]
-    if isinstance(value, Iterable):
+    if type(value) is list or isinstance(value, Iterable):
         out: list[Mapping[str, Any]] = []
         for item in value:
-            if isinstance(item, Mapping):
+            if type(item) is dict or isinstance(item, Mapping):
                 out.append(item)
             elif isinstance(item, str):
                 out.append({"role": "user", "content": item})

