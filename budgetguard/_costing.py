@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UnknownModelError
 from .money import MONEY, to_decimal, to_units
-from .pricing import cost_of, default_table, lookup, price_units
+from .pricing import ModelPrice, cost_of, default_table, lookup, price_units
+from .pricing._cost import estimate_units
 from .tokens import call_shape, count_tokens
 from .usage import StreamMeter, Usage, extract_usage
 
@@ -93,6 +94,15 @@ def bedrock_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
+# A priced model's projection: input tokens, output tokens, the model's price.
+_Tokens = tuple[int, int, ModelPrice]
+
+
+def _estimated_usage(tokens: _Tokens, model: str) -> Usage:
+    """Return the ``Usage`` a projection prices as (for the Decimal path and reports)."""
+    return Usage(input_tokens=tokens[0], output_tokens=tokens[1], model=model, estimated=True)
+
+
 class Pricer:
     """Price calls for one guard, under its unknown-model and output-size rules."""
 
@@ -130,8 +140,8 @@ class Pricer:
         if found is None:
             return None
         cost, model = found
-        if isinstance(cost, Usage):
-            return cost_of(cost, at=self.clock()).total, model
+        if isinstance(cost, tuple):
+            return cost_of(_estimated_usage(cost, model), at=self.clock()).total, model
         return cost, model
 
     def estimate_units(self, arguments: Mapping[str, Any]) -> tuple[int, str] | None:
@@ -140,13 +150,17 @@ class Pricer:
         if found is None:
             return None
         cost, model = found
-        if not isinstance(cost, Usage):
+        if not isinstance(cost, tuple):
             return to_units(cost), model
-        price = lookup(model)
-        assert price is not None  # _estimate gives a Usage only for a model with a price
-        return price_units(cost, price, at=self.clock() if price.dated else None), model
+        tokens, output, price = cost
+        # The clock is read only for a model with dated prices.
+        at = self.clock() if price.dated else None
+        units = estimate_units(price, tokens, output, at=at)
+        if units is None:  # too large for the integer path: the Decimal one decides
+            units = price_units(_estimated_usage(cost, model), price, at=at)
+        return units, model
 
-    def _estimate(self, arguments: Mapping[str, Any]) -> tuple[Decimal | Usage, str] | None:
+    def _estimate(self, arguments: Mapping[str, Any]) -> tuple[Decimal | _Tokens, str] | None:
         """Do ``estimate``: the tokens a priced model's call projects, else its cost."""
         model = arguments.get("model")
         if not isinstance(model, str):
@@ -177,8 +191,7 @@ class Pricer:
             return self.fallback_cost(tokens, output), shape.model
         # What tokens.projected_cost prices (capped above already).
         tokens = count_tokens(shape.text_or_messages, shape.model)
-        usage = Usage(input_tokens=tokens, output_tokens=output, model=shape.model, estimated=True)
-        return usage, shape.model
+        return (tokens, output, price), shape.model
 
     def fallback_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Return what tokens of a model with no price cost at the fallback price."""

@@ -21,6 +21,7 @@ from budgetguard.pricing import (
     price_units,
     price_usage,
 )
+from budgetguard.pricing._cost import estimate_units
 from budgetguard.pricing._units import integer_total
 from budgetguard.usage import Usage
 from budgetguard.usage._record import _COUNTS
@@ -244,3 +245,32 @@ def test_integer_path_is_exact() -> None:
         current = price.at(4_102_444_800.0)
         for usage in usages:
             assert price_units(usage, current, tier="standard") == _exact_units(usage, current)
+
+
+def test_an_estimate_priced_without_a_usage_charges_what_its_usage_would() -> None:
+    """``estimate_units`` (input and output tokens, standard tier) equals ``price_units``.
+
+    Over every shipped and odd price, dated prices and long-context bands
+    included; where it gives up (``None``) the caller prices the ``Usage``.
+    """
+    table = PriceTable()
+    table.load_mapping(_ODD_PRICES)
+    rng = random.Random(19)
+    sizes = [*_REALISTIC, *_HUGE]
+    pairs = [(rng.choice(sizes), rng.choice(sizes)) for _ in range(40)]
+    checked = given_up = 0
+    for price in [*default_table(), *table]:
+        bands = [(band.above_input_tokens + 1, 1_000) for band in price.long_context]
+        instants = {at for _, at in _variants(price)}
+        for at in sorted(instants):
+            for tokens, output in pairs + bands + [(0, 0), (1, 0), (0, 1)]:
+                usage = Usage(input_tokens=tokens, output_tokens=output, estimated=True)
+                ours = estimate_units(price, tokens, output, at=at)
+                if ours is None:
+                    given_up += 1
+                    realistic = tokens < 10**18 and output < 10**18
+                    assert not realistic or price.model == "forty-digits", (price.model, tokens)
+                    continue
+                assert ours == price_units(usage, price, at=at), (price.model, at, tokens, output)
+                checked += 1
+    assert checked > 10_000 and given_up > 0

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..usage import Usage
     from ._table import PriceTable
 
-__all__ = ["SERVICE_TIERS", "cost_of", "price_units", "price_usage"]
+__all__ = ["SERVICE_TIERS", "cost_of", "estimate_units", "price_units", "price_usage"]
 
 
 def _default_table() -> PriceTable:
@@ -143,6 +143,28 @@ def price_units(
         if units is not None:
             return units
     return to_units(price_usage(usage, base, tier=tier, at=at).total)
+
+
+def estimate_units(
+    price: ModelPrice, input_tokens: int, output_tokens: int, *, at: float | None = None
+) -> int | None:
+    """Return ``price_units`` of a standard-tier usage of only input and output tokens.
+
+    The estimate of a call before it runs, priced with no ``Usage`` built.
+    ``None`` when the integer path cannot hold the sum exactly (the caller
+    then prices a ``Usage`` with ``price_units``, which takes the Decimal path).
+    """
+    if price.dated:
+        price = price.at(time.time() if at is None else at)
+    p = price.for_input(input_tokens) if price.long_context else price
+    if p is not price and p.per_request is not price.per_request:
+        return None  # a band with fees of its own: price_units' rule
+    unit = p.unit_price
+    total = unit.call + input_tokens * unit.input + output_tokens * unit.output
+    if total >= unit.limit:
+        return None
+    scale = unit.scale
+    return total if scale == 1 else -(-total // scale)
 
 
 def cost_of(
