@@ -984,13 +984,33 @@ _SDK_STREAMS = {
 }
 
 
+# Per class: whether its instances are streams (decided once; classes are few,
+# a program that makes them by the thousand gets a reset).
+_STREAM_CLASSES: dict[type, bool] = {}
+_STREAM_CLASSES_KEPT = 1024
+
+
 def is_stream(result: Any) -> bool:
     """Tell whether ``result`` is a stream of chunks that a guarded call must meter."""
-    if isinstance(result, (types.GeneratorType, types.AsyncGeneratorType)):
-        return True  # google-genai's generate_content_stream, users' own generators
     cls = type(result)
-    names = _SDK_STREAMS.get(cls.__module__.partition(".")[0])
-    return names is not None and any(base.__name__ in names for base in cls.__mro__)
+    found = _STREAM_CLASSES.get(cls)
+    if found is None:
+        found = _is_stream_class(cls)
+        if len(_STREAM_CLASSES) >= _STREAM_CLASSES_KEPT:
+            _STREAM_CLASSES.clear()
+        _STREAM_CLASSES[cls] = found
+    return found
+
+
+def _is_stream_class(cls: type) -> bool:
+    """Decide ``is_stream`` for the instances of ``cls``."""
+    if issubclass(cls, (types.GeneratorType, types.AsyncGeneratorType)):
+        return True  # google-genai's generate_content_stream, users' own generators
+    # A stream class of an SDK, or a subclass of one (made anywhere).
+    return any(
+        base.__name__ in _SDK_STREAMS.get(base.__module__.partition(".")[0], ())
+        for base in cls.__mro__
+    )
 
 
 def guard_returned_stream(call: Call, result: Any) -> Any:

@@ -302,3 +302,40 @@ def test_empty_accumulator_has_no_usage_unless_prompt_known() -> None:
     usage = OpenAIChatStream().usage(prompt_tokens=12)
     assert usage is not None and usage.estimated
     assert (usage.input_tokens, usage.output_tokens) == (12, 0)
+
+
+def test_what_is_a_stream_is_decided_per_class_and_stays_right() -> None:
+    """Generators and the SDKs' stream classes (and subclasses) are streams; nothing else is.
+
+    Asked twice per object, so the second answer comes from what was decided
+    for its class.
+    """
+    import openai
+
+    from budgetguard import _streams
+
+    def numbers() -> Any:
+        yield 1
+
+    async def anumbers() -> Any:
+        yield 1
+
+    class MyStream(openai.Stream):  # type: ignore[type-arg]
+        def __init__(self) -> None:  # no HTTP response behind it
+            pass
+
+    lookalike = type("Stream", (), {"__module__": "mine.streams"})
+    sdk_like = type("Stream", (), {"__module__": "anthropic._streaming"})
+    cases = [
+        (numbers(), True),
+        (anumbers(), True),
+        (MyStream(), True),
+        (sdk_like(), True),
+        (lookalike(), False),
+        ({"choices": []}, False),
+        ("text", False),
+        (None, False),
+    ]
+    for _ in range(2):
+        for value, expected in cases:
+            assert _streams.is_stream(value) is expected, value
