@@ -162,7 +162,7 @@ class ArgumentReader:
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], bound: bool
     ) -> Mapping[str, Any]:
         """Return the call's arguments an estimate reads, keyword or positional."""
-        if not self._positions:
+        if not args or not self._positions:
             return kwargs
         shift = 1 if bound and self._bound_first else 0
         found: dict[str, Any] | None = None

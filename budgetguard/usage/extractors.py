@@ -228,6 +228,7 @@ _PROVIDER_BY_MODEL_PREFIX = (
     ("deepseek", "deepseek"),
     ("grok", "x_ai"),
 )
+_MODEL_PREFIXES = tuple(prefix for prefix, _ in _PROVIDER_BY_MODEL_PREFIX)
 
 
 def _openai_shaped_provider(vendor: str, view: Any, model: str | None) -> str:
@@ -242,6 +243,8 @@ def _openai_shaped_provider(vendor: str, view: Any, model: str | None) -> str:
         return "mistral_ai" if vendor == "mistralai" else vendor
     if model:
         lowered = model.lower()
+        if not lowered.startswith(_MODEL_PREFIXES):  # one test for the common case
+            return "openai"
         for prefix, provider in _PROVIDER_BY_MODEL_PREFIX:
             if lowered.startswith(prefix):
                 return provider
