@@ -10,6 +10,8 @@ Instruction counts do not depend on the machine's load, unlike times. Cases:
 - ``cost=``: the function gives its cost (``cost=lambda r: "0.0005"``);
 - ``cost=, async``: the same as a coroutine function, awaited in one event loop;
 - ``auto-priced``: it returns an OpenAI-shaped chat completion, read and priced;
+- ``conversation``: no estimate given: each call sends a 20-message history
+  with one new question (estimated from the prompt), and is auto-priced;
 - ``ledger only``: one memory-ledger reserve and settle with seven tallies,
   as a guarded call makes them;
 - ``cost=, sqlite``: the ``cost=`` case on a SQLite file (the client's side:
@@ -61,6 +63,17 @@ if mode == "async":  # a coroutine function, awaited n times in one event loop
             await acall()
     asyncio.run(calls(n + 2))
     raise SystemExit
+if mode == "chat":  # auto-priced and estimated from the prompt: a conversation of 20 turns
+    @guard.budgeted(user="alice")
+    def chat(model, messages):
+        return RESPONSE
+    history = [{"role": "system", "content": "You are a helpful assistant. Answer briefly."}]
+    for i in range(n + 2):  # each turn sends the history again, with one new question
+        history.append({"role": "user", "content": f"Question {i}: what is {i} times {i + 1}?"})
+        chat(model="gpt-4o-mini", messages=history)
+        history.append({"role": "assistant", "content": f"{i} times {i + 1} is {i * (i + 1)}."})
+        del history[1:-19]  # the system prompt and the last 19 messages
+    raise SystemExit
 if mode in ("cost", "sqlite", "redis"):
     call = guard.budgeted(user="alice", estimate="0.001", cost=lambda r: "0.0005")(lambda: None)
 else:
@@ -88,6 +101,7 @@ CASES = (
     ("cost=", CALL, "cost"),
     ("cost=, async", CALL, "async"),
     ("auto-priced", CALL, "usage"),
+    ("conversation", CALL, "chat"),
     ("ledger only", LEDGER, "-"),
     ("cost=, sqlite", CALL, "sqlite"),
 )

@@ -835,3 +835,109 @@ def test_an_estimate_callable_is_asked_once_per_call(kind: str) -> None:
         asyncio.run(both())
     assert asked == ["a", "b"]
     assert guard.spend("alice") == Decimal("0.004")
+
+
+class _Outcomes:
+    """A listener that keeps each call's outcome."""
+
+    def __init__(self) -> None:
+        self.ended: list[Any] = []
+
+    def call_ended(self, outcome: Any) -> None:
+        self.ended.append(outcome)
+
+    def call_refused(self, error: Any, *, user: Any, request_model: Any) -> None:
+        pass
+
+    def threshold_crossed(self, crossing: Any) -> None:
+        pass
+
+    def storage_failed(self, error: Any, *, policy: Any) -> None:
+        pass
+
+
+_USAGE = {"prompt_tokens": 1_000, "completion_tokens": 200}
+_RESULTS: dict[str, Any] = {
+    "priced": {"object": "chat.completion", "model": "gpt-4o-mini", "usage": _USAGE},
+    "unknown model": {"object": "chat.completion", "model": "no-such-model", "usage": _USAGE},
+    "no model": {"object": "chat.completion", "usage": _USAGE},
+    "reported cost": {
+        "object": "chat.completion",
+        "model": "openai/gpt-4o-mini",
+        "usage": {**_USAGE, "cost": 0.000123},
+    },
+    "no usage": {"object": "chat.completion", "model": "gpt-4o-mini"},
+    "cached": {
+        "model": "deepseek-chat",
+        "usage": {**_USAGE, "prompt_cache_hit_tokens": 600},
+    },
+}
+
+
+def _ended_on(
+    monkeypatch: pytest.MonkeyPatch, ttl: float, kind: str, response: Any, policy: dict[str, str]
+) -> tuple[Decimal, list[str], Any]:
+    """Return the spend, errors and last outcome of two calls that answer ``response``."""
+    guard = BudgetGuard(metrics=False, budget_cache_ttl=ttl, **policy)  # type: ignore[arg-type]
+    guard.set_budget("100", user="alice")
+    outcomes = _Outcomes()
+    guard.add_listener(outcomes)
+    general: list[int] = []
+    name = "_begin" if kind == "sync" else "_abegin"
+    begin = getattr(guard, name)
+    monkeypatch.setattr(guard, name, lambda *a, **k: (general.append(1), begin(*a, **k))[1])
+    decorate = guard.budgeted(user="alice", estimate="0.01", model="gpt-4o")
+    if kind == "sync":
+        run = decorate(lambda: response)
+    else:
+
+        async def answer() -> Any:
+            return response
+
+        arun = decorate(answer)
+
+        def run() -> Any:
+            return asyncio.run(arun())
+
+    raised = []
+    for _ in range(2):  # the first call reads the definitions; the second is compared
+        general.clear()
+        try:
+            run()
+        except Exception as error:
+            raised.append(type(error).__name__)
+    assert (len(general) > 0) == (ttl == 0), "the path under test was not taken"
+    spent = guard.spend("alice")
+    guard.close()
+    return spent, raised, outcomes.ended[-1]._replace(duration=0, span=None)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("result", sorted(_RESULTS))
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {},
+        {"on_unknown_model": "ignore"},
+        {"on_unknown_model": "raise"},
+        {"on_missing_cost": "ignore"},
+        {"on_missing_cost": "raise"},
+    ],
+    ids=["defaults", "unknown-ignore", "unknown-raise", "missing-ignore", "missing-raise"],
+)
+def test_a_result_ends_the_same_in_one_frame_and_on_the_general_steps(
+    monkeypatch: pytest.MonkeyPatch, kind: str, result: str, policy: dict[str, str]
+) -> None:
+    """What an auto-priced call is charged, raises and reports does not depend on its path.
+
+    The one-frame path (definitions fresh) against the general steps
+    (``budget_cache_ttl=0`` re-reads them every call), for every kind of
+    ending a response can have.
+    """
+    from budgetguard import _hooks
+
+    monkeypatch.setattr(_hooks, "active", ())  # a max_budget left by another test
+    one_frame = _ended_on(monkeypatch, 3600, kind, _RESULTS[result], policy)
+    general = _ended_on(monkeypatch, 0, kind, _RESULTS[result], policy)
+    assert one_frame == general

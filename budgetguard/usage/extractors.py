@@ -251,6 +251,18 @@ def _openai_shaped_provider(vendor: str, view: Any, model: str | None) -> str:
     return "openai"
 
 
+# The keys of an OpenAI-shaped usage block that only other vendors (DeepSeek,
+# LiteLLM's Anthropic-style cache counts) send.
+_CACHE_KEYS = frozenset(
+    {
+        "prompt_cache_hit_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "cache_creation",
+    }
+)
+
+
 def from_openai_usage(
     usage: Any,
     *,
@@ -302,30 +314,38 @@ def from_openai_usage(
         image_in = 0
     elif image_in.__class__ is not int or image_in < 0:
         image_in = _int(image_in, "image_tokens")
-    if not cached:
-        # DeepSeek reports its cache hits beside, not inside, the details.
-        found = get("prompt_cache_hit_tokens")
-        if found is not None:
-            cached = _int(found, "prompt_cache_hit_tokens")
-    if not cached:
-        # LiteLLM normalises Anthropic-style cache reads under this name; it
-        # still counts them inside prompt_tokens.
-        found = get("cache_read_input_tokens")
-        if found is not None:
-            cached = _int(found, "cache_read_input_tokens")
-    if not cache_write:
-        found = get("cache_creation_input_tokens")
-        if found is not None:
-            cache_write = _int(found, "cache_creation_input_tokens")
+    write_1h = 0
+    # OpenAI's own blocks carry none of the keys below: one test in C for
+    # them all (a block that is no dict reads each key).
+    if type(usage) is not dict or not _CACHE_KEYS.isdisjoint(usage):
+        if not cached:
+            # DeepSeek reports its cache hits beside, not inside, the details.
+            found = get("prompt_cache_hit_tokens")
+            if found is not None:
+                cached = _int(found, "prompt_cache_hit_tokens")
+        if not cached:
+            # LiteLLM normalises Anthropic-style cache reads under this name; it
+            # still counts them inside prompt_tokens.
+            found = get("cache_read_input_tokens")
+            if found is not None:
+                cached = _int(found, "cache_read_input_tokens")
+        if not cache_write:
+            found = get("cache_creation_input_tokens")
+            if found is not None:
+                cache_write = _int(found, "cache_creation_input_tokens")
+        split = get("cache_creation")
+    else:
+        split = None
     # LiteLLM splits Anthropic's cache writes by lifetime in
     # prompt_tokens_details.cache_creation_token_details (or passes Anthropic's
     # own cache_creation through): 1-hour writes cost more than 5-minute ones.
-    split = details.get("cache_creation_token_details")
-    if split is None:
-        split = get("cache_creation")
-    write_1h = _count(split, "ephemeral_1h_input_tokens") if split is not None else 0
-    if write_1h:
-        cache_write = max(cache_write, write_1h + _count(split, "ephemeral_5m_input_tokens"))
+    found = details.get("cache_creation_token_details")
+    if found is not None:
+        split = found
+    if split is not None:
+        write_1h = _count(split, "ephemeral_1h_input_tokens")
+        if write_1h:
+            cache_write = max(cache_write, write_1h + _count(split, "ephemeral_5m_input_tokens"))
 
     out_details = _fields(get("completion_tokens_details"))
     reasoning = out_details.get("reasoning_tokens")
