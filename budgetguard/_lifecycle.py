@@ -283,7 +283,7 @@ class CallLifecycle(GuardParts):
 
         The steps of ``_begin``, ``with call:`` and ``_complete`` in one frame
         for the case most calls are: a user's plan of dollar budgets, nothing
-        to learn, no scope caps, no hooks. Whatever else a call has takes those
+        to learn, no scope caps. Whatever else a call has takes those
         steps themselves (the same code every other entry point runs).
         """
         found = self._simple_plan(user, units)
@@ -292,6 +292,8 @@ class CallLifecycle(GuardParts):
             plan = None
         else:
             plan, user, tags, now = found
+            for hook in _hooks.active:  # as _open: before anything is reserved
+                self._before_hook(hook, user, model)
             holds = plan._held if plan._held_units == units else plan.holds(units)
             reservation: Reservation = _new(
                 Reservation,
@@ -373,7 +375,7 @@ class CallLifecycle(GuardParts):
             raise
         if ending.usage is not None:
             self._ended(call, ending)  # learns what the model wrote, then tells
-        elif self._listeners:
+        elif self._listeners or _hooks.active:
             self._tell(call, spent, ending)
         return result
 
@@ -382,7 +384,7 @@ class CallLifecycle(GuardParts):
     ) -> tuple[Plan, str | None, Mapping[str, str], float] | None:
         """Return (plan, user, tags, now) of a call ``_run`` may make in one frame, else None.
 
-        That is a call with an estimate, no hooks, no scope caps, nothing in
+        That is a call with an estimate, no scope caps, nothing in
         the outbox, budget definitions fresh and on users only, and a current
         plan of dollar budgets for its user.
         """
@@ -390,7 +392,6 @@ class CallLifecycle(GuardParts):
         planner = self._planner
         if (
             not units
-            or _hooks.active
             or (scope is not None and scope.caps)
             or self._outbox.pending
             or planner._index_of is not self._budget_defs
@@ -435,6 +436,8 @@ class CallLifecycle(GuardParts):
             plan = None
         else:
             plan, user, tags, now = found
+            for hook in _hooks.active:  # as _open: before anything is reserved
+                self._before_hook(hook, user, model)
             holds = plan._held if plan._held_units == units else plan.holds(units)
             reservation: Reservation = _new(
                 Reservation,
@@ -502,7 +505,7 @@ class CallLifecycle(GuardParts):
             raise
         if ending.usage is not None:
             self._ended(call, ending)  # learns what the model wrote, then tells
-        elif self._listeners:
+        elif self._listeners or _hooks.active:
             self._tell(call, spent, ending)
         return result
 

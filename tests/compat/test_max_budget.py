@@ -116,3 +116,47 @@ def test_importable_and_exported() -> None:
     from budgetguard import max_budget
 
     assert max_budget is None
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_cap_holds_on_calls_that_run_in_one_frame(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call with an estimate and plain budgets keeps its one-frame path under a cap.
+
+    The cap counts it and refuses the call after the process spent it, as on
+    the general steps; no call falls back to them because a cap is set.
+    """
+    guard = bg.BudgetGuard(metrics=False)
+    guard.set_budget("100", user="alice")
+    general: list[int] = []
+    name = "_begin" if kind == "sync" else "_abegin"
+    begin = getattr(guard, name)
+    monkeypatch.setattr(guard, name, lambda *a, **k: (general.append(1), begin(*a, **k))[1])
+    decorate = guard.budgeted(user="alice", estimate="0.002", cost=lambda _: "0.0015")
+    if kind == "sync":
+        run = decorate(lambda: None)
+    else:
+
+        async def answer() -> None:
+            return None
+
+        arun = decorate(answer)
+
+        def run() -> None:
+            asyncio.run(arun())
+
+    run()  # the first call reads the definitions (general steps), before any cap
+    general.clear()
+    bg.max_budget = 0.005
+    bg._current_cost = 0  # a cap set by an earlier test may have counted the first call
+    calls = 0
+    with pytest.raises(BudgetExceededError) as refused:
+        while calls < 10:
+            run()
+            calls += 1
+    assert calls == 4  # $0.0015 a call: the fourth passes $0.005
+    assert refused.value.current_cost == bg._current_cost == Decimal("0.006")
+    # The first call and four counted ones; the refused call reserved nothing.
+    assert guard.spend("alice") == Decimal("0.0075")
+    assert general == []
