@@ -871,25 +871,33 @@ class CallLifecycle(GuardParts):
             return
         usage = ending.usage
         error = ending.error
-        outcome = CallOutcome(
-            call.user,
-            cost,
-            time.perf_counter() - call.started,
-            call.request_model,
-            ending.model,
-            call.provider or (usage.provider if usage is not None else None),
-            usage.operation if usage is not None else None,
-            usage,
-            type(error).__qualname__ if error is not None else None,
-            ending.priced,
-            ending.estimated,
-            call.tags,
-            self._cost_source(ending),
-            self._outcomes.reserved(call.estimate),
-            self._outcomes.names(call.holders),
-            call.span,
+        # CallOutcome's fields in order, without its __new__'s frame.
+        outcome: CallOutcome = _new(
+            CallOutcome,
+            (
+                call.user,
+                cost,
+                time.perf_counter() - call.started,
+                call.request_model,
+                ending.model,
+                call.provider or (usage.provider if usage is not None else None),
+                usage.operation if usage is not None else None,
+                usage,
+                type(error).__qualname__ if error is not None else None,
+                ending.priced,
+                ending.estimated,
+                call.tags,
+                self._cost_source(ending),
+                self._outcomes.reserved(call.estimate),
+                self._outcomes.names(call.holders),
+                call.span,
+            ),
         )
-        self._notify("call_ended", outcome)
+        for listener in self._listeners:  # guard._notify, inlined on the path of every call
+            try:
+                listener.call_ended(outcome)
+            except Exception:  # listeners observe: a broken exporter never breaks the call
+                logger.exception("budgetguard listener %r failed", listener.call_ended)
 
     def _cost_source(self, ending: _Ending) -> str:
         """Say where an ended call's cost came from (``CallOutcome.cost_source``)."""

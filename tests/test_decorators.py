@@ -909,7 +909,9 @@ def _ended_on(
     assert (len(general) > 0) == (ttl == 0), "the path under test was not taken"
     spent = guard.spend("alice")
     guard.close()
-    return spent, raised, outcomes.ended[-1]._replace(duration=0, span=None)
+    outcome = outcomes.ended[-1]
+    assert len(outcome) == len(type(outcome)._fields)  # every field of CallOutcome filled
+    return spent, raised, outcome._replace(duration=0, span=None)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -941,3 +943,31 @@ def test_a_result_ends_the_same_in_one_frame_and_on_the_general_steps(
     one_frame = _ended_on(monkeypatch, 3600, kind, _RESULTS[result], policy)
     general = _ended_on(monkeypatch, 0, kind, _RESULTS[result], policy)
     assert one_frame == general
+
+
+class _Broken(_Outcomes):
+    def call_ended(self, outcome: Any) -> None:
+        raise RuntimeError("exporter down")
+
+
+@pytest.mark.parametrize("ttl", [3600, 0], ids=["one-frame", "general"])
+def test_a_listener_that_raises_never_breaks_the_call_nor_the_next_listener(
+    ttl: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The call returns and is charged; the listeners after the broken one still hear of it."""
+    guard = BudgetGuard(metrics=False, budget_cache_ttl=ttl)
+    guard.set_budget("10", user="alice")
+    after = _Outcomes()
+    guard.add_listener(_Broken())
+    guard.add_listener(after)
+    call = guard.budgeted(user="alice", estimate="0.01", cost=lambda _: "0.002")(lambda: "done")
+    with caplog.at_level("ERROR", logger="budgetguard"):
+        assert call() == "done"
+        assert call() == "done"
+    assert guard.spend("alice") == Decimal("0.004")
+    assert [outcome.cost for outcome in after.ended] == [Decimal("0.002")] * 2
+    assert (
+        sum("listener" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
+        == 2
+    )
+    guard.close()
