@@ -461,6 +461,10 @@ def count_tokens(text_or_messages: str | Sequence[Mapping[str, Any]], model: str
         return _count_text(text_or_messages, encoding)
     total = 0
     messages = 0
+    # The counts remembered, read inline for the common message (a miss, or
+    # no vocabulary, goes through _count_text).
+    counted = _counted.get(encoding) if encoding is not None else None
+    known = counted.counts if counted is not None else {}
     for message in text_or_messages:
         if type(message) is dict:
             # The common message, {"role": ..., "content": "..."}, read inline;
@@ -473,8 +477,12 @@ def count_tokens(text_or_messages: str | Sequence[Mapping[str, Any]], model: str
                 and "name" not in message
             ):
                 messages += 1
-                total += TOKENS_PER_MESSAGE + _count_text(role, encoding)
-                total += _count_text(content, encoding)
+                found = known.get(role)
+                total += TOKENS_PER_MESSAGE + (
+                    found if found is not None else _count_text(role, encoding)
+                )
+                found = known.get(content)
+                total += found if found is not None else _count_text(content, encoding)
                 continue
         if isinstance(message, str):
             total += _count_text(message, encoding)
@@ -500,11 +508,16 @@ class CallShape:
     max_output_tokens: int | None
 
 
+_DICT = frozenset({dict})
+
+
 def _as_messages(value: Any) -> list[Mapping[str, Any]] | str | None:
     if value is None:
         return None
     if isinstance(value, str):
         return value
+    if type(value) is list and {*map(type, value)} <= _DICT:
+        return list(value)  # a list of dicts, the common prompt: checked in C
     if type(value) is not list and isinstance(value, Mapping):
         return [value]
     if type(value) is list or isinstance(value, Iterable):
