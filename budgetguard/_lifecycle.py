@@ -292,8 +292,9 @@ class CallLifecycle(GuardParts):
             plan = None
         else:
             plan, user, tags, now = found
-            for hook in _hooks.active:  # as _open: before anything is reserved
-                self._before_hook(hook, user, model)
+            if _hooks.active:  # as _open: before anything is reserved
+                for hook in _hooks.active:
+                    self._before_hook(hook, user, model)
             holds = plan._held if plan._held_units == units else plan.holds(units)
             reservation: Reservation = _new(
                 Reservation,
@@ -436,8 +437,9 @@ class CallLifecycle(GuardParts):
             plan = None
         else:
             plan, user, tags, now = found
-            for hook in _hooks.active:  # as _open: before anything is reserved
-                self._before_hook(hook, user, model)
+            if _hooks.active:  # as _open: before anything is reserved
+                for hook in _hooks.active:
+                    self._before_hook(hook, user, model)
             holds = plan._held if plan._held_units == units else plan.holds(units)
             reservation: Reservation = _new(
                 Reservation,
