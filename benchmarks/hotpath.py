@@ -3,12 +3,14 @@
     PYTHONPATH=$PWD .venv/bin/python benchmarks/hotpath.py [--before DIR] [--calls N]
 
 Counts what one ``@budgeted`` call costs (a user and a global budget, metrics
-off) as ``(instructions of N calls - instructions of 0 calls) / N``, so the
+off unless a case says so) as ``(instructions of N calls - instructions of 0 calls) / N``, so the
 interpreter's start-up and imports cancel out, with ``PYTHONHASHSEED=0``.
 Instruction counts do not depend on the machine's load, unlike times. Cases:
 
 - ``cost=``: the function gives its cost (``cost=lambda r: "0.0005"``);
 - ``cost=, async``: the same as a coroutine function, awaited in one event loop;
+- ``cost=, metrics``: the ``cost=`` case with metrics on, as a guard has them
+  by default (no OpenTelemetry SDK installed: what the guard itself does);
 - ``auto-priced``: it returns an OpenAI-shaped chat completion, read and priced;
 - ``conversation``: no estimate given: each call sends a 20-message history
   with one new question (estimated from the prompt), and is auto-priced;
@@ -48,7 +50,7 @@ elif mode == "redis":  # --redis-url (the process's side: Python, redis-py, hire
     url = os.environ["HOTPATH_REDIS_URL"]
     import redis
     redis.Redis.from_url(url).flushdb()  # every run (and tree) starts on an empty database
-guard = bg.BudgetGuard(url, metrics=False)
+guard = bg.BudgetGuard(url, metrics=mode == "metrics")  # metrics on: what a guard has by default
 guard.set_budget("1000000", user="alice", period="monthly")
 guard.set_budget("5000000", period="monthly")
 RESPONSE = {"object": "chat.completion", "model": "gpt-4o-mini",
@@ -74,7 +76,7 @@ if mode == "chat":  # auto-priced and estimated from the prompt: a conversation 
         history.append({"role": "assistant", "content": f"{i} times {i + 1} is {i * (i + 1)}."})
         del history[1:-19]  # the system prompt and the last 19 messages
     raise SystemExit
-if mode in ("cost", "sqlite", "redis"):
+if mode in ("cost", "metrics", "sqlite", "redis"):
     call = guard.budgeted(user="alice", estimate="0.001", cost=lambda r: "0.0005")(lambda: None)
 else:
     call = guard.budgeted(user="alice", estimate="0.001")(lambda: RESPONSE)
@@ -100,6 +102,7 @@ for reservation in [Reservation(f"r{i}", holds, expires) for i in range(n + 2)]:
 CASES = (
     ("cost=", CALL, "cost"),
     ("cost=, async", CALL, "async"),
+    ("cost=, metrics", CALL, "metrics"),
     ("auto-priced", CALL, "usage"),
     ("conversation", CALL, "chat"),
     ("ledger only", LEDGER, "-"),
