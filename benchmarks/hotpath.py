@@ -3,8 +3,9 @@
     PYTHONPATH=$PWD .venv/bin/python benchmarks/hotpath.py [--before DIR] [--calls N]
 
 Counts what one ``@budgeted`` call costs (a user and a global budget, metrics
-off unless a case says so) as ``(instructions of N calls - instructions of 0 calls) / N``, so the
-interpreter's start-up and imports cancel out, with ``PYTHONHASHSEED=0``.
+off unless a case says so) as ``(instructions of N calls - instructions of 0
+calls) / N``, so the interpreter's start-up and imports cancel out, with
+``PYTHONHASHSEED=0``.
 Instruction counts do not depend on the machine's load, unlike times. Cases:
 
 - ``cost=``: the function gives its cost (``cost=lambda r: "0.0005"``);
