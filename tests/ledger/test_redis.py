@@ -411,3 +411,21 @@ def test_a_call_that_fits_leaves_expired_holds_for_later(redis_url: str) -> None
     with pytest.raises(ValueError, match="used before"):
         ledger.reserve(Reservation("old", (Hold("k", 10, 1),), 2000))
     ledger.close()
+
+
+def test_old_settled_ids_are_forgotten_on_the_servers_clock_too(redis_url: str) -> None:
+    """With TIME, about one reserve in ten trims settled ids (100 at most): 300 clear 150."""
+    ledger = RedisLedger(redis_url + "?idempotency_ttl=60")
+    admin = client(redis_url)
+    admin.zadd("{bg}:settled", {f"old{i}": 1000.0 + i for i in range(150)})  # type: ignore[attr-defined]
+    admin.zadd("{bg}:settled", {"recent": time.time()})  # type: ignore[attr-defined]
+    trims = 0
+    for i in range(300):
+        before = admin.zcard("{bg}:settled")  # type: ignore[attr-defined]
+        ledger.reserve(Reservation(f"r{i}", (Hold("k", None, 1),), time.time() + 60))
+        after = admin.zcard("{bg}:settled")  # type: ignore[attr-defined]
+        assert before - after <= 100
+        trims += before != after
+    assert admin.zrange("{bg}:settled", 0, -1) == ["recent"]  # type: ignore[attr-defined]
+    assert trims >= 2
+    ledger.close()
