@@ -313,10 +313,11 @@ end
 # clock: seconds from now), batch, idempotency_ttl, holds_json: the rows
 # [key, limit or null, amount] (amounts as strings), followed by
 # [unit, over or null, prior or null, weight] when any is set; then '1' when a
-# key the checks read is one a settle defers (see fold), else nothing. A
-# reply {1, 0, '0', '0', 1, 0} asks the caller to call again (more to fold). The holds are
-# sent once, as the JSON the open reservation keeps (decoding it here costs
-# Redis less than a dozen more arguments, and the client less to build).
+# key the checks read is one a settle defers (see fold), else nothing. A reply
+# {1, 0, '0', '0', 1, 0} asks the caller to call again (more to fold). The
+# holds are sent once, as the JSON the open reservation keeps (decoding it
+# here costs Redis less than a dozen more arguments, and the client less to
+# build).
 _RESERVE = (
     _PRELUDE
     + """
@@ -400,7 +401,8 @@ if refusal or #missed > 0 then
   -- Something did not fit: release expired reservations and, if any were,
   -- check again. Holds that fit need no expiry first (expired holds only take
   -- room), so a call that fits pays no command for it; reads release them too.
-  if refusal and redis.call('HEXISTS', holds_key, id) == 1 then return {-1} end
+  -- An open id is caught first: expiry could release it, and ZADD NX then pass.
+  if redis.call('HEXISTS', holds_key, id) == 1 then return {-1} end
   local more, released = expire(now, batch, ttl)
   if released > 0 then refusal, missed = check() end
   if refusal then
@@ -1346,11 +1348,10 @@ class RedisLedger(Ledger):
             self._ttl,
             json.dumps(holds),
         ]
-        if any(
-            h.limit is not None and (_deferred(h.key) or (h.prior and _deferred(h.prior)))
-            for h in reservation.holds
-        ):
-            args.append("1")
+        for h in reservation.holds:
+            if h.limit is not None and (_deferred(h.key) or (h.prior and _deferred(h.prior))):
+                args.append("1")  # the script adds waiting tallies first (see _deferred)
+                break
         return args
 
     def _retry_refusal(self, reply: Any) -> bool:

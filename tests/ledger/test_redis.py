@@ -429,3 +429,18 @@ def test_old_settled_ids_are_forgotten_on_the_servers_clock_too(redis_url: str) 
     assert admin.zrange("{bg}:settled", 0, -1) == ["recent"]  # type: ignore[attr-defined]
     assert trims >= 2
     ledger.close()
+
+
+def test_an_expired_open_id_is_used_even_when_a_soft_hold_sends_the_reserve_to_expiry(
+    redis_url: str,
+) -> None:
+    """A soft hold that does not fit releases expired holds; the id they free stays used."""
+    now = [1000.0]
+    ledger = RedisLedger(redis_url, clock=lambda: now[0])
+    soft = Hold("k", 10, 20, over="x|k")
+    assert ledger.reserve(Reservation("r", (soft,), 1010)) is None
+    now[0] += 20
+    with pytest.raises(ValueError, match="used before"):
+        ledger.reserve(Reservation("r", (soft,), 2000))
+    assert ledger.balances(["k", "x|k"]) == {"k": Balance(), "x|k": Balance(1, 0)}
+    ledger.close()
