@@ -14,7 +14,7 @@ commands per call; beside them ``limits``' ``FixedWindowRateLimiter.hit`` on
 the same server (``pip install 'limits[redis]'``: a benchmark-only
 dependency; ``--limits-python`` runs it with another interpreter, such as
 ``/tmp/peers-venv-limits/bin/python`` from ``benchmarks/peers/setup.sh``,
-since ``limits`` needs redis-py below 8).
+since ``limits`` needs redis-py below 8; ``--without-limits`` leaves it out).
 
 Every measurement runs in its own child process (``PYTHONPATH`` set to the
 code tree measured), so an older checkout is measured with its own code.
@@ -269,6 +269,11 @@ def main() -> None:
         default=sys.executable,
         help="the interpreter that runs limits (it needs redis-py < 8)",
     )
+    parser.add_argument(
+        "--without-limits",
+        action="store_true",
+        help="leave out limits (no interpreter with it at hand): rates only, no ratios",
+    )
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
@@ -287,7 +292,8 @@ def main() -> None:
     for delay in delays:
         for kind in ("pairs", "guarded"):
             runs.append((f"{kind}, settle_delay={delay}", kind, ROOT, f"?settle_delay={delay}"))
-    runs.append(("limits fixed window", "limits", ROOT, ""))
+    if not options.without_limits:
+        runs.append(("limits fixed window", "limits", ROOT, ""))
 
     with tempfile.TemporaryDirectory(prefix="budgetguard-bench-") as directory:
         server, port = start_redis(directory)
@@ -314,12 +320,17 @@ def main() -> None:
             server.wait()
 
     table = [(run[0], [best[i, j] for j in range(len(shapes))]) for i, run in enumerate(runs)]
-    limits_row = table[-1][1]
+    limits_row = None if options.without_limits else table[-1][1]
     out = sys.stdout
     out.write(
         f"Calls per second on one private redis-server ({options.seconds:g}s each, best of "
         f"{options.rounds} interleaved rounds, {os.cpu_count()} CPUs, Python "
-        f"{sys.version.split()[0]}); in brackets: limits' rate / this rate\n\n"
+        f"{sys.version.split()[0]})"
+        + (
+            "; without limits\n\n"
+            if limits_row is None
+            else "; in brackets: limits' rate / this rate\n\n"
+        )
     )
     header = " | ".join(f"{name:>20}" for name, _, _ in shapes)
     out.write(f"| {'workload':<30} | {header} | trips/call | cmds/call | client µs | server µs |\n")
@@ -329,10 +340,13 @@ def main() -> None:
         + "|------------|-----------|-----------|-----------|\n"
     )
     for label, row in table:
-        cells = " | ".join(
-            f"{r['rate']:>11,.0f} ({limits['rate'] / r['rate']:>4.2f}x)"
-            for r, limits in zip(row, limits_row, strict=True)
-        )
+        if limits_row is None:
+            cells = " | ".join(f"{r['rate']:>20,.0f}" for r in row)
+        else:
+            cells = " | ".join(
+                f"{r['rate']:>11,.0f} ({limits['rate'] / r['rate']:>4.2f}x)"
+                for r, limits in zip(row, limits_row, strict=True)
+            )
         # Per-call counts from the 1-thread run (the 8-thread one carries more per trip).
         out.write(
             f"| {label:<30} | {cells} | {row[0]['round_trips']:>10.2f} | "

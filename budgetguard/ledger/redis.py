@@ -61,7 +61,10 @@ namespace is served by one shard; use several prefixes to spread tenants.
 
 ================================  ==========================================
 ``{bg}:spent``                    hash: key -> units spent
+``{bg}:tallies``                  hash: JSON list of keys -> units spent on
+                                  each of them, not yet in ``spent``
 ``{bg}:reserved``                 hash: key -> units held by open reservations
+                                  (a field that drops to 0 stays until ``clear``)
 ``{bg}:open``                     sorted set: reservation id, score = expiry
 ``{bg}:holds``                    hash: reservation id -> JSON holds
 ``{bg}:settled``, ``{bg}:released``  sorted sets: ended ids, score = end time
@@ -75,7 +78,23 @@ namespace is served by one shard; use several prefixes to spread tenants.
 The mark (a random id) lives in the same hash as the definitions, so whatever
 takes them (eviction, ``FLUSHALL``, a restart without persistence) takes it
 too: a reader that saw a mark and finds none, or another, knows the ledger
-lost its data. Idempotency sets are trimmed by at most 100 ids per call.
+lost its data. Idempotency sets are trimmed by at most 100 ids per call (the
+settled ids by one reserve in about ten, which still keeps up: each call
+settles once).
+
+Tallies that ride in groups: a guarded call's settle adds its amount to two
+budgets and to seven report tallies (lifetime, per model, per day; see
+``budgetguard/_keys.py``). The tallies whose keys start with ``t|`` or ``d|``
+or hold ``|m=`` (``_deferred``) are added with one command for the group,
+to the ``tallies`` field named by the JSON list of their keys; every read of
+such a key (``balances``, ``scan``, ``clear``, and a reserve that checks one,
+which no guard's budget does) first adds the waiting groups to ``spent`` and
+deletes them, in the same script, so reads see exactly what per-key adds
+would have given. Data written before this layout (every tally its own
+field) needs no migration: it is read as it is, and the groups add to it.
+Processes of a budgetguard older than this layout read such tallies (never
+a budget) without the groups that wait: upgrade every process that reads
+reports.
 
 Units are integers: Redis adds them with ``HINCRBY`` (exact 64-bit) and the
 scripts compare them as Lua doubles, exact up to 2**53 units (nine million
@@ -91,7 +110,9 @@ clock plus the offset ``sync_clock()`` measured with ``TIME``; a guard
 measures it when built and about every minute, and cuts its windows (daily,
 monthly keys) by it, so a skewed host charges the same window as the others.
 Expired reservations are released lazily, at most ``expire_batch`` per
-script call; reads that must see every expiry call again until none is left.
+script call, by reads and by a reserve whose holds do not all fit (a reserve
+that fits needs no expiry first: expired holds only take room); reads that
+must see every expiry call again until none is left.
 """
 
 from __future__ import annotations
@@ -113,6 +134,7 @@ from contextlib import suppress
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .. import _keys
 from .._dist import install_hint
 from ..errors import ConfigurationError, StorageError
 from .base import (
@@ -148,20 +170,26 @@ _MAX_QUEUED = 10_000
 _REMEMBERED = 10_000
 # Lua numbers are doubles: whole numbers are exact up to 2**53.
 _MAX_UNITS = 2**53
+#: Tally tuples whose split (deferred group, keys added at once) a ledger keeps.
+_GROUPS_KEPT = 1024
 
-# Shared by every script; KEYS are always the same six, in this order, so that
+# Shared by every script; KEYS are always the same seven, in this order, so that
 # every key a script touches is declared (Redis Cluster requires it).
 _PRELUDE = """
 local spent_key, reserved_key, open_key = KEYS[1], KEYS[2], KEYS[3]
 local holds_key, settled_key, released_key = KEYS[4], KEYS[5], KEYS[6]
+local tallies_key = KEYS[7]
 
 -- The time of an operation: the server's clock (TIME) when the client sends
 -- '', else the client's (a ledger built with an explicit clock, in tests).
 -- A string, so that redis.call gets it exactly (Lua numbers become 14 digits).
+-- Numbers reach redis.call as strings throughout these scripts: a Lua number
+-- is formatted by sprintf, and tonumber() parses twice; arithmetic on a
+-- string parses it once.
 local function now_of(arg)
   if arg == '' then
     local t = redis.call('TIME')
-    return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+    return t[1] .. '.' .. string.sub('00000' .. t[2], -6)
   end
   return arg
 end
@@ -170,7 +198,7 @@ end
 -- bounded work per call, which keeps up since each call adds at most one.
 local function forget_before(key, cutoff)
   local old = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. string.format('%.17g', cutoff),
-    'LIMIT', 0, 100)
+    'LIMIT', '0', '100')
   if #old > 0 then redis.call('ZREM', key, unpack(old)) end
 end
 
@@ -180,49 +208,87 @@ local function unhold(id)
   if not holds then return false end
   redis.call('HDEL', holds_key, id)
   redis.call('ZREM', open_key, id)
-  local emptied = {}
+  -- A field that drops to 0 stays (the next hold on the key reuses it; clear
+  -- drops it): deleting it would cost a command per settle. Below 0 (its hash
+  -- was lost under the hold) it goes, so a lost hash never grants room.
+  local below = {}
   for _, hold in ipairs(cjson.decode(holds)) do
     -- amounts travel as strings: HINCRBY parses them as exact integers
     if hold[3] ~= '0' then
       local left = redis.call('HINCRBY', reserved_key, hold[1], '-' .. hold[3])
-      if left <= 0 then emptied[#emptied + 1] = hold[1] end
+      if left < 0 then below[#below + 1] = hold[1] end
     end
   end
-  if #emptied > 0 then redis.call('HDEL', reserved_key, unpack(emptied)) end
+  if #below > 0 then redis.call('HDEL', reserved_key, unpack(below)) end
   return true
 end
 
--- Release up to `batch` expired reservations; 1 if more may be waiting. When
--- none is due this is one command: the open set's first score is the next expiry.
+-- Release up to `batch` expired reservations; 1 if more may be waiting, and
+-- how many it released. When none is due this is one command.
 local function expire(now, batch, ttl)
-  local due = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', 0, batch)
+  local due = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', '0', batch)
   if ttl and #due > 0 then forget_before(released_key, now - ttl) end
   for _, id in ipairs(due) do
     unhold(id)
     redis.call('ZADD', released_key, now, id)
   end
-  if #due >= batch then return 1 end
-  return 0
+  if #due >= tonumber(batch) then return 1, #due end
+  return 0, #due
+end
+
+-- Add to their keys up to `batch` groups of tallies that settles left in the
+-- tallies hash (field: the JSON list of a settle's tally keys, value: units
+-- not yet added to each of them), and forget them; 1 if more may be waiting.
+-- Every read of a key a settle defers (see _deferred in Python) calls this
+-- first, until it returns 0. A group is deleted in the step that adds it, so
+-- it is added once; HSCAN from 0 again on every call, since the fields it
+-- returned are gone.
+local function fold(batch)
+  local cursor, folded = '0', 0
+  repeat
+    local page = redis.call('HSCAN', tallies_key, cursor, 'COUNT', batch)
+    cursor = page[1]
+    local items, done = page[2], {}
+    for j = 1, #items, 2 do
+      local group = items[j]
+      if not done[group] then
+        done[group] = true
+        done[#done + 1] = group
+        for _, key in ipairs(cjson.decode(group)) do
+          redis.call('HINCRBY', spent_key, key, items[j + 1])
+        end
+      end
+    end
+    if #done > 0 then redis.call('HDEL', tallies_key, unpack(done)) end
+    folded = folded + #done
+  until cursor == '0' or folded >= tonumber(batch)
+  if cursor == '0' then return 0 end
+  return 1
 end
 
 -- Settle `id` and drop its holds; 0 if it was settled before. ARGV[first ..
 -- last] says what it charges: the number of charged holds, their (key,
--- amount) pairs, then the tallies' amount and the tally keys (a guarded call
--- has several tallies, all of one amount: it is sent once). The id is marked
--- and checked in one step (ZADD NX). An id also in the released set (its hold
--- expired or was released first) stays there: every check asks both sets.
--- Old settled ids are forgotten by reserve (each call settles at most once),
--- old released ones by release and by expire (the two that add them).
+-- amount) pairs, then the tallies' amount (a guarded call has several
+-- tallies, all of one amount: it is sent once), the JSON list of the tally
+-- keys that are added later (one HINCRBY for the whole group, see fold) or
+-- '', and the tally keys added now. The id is marked and checked in one step
+-- (ZADD NX). An id also in the released set (its hold expired or was
+-- released first) stays there: every check asks both sets. Old settled ids
+-- are forgotten by reserve (each call settles at most once; up to 100 on one
+-- reserve in ten), old released ones by release and by expire (the two that
+-- add them).
 local function settle(id, now, first, last)
   if redis.call('ZADD', settled_key, 'NX', now, id) == 0 then return 0 end
   unhold(id)
-  local tally = first + 1 + 2 * tonumber(ARGV[first])
+  local tally = first + 1 + 2 * ARGV[first]
   for i = first + 1, tally - 1, 2 do
     if ARGV[i + 1] ~= '0' then redis.call('HINCRBY', spent_key, ARGV[i], ARGV[i + 1]) end
   end
   local units = ARGV[tally]
   if units ~= '0' then
-    for i = tally + 1, last do redis.call('HINCRBY', spent_key, ARGV[i], units) end
+    local group = ARGV[tally + 1]
+    if group ~= '' then redis.call('HINCRBY', tallies_key, group, units) end
+    for i = tally + 2, last do redis.call('HINCRBY', spent_key, ARGV[i], units) end
   end
   return 1
 end
@@ -246,9 +312,12 @@ end
 # ARGV: id, now ('' for the server's clock), expires_at (with the server's
 # clock: seconds from now), batch, idempotency_ttl, holds_json: the rows
 # [key, limit or null, amount] (amounts as strings), followed by
-# [unit, over or null, prior or null, weight] when any is set. The holds are
-# sent once, as the JSON the open reservation keeps (decoding it here costs
-# Redis less than a dozen more arguments, and the client less to build).
+# [unit, over or null, prior or null, weight] when any is set; then '1' when a
+# key the checks read is one a settle defers (see fold), else nothing. A reply
+# {1, 0, '0', '0', 1, 0} asks the caller to call again (more to fold). The
+# holds are sent once, as the JSON the open reservation keeps (decoding it
+# here costs Redis less than a dozen more arguments, and the client less to
+# build).
 _RESERVE = (
     _PRELUDE
     + """
@@ -260,12 +329,18 @@ if not expiry or expiry ~= expiry or expiry == math.huge or expiry == -math.huge
 end
 local now = now_of(ARGV[2])
 if ARGV[2] == '' then expiry = now + expiry end
-if redis.call('HEXISTS', holds_key, id) == 1 or redis.call('ZSCORE', settled_key, id)
-    or redis.call('ZSCORE', released_key, id) then
+-- An open id is caught when it is added to the open set (ZADD NX), below.
+if redis.call('ZSCORE', settled_key, id) or redis.call('ZSCORE', released_key, id) then
   return {-1}
 end
-local more = expire(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
-forget_before(settled_key, now - tonumber(ARGV[5]))
+local batch, ttl = ARGV[4], ARGV[5]
+-- ARGV[7]: a key the checks read may have tallies waiting (rare: the keys
+-- settles defer are reports' counters, not budgets). Add them first.
+if ARGV[7] and fold(batch) == 1 then return {1, 0, '0', '0', 1, 0} end
+-- Forget old settled ids, up to 100: on the server's clock on about one
+-- reserve in ten (whose microseconds end in 0), still ten times what settles
+-- add; on a clock of the caller's (tests that move time) on every reserve.
+if ARGV[2] ~= '' or string.byte(now, -1) == 48 then forget_before(settled_key, now - ttl) end
 local rows = cjson.decode(ARGV[6])
 local n = #rows
 -- JSON null (cjson.null) and a row without the optional part both read as nil.
@@ -284,54 +359,74 @@ for i = 0, n - 1 do
     if given(row[6]) then wanted[#wanted + 1] = row[6] end
   end
 end
-local spents, reserveds = {}, {}
-if #wanted > 0 then
-  spents = redis.call('HMGET', spent_key, unpack(wanted))
-  reserveds = redis.call('HMGET', reserved_key, unpack(wanted))
-end
 -- Check every hold before changing anything: a refusal changes nothing.
-local missed = {}  -- the over keys of soft holds that did not fit
-for i = 0, n - 1 do
-  local row = rows[i + 1]
-  local limit = given(row[2])
-  if limit then
-    local s = slot[i]
-    local spent = spents[s] or '0'
-    local reserved = reserveds[s] or '0'
-    local part = 0
-    if given(row[6]) then
-      -- floor(prior * weight / 10^6), exact: the prior's decimal digits split
-      -- in two, so no product leaves the integers a double holds exactly.
-      local prior = spents[s + 1] or '0'
-      local weight = tonumber(row[7])
-      local high = tonumber(string.sub(prior, 1, -7)) or 0
-      local low = tonumber(string.sub(prior, -6))
-      part = high * weight + math.floor(low * weight / 1000000)
-    end
-    local used = tonumber(spent) + tonumber(reserved) + part
-    local amount, cap = tonumber(row[3]), tonumber(limit)
-    if used + amount > cap or (amount == 0 and used >= cap) then
-      local over = given(row[5])
-      if not over then return {1, i, spent, reserved, more, part} end
-      missed[#missed + 1] = over
+-- Returns the refusal, or nil and the over keys of soft holds that did not fit.
+local function check()
+  local spents, reserveds = {}, {}
+  if #wanted > 0 then
+    spents = redis.call('HMGET', spent_key, unpack(wanted))
+    reserveds = redis.call('HMGET', reserved_key, unpack(wanted))
+  end
+  local missed = {}
+  for i = 0, n - 1 do
+    local row = rows[i + 1]
+    local limit = given(row[2])
+    if limit then
+      local s = slot[i]
+      local spent = spents[s] or '0'
+      local reserved = reserveds[s] or '0'
+      local part = 0
+      if given(row[6]) then
+        -- floor(prior * weight / 10^6), exact: the prior's decimal digits split
+        -- in two, so no product leaves the integers a double holds exactly.
+        local prior = spents[s + 1] or '0'
+        local weight = tonumber(row[7])
+        local high = tonumber(string.sub(prior, 1, -7)) or 0
+        local low = tonumber(string.sub(prior, -6))
+        part = high * weight + math.floor(low * weight / 1000000)
+      end
+      local used = spent + reserved + part
+      local amount, cap = row[3] + 0, limit + 0
+      if used + amount > cap or (amount == 0 and used >= cap) then
+        local over = given(row[5])
+        if not over then return {1, i, spent, reserved, 0, part}, missed end
+        missed[#missed + 1] = over
+      end
     end
   end
+  return nil, missed
+end
+local refusal, missed = check()
+if refusal or #missed > 0 then
+  -- Something did not fit: release expired reservations and, if any were,
+  -- check again. Holds that fit need no expiry first (expired holds only take
+  -- room), so a call that fits pays no command for it; reads release them too.
+  -- An open id is caught first: expiry could release it, and ZADD NX then pass.
+  if redis.call('HEXISTS', holds_key, id) == 1 then return {-1} end
+  local more, released = expire(now, batch, ttl)
+  if released > 0 then refusal, missed = check() end
+  if refusal then
+    refusal[5] = more
+    return refusal
+  end
+end
+if redis.call('ZADD', open_key, 'NX', string.format('%.17g', expiry), id) == 0 then
+  return {-1}
 end
 for _, row in ipairs(rows) do
   if row[3] ~= '0' then redis.call('HINCRBY', reserved_key, row[1], row[3]) end
 end
 for _, over in ipairs(missed) do redis.call('HINCRBY', spent_key, over, 1) end
 redis.call('HSET', holds_key, id, ARGV[6])
-redis.call('ZADD', open_key, string.format('%.17g', expiry), id)
 return {0}
 """
 )
 
-# ARGV: id, now, idempotency_ttl, then what it charges (see settle() above).
+# ARGV: id, now, then what it charges (see settle() above).
 _SETTLE = (
     _PRELUDE
     + """
-return settle(ARGV[1], now_of(ARGV[2]), 4, #ARGV)
+return settle(ARGV[1], now_of(ARGV[2]), 3, #ARGV)
 """
 )
 
@@ -377,12 +472,38 @@ return 1
 """
 )
 
-# ARGV: now, batch, then keys. Returns {more, spent1, reserved1, ...}.
+# ARGV: batch, '1' if a key is one a settle defers, then keys. Forget their
+# spend, and drop their reserved fields that hold nothing (a settle leaves a
+# field at 0 rather than pay a command to delete it). Returns 1 when it must
+# be called again (tallies still to fold; nothing was cleared yet).
+_CLEAR = (
+    _PRELUDE
+    + """
+if ARGV[2] == '1' and fold(ARGV[1]) == 1 then return 1 end
+for first = 3, #ARGV, 1000 do
+  local keys = {unpack(ARGV, first, math.min(first + 999, #ARGV))}
+  redis.call('HDEL', spent_key, unpack(keys))
+  local reserveds = redis.call('HMGET', reserved_key, unpack(keys))
+  local idle = {}
+  for i = 1, #keys do
+    if reserveds[i] == '0' then idle[#idle + 1] = keys[i] end
+  end
+  if #idle > 0 then redis.call('HDEL', reserved_key, unpack(idle)) end
+end
+return 0
+"""
+)
+
+# ARGV: now, batch, '1' if a key is one a settle defers, then keys. Returns
+# {more, spent1, reserved1, ...}.
 _BALANCES = (
     _PRELUDE
     + """
-local result = {expire(now_of(ARGV[1]), tonumber(ARGV[2]))}
-for i = 3, #ARGV do
+local batch = ARGV[2]
+local more = expire(now_of(ARGV[1]), batch)
+if ARGV[3] == '1' and fold(batch) == 1 then more = 1 end
+local result = {more}
+for i = 4, #ARGV do
   result[#result + 1] = redis.call('HGET', spent_key, ARGV[i]) or '0'
   result[#result + 1] = redis.call('HGET', reserved_key, ARGV[i]) or '0'
 end
@@ -394,7 +515,8 @@ return result
 _SCAN = (
     _PRELUDE
     + """
-local more = expire(now_of(ARGV[1]), tonumber(ARGV[2]))
+local more = expire(now_of(ARGV[1]), ARGV[2])
+if fold(ARGV[2]) == 1 then more = 1 end
 local prefix, pattern = ARGV[3], ARGV[4]
 local found, order = {}, {}
 for _, hash in ipairs({spent_key, reserved_key}) do
@@ -427,7 +549,7 @@ return result
 _OPEN = (
     _PRELUDE
     + """
-local more = expire(now_of(ARGV[1]), tonumber(ARGV[2]))
+local more = expire(now_of(ARGV[1]), ARGV[2])
 local result = {more}
 local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
 for j = 1, #open, 2 do
@@ -557,6 +679,7 @@ _SCRIPTS = {
     "release": _RELEASE,
     "end": _END,
     "add": _ADD,
+    "clear": _CLEAR,
     "balances": _BALANCES,
     "scan": _SCAN,
     "open": _OPEN,
@@ -887,8 +1010,10 @@ class RedisLedger(Ledger):
         tag = "{bg:" + prefix + "}" if prefix else "{bg}"
         self.keys = tuple(
             f"{tag}:{name}"
-            for name in ("spent", "reserved", "open", "holds", "settled", "released")
+            for name in ("spent", "reserved", "open", "holds", "settled", "released", "tallies")
         )
+        #: The group JSON and the tallies added at once, of tally tuples seen lately.
+        self._groups: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}
         self.added_key = f"{tag}:added"
         self.budgets_key = f"{tag}:budgets"
         self.budget_keys = (self.budgets_key, f"{tag}:budget_index", f"{tag}:budget_deleted")
@@ -956,7 +1081,7 @@ class RedisLedger(Ledger):
         """
         args = self._settle_args(reservation, amount, tallies)
         if self.settle_delay:
-            queued = self._enqueue(reservation.id, args[3:])
+            queued = self._enqueue(reservation.id, args[2:])
             if queued is not None:
                 return queued
         return _flag(self._run("settle", args))
@@ -977,7 +1102,8 @@ class RedisLedger(Ledger):
     def balances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Return the balance of every key asked for."""
         while True:
-            reply = self._run("balances", [self._now(), self.expire_batch, *keys], carry="all")
+            args = [self._now(), self.expire_batch, _fold_flag(keys), *keys]
+            reply = self._run("balances", args, carry="all")
             if not _more(reply):
                 return _parse(_balances, keys, reply)
 
@@ -992,7 +1118,9 @@ class RedisLedger(Ledger):
     def clear(self, keys: Sequence[str]) -> None:
         """Forget the spend of the given keys (open reservations stay held)."""
         if keys:
-            self._execute("HDEL", self.keys[0], *keys)
+            args = [self.expire_batch, _fold_flag(keys), *keys]
+            while _flag(self._run("clear", args)):
+                pass  # tallies still to fold first
 
     def open_reservations(self) -> list[Reservation]:
         """Return the reservations still holding units."""
@@ -1163,7 +1291,7 @@ class RedisLedger(Ledger):
         """Do ``settle`` on the asyncio client, finished even if the caller gives up."""
         args = self._settle_args(reservation, amount, tallies)
         if self.settle_delay:
-            queued = self._enqueue(reservation.id, args[3:])
+            queued = self._enqueue(reservation.id, args[2:])
             if queued is not None:
                 return queued
         return _flag(await shielded(self, self._arun("settle", args)))
@@ -1183,9 +1311,8 @@ class RedisLedger(Ledger):
     async def abalances(self, keys: Sequence[str]) -> dict[str, Balance]:
         """Do ``balances`` on the asyncio client."""
         while True:
-            reply = await self._arun(
-                "balances", [self._now(), self.expire_batch, *keys], carry="all"
-            )
+            args = [self._now(), self.expire_batch, _fold_flag(keys), *keys]
+            reply = await self._arun("balances", args, carry="all")
             if not _more(reply):
                 return _parse(_balances, keys, reply)
 
@@ -1221,6 +1348,10 @@ class RedisLedger(Ledger):
             self._ttl,
             json.dumps(holds),
         ]
+        for h in reservation.holds:
+            if h.limit is not None and (_deferred(h.key) or (h.prior and _deferred(h.prior))):
+                args.append("1")  # the script adds waiting tallies first (see _deferred)
+                break
         return args
 
     def _retry_refusal(self, reply: Any) -> bool:
@@ -1259,11 +1390,22 @@ class RedisLedger(Ledger):
         self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str]
     ) -> list[Any]:
         charges, tally = check_settle_amount(amount, reservation.holds)
-        args: list[Any] = [reservation.id, self._now(), self._ttl, len(charges)]
+        args: list[Any] = [reservation.id, self._now(), len(charges)]
         for key, charge in zip(reservation.keys, charges, strict=True):
             args += (key, _units(charge))
-        args.append(_units(tally) if tallies else "0")
-        args += tallies
+        if not tallies:
+            args += ("0", "")
+            return args
+        args.append(_units(tally))
+        split = self._groups.get(tallies) if type(tallies) is tuple else None
+        if split is None:
+            split = _split_tallies(tallies)
+            if type(tallies) is tuple:
+                if len(self._groups) >= _GROUPS_KEPT:
+                    self._groups.clear()
+                self._groups[tallies] = split
+        args.append(split[0])
+        args += split[1]
         return args
 
     def _add_args(self, keys: Sequence[str], amount: int, op_id: str | None) -> list[Any]:
@@ -1678,6 +1820,31 @@ def _units(amount: int) -> str:
             f"up to {_MAX_UNITS} units)"
         )
     return str(amount)
+
+
+def _deferred(key: str) -> bool:
+    """Whether a settle adds to ``key`` later, with its other tallies, in one group.
+
+    These are the guard's report counters (``budgetguard/_keys.py``: the
+    lifetime ``t|`` and daily ``d|`` tallies and the per-model ``...|m=``
+    ones), which no budget holds: a settle adds to all of them with one
+    command, and reads add the groups to the keys first (``fold``). Any other
+    key is added at once. Part of the data format: every process sharing a
+    ledger must agree on it.
+    """
+    return key.startswith((_keys.TOTAL, _keys.DAY)) or _keys.MODEL in key
+
+
+def _fold_flag(keys: Sequence[str]) -> str:
+    """Return the argument telling a read script to fold tallies first: '1' or ''."""
+    return "1" if any(_deferred(key) for key in keys) else ""
+
+
+def _split_tallies(tallies: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """Return a settle's tally arguments: the JSON group of deferred keys ('' if none), the rest."""
+    later = [key for key in tallies if _deferred(key)]
+    now = tuple(key for key in tallies if not _deferred(key))
+    return (json.dumps(later, ensure_ascii=False, separators=(",", ":")) if later else ""), now
 
 
 def _hold_row(hold: Hold) -> list[Any]:

@@ -260,3 +260,187 @@ def test_commands_are_encoded_as_redis_py_would(redis_url: str) -> None:
     )
     with pytest.raises(TypeError, match="cannot send NoneType"):
         redis_ledger._packed([("GET", None)])
+
+
+# A guarded call's tallies (budgetguard/_keys.py): a settle adds to these later, in one group.
+GROUPED = (
+    "t|",
+    "t|u=alice",
+    "t|m=gpt-4o",
+    "t|u=alice|m=gpt-4o",
+    "d|2026-12-02|u=alice|m=gpt-4o",
+    "b|user:alice|2026-12|m=gpt-4o",
+    "d|2026-12-02|g=team=ключ",
+)
+
+
+def test_a_settles_report_tallies_are_one_command_and_every_read_sees_them(
+    redis_url: str,
+) -> None:
+    """A settle's report tallies wait as one group; balances, scan and reserve see them added."""
+    ledger = RedisLedger(redis_url)
+    admin = client(redis_url)
+    for i, tallies in enumerate((GROUPED, [*GROUPED, "plain"], GROUPED[:2])):
+        r = Reservation(f"r{i}", (Hold("b|user:alice|2026-12", 100, 5),), time.time() + 60)
+        ledger.reserve(r)
+        assert ledger.settle(r, 3, tallies)
+    # Two groups wait (the first and second settles share one); "plain" was added at once.
+    assert admin.hlen("{bg}:tallies") == 2  # type: ignore[attr-defined]
+    assert admin.hget("{bg}:spent", "plain") == "3"  # type: ignore[attr-defined]
+    assert admin.hget("{bg}:spent", "t|") is None  # type: ignore[attr-defined]
+    expected = {key: Balance(6, 0) for key in GROUPED[2:]}
+    expected.update({"t|": Balance(9, 0), "t|u=alice": Balance(9, 0)})
+    assert ledger.balances(list(GROUPED)) == expected
+    assert admin.exists("{bg}:tallies") == 0  # type: ignore[attr-defined]
+    assert ledger.scan("t|") == {k: v for k, v in expected.items() if k.startswith("t|")}
+    # A budget on a key of that shape (no guard holds one) is checked against them too.
+    r = Reservation("r9", (Hold("t|u=alice", 10, 1),), time.time() + 60)
+    ledger.settle(Reservation("r8", (), time.time() + 60), 1, ("t|u=alice",))
+    assert ledger.reserve(r) is not None  # 9 + 1 spent: no room for 1 more
+    assert ledger.balances(["t|u=alice"])["t|u=alice"] == Balance(10, 0)
+    ledger.close()
+
+
+def test_scan_and_clear_see_waiting_tallies(redis_url: str) -> None:
+    """scan folds waiting tallies; clear forgets them with the key, and no read brings them back."""
+    ledger = RedisLedger(redis_url)
+    ledger.settle(Reservation("a", (), time.time() + 60), 4, GROUPED)
+    assert ledger.scan("d|2026-12-02|") == {
+        "d|2026-12-02|u=alice|m=gpt-4o": Balance(4, 0),
+        "d|2026-12-02|g=team=ключ": Balance(4, 0),
+    }
+    ledger.settle(Reservation("b", (), time.time() + 60), 2, GROUPED)
+    ledger.clear(["d|2026-12-02|u=alice|m=gpt-4o"])
+    assert ledger.balances(["d|2026-12-02|u=alice|m=gpt-4o", "t|"]) == {
+        "d|2026-12-02|u=alice|m=gpt-4o": Balance(),
+        "t|": Balance(6, 0),
+    }
+    assert "d|2026-12-02|u=alice|m=gpt-4o" not in ledger.scan("")
+    ledger.close()
+
+
+def test_many_waiting_groups_are_folded_a_batch_at_a_time(redis_url: str) -> None:
+    """More groups than expire_batch: reads call again until every group is added, once each."""
+    ledger = RedisLedger(redis_url, expire_batch=2)
+    # Long keys: the hash leaves its compact encoding, so HSCAN returns it a page at a time.
+    users = [f"t|u={'x' * 70}{i}" for i in range(7)]
+    for i, user in enumerate(users):
+        ledger.settle(Reservation(f"r{i}", (), time.time() + 60), 1, ("t|", user))
+    admin = client(redis_url)
+    assert admin.hlen("{bg}:tallies") == 7  # type: ignore[attr-defined]
+    assert admin.object("encoding", "{bg}:tallies") == "hashtable"  # type: ignore[attr-defined]
+    assert ledger.balances(["t|", *users]) == {"t|": Balance(7, 0)} | {
+        user: Balance(1, 0) for user in users
+    }
+    for i, user in enumerate(users):
+        ledger.settle(Reservation(f"s{i}", (), time.time() + 60), 1, ("t|", user))
+    ledger.clear(users)
+    assert ledger.scan("t|") == {"t|": Balance(14, 0)}
+    ledger.close()
+
+
+def test_a_retried_settle_adds_its_grouped_tallies_once(redis_url: str) -> None:
+    """The settled mark covers the group: a settle repeated (directly or queued) adds once."""
+    for delay in ("0", "0.2"):
+        ledger = RedisLedger(redis_url + f"?settle_delay={delay}", prefix=f"d{delay}")
+        r = Reservation("r", (Hold("b|global|2026-12", 100, 5),), time.time() + 60)
+        ledger.reserve(r)
+        ledger.settle(r, 3, GROUPED)
+        ledger.balances([])  # a read carries the queued settle
+        ledger._queue.landed.clear()  # forget it in this process: only Redis knows
+        ledger.settle(r, 3, GROUPED)
+        ledger.balances([])
+        assert ledger.settle(r, 3, GROUPED) is False
+        assert ledger.balances(["t|", "b|global|2026-12"]) == {
+            "t|": Balance(3, 0),
+            "b|global|2026-12": Balance(3, 0),
+        }
+        ledger.close()
+
+
+def test_data_of_the_previous_layout_reads_and_settles_right(redis_url: str) -> None:
+    """Tallies and holds the previous version wrote (every tally its own field) still count."""
+    admin = client(redis_url)
+    # What the previous version left: tallies added one by one, an open hold.
+    for key in GROUPED:
+        admin.hincrby("{bg}:spent", key, 7)  # type: ignore[attr-defined]
+    admin.hincrby("{bg}:spent", "b|user:alice|2026-12", 7)  # type: ignore[attr-defined]
+    admin.hincrby("{bg}:reserved", "b|user:alice|2026-12", 5)  # type: ignore[attr-defined]
+    admin.hset("{bg}:holds", "old", '[["b|user:alice|2026-12", "100", "5"]]')  # type: ignore[attr-defined]
+    admin.zadd("{bg}:open", {"old": time.time() + 60})  # type: ignore[attr-defined]
+    ledger = RedisLedger(redis_url)
+    old = ledger.open_reservations()[0]
+    assert old.id == "old"
+    assert ledger.settle(old, 2, GROUPED)
+    assert ledger.balances([*GROUPED, "b|user:alice|2026-12"]) == {
+        **{key: Balance(9, 0) for key in GROUPED},
+        "b|user:alice|2026-12": Balance(9, 0),
+    }
+    assert ledger.scan("t|u=") == {"t|u=alice": Balance(9, 0), "t|u=alice|m=gpt-4o": Balance(9, 0)}
+    ledger.close()
+
+
+def test_clear_drops_reserved_fields_a_settle_left_at_zero(redis_url: str) -> None:
+    """A settle leaves an emptied reserved field at 0 (one command less); clear drops it."""
+    ledger = RedisLedger(redis_url)
+    admin = client(redis_url)
+    held = Reservation("h", (Hold("k", 100, 5),), time.time() + 60)
+    ledger.reserve(held)
+    for i in range(2):
+        r = Reservation(f"r{i}", (Hold("idle", 100, 5),), time.time() + 60)
+        ledger.reserve(r)
+        ledger.settle(r, 3)
+    assert admin.hget("{bg}:reserved", "idle") == "0"  # type: ignore[attr-defined]
+    assert ledger.scan("") == {"idle": Balance(6, 0), "k": Balance(0, 5)}
+    ledger.clear(["idle", "k"])
+    assert admin.hexists("{bg}:reserved", "idle") == 0  # type: ignore[attr-defined]
+    assert ledger.balances(["k"]) == {"k": Balance(0, 5)}  # open holds stay held
+    ledger.close()
+
+
+def test_a_call_that_fits_leaves_expired_holds_for_later(redis_url: str) -> None:
+    """A reserve that fits skips expiry (one command less); a refusal releases and checks again."""
+    now = [1000.0]
+    ledger = RedisLedger(redis_url, clock=lambda: now[0])
+    ledger.reserve(Reservation("old", (Hold("k", 10, 6),), 1010))
+    now[0] += 20
+    assert ledger.reserve(Reservation("a", (Hold("k", 10, 1),), 2000)) is None
+    assert client(redis_url).zscore("{bg}:open", "old") == 1010  # type: ignore[attr-defined]
+    assert ledger.reserve(Reservation("b", (Hold("k", 10, 8),), 2000)) is None
+    assert ledger.balances(["k"]) == {"k": Balance(0, 9)}
+    with pytest.raises(ValueError, match="used before"):
+        ledger.reserve(Reservation("old", (Hold("k", 10, 1),), 2000))
+    ledger.close()
+
+
+def test_old_settled_ids_are_forgotten_on_the_servers_clock_too(redis_url: str) -> None:
+    """With TIME, about one reserve in ten trims settled ids (100 at most): 300 clear 150."""
+    ledger = RedisLedger(redis_url + "?idempotency_ttl=60")
+    admin = client(redis_url)
+    admin.zadd("{bg}:settled", {f"old{i}": 1000.0 + i for i in range(150)})  # type: ignore[attr-defined]
+    admin.zadd("{bg}:settled", {"recent": time.time()})  # type: ignore[attr-defined]
+    trims = 0
+    for i in range(300):
+        before = admin.zcard("{bg}:settled")  # type: ignore[attr-defined]
+        ledger.reserve(Reservation(f"r{i}", (Hold("k", None, 1),), time.time() + 60))
+        after = admin.zcard("{bg}:settled")  # type: ignore[attr-defined]
+        assert before - after <= 100
+        trims += before != after
+    assert admin.zrange("{bg}:settled", 0, -1) == ["recent"]  # type: ignore[attr-defined]
+    assert trims >= 2
+    ledger.close()
+
+
+def test_an_expired_open_id_is_used_even_when_a_soft_hold_sends_the_reserve_to_expiry(
+    redis_url: str,
+) -> None:
+    """A soft hold that does not fit releases expired holds; the id they free stays used."""
+    now = [1000.0]
+    ledger = RedisLedger(redis_url, clock=lambda: now[0])
+    soft = Hold("k", 10, 20, over="x|k")
+    assert ledger.reserve(Reservation("r", (soft,), 1010)) is None
+    now[0] += 20
+    with pytest.raises(ValueError, match="used before"):
+        ledger.reserve(Reservation("r", (soft,), 2000))
+    assert ledger.balances(["k", "x|k"]) == {"k": Balance(), "x|k": Balance(1, 0)}
+    ledger.close()
