@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import budgetguard.ledger.sqlite as sqlite_ledger
 from budgetguard.errors import ConfigurationError, StorageError
 from budgetguard.ledger import Balance, Hold, Reservation, ledger_from_url
 from budgetguard.ledger.sqlite import SCHEMA_VERSION, SQLiteLedger
@@ -402,4 +403,45 @@ def test_settle_charges_each_hold_and_tally_in_one_write(tmp_path: Path) -> None
     assert ledger.reserve(twice) is None
     assert ledger.settle(twice, 2, ["k"]) is True
     assert ledger.balances(["k"]) == {"k": Balance(6, 0)}
+    ledger.close()
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["delete-returning", "select-delete"])
+def test_ends_of_a_reservation_with_and_without_delete_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, returning: bool
+) -> None:
+    """Settle, release and expiry end a reservation once, on SQLite with or without RETURNING."""
+    if returning and sqlite3.sqlite_version_info < (3, 35, 0):
+        pytest.skip("DELETE ... RETURNING needs SQLite 3.35")
+    monkeypatch.setattr(sqlite_ledger, "_RETURNING", returning)
+    now = [1000.0]
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}", clock=lambda: now[0])
+    statements: list[str] = []
+    ledger._connection().set_trace_callback(statements.append)
+    settled = Reservation("settled", (Hold("a", 100, 4), Hold("b", None, 6)), 1e10)
+    assert ledger.reserve(settled) is None
+    assert ledger.settle(settled, 3, ["t"]) is True
+    assert ledger.settle(settled, 3, ["t"]) is False  # once
+    assert any("RETURNING" in s for s in statements) is returning
+    released = Reservation("released", (Hold("a", 100, 5),), 1e10)
+    assert ledger.reserve(released) is None
+    assert ledger.release(released) is True
+    assert ledger.release(released) is False
+    assert ledger.settle(released, 1) is True  # a late settle charges all the same, once
+    assert ledger.settle(released, 1) is False
+    expired = Reservation("expired", (Hold("a", 100, 7),), 1000.5)
+    assert ledger.reserve(expired) is None
+    now[0] = 1002.0
+    assert ledger.open_reservations() == []  # the read ended it
+    assert ledger.settle(expired, 2) is True
+    assert ledger.balances(["a", "b", "t"]) == {
+        "a": Balance(3 + 1 + 2, 0),
+        "b": Balance(3, 0),
+        "t": Balance(3, 0),
+    }
+    never = Reservation("never", (Hold("a", 100, 1),), 1e10)
+    assert ledger.release(never) is False
+    with pytest.raises(ValueError, match="used before"):
+        ledger.reserve(never)  # a released id holds nothing, even late
+    assert ledger.open_reservations() == []
     ledger.close()
