@@ -326,6 +326,9 @@ class SQLiteLedger(_ThreadedAsync):
         self._closed = False
         self._forget_at = -_INF_TIME  # when ended and added ids are next forgotten (_forget)
         self._expire_at = -_INF_TIME  # when a reserve next ends expired reservations
+        #: The holds JSON of the last reservations, by their holds: a settle
+        #: finds the text its reserve wrote instead of writing it again.
+        self._written = functools.lru_cache(maxsize=1024)(_holds_json)
         self._reset_connections()
         self._open_database()
 
@@ -359,7 +362,7 @@ class SQLiteLedger(_ThreadedAsync):
         read_sql = _check_sql(tuple(shape))
         # One statement charges the held amounts (in chunks past 200 holds).
         charge_sql = _charge_sql(len(holds), "reserved") if 0 < len(holds) <= 200 else None
-        holds_json = _holds_json(holds)
+        holds_json = self._written(holds)  # check_reservation: every field can be hashed
         expires_at = float(expires)
 
         def run(db: sqlite3.Cursor) -> Refusal | None:
@@ -420,18 +423,22 @@ class SQLiteLedger(_ThreadedAsync):
         rid = reservation.id
         # What reserve wrote for these holds: if the row holds that, its
         # holds are these, and need no parsing.
-        written = (_holds_json(reservation.holds), reservation.holds)
+        holds = reservation.holds
+        try:
+            written = (self._written(holds), holds)
+        except TypeError:  # a field that cannot be hashed (settle checks less than reserve)
+            written = (_holds_json(holds), holds)
 
         def run(db: sqlite3.Cursor) -> bool:
-            holds = _take_holds(db, rid)  # the holds if open, its row gone
-            if holds is None:
+            held = _take_holds(db, rid)  # the holds JSON if open, its row gone
+            if held is None:
                 row = db.execute("SELECT settled FROM ended WHERE id = ?", (rid,)).fetchone()
                 if row is not None and row[0]:
                     return False  # settled before
             if not self._finish(
                 db,
                 rid,
-                holds,
+                held,
                 settled=True,
                 charges=charges,
                 written=written,
@@ -1038,10 +1045,10 @@ class SQLiteLedger(_ThreadedAsync):
         """Do what ``_end`` does, given the reservation's holds JSON taken in this transaction.
 
         ``held`` is None when the reservation is not open; its row is gone
-        (``_take_holds``). ``written`` is a
-        JSON text and the holds it stands for, used instead of parsing
-        ``held`` when it is that text. When the holds are charged, each key
-        of ``tallies`` is charged ``tally`` too (else not at all).
+        (``_take_holds``). ``written`` is a JSON text and the holds it stands
+        for, used instead of parsing ``held`` when it is that text. When the
+        holds are charged, each key of ``tallies`` is charged ``tally`` too
+        (else not at all).
         """
         charged = False
         if held is not None:
@@ -1050,41 +1057,38 @@ class SQLiteLedger(_ThreadedAsync):
                 written[1] if written is not None and held == written[0] else json.loads(held)
             )
             if charges is not None and len(charges) == len(holds):
-                keys = [h[0] for h in holds]
+                # One pass: each hold's key, charge and held amount, and the
+                # holds charged nothing (only those may be left empty).
+                rows: list[Any] = []
+                uncharged = []
+                for hold, charge in zip(holds, charges, strict=True):
+                    rows += (hold[0], charge, hold[2])
+                    if not charge:
+                        uncharged.append(hold)
+                count = len(holds)
                 if (
-                    keys
-                    and len({*keys, *tallies}) == len(keys) + len(tallies)
-                    and 3 * len(keys) + len(tallies) < 999
+                    count
+                    and 3 * count + len(tallies) < 999
+                    and len({*rows[::3], *tallies}) == count + len(tallies)
                 ):
                     # Every key once: one statement charges the holds and the
                     # tallies and drops the holds.
-                    db.execute(
-                        _settle_sql(len(keys), len(tallies)),
-                        [
-                            *(
-                                v
-                                for h, c in zip(holds, charges, strict=True)
-                                for v in (h[0], c, h[2])
-                            ),
-                            *((tally, *tallies) if tallies else ()),
-                        ],
-                    )
+                    if tallies:
+                        rows.append(tally)
+                        rows += tallies
+                    db.execute(_settle_sql(count, len(tallies)), rows)
                 else:
                     db.executemany(
                         "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
                         " DO UPDATE SET spent = spent + excluded.spent,"
                         " reserved = max(reserved - ?, 0)",
-                        [(h[0], charge, h[2]) for h, charge in zip(holds, charges, strict=True)],
+                        [rows[i : i + 3] for i in range(0, 3 * count, 3)],
                     )
                     if tallies:
                         _charge_all(db, tallies, tally)
                 # A key charged something holds something: only the others may
                 # be empty (and a tally's key keeps its row, as a tally's does).
-                holds = [
-                    h
-                    for h, charge in zip(holds, charges, strict=True)
-                    if not charge and h[0] not in tallies
-                ]
+                holds = [h for h in uncharged if h[0] not in tallies] if uncharged else uncharged
                 charged = True
             else:
                 db.executemany(

@@ -383,6 +383,19 @@ def test_settle_drops_the_holds_the_file_records(tmp_path: Path) -> None:
     ledger.close()
 
 
+def test_settle_given_holds_that_cannot_be_hashed_drops_what_the_file_records(
+    tmp_path: Path,
+) -> None:
+    """A settle whose holds cannot be hashed (settle checks less than reserve) still settles."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    assert ledger.reserve(Reservation("r", (Hold("a", 100, 4),), 1e10)) is None
+    odd = Reservation("r", (Hold("a", 100, 4, over=["x"]),), 1e10)  # type: ignore[arg-type]
+    assert ledger.settle(odd, 3) is True
+    assert ledger.balances(["a"]) == {"a": Balance(3, 0)}
+    assert ledger.open_reservations() == []
+    ledger.close()
+
+
 def test_settle_charges_each_hold_and_tally_in_one_write(tmp_path: Path) -> None:
     """A settle drops each hold's own amount, charges each key its unit and each tally once."""
     ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
