@@ -1173,21 +1173,14 @@ def _idempotency_ttl(
     return check_idempotency_ttl(raw, repr(url), name)
 
 
-#: DELETE ... RETURNING came with SQLite 3.35 (2021); before, a SELECT then a DELETE.
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-
-
 def _take_holds(db: sqlite3.Cursor, reservation_id: str) -> str | None:
     """Delete an open reservation's row; return its holds JSON, or None if it is not open."""
-    if _RETURNING:
-        row = db.execute(
-            "DELETE FROM reservations WHERE id = ? RETURNING holds", (reservation_id,)
-        ).fetchone()
-        return None if row is None else row[0]
+    # SELECT then DELETE rather than DELETE ... RETURNING, which needs SQLite
+    # 3.35 (2021) and costs more (its rows go through a temporary table); the
+    # transaction makes the pair atomic.
     row = db.execute("SELECT holds FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
     if row is None:
         return None
-    # The transaction makes the pair atomic.
     db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
     return row[0]  # type: ignore[no-any-return]
 
