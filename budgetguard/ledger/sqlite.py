@@ -362,7 +362,10 @@ class SQLiteLedger(_ThreadedAsync):
         read_sql = _check_sql(tuple(shape))
         # One statement charges the held amounts (in chunks past 200 holds).
         charge_sql = _charge_sql(len(holds), "reserved") if 0 < len(holds) <= 200 else None
-        holds_json = self._written(holds)  # check_reservation: every field can be hashed
+        try:
+            holds_json = self._written(holds)
+        except TypeError:  # a field that cannot be hashed (a str subclass, say)
+            holds_json = _holds_json(holds)
         expires_at = float(expires)
 
         def run(db: sqlite3.Cursor) -> Refusal | None:

@@ -395,6 +395,23 @@ def test_settle_given_holds_that_cannot_be_hashed_drops_what_the_file_records(
     ledger.close()
 
 
+class _UnhashableKey(str):
+    """A str whose instances cannot be hashed."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_reserve_of_a_key_that_cannot_be_hashed_holds_it(tmp_path: Path) -> None:
+    """A key of a str type that cannot be hashed is held and released as any key."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    reservation = Reservation("u", (Hold(_UnhashableKey("b"), 100, 4),), 1e10)
+    assert ledger.reserve(reservation) is None
+    assert ledger.balances(["b"]) == {"b": Balance(0, 4)}
+    assert ledger.release(reservation) is True
+    assert ledger.balances(["b"]) == {"b": Balance(0, 0)}
+    ledger.close()
+
+
 def test_settle_charges_each_hold_and_tally_in_one_write(tmp_path: Path) -> None:
     """A settle drops each hold's own amount, charges each key its unit and each tally once."""
     ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
