@@ -14,6 +14,8 @@ second (``BudgetGuard(ledger)`` with a monthly and a per-user budget and a
 revision ``REV`` (the ledger without group commit) and measures it in the
 same run, interleaved with the current one (in alternating order), so the
 ratios hold on a noisy machine. Each figure is the median of ``--repeats`` runs.
+A second table gives the CPU time (user + system, every thread of the process)
+per pair or call, which the load of other jobs moves less than the rates.
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ def guarded(ledger: Ledger, guards: list[bg.BudgetGuard]) -> Callable[[], None]:
     return wrapped
 
 
-def rate(work: Callable[[], None], threads: int, seconds: float) -> float:
-    """Return calls of ``work`` per second with ``threads`` threads."""
+def rate(work: Callable[[], None], threads: int, seconds: float) -> tuple[float, float]:
+    """Return calls of ``work`` per second with ``threads`` threads, and CPU µs per call."""
     for _ in range(20):  # warm up: connections open, pages cached
         work()
     stop = time.perf_counter() + seconds
@@ -109,12 +111,15 @@ def rate(work: Callable[[], None], threads: int, seconds: float) -> float:
         counts[index] = n
 
     start = time.perf_counter()
+    cpu = time.process_time()
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return sum(counts) / (time.perf_counter() - start)
+    cpu = time.process_time() - cpu
+    calls = sum(counts)
+    return calls / (time.perf_counter() - start), cpu * 1e6 / max(calls, 1)
 
 
 def fsync_ms(directory: str, count: int = 100) -> float:
@@ -146,6 +151,7 @@ def main() -> None:
         versions.insert(0, (f"before ({options.before})", load_before(options.before)))
 
     figures: dict[tuple[str, str, str, int], list[float]] = {}
+    cpus: dict[tuple[str, str, str, int], list[float]] = {}
     fsyncs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="budgetguard-bench-") as directory:
         for repeat in range(options.repeats):
@@ -161,11 +167,12 @@ def main() -> None:
                             ledger = ledger_class(f"sqlite:///{path}?synchronous={mode.upper()}")
                             guards: list[bg.BudgetGuard] = []
                             work = pairs(ledger) if what == "pairs" else guarded(ledger, guards)
-                            figure = rate(work, threads, options.seconds)
+                            figure, cpu = rate(work, threads, options.seconds)
                             for guard in guards:
                                 guard.close()
                             ledger.close()
                             figures.setdefault((mode, what, label, threads), []).append(figure)
+                            cpus.setdefault((mode, what, label, threads), []).append(cpu)
 
     out = sys.stdout
     out.write(
@@ -194,6 +201,16 @@ def main() -> None:
                     for n in counts
                 )
                 out.write(f"| {mode} | {what} | ratio now / before | {cells} |\n")
+    out.write("\nCPU µs per pair or call (user + system, median):\n\n")
+    out.write(f"| synchronous | measure | ledger | {heads} |\n")
+    out.write("|---|---|---|" + "---:|" * len(counts) + "\n")
+    for mode in ("full", "normal"):
+        for what in ("pairs", "guarded calls"):
+            for label, _ in versions:
+                cells = " | ".join(
+                    f"{statistics.median(cpus[(mode, what, label, n)]):,.0f}" for n in counts
+                )
+                out.write(f"| {mode} | {what} | {label} | {cells} |\n")
     fsync = statistics.median(fsyncs)
     out.write(
         f"\nfsync of a small write in the same directory: {fsync:.2f} ms (median; "

@@ -221,7 +221,7 @@ class _Op(Generic[T]):
 
     __slots__ = ("body", "deadline", "outcome", "state", "wake")
 
-    def __init__(self, body: Callable[[sqlite3.Connection], T], deadline: float) -> None:
+    def __init__(self, body: Callable[[sqlite3.Cursor], T], deadline: float) -> None:
         self.body = body
         self.deadline = deadline  # time.monotonic() by which it must be done
         self.state = _QUEUED
@@ -326,6 +326,9 @@ class SQLiteLedger(_ThreadedAsync):
         self._closed = False
         self._forget_at = -_INF_TIME  # when ended and added ids are next forgotten (_forget)
         self._expire_at = -_INF_TIME  # when a reserve next ends expired reservations
+        #: The holds JSON of the last reservations, by their holds: a settle
+        #: finds the text its reserve wrote instead of writing it again.
+        self._written = functools.lru_cache(maxsize=1024)(_holds_json)
         self._reset_connections()
         self._open_database()
 
@@ -334,27 +337,38 @@ class SQLiteLedger(_ThreadedAsync):
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them, in one transaction."""
         check_reservation(reservation)
-        _check_fits(*(hold.amount for hold in reservation.holds))
-        holds_json = _holds_json(reservation.holds)
-
-        rid = reservation.id
-        holds = reservation.holds
-        # One read gives whether the id was used and what every limited hold
+        rid, holds, expires = reservation
+        # One pass over the holds gives what the transaction needs: the read,
+        # its arguments, the charge of the held amounts and the holds JSON.
+        # The read gives whether the id was used and what every limited hold
         # is checked against: the same SQL text for the same shape of holds,
         # so it stays prepared in the connection's statement cache.
-        read_sql = _check_sql(
-            tuple(0 if h.limit is None else 1 if h.prior is None else 2 for h in holds)
-        )
-        read_args = [rid]
+        shape: list[int] = []
+        read_args: list[object] = [rid]
+        charges: list[object] = []
         for hold in holds:
-            if hold.limit is not None:
-                read_args.append(hold.key)
-                if hold.prior is not None:
-                    read_args.append(hold.prior)
-        charges = [(hold.key, hold.amount) for hold in holds]
-        expires_at = float(reservation.expires_at)
+            key, limit, amount = hold[0], hold[1], hold[2]
+            if amount >= _MAX_UNITS:
+                _check_fits(amount)
+            charges += (key, amount)
+            if limit is None:
+                shape.append(0)
+            elif hold[5] is None:
+                shape.append(1)
+                read_args.append(key)
+            else:
+                shape.append(2)
+                read_args += (key, hold[5])
+        read_sql = _check_sql(tuple(shape))
+        # One statement charges the held amounts (in chunks past 200 holds).
+        charge_sql = _charge_sql(len(holds), "reserved") if 0 < len(holds) <= 200 else None
+        try:
+            holds_json = self._written(holds)
+        except TypeError:  # a field that cannot be hashed (a str subclass, say)
+            holds_json = _holds_json(holds)
+        expires_at = float(expires)
 
-        def run(db: sqlite3.Connection) -> Refusal | None:
+        def run(db: sqlite3.Cursor) -> Refusal | None:
             now = self.clock()
             # Expired reservations are released once a second, and at once
             # whenever a hold would not fit: releasing only frees units, so
@@ -382,7 +396,10 @@ class SQLiteLedger(_ThreadedAsync):
                         if prior is not None:
                             part = prior[0] * hold.weight // WEIGHT_SCALE
                     return Refusal(index, hold.key, hold.limit, spent, reserved, hold.amount, part)  # type: ignore[arg-type]
-            _charge(db, charges, "reserved")
+            if charge_sql is not None:
+                db.execute(charge_sql, charges)
+            elif holds:
+                _charge(db, [(hold.key, hold.amount) for hold in holds], "reserved")
             if missed:
                 db.executemany(
                     "INSERT INTO counters (key, spent) VALUES (?, 1) ON CONFLICT (key)"
@@ -393,7 +410,8 @@ class SQLiteLedger(_ThreadedAsync):
                 "INSERT INTO reservations (id, holds, expires_at) VALUES (?, ?, ?)",
                 (rid, holds_json, expires_at),
             )
-            self._forget(db, now)
+            if not self._forget_at - 1.0 <= now < self._forget_at:
+                self._forget(db, now)
             return None
 
         return self._transact(run)
@@ -408,21 +426,22 @@ class SQLiteLedger(_ThreadedAsync):
         rid = reservation.id
         # What reserve wrote for these holds: if the row holds that, its
         # holds are these, and need no parsing.
-        written = (_holds_json(reservation.holds), reservation.holds)
+        holds = reservation.holds
+        try:
+            written = (self._written(holds), holds)
+        except TypeError:  # a field that cannot be hashed (settle checks less than reserve)
+            written = (_holds_json(holds), holds)
 
-        def run(db: sqlite3.Connection) -> bool:
-            # One read: whether it was settled before, and its holds if open.
-            settled, holds = db.execute(
-                "SELECT (SELECT settled FROM ended WHERE id = ?1),"
-                " (SELECT holds FROM reservations WHERE id = ?1)",
-                (rid,),
-            ).fetchone()
-            if settled:
-                return False
+        def run(db: sqlite3.Cursor) -> bool:
+            held = _take_holds(db, rid)  # the holds JSON if open, its row gone
+            if held is None:
+                row = db.execute("SELECT settled FROM ended WHERE id = ?", (rid,)).fetchone()
+                if row is not None and row[0]:
+                    return False  # settled before
             if not self._finish(
                 db,
                 rid,
-                holds,
+                held,
                 settled=True,
                 charges=charges,
                 written=written,
@@ -440,7 +459,7 @@ class SQLiteLedger(_ThreadedAsync):
     def release(self, reservation: Reservation) -> bool:
         """Drop the holds of ``reservation`` without charging."""
 
-        def run(db: sqlite3.Connection) -> bool:
+        def run(db: sqlite3.Cursor) -> bool:
             if (
                 db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation.id,)).fetchone()
                 is None
@@ -464,7 +483,7 @@ class SQLiteLedger(_ThreadedAsync):
         _check_fits(amount)
         check_op_id(op_id)
 
-        def run(db: sqlite3.Connection) -> bool:
+        def run(db: sqlite3.Cursor) -> bool:
             if op_id is not None:
                 now = self.clock()
                 db.execute("DELETE FROM added WHERE at < ?", (now - self.idempotency_ttl,))
@@ -512,7 +531,7 @@ class SQLiteLedger(_ThreadedAsync):
     def clear(self, keys: Sequence[str]) -> None:
         """Forget the spend of the given keys (open reservations stay held)."""
 
-        def run(db: sqlite3.Connection) -> None:
+        def run(db: sqlite3.Cursor) -> None:
             db.executemany("UPDATE counters SET spent = 0 WHERE key = ?", [(k,) for k in keys])
             db.executemany(
                 "DELETE FROM counters WHERE key = ? AND spent = 0 AND reserved = 0",
@@ -537,7 +556,7 @@ class SQLiteLedger(_ThreadedAsync):
         """Store a budget definition under ``name``."""
         text = budget_to_json(name, definition)
 
-        def run(db: sqlite3.Connection) -> None:
+        def run(db: sqlite3.Cursor) -> None:
             version = _next_version(db)
             db.execute(
                 "INSERT INTO budgets (name, definition, version) VALUES (?, ?, ?)"
@@ -558,7 +577,7 @@ class SQLiteLedger(_ThreadedAsync):
     def delete_budget(self, name: str) -> bool:
         """Delete a budget definition."""
 
-        def run(db: sqlite3.Connection) -> bool:
+        def run(db: sqlite3.Cursor) -> bool:
             if db.execute("DELETE FROM budgets WHERE name = ?", (name,)).rowcount == 0:
                 return False
             version = _next_version(db)
@@ -676,7 +695,7 @@ class SQLiteLedger(_ThreadedAsync):
                 )
             self._transact(self._migrate)
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
+    def _migrate(self, db: sqlite3.Cursor) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StorageError(
@@ -698,7 +717,7 @@ class SQLiteLedger(_ThreadedAsync):
             db.execute(f"PRAGMA user_version = {number + 1}")
             logger.info("SQLite ledger %s migrated to schema version %d", self.path, number + 1)
 
-    def _transact(self, body: Callable[[sqlite3.Connection], T]) -> T:
+    def _transact(self, body: Callable[[sqlite3.Cursor], T]) -> T:
         """Run ``body`` in a ``BEGIN IMMEDIATE`` transaction within this operation's deadline.
 
         Group commit: the operation joins this process's queue of writes;
@@ -729,7 +748,7 @@ class SQLiteLedger(_ThreadedAsync):
         return self._queued(db, _Op(body, deadline))
 
     def _alone(
-        self, db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], deadline: float
+        self, db: sqlite3.Connection, body: Callable[[sqlite3.Cursor], T], deadline: float
     ) -> T:
         _heal(db)
         left = deadline - time.monotonic()
@@ -962,7 +981,7 @@ class SQLiteLedger(_ThreadedAsync):
             hint = "SQLite reported an error"
         return f"cannot {action} the SQLite ledger {self.path}: {hint} ({text})"
 
-    def _expire(self, db: sqlite3.Connection, now: float) -> bool:
+    def _expire(self, db: sqlite3.Cursor, now: float) -> bool:
         """End every reservation expired by ``now``; return whether there was one."""
         rows = db.execute(
             "SELECT id FROM reservations WHERE expires_at <= ? ORDER BY expires_at", (now,)
@@ -971,7 +990,7 @@ class SQLiteLedger(_ThreadedAsync):
             self._end(db, reservation_id, settled=False)
         return bool(rows)
 
-    def _expire_if_time(self, db: sqlite3.Connection, now: float) -> bool:
+    def _expire_if_time(self, db: sqlite3.Cursor, now: float) -> bool:
         """End the expired reservations at most once a second; return whether it ran.
 
         A clock that went back starts the second again, as in ``_forget``.
@@ -992,14 +1011,14 @@ class SQLiteLedger(_ThreadedAsync):
             ).fetchone()
         if due is not None:
 
-            def run(db: sqlite3.Connection) -> None:
+            def run(db: sqlite3.Cursor) -> None:
                 self._expire(db, now)
 
             self._transact(run)
 
     def _end(
         self,
-        db: sqlite3.Connection,
+        db: sqlite3.Cursor,
         reservation_id: str,
         *,
         settled: bool,
@@ -1011,17 +1030,12 @@ class SQLiteLedger(_ThreadedAsync):
         write that drops its hold; return whether it was (the reservation was
         open, with as many holds).
         """
-        # SELECT then DELETE rather than DELETE ... RETURNING, which needs
-        # SQLite 3.35 (2021); the transaction makes the pair atomic.
-        row = db.execute(
-            "SELECT holds FROM reservations WHERE id = ?", (reservation_id,)
-        ).fetchone()
-        held = row[0] if row is not None else None
+        held = _take_holds(db, reservation_id)
         return self._finish(db, reservation_id, held, settled=settled, charges=charges)
 
     def _finish(
         self,
-        db: sqlite3.Connection,
+        db: sqlite3.Cursor,
         reservation_id: str,
         held: str | None,
         *,
@@ -1031,56 +1045,53 @@ class SQLiteLedger(_ThreadedAsync):
         tallies: Sequence[str] = (),
         tally: int = 0,
     ) -> bool:
-        """Do what ``_end`` does, given the reservation's holds JSON read in this transaction.
+        """Do what ``_end`` does, given the reservation's holds JSON taken in this transaction.
 
-        ``held`` is None when the reservation is not open. ``written`` is a
-        JSON text and the holds it stands for, used instead of parsing
-        ``held`` when it is that text. When the holds are charged, each key
-        of ``tallies`` is charged ``tally`` too (else not at all).
+        ``held`` is None when the reservation is not open; its row is gone
+        (``_take_holds``). ``written`` is a JSON text and the holds it stands
+        for, used instead of parsing ``held`` when it is that text. When the
+        holds are charged, each key of ``tallies`` is charged ``tally`` too
+        (else not at all).
         """
         charged = False
         if held is not None:
-            db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
             # A Hold is the row it was written from: key, limit, amount, ...
             holds: Sequence[Sequence[Any]] = (
                 written[1] if written is not None and held == written[0] else json.loads(held)
             )
             if charges is not None and len(charges) == len(holds):
-                keys = [h[0] for h in holds]
+                # One pass: each hold's key, charge and held amount, and the
+                # holds charged nothing (only those may be left empty).
+                rows: list[Any] = []
+                uncharged = []
+                for hold, charge in zip(holds, charges, strict=True):
+                    rows += (hold[0], charge, hold[2])
+                    if not charge:
+                        uncharged.append(hold)
+                count = len(holds)
                 if (
-                    keys
-                    and len({*keys, *tallies}) == len(keys) + len(tallies)
-                    and 3 * len(keys) + len(tallies) < 999
+                    count
+                    and 3 * count + len(tallies) < 999
+                    and len({*rows[::3], *tallies}) == count + len(tallies)
                 ):
                     # Every key once: one statement charges the holds and the
                     # tallies and drops the holds.
-                    db.execute(
-                        _settle_sql(len(keys), len(tallies)),
-                        [
-                            *(
-                                v
-                                for h, c in zip(holds, charges, strict=True)
-                                for v in (h[0], c, h[2])
-                            ),
-                            *((tally, *tallies) if tallies else ()),
-                        ],
-                    )
+                    if tallies:
+                        rows.append(tally)
+                        rows += tallies
+                    db.execute(_settle_sql(count, len(tallies)), rows)
                 else:
                     db.executemany(
                         "INSERT INTO counters (key, spent) VALUES (?, ?) ON CONFLICT (key)"
                         " DO UPDATE SET spent = spent + excluded.spent,"
                         " reserved = max(reserved - ?, 0)",
-                        [(h[0], charge, h[2]) for h, charge in zip(holds, charges, strict=True)],
+                        [rows[i : i + 3] for i in range(0, 3 * count, 3)],
                     )
                     if tallies:
                         _charge_all(db, tallies, tally)
                 # A key charged something holds something: only the others may
                 # be empty (and a tally's key keeps its row, as a tally's does).
-                holds = [
-                    h
-                    for h, charge in zip(holds, charges, strict=True)
-                    if not charge and h[0] not in tallies
-                ]
+                holds = [h for h in uncharged if h[0] not in tallies] if uncharged else uncharged
                 charged = True
             else:
                 db.executemany(
@@ -1099,7 +1110,7 @@ class SQLiteLedger(_ThreadedAsync):
         )
         return charged
 
-    def _forget(self, db: sqlite3.Connection, now: float) -> None:
+    def _forget(self, db: sqlite3.Cursor, now: float) -> None:
         """Forget ended and added ids past ``idempotency_ttl``, at most once a second.
 
         An id is so remembered at least ``idempotency_ttl`` seconds and at
@@ -1112,7 +1123,7 @@ class SQLiteLedger(_ThreadedAsync):
         db.execute("DELETE FROM added WHERE at < ?", (now - self.idempotency_ttl,))
 
 
-def _next_version(db: sqlite3.Connection) -> int:
+def _next_version(db: sqlite3.Cursor) -> int:
     """Count one change of the budget definitions; the first ever writes the mark."""
     row = db.execute("SELECT version FROM budget_meta WHERE id = 1").fetchone()
     if row is None:
@@ -1165,52 +1176,72 @@ def _idempotency_ttl(
     return check_idempotency_ttl(raw, repr(url), name)
 
 
-def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
-    db.execute("BEGIN IMMEDIATE")
-    return body(db)
+def _take_holds(db: sqlite3.Cursor, reservation_id: str) -> str | None:
+    """Delete an open reservation's row; return its holds JSON, or None if it is not open."""
+    # SELECT then DELETE rather than DELETE ... RETURNING, which needs SQLite
+    # 3.35 (2021) and costs more (its rows go through a temporary table); the
+    # transaction makes the pair atomic.
+    row = db.execute("SELECT holds FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+    if row is None:
+        return None
+    db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+    return row[0]  # type: ignore[no-any-return]
+
+
+def _begin(db: sqlite3.Connection, body: Callable[[sqlite3.Cursor], T]) -> T:
+    """Open the transaction and run ``body`` in it, with one cursor for every statement.
+
+    ``Connection.execute`` makes a cursor per statement; one cursor per
+    transaction costs less. It dies with the transaction (its caller's frame),
+    so a statement an interrupt left unfinished is reset with it.
+    """
+    cursor = db.cursor()
+    cursor.execute("BEGIN IMMEDIATE")
+    return body(cursor)
 
 
 def _apply(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
     """Run the operations of ``batch`` in the transaction, each all or nothing."""
-    db.execute("BEGIN IMMEDIATE")
     if len(batch) == 1:  # alone: the transaction is the operation's own
         op = batch[0]
-        op.outcome = (False, op.body(db))
+        op.outcome = (False, _begin(db, op.body))
         return
+    cursor = db.cursor()  # one for the whole batch, as in _begin
+    cursor.execute("BEGIN IMMEDIATE")
     # Optimistic: the operations run one after another in one savepoint of
     # the batch, not one each (two statements per batch, not per write).
     # If one fails (a reused id, say), the batch so far is undone and run
     # again with a savepoint per operation, so that the failing one is undone
     # alone and the others still commit.
-    db.execute("SAVEPOINT batch")
+    cursor.execute("SAVEPOINT batch")
     for op in batch:
         try:
-            value = op.body(db)
+            value = op.body(cursor)
         except Exception:
             if not db.in_transaction:
                 raise  # SQLite ended the whole transaction (a full disk, an I/O error)
-            db.execute("ROLLBACK TO batch")
-            db.execute("RELEASE batch")
-            _apply_each(db, batch)
+            cursor.execute("ROLLBACK TO batch")
+            cursor.execute("RELEASE batch")
+            _apply_each(db, cursor, batch)
             return
         op.outcome = (False, value)
-    db.execute("RELEASE batch")
+    cursor.execute("RELEASE batch")
 
 
-def _apply_each(db: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+def _apply_each(db: sqlite3.Connection, cursor: sqlite3.Cursor, batch: list[_Op[Any]]) -> None:
     """Run every operation of ``batch`` in a savepoint of its own (one may fail alone)."""
     for op in batch:
-        db.execute("SAVEPOINT operation")
+        cursor.execute("SAVEPOINT operation")
         try:
-            value = op.body(db)
+            value = op.body(cursor)
         except Exception as error:
             if not db.in_transaction:
                 raise  # SQLite ended the whole transaction (a full disk, an I/O error)
-            db.execute("ROLLBACK TO operation")
-            db.execute("RELEASE operation")
+            cursor.execute("ROLLBACK TO operation")
+            cursor.execute("RELEASE operation")
             op.outcome = (True, error)
         else:
-            db.execute("RELEASE operation")
+            cursor.execute("RELEASE operation")
             op.outcome = (False, value)
 
 
@@ -1300,7 +1331,7 @@ def _hold_row(hold: Hold) -> list[Any]:
     return list(hold)
 
 
-def _charge(db: sqlite3.Connection, rows: list[tuple[str, int]], column: str = "spent") -> None:
+def _charge(db: sqlite3.Cursor, rows: list[tuple[str, int]], column: str = "spent") -> None:
     """Add each ``(key, amount)`` to the key's ``column``: one statement per 200 rows.
 
     A key twice in one statement adds up (SQLite applies the rows in order).
@@ -1329,7 +1360,7 @@ def _settle_sql(holds: int, tallies: int) -> str:
     )
 
 
-def _charge_all(db: sqlite3.Connection, keys: Sequence[str], amount: int) -> None:
+def _charge_all(db: sqlite3.Cursor, keys: Sequence[str], amount: int) -> None:
     """Add ``amount`` to the spend of every key of ``keys``: one statement per 200 keys."""
     for start in range(0, len(keys), 200):
         chunk = keys[start : start + 200]

@@ -382,6 +382,36 @@ def test_settle_drops_the_holds_the_file_records(tmp_path: Path) -> None:
     ledger.close()
 
 
+def test_settle_given_holds_that_cannot_be_hashed_drops_what_the_file_records(
+    tmp_path: Path,
+) -> None:
+    """A settle whose holds cannot be hashed (settle checks less than reserve) still settles."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    assert ledger.reserve(Reservation("r", (Hold("a", 100, 4),), 1e10)) is None
+    odd = Reservation("r", (Hold("a", 100, 4, over=["x"]),), 1e10)  # type: ignore[arg-type]
+    assert ledger.settle(odd, 3) is True
+    assert ledger.balances(["a"]) == {"a": Balance(3, 0)}
+    assert ledger.open_reservations() == []
+    ledger.close()
+
+
+class _UnhashableKey(str):
+    """A str whose instances cannot be hashed."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_reserve_of_a_key_that_cannot_be_hashed_holds_it(tmp_path: Path) -> None:
+    """A key of a str type that cannot be hashed is held and released as any key."""
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
+    reservation = Reservation("u", (Hold(_UnhashableKey("b"), 100, 4),), 1e10)
+    assert ledger.reserve(reservation) is None
+    assert ledger.balances(["b"]) == {"b": Balance(0, 4)}
+    assert ledger.release(reservation) is True
+    assert ledger.balances(["b"]) == {"b": Balance(0, 0)}
+    ledger.close()
+
+
 def test_settle_charges_each_hold_and_tally_in_one_write(tmp_path: Path) -> None:
     """A settle drops each hold's own amount, charges each key its unit and each tally once."""
     ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}")
@@ -402,4 +432,36 @@ def test_settle_charges_each_hold_and_tally_in_one_write(tmp_path: Path) -> None
     assert ledger.reserve(twice) is None
     assert ledger.settle(twice, 2, ["k"]) is True
     assert ledger.balances(["k"]) == {"k": Balance(6, 0)}
+    ledger.close()
+
+
+def test_settle_release_and_expiry_each_end_a_reservation_once(tmp_path: Path) -> None:
+    """Settle, release and expiry end a reservation once; a late settle charges, once."""
+    now = [1000.0]
+    ledger = SQLiteLedger(f"sqlite:///{tmp_path / 'a.db'}", clock=lambda: now[0])
+    settled = Reservation("settled", (Hold("a", 100, 4), Hold("b", None, 6)), 1e10)
+    assert ledger.reserve(settled) is None
+    assert ledger.settle(settled, 3, ["t"]) is True
+    assert ledger.settle(settled, 3, ["t"]) is False  # once
+    released = Reservation("released", (Hold("a", 100, 5),), 1e10)
+    assert ledger.reserve(released) is None
+    assert ledger.release(released) is True
+    assert ledger.release(released) is False
+    assert ledger.settle(released, 1) is True  # a late settle charges all the same, once
+    assert ledger.settle(released, 1) is False
+    expired = Reservation("expired", (Hold("a", 100, 7),), 1000.5)
+    assert ledger.reserve(expired) is None
+    now[0] = 1002.0
+    assert ledger.open_reservations() == []  # the read ended it
+    assert ledger.settle(expired, 2) is True
+    assert ledger.balances(["a", "b", "t"]) == {
+        "a": Balance(3 + 1 + 2, 0),
+        "b": Balance(3, 0),
+        "t": Balance(3, 0),
+    }
+    never = Reservation("never", (Hold("a", 100, 1),), 1e10)
+    assert ledger.release(never) is False
+    with pytest.raises(ValueError, match="used before"):
+        ledger.reserve(never)  # a released id holds nothing, even late
+    assert ledger.open_reservations() == []
     ledger.close()
