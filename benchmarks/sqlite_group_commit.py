@@ -185,32 +185,29 @@ def main() -> None:
         return statistics.median(figures[(mode, what, label, threads)])
 
     heads = " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in counts)
-    out.write(f"| synchronous | measure | ledger | {heads} |\n")
-    out.write("|---|---|---|" + "---:|" * len(counts) + "\n")
-    for mode in ("full", "normal"):
-        for what in ("pairs", "guarded calls"):
-            for label, _ in versions:
-                cells = " | ".join(
-                    f"{statistics.median(figures[(mode, what, label, n)]):,.0f}" for n in counts
-                )
-                out.write(f"| {mode} | {what} | {label} | {cells} |\n")
-            if options.before:
-                before = versions[0][0]
-                cells = " | ".join(
-                    f"{median(mode, what, 'now', n) / median(mode, what, before, n):.2f}×"
-                    for n in counts
-                )
-                out.write(f"| {mode} | {what} | ratio now / before | {cells} |\n")
+
+    def table(values: dict[tuple[str, str, str, int], list[float]], ratios: bool) -> None:
+        """Write one table of medians (and the now / before ratios when asked)."""
+        out.write(f"| synchronous | measure | ledger | {heads} |\n")
+        out.write("|---|---|---|" + "---:|" * len(counts) + "\n")
+        for mode in ("full", "normal"):
+            for what in ("pairs", "guarded calls"):
+                for label, _ in versions:
+                    cells = " | ".join(
+                        f"{statistics.median(values[(mode, what, label, n)]):,.0f}" for n in counts
+                    )
+                    out.write(f"| {mode} | {what} | {label} | {cells} |\n")
+                if ratios:
+                    before = versions[0][0]
+                    cells = " | ".join(
+                        f"{median(mode, what, 'now', n) / median(mode, what, before, n):.2f}×"
+                        for n in counts
+                    )
+                    out.write(f"| {mode} | {what} | ratio now / before | {cells} |\n")
+
+    table(figures, bool(options.before))
     out.write("\nCPU µs per pair or call (user + system, median):\n\n")
-    out.write(f"| synchronous | measure | ledger | {heads} |\n")
-    out.write("|---|---|---|" + "---:|" * len(counts) + "\n")
-    for mode in ("full", "normal"):
-        for what in ("pairs", "guarded calls"):
-            for label, _ in versions:
-                cells = " | ".join(
-                    f"{statistics.median(cpus[(mode, what, label, n)]):,.0f}" for n in counts
-                )
-                out.write(f"| {mode} | {what} | {label} | {cells} |\n")
+    table(cpus, False)
     fsync = statistics.median(fsyncs)
     out.write(
         f"\nfsync of a small write in the same directory: {fsync:.2f} ms (median; "
