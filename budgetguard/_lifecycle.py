@@ -342,19 +342,11 @@ class CallLifecycle(GuardParts):
             proxy = guard_returned_stream(call, result)
             if proxy is not None:
                 return proxy
-            found_units, usage, priced = self._pricer.units_of_result(call, result)
-            if found_units is not None and priced and usage is not None:
-                # What _ending decides for a priced usage, with nothing charged besides.
-                ended = (found_units, usage.model, usage, None, True, usage.estimated, None)
-                ending = _new(_Ending, ended)
-                spent = found_units
-            else:
-                ending = self._ending(call, found_units, usage=usage, priced=priced)
-                if ending.units is None or ending.owed is not None:
-                    self._close(call, ending)  # a release, or an error to raise once written
-                    return result
-                spent = ending.units
-            model = ending.model or model
+            ending = self._ending_of_result(call, result, None)
+            if ending.units is None or ending.owed is not None:
+                self._close(call, ending)  # a release, or an error to raise once written
+                return result
+            spent, model = ending.units, ending.model or model
         # ``_close`` and ``_write_end`` of a settle, inlined.
         tallies = plan.tallies.get(model) if not tags else None
         if tallies is None:
@@ -475,15 +467,7 @@ class CallLifecycle(GuardParts):
             proxy = guard_returned_stream(call, result)
             if proxy is not None:
                 return proxy
-            found_units, usage, priced = self._pricer.units_of_result(call, result)
-            if found_units is not None and priced and usage is not None:
-                # What _ending decides for a priced usage, with nothing charged besides.
-                ended = (found_units, usage.model, usage, None, True, usage.estimated, None)
-                ending = _new(_Ending, ended)
-            else:
-                ending = self._ending(call, found_units, usage=usage, priced=priced)
-        else:
-            ending = self._ending_of_result(call, result, cost)
+        ending = self._ending_of_result(call, result, cost)
         spent = ending.units
         if spent is None or ending.owed is not None:
             await self._aclose(call, ending)  # a release, or an error to raise once written
@@ -711,6 +695,15 @@ class CallLifecycle(GuardParts):
                 return self._ending(call, None, error=error, owed=failure)
             return self._ending(call, units, None, None, error)
         found, usage, priced = self._pricer.units_of_result(call, result)
+        if (
+            found is not None
+            and priced
+            and usage is not None
+            and error is None
+            and not call.charged
+        ):
+            # What _ending decides for a priced usage and nothing else, without its frame.
+            return _new(_Ending, (found, usage.model, usage, None, True, usage.estimated, None))
         return self._ending(call, found, usage=usage, error=error, priced=priced)
 
     def _ending_of_stream(

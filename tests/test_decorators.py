@@ -971,3 +971,47 @@ def test_a_listener_that_raises_never_breaks_the_call_nor_the_next_listener(
         == 2
     )
     guard.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("ttl", [3600, 0], ids=["one-frame", "general"])
+@pytest.mark.parametrize("extra", [None, "0.5"], ids=["priced", "with-charge"])
+def test_a_priced_response_is_charged_and_reported_under_its_own_model(
+    kind: str, ttl: float, extra: str | None
+) -> None:
+    """The response's model, not the decorator's, is what the spend is kept and reported under.
+
+    With ``charge()`` inside the call, that amount is added to the priced cost.
+    """
+    from budgetguard.pricing import cost_of
+    from budgetguard.usage import extract_usage
+
+    response = _RESULTS["priced"]
+    usage = extract_usage(response)
+    assert usage is not None
+    priced = cost_of(usage).total
+    guard = BudgetGuard(metrics=False, budget_cache_ttl=ttl)
+    guard.set_budget("100", user="alice")
+    outcomes = _Outcomes()
+    guard.add_listener(outcomes)
+
+    def answer_now() -> Any:
+        if extra is not None:
+            charge(extra)
+        return response
+
+    async def answer() -> Any:
+        return answer_now()
+
+    decorate = guard.budgeted(user="alice", estimate="1", model="gpt-4o")
+    for _ in range(2):  # the first call reads the definitions; the second takes the path
+        if kind == "sync":
+            decorate(answer_now)()
+        else:
+            asyncio.run(decorate(answer)())
+    expected = priced + (Decimal(extra) if extra else 0)
+    assert guard.spend("alice") == 2 * expected
+    assert guard.spend_by_model("alice") == {"gpt-4o-mini": 2 * expected}
+    assert [o.response_model for o in outcomes.ended] == ["gpt-4o-mini"] * 2
+    assert [o.cost for o in outcomes.ended] == [expected] * 2
+    guard.close()
