@@ -271,23 +271,32 @@ def test_op_ids_are_pruned(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_version_3_file_is_upgraded_keeping_its_reservations(tmp_path: Path) -> None:
-    """A version 3 file (holds of [key, limit, amount]) upgrades; its open holds still end."""
+def _file_at_version(tmp_path: Path, version: int, *rows: str) -> Path:
+    """Write a ledger file as budgetguard's schema ``version`` made it, holding ``rows``."""
     from budgetguard.ledger.sqlite import MIGRATIONS
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
-        for migration in MIGRATIONS[:3]:
+        for migration in MIGRATIONS[:version]:
             for statement in migration:
                 db.execute(statement)
-        # What version 3 wrote for an open reservation and an expired one.
-        db.execute("INSERT INTO counters (key, spent, reserved) VALUES ('k', 5, 7), ('g', 0, 3)")
-        db.execute(
-            "INSERT INTO reservations (id, holds, expires_at) VALUES"
-            """ ('open', '[["k", 100, 4], ["g", null, 3]]', 1e10),"""
-            """ ('late', '[["k", 100, 3]]', 1.0)"""
-        )
-        db.execute("PRAGMA user_version = 3")
+        for row in rows:
+            db.execute(row)
+        db.execute(f"PRAGMA user_version = {version}")
+    return path
+
+
+def test_version_3_file_is_upgraded_keeping_its_reservations(tmp_path: Path) -> None:
+    """A version 3 file (holds of [key, limit, amount]) upgrades; its open holds still end."""
+    # What version 3 wrote for an open reservation and an expired one.
+    path = _file_at_version(
+        tmp_path,
+        3,
+        "INSERT INTO counters (key, spent, reserved) VALUES ('k', 5, 7), ('g', 0, 3)",
+        "INSERT INTO reservations (id, holds, expires_at) VALUES"
+        """ ('open', '[["k", 100, 4], ["g", null, 3]]', 1e10),"""
+        """ ('late', '[["k", 100, 3]]', 1.0)""",
+    )
     ledger = SQLiteLedger(f"sqlite:///{path}")
     assert ledger.schema_version == SCHEMA_VERSION == 5
     with sqlite3.connect(path) as db:
@@ -314,22 +323,16 @@ def test_version_3_file_is_upgraded_keeping_its_reservations(tmp_path: Path) -> 
 
 def test_version_4_file_is_upgraded_keeping_every_id(tmp_path: Path) -> None:
     """A version 4 file upgrades; its open holds, ended ids and charge op ids all still count."""
-    from budgetguard.ledger.sqlite import MIGRATIONS
-
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        for migration in MIGRATIONS[:4]:
-            for statement in migration:
-                db.execute(statement)
-        # What version 4 wrote: an open reservation, a settled one, a charge op id.
-        db.execute("INSERT INTO counters (key, spent, reserved) VALUES ('k', 5, 4)")
-        db.execute(
-            "INSERT INTO reservations (id, holds, expires_at) VALUES"
-            """ ('open', '[["k", 100, 4]]', 1e10)"""
-        )
-        db.execute("INSERT INTO ended (id, settled, at) VALUES ('done', 1, 1e10)")
-        db.execute("INSERT INTO added (id, at) VALUES ('charged', 1e10)")
-        db.execute("PRAGMA user_version = 4")
+    # What version 4 wrote: an open reservation, a settled one, a charge op id.
+    path = _file_at_version(
+        tmp_path,
+        4,
+        "INSERT INTO counters (key, spent, reserved) VALUES ('k', 5, 4)",
+        "INSERT INTO reservations (id, holds, expires_at) VALUES"
+        """ ('open', '[["k", 100, 4]]', 1e10)""",
+        "INSERT INTO ended (id, settled, at) VALUES ('done', 1, 1e10)",
+        "INSERT INTO added (id, at) VALUES ('charged', 1e10)",
+    )
     ledger = SQLiteLedger(f"sqlite:///{path}", clock=lambda: 1e9)
     assert ledger.schema_version == SCHEMA_VERSION
     with sqlite3.connect(path) as db:
