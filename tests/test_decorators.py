@@ -188,6 +188,63 @@ def test_staticmethod(guard: BudgetGuard) -> None:
     assert guard.spend("bob") == Decimal("0.1")
 
 
+def test_a_plain_function_is_wrapped_unbound_and_every_shell_reads_it_as_none(
+    guard: BudgetGuard,
+) -> None:
+    """wrapt is told a plain function is unbound (no __self__ lookup per call); shells see None.
+
+    Each kind of function takes ``self`` first without being a method, so a
+    shell that took wrapt's marker for an instance would look for the user
+    one argument too early. The same function put on a class afterwards
+    binds as wrapt binds it, and a bound method wrapped keeps wrapt's default.
+    """
+    from budgetguard import decorators
+
+    class Bot:
+        name = "bot"
+
+        def greet(self, customer: str) -> str:
+            return f"{self.name}:{customer}"
+
+    def reply(self: Bot, customer: str) -> str:
+        return f"{self.name}:{customer}"
+
+    async def areply(self: Bot, customer: str) -> str:
+        return customer
+
+    def chunks(self: Bot, customer: str) -> Iterator[str]:
+        yield customer
+
+    async def achunks(self: Bot, customer: str) -> AsyncIterator[str]:
+        yield customer
+
+    guarded = [
+        guard.budgeted(user="customer", cost=lambda _: "0.1")(function)
+        for function in (reply, areply, chunks, achunks)
+    ]
+    assert [g._self_instance for g in guarded] == [decorators._UNBOUND] * 4
+    sync, coroutine, generator, agenerator = guarded
+    bot = Bot()
+
+    async def drain() -> list[str]:
+        return [c async for c in agenerator(bot, "dave")]
+
+    assert sync(bot, "alice") == "bot:alice"
+    assert asyncio.run(coroutine(bot, "bob")) == "bob"
+    assert list(generator(bot, "carol")) == ["carol"]
+    assert asyncio.run(drain()) == ["dave"]
+
+    Bot.answer = sync  # type: ignore[attr-defined]
+    assert bot.answer("erin") == "bot:erin"  # type: ignore[attr-defined]
+    assert Bot.answer(bot, "frank") == "bot:frank"  # type: ignore[attr-defined]
+    bound = guard.budgeted(user="customer", cost=lambda _: "0.1")(bot.greet)
+    assert bound._self_instance is None  # a bound method: wrapt's default binding
+    assert bound("grace") == "bot:grace"
+    for user in ("alice", "bob", "carol", "dave", "erin", "frank", "grace"):
+        assert guard.spend(user) == Decimal("0.1")
+    assert no_open_reservations(guard)
+
+
 async def test_async_method(guard: BudgetGuard) -> None:
     """An async method stays a coroutine function and charges the named user."""
 
