@@ -98,6 +98,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from operator import attrgetter, methodcaller
@@ -734,7 +735,10 @@ class Telemetry:
         self._spend: dict[_CallKey, Decimal] = {}
         self._tokens: dict[tuple[_CallKey, str], int] = {}
         self._events: dict[str, dict[_Items, int]] = {event: {} for event, _, _ in _EVENTS}
-        self._pending: list[CallOutcome] = []
+        # Calls waiting for the next collection. An append to a deque is one
+        # step in C, so call_ended takes no lock; _flush takes them from the
+        # left under _lock, and a call appended meanwhile waits for the next.
+        self._pending: deque[CallOutcome] = deque()
         # Attribute dicts are built once per key and reused; they are never
         # mutated after being handed to OpenTelemetry.
         self._call_attributes: dict[_CallKey, Attributes] = {}
@@ -777,12 +781,13 @@ class Telemetry:
 
     def call_ended(self, outcome: CallOutcome) -> None:
         """Queue a call for the next collection, which counts its spend and tokens."""
-        # The whole per-call cost when an SDK collects regularly: an append
-        # under a lock. The outcome is frozen, so it can wait in the queue.
-        with self._lock:
-            if len(self._pending) < self._max_pending:
-                self._pending.append(outcome)
-                return
+        # The whole per-call cost when an SDK collects regularly: an append,
+        # with no lock (see _pending). Threads that pass the bound together
+        # overshoot it by one call each. The outcome is frozen: it can wait.
+        pending = self._pending
+        if len(pending) < self._max_pending:
+            pending.append(outcome)
+            return
         self._overflow(outcome)
 
     def call_refused(
@@ -849,8 +854,9 @@ class Telemetry:
         if self._max_pending and self._instruments.discards():
             # No SDK: whatever is queued can never be read, as a direct
             # Counter.add on the API's no-op would be lost too. Start afresh.
-            with self._lock:
-                self._pending = [outcome]
+            with self._lock:  # not while a flush takes them
+                self._pending.clear()
+                self._pending.append(outcome)
             return
         # An SDK that has not collected for a long while, or aggregate=False:
         # handle this call on the caller's thread rather than let the queue
@@ -859,8 +865,9 @@ class Telemetry:
 
     def _flush(self) -> None:
         """Count and record every queued call."""
-        with self._lock:
-            pending, self._pending = self._pending, []
+        queued = self._pending
+        with self._lock:  # one flush at a time: each takes what is queued as it starts
+            pending = [queued.popleft() for _ in range(len(queued))]
         if pending:
             self._absorb(pending)
 

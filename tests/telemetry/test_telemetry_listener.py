@@ -561,7 +561,7 @@ def test_queue_is_bounded_when_nothing_collects(
         tel.call_ended(outcome())
     assert len(tel._pending) == 10
     assert exported.count("gen_ai.client.operation.duration") == 25
-    assert tel._pending == []
+    assert list(tel._pending) == []
 
 
 def test_duck_typed_usage_and_missing_attributes(exported: ExportedMetrics) -> None:
