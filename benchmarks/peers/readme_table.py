@@ -164,7 +164,7 @@ def _redis_rows(redis: dict[str, Any]) -> list[tuple[str, str, str]]:
     ours = rates["budgetguard"]
     one = rates["limits"]
     ratio = " / ".join(f"{one[s] / ours[s]:.1f}×" for s in settings)
-    return [
+    rows = [
         (
             f"Redis, guarded calls/s, {' / '.join(settings)}, one private server",
             f"{_rates(ours, settings)} ({commands['budgetguard']:.0f} Redis commands a call)",
@@ -173,6 +173,22 @@ def _redis_rows(redis: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{_rates(rates['limits x2'], settings)}",
         )
     ]
+    for kind, what in (
+        ("budgetguard, settle_delay", "one round trip a call (`settle_delay=0.005`)"),
+        ("budgetguard, leases", "with budget leases (`leases=True`)"),
+    ):
+        if kind not in rates:  # a result from before these were measured
+            continue
+        theirs = rates[kind]
+        against = " / ".join(f"{theirs[s] / one[s]:.2f}×" for s in settings)
+        rows.append(
+            (
+                f"Redis, the same calls, {what}",
+                f"{_rates(theirs, settings)} ({commands[kind]:.2g} Redis commands a call)",
+                f"{against} `limits`' fixed window in the same run",
+            )
+        )
+    return rows
 
 
 def _sqlite_rows(sqlite: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -31,7 +31,8 @@ across runs. Sections:
   process and the machine do).
 - ``redis``: guarded calls per second on a private redis-server against
   ``limits``' fixed window on the same server, 1 and 8 threads and 4
-  processes.
+  processes: budgetguard with two round trips a call (the default), one
+  (``settle_delay=0.005``) and budget leases (``leases=True``).
 - ``sqlite``: guarded calls per second, ``synchronous=full`` and ``normal``.
 """
 
@@ -413,11 +414,21 @@ def section_loopback(options: argparse.Namespace) -> dict[str, Any]:
 # -- redis and sqlite: guarded calls per second ----------------------------------------------------
 
 
-def guarded_call(url: str) -> tuple[Callable[[], object], Any]:
+#: budgetguard's ways of using one Redis: two round trips a call (the default),
+#: one (a settle rides with the next command, ``settle_delay``), and leases
+#: (slices of the budgets taken in one round trip, spent in the process).
+GUARDED_KINDS = {
+    "budgetguard": ("", False),
+    "budgetguard, settle_delay": ("?settle_delay=0.005", False),
+    "budgetguard, leases": ("", True),
+}
+
+
+def guarded_call(url: str, leases: bool = False) -> tuple[Callable[[], object], Any]:
     """Return a ``@budgeted`` call on ``url`` (a user and a global budget, cost=) and its guard."""
     import budgetguard as bg
 
-    guard = bg.BudgetGuard(url, metrics=False)
+    guard = bg.BudgetGuard(url, metrics=False, leases=True if leases else None)
     guard.set_budget(HUGE, period="monthly")
     guard.set_budget(HUGE, user="alice", period="daily")
 
@@ -448,9 +459,10 @@ def limits_call(url: str, both: bool) -> Callable[[], object]:
 
 
 def make_call(kind: str, url: str) -> Callable[[], object]:
-    """Return the call of ``kind``: budgetguard, limits, or limits with two limits."""
-    if kind == "budgetguard":
-        return guarded_call(url)[0]
+    """Return the call of ``kind``: one of GUARDED_KINDS, limits, or limits with two limits."""
+    if kind in GUARDED_KINDS:
+        options, leases = GUARDED_KINDS[kind]
+        return guarded_call(url + options, leases)[0]
     return limits_call(url, both=kind == "limits x2")
 
 
@@ -605,7 +617,7 @@ def section_redis(options: argparse.Namespace) -> dict[str, Any]:
     import redis
 
     pythons = {
-        "budgetguard": sys.executable,
+        **dict.fromkeys(GUARDED_KINDS, sys.executable),
         "limits": limits_python(),
         "limits x2": limits_python(),
     }
