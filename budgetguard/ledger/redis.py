@@ -1663,22 +1663,28 @@ class RedisLedger(Ledger):
     def _flush(self, carry: str) -> None:
         if not self.settle_delay:
             return
-        carried = self._take(carry)
-        if carried is None:
-            return
-        token, entries = carried
-        try:
-            replies = self._exchange([self._end_command(entries)], None, raw=True)
-        except BaseException:
-            self._queue.done(token, ok=False)
-            raise
-        if self._landed(token, replies[0]) is None:
+        for _ in range(2):
+            carried = self._take(carry)
+            if carried is None:
+                return
+            token, entries = carried
+            try:
+                replies = self._exchange([self._end_command(entries)], None, raw=True)
+            except BaseException:
+                self._queue.done(token, ok=False)
+                raise
+            ran = self._landed(token, replies[0])
+            if ran:
+                return
+            if ran is not None:
+                break
+            # NOSCRIPT (Redis restarted, or its scripts were flushed): the
+            # batch did not run and is queued again; load the script, send it once more.
             with suppress(StorageError):
                 self._exchange([("SCRIPT", "LOAD", _END)], None)
-        if not isinstance(replies[0], list):
-            raise StorageError(
-                f"Redis did not take the queued settles at {self.safe_url}: {replies[0]!r:.200}"
-            )
+        raise StorageError(
+            f"Redis did not take the queued settles at {self.safe_url}: {replies[0]!r:.200}"
+        )
 
     def _start_flusher(self, queue: _Queue) -> None:
         with queue.lock:

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from budgetguard.errors import ConfigurationError, StorageError
 from budgetguard.ledger import Balance, Hold, Ledger, Reservation, ledger_from_url
@@ -124,6 +125,25 @@ def test_a_queued_settle_keeps_its_hold_until_it_lands(redis_url: str, direct: L
     assert direct.balances(["user"])["user"] == Balance(0, 7)
     ledger.flush()
     assert direct.balances(["user", "tally"]) == {"user": Balance(5, 0), "tally": Balance(5, 0)}
+    ledger.close()
+
+
+def test_a_flush_after_redis_forgot_its_scripts_loads_them_and_writes(
+    redis_url: str, direct: Ledger
+) -> None:
+    """flush() first after SCRIPT FLUSH (as after a restart) loads the script and writes."""
+    ledger = RedisLedger(delayed(redis_url, 1.0))
+    r = fresh(7)
+    assert ledger.reserve(r) is None
+    assert ledger.settle(r, 5, ("tally",)) is True  # queued
+    admin = redis.Redis.from_url(redis_url)
+    admin.script_flush()
+    admin.close()
+    ledger.flush()
+    assert direct.balances(["user", "tally"]) == {"user": Balance(5, 0), "tally": Balance(5, 0)}
+    assert ledger.settle(r, 5, ("tally",)) is False  # written once
+    ledger.flush()
+    assert direct.balances(["tally"]) == {"tally": Balance(5, 0)}
     ledger.close()
 
 
