@@ -61,7 +61,7 @@ _Entry = tuple[Reservation, list[_Cell], _Part]
 _Owed = list[Any]
 
 _NEVER = object()  # a memo that matches no tallies
-_COLD: _Hot = (None,)  # what _hot gives for holds not seen before
+_COLD: _Hot = (_NEVER,)  # what _hot gives for holds not seen before (even for None)
 _COLD_PART: _Part = (None, None, 0, (_NEVER, None))  # of a reservation not held hot
 _CLOSED: _Entry = (None, [], _COLD_PART)  # type: ignore[assignment]  # what _open gives for no entry
 

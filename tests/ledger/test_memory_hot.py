@@ -319,3 +319,10 @@ def test_an_interrupt_at_any_line_of_a_settle_with_new_tallies_charges_once() ->
         if not tracer.fired:
             break
     assert at > 10
+
+
+def test_a_reservation_without_holds_tuple_gets_the_checks_words() -> None:
+    """holds=None is refused by check_reservation, not by the hot path's unpacking."""
+    with pytest.raises((TypeError, ValueError)) as raised:
+        MemoryLedger().reserve(Reservation("r", None, FAR))  # type: ignore[arg-type]
+    assert "unpack" not in str(raised.value)
