@@ -326,3 +326,30 @@ def test_a_reservation_without_holds_tuple_gets_the_checks_words() -> None:
     with pytest.raises((TypeError, ValueError)) as raised:
         MemoryLedger().reserve(Reservation("r", None, FAR))  # type: ignore[arg-type]
     assert "unpack" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("rid", "expires_at", "words"),
+    [
+        ("", FAR, "reservation id"),
+        (7, FAR, "reservation id"),
+        ("r", float("inf"), "expiry"),
+        ("r", float("nan"), "expiry"),
+        ("r", True, "expiry"),
+        ("r", "soon", "expiry"),
+    ],
+)
+def test_a_bad_reservation_on_holds_seen_before_is_refused_with_the_checks_words(
+    rid: object, expires_at: object, words: str
+) -> None:
+    """A bad id or expiry with hot holds: check_reservation's ValueError, nothing held."""
+    ledger = MemoryLedger()
+    holds = (Hold("user", 100, 30), Hold("global", None, 30))
+    for _ in range(2):  # hot now
+        r = reservation(holds)
+        assert ledger.reserve(r) is None
+        assert ledger.release(r)
+    with pytest.raises(ValueError, match=words):
+        ledger.reserve(Reservation(rid, holds, expires_at))  # type: ignore[arg-type]
+    assert ledger.balances(["user", "global"]) == dict.fromkeys(["user", "global"], Balance())
+    assert ledger.open_reservations() == []
