@@ -48,11 +48,22 @@ _Plan = dict[tuple[int, int], list[Any]]
 # An ended reservation id, or ("add", op_id) for a direct charge.
 _EndedId = str | tuple[str, str]
 # A reservation's holds seen before, when they are the common kind (one or
-# two distinct keys, hard dollar limits, the same amount > 0): the holds
-# tuple, then per key its cell and limit, then the amount, then the cells.
+# two distinct keys, hard dollar limits, the same amount > 0): (holds, cell,
+# limit, other cell or None, its limit, amount, cells, part); no limit is inf.
 _Hot = tuple[Any, ...]
-# A settle seen before: (tallies, holds, writer, tally cells, held cells, amount held).
-_HotSettle = tuple[Any, ...]
+# What every open reservation of those holds keeps: (cell, other cell or
+# None, amount, memo); the memo is [tallies, their _Owed] of the tallies last
+# settled with the holds, or [_NEVER, None].
+_Part = tuple[Any, ...]
+# An open reservation: (reservation, its cells, its _Part or _COLD_PART).
+_Entry = tuple[Reservation, list[_Cell], _Part]
+# A deferred sum: [amount owed to every cell, the tally cells] (see MemoryLedger._owe).
+_Owed = list[Any]
+
+_NEVER = object()  # a memo that matches no tallies
+_COLD: _Hot = (_NEVER,)  # what _hot gives for holds not seen before (even for None)
+_COLD_PART: _Part = (None, None, 0, (_NEVER, None))  # of a reservation not held hot
+_CLOSED: _Entry = (None, [], _COLD_PART)  # type: ignore[assignment]  # what _open gives for no entry
 
 
 def _bump(plan: _Plan, cell: _Cell, index: int, delta: int) -> None:
@@ -65,14 +76,17 @@ def _bump(plan: _Plan, cell: _Cell, index: int, delta: int) -> None:
         write[2] += delta
 
 
-def _apply(writes: Iterable[Sequence[Any]]) -> None:
-    """Do every planned ``container[index] = value`` in one step.
+def _apply(
+    writes: Iterable[Sequence[Any]], closes: Iterable[tuple[dict[str, Any], str, None]] = ()
+) -> None:
+    """Do every planned ``container[index] = value``, then ``opened.pop(rid, None)``, in one step.
 
     ``deque(starmap(setitem, ...))`` runs entirely in C: no Python line runs
     between the first write and the last, so neither a signal handler
     (``KeyboardInterrupt``) nor a trace function can stop it half way.
+    ``closes`` takes an ended reservation out of ``_open`` in the same step.
     """
-    deque(starmap(setitem, writes), maxlen=0)
+    deque(chain(starmap(setitem, writes), starmap(dict.pop, closes)), maxlen=0)
 
 
 class MemoryLedger(Ledger):
@@ -83,10 +97,17 @@ class MemoryLedger(Ledger):
     budget. Use ``sqlite://`` or ``redis://`` to share one.
 
     Exception safety: every operation checks and plans first, then applies
-    all its writes in one step (``_apply``). A reservation id found in
-    ``_ended`` is ended even if ``_open`` still lists it (an interrupt landed
-    between the step and the clean-up that removes it); readers skip such
-    entries.
+    all its writes in one step (``_apply``, or one line of stores on the hot
+    path), which also takes an ended reservation out of ``_open``. A
+    reservation id found in ``_ended`` is ended even if ``_open`` still
+    listed it; readers skip such entries.
+
+    Deferred tallies: a settle on the hot path adds its amount to one sum
+    per tuple of tallies instead of to each tally's cell (see ``_owe``);
+    ``_fold`` adds the sums to the cells, in one step, before anything reads
+    a cell's spend (``balances``, ``scan``, ``clear``, a reserve whose holds
+    read an owed key). Every other write only adds to a cell, which the sums
+    do not change.
 
     Idempotency memory (``memory://?idempotency_ttl=SECONDS``, default 3600,
     at least 60): ended reservation ids and ``add`` op ids are kept in two
@@ -124,17 +145,24 @@ class MemoryLedger(Ledger):
         self._cells: dict[str, _Cell] = {}
         # Tuples of tally keys -> their cells and the cells' ids (see _tally_entry).
         self._tally_cells: dict[Sequence[str], tuple[list[_Cell], frozenset[int]] | None] = {}
-        # id(holds) -> _Hot, and id(tallies) -> _HotSettle: the hot path's
-        # cells looked up once (see _hot_reserve, _hot_settle). ``clear``
-        # empties both when it drops a cell; bounded.
+        # id(holds) -> _Hot: the hot path's cells looked up once (see
+        # _reserve), and the keys they hold. ``clear`` empties it when it
+        # drops a cell; bounded.
         self._hot: dict[int, _Hot] = {}
-        self._hot_settles: dict[int, _HotSettle] = {}
-        self._open: dict[str, tuple[Reservation, list[_Cell]]] = {}
-        self._next_sweep = float("inf")
+        self._hot_keys: set[str] = set()
+        # id(tallies) -> (tallies, _Owed), the keys owed, and the sums not
+        # yet folded into their cells (see _owe, _fold).
+        self._owing: dict[int, tuple[tuple[str, ...], _Owed]] = {}
+        self._owed_keys: set[str] = set()
+        self._owed: list[_Owed] = []
+        self._open: dict[str, _Entry] = {}
         # id -> settled?, in two generations: _ended, and _ended_old before it.
         self._ended: dict[_EndedId, bool] = {}
         self._ended_old: dict[_EndedId, bool] = {}
         self._rotate_at = self.clock() + self.idempotency_ttl
+        # The next sweep: no later than the earliest expiry of an open
+        # reservation, nor than the next rotation (which _sweep does too).
+        self._next_sweep = self._rotate_at
         # Budget definitions; None for a deleted one whose name is still kept.
         self._budgets: dict[str, str | None] = {}  # as JSON: every read gets its own copy
         self._meta: list[Any] = [None, 0, 0]  # mark, version, floor
@@ -146,6 +174,52 @@ class MemoryLedger(Ledger):
 
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them."""
+        # One line on purpose (see _locked): the lock is released whatever happens.
+        with self._lock: return self._reserve(reservation)  # noqa: E701  # fmt: skip
+
+    def _reserve(self, reservation: Reservation) -> Refusal | None:
+        """Do ``reserve`` (the lock held): holds seen before in this one frame.
+
+        The writes are one line of stores, with no call between them, so no
+        interrupt lands half way (see ``_apply``). Other holds, a bad
+        reservation and a hold with no room take ``_reserve_any``, which
+        checks and words the refusal.
+        """
+        rid, holds, expires_at = reservation
+        hot = self._hot.get(id(holds), _COLD)
+        if (
+            hot[0] is not holds  # not these very holds, checked before
+            or type(rid) is not str
+            or not rid
+            or (type(expires_at) is not float and type(expires_at) is not int)
+            or expires_at - expires_at  # nan for inf and nan, which is true
+        ):
+            return self._reserve_any(reservation)
+        opened = self._open
+        if rid in opened or rid in self._ended or rid in self._ended_old:
+            raise ValueError(f"reservation id {rid!r} was used before")
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        _, cell, limit, other, other_limit, amount, cells, part = hot
+        held = cell[1] + amount
+        if other is None:  # one hold
+            if cell[0] + held > limit:
+                return self._reserve_any(reservation)
+            if expires_at < self._next_sweep:
+                self._next_sweep = expires_at
+            cell[1], opened[rid] = held, (reservation, cells, part)  # one step
+            return None
+        other_held = other[1] + amount
+        if cell[0] + held > limit or other[0] + other_held > other_limit:
+            return self._reserve_any(reservation)
+        if expires_at < self._next_sweep:
+            self._next_sweep = expires_at
+        cell[1], other[1], opened[rid] = held, other_held, (reservation, cells, part)  # one step
+        return None
+
+    def _reserve_any(self, reservation: Reservation) -> Refusal | None:
+        """Do ``reserve`` for any reservation (the lock held), checking it first."""
         rid, holds, expires_at = reservation
         if (
             type(rid) is not str
@@ -154,28 +228,23 @@ class MemoryLedger(Ledger):
             or not -_INF < expires_at < _INF
         ):
             check_reservation(reservation)
-        hot = self._hot.get(id(holds))
-        if hot is not None and hot[0] is holds:  # these very holds, checked before
-            with self._lock: return self._hot_reserve(reservation, rid, hot, expires_at)  # noqa: E701  # fmt: skip
-
-        # One line on purpose (see _locked): the lock is released whatever happens.
         try:
-            with self._lock: return self._reserve(reservation, rid, holds, expires_at)  # noqa: E701  # fmt: skip
+            return self._reserve_holds(reservation, rid, holds, expires_at)
         except (TypeError, ValueError):
             check_reservation(reservation)  # a hold of the wrong shape: say which
             raise
 
-    def _reserve(
+    def _reserve_holds(
         self, reservation: Reservation, rid: str, holds: tuple[Hold, ...], expires_at: float
     ) -> Refusal | None:
-        """Do ``reserve`` (the lock held)."""
+        """Do ``reserve`` for holds of any kind (the lock held)."""
         if rid in self._open or rid in self._ended or rid in self._ended_old:
             raise ValueError(f"reservation id {rid!r} was used before")
         now = self.clock()
         if now >= self._next_sweep:
             self._sweep(now)
-        if now >= self._rotate_at:
-            self._rotate(now)
+        if self._owed and self._reads_owed(holds):
+            self._fold()  # the limits below read what the cells have spent
         cells = self._cells
         found: list[_Cell] = []
         writes: list[list[Any]] = []  # [cell, 1, new reserved], one per distinct cell
@@ -207,8 +276,7 @@ class MemoryLedger(Ledger):
                 if used + amount > limit or (amount == 0 and used >= limit):
                     return Refusal(index, key, limit, cell[0], cell[1], amount)
             found.append(cell)
-            # Planned inline (no call per hold: this is the hot path); a
-            # key held twice adds up in one write.
+            # Planned inline (no call per hold); a key held twice adds up in one write.
             for write in writes:
                 if write[0] is cell:
                     write[2] += amount
@@ -221,11 +289,16 @@ class MemoryLedger(Ledger):
             self._next_sweep = expires_at
         if overs:
             writes += overs
-        writes.append([self._open, rid, (reservation, found)])
+        writes.append([self._open, rid, (reservation, found, _COLD_PART)])
         _apply(writes)
         if not overs and 0 < len(holds) < 3:
             self._remember_hot(holds, found)
         return None
+
+    def _reads_owed(self, holds: tuple[Hold, ...]) -> bool:
+        """Say whether ``holds`` read the spend of a cell that is owed deferred charges."""
+        owed = self._owed_keys
+        return any(key in owed or prior in owed for key, _, _, _, _, prior, _ in holds)
 
     def _remember_hot(self, holds: tuple[Hold, ...], cells: list[_Cell]) -> None:
         """Keep the cells of ``holds`` if they are the common kind (lock held; see ``_Hot``)."""
@@ -244,48 +317,16 @@ class MemoryLedger(Ledger):
                 or weight != 0
             ):
                 return
+        keys = [hold.key for hold in holds]
+        if not self._owed_keys.isdisjoint(keys):
+            return  # _reserve reads these cells without folding: they must owe nothing
         if len(self._hot) >= 4096:
-            self._hot = {}
+            self._hot, self._hot_keys = {}, set()
         limits = [_INF if hold.limit is None else hold.limit for hold in holds]  # None: no limit
-        if len(cells) == 1:
-            self._hot[id(holds)] = (holds, cells[0], limits[0], amount, cells)
-        else:
-            self._hot[id(holds)] = (holds, cells[0], limits[0], cells[1], limits[1], amount, cells)
-
-    def _hot_reserve(
-        self, reservation: Reservation, rid: str, hot: _Hot, expires_at: float
-    ) -> Refusal | None:
-        """Do ``_reserve`` for holds seen before (the lock held): no search, two stores.
-
-        The writes are one line of stores, with no call between them, so no
-        interrupt lands half way (see ``_apply``). A hold with no room takes
-        the general path, which words the refusal.
-        """
-        opened = self._open
-        if rid in opened or rid in self._ended or rid in self._ended_old:
-            raise ValueError(f"reservation id {rid!r} was used before")
-        now = self.clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        if now >= self._rotate_at:
-            self._rotate(now)
-        if len(hot) == 5:
-            _, cell, limit, amount, cells = hot
-            held = cell[1] + amount
-            if cell[0] + held > limit:
-                return self._reserve(reservation, rid, reservation.holds, expires_at)
-            if expires_at < self._next_sweep:
-                self._next_sweep = expires_at
-            cell[1], opened[rid] = held, (reservation, cells)  # one step
-            return None
-        _, first, first_limit, second, second_limit, amount, cells = hot
-        held, other = first[1] + amount, second[1] + amount
-        if first[0] + held > first_limit or second[0] + other > second_limit:
-            return self._reserve(reservation, rid, reservation.holds, expires_at)
-        if expires_at < self._next_sweep:
-            self._next_sweep = expires_at
-        first[1], second[1], opened[rid] = held, other, (reservation, cells)  # one step
-        return None
+        other, other_limit = (cells[1], limits[1]) if len(cells) == 2 else (None, _INF)
+        part = (cells[0], other, amount, [_NEVER, None])
+        self._hot_keys.update(keys)  # first: should the next line not run, this is harmless
+        self._hot[id(holds)] = (holds, cells[0], limits[0], other, other_limit, amount, cells, part)
 
     def settle(
         self, reservation: Reservation, amount: int | Sequence[int], tallies: Sequence[str] = ()
@@ -299,27 +340,66 @@ class MemoryLedger(Ledger):
         with self._lock: return self._settle(reservation, amount, tallies)  # noqa: E701  # fmt: skip
 
     def _settle(self, reservation: Reservation, amount: int, tallies: Sequence[str]) -> bool:
-        """Do ``settle`` with one amount for every key (the lock held)."""
+        """Do ``settle`` with one amount for every key (the lock held): a hot one in this frame.
+
+        A reservation of holds seen before (``_reserve``), settled with the
+        tallies last settled with those holds, is charged here: its held
+        cells directly, its tallies into one deferred sum (see ``_owe``).
+        The writes are one line of stores, no call between them; the
+        reservation's id leaves ``_open`` on the same line. Anything else
+        takes ``_settle_any``.
+        """
+        rid = reservation[0]
+        opened = self._open
+        opened_as, _, part = opened.get(rid, _CLOSED)
+        cell, other, held, memo = part
+        if opened_as is not reservation or memo[0] is not tallies:
+            return self._settle_any(reservation, amount, tallies)
+        owed = memo[1]
+        if not owed[0] and amount:
+            self._owed.append(owed)  # first: should the step not happen, a 0 is folded
+        ended = self._ended
+        values: tuple[int, ...]
+        if other is None:
+            values = (cell[0] + amount, cell[1] - held, owed[0] + amount)
+            cell[0], cell[1], owed[0] = values; ended[rid] = True; del opened[rid]  # noqa: E702  # fmt: skip
+            return True
+        values = (
+            cell[0] + amount,
+            cell[1] - held,
+            other[0] + amount,
+            other[1] - held,
+            owed[0] + amount,
+        )
+        # One line on purpose: a line event (an interrupt) falls before it or after it.
+        cell[0], cell[1], other[0], other[1], owed[0] = values; ended[rid] = True; del opened[rid]  # noqa: E702  # fmt: skip
+        return True
+
+    def _settle_any(self, reservation: Reservation, amount: int, tallies: Sequence[str]) -> bool:
+        """Do ``settle`` with one amount for any reservation (the lock held)."""
         rid = reservation.id
+        entry = self._open.get(rid)
+        if entry is not None and entry[0] is reservation and entry[2] is not _COLD_PART:
+            # Hot holds with tallies not settled with them last: remember
+            # the tallies' deferred sum with the holds, and settle hot.
+            owed = self._owe(tallies) if type(tallies) is tuple else None
+            if owed is not None:
+                memo = entry[2][3]
+                memo[1], memo[0] = owed, tallies  # one step
+                return self._settle(reservation, amount, tallies)
         ended = self._ended
         state = ended.get(rid)
         if state is None:
             state = self._ended_old.get(rid)
         if state:
             return False
-        entry = self._open.get(rid) if state is None else None
+        if state is not None:
+            entry = None
+        closes = ((self._open, rid, None),)
         if entry is not None and type(tallies) is tuple:
-            hot = self._hot_settles.get(id(tallies))
-            if hot is None or hot[0] is not tallies or hot[1] is not reservation.holds:
-                hot = self._hot_settle_of(reservation.holds, entry[1], tallies)
-            if hot is not None and hot[4] is entry[1]:
-                # Seen before: one generated assignment makes every write.
-                hot[2](hot[3], hot[4], amount, hot[5], ended, rid)
-                self._open.pop(rid, None)
-                return True
-            # The common case: distinct held keys and tallies, the tallies'
-            # cells known from an earlier settle (a plan settles the same
-            # tallies every call). One list built in C, no search.
+            # Distinct held keys and tallies, the tallies' cells known from
+            # an earlier settle (a plan settles the same tallies every
+            # call). One list built in C, no search.
             known = self._tally_cells.get(tallies)
             if known is None:
                 known = self._tally_entry(tallies)
@@ -332,11 +412,10 @@ class MemoryLedger(Ledger):
                         planned.append([cell, 0, cell[0] + amount])
                         planned.append([cell, 1, cell[1] - hold.amount])
                     planned.append([ended, rid, True])
-                    _apply(planned)
-                    self._open.pop(rid, None)
+                    _apply(planned, closes)
                     return True
         # [cell, 0, new spent] and [cell, 1, new reserved], one per distinct
-        # cell and index, planned inline (no call per key: the hot path).
+        # cell and index, planned inline (no call per key).
         writes: list[list[Any]] = []
         if entry is not None:
             for cell, hold in zip(entry[1], reservation.holds, strict=True):
@@ -364,31 +443,53 @@ class MemoryLedger(Ledger):
             else:
                 writes.append([tally, 0, tally[0] + amount])
         writes.append([ended, rid, True])
-        _apply(writes)
-        self._open.pop(rid, None)
+        _apply(writes, closes)
         return True
 
-    def _hot_settle_of(
-        self, holds: tuple[Hold, ...], cells: list[_Cell], tallies: tuple[str, ...]
-    ) -> _HotSettle | None:
-        """Plan the settles of ``holds`` with ``tallies`` once, if both are the common kind."""
-        hot = self._hot.get(id(holds))
-        if hot is None or hot[0] is not holds or hot[-1] is not cells:
+    def _owe(self, tallies: tuple[str, ...]) -> _Owed | None:
+        """Return the deferred sum of ``tallies`` (made once); None if they cannot have one.
+
+        A hot settle adds its amount to one sum instead of to every tally
+        cell; ``_fold`` adds the sums to the cells before anything reads
+        their spend. ``_reserve`` reads hot holds' cells without folding, so
+        no key is both held hot (``_hot_keys``) and owed (``_owed_keys``).
+        """
+        found = self._owing.get(id(tallies))
+        if found is not None and found[0] is tallies:
+            return found[1]
+        if any(type(key) is not str for key in tallies) or not self._hot_keys.isdisjoint(tallies):
             return None
-        known = self._tally_cells.get(tallies)
+        if len(self._owing) >= 4096:
+            self._forget_owing()
+        known = self._tally_entry(tallies)
         if known is None:
-            known = self._tally_entry(tallies)
-        if not known or not known[1].isdisjoint(map(id, cells)):
             return None
-        tally_cells = known[0]
-        if len(tally_cells) > 32:
-            return None
-        if len(self._hot_settles) >= 4096:
-            self._hot_settles = {}
-        write = _settle_writer(len(tally_cells), len(cells))
-        found = (tallies, holds, write, tally_cells, cells, holds[0].amount)
-        self._hot_settles[id(tallies)] = found
-        return found
+        owed: _Owed = [0, known[0]]
+        self._owed_keys.update(tallies)  # first: should the next line not run, this is harmless
+        self._owing[id(tallies)] = (tallies, owed)
+        return owed
+
+    def _fold(self) -> None:
+        """Add every deferred sum to its tally cells and zero the sums, in one step (lock held)."""
+        owed = self._owed
+        if not owed:
+            return
+        plan: _Plan = {}
+        for sum_of in {id(sum_of): sum_of for sum_of in owed}.values():
+            for cell in sum_of[1]:
+                _bump(plan, cell, 0, sum_of[0])
+        _apply(chain(plan.values(), [(sum_of, 0, 0) for sum_of in owed]))
+        owed.clear()  # should this not run, the next fold adds zeros
+
+    def _forget_owing(self) -> None:
+        """Fold, then forget every deferred sum and the memos pointing at them (lock held)."""
+        self._fold()
+        # A memo is reached through a remembered holds tuple or an open reservation.
+        parts = [hot[7] for hot in self._hot.values()]
+        parts += [entry[2] for entry in self._open.values() if entry[2] is not _COLD_PART]
+        for part in parts:
+            part[3][0] = _NEVER
+        self._owing, self._owed_keys = {}, set()
 
     def _settle_units(
         self, reservation: Reservation, charges: list[int], tally: int, tallies: Sequence[str]
@@ -412,8 +513,7 @@ class MemoryLedger(Ledger):
                 _bump(plan, self._cell(hold.key), 0, charge)
         for key in tallies:
             _bump(plan, self._cell(key), 0, tally)
-        _apply(chain(plan.values(), ((ended, rid, True),)))
-        self._open.pop(rid, None)
+        _apply(chain(plan.values(), ((ended, rid, True),)), ((self._open, rid, None),))
         return True
 
     def _fit(
@@ -499,6 +599,7 @@ class MemoryLedger(Ledger):
 
         def locked() -> dict[str, Balance]:
             self._expire(self.clock())
+            self._fold()
             cells = self._cells
             return {key: _balance(cells.get(key)) for key in keys}
 
@@ -509,6 +610,7 @@ class MemoryLedger(Ledger):
 
         def locked() -> dict[str, Balance]:
             self._expire(self.clock())
+            self._fold()
             return {
                 key: Balance(cell[0], cell[1])
                 for key, cell in self._cells.items()
@@ -521,6 +623,7 @@ class MemoryLedger(Ledger):
         """Forget the spend of the given keys (open reservations stay held)."""
 
         def locked() -> None:
+            self._fold()  # what is forgotten includes what is owed
             for key in keys:
                 cell = self._cells.get(key)
                 if cell is None:
@@ -529,7 +632,8 @@ class MemoryLedger(Ledger):
                     cell[0] = 0  # an open reservation still points at this cell
                 else:
                     # The caches of cells may point at this one.
-                    self._tally_cells, self._hot, self._hot_settles = {}, {}, {}
+                    self._forget_owing()
+                    self._tally_cells, self._hot, self._hot_keys = {}, {}, set()
                     del self._cells[key]
 
         return self._locked(locked)
@@ -540,7 +644,8 @@ class MemoryLedger(Ledger):
         def locked() -> list[Reservation]:
             self._expire(self.clock())
             ended, old = self._ended, self._ended_old
-            return [r for rid, (r, _) in self._open.items() if rid not in ended and rid not in old]
+            opened = self._open.items()
+            return [entry[0] for rid, entry in opened if rid not in ended and rid not in old]
 
         return self._locked(locked)
 
@@ -660,14 +765,13 @@ class MemoryLedger(Ledger):
             cell = self._cells[key] = [0, 0]  # an empty cell changes no balance
         return cell
 
-    def _end(self, rid: str, entry: tuple[Reservation, list[_Cell]] | None) -> None:
+    def _end(self, rid: str, entry: _Entry | None) -> None:
         """Drop the holds of ``entry`` (if open) and record ``rid`` as released, in one step."""
         plan: _Plan = {}
         if entry is not None:
             for cell, hold in zip(entry[1], entry[0].holds, strict=True):
                 _bump(plan, cell, 1, -hold.amount)
-        _apply(chain(plan.values(), ((self._ended, rid, False),)))
-        self._open.pop(rid, None)
+        _apply(chain(plan.values(), ((self._ended, rid, False),)), ((self._open, rid, None),))
 
     def _rotate(self, now: float) -> None:
         """Start a new generation of ended ids; forget the one before the last."""
@@ -708,7 +812,9 @@ class MemoryLedger(Ledger):
         # Open reservations are the calls in flight, few at any time: sweeping
         # them all once the earliest expiry has passed is cheaper than keeping
         # a heap that every settled call would leave an entry in.
-        earliest = float("inf")
+        if now >= self._rotate_at:
+            self._rotate(now)
+        earliest = self._rotate_at
         ended, old = self._ended, self._ended_old
         for rid, entry in list(self._open.items()):
             expires_at = entry[0].expires_at
@@ -719,46 +825,6 @@ class MemoryLedger(Ledger):
             elif expires_at < earliest:
                 earliest = expires_at
         self._next_sweep = earliest
-
-
-_SettleWriter = Callable[[list[_Cell], list[_Cell], int, int, dict[_EndedId, bool], str], None]
-_WRITERS: dict[tuple[int, int], _SettleWriter] = {}
-
-
-def _settle_writer(tallies: int, holds: int) -> _SettleWriter:
-    """Return a function settling ``holds`` held cells and ``tallies`` tally cells in one step.
-
-    Made once per shape from source, as ``collections.namedtuple`` makes its
-    methods: every write is a target of one assignment, with no call between
-    them, so no interrupt (a signal, a trace function) lands half way and the
-    writes cost a store each. What it does for 2 tallies and 1 hold::
-
-        def write(t, c, amount, held, ended, rid):
-            t0, t1 = t
-            c0, = c
-            t0[0], t1[0], c0[0], c0[1], ended[rid] = (
-                t0[0] + amount, t1[0] + amount, c0[0] + amount, c0[1] - held, True)
-    """
-    found = _WRITERS.get((tallies, holds))
-    if found is not None:
-        return found
-    t = [f"t{i}" for i in range(tallies)]
-    c = [f"c{i}" for i in range(holds)]
-    targets = [f"{name}[0]" for name in t]
-    values = [f"{name}[0] + amount" for name in t]
-    for name in c:
-        targets += (f"{name}[0]", f"{name}[1]")
-        values += (f"{name}[0] + amount", f"{name}[1] - held")
-    lines = ["def write(t, c, amount, held, ended, rid):"]
-    if t:
-        lines.append(f"    {', '.join(t)}, = t")
-    lines.append(f"    {', '.join(c)}, = c")
-    lines.append(f"    {', '.join(targets)}, ended[rid] = {', '.join(values)}, True")
-    namespace: dict[str, Any] = {}
-    exec("\n".join(lines), namespace)  # our own source, made from two counts
-    writer: _SettleWriter = namespace["write"]
-    _WRITERS[(tallies, holds)] = writer
-    return writer
 
 
 def _balance(cell: _Cell | None) -> Balance:
