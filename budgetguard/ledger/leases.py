@@ -333,7 +333,7 @@ class LeasedLedger(Ledger):
 
     def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold every amount of ``reservation`` or none of them (locally when a slice has room)."""
-        check_reservation(reservation)
+        _check_reservation(reservation)
         # Admitted in a slice with nothing to flush, the common case: one lock, no closure.
         with self._lock: outcome = self._admit(reservation)  # noqa: E701  # fmt: skip
         if outcome is None and not (self._returning or self._outgoing or self._old or self._rolls):
@@ -399,7 +399,7 @@ class LeasedLedger(Ledger):
 
     async def areserve(self, reservation: Reservation) -> Refusal | None:
         """Do ``reserve``; only the inner operations are awaited."""
-        check_reservation(reservation)
+        _check_reservation(reservation)
         with self._lock: outcome = self._admit(reservation)  # noqa: E701  # fmt: skip
         if outcome is None and not (self._returning or self._outgoing or self._old or self._rolls):
             return None  # nothing to flush (the test of _busy, without a call)
@@ -1212,9 +1212,45 @@ class LeasedLedger(Ledger):
                 self._leases.remove(item)
 
 
+# Holds tuples and tallies tuples checked before, by id (the tuple itself is
+# kept, so an id reused by another tuple never passes): a guard sends the
+# same few tuples call after call, which need no check again. Bounded.
+_CHECKED: dict[int, tuple[Any, ...]] = {}
+_CHECKED_KEPT = 4096
+
+
+def _remember_checked(checked: tuple[Any, ...]) -> None:
+    if len(_CHECKED) >= _CHECKED_KEPT:
+        _CHECKED.clear()
+    _CHECKED[id(checked)] = checked
+
+
+def _check_reservation(reservation: Reservation) -> None:
+    """Do ``check_reservation``, with every hold of a holds tuple seen before taken as checked."""
+    if type(reservation) is Reservation:
+        rid, holds, expires_at = reservation
+        if (
+            _CHECKED.get(id(holds)) is holds
+            and type(rid) is str
+            and rid
+            and (type(expires_at) is float or type(expires_at) is int)
+            and not expires_at - expires_at  # nan for inf and nan
+        ):
+            return
+        check_reservation(reservation)
+        if type(holds) is tuple:
+            _remember_checked(holds)
+        return
+    check_reservation(reservation)
+
+
 def _check_keys(keys: Sequence[str]) -> None:
+    if _CHECKED.get(id(keys)) is keys:
+        return
     if isinstance(keys, str):
         raise ValueError(f"tallies must be a sequence of keys, not one string: {keys!r}")
     for key in keys:
         if type(key) is not str and not isinstance(key, str):
             raise ValueError(f"tallies must be a sequence of keys, got {keys!r}")
+    if type(keys) is tuple:
+        _remember_checked(keys)

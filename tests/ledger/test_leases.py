@@ -173,6 +173,35 @@ class TestContract:
         assert leases.balances(["k"])["k"] == Balance(0, 1)
         assert inner.open_reservations()[0].holds[0].amount == 25  # the one lease, nothing else
 
+    def test_holds_and_tallies_seen_before_still_meet_the_door(
+        self, leases: LeasedLedger, inner: Ledger
+    ) -> None:
+        """A holds tuple checked once skips its checks; the id and expiry never do."""
+        holds = (Hold("k", 100, 1),)
+        tallies = ("t",)
+        first = Reservation("first", holds, FAR)
+        assert leases.reserve(first) is None
+        assert leases.settle(first, 1, tallies) is True
+        for bad_id, expires_at in (
+            ("", FAR),
+            (7, FAR),
+            ("x", float("nan")),
+            ("y", float("inf")),
+            ("z", True),
+            ("w", "soon"),
+        ):
+            with pytest.raises(ValueError):
+                leases.reserve(Reservation(bad_id, holds, expires_at))  # type: ignore[arg-type]
+        second = Reservation("second", holds, FAR)
+        assert leases.reserve(second) is None
+        with pytest.raises(ValueError, match="tallies"):
+            leases.settle(second, 1, ["t", 3])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="tallies"):
+            leases.settle(second, 1, "t")
+        assert leases.settle(second, 1, tallies) is True
+        leases.flush_now()
+        assert inner.balances(["k", "t"]) == {"k": Balance(2, 0), "t": Balance(2, 0)}
+
     def test_release_and_settle_after_release(self, leases: LeasedLedger, inner: Ledger) -> None:
         """Release frees the hold once; a settle after it still charges, once."""
         r = reservation(Hold("user", 100, 30))
