@@ -180,12 +180,17 @@ def _redis_rows(redis: dict[str, Any]) -> list[tuple[str, str, str]]:
         if kind not in rates:  # a result from before these were measured
             continue
         theirs = rates[kind]
-        against = " / ".join(f"{theirs[s] / one[s]:.2f}×" for s in settings)
+        if all(theirs[s] > one[s] for s in settings):
+            faster = " / ".join(f"{theirs[s] / one[s]:.1f}×" for s in settings)
+            beside = f"{faster} `limits`' fixed window's rate, same run"
+        else:
+            slower = " / ".join(f"{one[s] / theirs[s]:.1f}×" for s in settings)
+            beside = f"`limits`' fixed window: {slower} this rate, same run"
         rows.append(
             (
                 f"Redis, the same calls, {what}",
                 f"{_rates(theirs, settings)} ({commands[kind]:.2g} Redis commands a call)",
-                f"{against} `limits`' fixed window in the same run",
+                beside,
             )
         )
     return rows
