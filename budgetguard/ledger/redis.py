@@ -1475,15 +1475,19 @@ class RedisLedger(Ledger):
         ``carry`` says which queued settles and releases ride along in the same
         round trip, before the command: ``"new"`` those no other command took
         yet, ``"all"`` every one not yet acknowledged (reads: this process reads
-        its own writes), ``""`` none.
+        its own writes), ``""`` none. With no command it sends only what it
+        carries (``flush``): ``StorageError`` unless that landed.
         """
         for _ in range(2):
             carried = self._take(carry) if carry and self.settle_delay else None
             if carried is None:
-                return self._exchange([command], deadline)[0]
+                return self._exchange([command], deadline)[0] if command else None
             token, entries = carried
+            sent = (
+                [self._end_command(entries), command] if command else [self._end_command(entries)]
+            )
             try:
-                replies = self._exchange([self._end_command(entries), command], deadline, raw=True)
+                replies = self._exchange(sent, deadline, raw=True)
             except BaseException:
                 self._queue.done(token, ok=False)
                 raise
@@ -1491,10 +1495,16 @@ class RedisLedger(Ledger):
             if ran is None:
                 with suppress(StorageError):
                     self._exchange([("SCRIPT", "LOAD", _END)], deadline)
-            if ran or carry != "all":
+            if ran or (carry != "all" and command):
                 break
-            # The batch did not run (NOSCRIPT; its script is loaded now) and a
-            # read must see it: read again, carrying it.
+            # The batch did not run (NOSCRIPT: its script is loaded now) and a
+            # read or a flush must see it written: send it again.
+        if not command:
+            if not ran:
+                raise StorageError(
+                    f"Redis did not take the queued settles at {self.safe_url}: {replies[0]!r:.200}"
+                )
+            return None
         if isinstance(replies[1], self._redis.exceptions.ResponseError):
             raise self._storage_error(replies[1]) from replies[1]
         return replies[1]
@@ -1661,30 +1671,8 @@ class RedisLedger(Ledger):
         self._flush("new")
 
     def _flush(self, carry: str) -> None:
-        if not self.settle_delay:
-            return
-        for _ in range(2):
-            carried = self._take(carry)
-            if carried is None:
-                return
-            token, entries = carried
-            try:
-                replies = self._exchange([self._end_command(entries)], None, raw=True)
-            except BaseException:
-                self._queue.done(token, ok=False)
-                raise
-            ran = self._landed(token, replies[0])
-            if ran:
-                return
-            if ran is not None:
-                break
-            # NOSCRIPT (Redis restarted, or its scripts were flushed): the
-            # batch did not run and is queued again; load the script, send it once more.
-            with suppress(StorageError):
-                self._exchange([("SCRIPT", "LOAD", _END)], None)
-        raise StorageError(
-            f"Redis did not take the queued settles at {self.safe_url}: {replies[0]!r:.200}"
-        )
+        if self.settle_delay:
+            self._execute(carry=carry)  # no command: the queued settles alone
 
     def _start_flusher(self, queue: _Queue) -> None:
         with queue.lock:
