@@ -1212,17 +1212,19 @@ class LeasedLedger(Ledger):
                 self._leases.remove(item)
 
 
-# Holds tuples and tallies tuples checked before, by id (the tuple itself is
-# kept, so an id reused by another tuple never passes): a guard sends the
-# same few tuples call after call, which need no check again. Bounded.
-_CHECKED: dict[int, tuple[Any, ...]] = {}
+# Holds tuples, and apart from them tallies tuples (a tuple good as one is
+# not good as the other), checked before, by id; the tuple itself is kept,
+# so an id reused by another tuple never passes. A guard sends the same few
+# tuples call after call, which need no check again. Bounded.
+_CHECKED_HOLDS: dict[int, tuple[Any, ...]] = {}
+_CHECKED_TALLIES: dict[int, tuple[Any, ...]] = {}
 _CHECKED_KEPT = 4096
 
 
-def _remember_checked(checked: tuple[Any, ...]) -> None:
-    if len(_CHECKED) >= _CHECKED_KEPT:
-        _CHECKED.clear()
-    _CHECKED[id(checked)] = checked
+def _remember_checked(checked: dict[int, tuple[Any, ...]], value: tuple[Any, ...]) -> None:
+    if len(checked) >= _CHECKED_KEPT:
+        checked.clear()
+    checked[id(value)] = value
 
 
 def _check_reservation(reservation: Reservation) -> None:
@@ -1230,7 +1232,7 @@ def _check_reservation(reservation: Reservation) -> None:
     if type(reservation) is Reservation:
         rid, holds, expires_at = reservation
         if (
-            _CHECKED.get(id(holds)) is holds
+            _CHECKED_HOLDS.get(id(holds)) is holds
             and type(rid) is str
             and rid
             and (type(expires_at) is float or type(expires_at) is int)
@@ -1239,13 +1241,13 @@ def _check_reservation(reservation: Reservation) -> None:
             return
         check_reservation(reservation)
         if type(holds) is tuple:
-            _remember_checked(holds)
+            _remember_checked(_CHECKED_HOLDS, holds)
         return
     check_reservation(reservation)
 
 
 def _check_keys(keys: Sequence[str]) -> None:
-    if _CHECKED.get(id(keys)) is keys:
+    if _CHECKED_TALLIES.get(id(keys)) is keys:
         return
     if isinstance(keys, str):
         raise ValueError(f"tallies must be a sequence of keys, not one string: {keys!r}")
@@ -1253,4 +1255,4 @@ def _check_keys(keys: Sequence[str]) -> None:
         if type(key) is not str and not isinstance(key, str):
             raise ValueError(f"tallies must be a sequence of keys, got {keys!r}")
     if type(keys) is tuple:
-        _remember_checked(keys)
+        _remember_checked(_CHECKED_TALLIES, keys)

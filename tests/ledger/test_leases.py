@@ -198,6 +198,11 @@ class TestContract:
             leases.settle(second, 1, ["t", 3])  # type: ignore[list-item]
         with pytest.raises(ValueError, match="tallies"):
             leases.settle(second, 1, "t")
+        # A tuple checked as one kind is no pass as the other.
+        with pytest.raises(ValueError, match="hold"):
+            leases.reserve(Reservation("third", tallies, FAR))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="tallies"):
+            leases.settle(second, 1, holds)  # type: ignore[arg-type]
         assert leases.settle(second, 1, tallies) is True
         leases.flush_now()
         assert inner.balances(["k", "t"]) == {"k": Balance(2, 0), "t": Balance(2, 0)}
