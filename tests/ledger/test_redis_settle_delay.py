@@ -205,6 +205,28 @@ def test_the_flusher_writes_a_settle_nobody_carries(redis_url: str, direct: Ledg
     ledger.close()
 
 
+def test_the_flusher_writes_a_settle_after_redis_forgot_its_scripts(
+    redis_url: str, direct: Ledger
+) -> None:
+    """The flusher, first to write after SCRIPT FLUSH (a restart), loads the script and lands."""
+    ledger = ledger_from_url(delayed(redis_url, 0.05))
+    first = fresh()
+    assert ledger.reserve(first) is None  # the scripts are loaded
+    assert ledger.release(first) is True
+    ledger.flush()
+    admin = redis.Redis.from_url(redis_url)
+    admin.script_flush()
+    admin.close()
+    r = fresh(7)
+    # Reserve runs its own script (loaded again on NOSCRIPT); the settle's batch
+    # script is still missing when the flusher sends it.
+    assert ledger.reserve(r) is None
+    assert ledger.settle(r, 5, ("tally",)) is True
+    wait_until(lambda: direct.balances(["tally"])["tally"] == Balance(5, 0))
+    assert direct.balances(["user"])["user"] == Balance(5, 0)
+    ledger.close()
+
+
 def test_a_busy_process_does_not_wake_the_flusher_once_per_settle(
     redis_url: str, direct: Ledger
 ) -> None:
